@@ -1,0 +1,147 @@
+# fa_long — exact attention for ultra-long sequences across MPI ranks and GPUs.
+#
+#   make            build ./fa_long (CUDA parts when nvcc is found, left out cleanly when not)
+#   make deps       install the Debian packages the build and tests need (only those missing)
+#   make run        set up, build, and run a small default job end to end (GPU if present)
+#   make test       set up, build, and run the test suite (CPU; the README's test command)
+#   make test-gpu   GPU tests (on a machine with an NVIDIA GPU)
+#   make bench-cpu  CPU engine benchmark (bench/cpu.sh)
+#
+# Overridable: CUDA_HOME, NVCC, MPICC, HDF5_CFLAGS, HDF5_LIBS, BLAS_CFLAGS, BLAS_LIBS,
+#              NVCC_GENCODE, NCCL_HOME, DEBUG=1, USE_CUDA=0, USE_BLAS=0.
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+MPICC     ?= mpicc
+BUILD     ?= build
+NVCC_GENCODE ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80
+
+ifeq ($(DEBUG),1)
+  OPT = -O0 -g -fsanitize=address,undefined
+else
+  OPT = -O3 -g -march=native -fno-math-errno
+endif
+CFLAGS   ?= $(OPT)
+CFLAGS   += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -I. -MMD -MP
+LDLIBS   += -fopenmp -lm
+
+# ---- HDF5: prefer the parallel (Open MPI) build, fall back to serial -----------------------------
+HDF5_PC := $(shell for p in hdf5-openmpi hdf5-mpi hdf5-serial hdf5; do pkg-config --exists $$p 2>/dev/null && echo $$p && break; done)
+ifeq ($(origin HDF5_CFLAGS),undefined)
+  ifneq ($(HDF5_PC),)
+    HDF5_CFLAGS := $(shell pkg-config --cflags $(HDF5_PC))
+    HDF5_LIBS   := $(shell pkg-config --libs $(HDF5_PC))
+  else ifneq ($(wildcard /usr/include/hdf5/openmpi/hdf5.h),)
+    HDF5_CFLAGS := -I/usr/include/hdf5/openmpi
+    HDF5_LIBS   := -L/usr/lib/x86_64-linux-gnu/hdf5/openmpi -lhdf5
+  else ifneq ($(wildcard /usr/include/hdf5/serial/hdf5.h),)
+    HDF5_CFLAGS := -I/usr/include/hdf5/serial
+    HDF5_LIBS   := -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5
+  else
+    HDF5_CFLAGS :=
+    HDF5_LIBS   := -lhdf5
+  endif
+endif
+HDF5_PARALLEL := $(shell printf '\#include <hdf5.h>\n\#ifdef H5_HAVE_PARALLEL\nyes\n\#endif\n' | $(MPICC) $(HDF5_CFLAGS) -E -P - 2>/dev/null | grep -x yes)
+
+# ---- BLAS (OpenBLAS through cblas) for the CPU engine's tile products: optional ----------------
+USE_BLAS ?= 1
+ifeq ($(USE_BLAS),1)
+  BLAS_PC := $(shell pkg-config --exists openblas 2>/dev/null && echo openblas)
+  ifneq ($(BLAS_PC),)
+    BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas) -DFA_HAVE_CBLAS
+    BLAS_LIBS   ?= $(shell pkg-config --libs openblas)
+  endif
+endif
+
+# ---- CUDA and NCCL: when nvcc is there ------------------------------------------------------
+USE_CUDA ?= $(if $(wildcard $(NVCC)),1,0)
+NCCL_HOME ?= $(CUDA_HOME)
+ifeq ($(USE_CUDA),1)
+  CUDA_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib))
+  NCCL_INC := $(firstword $(wildcard $(NCCL_HOME)/include/nccl.h /usr/include/nccl.h))
+  NCCL_LIB := $(firstword $(wildcard $(NCCL_HOME)/lib/libnccl.so $(NCCL_HOME)/lib64/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so))
+  CUDA_CFLAGS := -DFA_HAVE_CUDA -I$(CUDA_HOME)/include
+  CUDA_LIBS   := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lstdc++
+  ifneq ($(and $(NCCL_INC),$(NCCL_LIB)),)
+    CUDA_CFLAGS += -DFA_HAVE_NCCL
+    CUDA_LIBS   += -L$(dir $(NCCL_LIB)) -Wl,-rpath,$(dir $(NCCL_LIB)) -lnccl
+  endif
+endif
+NVCCFLAGS ?= -O3 -lineinfo -std=c++17 $(NVCC_GENCODE) -Xptxas=-v --expt-relaxed-constexpr
+NVCCFLAGS += -I. -ccbin $(CC_FOR_NVCC) -Xcompiler -fPIC,-Wall
+CC_FOR_NVCC ?= g++
+
+ALL_CFLAGS = $(CFLAGS) $(HDF5_CFLAGS) $(BLAS_CFLAGS) $(CUDA_CFLAGS)
+ALL_LIBS   = $(HDF5_LIBS) $(BLAS_LIBS) $(CUDA_LIBS) $(LDLIBS)
+
+# ---- sources: every .c of the program's folders; CUDA sources only with nvcc -------------------
+C_SRCS  := $(wildcard runner/*.c dist/*.c io/*.c kernels/cpu/*.c)
+CU_SRCS := $(if $(filter 1,$(USE_CUDA)),$(wildcard kernels/cuda/*.cu dist/*.cu))
+OBJS    := $(C_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.cu.o)
+LIB_OBJS := $(filter-out $(BUILD)/runner/main.o,$(OBJS))
+
+# C test programs: tests/*.c, each linked against the program's objects
+TEST_SRCS := $(wildcard tests/*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+# Benchmark programs: bench/*.c, linked the same way
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all deps run test test-gpu bench-cpu clean features
+all: features fa_long $(TEST_BINS) $(BENCH_BINS)
+
+features:
+	@echo "fa_long build features:"
+	@echo "  $(if $(filter 1,$(USE_CUDA)),✓,✗) CUDA $(if $(filter 1,$(USE_CUDA)),($(NVCC)),(nvcc not found at $(NVCC)))"
+	@echo "  $(if $(and $(filter 1,$(USE_CUDA)),$(NCCL_INC),$(NCCL_LIB)),✓,✗) NCCL"
+	@echo "  $(if $(HDF5_PARALLEL),✓ parallel HDF5 (MPI-IO),✗ parallel HDF5: serial HDF5 path) $(HDF5_PC)"
+	@echo "  $(if $(BLAS_LIBS),✓ OpenBLAS tile products,✗ OpenBLAS: built-in tile products)"
+
+fa_long: $(OBJS)
+	@echo "Linking $@"
+	@$(MPICC) $(CFLAGS) -o $@ $^ $(ALL_LIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "Compiling $< > $@"
+	@$(MPICC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "Compiling $< > $@"
+	@$(NVCC) $(NVCCFLAGS) $(CUDA_CFLAGS) $(HDF5_CFLAGS) -c -o $@ $< 2> $(BUILD)/$*.cu.ptxas.txt || (cat $(BUILD)/$*.cu.ptxas.txt; exit 1)
+	@grep -E "error|warning" $(BUILD)/$*.cu.ptxas.txt | grep -v "ptxas info" || true
+
+$(BUILD)/tests/%: tests/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@echo "Compiling $< > $@"
+	@$(MPICC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LIBS)
+
+$(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@echo "Compiling $< > $@"
+	@$(MPICC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LIBS)
+
+deps:
+	@sh ./deps.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@sh ./runner/demo.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 -m pytest -q tests
+
+test-gpu:
+	@$(MAKE) --no-print-directory all
+	@sh ./tests/gpu/run.sh
+
+bench-cpu: all
+	@sh ./bench/cpu.sh
+
+clean:
+	rm -rf $(BUILD) fa_long
+
+-include $(OBJS:.o=.d)

@@ -1,0 +1,84 @@
+/* h5io.h — reading q/k/v from HDF5 and writing o/lse, in parallel (MPI-IO, a hyperslab per
+ * rank, collective transfers) where the HDF5 library is parallel (H5_HAVE_PARALLEL), serially
+ * where it is not. File format: see README.md ("File format").
+ *
+ * Every function returning int gives 0 on success and -1 on a user-facing error, with one line
+ * set through fa_seterr() that names the file, the dataset and what was expected. Functions
+ * marked COLLECTIVE must be called by every rank of the communicator, the same number of times,
+ * with the same sizes where noted; they return the same status on every rank. */
+#pragma once
+#include <stdint.h>
+#include <mpi.h>
+
+typedef enum { FA_F32 = 0, FA_F16 = 1, FA_BF16 = 2, FA_F64 = 3 } fa_dtype;
+const char *fa_dtype_name(fa_dtype t);            /* "float32", "float16", "bfloat16", "float64" */
+int fa_dtype_parse(const char *s, fa_dtype *out); /* accepts those names and f32/f16/bf16/fp16... */
+int fa_dtype_size(fa_dtype t);
+
+/* Element conversion (io/convert.c); n elements, vectorizable loops. */
+void fa_to_f32(fa_dtype t, const void *src, float *dst, int64_t n);
+void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n);  /* round to nearest even */
+
+typedef struct {
+    int64_t B, Nq, Nk, H, Hkv, D;
+    fa_dtype q_type, k_type, v_type;
+} fa_shape;
+
+/* Whether this build's HDF5 is parallel (for the build line and --version). */
+int h5io_parallel(void);
+
+/* A row range of a [B, N, heads, D] dataset: rows [start, start+n) of batch b. */
+typedef struct { int64_t start, n; } row_range;
+
+/* ---- input ---------------------------------------------------------------------------------- */
+typedef struct h5in h5in;
+
+/* COLLECTIVE. Opens `path` read-only and checks q, k, v: each rank-4, floating type (float32,
+ * float16, bfloat16 as described in the README, float64), non-empty, same B and D, same Nk and Hkv
+ * for k and v, H a multiple of Hkv, D <= FA_MAX_HEAD_DIM. */
+int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape);
+
+/* COLLECTIVE. Reads the rows of `ranges` (in order, concatenated) of batch element b of dataset
+ * `name` ("q", "k" or "v") into dst as fp32 [sum n, heads, D]. Ranks may pass different ranges
+ * (their own shard) or none (nranges 0). Each transfer is capped (about 1 GiB per rank) and
+ * looped, every rank making the same number of collective calls. When check_finite is set, a
+ * NaN/Inf is reported with its index [b, row, head, d] as an error (same status on all ranks). */
+int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
+                   float *dst, int check_finite);
+
+void h5in_close(h5in *f);   /* COLLECTIVE */
+
+/* ---- output --------------------------------------------------------------------------------- */
+typedef struct h5out h5out;
+
+/* COLLECTIVE. Creates the output under a temporary name next to `path` (renamed on commit).
+ * Fails cleanly if `path` exists and !force, or if the folder is not writable. Datasets:
+ * "o" [B, Nq, H, D] of o_type; with with_lse, "lse" [B, H, Nq] float32. */
+int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *shape,
+                 fa_dtype o_type, int with_lse, h5out **out);
+
+/* COLLECTIVE (every rank calls it the same number of times; a rank with nothing to write passes
+ * n = 0). Writes rows [r0, r0+n) of batch b: o from fp32 [n, H, D]; lse from fp32 [n, H]
+ * (row-major by row, transposed here into [B, H, Nq]) when the file has lse. */
+int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o, const float *lse);
+
+/* COLLECTIVE, same values on every rank. Root attributes recording the job. */
+int h5out_attr_int(h5out *f, const char *name, int64_t v);
+int h5out_attr_double(h5out *f, const char *name, double v);
+int h5out_attr_str(h5out *f, const char *name, const char *v);
+
+/* COLLECTIVE. Closes the file and renames it to its final name. */
+int h5out_commit(h5out *f);
+/* COLLECTIVE or alone (after an error): closes and removes the temporary file. */
+void h5out_abort(h5out *f);
+
+/* ---- small independent reads (fa_long check, tests) ----------------------------------------- */
+/* Serial (one process, no MPI-IO): reads a hyperslab start/count (rank-ndims) of dataset `name`
+ * in `path` as fp32 into dst; returns -1 with fa_seterr on error. dims/ndims/type out optional. */
+int h5_read_block(const char *path, const char *name, int ndims, const int64_t *start,
+                  const int64_t *count, float *dst);
+int h5_dataset_info(const char *path, const char *name, int *ndims, int64_t dims[8],
+                    fa_dtype *type);
+/* Reads a root attribute; returns -1 when absent. */
+int h5_attr_double(const char *path, const char *name, double *v);
+int h5_attr_str(const char *path, const char *name, char *buf, int len);

@@ -1,0 +1,96 @@
+/* attn.h — the attention engines' common contract.
+ *
+ * Shapes (letters used everywhere in fa_long):
+ *   B batch, Nq query rows, Nk keys, H query heads, Hkv key/value heads (H % Hkv == 0,
+ *   query head h reads kv head h / (H / Hkv)), D head dim.
+ *   q: [B, Nq, H, D]   k, v: [B, Nk, Hkv, D]   o: [B, Nq, H, D]   lse: [B, H, Nq]
+ *
+ * Causal masking is aligned bottom-right: query i (0-based, of Nq) sees key j (of Nk) iff
+ *   j <= i + diag,  diag = Nk - Nq.
+ * A query row that sees no key has o = 0 and lse = -inf.
+ *
+ * A *partial* result over a subset of the keys is, per (query row, head), the record
+ *   { m, l, o[0..D) }      (attn_rec_len(D) = D + 2 floats, fp32)
+ * with m = max_j s_j over the keys seen (s_j = scale * q.k_j), l = sum_j exp(s_j - m) and
+ * o = sum_j exp(s_j - m) v_j (unnormalized). No key seen: m = -inf, l = 0, o = 0.
+ * Records are laid out [row][head] for a chunk of query rows. Two partials over disjoint key sets
+ * merge exactly (attn_rec_merge); the final output is o / l and lse = m + log(l).
+ */
+#pragma once
+#include <stdint.h>
+#include <math.h>
+
+static inline int64_t attn_rec_len(int d) { return (int64_t)d + 2; }
+
+/* A chunk of query rows of one batch element, converted to fp32. */
+typedef struct {
+    const float *q;     /* [nq, H, D], row stride H*D */
+    int64_t nq;         /* rows in this chunk */
+    int64_t q_pos0;     /* global index (0..Nq-1) of the chunk's first row */
+    int h, hkv, d;
+    float scale;        /* softmax scale applied to q.k */
+    int causal;
+    int64_t diag;       /* Nk - Nq (causal only) */
+} attn_queries;
+
+/* A contiguous run of keys held in memory (one rank's shard is a list of these). */
+typedef struct {
+    const float *k, *v; /* [n, Hkv, D], row stride Hkv*D */
+    int64_t n;
+    int64_t pos0;       /* global index (0..Nk-1) of the first key */
+} attn_kv_segment;
+
+/* Tile sizes of the CPU engine (kernels/cpu/attn_cpu.c picks defaults when 0). */
+typedef struct {
+    int br;             /* query rows per tile */
+    int bc;             /* keys per tile */
+    int threads;        /* OpenMP threads; 0 = all available */
+} cpu_tiling;
+
+/* Start a partial state: every record m=-inf, l=0, o=0. rec: [nq*H] records of D+2 floats. */
+void attn_state_init(float *rec, int64_t nq, int h, int d);
+
+/* Fold the keys of segs[0..nsegs) into the running state rec ([nq][H] records), exactly as if
+ * they had been seen together with the keys already folded in. Tiles that the causal mask hides
+ * entirely are skipped; the mask is applied only on tiles that cross the diagonal.
+ * Thread-parallel (OpenMP) inside. `progress`, when not NULL, is called now and then from the
+ * calling thread (the runner uses it to drive MPI progress of earlier chunks' merges). */
+void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int nsegs,
+                      float *rec, const cpu_tiling *tiling, void (*progress)(void *), void *arg);
+
+/* Merge record b into record a (both D+2 floats). Never makes NaN from m = -inf. */
+static inline void attn_rec_merge(float *a, const float *b, int d) {
+    float ma = a[0], mb = b[0];
+    if (mb == -INFINITY) return;                     /* b saw no key */
+    if (ma == -INFINITY) {                           /* a saw no key */
+        for (int i = 0; i < d + 2; i++) a[i] = b[i];
+        return;
+    }
+    float m = ma > mb ? ma : mb;
+    float sa = expf(ma - m), sb = expf(mb - m);
+    a[0] = m;
+    a[1] = a[1] * sa + b[1] * sb;
+    for (int i = 0; i < d; i++) a[2 + i] = a[2 + i] * sa + b[2 + i] * sb;
+}
+
+/* Final output of one record: o = o/l (0 if l == 0), returns lse = m + log(l) (-inf if l == 0). */
+static inline float attn_rec_finalize(const float *r, int d, float *o) {
+    float l = r[1];
+    if (!(l > 0.0f)) {
+        for (int i = 0; i < d; i++) o[i] = 0.0f;
+        return -INFINITY;
+    }
+    float inv = 1.0f / l;
+    for (int i = 0; i < d; i++) o[i] = r[2 + i] * inv;
+    return r[0] + logf(l);
+}
+
+/* ---- fp64 reference (kernels/cpu/ref.c): the slow, obviously right twin ---------------------
+ * Exact attention for query rows [row0, row0+nrows) of one batch element, all heads, in double.
+ * q: [nrows, H, D] holds just those rows; k, v: [Nk, Hkv, D] of that batch element; nq is the
+ * whole Nq (for the causal diagonal).
+ * o: [nrows, H, D] normalized output (double); lse: [nrows, H] (double, -inf when no key seen). */
+void attn_reference_f64(const float *q, const float *k, const float *v,
+                        int64_t nq, int64_t nk, int h, int hkv, int d,
+                        double scale, int causal, int64_t row0, int64_t nrows,
+                        double *o, double *lse);

@@ -1,0 +1,109 @@
+/* common.c — error reporting, allocation and timing shared by every part. */
+#define _GNU_SOURCE
+#include "common.h"
+#include <mpi.h>
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <ctype.h>
+
+int fa_rank = 0, fa_nranks = 1;
+int fa_verbosity = 1;
+
+static char errbuf[1024];
+static char cleanup_path[4096];
+
+int fa_seterr(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+const char *fa_errmsg(void) { return errbuf; }
+void fa_clearerr(void) { errbuf[0] = 0; }
+
+void fa_set_cleanup_path(const char *path) {
+    if (path) snprintf(cleanup_path, sizeof cleanup_path, "%s", path);
+    else cleanup_path[0] = 0;
+}
+
+void fa_fail(const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "fa_long: rank %d: %s\n", fa_rank, msg);
+    fflush(stderr);
+    if (cleanup_path[0]) unlink(cleanup_path);
+    int up = 0, down = 0;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    if (up && !down) MPI_Abort(MPI_COMM_WORLD, 1);
+    exit(1);
+}
+
+void fa_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "fa_long: warning: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+}
+
+void fa_log(int level, const char *fmt, ...) {
+    if (fa_rank != 0 || level > fa_verbosity) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void *fa_malloc(size_t bytes, const char *what) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) fa_fail("out of memory allocating %zu bytes for %s", bytes, what);
+    return p;
+}
+void *fa_calloc(size_t n, size_t size, const char *what) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) fa_fail("out of memory allocating %zu x %zu bytes for %s", n, size, what);
+    return p;
+}
+void *fa_aligned_alloc(size_t bytes, const char *what) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+        fa_fail("out of memory allocating %zu bytes for %s", bytes, what);
+    return p;
+}
+
+double fa_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int64_t fa_parse_size(const char *s) {
+    if (!s || !*s) return -1;
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0) return -1;
+    double mul = 1;
+    switch (toupper((unsigned char)*end)) {
+    case 0: break;
+    case 'K': mul = 1024.0; end++; break;
+    case 'M': mul = 1024.0 * 1024; end++; break;
+    case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    default: return -1;
+    }
+    if (*end == 'i' || *end == 'I') end++;       /* accept KiB-style "Ki" */
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
+    double r = v * mul;
+    if (r > 9.0e18 || r != (double)(int64_t)r) return r > 9.0e18 ? -1 : (int64_t)r;
+    return (int64_t)r;
+}

@@ -1,0 +1,42 @@
+/* common.h — what every part of fa_long shares: version, error reporting across ranks, timing,
+ * checked allocation. One checker per library lives next to the code that uses it (HDF5 in io/,
+ * CUDA/NCCL in kernels/cuda and dist/); they all end in fa_fail() or return an error set here. */
+#pragma once
+#include <stdint.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define FA_VERSION "0.1.0"
+#define FA_MAX_HEAD_DIM 256
+
+/* Set once MPI is up (runner/main.c). Outside MPI (unit tests) they stay 0 and 1. */
+extern int fa_rank, fa_nranks;
+
+/* ---- two kinds of failure ------------------------------------------------------------------
+ * 1. User errors found collectively (bad input, output exists): a function records one line with
+ *    fa_seterr() and returns -1; the caller passes it up; the runner agrees on the status across
+ *    ranks, rank 0 prints the line, every rank exits non-zero. No MPI_Abort, no partial output.
+ * 2. Failures one rank meets alone (I/O error mid-run, out of memory, CUDA error): fa_fail()
+ *    prints "fa_long: rank R: message", removes the temporary output file if one is registered,
+ *    and brings every rank down with MPI_Abort, so no rank hangs in a collective. */
+int fa_seterr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *fa_errmsg(void);           /* last message set by fa_seterr ("" if none) */
+void fa_clearerr(void);
+void fa_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void fa_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The temporary output path that fa_fail() unlinks before aborting (NULL to clear). */
+void fa_set_cleanup_path(const char *path);
+
+/* Verbosity: 0 quiet, 1 normal, 2 verbose. fa_log prints on rank 0 only, to stderr. */
+extern int fa_verbosity;
+void fa_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+void *fa_malloc(size_t bytes, const char *what);  /* fa_fail()s when out of memory */
+void *fa_calloc(size_t n, size_t size, const char *what);
+void *fa_aligned_alloc(size_t bytes, const char *what); /* 64-byte aligned; free() it */
+
+double fa_now(void);   /* monotonic seconds */
+
+/* "4K" -> 4096, "1.5M" -> 1572864, "2G" -> 2^31. Returns -1 on a malformed size. */
+int64_t fa_parse_size(const char *s);

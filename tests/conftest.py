@@ -1,0 +1,38 @@
+"""Shared fixtures for the fa_long test suite (run with /usr/bin/python3 -m pytest tests)."""
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FA_LONG = ROOT / "fa_long"
+BUILD = ROOT / "build"
+
+
+def mpirun_cmd(nranks):
+    """mpirun prefix that works as root and with more ranks than cores."""
+    cmd = ["mpirun", "-np", str(nranks), "--oversubscribe"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    return cmd + ["--mca", "btl", "self,vader,tcp", "--mca", "btl_vader_single_copy_mechanism", "none"]
+
+
+def run_fa(args, nranks=1, timeout=300, check=False, env=None):
+    """Run ./fa_long ARGS under mpirun with nranks ranks; returns CompletedProcess (text)."""
+    e = dict(os.environ)
+    e.setdefault("OMP_NUM_THREADS", "1" if nranks > 1 else "2")
+    if env:
+        e.update(env)
+    cmd = mpirun_cmd(nranks) + [str(FA_LONG)] + [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture
+def fa():
+    assert FA_LONG.exists(), "build fa_long first (make)"
+    return run_fa
