@@ -14,6 +14,7 @@ CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(CUDA_HOME)/bin/nvcc
 MPICC     ?= mpicc
 BUILD     ?= build
+BIN       ?= fa_long
 NVCC_GENCODE ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80
 
 ifeq ($(DEBUG),1)
@@ -89,7 +90,7 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps run test test-gpu bench-cpu clean features
-all: features fa_long $(TEST_BINS) $(BENCH_BINS)
+all: features $(BIN) $(TEST_BINS) $(BENCH_BINS)
 
 features:
 	@echo "fa_long build features:"
@@ -98,7 +99,7 @@ features:
 	@echo "  $(if $(HDF5_PARALLEL),✓ parallel HDF5 (MPI-IO),✗ parallel HDF5: serial HDF5 path) $(HDF5_PC)"
 	@echo "  $(if $(BLAS_LIBS),✓ OpenBLAS tile products,✗ OpenBLAS: built-in tile products)"
 
-fa_long: $(OBJS)
+$(BIN): $(OBJS)
 	@echo "Linking $@"
 	@$(MPICC) $(CFLAGS) -o $@ $^ $(ALL_LIBS)
 
@@ -142,6 +143,6 @@ bench-cpu: all
 	@sh ./bench/cpu.sh
 
 clean:
-	rm -rf $(BUILD) fa_long
+	rm -rf $(BUILD) $(BIN)
 
 -include $(OBJS:.o=.d)
