@@ -45,6 +45,14 @@ void fa_fail(const char *fmt, ...) {
     exit(1);
 }
 
+int fa_report_error(void) {
+    if (fa_rank == 0) {
+        fprintf(stderr, "fa_long: %s\n", errbuf);
+        fflush(stderr);
+    }
+    return 2;
+}
+
 void fa_warn(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -24,6 +24,8 @@ int fa_seterr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *fa_errmsg(void);           /* last message set by fa_seterr ("" if none) */
 void fa_clearerr(void);
 void fa_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* Rank 0 prints the message set by fa_seterr as "fa_long: <message>"; returns exit status 2. */
+int fa_report_error(void);
 void fa_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The temporary output path that fa_fail() unlinks before aborting (NULL to clear). */
 void fa_set_cleanup_path(const char *path);

@@ -1,0 +1,217 @@
+/* pipeline.c — the chunked merge pipeline (see pipeline.h).
+ *
+ * Chunk i covers query rows [r0, r0+n) of batch element b; chunks run b-major. Its merged result
+ * lands on owner(i) = i mod P (parallel HDF5: each rank writes its own rows) or on rank 0 (serial
+ * HDF5: rank 0 writes everything). Writes are collective per group of G = P chunks (1 when serial),
+ * so every rank makes the same sequence of collective calls. Up to `window` merges are in flight
+ * while the next chunk computes; the master thread drives their progress from inside the engine. */
+#include "dist/pipeline.h"
+#include "dist/merge.h"
+#include "dist/shard.h"
+#include "kernels/attn.h"
+#include "kernels/gpu.h"
+#include "runner/common.h"
+#include <math.h>
+#include <string.h>
+
+int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu) {
+    int64_t c = gpu ? 8192 : 1024;
+    return c < s->Nq ? c : s->Nq;
+}
+
+typedef struct {
+    MPI_Comm comm;
+    int rank, nranks, serial_io;
+    const fa_shape *s;
+    int64_t chunk, nchunks_per_b, nchunks;
+    int window;
+    rec_merge merge;
+    float **rec;           /* [window] chunk*H records each */
+    MPI_Request *req;      /* [window] */
+    float *o_out, *lse_out;/* finalized rows of the chunk this rank owns in the current group */
+    int64_t pend_b, pend_r0, pend_n;
+    h5out *out;
+    pipeline_stats *st;
+} pipe_state;
+
+static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, int64_t *n) {
+    *b = i / p->nchunks_per_b;
+    *r0 = (i % p->nchunks_per_b) * p->chunk;
+    *n = p->s->Nq - *r0 < p->chunk ? p->s->Nq - *r0 : p->chunk;
+}
+
+static int owner(const pipe_state *p, int64_t i) {
+    return p->serial_io ? 0 : (int)(i % p->nranks);
+}
+
+static int64_t group_size(const pipe_state *p) { return p->serial_io ? 1 : p->nranks; }
+
+/* Called by the engine from the master thread: lets MPI move the merges in flight. */
+static void drive_merges(void *arg) {
+    pipe_state *p = arg;
+    int flag;
+    MPI_Testall(p->window, p->req, &flag, MPI_STATUSES_IGNORE);
+}
+
+/* Waits for chunk i's merge; the owner finalizes it; at the end of a group every rank writes. */
+static int finish_chunk(pipe_state *p, int64_t i) {
+    int slot = (int)(i % p->window);
+    int64_t b, r0, n;
+    chunk_rows(p, i, &b, &r0, &n);
+    double t0 = fa_now();
+    MPI_Wait(&p->req[slot], MPI_STATUS_IGNORE);
+    p->st->t_wait += fa_now() - t0;
+    int64_t H = p->s->H, D = p->s->D;
+    if (owner(p, i) == p->rank) {
+        const float *rec = p->rec[slot];
+        for (int64_t r = 0; r < n * H; r++)
+            p->lse_out[r] = attn_rec_finalize(rec + r * (D + 2), (int)D, p->o_out + r * D);
+        p->pend_b = b;
+        p->pend_r0 = r0;
+        p->pend_n = n;
+    }
+    int64_t G = group_size(p);
+    if (i % G == G - 1 || i == p->nchunks - 1) {
+        t0 = fa_now();
+        int rc = h5out_write_rows(p->out, p->pend_n ? p->pend_b : 0, p->pend_n ? p->pend_r0 : 0,
+                                  p->pend_n, p->o_out, p->lse_out);
+        p->st->t_write += fa_now() - t0;
+        p->pend_n = 0;
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* Reads this rank's keys and values of batch element b into kbuf/vbuf; fills segs. */
+static int load_kv(const fa_job *job, h5in *in, const fa_shape *s, const kv_shard *sh, int64_t b,
+                   float *kbuf, float *vbuf, attn_kv_segment *segs) {
+    int fin = !job->allow_nonfinite;
+    if (h5in_read_rows(in, "k", b, sh->r, sh->n, kbuf, fin)) return -1;
+    if (h5in_read_rows(in, "v", b, sh->r, sh->n, vbuf, fin)) return -1;
+    int64_t off = 0, row = s->Hkv * s->D;
+    for (int i = 0; i < sh->n; i++) {
+        segs[i].k = kbuf + off * row;
+        segs[i].v = vbuf + off * row;
+        segs[i].n = sh->r[i].n;
+        segs[i].pos0 = sh->r[i].start;
+        off += sh->r[i].n;
+    }
+    return 0;
+}
+
+int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
+                 fa_backend backend, pipeline_stats *st) {
+    pipe_state p = {0};
+    memset(st, 0, sizeof *st);
+    double t_start = fa_now();
+    p.comm = comm;
+    MPI_Comm_rank(comm, &p.rank);
+    MPI_Comm_size(comm, &p.nranks);
+    p.serial_io = !h5io_parallel();
+    p.s = s;
+    p.out = out;
+    p.st = st;
+    int gpu = backend == BACKEND_CUDA;
+    p.chunk = job->chunk > 0 ? job->chunk : pipeline_default_chunk(s, p.nranks, gpu);
+    if (p.chunk > s->Nq) p.chunk = s->Nq;
+    p.nchunks_per_b = (s->Nq + p.chunk - 1) / p.chunk;
+    p.nchunks = p.nchunks_per_b * s->B;
+    p.window = job->window > 0 ? job->window : 3;
+    int64_t H = s->H, D = s->D, Hkv = s->Hkv;
+
+    /* the sharding plan */
+    shard_layout lay = job->shard_set ? job->shard : (job->causal ? SHARD_STRIPED : SHARD_CONTIGUOUS);
+    kv_shard sh;
+    shard_plan(s->Nk, p.nranks, p.rank, lay, job->stripe, &sh);
+
+    /* buffers: this rank's K/V of one batch element, one Q chunk, `window` record sets, one
+     * chunk of finalized output */
+    float *kbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "key shard");
+    float *vbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "value shard");
+    attn_kv_segment *segs = fa_calloc((size_t)sh.n + 1, sizeof *segs, "key segments");
+    float *qbuf = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "query chunk");
+    p.rec = fa_calloc((size_t)p.window, sizeof(float *), "record slots");
+    p.req = fa_calloc((size_t)p.window, sizeof(MPI_Request), "merge requests");
+    for (int w = 0; w < p.window; w++) {
+        p.rec[w] = fa_aligned_alloc((size_t)(p.chunk * H * (D + 2)) * sizeof(float), "partials");
+        p.req[w] = MPI_REQUEST_NULL;
+    }
+    p.o_out = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "output chunk");
+    p.lse_out = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
+    rec_merge_init(&p.merge, (int)D);
+
+    gpu_engine *ge = NULL;
+    int rc = 0;
+    if (gpu) {
+        int ndev = gpu_count();
+        int dev = ndev > 0 ? p.rank % ndev : 0;
+        rc = gpu_engine_create(dev, sh.total, p.chunk, (int)H, (int)Hkv, (int)D, job->compute, &ge);
+        if (rc) fa_fail("%s", fa_errmsg());
+        st->used_gpu = 1;
+    }
+    cpu_tiling tiling = {.br = job->br, .bc = job->bc, .threads = job->threads};
+    float scale = (float)(job->scale > 0 ? job->scale : 1.0 / sqrt((double)D));
+
+    int64_t cur_b = -1, next_finish = 0;  /* the oldest chunk whose merge is not finished */
+    for (int64_t i = 0; i < p.nchunks && rc == 0; i++) {
+        if (i >= p.window) {
+            rc = finish_chunk(&p, next_finish++);
+            if (rc) break;
+        }
+        int64_t b, r0, n;
+        chunk_rows(&p, i, &b, &r0, &n);
+        double t0 = fa_now();
+        if (b != cur_b) {
+            rc = load_kv(job, in, s, &sh, b, kbuf, vbuf, segs);
+            if (rc) break;
+            if (ge && gpu_engine_load_kv(ge, segs, sh.n)) fa_fail("%s", fa_errmsg());
+            cur_b = b;
+        }
+        row_range qr = {r0, n};
+        rc = h5in_read_rows(in, "q", b, &qr, 1, qbuf, !job->allow_nonfinite);
+        if (rc) break;
+        double t1 = fa_now();
+        st->t_read += t1 - t0;
+
+        int slot = (int)(i % p.window);
+        attn_queries q = {.q = qbuf, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
+                          .d = (int)D, .scale = scale, .causal = job->causal,
+                          .diag = s->Nk - s->Nq};
+        attn_state_init(p.rec[slot], n, (int)H, (int)D);
+        if (sh.n > 0) {
+            if (ge) {
+                if (gpu_engine_partial(ge, &q, p.rec[slot])) fa_fail("%s", fa_errmsg());
+            } else {
+                cpu_attn_partial(&q, segs, sh.n, p.rec[slot], &tiling, drive_merges, &p);
+            }
+        }
+        st->t_compute += fa_now() - t1;
+        st->work_pairs += shard_work(&sh, r0, r0 + n, job->causal, s->Nk - s->Nq) * (double)H;
+
+        int root = owner(&p, i);
+        void *sendbuf = root == p.rank ? MPI_IN_PLACE : p.rec[slot];
+        MPI_Ireduce(sendbuf, p.rec[slot], (int)(n * H), p.merge.rec, p.merge.op, root, comm,
+                    &p.req[slot]);
+        if (root != p.rank) st->bytes_reduced += n * H * (D + 2) * (int64_t)sizeof(float);
+        st->chunks++;
+    }
+    /* drain: on success finish every remaining chunk in order; after an error only complete the
+     * merges in flight (every rank posted the same ones, so the waits return) */
+    while (rc == 0 && next_finish < p.nchunks) rc = finish_chunk(&p, next_finish++);
+    if (rc) MPI_Waitall(p.window, p.req, MPI_STATUSES_IGNORE);
+
+    if (ge) gpu_engine_destroy(ge);
+    rec_merge_free(&p.merge);
+    for (int w = 0; w < p.window; w++) free(p.rec[w]);
+    free(p.rec);
+    free(p.req);
+    free(p.o_out);
+    free(p.lse_out);
+    free(qbuf);
+    free(segs);
+    free(kbuf);
+    free(vbuf);
+    shard_free(&sh);
+    st->t_total = fa_now() - t_start;
+    return rc;
+}

@@ -1,0 +1,102 @@
+/* shard.c — the sharding plan (see shard.h). */
+#include "dist/shard.h"
+#include "runner/common.h"
+#include <string.h>
+#include <strings.h>
+
+const char *shard_layout_name(shard_layout l) {
+    switch (l) {
+    case SHARD_CONTIGUOUS: return "contiguous";
+    case SHARD_ZIGZAG: return "zigzag";
+    case SHARD_STRIPED: return "striped";
+    }
+    return "?";
+}
+
+int shard_layout_parse(const char *s, shard_layout *out) {
+    if (!strcasecmp(s, "contiguous")) *out = SHARD_CONTIGUOUS;
+    else if (!strcasecmp(s, "zigzag")) *out = SHARD_ZIGZAG;
+    else if (!strcasecmp(s, "striped")) *out = SHARD_STRIPED;
+    else return -1;
+    return 0;
+}
+
+int64_t shard_default_stripe(int64_t nk, int nranks) {
+    int64_t w = nk / (8 * (int64_t)nranks);
+    if (w >= 64) return w > 512 ? 512 : (w / 64) * 64;
+    return w >= 1 ? w : 1;
+}
+
+/* Boundary of part i of `parts` equal parts of n keys. */
+static int64_t split(int64_t n, int64_t parts, int64_t i) { return (n * i) / parts; }
+
+static void add_range(kv_shard *s, int cap, int64_t start, int64_t n) {
+    if (n <= 0) return;
+    if (s->n > 0 && s->r[s->n - 1].start + s->r[s->n - 1].n == start) {
+        s->r[s->n - 1].n += n;           /* adjacent: extend */
+    } else {
+        if (s->n >= cap) fa_fail("shard plan: range table overflow");
+        s->r[s->n].start = start;
+        s->r[s->n].n = n;
+        s->n++;
+    }
+    s->total += n;
+}
+
+void shard_plan(int64_t nk, int nranks, int rank, shard_layout layout, int64_t stripe,
+                kv_shard *out) {
+    memset(out, 0, sizeof *out);
+    int64_t P = nranks;
+    if (layout == SHARD_CONTIGUOUS) {
+        out->r = fa_calloc(1, sizeof(row_range), "shard plan");
+        add_range(out, 1, split(nk, P, rank), split(nk, P, rank + 1) - split(nk, P, rank));
+    } else if (layout == SHARD_ZIGZAG) {
+        out->r = fa_calloc(2, sizeof(row_range), "shard plan");
+        int64_t a = rank, b = 2 * P - 1 - rank;
+        add_range(out, 2, split(nk, 2 * P, a), split(nk, 2 * P, a + 1) - split(nk, 2 * P, a));
+        add_range(out, 2, split(nk, 2 * P, b), split(nk, 2 * P, b + 1) - split(nk, 2 * P, b));
+    } else {
+        if (stripe <= 0) stripe = shard_default_stripe(nk, nranks);
+        int64_t nstripes = (nk + stripe - 1) / stripe;
+        int64_t mine = nstripes / P + 1;
+        out->r = fa_calloc((size_t)mine, sizeof(row_range), "shard plan");
+        for (int64_t s = rank; s < nstripes; s += P) {
+            int64_t start = s * stripe, end = start + stripe < nk ? start + stripe : nk;
+            add_range(out, (int)mine, start, end - start);
+        }
+    }
+}
+
+void shard_free(kv_shard *s) {
+    free(s->r);
+    memset(s, 0, sizeof *s);
+}
+
+/* Visible pairs between query rows [q0,q1) and keys [k0,k1): query i sees key j iff j <= i+diag.
+ * For key j the visible queries are i in [max(q0, j-diag), q1). Sum over j in closed form. */
+static double range_work(int64_t q0, int64_t q1, int64_t k0, int64_t k1, int64_t diag) {
+    if (q1 <= q0 || k1 <= k0) return 0;
+    double w = 0;
+    /* keys j <= q0 + diag see all rows */
+    int64_t full_end = q0 + diag + 1;                  /* keys [k0, full_end) see q1-q0 rows */
+    int64_t a = k0, b = full_end < k1 ? full_end : k1;
+    if (b > a) w += (double)(b - a) * (double)(q1 - q0);
+    /* keys j in [max(k0, full_end), min(k1, q1+diag)) see q1 - (j - diag) rows */
+    int64_t c = full_end > k0 ? full_end : k0;
+    int64_t d = q1 + diag < k1 ? q1 + diag : k1;
+    if (d > c) {
+        /* sum_{j=c}^{d-1} (q1 + diag - j) = n*(q1+diag) - (c+d-1)*n/2 */
+        double n = (double)(d - c);
+        w += n * (double)(q1 + diag) - n * ((double)c + (double)d - 1) / 2.0;
+    }
+    return w;
+}
+
+double shard_work(const kv_shard *s, int64_t q0, int64_t q1, int causal, int64_t diag) {
+    double w = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (causal) w += range_work(q0, q1, s->r[i].start, s->r[i].start + s->r[i].n, diag);
+        else w += (double)s->r[i].n * (double)(q1 - q0);
+    }
+    return w;
+}

@@ -1,0 +1,111 @@
+/* h5gen.c — writing q/k/v input files (see h5gen.h). */
+#define _GNU_SOURCE
+#include "io/h5gen.h"
+#include "runner/common.h"
+#include <errno.h>
+#include <hdf5.h>
+#include <libgen.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* bfloat16 as an HDF5 float: sign bit 15, exponent bits 7..14 (bias 127), mantissa bits 0..6. */
+static hid_t bf16_file_type(void) {
+    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+    H5Tset_fields(t, 15, 7, 8, 0, 7);
+    H5Tset_offset(t, 0);
+    H5Tset_precision(t, 16);
+    H5Tset_size(t, 2);
+    H5Tset_ebias(t, 127);
+    return t;
+}
+
+static hid_t file_type(fa_dtype t) {
+    switch (t) {
+    case FA_F32: return H5Tcopy(H5T_IEEE_F32LE);
+    case FA_F64: return H5Tcopy(H5T_IEEE_F64LE);
+    case FA_F16: {
+        hid_t h = H5Tcopy(H5T_IEEE_F32LE);       /* IEEE half: as numpy's float16 */
+        H5Tset_fields(h, 15, 10, 5, 0, 10);
+        H5Tset_offset(h, 0);
+        H5Tset_precision(h, 16);
+        H5Tset_size(h, 2);
+        H5Tset_ebias(h, 15);
+        return h;
+    }
+    case FA_BF16: return bf16_file_type();
+    }
+    return -1;
+}
+
+static int write_dataset(hid_t file, const char *path, const char *name, const fa_shape *s,
+                         int64_t n, int64_t heads, fa_dtype t, fa_fill_fn fill, void *arg) {
+    hsize_t dims[4] = {(hsize_t)s->B, (hsize_t)n, (hsize_t)heads, (hsize_t)s->D};
+    hid_t space = H5Screate_simple(4, dims, NULL);
+    hid_t ft = file_type(t);
+    hid_t ds = H5Dcreate2(file, name, ft, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (ds < 0) {
+        H5Tclose(ft);
+        H5Sclose(space);
+        return fa_seterr("%s: cannot create dataset '%s'", path, name);
+    }
+    if (t == FA_BF16) {
+        hid_t st = H5Tcopy(H5T_C_S1);
+        H5Tset_size(st, 8);
+        hid_t as = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(ds, "dtype", st, as, H5P_DEFAULT, H5P_DEFAULT);
+        H5Awrite(a, st, "bfloat16");
+        H5Aclose(a);
+        H5Sclose(as);
+        H5Tclose(st);
+    }
+    int64_t row = heads * s->D;
+    int64_t slab = (int64_t)(8 << 20) / (row * 4) + 1;       /* ~8 MB of fp32 per slab */
+    float *buf = fa_malloc((size_t)(slab * row) * sizeof(float), "gen slab");
+    void *raw = fa_malloc((size_t)(slab * row) * (size_t)fa_dtype_size(t), "gen slab");
+    int rc = 0;
+    for (int64_t b = 0; b < s->B && !rc; b++) {
+        for (int64_t r0 = 0; r0 < n && !rc; r0 += slab) {
+            int64_t m = n - r0 < slab ? n - r0 : slab;
+            fill(arg, name, b, r0, m, heads, s->D, buf);
+            fa_from_f32(t, buf, raw, m * row);
+            hsize_t start[4] = {(hsize_t)b, (hsize_t)r0, 0, 0};
+            hsize_t count[4] = {1, (hsize_t)m, (hsize_t)heads, (hsize_t)s->D};
+            hid_t mem = H5Screate_simple(4, count, NULL);
+            H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
+            if (H5Dwrite(ds, ft, mem, space, H5P_DEFAULT, raw) < 0)
+                rc = fa_seterr("%s: cannot write dataset '%s' (disk full?)", path, name);
+            H5Sclose(mem);
+        }
+    }
+    free(buf);
+    free(raw);
+    H5Dclose(ds);
+    H5Tclose(ft);
+    H5Sclose(space);
+    return rc;
+}
+
+int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, fa_fill_fn fill,
+                    void *arg) {
+    struct stat sb;
+    if (!force && stat(path, &sb) == 0)
+        return fa_seterr("%s: output exists (use --force to replace it)", path);
+    char tmp[4096], dir[4096], base[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    snprintf(base, sizeof base, "%s", path);
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%d", dirname(dir), basename(base), (int)getpid());
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) return fa_seterr("%s: cannot create file (%s)", path, strerror(errno ? errno : EACCES));
+    fa_set_cleanup_path(tmp);
+    int rc = write_dataset(f, path, "q", s, s->Nq, s->H, t, fill, arg);
+    if (!rc) rc = write_dataset(f, path, "k", s, s->Nk, s->Hkv, t, fill, arg);
+    if (!rc) rc = write_dataset(f, path, "v", s, s->Nk, s->Hkv, t, fill, arg);
+    if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close file", path);
+    if (!rc && rename(tmp, path) != 0)
+        rc = fa_seterr("%s: cannot rename the finished file into place (%s)", path, strerror(errno));
+    if (rc) unlink(tmp);
+    fa_set_cleanup_path(NULL);
+    return rc;
+}

@@ -1,0 +1,172 @@
+/* cli.c — run options (getopt_long), --help and --version. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include "runner/cli.h"
+#include "runner/common.h"
+#include "kernels/gpu.h"
+
+const char *fa_backend_name(fa_backend b) {
+    return b == BACKEND_CPU ? "cpu" : b == BACKEND_CUDA ? "cuda" : "auto";
+}
+
+void cli_print_version(void) {
+    if (fa_rank) return;
+    printf("fa_long %s\n", FA_VERSION);
+#ifdef FA_HAVE_CUDA
+    printf("  CUDA: yes (%d device%s visible)\n", gpu_count(), gpu_count() == 1 ? "" : "s");
+#else
+    printf("  CUDA: no (built without nvcc)\n");
+#endif
+#ifdef FA_HAVE_NCCL
+    printf("  NCCL: yes\n");
+#else
+    printf("  NCCL: no\n");
+#endif
+    printf("  HDF5: %s\n", h5io_parallel() ? "parallel (MPI-IO, collective hyperslabs)"
+                                            : "serial (rank 0 writes the output)");
+#ifdef FA_HAVE_CBLAS
+    printf("  CPU tile products: OpenBLAS\n");
+#else
+    printf("  CPU tile products: built-in\n");
+#endif
+}
+
+static void usage(void) {
+    if (fa_rank) return;
+    printf(
+        "usage: fa_long --input IN.h5 --output OUT.h5 [options]\n"
+        "       fa_long gen --output IN.h5 [shape options]     (fa_long gen --help)\n"
+        "       fa_long check --input IN.h5 --output OUT.h5     (fa_long check --help)\n"
+        "\n"
+        "Exact attention o = softmax(q k^T * scale) v from HDF5 datasets q [B,Nq,H,D] and\n"
+        "k, v [B,Nk,Hkv,D] to o [B,Nq,H,D] (and lse [B,H,Nq]), across the ranks of mpirun.\n"
+        "\n"
+        "  -i, --input FILE        input HDF5 file with datasets q, k, v\n"
+        "  -o, --output FILE       output HDF5 file (written under a temporary name, renamed at the end)\n"
+        "  -c, --causal            causal mask, aligned bottom-right: query i sees key j <= i + Nk - Nq\n"
+        "      --scale S           softmax scale (default 1/sqrt(D))\n"
+        "      --lse               also write lse [B,H,Nq] (float32, natural log)\n"
+        "      --chunk ROWS        query rows per pipeline chunk (K/M suffixes; default 1K CPU, 8K GPU)\n"
+        "      --window N          chunks whose cross-rank merge may be in flight (default 3)\n"
+        "      --backend B         cpu, cuda or auto (default auto: cuda when every rank has a GPU)\n"
+        "      --compute T         GPU compute type: bf16 (default) or fp16\n"
+        "      --threads N         CPU engine threads per rank (default: OMP_NUM_THREADS or all cores)\n"
+        "      --tile BRxBC        CPU engine tile (query rows x keys), e.g. 64x256\n"
+        "      --out-dtype T       element type of o: float32, float16, bfloat16 (default: q's)\n"
+        "      --shard L           key layout across ranks: contiguous, zigzag, striped\n"
+        "                          (default: contiguous, or striped when causal)\n"
+        "      --stripe N          keys per stripe for --shard striped (default: automatic)\n"
+        "      --allow-nonfinite   accept NaN/Inf in the inputs (refused by default)\n"
+        "  -f, --force             replace an existing output file\n"
+        "  -q, --quiet             no summary\n"
+        "  -v, --verbose           more detail (plan, per-rank times)\n"
+        "  -h, --help              this help\n"
+        "  -V, --version           version and build features\n");
+}
+
+enum { OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
+       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE };
+
+static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
+    int64_t v = fa_parse_size(s);
+    if (v < lo) return fa_seterr("option %s: '%s' is not a size >= %lld", opt, s, (long long)lo);
+    *out = v;
+    return 0;
+}
+
+int cli_parse_run(int argc, char **argv, fa_job *job) {
+    static const struct option opts[] = {
+        {"input", required_argument, 0, 'i'},   {"output", required_argument, 0, 'o'},
+        {"causal", no_argument, 0, 'c'},        {"scale", required_argument, 0, OPT_SCALE},
+        {"lse", no_argument, 0, OPT_LSE},       {"chunk", required_argument, 0, OPT_CHUNK},
+        {"window", required_argument, 0, OPT_WINDOW},
+        {"backend", required_argument, 0, OPT_BACKEND},
+        {"compute", required_argument, 0, OPT_COMPUTE},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"tile", required_argument, 0, OPT_TILE},
+        {"out-dtype", required_argument, 0, OPT_OUT_DTYPE},
+        {"shard", required_argument, 0, OPT_SHARD},
+        {"stripe", required_argument, 0, OPT_STRIPE},
+        {"allow-nonfinite", no_argument, 0, OPT_NONFINITE},
+        {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
+    memset(job, 0, sizeof *job);
+    job->window = 3;
+    opterr = 0;
+    optind = 1;
+    int c;
+    int64_t v;
+    while ((c = getopt_long(argc, argv, ":i:o:cfqvhV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i': job->input = optarg; break;
+        case 'o': job->output = optarg; break;
+        case 'c': job->causal = 1; break;
+        case 'f': job->force = 1; break;
+        case 'q': job->quiet = 1; break;
+        case 'v': job->verbose = 1; break;
+        case 'h': usage(); return 1;
+        case 'V': cli_print_version(); return 1;
+        case OPT_SCALE: {
+            char *end;
+            job->scale = strtod(optarg, &end);
+            if (*end || !(job->scale > 0) || !isfinite(job->scale))
+                return fa_seterr("option --scale: '%s' is not a positive number", optarg);
+            break;
+        }
+        case OPT_LSE: job->lse = 1; break;
+        case OPT_CHUNK: if (parse_int("--chunk", optarg, 1, &job->chunk)) return -1; break;
+        case OPT_WINDOW:
+            if (parse_int("--window", optarg, 1, &v)) return -1;
+            job->window = (int)(v > 64 ? 64 : v);
+            break;
+        case OPT_BACKEND:
+            if (!strcasecmp(optarg, "cpu")) job->backend = BACKEND_CPU;
+            else if (!strcasecmp(optarg, "cuda") || !strcasecmp(optarg, "gpu")) job->backend = BACKEND_CUDA;
+            else if (!strcasecmp(optarg, "auto")) job->backend = BACKEND_AUTO;
+            else return fa_seterr("option --backend: '%s' is not cpu, cuda or auto", optarg);
+            break;
+        case OPT_COMPUTE:
+            if (!strcasecmp(optarg, "bf16") || !strcasecmp(optarg, "bfloat16")) job->compute = FA_COMPUTE_BF16;
+            else if (!strcasecmp(optarg, "fp16") || !strcasecmp(optarg, "float16") || !strcasecmp(optarg, "f16"))
+                job->compute = FA_COMPUTE_FP16;
+            else return fa_seterr("option --compute: '%s' is not bf16 or fp16", optarg);
+            break;
+        case OPT_THREADS:
+            if (parse_int("--threads", optarg, 1, &v)) return -1;
+            job->threads = (int)v;
+            break;
+        case OPT_TILE: {
+            int br, bc;
+            char x;
+            if (sscanf(optarg, "%d%c%d", &br, &x, &bc) != 3 || (x != 'x' && x != 'X') || br < 1 || bc < 1)
+                return fa_seterr("option --tile: '%s' is not ROWSxKEYS (e.g. 64x256)", optarg);
+            job->br = br;
+            job->bc = bc;
+            break;
+        }
+        case OPT_OUT_DTYPE:
+            if (fa_dtype_parse(optarg, &job->out_dtype) || job->out_dtype == FA_F64)
+                return fa_seterr("option --out-dtype: '%s' is not float32, float16 or bfloat16", optarg);
+            job->out_dtype_set = 1;
+            break;
+        case OPT_SHARD:
+            if (shard_layout_parse(optarg, &job->shard))
+                return fa_seterr("option --shard: '%s' is not contiguous, zigzag or striped", optarg);
+            job->shard_set = 1;
+            break;
+        case OPT_STRIPE: if (parse_int("--stripe", optarg, 1, &job->stripe)) return -1; break;
+        case OPT_NONFINITE: job->allow_nonfinite = 1; break;
+        case ':': return fa_seterr("option %s needs a value (see --help)", argv[optind - 1]);
+        default:
+            return fa_seterr("unknown option '%s' (see --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return fa_seterr("unexpected argument '%s' (see --help)", argv[optind]);
+    if (!job->input) return fa_seterr("no input file: give --input FILE (see --help)");
+    if (!job->output) return fa_seterr("no output file: give --output FILE (see --help)");
+    return 0;
+}

@@ -1,0 +1,12 @@
+/* cli.h — the command line: `fa_long [run options]`, `fa_long gen ...`, `fa_long check ...`. */
+#pragma once
+#include "runner/job.h"
+
+/* Parses the run options into *job. Returns 0, 1 when --help/--version was handled (exit 0), or
+ * -1 with fa_seterr on a usage error. */
+int cli_parse_run(int argc, char **argv, fa_job *job);
+void cli_print_version(void);
+
+int cmd_run(int argc, char **argv);     /* runner/run.c */
+int cmd_gen(int argc, char **argv);     /* runner/gen.c */
+int cmd_check(int argc, char **argv);   /* runner/check.c */

@@ -1,0 +1,31 @@
+/* job.h — one job's configuration, as the command line sets it (runner/cli.c). */
+#pragma once
+#include <stdint.h>
+#include "io/h5io.h"
+#include "dist/shard.h"
+#include "kernels/gpu.h"
+
+typedef enum { BACKEND_AUTO = 0, BACKEND_CPU = 1, BACKEND_CUDA = 2 } fa_backend;
+
+typedef struct {
+    const char *input, *output;
+    int causal;
+    double scale;            /* 0: 1/sqrt(D) */
+    int lse;                 /* write lse */
+    int64_t chunk;           /* query rows per pipeline chunk (0: default) */
+    int window;              /* chunks whose merge may be in flight at once */
+    fa_backend backend;
+    fa_compute compute;      /* GPU compute type */
+    int threads;             /* CPU engine threads (0: OMP default) */
+    int br, bc;              /* CPU engine tile sizes (0: engine default) */
+    int force;
+    int out_dtype_set;
+    fa_dtype out_dtype;
+    int shard_set;
+    shard_layout shard;
+    int64_t stripe;
+    int allow_nonfinite;
+    int quiet, verbose;
+} fa_job;
+
+const char *fa_backend_name(fa_backend b);

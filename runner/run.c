@@ -1,0 +1,130 @@
+/* run.c — one attention job from HDF5 to HDF5: check the input, create the output under a
+ * temporary name, run the pipeline, record the job in attributes, commit, summarize. */
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+#include "dist/pipeline.h"
+#include "kernels/gpu.h"
+#include "runner/cli.h"
+#include "runner/common.h"
+
+/* Agree across ranks: returns -1 on every rank if any rank had rc != 0. The message set on the
+ * lowest failing rank is moved to rank 0 so that rank 0 prints it. */
+static int agree(int rc) {
+    int bad = rc ? fa_rank : fa_nranks, first;
+    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (first == fa_nranks) return 0;
+    if (first != 0) {
+        char msg[1024] = {0};
+        if (fa_rank == first) snprintf(msg, sizeof msg, "%s", fa_errmsg());
+        MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD);
+        if (fa_rank == 0) fa_seterr("%s", msg);
+    }
+    return -1;
+}
+
+static fa_backend choose_backend(const fa_job *job) {
+    int ngpu = gpu_count(), min_gpu;
+    MPI_Allreduce(&ngpu, &min_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (job->backend == BACKEND_CPU) return BACKEND_CPU;
+    if (job->backend == BACKEND_CUDA) {
+        if (min_gpu == 0) {
+#ifdef FA_HAVE_CUDA
+            fa_seterr("--backend cuda: no CUDA device is visible on %s", ngpu ? "some rank" : "this node");
+#else
+            fa_seterr("--backend cuda: this fa_long was built without CUDA (nvcc not found at build time)");
+#endif
+            return BACKEND_AUTO;
+        }
+        return BACKEND_CUDA;
+    }
+    return min_gpu > 0 ? BACKEND_CUDA : BACKEND_CPU;
+}
+
+static int write_attrs(h5out *out, const fa_job *job, const fa_shape *s, fa_backend be,
+                       int64_t chunk, double scale, double elapsed) {
+    int rc = 0;
+    rc |= h5out_attr_int(out, "causal", job->causal);
+    rc |= h5out_attr_double(out, "scale", scale);
+    rc |= h5out_attr_int(out, "ranks", fa_nranks);
+    rc |= h5out_attr_int(out, "chunk", chunk);
+    rc |= h5out_attr_str(out, "backend", fa_backend_name(be));
+    if (be == BACKEND_CUDA)
+        rc |= h5out_attr_str(out, "compute", job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16");
+    else
+        rc |= h5out_attr_str(out, "compute", "float32");
+    shard_layout lay = job->shard_set ? job->shard : (job->causal ? SHARD_STRIPED : SHARD_CONTIGUOUS);
+    rc |= h5out_attr_str(out, "shard", shard_layout_name(lay));
+    rc |= h5out_attr_str(out, "version", "fa_long " FA_VERSION);
+    rc |= h5out_attr_str(out, "input", job->input);
+    rc |= h5out_attr_double(out, "elapsed_seconds", elapsed);
+    return rc ? -1 : 0;
+}
+
+/* Rank 0 prints where the time went; per-rank compute shows the balance. */
+static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats *st,
+                      fa_backend be, double elapsed) {
+    double mine[4] = {st->t_compute, st->t_wait, st->work_pairs, (double)st->bytes_reduced};
+    double mx[4], sum[4];
+    MPI_Reduce(mine, mx, 4, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    MPI_Reduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    if (fa_rank != 0 || job->quiet) return;
+    double flops = 4.0 * sum[2] * (double)s->D;     /* 2 products x 2 flops per visible pair */
+    fprintf(stderr,
+            "fa_long: B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld %s on %d rank%s (%s): %.3f s, "
+            "%.2f GFLOP/s\n",
+            (long long)s->B, (long long)s->Nq, (long long)s->Nk, (long long)s->H,
+            (long long)s->Hkv, (long long)s->D, job->causal ? "causal" : "non-causal", fa_nranks,
+            fa_nranks == 1 ? "" : "s", fa_backend_name(be), elapsed, flops / elapsed * 1e-9);
+    fprintf(stderr,
+            "fa_long: rank 0 times: read %.3f s, compute %.3f s, merge wait %.3f s, write %.3f s; "
+            "compute max/mean %.3f; merged %.1f MB\n",
+            st->t_read, st->t_compute, st->t_wait, st->t_write,
+            sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
+}
+
+int cmd_run(int argc, char **argv) {
+    fa_job job;
+    int rc = cli_parse_run(argc, argv, &job);
+    if (rc == 1) return 0;
+    if (rc) return fa_report_error();
+    fa_verbosity = job.quiet ? 0 : job.verbose ? 2 : 1;
+    double t0 = fa_now();
+
+    fa_backend be = choose_backend(&job);
+    if (be == BACKEND_AUTO) return fa_report_error();
+
+    h5in *in = NULL;
+    fa_shape s;
+    if (agree(h5in_open(job.input, MPI_COMM_WORLD, &in, &s))) return fa_report_error();
+    fa_dtype ot = job.out_dtype_set ? job.out_dtype : (s.q_type == FA_F64 ? FA_F32 : s.q_type);
+    h5out *out = NULL;
+    if (agree(h5out_create(job.output, job.force, MPI_COMM_WORLD, &s, ot, job.lse, &out))) {
+        h5in_close(in);
+        return fa_report_error();
+    }
+    fa_log(2, "fa_long: %s backend, %s keys across %d ranks", fa_backend_name(be),
+           job.causal ? "causal" : "non-causal", fa_nranks);
+
+    pipeline_stats st;
+    rc = pipeline_run(&job, MPI_COMM_WORLD, in, &s, out, be, &st);
+    if (agree(rc)) {
+        h5out_abort(out);
+        h5in_close(in);
+        return fa_report_error();
+    }
+    double elapsed = fa_now() - t0;
+    MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    int64_t chunk = job.chunk > 0 ? job.chunk : pipeline_default_chunk(&s, fa_nranks, be == BACKEND_CUDA);
+    if (chunk > s.Nq) chunk = s.Nq;
+    double scale = job.scale > 0 ? job.scale : 1.0 / sqrt((double)s.D);
+    if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed)) || agree(h5out_commit(out))) {
+        h5out_abort(out);
+        h5in_close(in);
+        return fa_report_error();
+    }
+    h5in_close(in);
+    summarize(&job, &s, &st, be, fa_now() - t0);
+    return 0;
+}
