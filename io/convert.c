@@ -1,0 +1,107 @@
+/* convert.c — dtype names and element conversion to and from fp32. The loops are the scalar
+ * references of convert.h; where the compiler targets F16C the float16 loops use its
+ * instructions (vcvtph2ps / vcvtps2ph, round to nearest even), checked against the references
+ * in tests/test_h5io.c. */
+#include "io/h5io.h"
+#include "io/convert.h"
+#include "runner/common.h"
+#include <string.h>
+#include <strings.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+const char *fa_dtype_name(fa_dtype t) {
+    switch (t) {
+    case FA_F32: return "float32";
+    case FA_F16: return "float16";
+    case FA_BF16: return "bfloat16";
+    case FA_F64: return "float64";
+    }
+    return "unknown";
+}
+
+int fa_dtype_parse(const char *s, fa_dtype *out) {
+    static const struct { const char *name; fa_dtype t; } names[] = {
+        {"float32", FA_F32}, {"f32", FA_F32}, {"fp32", FA_F32}, {"float", FA_F32},
+        {"float16", FA_F16}, {"f16", FA_F16}, {"fp16", FA_F16}, {"half", FA_F16},
+        {"bfloat16", FA_BF16}, {"bf16", FA_BF16},
+        {"float64", FA_F64}, {"f64", FA_F64}, {"fp64", FA_F64}, {"double", FA_F64},
+    };
+    for (size_t i = 0; s && i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(s, names[i].name) == 0) { *out = names[i].t; return 0; }
+    return fa_seterr("unknown element type '%s' (expected float32, float16, bfloat16 or float64)",
+                     s ? s : "(null)");
+}
+
+int fa_dtype_size(fa_dtype t) {
+    switch (t) {
+    case FA_F32: return 4;
+    case FA_F16: case FA_BF16: return 2;
+    case FA_F64: return 8;
+    }
+    return 0;
+}
+
+static void f16_to_f32(const uint16_t *s, float *d, int64_t n) {
+    int64_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+#endif
+    for (; i < n; i++) d[i] = fa_f16_to_f32_ref(s[i]);
+}
+
+static void f32_to_f16(const float *s, uint16_t *d, int64_t n) {
+    int64_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++) d[i] = fa_f32_to_f16_ref(s[i]);
+}
+
+void fa_to_f32(fa_dtype t, const void *src, float *dst, int64_t n) {
+    switch (t) {
+    case FA_F32: memmove(dst, src, (size_t)n * 4); break;
+    case FA_F16: f16_to_f32(src, dst, n); break;
+    case FA_BF16: {
+        const uint16_t *s = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = fa_bf16_to_f32_ref(s[i]);
+        break;
+    }
+    case FA_F64: {
+        const double *s = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)s[i];
+        break;
+    }
+    }
+}
+
+void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n) {
+    switch (t) {
+    case FA_F32: memmove(dst, src, (size_t)n * 4); break;
+    case FA_F16: f32_to_f16(src, dst, n); break;
+    case FA_BF16: {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = fa_f32_to_bf16_ref(src[i]);
+        break;
+    }
+    case FA_F64: {
+        double *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = (double)src[i];
+        break;
+    }
+    }
+}
+
+void fa_byteswap(void *buf, int size, int64_t n) {
+    unsigned char *p = buf;
+    for (int64_t i = 0; i < n; i++, p += size)
+        for (int a = 0, b = size - 1; a < b; a++, b--) {
+            unsigned char c = p[a];
+            p[a] = p[b];
+            p[b] = c;
+        }
+}

@@ -1,0 +1,320 @@
+/* h5in.c — reading q, k, v. Rank 0 first checks the file serially and broadcasts the verdict and
+ * the shape, so every rank returns the same status and message; then every rank opens it: with
+ * MPI-IO and collective metadata where HDF5 is parallel, read-only and independently where not.
+ * Reads select a union of row ranges per rank and move at most a capped number of bytes per
+ * call, with the file's own element type as the memory type (no conversion inside HDF5, which
+ * would turn collective I/O independent); byte order and fp32 conversion are done here. */
+#define _GNU_SOURCE
+#include "io/h5priv.h"
+#include "io/convert.h"
+#include <string.h>
+
+static const char *const NAMES[3] = {"q", "k", "v"};
+#define EXPECT_QKV "q [B, Nq, H, D], k and v [B, Nk, Hkv, D]"
+
+struct h5in {
+    char path[FA_PATH_MAX];
+    MPI_Comm comm;
+    hid_t file, dset[3], type[3];   /* type: the file's element type, used as memory type */
+    fa_dtype dtype[3];
+    int swap[3];
+    int64_t dims[3][4];
+    int64_t cap_bytes;              /* rank 0's, broadcast: the same loop counts everywhere */
+};
+
+/* ---- rank 0's check ----------------------------------------------------------------------------- */
+typedef struct { int ndims; int64_t dims[8]; fa_dtype t; } ds_desc;
+
+static int describe(hid_t file, const char *path, const char *name, ds_desc *d) {
+    hid_t ds = h5io_open_dataset(file, path, name, EXPECT_QKV);
+    if (ds < 0) return -1;
+    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
+    d->ndims = H5Sget_simple_extent_ndims(sp);
+    hsize_t hd[8] = {0};
+    if (d->ndims >= 0 && d->ndims <= 8) H5Sget_simple_extent_dims(sp, hd, NULL);
+    for (int i = 0; i < 8; i++) d->dims[i] = (int64_t)hd[i];
+    char why[256], have[200], hint[200] = "", attr[64];
+    int swap, st = 0;
+    h5io_fmt_dims(have, sizeof have, d->ndims, d->dims);
+    if (d->ndims != 4) {
+        st = fa_seterr("input '%s': dataset '%s' has rank %d %s; expected rank 4: " EXPECT_QKV,
+                       path, name, d->ndims, d->ndims >= 0 && d->ndims <= 8 ? have : "");
+    } else if (h5io_classify(ty, &d->t, &swap, why, sizeof why) < 0) {
+        if (h5io_read_str_attr(ds, "dtype", attr, sizeof attr) == 0 && !strcmp(attr, "bfloat16"))
+            snprintf(hint, sizeof hint, " (bfloat16 must be stored as a 16-bit HDF5 float type: "
+                     "sign bit 15, 8 exponent bits at 7, bias 127, 7 mantissa bits at 0)");
+        st = fa_seterr("input '%s': dataset '%s' holds %s elements; expected float32, float16, "
+                       "bfloat16 or float64%s", path, name, why, hint);
+    } else if (d->dims[0] * d->dims[1] * d->dims[2] * d->dims[3] == 0) {
+        st = fa_seterr("input '%s': dataset '%s' %s has an empty dimension; expected every "
+                       "dimension > 0", path, name, have);
+    }
+    H5Tclose(ty);
+    H5Sclose(sp);
+    H5Dclose(ds);
+    return st;
+}
+
+static int check_shapes(const char *path, const ds_desc d[3], fa_shape *s) {
+    char q[200], k[200], v[200];
+    h5io_fmt_dims(q, sizeof q, 4, d[0].dims);
+    h5io_fmt_dims(k, sizeof k, 4, d[1].dims);
+    h5io_fmt_dims(v, sizeof v, 4, d[2].dims);
+    if (d[1].dims[1] != d[2].dims[1] || d[1].dims[2] != d[2].dims[2])
+        return fa_seterr("input '%s': k %s and v %s differ in Nk or Hkv; expected the same "
+                         "[B, Nk, Hkv, D]", path, k, v);
+    if (d[0].dims[0] != d[1].dims[0] || d[0].dims[0] != d[2].dims[0] ||
+        d[0].dims[3] != d[1].dims[3] || d[0].dims[3] != d[2].dims[3])
+        return fa_seterr("input '%s': q %s, k %s, v %s disagree on B or D; expected the same "
+                         "batch B and head dim D in all three", path, q, k, v);
+    if (d[0].dims[2] % d[1].dims[2] != 0)
+        return fa_seterr("input '%s': q has H=%lld heads, k and v Hkv=%lld; expected H a "
+                         "multiple of Hkv", path, (long long)d[0].dims[2],
+                         (long long)d[1].dims[2]);
+    if (d[0].dims[3] > FA_MAX_HEAD_DIM)
+        return fa_seterr("input '%s': head dim D=%lld exceeds the maximum %d", path,
+                         (long long)d[0].dims[3], FA_MAX_HEAD_DIM);
+    *s = (fa_shape){d[0].dims[0], d[0].dims[1], d[1].dims[1], d[0].dims[2], d[1].dims[2],
+                    d[0].dims[3], d[0].t, d[1].t, d[2].t};
+    return 0;
+}
+
+static int check_input(const char *path, fa_shape *s) {
+    hid_t file = h5io_open_serial(path, "input");
+    if (file < 0) return -1;
+    ds_desc d[3];
+    int st = 0;
+    for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, NAMES[i], &d[i]);
+    if (st == 0) st = check_shapes(path, d, s);
+    H5Fclose(file);
+    return st;
+}
+
+/* ---- every rank's open --------------------------------------------------------------------------- */
+static hid_t open_all(h5in *f) {
+#ifdef H5_HAVE_PARALLEL
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    HDF5_CHECK(fapl, "H5Pcreate(file access)");
+    HDF5_CHECK(H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL), "H5Pset_fapl_mpio");
+    HDF5_CHECK(H5Pset_all_coll_metadata_ops(fapl, 1), "H5Pset_all_coll_metadata_ops");
+    hid_t file = H5Fopen(f->path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    return file;
+#else
+    return H5Fopen(f->path, H5F_ACC_RDONLY, H5P_DEFAULT);
+#endif
+}
+
+static int open_datasets(h5in *f) {
+    if ((f->file = open_all(f)) < 0)
+        return fa_seterr("input '%s': HDF5 cannot open it on every rank", f->path);
+    for (int i = 0; i < 3; i++) {
+        char why[256];
+        hsize_t d[4];
+        if ((f->dset[i] = H5Dopen2(f->file, NAMES[i], H5P_DEFAULT)) < 0 ||
+            (f->type[i] = H5Dget_type(f->dset[i])) < 0 ||
+            h5io_classify(f->type[i], &f->dtype[i], &f->swap[i], why, sizeof why) < 0)
+            return fa_seterr("input '%s': dataset '%s' changed while opening", f->path, NAMES[i]);
+        hid_t sp = H5Dget_space(f->dset[i]);
+        H5Sget_simple_extent_dims(sp, d, NULL);
+        H5Sclose(sp);
+        for (int j = 0; j < 4; j++) f->dims[i][j] = (int64_t)d[j];
+    }
+    return 0;
+}
+
+static void close_handles(h5in *f) {
+    for (int i = 0; i < 3; i++) {
+        if (f->type[i] >= 0) H5Tclose(f->type[i]);
+        if (f->dset[i] >= 0) H5Dclose(f->dset[i]);
+    }
+    if (f->file >= 0) H5Fclose(f->file);
+}
+
+int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
+    h5io_init();
+    *out = NULL;
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    struct { int st; fa_shape s; int64_t cap; } v = {0, {0}, 0};
+    if (rank == 0) {
+        v.st = check_input(path, &v.s);
+        v.cap = h5io_cap_bytes();
+    }
+    MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, comm);
+    if (h5io_agree(comm, v.st, 0) < 0) return -1;
+    h5in *f = fa_calloc(1, sizeof *f, "h5in");
+    snprintf(f->path, sizeof f->path, "%s", path);
+    MPI_Comm_dup(comm, &f->comm);
+    f->file = f->dset[0] = f->dset[1] = f->dset[2] = f->type[0] = f->type[1] = f->type[2] = -1;
+    f->cap_bytes = v.cap;
+    if (h5io_agree(f->comm, open_datasets(f), rank) < 0) {
+        close_handles(f);        /* collective: every rank gets here */
+        MPI_Comm_free(&f->comm);
+        free(f);
+        return -1;
+    }
+    *shape = v.s;
+    *out = f;
+    return 0;
+}
+
+void h5in_close(h5in *f) {
+    if (!f) return;
+    close_handles(f);
+    MPI_Comm_free(&f->comm);
+    free(f);
+}
+
+/* ---- reading rows ------------------------------------------------------------------------------ */
+/* One transfer's worth: pieces of the caller's ranges, ascending and disjoint in the file (a
+ * hyperslab union is transferred in file order), at most cap_rows rows in all. */
+typedef struct { int64_t start, n, dst_row; } piece;
+typedef struct { int i; int64_t off, dst_row; } cursor;
+
+static int next_batch(const row_range *r, int nr, cursor *c, int64_t cap_rows, piece *p) {
+    int np = 0;
+    int64_t rows = 0, end = -1;
+    while (c->i < nr && rows < cap_rows) {
+        if (c->off >= r[c->i].n) { c->i++, c->off = 0; continue; }
+        int64_t s = r[c->i].start + c->off;
+        if (s < end) break;                          /* not ascending: next transfer */
+        int64_t n = r[c->i].n - c->off;
+        if (n > cap_rows - rows) n = cap_rows - rows;
+        p[np++] = (piece){s, n, c->dst_row};
+        c->off += n, c->dst_row += n, rows += n, end = s + n;
+    }
+    return np;
+}
+
+static int check_ranges(h5in *f, int idx, int64_t b, const row_range *r, int nr) {
+    const int64_t B = f->dims[idx][0], N = f->dims[idx][1];
+    if (b < 0 || b >= B)
+        return fa_seterr("input '%s': batch %lld out of range for '%s' (B=%lld)", f->path,
+                         (long long)b, NAMES[idx], (long long)B);
+    for (int i = 0; i < nr; i++)
+        if (r[i].start < 0 || r[i].n < 0 || r[i].start + r[i].n > N)
+            return fa_seterr("input '%s': rows [%lld, %lld) out of range for '%s' (N=%lld)",
+                             f->path, (long long)r[i].start, (long long)(r[i].start + r[i].n),
+                             NAMES[idx], (long long)N);
+    return 0;
+}
+
+static hid_t transfer_plist(void) {
+#ifdef H5_HAVE_PARALLEL
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    HDF5_CHECK(dxpl, "H5Pcreate(transfer)");
+    HDF5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE), "H5Pset_dxpl_mpio");
+    return dxpl;
+#else
+    return H5Pcreate(H5P_DATASET_XFER);
+#endif
+}
+
+/* Records whether the transfer just made through dxpl stayed collective (tests check it). */
+static void note_io_mode(hid_t dxpl) {
+#ifdef H5_HAVE_PARALLEL
+    H5D_mpio_actual_io_mode_t mode;
+    if (H5Pget_mpio_actual_io_mode(dxpl, &mode) >= 0)
+        h5io_last_collective = mode != H5D_MPIO_NO_COLLECTIVE;
+#else
+    (void)dxpl;
+#endif
+}
+
+/* Selects the pieces (or nothing) in the file space and a matching memory space. */
+static hid_t select_pieces(hid_t fspace, const int64_t dims[4], int64_t b, const piece *p,
+                           int np) {
+    int64_t rows = 0;
+    HDF5_CHECK(H5Sselect_none(fspace), "H5Sselect_none");
+    for (int i = 0; i < np; i++) {
+        hsize_t start[4] = {b, p[i].start, 0, 0}, count[4] = {1, p[i].n, dims[2], dims[3]};
+        HDF5_CHECK(H5Sselect_hyperslab(fspace, i ? H5S_SELECT_OR : H5S_SELECT_SET, start, NULL,
+                                       count, NULL), "H5Sselect_hyperslab");
+        rows += p[i].n;
+    }
+    hsize_t n = rows ? (hsize_t)(rows * dims[2] * dims[3]) : 1;
+    hid_t mem = H5Screate_simple(1, &n, NULL);
+    HDF5_CHECK(mem, "H5Screate_simple");
+    if (rows == 0) HDF5_CHECK(H5Sselect_none(mem), "H5Sselect_none");
+    return mem;
+}
+
+/* First non-finite value of dst ([rows, heads, D] in range order) as a global linear index of
+ * the dataset, or -1; *what gets "NaN", "+Inf" or "-Inf". */
+static int64_t first_nonfinite(const h5in *f, int idx, int64_t b, const row_range *r, int nr,
+                               const float *dst, const char **what) {
+    const int64_t N = f->dims[idx][1], row_el = f->dims[idx][2] * f->dims[idx][3];
+    int64_t best = -1, at = 0;
+    for (int i = 0; i < nr; at += r[i].n * row_el, i++) {
+        const float *x = dst + at;
+        for (int64_t e = 0; e < r[i].n * row_el; e++) {
+            if ((fa_f32_bits(x[e]) & 0x7f800000u) != 0x7f800000u) continue;
+            int64_t g = (b * N + r[i].start) * row_el + e;
+            if (best < 0 || g < best) best = g, *what = x[e] != x[e] ? "NaN" : x[e] > 0 ? "+Inf" : "-Inf";
+            break;
+        }
+    }
+    return best;
+}
+
+static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int nr,
+                            const float *dst) {
+    const char *what = "";
+    int64_t g = first_nonfinite(f, idx, b, r, nr, dst, &what);
+    if (g >= 0) {
+        const int64_t *d = f->dims[idx];
+        fa_seterr("input '%s': dataset '%s' has %s at [%lld, %lld, %lld, %lld]; expected finite "
+                  "values", f->path, NAMES[idx], what, (long long)(g / (d[1] * d[2] * d[3])),
+                  (long long)(g / (d[2] * d[3]) % d[1]), (long long)(g / d[3] % d[2]),
+                  (long long)(g % d[3]));
+    }
+    return h5io_agree(f->comm, g >= 0, g);
+}
+
+static int name_index(const char *name) {
+    for (int i = 0; i < 3; i++)
+        if (name && !strcmp(name, NAMES[i])) return i;
+    return -1;
+}
+
+int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
+                   float *dst, int check_finite) {
+    int idx = name_index(name), st = 0;
+    if (idx < 0) st = fa_seterr("input '%s': no dataset '%s' to read (q, k or v)", f->path,
+                                name ? name : "(null)");
+    if (st == 0) st = check_ranges(f, idx, b, ranges, nranges);
+    if (h5io_agree(f->comm, st, 0) < 0) return -1;
+    const int64_t *dims = f->dims[idx];
+    const int esize = fa_dtype_size(f->dtype[idx]), row_el = (int)(dims[2] * dims[3]);
+    int64_t cap_rows = f->cap_bytes / ((int64_t)row_el * esize), total = 0;
+    if (cap_rows < 1) cap_rows = 1;
+    piece *p = fa_malloc((size_t)(nranges + 1) * sizeof *p, "read pieces");
+    cursor c = {0, 0, 0};
+    int64_t nb = 0;
+    while (next_batch(ranges, nranges, &c, cap_rows, p) > 0) nb++;
+    for (int i = 0; i < nranges; i++) total += ranges[i].n;
+    MPI_Allreduce(MPI_IN_PLACE, &nb, 1, MPI_INT64_T, MPI_MAX, f->comm);
+    void *stage = fa_malloc((size_t)(total < cap_rows ? total : cap_rows) * row_el * esize,
+                            "read staging");
+    hid_t fspace = H5Dget_space(f->dset[idx]), dxpl = transfer_plist();
+    HDF5_CHECK(fspace, "H5Dget_space");
+    c = (cursor){0, 0, 0};
+    for (int64_t it = 0; it < nb; it++) {
+        int np = next_batch(ranges, nranges, &c, cap_rows, p);
+        hid_t mem = select_pieces(fspace, dims, b, p, np);
+        HDF5_CHECK(H5Dread(f->dset[idx], f->type[idx], mem, fspace, dxpl, stage), "H5Dread");
+        note_io_mode(dxpl);
+        H5Sclose(mem);
+        const char *s = stage;
+        for (int i = 0; i < np; s += p[i].n * row_el * esize, i++) {
+            if (f->swap[idx]) fa_byteswap((void *)s, esize, p[i].n * row_el);
+            fa_to_f32(f->dtype[idx], s, dst + p[i].dst_row * row_el, p[i].n * row_el);
+        }
+    }
+    H5Pclose(dxpl);
+    H5Sclose(fspace);
+    free(stage);
+    free(p);
+    return check_finite ? check_finite_all(f, idx, b, ranges, nranges, dst) : 0;
+}

@@ -1,0 +1,46 @@
+/* h5priv.h — what io/h5io.c, io/h5in.c and io/h5out.c share: the HDF5 checker, element-type
+ * recognition, the cross-rank status agreement and the per-transfer cap. Not for other folders. */
+#pragma once
+#include "io/h5io.h"
+#include "runner/common.h"
+#include <hdf5.h>
+#include <mpi.h>
+
+/* IOR-style checker for failures one rank meets alone mid-transfer (I/O errors): fa_fail() with
+ * file, line and rank, which removes the temporary output and brings every rank down. Errors a
+ * user can cause (bad input, output exists) are reported with fa_seterr() instead. */
+#define HDF5_CHECK(ret, what)                                                             \
+    do {                                                                                  \
+        if ((ret) < 0) fa_fail("%s:%d: HDF5 %s failed", __FILE__, __LINE__, (what));      \
+    } while (0)
+
+#define FA_PATH_MAX 4096
+#define FA_IO_CAP_DEFAULT (1LL << 30)   /* bytes per rank per transfer (env FA_IO_CAP_BYTES) */
+
+void h5io_init(void);                   /* silences HDF5's own error stack printing, once */
+
+/* Recognizes a file element type: fills *t and *swap (bytes to swap for this host) and returns
+ * 0, or returns -1 and writes what the type is instead into why[len]. */
+int h5io_classify(hid_t type, fa_dtype *t, int *swap, char *why, int len);
+hid_t h5io_file_type(fa_dtype t);       /* little-endian file type of t; H5Tclose it */
+
+/* Opens `path` read-only through the default (serial) driver, with the user-facing messages for
+ * a missing file or one that is not HDF5; `role` ("input", "file") starts them. */
+hid_t h5io_open_serial(const char *path, const char *role);
+/* Opens dataset `name` of `file` with a message naming both (and `expect`, may be NULL) when it
+ * is absent or not a dataset. */
+hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const char *expect);
+/* Reads string attribute `name` of object `obj` (fixed or variable length) into buf[len];
+ * -1 when absent or not a string (no message). */
+int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);
+
+/* COLLECTIVE. Returns 0 when st == 0 on every rank; otherwise -1 on every rank, with the
+ * message of the failing rank of smallest key (default: its rank) copied everywhere. */
+int h5io_agree(MPI_Comm comm, int st, int64_t key);
+
+int64_t h5io_cap_bytes(void);           /* FA_IO_CAP_BYTES or 1 GiB, within [1, 2^31 - 4096] */
+void h5io_fmt_dims(char *buf, int len, int ndims, const int64_t *dims);   /* "[2, 64, 8, 128]" */
+
+/* For tests: whether the last parallel transfer ran collectively (1), independently (0), or
+ * -1 in a serial build or before any transfer. */
+extern int h5io_last_collective;
