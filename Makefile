@@ -133,7 +133,7 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory all
-	@/usr/bin/python3 -m pytest -q tests
+	@/usr/bin/python3 -m pytest -q tests --ignore=tests/gpu
 
 test-gpu:
 	@$(MAKE) --no-print-directory all
