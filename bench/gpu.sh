@@ -1,0 +1,36 @@
+#!/bin/sh
+# bench/gpu.sh — build, check and time the GPU kernel against PyTorch SDPA (flash and cuDNN
+# backends) and the card's bf16 GEMM rate, all in one run. Prints a short table last.
+#
+#   sh bench/gpu.sh [--quick]     (on a machine with an NVIDIA GPU, CUDA, python3 with torch)
+#
+# Writes bench/results/kernel_<card>.csv (n,heads,d,causal,ours_tflops,flash_tflops,cudnn_tflops),
+# bench/results/kernel_<card>.json (every timing, both variants, errors vs cuDNN) and
+# bench/results/kernel_<card>.txt (the table). Overridable: NVCC, NVCC_GENCODE, BUILD.
+set -u
+NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
+NVCC_GENCODE=${NVCC_GENCODE:--gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80}
+BUILD=${BUILD:-build}
+OBJ=$BUILD/bench/gpu
+mkdir -p "$OBJ" bench/results
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr 'A-Z' 'a-z' | sed -E 's/nvidia //; s/ .*//')
+card=${card:-unknown}
+
+echo "== building $OBJ/libflash.so and the checks"
+"$NVCC" -O3 -lineinfo -std=c++17 $NVCC_GENCODE --expt-relaxed-constexpr -I. -DFA_HAVE_CUDA -Xcompiler -fPIC -shared \
+    kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu -o "$OBJ/libflash.so" || { echo "FAIL: build"; exit 1; }
+"$NVCC" -O2 -std=c++17 $NVCC_GENCODE -I. -DFA_HAVE_CUDA -Xcompiler -fopenmp tests/gpu/test_flash.cu \
+    kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu kernels/cuda/engine.cu -o "$OBJ/test_flash" || { echo "FAIL: build test"; exit 1; }
+
+echo "== validating every variant before timing (fp64 reference, fresh random inputs)"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$OBJ/test_flash" --no-large > "$OBJ/validate.txt" 2>&1
+rc=$?
+grep -E "FAIL|passed" "$OBJ/validate.txt"
+[ $rc -eq 0 ] || { echo "FAIL: validation (see $OBJ/validate.txt); not timing"; exit 1; }
+
+echo "== timing (card: $card)"
+PYTHONUNBUFFERED=1 python3 bench/gpu/bench.py --lib "$OBJ/libflash.so" --csv "bench/results/kernel_$card.csv" \
+    --raw "bench/results/kernel_$card.json" "$@" | tee "$OBJ/bench.txt"
+rc=$?
+sed -n '/^$/,$p' "$OBJ/bench.txt" > "bench/results/kernel_$card.txt"
+exit $rc

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""bench/gpu/bench.py — times fa_long's flash kernel against PyTorch's scaled_dot_product_attention
+(flash backend and cuDNN backend) on the same tensors in the same process, and the card's bf16
+GEMM rate as the ceiling. Called by bench/gpu.sh; prints a '#'-headed table last.
+
+  python3 bench/gpu/bench.py --lib build/libflash.so --csv bench/results/kernel_h100.csv [--quick]
+
+Our kernel is loaded with ctypes (kernels/cuda/flash.h, built as a shared library by gpu.sh) and
+called on torch's own buffers: q, k [H][N][D] are the tensors SDPA gets ([1,H,N,D] contiguous);
+V is given to our kernel transposed ([H][D][N], keys contiguous: the layout our engine keeps,
+made once at load time, outside the timing). Output bf16 [H][N][D] and lse, final mode.
+TFLOP/s = 4*B*H*Nq*Nk*D / t, halved for causal. Before timing, each of our variants' output is
+compared with the cuDNN output on the same inputs (max abs difference over max |ref|).
+"""
+import argparse, ctypes, json, math, os, sys, time
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel, SDPBackend
+
+
+class FlashParams(ctypes.Structure):
+    _fields_ = [
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("vt", ctypes.c_void_p),
+        ("q_head_stride", ctypes.c_int64), ("q_row_stride", ctypes.c_int64),
+        ("k_head_stride", ctypes.c_int64), ("k_row_stride", ctypes.c_int64),
+        ("vt_head_stride", ctypes.c_int64), ("vt_row_stride", ctypes.c_int64),
+        ("nq", ctypes.c_int64), ("nk", ctypes.c_int64),
+        ("h", ctypes.c_int), ("hkv", ctypes.c_int), ("d", ctypes.c_int),
+        ("dtype", ctypes.c_int), ("scale", ctypes.c_float), ("causal", ctypes.c_int),
+        ("q_pos0", ctypes.c_int64), ("k_pos0", ctypes.c_int64), ("diag", ctypes.c_int64),
+        ("rec_in", ctypes.c_void_p), ("rec_out", ctypes.c_void_p), ("out_mode", ctypes.c_int),
+        ("o", ctypes.c_void_p), ("o_dtype", ctypes.c_int),
+        ("o_head_stride", ctypes.c_int64), ("o_row_stride", ctypes.c_int64),
+        ("lse", ctypes.c_void_p), ("lse_head_stride", ctypes.c_int64), ("lse_row_stride", ctypes.c_int64),
+    ]
+
+
+def median_ms(fn, reps, warm=1):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2], ts
+
+
+def gemm_tflops():
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms, _ = median_ms(lambda: a @ b, 30, warm=5)
+    return 2 * n ** 3 / ms / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--csv", required=True)
+    ap.add_argument("--raw", default=None, help="JSON file with every timing")
+    ap.add_argument("--quick", action="store_true", help="8K and 32K only")
+    ap.add_argument("--variants", default="1,2")
+    args = ap.parse_args()
+
+    lib = ctypes.CDLL(args.lib)
+    lib.flash_forward.argtypes = [ctypes.POINTER(FlashParams), ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    lib.flash_variant_available.argtypes = [ctypes.c_int]
+    lib.flash_variant_name.restype = ctypes.c_char_p
+    torch.cuda.init()
+    variants = [v for v in map(int, args.variants.split(",")) if lib.flash_variant_available(v)]
+    dev = torch.cuda.get_device_properties(0)
+    card = dev.name
+    print(f"# card: {card}, {dev.multi_processor_count} SMs; torch {torch.__version__}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"# our variants here: {[lib.flash_variant_name(v).decode() for v in variants]}")
+    gemm = gemm_tflops()
+    print(f"# bf16 GEMM 8192^3 (torch.matmul): {gemm:.0f} TFLOP/s  (the ceiling)", flush=True)
+
+    ns = [8192, 32768] if args.quick else [8192, 32768, 131072, 262144]
+    heads_for = {8192: 32, 32768: 16, 131072: 4, 262144: 2}
+    rows, raw = [], {"card": card, "date": time.strftime("%Y-%m-%d", time.gmtime()), "gemm_tflops": gemm, "rows": []}
+    msg = ctypes.create_string_buffer(256)
+    for d in (64, 128):
+        for causal in (0, 1):
+            for n in ns:
+                h = heads_for[n]
+                torch.manual_seed(n + d + causal)
+                q = torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16)
+                k = torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16)
+                v = torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16)
+                vt = v.transpose(-1, -2).contiguous()
+                o = torch.empty_like(q)
+                lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
+                flops = 4.0 * h * n * n * d / (2 if causal else 1)
+                est = flops / 300e12
+                reps = max(3, min(20, int(1.0 / max(est, 1e-4))))
+
+                def sdpa(backend):
+                    def f():
+                        with sdpa_kernel(backend):
+                            return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+                    return f
+
+                res = {"n": n, "heads": h, "d": d, "causal": causal}
+                ref = sdpa(SDPBackend.CUDNN_ATTENTION)()
+                refmax = ref.abs().max().item()
+                for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+                    ms, ts = median_ms(sdpa(backend), reps)
+                    res[name + "_tflops"] = flops / ms / 1e9
+                    res[name + "_ms"] = ts
+                for var in variants:
+                    p = FlashParams()
+                    p.q, p.k, p.vt = q.data_ptr(), k.data_ptr(), vt.data_ptr()
+                    p.q_head_stride, p.q_row_stride = n * d, d
+                    p.k_head_stride, p.k_row_stride = n * d, d
+                    p.vt_head_stride, p.vt_row_stride = d * n, n
+                    p.nq = p.nk = n
+                    p.h = p.hkv = h
+                    p.d = d
+                    p.dtype = 0
+                    p.scale = 1.0 / math.sqrt(d)
+                    p.causal = causal
+                    p.out_mode = 1
+                    p.o, p.o_dtype = o.data_ptr(), 0
+                    p.o_head_stride, p.o_row_stride = n * d, d
+                    p.lse, p.lse_head_stride, p.lse_row_stride = lse.data_ptr(), n, 1
+                    stream = torch.cuda.current_stream().cuda_stream
+
+                    def ours():
+                        if lib.flash_forward(ctypes.byref(p), var, ctypes.c_void_p(stream), msg, 256):
+                            raise RuntimeError(msg.value.decode())
+                    o.fill_(float("nan"))
+                    ours()
+                    torch.cuda.synchronize()
+                    err = ((o.float() - ref.float()).abs().max() / refmax).item()
+                    ok = err <= 2e-2 and not torch.isnan(o).any().item()
+                    ms, ts = median_ms(ours, reps)
+                    vn = lib.flash_variant_name(var).decode()
+                    res[vn + "_tflops"] = flops / ms / 1e9 if ok else 0.0
+                    res[vn + "_err_vs_cudnn"] = err
+                    res[vn + "_ms"] = ts
+                    if not ok:
+                        print(f"# {vn} n={n} d={d} causal={causal}: WRONG (max err {err:.3g} of scale vs cuDNN); not counted", flush=True)
+                best = variants[-1]  # what FLASH_AUTO (the program) runs: the newest variant this card has
+                res["ours"] = lib.flash_variant_name(best).decode()
+                res["ours_tflops"] = res[res["ours"] + "_tflops"]
+                raw["rows"].append(res)
+                rows.append(res)
+                print(f"  n={n:6d} h={h:2d} d={d:3d} causal={causal}: ours {res['ours_tflops']:6.1f} ({res['ours']})"
+                      f"  flash {res['flash_tflops']:6.1f}  cudnn {res['cudnn_tflops']:6.1f}  "
+                      + " ".join(f"{lib.flash_variant_name(vv).decode()}={res[lib.flash_variant_name(vv).decode() + '_tflops']:.1f}(err {res[lib.flash_variant_name(vv).decode() + '_err_vs_cudnn']:.1e})" for vv in variants),
+                      flush=True)
+                del q, k, v, vt, o, lse, ref
+                torch.cuda.empty_cache()
+
+    os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
+    with open(args.csv, "w") as f:
+        f.write("n,heads,d,causal,ours_tflops,flash_tflops,cudnn_tflops\n")
+        for r in rows:
+            f.write(f"{r['n']},{r['heads']},{r['d']},{r['causal']},{r['ours_tflops']:.1f},{r['flash_tflops']:.1f},{r['cudnn_tflops']:.1f}\n")
+    if args.raw:
+        with open(args.raw, "w") as f:
+            json.dump(raw, f, indent=1)
+    print()
+    print(f"# {card}, {raw['date']}, bf16, B=1; TFLOP/s = 4*H*N^2*D/t (causal halved); GEMM ceiling {gemm:.0f} TFLOP/s")
+    print(f"# {'n':>6} {'heads':>5} {'d':>4} {'causal':>6} {'ours':>7} {'flash':>7} {'cudnn':>7} {'x flash':>8} {'x cudnn':>8}  variant")
+    for r in rows:
+        print(f"  {r['n']:6d} {r['heads']:5d} {r['d']:4d} {r['causal']:6d} {r['ours_tflops']:7.1f} {r['flash_tflops']:7.1f}"
+              f" {r['cudnn_tflops']:7.1f} {r['ours_tflops'] / r['flash_tflops']:8.2f} {r['ours_tflops'] / r['cudnn_tflops']:8.2f}  {r['ours']}")
+    d128 = [r for r in rows if r["d"] == 128]
+    must = all(r["ours_tflops"] >= r["flash_tflops"] for r in d128)
+    target = all(r["ours_tflops"] >= 0.9 * r["cudnn_tflops"] for r in d128)
+    print(f"# D=128: >= 1.0x flash on every row: {'yes' if must else 'NO'};  >= 0.9x cuDNN on every row: {'yes' if target else 'no'}")
+
+
+if __name__ == "__main__":
+    main()

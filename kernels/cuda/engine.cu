@@ -1,0 +1,290 @@
+/* engine.cu — the GPU engine of kernels/gpu.h on one CUDA device, on top of the flash kernel
+ * (kernels/cuda/flash.h).
+ *
+ * Built by the top-level Makefile (nvcc ... -c kernels/cuda/engine.cu).
+ *
+ * Device buffers (T = compute type, bf16 or fp16):
+ *   k     [Hkv][kv_cap][D]  T   the rank's key segments one after another, each starting at a
+ *   vt    [Hkv][D][kv_cap]  T   multiple of 64 rows (so every segment's base stays 16-byte aligned)
+ *   q     [H][max_rows][D]  T   the current chunk of queries
+ *   rec   [max_rows][H][D+2] fp32 running state, the host record layout, copied in and out as is
+ *   stage fp32 staging for uploads (host fp32 -> device fp32 -> convert kernel -> T)
+ * gpu_engine_partial: upload q and the state, one kernel launch per key segment in state mode
+ * (each continues from the state the last left, masks by global positions), download the state.
+ */
+#include "kernels/cuda/flash.h"
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdio.h>
+#include <string.h>
+extern "C" {
+#include "kernels/gpu.h"
+#include "runner/common.h"
+}
+
+#define ENGINE_ALIGN 64
+
+/* CUDA failures a rank meets alone end the run (runner/common.h, kind 2). */
+#define cudaCheck(call)                                                                          \
+    do {                                                                                         \
+        cudaError_t err_ = (call);                                                               \
+        if (err_ != cudaSuccess)                                                                 \
+            fa_fail("CUDA error at %s:%d: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(err_), #call); \
+    } while (0)
+
+struct kv_seg {
+    int64_t off, n, pos0;
+};
+
+struct gpu_engine {
+    int dev, h, hkv, d;
+    fa_compute ct;
+    int64_t kv_cap, max_rows;
+    void *k, *vt, *q;
+    float *rec, *stage;
+    int64_t stage_floats;
+    kv_seg *segs;
+    int nsegs;
+    cudaStream_t stream;
+};
+
+/* ---- conversion kernels: fp32 host layout -> compute type, device layout --------------------- */
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half from_f32(float x) { return __float2half_rn(x); }
+
+/* src [n][heads][D] fp32 -> dst [heads][ld][D] T at rows off.. */
+template <typename T>
+__global__ void convert_rows(const float *__restrict__ src, T *__restrict__ dst, int64_t n, int heads, int d,
+                             int64_t ld, int64_t off) {
+    const int64_t total4 = n * heads * d / 4;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total4; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t e = i * 4;
+        int dd = (int)(e % d);
+        int64_t rh = e / d;
+        int hh = (int)(rh % heads);
+        int64_t r = rh / heads;
+        float4 v = *reinterpret_cast<const float4 *>(src + e);
+        T *o = dst + ((int64_t)hh * ld + off + r) * d + dd;
+        o[0] = from_f32<T>(v.x);
+        o[1] = from_f32<T>(v.y);
+        o[2] = from_f32<T>(v.z);
+        o[3] = from_f32<T>(v.w);
+    }
+}
+
+/* src [n][heads][D] fp32 -> dst [heads][D][ld] T at columns off.. (a tiled transpose) */
+template <typename T>
+__global__ void convert_transpose(const float *__restrict__ src, T *__restrict__ dst, int64_t n, int heads, int d,
+                                  int64_t ld, int64_t off) {
+    __shared__ float tile[32][33];
+    const int hh = blockIdx.z;
+    const int64_t r0 = (int64_t)blockIdx.y * 32;
+    const int d0 = blockIdx.x * 32;
+    for (int i = threadIdx.y; i < 32; i += blockDim.y) { /* read rows r0+i, columns d0+tx */
+        int64_t r = r0 + i;
+        int dd = d0 + threadIdx.x;
+        if (r < n && dd < d) tile[i][threadIdx.x] = src[(r * heads + hh) * d + dd];
+    }
+    __syncthreads();
+    for (int i = threadIdx.y; i < 32; i += blockDim.y) { /* write row d0+i, columns r0+tx */
+        int dd = d0 + i;
+        int64_t r = r0 + threadIdx.x;
+        if (r < n && dd < d) dst[((int64_t)hh * d + dd) * ld + off + r] = from_f32<T>(tile[threadIdx.x][i]);
+    }
+}
+
+/* ---- gpu.h ------------------------------------------------------------------------------------ */
+
+extern "C" int gpu_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear: no driver or no device */
+        return 0;
+    }
+    return n;
+}
+
+extern "C" void gpu_describe(int dev, char *buf, int len) {
+    cudaDeviceProp pr;
+    if (cudaGetDeviceProperties(&pr, dev) != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(buf, (size_t)len, "device %d: unavailable", dev);
+        return;
+    }
+    snprintf(buf, (size_t)len, "%s, sm_%d%d, %d SMs, %.0f GiB", pr.name, pr.major, pr.minor, pr.multiProcessorCount,
+             pr.totalGlobalMem / 1073741824.0);
+}
+
+static int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
+
+static size_t elem_bytes(const gpu_engine *e) { return 2; }
+
+static int alloc_kv(gpu_engine *e, int64_t cap) {
+    if (e->k) cudaFree(e->k);
+    if (e->vt) cudaFree(e->vt);
+    e->k = e->vt = NULL;
+    size_t bytes = (size_t)e->hkv * (size_t)cap * (size_t)e->d * elem_bytes(e);
+    if (cudaMalloc(&e->k, bytes) != cudaSuccess || cudaMalloc(&e->vt, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        return fa_seterr("GPU %d: out of device memory for %lld keys x %d heads x %d (2 x %.2f GiB)", e->dev,
+                         (long long)cap, e->hkv, e->d, bytes / 1073741824.0);
+    }
+    /* gaps between segments are read (then masked) by the kernels: keep them finite */
+    cudaCheck(cudaMemset(e->vt, 0, bytes));
+    cudaCheck(cudaMemset(e->k, 0, bytes));
+    e->kv_cap = cap;
+    return 0;
+}
+
+extern "C" int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv, int d,
+                                 fa_compute ct, gpu_engine **out) {
+    *out = NULL;
+    if (d != 64 && d != 128) return fa_seterr("the CUDA engine supports head dims 64 and 128, not %d", d);
+    if (h <= 0 || hkv <= 0 || h % hkv) return fa_seterr("CUDA engine: H=%d is not a multiple of Hkv=%d", h, hkv);
+    if (ct != FA_COMPUTE_BF16 && ct != FA_COMPUTE_FP16) return fa_seterr("CUDA engine: unknown compute type");
+    int n = gpu_count();
+    if (device < 0 || device >= n) return fa_seterr("no CUDA device %d (%d found)", device, n);
+    if (cudaSetDevice(device) != cudaSuccess) {
+        cudaGetLastError();
+        return fa_seterr("cannot use CUDA device %d", device);
+    }
+    if (!flash_variant_available(FLASH_AUTO)) return fa_seterr("CUDA device %d is older than sm_80", device);
+    gpu_engine *e = (gpu_engine *)fa_calloc(1, sizeof *e, "gpu engine");
+    e->dev = device;
+    e->h = h;
+    e->hkv = hkv;
+    e->d = d;
+    e->ct = ct;
+    e->max_rows = max_rows < 1 ? 1 : max_rows;
+    if (alloc_kv(e, round_up(kv_rows < 1 ? 1 : kv_rows, ENGINE_ALIGN))) {
+        gpu_engine_destroy(e);
+        return -1;
+    }
+    e->stage_floats = e->max_rows * h * (int64_t)(d + 2);
+    if (e->stage_floats < ((int64_t)1 << 24)) e->stage_floats = (int64_t)1 << 24;
+    size_t qb = (size_t)h * e->max_rows * d * 2, rb = (size_t)e->max_rows * h * (d + 2) * sizeof(float);
+    if (cudaMalloc(&e->q, qb) != cudaSuccess || cudaMalloc((void **)&e->rec, rb) != cudaSuccess ||
+        cudaMalloc((void **)&e->stage, (size_t)e->stage_floats * sizeof(float)) != cudaSuccess) {
+        cudaGetLastError();
+        gpu_engine_destroy(e);
+        return fa_seterr("GPU %d: out of device memory for query chunks of %lld rows", device, (long long)max_rows);
+    }
+    cudaCheck(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
+    *out = e;
+    return 0;
+}
+
+/* Upload fp32 rows [n][heads][D] from the host in pieces through the staging buffer and convert. */
+static void upload_convert(gpu_engine *e, const float *src, int64_t n, int heads, void *dst, int64_t ld, int64_t off,
+                           int transpose) {
+    const int64_t row = (int64_t)heads * e->d;
+    const int64_t per = e->stage_floats / row;
+    for (int64_t r = 0; r < n; r += per) {
+        int64_t m = n - r < per ? n - r : per;
+        cudaCheck(cudaMemcpyAsync(e->stage, src + r * row, (size_t)(m * row) * sizeof(float), cudaMemcpyHostToDevice,
+                                  e->stream));
+        if (transpose) {
+            dim3 grid((unsigned)((e->d + 31) / 32), (unsigned)((m + 31) / 32), (unsigned)heads), block(32, 8);
+            if (e->ct == FA_COMPUTE_BF16)
+                convert_transpose<<<grid, block, 0, e->stream>>>(e->stage, (__nv_bfloat16 *)dst, m, heads, e->d, ld, off + r);
+            else
+                convert_transpose<<<grid, block, 0, e->stream>>>(e->stage, (__half *)dst, m, heads, e->d, ld, off + r);
+        } else {
+            int64_t blocks = (m * row / 4 + 255) / 256;
+            unsigned gb = (unsigned)(blocks > 65535 * 8 ? 65535 * 8 : blocks);
+            if (e->ct == FA_COMPUTE_BF16)
+                convert_rows<<<gb, 256, 0, e->stream>>>(e->stage, (__nv_bfloat16 *)dst, m, heads, e->d, ld, off + r);
+            else
+                convert_rows<<<gb, 256, 0, e->stream>>>(e->stage, (__half *)dst, m, heads, e->d, ld, off + r);
+        }
+        cudaCheck(cudaGetLastError());
+        /* the staging buffer is reused by the next piece */
+        cudaCheck(cudaStreamSynchronize(e->stream));
+    }
+}
+
+extern "C" int gpu_engine_load_kv(gpu_engine *e, const attn_kv_segment *segs, int nsegs) {
+    cudaCheck(cudaSetDevice(e->dev));
+    int64_t need = 0;
+    for (int i = 0; i < nsegs; i++) need += round_up(segs[i].n, ENGINE_ALIGN);
+    if (need > e->kv_cap && alloc_kv(e, need)) return -1;
+    free(e->segs);
+    e->segs = (kv_seg *)fa_calloc((size_t)(nsegs > 0 ? nsegs : 1), sizeof(kv_seg), "kv segments");
+    e->nsegs = 0;
+    int64_t off = 0;
+    for (int i = 0; i < nsegs; i++) {
+        if (segs[i].n <= 0) continue;
+        upload_convert(e, segs[i].k, segs[i].n, e->hkv, e->k, e->kv_cap, off, 0);
+        upload_convert(e, segs[i].v, segs[i].n, e->hkv, e->vt, e->kv_cap, off, 1);
+        e->segs[e->nsegs].off = off;
+        e->segs[e->nsegs].n = segs[i].n;
+        e->segs[e->nsegs].pos0 = segs[i].pos0;
+        e->nsegs++;
+        off += round_up(segs[i].n, ENGINE_ALIGN);
+    }
+    return 0;
+}
+
+extern "C" int gpu_engine_partial(gpu_engine *e, const attn_queries *q, float *rec) {
+    if (q->h != e->h || q->hkv != e->hkv || q->d != e->d)
+        return fa_seterr("CUDA engine: query shape (H=%d, Hkv=%d, D=%d) differs from the engine's (%d, %d, %d)", q->h,
+                         q->hkv, q->d, e->h, e->hkv, e->d);
+    if (q->nq > e->max_rows)
+        return fa_seterr("CUDA engine: chunk of %lld rows exceeds max_rows %lld", (long long)q->nq, (long long)e->max_rows);
+    if (q->nq <= 0) return 0;
+    cudaCheck(cudaSetDevice(e->dev));
+    const int64_t D = e->d;
+    upload_convert(e, q->q, q->nq, e->h, e->q, e->max_rows, 0, 0);
+    const size_t rec_bytes = (size_t)q->nq * e->h * (D + 2) * sizeof(float);
+    cudaCheck(cudaMemcpyAsync(e->rec, rec, rec_bytes, cudaMemcpyHostToDevice, e->stream));
+    const size_t es = elem_bytes(e);
+    for (int i = 0; i < e->nsegs; i++) {
+        const kv_seg *s = &e->segs[i];
+        flash_params p;
+        memset(&p, 0, sizeof p);
+        p.q = e->q;
+        p.q_head_stride = e->max_rows * D;
+        p.q_row_stride = D;
+        p.k = (const char *)e->k + (size_t)(s->off * D) * es;
+        p.k_head_stride = e->kv_cap * D;
+        p.k_row_stride = D;
+        p.vt = (const char *)e->vt + (size_t)s->off * es;
+        p.vt_head_stride = D * e->kv_cap;
+        p.vt_row_stride = e->kv_cap;
+        p.nq = q->nq;
+        p.nk = s->n;
+        p.h = e->h;
+        p.hkv = e->hkv;
+        p.d = e->d;
+        p.dtype = e->ct == FA_COMPUTE_BF16 ? FLASH_BF16 : FLASH_FP16;
+        p.scale = q->scale;
+        p.causal = q->causal;
+        p.q_pos0 = q->q_pos0;
+        p.k_pos0 = s->pos0;
+        p.diag = q->causal ? q->diag : 0;
+        p.rec_in = e->rec;
+        p.rec_out = e->rec;
+        p.out_mode = FLASH_OUT_STATE;
+        char msg[256];
+        if (flash_forward(&p, FLASH_AUTO, e->stream, msg, sizeof msg)) fa_fail("GPU %d: %s", e->dev, msg);
+    }
+    cudaCheck(cudaMemcpyAsync(rec, e->rec, rec_bytes, cudaMemcpyDeviceToHost, e->stream));
+    cudaCheck(cudaStreamSynchronize(e->stream));
+    return 0;
+}
+
+extern "C" void gpu_engine_destroy(gpu_engine *e) {
+    if (!e) return;
+    cudaSetDevice(e->dev);
+    if (e->stream) cudaStreamDestroy(e->stream);
+    cudaFree(e->k);
+    cudaFree(e->vt);
+    cudaFree(e->q);
+    cudaFree(e->rec);
+    cudaFree(e->stage);
+    free(e->segs);
+    free(e);
+}

@@ -1,0 +1,213 @@
+/* flash_common.cuh — device code shared by the flash kernels (kernels/cuda/flash_sm80.cu,
+ * flash_sm90.cu): the per-row online-softmax state, the causal/tail tile bounds, and the
+ * epilogues that read and write the running state or the final output.
+ *
+ * Fragment convention (both mma.sync m16n8 and wgmma m64nN accumulators): a warp owns 16 query
+ * rows; lane = 4*g + t owns rows g and g+8 of them, and for each 8-column block j the columns
+ * 8j+2t, 8j+2t+1. A flat float array acc[4*j + 0..1] holds row g, acc[4*j + 2..3] row g+8.
+ * Softmax runs in base 2: m2 = log2(e) * scale * max(q.k); records keep m in natural units.
+ */
+#pragma once
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+#include "kernels/cuda/flash.h"
+
+#define FLASH_LOG2E 1.4426950408889634f
+#define FLASH_LN2 0.6931471805599453f
+
+template <typename T> struct flash_type;
+template <> struct flash_type<__nv_bfloat16> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+};
+template <> struct flash_type<__half> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b) {
+        __half2 v = __floats2half2_rn(a, b);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+};
+
+/* Key tiles [0, n_tiles) a block of query rows [r0, r0+rows) must visit, and the first tile from
+ * which a mask is needed (causal diagonal or key tail). 64-bit throughout. */
+struct flash_tiles {
+    int64_t n_tiles, first_masked;
+};
+static __device__ __forceinline__ flash_tiles flash_tile_range(const flash_params &p, int64_t r0,
+                                                               int64_t rows, int bn) {
+    int64_t kend = p.nk;                          /* keys [0, kend) may be visible */
+    int64_t kfull = p.nk;                         /* keys [0, kfull) visible to every row */
+    if (p.causal) {
+        int64_t last = p.q_pos0 + r0 + rows - 1 + p.diag - p.k_pos0; /* last visible local key */
+        int64_t first = p.q_pos0 + r0 + p.diag - p.k_pos0;           /* row r0's last visible */
+        kend = min(kend, last + 1);
+        kfull = min(kfull, first + 1);
+    }
+    flash_tiles t;
+    t.n_tiles = kend <= 0 ? 0 : (kend + bn - 1) / bn;
+    t.first_masked = kfull <= 0 ? 0 : kfull / bn; /* tiles before this are fully visible */
+    return t;
+}
+
+/* Online softmax state of the two rows a lane owns. l is this lane's partial sum over its
+ * columns (summed across the 4 lanes of a row in the epilogue). */
+struct flash_row_state {
+    float m2[2];   /* running max, log2 units (scale folded in); -inf before any key */
+    float l[2];
+};
+
+/* Load a running state (records) into the accumulators, or start fresh. `row` is the local
+ * index of row g (row g+8 is row+8); rows >= nq start fresh (never written back). */
+template <int D>
+static __device__ __forceinline__ void flash_state_load(const flash_params &p, int64_t row, int h,
+                                                        int lane, float *acc, flash_row_state &st) {
+    const int t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        st.m2[i] = -INFINITY;
+        st.l[i] = 0.f;
+        int64_t r = row + 8 * i;
+        if (p.rec_in && r < p.nq) {
+            const float *rec = p.rec_in + (r * p.h + h) * (int64_t)(D + 2);
+            float m = rec[0];
+            st.m2[i] = m * FLASH_LOG2E;
+            st.l[i] = t == 0 ? rec[1] : 0.f;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++) {
+                float2 v = *reinterpret_cast<const float2 *>(rec + 2 + 8 * j + 2 * t);
+                acc[4 * j + 2 * i] = v.x;
+                acc[4 * j + 2 * i + 1] = v.y;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < D / 8; j++) acc[4 * j + 2 * i] = acc[4 * j + 2 * i + 1] = 0.f;
+        }
+    }
+}
+
+/* Fold one tile of raw scores s (acc layout, NB column blocks of 8) into the state: scale, mask
+ * (when `masked`), new max, p = exp2(s*sl2 - m2), row sums, and rescale of o (acc_o, D/8 blocks).
+ * Masking: column c (local key) hidden if c >= nk or (causal and k_pos0 + c > q_pos0 + r + diag). */
+template <int NB, int D>
+static __device__ __forceinline__ void flash_softmax_tile(const flash_params &p, float *s, float *acc_o,
+                                                          flash_row_state &st, float sl2, bool masked,
+                                                          int64_t row, int64_t col0, int lane) {
+    const int t = lane & 3;
+    if (masked) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int64_t lim = p.nk; /* first hidden local key for this row */
+            if (p.causal) {
+                int64_t c = p.q_pos0 + row + 8 * i + p.diag - p.k_pos0 + 1;
+                lim = min(lim, c);
+            }
+#pragma unroll
+            for (int j = 0; j < NB; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int64_t c = col0 + 8 * j + 2 * t + e;
+                    if (c >= lim) s[4 * j + 2 * i + e] = -INFINITY;
+                }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < NB; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mnew = fmaxf(st.m2[i], mx * sl2);
+        /* a row that has seen no key yet keeps m = -inf; subtract 0 instead so no NaN appears */
+        float muse = mnew == -INFINITY ? 0.f : mnew;
+        float alpha = exp2f(st.m2[i] - muse);
+        st.m2[i] = mnew;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float v = exp2f(fmaf(s[4 * j + 2 * i + e], sl2, -muse));
+                s[4 * j + 2 * i + e] = v;
+                sum += v;
+            }
+        st.l[i] = st.l[i] * alpha + sum;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            acc_o[4 * j + 2 * i] *= alpha;
+            acc_o[4 * j + 2 * i + 1] *= alpha;
+        }
+    }
+}
+
+template <typename TO> static __device__ __forceinline__ void flash_store2(TO *dst, float a, float b);
+template <> __device__ __forceinline__ void flash_store2<float>(float *dst, float a, float b) {
+    *reinterpret_cast<float2 *>(dst) = make_float2(a, b);
+}
+template <> __device__ __forceinline__ void flash_store2<__nv_bfloat16>(__nv_bfloat16 *dst, float a, float b) {
+    *reinterpret_cast<__nv_bfloat162 *>(dst) = __floats2bfloat162_rn(a, b);
+}
+template <> __device__ __forceinline__ void flash_store2<__half>(__half *dst, float a, float b) {
+    *reinterpret_cast<__half2 *>(dst) = __floats2half2_rn(a, b);
+}
+
+template <int D, typename TO>
+static __device__ __forceinline__ void flash_store_final(const flash_params &p, int64_t row, int h,
+                                                         int t, const float *acc, const float *inv) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int64_t r = row + 8 * i;
+        if (r >= p.nq) continue;
+        TO *dst = reinterpret_cast<TO *>(p.o) + h * p.o_head_stride + r * p.o_row_stride + 2 * t;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            flash_store2<TO>(dst + 8 * j, acc[4 * j + 2 * i] * inv[i], acc[4 * j + 2 * i + 1] * inv[i]);
+    }
+}
+
+/* Write the state (records) or the final output for the lane's two rows. */
+template <int D>
+static __device__ __forceinline__ void flash_epilogue(const flash_params &p, int64_t row, int h,
+                                                      int lane, const float *acc, flash_row_state &st) {
+    const int t = lane & 3;
+    float l[2], inv[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] = st.l[i];
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        inv[i] = l[i] > 0.f ? 1.f / l[i] : 0.f;
+    }
+    if (p.out_mode == FLASH_OUT_STATE) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int64_t r = row + 8 * i;
+            if (r >= p.nq) continue;
+            float *rec = p.rec_out + (r * p.h + h) * (int64_t)(D + 2);
+            if (t == 0) {
+                rec[0] = st.m2[i] == -INFINITY ? -INFINITY : st.m2[i] * FLASH_LN2;
+                rec[1] = l[i];
+            }
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+                *reinterpret_cast<float2 *>(rec + 2 + 8 * j + 2 * t) =
+                    make_float2(acc[4 * j + 2 * i], acc[4 * j + 2 * i + 1]);
+        }
+        return;
+    }
+    if (p.o_dtype == FLASH_BF16) flash_store_final<D, __nv_bfloat16>(p, row, h, t, acc, inv);
+    else if (p.o_dtype == FLASH_FP16) flash_store_final<D, __half>(p, row, h, t, acc, inv);
+    else flash_store_final<D, float>(p, row, h, t, acc, inv);
+    if (p.lse && t == 0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int64_t r = row + 8 * i;
+            if (r >= p.nq) continue;
+            p.lse[h * p.lse_head_stride + r * p.lse_row_stride] =
+                l[i] > 0.f ? st.m2[i] * FLASH_LN2 + logf(l[i]) : -INFINITY;
+        }
+    }
+}

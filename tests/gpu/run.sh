@@ -1,0 +1,58 @@
+#!/bin/sh
+# tests/gpu/run.sh — the GPU tests (`make test-gpu`), on a machine with an NVIDIA GPU (H100).
+#
+#   sh tests/gpu/run.sh            build, then: every kernel variant and the engine against the
+#                                  fp64 reference (tests/gpu/test_flash.cu), compute-sanitizer
+#                                  memcheck + racecheck on a small case, and the CPU engine vs the
+#                                  GPU engine on one HDF5 job through ./fa_long when it is built.
+# Overridable: NVCC, NVCC_GENCODE, BUILD. Exit status non-zero when any step failed.
+set -u
+NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
+CUDA_BIN=$(dirname "$NVCC")
+NVCC_GENCODE=${NVCC_GENCODE:--gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80}
+BUILD=${BUILD:-build}
+OBJ=$BUILD/tests/gpu
+mkdir -p "$OBJ"
+fail=0
+
+echo "== building the kernels and tests/gpu/test_flash ($NVCC)"
+for f in kernels/cuda/*.cu; do
+    b=$(basename "$f" .cu)
+    "$NVCC" -O3 -lineinfo -std=c++17 $NVCC_GENCODE -Xptxas=-v --expt-relaxed-constexpr -I. -DFA_HAVE_CUDA \
+        -Xcompiler -fPIC -c "$f" -o "$OBJ/$b.o" 2> "$OBJ/$b.ptxas.txt" &
+done
+wait
+for f in kernels/cuda/*.cu; do
+    b=$(basename "$f" .cu)
+    [ -s "$OBJ/$b.o" ] || { cat "$OBJ/$b.ptxas.txt"; echo "FAIL: compiling $f"; exit 1; }
+done
+"$NVCC" -O2 -std=c++17 $NVCC_GENCODE -I. -DFA_HAVE_CUDA -Xcompiler -fopenmp tests/gpu/test_flash.cu \
+    "$OBJ"/flash_sm80.o "$OBJ"/flash_sm90.o "$OBJ"/engine.o -o "$OBJ/test_flash" || { echo "FAIL: compiling the test"; exit 1; }
+echo "== resource usage (ptxas, sm_90a) per kernel"
+grep -h -A2 "Compiling entry function '_Z.*flash_fwd.*sm_90a" "$OBJ"/flash_sm*.ptxas.txt | grep -E "entry|Used|spill" | sed 's/ptxas info *: //' || true
+
+echo "== kernel variants and engine vs fp64 reference"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$OBJ/test_flash" "$@" || { echo "FAIL: test_flash"; fail=1; }
+
+if [ -x "$CUDA_BIN/compute-sanitizer" ] || command -v compute-sanitizer >/dev/null 2>&1; then
+    CS=$( [ -x "$CUDA_BIN/compute-sanitizer" ] && echo "$CUDA_BIN/compute-sanitizer" || command -v compute-sanitizer )
+    for tool in memcheck racecheck; do
+        echo "== compute-sanitizer --tool $tool (small case, every variant)"
+        "$CS" --tool $tool --error-exitcode 3 "$OBJ/test_flash" --small > "$OBJ/sanitizer_$tool.txt" 2>&1
+        rc=$?
+        tail -n 4 "$OBJ/sanitizer_$tool.txt"
+        [ $rc -eq 0 ] && echo "ok: $tool clean" || { echo "FAIL: $tool (rc $rc, $OBJ/sanitizer_$tool.txt)"; fail=1; }
+    done
+else
+    echo "FAIL: compute-sanitizer not found"; fail=1
+fi
+
+echo "== CPU engine vs GPU engine on one HDF5 job (./fa_long)"
+if [ -x ./fa_long ] && ./fa_long --help 2>&1 | grep -q -- "--backend"; then
+    sh tests/gpu/job_cpu_vs_cuda.sh || { echo "FAIL: fa_long cpu vs cuda"; fail=1; }
+else
+    echo "skipped: ./fa_long is not built or has no --backend option yet"
+fi
+
+[ $fail -eq 0 ] && echo "# GPU tests: all passed" || echo "# GPU tests: FAILED"
+exit $fail
