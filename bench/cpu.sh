@@ -1,0 +1,67 @@
+#!/bin/sh
+# cpu.sh — CPU engine benchmark (make bench-cpu): GFLOP/s of the engine at N in {4K,16K} x
+# D in {64,128} (plus causal at 16K), against the machine's measured fp32 FMA peak and a plain
+# GEMM-softmax-GEMM attention through multi-threaded OpenBLAS, on the same inputs, same run.
+# Each method runs in its own process so its peak resident memory (ru_maxrss) is its own.
+# Prints a '#'-headed table and writes bench/results/cpu_<cpu-model>_<cores>c.csv.
+#
+#   BENCH=path      the cpu_bench binary (default build/bench/cpu_bench)
+#   OMP_NUM_THREADS threads for both methods (default: all cores)
+#   CONFIGS         "N:D:H:HKV:CAUSAL ..." to run other sizes
+#   REPS            timed runs per method after the validated warm-up (best is kept; default 3)
+set -e
+cd "$(dirname "$0")/.."
+BENCH=${BENCH:-build/bench/cpu_bench}
+[ -x "$BENCH" ] || { echo "cpu.sh: $BENCH not built (make)" >&2; exit 1; }
+THREADS=${OMP_NUM_THREADS:-$(nproc)}
+export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
+REPS=${REPS:-3}
+# H keeps each run near a second on 2 cores; Hkv = H so the baseline is not handicapped by GQA.
+CONFIGS=${CONFIGS:-"4K:64:16:16:0 4K:128:8:8:0 16K:64:2:2:0 16K:128:1:1:0 16K:64:2:2:1 16K:128:1:1:1"}
+
+MODEL=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: *//')
+SLUG=$(printf '%s' "$MODEL" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g; s/^-//; s/-$//')_$(nproc)c
+CSV=bench/results/cpu_$SLUG.csv
+DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+REV=$(git log -1 --format=%h -- kernels/cpu/attn_cpu.c 2>/dev/null || echo unknown)
+mkdir -p bench/results
+
+field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+
+# The peak is the best of several measurements spread over the run: on a shared machine a
+# single one can catch a neighbour's burst and halve it.
+PEAK=0
+measure_peak() {
+  PEAK_LINE=$($BENCH peak)
+  PEAK=$(awk -v a="$(field "$PEAK_LINE" gflops)" -v b="$PEAK" 'BEGIN{print (a > b ? a : b)}')
+}
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+measure_peak
+ROWS=""
+for cfg in $CONFIGS; do
+  set -- $(echo "$cfg" | tr ':' ' ')
+  BL=$($BENCH blas "$1" "$2" "$3" "$4" "$5" "$REPS")
+  EN=$($BENCH engine "$1" "$2" "$3" "$4" "$5" "$REPS")
+  measure_peak
+  ROWS="$ROWS$cfg $EN
+$cfg $BL
+"
+done
+
+row_fmt=' %-7s %6s %4s %3s %4s %6s %9s %9s %6s %8s %9s %9s\n'
+echo "# fa_long CPU engine benchmark  $DATE  $MODEL, $(nproc) cores, $THREADS threads, engine rev $REV"
+echo "# measured fp32 FMA peak: $PEAK GFLOP/s ($(field "$PEAK_LINE" vector_bits)-bit vectors, all threads, best of the run); load average at start: $LOAD"
+printf "#${row_fmt# }" method N D H Hkv causal time rate peak vs_blas maxrss err
+printf "#${row_fmt# }" "" "" "" "" "" "" s GFLOP/s % x MiB rel
+echo "date,cpu,cores,threads,engine_rev,method,n,d,h,hkv,causal,seconds,gflops,pct_peak,ratio_vs_blas,maxrss_mib,err,peak_gflops" > "$CSV"
+printf '%s' "$ROWS" | while read -r cfg line; do
+  set -- $(echo "$cfg" | tr ':' ' ')
+  blas_g=$(field "$(printf '%s' "$ROWS" | grep "^$cfg .*method=blas")" gflops)
+  m=$(field "$line" method); g=$(field "$line" gflops)
+  pct=$(awk -v g="$g" -v p="$PEAK" 'BEGIN{printf "%.1f", 100*g/p}')
+  ratio=$(awk -v g="$g" -v b="$blas_g" 'BEGIN{printf "%.2f", g/b}')
+  printf "$row_fmt" "$m" "$1" "$2" "$3" "$4" "$5" "$(field "$line" seconds)" "$g" "$pct" "$ratio" \
+    "$(field "$line" maxrss_mib)" "$(field "$line" err)"
+  echo "$DATE,$MODEL,$(nproc),$THREADS,$REV,$m,$1,$2,$3,$4,$5,$(field "$line" seconds),$g,$pct,$ratio,$(field "$line" maxrss_mib),$(field "$line" err),$PEAK" >> "$CSV"
+done
+echo "# wrote $CSV"
