@@ -180,7 +180,7 @@ fail:
 static int check_main(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed) {
     fa_shape s;
     fa_dtype ot;
-    int has_lse;
+    int has_lse = 0;
     if (read_shapes(in, out, &s, &ot, &has_lse)) return fa_report_error();
     double scale, causal_d;
     char compute[32] = "float32";
@@ -223,7 +223,7 @@ static int check_main(const char *in, const char *out, int64_t nrows, double tol
     int pass = rel <= tol && e.lse_err <= tol && e.nonfinite == 0;
     printf("check: %d row%s x %lld heads of %s against fp64 (%s, scale %.6g, compute %s)\n", ns,
            ns == 1 ? "" : "s", (long long)H, out, causal ? "causal" : "non-causal", scale, compute);
-    printf("check: o   max abs err %.3e, max rel err %.3e (abs / max|ref| = %.3e)%s\n", e.abs, rel,
+    printf("check: o   max abs err %.3e, max rel err %.3e (max |ref| %.3e)%s\n", e.abs, rel,
            e.ref_max, e.nonfinite ? ", NON-FINITE VALUES" : "");
     if (has_lse) printf("check: lse max rel err %.3e\n", e.lse_err);
     printf("check: %s (tolerance %.1e)\n", pass ? "PASS" : "FAIL", tol);
