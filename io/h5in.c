@@ -56,23 +56,29 @@ static int describe(hid_t file, const char *path, const char *name, ds_desc *d) 
 }
 
 static int check_shapes(const char *path, const ds_desc d[3], fa_shape *s) {
-    char q[200], k[200], v[200];
+    char q[200], kv[200];
     h5io_fmt_dims(q, sizeof q, 4, d[0].dims);
-    h5io_fmt_dims(k, sizeof k, 4, d[1].dims);
-    h5io_fmt_dims(v, sizeof v, 4, d[2].dims);
-    if (d[1].dims[1] != d[2].dims[1] || d[1].dims[2] != d[2].dims[2])
-        return fa_seterr("input '%s': k %s and v %s differ in Nk or Hkv; expected the same "
-                         "[B, Nk, Hkv, D]", path, k, v);
-    if (d[0].dims[0] != d[1].dims[0] || d[0].dims[0] != d[2].dims[0] ||
-        d[0].dims[3] != d[1].dims[3] || d[0].dims[3] != d[2].dims[3])
-        return fa_seterr("input '%s': q %s, k %s, v %s disagree on B or D; expected the same "
-                         "batch B and head dim D in all three", path, q, k, v);
+    for (int i = 1; i < 3; i++) {               /* k and v against q: B (dim 0) and D (dim 3) */
+        h5io_fmt_dims(kv, sizeof kv, 4, d[i].dims);
+        for (int j = 0; j < 4; j += 3)
+            if (d[i].dims[j] != d[0].dims[j])
+                return fa_seterr("input '%s': dataset '%s' %s has %s=%lld but 'q' %s has "
+                                 "%s=%lld; expected the same %s in q, k and v", path, NAMES[i],
+                                 kv, j ? "D" : "B", (long long)d[i].dims[j], q, j ? "D" : "B",
+                                 (long long)d[0].dims[j], j ? "head dim D" : "batch B");
+    }
+    if (d[1].dims[1] != d[2].dims[1] || d[1].dims[2] != d[2].dims[2]) {
+        char k[200];
+        h5io_fmt_dims(k, sizeof k, 4, d[1].dims);
+        return fa_seterr("input '%s': dataset 'v' %s differs from 'k' %s in Nk or Hkv; expected "
+                         "the same [B, Nk, Hkv, D]", path, kv, k);
+    }
     if (d[0].dims[2] % d[1].dims[2] != 0)
-        return fa_seterr("input '%s': q has H=%lld heads, k and v Hkv=%lld; expected H a "
-                         "multiple of Hkv", path, (long long)d[0].dims[2],
+        return fa_seterr("input '%s': dataset 'q' has H=%lld heads, 'k' and 'v' Hkv=%lld; "
+                         "expected H a multiple of Hkv", path, (long long)d[0].dims[2],
                          (long long)d[1].dims[2]);
     if (d[0].dims[3] > FA_MAX_HEAD_DIM)
-        return fa_seterr("input '%s': head dim D=%lld exceeds the maximum %d", path,
+        return fa_seterr("input '%s': dataset 'q' has head dim D=%lld; expected at most %d", path,
                          (long long)d[0].dims[3], FA_MAX_HEAD_DIM);
     *s = (fa_shape){d[0].dims[0], d[0].dims[1], d[1].dims[1], d[0].dims[2], d[1].dims[2],
                     d[0].dims[3], d[0].t, d[1].t, d[2].t};
@@ -265,7 +271,7 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
     if (g >= 0) {
         const int64_t *d = f->dims[idx];
         fa_seterr("input '%s': dataset '%s' has %s at [%lld, %lld, %lld, %lld]; expected finite "
-                  "values", f->path, NAMES[idx], what, (long long)(g / (d[1] * d[2] * d[3])),
+                  "values (--allow-nonfinite accepts them)", f->path, NAMES[idx], what, (long long)(g / (d[1] * d[2] * d[3])),
                   (long long)(g / (d[2] * d[3]) % d[1]), (long long)(g / d[3] % d[2]),
                   (long long)(g % d[3]));
     }

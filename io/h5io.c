@@ -139,11 +139,11 @@ hid_t h5io_open_serial(const char *path, const char *role) {
 hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const char *expect) {
     const char *sep = expect ? "; expected " : "", *ex = expect ? expect : "";
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0) {
-        fa_seterr("file '%s' has no dataset '%s'%s%s", path, name, sep, ex);
+        fa_seterr("file '%s': dataset '%s' not found%s%s", path, name, sep, ex);
         return -1;
     }
     hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
-    if (d < 0) fa_seterr("file '%s': '%s' is not a dataset%s%s", path, name, sep, ex);
+    if (d < 0) fa_seterr("file '%s': '%s' is not a dataset (a group?)%s%s", path, name, sep, ex);
     return d;
 }
 

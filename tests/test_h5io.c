@@ -1,0 +1,866 @@
+/* test_h5io.c — io/: dtype conversion, HDF5 input and output, every user-facing error.
+ *
+ *   build/tests/test_h5io                 unit checks, one rank (tests/test_unit.py runs this)
+ *   mpirun -np 3 build/tests/test_h5io mpi DIR
+ *                                         uneven shards, transfers capped small, errors agreed
+ *                                         across ranks (tests/test_io_h5py.py runs this)
+ *   build/tests/test_h5io echo IN OUT OTYPE NAME
+ *                                         reads dataset NAME (q, k or v) of IN through h5in_* in
+ *                                         uneven per-rank shards and writes it as o (OTYPE) of OUT,
+ *                                         with lse[b, h, n] = x[b, n, h, 0] (for h5py checks)
+ *   build/tests/test_h5io open IN         prints "OK ..." or "ERR <message>" (exit 0 / 3)
+ *
+ * One line per check, then "N passed, N failed"; exit 1 on any failure. Input files here are
+ * written through the HDF5 C API with HDF5's own conversion from native floats (values on a grid
+ * exact in every type), so reading them checks our byte order and conversion independently. */
+#define _GNU_SOURCE
+#include "io/h5io.h"
+#include "io/convert.h"
+#include "io/h5priv.h"
+#include "runner/common.h"
+#include <hdf5.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int npass, nfail, me, np_;
+
+static int check(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (np_ > 1) printf("[rank %d] ", me);
+    printf("%s  ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    if (ok) npass++; else nfail++;
+    return ok;
+}
+
+/* An error check: status -1 and every word in the message (NULL-terminated list). */
+static void check_err(int st, const char *what, ...) {
+    va_list ap;
+    va_start(ap, what);
+    int ok = st == -1;
+    for (const char *w; (w = va_arg(ap, const char *));) ok = ok && strstr(fa_errmsg(), w);
+    va_end(ap);
+    check(ok, "%s -> \"%s\"", what, fa_errmsg());
+    fa_clearerr();
+}
+
+static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
+
+/* Counts files in dir whose name contains ".tmp." (left-over temporaries). */
+static int tmp_files(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c '\\.tmp\\.'", dir);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p && fscanf(p, "%d", &n) != 1) n = -1;
+    if (p) pclose(p);
+    return n;
+}
+
+/* ============================ conversion ================================================= */
+static double f16_value(uint16_t h) {       /* independent decoding, in double */
+    int e = (h >> 10) & 31, m = h & 0x3ff;
+    double v = e ? ldexp(1024 + m, e - 25) : ldexp(m, -24);
+    return h & 0x8000 ? -v : v;
+}
+
+static double bf16_value(uint16_t b) {
+    int e = (b >> 7) & 255, m = b & 0x7f;
+    double v = e ? ldexp(128 + m, e - 134) : ldexp(m, -133);
+    return b & 0x8000 ? -v : v;
+}
+
+/* Is h the nearest 16-bit value to x, ties to the even one? (finite x, finite or inf h) */
+static int nearest_even(double x, uint16_t h, double (*val)(uint16_t), int expbits, int mbits) {
+    uint16_t inf = (uint16_t)(((1u << expbits) - 1) << mbits), mag = h & 0x7fff;
+    double maxf = val(inf - 1), ulp_max = maxf - val(inf - 2);
+    if (mag == inf) return fabs(x) >= maxf + ulp_max / 2 && (h >> 15) == (x < 0);
+    double got = val(h), err = fabs(x - got);
+    for (int dlt = -1; dlt <= 1; dlt += 2) {
+        int nb = mag + dlt;
+        if (nb < 0 || nb >= inf) continue;
+        double other = val((uint16_t)((h & 0x8000) | nb)), e2 = fabs(x - other);
+        if (e2 < err || (e2 == err && (h & 1))) return 0;
+    }
+    return x == 0 || (h >> 15) == (x < 0);
+}
+
+static void test_dtype_helpers(void) {
+    fa_dtype t = FA_F32;
+    check(!strcmp(fa_dtype_name(FA_BF16), "bfloat16") && !strcmp(fa_dtype_name(FA_F16), "float16")
+          && !strcmp(fa_dtype_name(FA_F32), "float32") && !strcmp(fa_dtype_name(FA_F64), "float64"),
+          "fa_dtype_name of each type");
+    int ok = 1;
+    const char *names[] = {"float32", "f32", "fp32", "float16", "f16", "fp16", "half", "bfloat16",
+                           "bf16", "BF16", "float64", "f64", "double"};
+    const fa_dtype want[] = {FA_F32, FA_F32, FA_F32, FA_F16, FA_F16, FA_F16, FA_F16, FA_BF16,
+                             FA_BF16, FA_BF16, FA_F64, FA_F64, FA_F64};
+    for (int i = 0; i < 13; i++) ok &= fa_dtype_parse(names[i], &t) == 0 && t == want[i];
+    check(ok, "fa_dtype_parse accepts the names and short forms");
+    check_err(fa_dtype_parse("int8", &t), "fa_dtype_parse(\"int8\") refused", "int8", NULL);
+    check(fa_dtype_size(FA_F32) == 4 && fa_dtype_size(FA_F16) == 2 && fa_dtype_size(FA_BF16) == 2
+          && fa_dtype_size(FA_F64) == 8, "fa_dtype_size 4/2/2/8");
+}
+
+typedef struct { uint32_t f; uint16_t h; const char *what; } bits_case;
+
+static void test_f16_known(void) {
+    static const bits_case c[] = {
+        {0x3f800000, 0x3c00, "1.0"}, {0xc0000000, 0xc000, "-2.0"}, {0x00000000, 0x0000, "+0"},
+        {0x80000000, 0x8000, "-0"}, {0x477fe000, 0x7bff, "65504 (max)"},
+        {0x477fefff, 0x7bff, "just below 65520 rounds down"}, {0x477ff000, 0x7c00, "65520 -> inf"},
+        {0x7f800000, 0x7c00, "+inf"}, {0xff800000, 0xfc00, "-inf"},
+        {0x33800000, 0x0001, "2^-24 (smallest subnormal)"}, {0x33000000, 0x0000, "2^-25 tie -> 0"},
+        {0x33c00000, 0x0002, "3*2^-25 tie -> even 2"}, {0x33000001, 0x0001, "just above 2^-25"},
+        {0x38800000, 0x0400, "2^-14 (smallest normal)"}, {0x387fc000, 0x03ff, "largest subnormal"},
+        {0x3f801000, 0x3c00, "1+2^-11 tie -> even"}, {0x3f803000, 0x3c02, "1+3*2^-11 tie -> even"},
+        {0x3f801001, 0x3c01, "just above the tie"}, {0x3dcccccd, 0x2e66, "0.1"},
+        {0xc2f6e979, 0xd7b7, "-123.456"}, {0x7fc00000, 0x7e00, "qNaN"},
+        {0xffc00000, 0xfe00, "-qNaN"}, {0x7f802000, 0x7e01, "sNaN payload kept, quieted"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        float f = fa_bits_f32(c[i].f);
+        uint16_t ref = fa_f32_to_f16_ref(f), fast[9];
+        float v8[9];
+        for (int j = 0; j < 9; j++) v8[j] = f;           /* 8 through F16C + 1 scalar tail */
+        fa_from_f32(FA_F16, v8, fast, 9);
+        check(ref == c[i].h && fast[0] == c[i].h && fast[8] == c[i].h,
+              "f32 %08x -> f16 %04x (%s): ref %04x, fa_from_f32 %04x/%04x", c[i].f, c[i].h,
+              c[i].what, ref, fast[0], fast[8]);
+    }
+}
+
+static void test_bf16_known(void) {
+    static const bits_case c[] = {
+        {0x3f800000, 0x3f80, "1.0"}, {0x3f808000, 0x3f80, "1+2^-8 tie -> even (down)"},
+        {0x3f818000, 0x3f82, "tie from odd -> even (up)"}, {0x3f808001, 0x3f81, "above the tie"},
+        {0x3f807fff, 0x3f80, "below the tie"}, {0x7f7fffff, 0x7f80, "FLT_MAX -> inf"},
+        {0x7f7f7fff, 0x7f7f, "largest rounding to max finite"}, {0x7f800000, 0x7f80, "+inf"},
+        {0xff800000, 0xff80, "-inf"}, {0x80000000, 0x8000, "-0"},
+        {0x00010000, 0x0001, "smallest bf16 subnormal"}, {0x00008000, 0x0000, "tie -> 0"},
+        {0x00018000, 0x0002, "subnormal tie -> even"}, {0x00000001, 0x0000, "f32 min subnormal"},
+        {0x3dcccccd, 0x3dcd, "0.1"}, {0x7fc00000, 0x7fc0, "qNaN"},
+        {0x7f800001, 0x7fc0, "sNaN with low payload quieted, stays NaN"},
+        {0xffa00000, 0xffe0, "-sNaN quieted"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        float f = fa_bits_f32(c[i].f);
+        uint16_t got;
+        fa_from_f32(FA_BF16, &f, &got, 1);
+        check(got == c[i].h, "f32 %08x -> bf16 %04x (%s): got %04x", c[i].f, c[i].h, c[i].what,
+              got);
+    }
+}
+
+/* Every 16-bit pattern decodes to the value the format defines and encodes back to itself. */
+static void test_16bit_exhaustive(fa_dtype t) {
+    uint16_t *h = fa_malloc(65536 * 2, "patterns"), *back = fa_malloc(65536 * 2, "back");
+    float *f = fa_malloc(65536 * 4, "values");
+    for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    fa_to_f32(t, h, f, 65536);
+    fa_from_f32(t, f, back, 65536);
+    int bad_val = 0, bad_rt = 0, bad_ref = 0, inf = t == FA_F16 ? 0x7c00 : 0x7f80;
+    for (int i = 0; i < 65536; i++) {
+        int mag = i & 0x7fff, nan = mag > inf;
+        double v = t == FA_F16 ? f16_value(h[i]) : bf16_value(h[i]);
+        float r = t == FA_F16 ? fa_f16_to_f32_ref(h[i]) : fa_bf16_to_f32_ref(h[i]);
+        if (nan) {
+            bad_val += f[i] == f[i] || (fa_f32_bits(f[i]) >> 31) != (unsigned)(i >> 15);
+            bad_rt += (back[i] & 0x7fff) <= inf || (back[i] >> 15) != (i >> 15);
+        } else {
+            bad_val += mag == inf ? !isinf(f[i]) || (f[i] < 0) != (i >> 15) : (double)f[i] != v;
+            bad_rt += back[i] != h[i];
+            bad_val += fa_f32_bits(f[i]) != fa_f32_bits(r);
+        }
+        bad_ref += !nan && (t == FA_F16 ? fa_f32_to_f16_ref(f[i]) : fa_f32_to_bf16_ref(f[i])) != h[i];
+    }
+    check(!bad_val && !bad_rt && !bad_ref,
+          "%s: all 65536 patterns decode exactly (%d bad), round-trip (%d bad), ref encoder (%d bad)",
+          fa_dtype_name(t), bad_val, bad_rt, bad_ref);
+    free(h), free(back), free(f);
+}
+
+/* A sweep of fp32 patterns (every 251st, all signs and exponents): the fast loop equals the
+ * scalar reference bit for bit, and the result is the nearest value, ties to even (checked in
+ * double against the neighbours). */
+static void test_f32_sweep(fa_dtype t) {
+    const int64_t n = 1 << 20;
+    float *x = fa_malloc(n * 4, "sweep");
+    uint16_t *fast = fa_malloc(n * 2, "sweep out");
+    int64_t bad_fast = 0, bad_near = 0, total = 0;
+    for (uint64_t base = 0; base < (1ull << 32); base += (uint64_t)n * 251) {
+        int64_t m = 0;
+        for (uint64_t u = base; m < n && u < (1ull << 32); u += 251) x[m++] = fa_bits_f32((uint32_t)u);
+        fa_from_f32(t, x, fast, m);
+        for (int64_t i = 0; i < m; i++) {
+            uint16_t ref = t == FA_F16 ? fa_f32_to_f16_ref(x[i]) : fa_f32_to_bf16_ref(x[i]);
+            int nan = x[i] != x[i];
+            bad_fast += nan ? (fast[i] & 0x7fff) <= (t == FA_F16 ? 0x7c00 : 0x7f80) : fast[i] != ref;
+            if (!nan && !isinf(x[i]))
+                bad_near += t == FA_F16 ? !nearest_even(x[i], ref, f16_value, 5, 10)
+                                        : !nearest_even(x[i], ref, bf16_value, 8, 7);
+        }
+        total += m;
+    }
+    check(!bad_fast && !bad_near, "%s: %lld fp32 patterns: fast == ref (%lld bad), nearest-even "
+          "in double (%lld bad)", fa_dtype_name(t), (long long)total, (long long)bad_fast,
+          (long long)bad_near);
+    free(x), free(fast);
+}
+
+static void test_f64_and_swap(void) {
+    double d[6] = {0.1, 1e300, -1e300, 1e-50, 3.0, NAN};
+    float f[6];
+    fa_to_f32(FA_F64, d, f, 6);
+    check(f[0] == 0.1f && isinf(f[1]) && f[1] > 0 && isinf(f[2]) && f[2] < 0 && f[3] == 0 &&
+          f[4] == 3.0f && isnan(f[5]), "float64 -> float32: rounding, overflow to inf, underflow, NaN");
+    double back[2];
+    fa_from_f32(FA_F64, f, back, 2);
+    check(back[0] == (double)0.1f && isinf(back[1]), "float32 -> float64 exact");
+    uint32_t w[2] = {0x11223344, 0xa1b2c3d4};
+    uint16_t h[3] = {0x0102, 0x0304, 0xff00};
+    fa_byteswap(w, 4, 2);
+    fa_byteswap(h, 2, 3);
+    check(w[0] == 0x44332211 && w[1] == 0xd4c3b2a1 && h[0] == 0x0201 && h[2] == 0x00ff,
+          "fa_byteswap 4- and 2-byte elements");
+}
+
+/* ============================ files for the input tests ================================== */
+/* Grid values exact in bf16, f16, f32, f64: multiples of 1/8 in [-2, 2]. */
+static float grid(int64_t b, int64_t n, int64_t h, int64_t d) {
+    return (float)((b * 7 + n * 3 + h * 5 + d * 11) % 33 - 16) / 8.0f;
+}
+
+typedef enum { T_F32, T_F16, T_BF16, T_F64, T_INT32, T_STR, T_COMPOUND, T_UINT16_BF16,
+               T_F24 } kind;
+
+static hid_t make_type(kind k, int big) {
+    hid_t t;
+    switch (k) {
+    case T_F32: t = h5io_file_type(FA_F32); break;
+    case T_F16: t = h5io_file_type(FA_F16); break;
+    case T_BF16: t = h5io_file_type(FA_BF16); break;
+    case T_F64: t = h5io_file_type(FA_F64); break;
+    case T_INT32: return H5Tcopy(H5T_STD_I32LE);
+    case T_UINT16_BF16: return H5Tcopy(H5T_STD_U16LE);
+    case T_STR: t = H5Tcopy(H5T_C_S1); H5Tset_size(t, 8); return t;
+    case T_COMPOUND:
+        t = H5Tcreate(H5T_COMPOUND, 8);
+        H5Tinsert(t, "re", 0, H5T_NATIVE_FLOAT);
+        H5Tinsert(t, "im", 4, H5T_NATIVE_FLOAT);
+        return t;
+    case T_F24:                                     /* a 24-bit float: a float, but not ours */
+        t = H5Tcopy(H5T_IEEE_F32LE);
+        H5Tset_fields(t, 23, 16, 7, 0, 16);
+        H5Tset_size(t, 3);
+        H5Tset_precision(t, 24);
+        H5Tset_ebias(t, 63);
+        break;
+    default: return -1;
+    }
+    if (big) H5Tset_order(t, H5T_ORDER_BE);
+    return t;
+}
+
+typedef struct { const char *name; int ndims; int64_t dims[5]; kind k; int big; } ds_spec;
+
+/* Writes one dataset; float kinds get grid values through HDF5's conversion from native float;
+ * nonfinite (if not NULL) puts a NaN at linear index nonfinite[0] and +Inf at nonfinite[1]. */
+static void write_ds(hid_t file, const ds_spec *s, const int64_t *nonfinite) {
+    hsize_t d[5];
+    int64_t n = 1;
+    for (int i = 0; i < s->ndims; i++) d[i] = s->dims[i], n *= s->dims[i];
+    hid_t sp = H5Screate_simple(s->ndims, d, NULL), t = make_type(s->k, s->big);
+    hid_t ds = H5Dcreate2(file, s->name, t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (ds < 0) fa_fail("test: creating dataset %s", s->name);
+    if (n > 0 && (s->k <= T_F64 || s->k == T_F24)) {
+        float *x = fa_malloc(n * 4, "grid");
+        int64_t D = s->dims[s->ndims - 1], Hh = s->ndims > 2 ? s->dims[s->ndims - 2] : 1,
+                N = s->ndims > 3 ? s->dims[s->ndims - 3] : 1;
+        for (int64_t i = 0; i < n; i++)
+            x[i] = grid(i / (N * Hh * D), i / (Hh * D) % N, i / D % Hh, i % D);
+        if (nonfinite) x[nonfinite[0]] = NAN, x[nonfinite[1]] = INFINITY;
+        if (H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) < 0)
+            fa_fail("test: writing dataset %s", s->name);
+        free(x);
+    }
+    if (s->k == T_UINT16_BF16) {
+        const char *v = "bfloat16";
+        hid_t st = H5Tcopy(H5T_C_S1), as = H5Screate(H5S_SCALAR);
+        H5Tset_size(st, H5T_VARIABLE);
+        hid_t a = H5Acreate2(ds, "dtype", st, as, H5P_DEFAULT, H5P_DEFAULT);
+        H5Awrite(a, st, &v);
+        H5Aclose(a), H5Sclose(as), H5Tclose(st);
+    }
+    H5Dclose(ds), H5Tclose(t), H5Sclose(sp);
+}
+
+/* q, k, v with the given specs (NULL name: dataset left out); serial, default driver. */
+static void make_file(const char *path, const ds_spec *q, const ds_spec *k, const ds_spec *v,
+                      const int64_t *nonfinite_k) {
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) fa_fail("test: creating %s", path);
+    if (q && q->name) write_ds(f, q, NULL);
+    if (k && k->name) write_ds(f, k, nonfinite_k);
+    if (v && v->name) write_ds(f, v, NULL);
+    H5Fclose(f);
+}
+
+#define QKV(B, Nq, Nk, H, Hkv, D, kq, kk, kv, big)                                          \
+    (ds_spec){"q", 4, {B, Nq, H, D}, kq, big}, (ds_spec){"k", 4, {B, Nk, Hkv, D}, kk, big}, \
+    (ds_spec){"v", 4, {B, Nk, Hkv, D}, kv, big}
+
+/* Reads `name` through h5in in the given ranges of batch b and compares with the grid. */
+static int64_t read_and_compare(h5in *in, const char *name, int64_t b, const row_range *r,
+                                int nr, int64_t heads, int64_t D, int *st) {
+    int64_t rows = 0, bad = 0;
+    for (int i = 0; i < nr; i++) rows += r[i].n;
+    float *x = fa_malloc((rows ? rows : 1) * heads * D * 4, "read");
+    *st = h5in_read_rows(in, name, b, r, nr, x, 1);
+    for (int i = 0, at = 0; *st == 0 && i < nr; i++)
+        for (int64_t n = r[i].start; n < r[i].start + r[i].n; n++, at++)
+            for (int64_t h = 0; h < heads; h++)
+                for (int64_t d = 0; d < D; d++)
+                    bad += x[(at * heads + h) * D + d] != grid(b, n, h, d);
+    free(x);
+    return bad;
+}
+
+static void test_read_types(const char *dir) {
+    const kind kinds[] = {T_F32, T_F16, T_BF16, T_F64};
+    const fa_dtype want[] = {FA_F32, FA_F16, FA_BF16, FA_F64};
+    char path[512];
+    for (int big = 0; big < 2; big++)
+        for (int i = 0; i < 4; i++) {
+            snprintf(path, sizeof path, "%s/in_%s_%s.h5", dir, fa_dtype_name(want[i]),
+                     big ? "be" : "le");
+            ds_spec s[3] = {QKV(2, 19, 23, 4, 2, 6, kinds[i], kinds[i], kinds[(i + 1) % 4], big)};
+            make_file(path, &s[0], &s[1], &s[2], NULL);
+            h5in *in;
+            fa_shape sh;
+            int st = h5in_open(path, MPI_COMM_SELF, &in, &sh), rst = -1;
+            if (!check(st == 0, "open %s", path)) { printf("   %s\n", fa_errmsg()); continue; }
+            check(sh.B == 2 && sh.Nq == 19 && sh.Nk == 23 && sh.H == 4 && sh.Hkv == 2 && sh.D == 6
+                  && sh.q_type == want[i] && sh.k_type == want[i] && sh.v_type == want[(i + 1) % 4],
+                  "shape and element types of %s %s-endian", fa_dtype_name(want[i]),
+                  big ? "big" : "little");
+            row_range r[3] = {{3, 5}, {0, 2}, {15, 4}};       /* not ascending on purpose */
+            int64_t bad = read_and_compare(in, "q", 1, r, 3, 4, 6, &rst);
+            int64_t badk = 0, badv = 0;
+            row_range all = {0, 23};
+            int st2 = -1, st3 = -1;
+            badk = read_and_compare(in, "k", 0, &all, 1, 2, 6, &st2);
+            badv = read_and_compare(in, "v", 1, &all, 1, 2, 6, &st3);
+            check(rst == 0 && st2 == 0 && st3 == 0 && !bad && !badk && !badv,
+                  "read q/k/v %s %s-endian exactly (%lld/%lld/%lld wrong)", fa_dtype_name(want[i]),
+                  big ? "big" : "little", (long long)bad, (long long)badk, (long long)badv);
+            h5in_close(in);
+            int nd;
+            int64_t dims[8];
+            fa_dtype t;
+            float blk[12];
+            int64_t start[4] = {1, 2, 1, 0}, count[4] = {1, 2, 1, 6};
+            int ok = h5_dataset_info(path, "q", &nd, dims, &t) == 0 && nd == 4 && dims[1] == 19 &&
+                     t == want[i] && h5_read_block(path, "q", 4, start, count, blk) == 0;
+            for (int j = 0; ok && j < 12; j++) ok = blk[j] == grid(1, 2 + j / 6, 1, j % 6);
+            check(ok, "h5_dataset_info and h5_read_block on %s", path);
+        }
+}
+
+/* Capped transfers: overlapping, unordered and empty ranges, with a cap below one row. */
+static void test_read_capped(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/in_cap.h5", dir);
+    ds_spec s[3] = {QKV(1, 40, 40, 2, 1, 8, T_BF16, T_F16, T_F32, 0)};
+    make_file(path, &s[0], &s[1], &s[2], NULL);
+    const char *caps[] = {"1", "100", "200", "1000000"};
+    for (int c = 0; c < 4; c++) {
+        setenv("FA_IO_CAP_BYTES", caps[c], 1);
+        h5in *in;
+        fa_shape sh;
+        if (!check(h5in_open(path, MPI_COMM_SELF, &in, &sh) == 0, "open %s", path)) continue;
+        row_range r[5] = {{10, 13}, {5, 10}, {0, 0}, {30, 10}, {31, 2}};
+        int st;
+        int64_t bad = read_and_compare(in, "q", 0, r, 5, 2, 8, &st);
+        check(st == 0 && !bad, "FA_IO_CAP_BYTES=%s: overlapping/unordered/empty ranges read "
+              "right (%lld wrong)", caps[c], (long long)bad);
+        h5in_close(in);
+    }
+    unsetenv("FA_IO_CAP_BYTES");
+}
+
+/* ============================ input errors ================================================ */
+static int open_err(const char *path) {
+    h5in *in = NULL;
+    fa_shape sh;
+    int st = h5in_open(path, MPI_COMM_SELF, &in, &sh);
+    if (st == 0) h5in_close(in);
+    return st;
+}
+
+static void bad_file(const char *dir, const char *tag, ds_spec q, ds_spec k, ds_spec v,
+                     const char *w1, const char *w2, const char *w3) {
+    char path[512], what[600];
+    snprintf(path, sizeof path, "%s/bad_%s.h5", dir, tag);
+    make_file(path, &q, &k, &v, NULL);
+    snprintf(what, sizeof what, "input error: %s", tag);
+    check_err(open_err(path), what, path, w1, w2, w3, NULL);
+}
+
+static void test_input_errors(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/nope.h5", dir);
+    check_err(open_err(path), "missing input file", path, "No such file", NULL);
+    snprintf(path, sizeof path, "%s/text.h5", dir);
+    FILE *fp = fopen(path, "w");
+    fputs("not hdf5\n", fp);
+    fclose(fp);
+    check_err(open_err(path), "text file as input", path, "not an HDF5 file", NULL);
+    check_err(open_err(dir), "folder as input", "is a folder", NULL);
+    ds_spec none = {NULL, 0, {0}, T_F32, 0};
+    ds_spec g[3] = {QKV(1, 8, 8, 4, 2, 16, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "no_v", g[0], g[1], none, "'v'", "not found", "[B, Nk, Hkv, D]");
+    bad_file(dir, "no_q", none, g[1], g[2], "'q'", "not found", NULL);
+    ds_spec q3 = {"q", 3, {8, 4, 16}, T_F32, 0};
+    bad_file(dir, "rank3", q3, g[1], g[2], "'q'", "rank 3", "[8, 4, 16]");
+    ds_spec k5 = {"k", 5, {1, 8, 2, 16, 1}, T_F32, 0};
+    bad_file(dir, "rank5", g[0], k5, g[2], "'k'", "rank 5", "expected rank 4");
+    ds_spec b2[3] = {QKV(2, 8, 8, 4, 2, 16, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "batch", g[0], b2[1], b2[2], "'k'", "B=2", "'q'");
+    ds_spec d8[3] = {QKV(1, 8, 8, 4, 2, 8, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "dim", g[0], g[1], d8[2], "'v'", "D=8", "head dim");
+    ds_spec nk[3] = {QKV(1, 8, 10, 4, 2, 16, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "nk", g[0], g[1], nk[2], "'v'", "[1, 10, 2, 16]", "Nk or Hkv");
+    ds_spec hk[3] = {QKV(1, 8, 8, 4, 4, 16, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "hkv", g[0], g[1], hk[2], "'v'", "Nk or Hkv", NULL);
+    ds_spec h6[3] = {QKV(1, 8, 8, 6, 4, 16, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "heads", h6[0], h6[1], h6[2], "H=6", "Hkv=4", "multiple");
+    ds_spec d300[3] = {QKV(1, 4, 4, 1, 1, 300, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "d300", d300[0], d300[1], d300[2], "D=300", "256", NULL);
+    ds_spec e[3] = {QKV(1, 0, 8, 4, 2, 16, T_F32, T_F32, T_F32, 0)};
+    bad_file(dir, "empty", e[0], g[1], g[2], "'q'", "empty", "[1, 0, 4, 16]");
+    ds_spec ty[3] = {QKV(1, 8, 8, 4, 2, 16, T_INT32, T_STR, T_COMPOUND, 0)};
+    bad_file(dir, "int", ty[0], g[1], g[2], "'q'", "32-bit integer", "expected float32");
+    bad_file(dir, "str", g[0], ty[1], g[2], "'k'", "string", NULL);
+    bad_file(dir, "compound", g[0], g[1], ty[2], "'v'", "compound", NULL);
+    ds_spec u[3] = {QKV(1, 8, 8, 4, 2, 16, T_UINT16_BF16, T_F24, T_F32, 0)};
+    bad_file(dir, "uint16_bf16", u[0], g[1], g[2], "16-bit integer", "bfloat16 must be stored",
+             "7 mantissa");
+    bad_file(dir, "float24", g[0], u[1], g[2], "'k'", "24-bit float", "16 mantissa bits");
+    /* a group named q */
+    snprintf(path, sizeof path, "%s/bad_group.h5", dir);
+    make_file(path, NULL, &g[1], &g[2], NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Gclose(H5Gcreate2(f, "q", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5Fclose(f);
+    check_err(open_err(path), "group 'q' instead of a dataset", "'q'", "not a dataset", NULL);
+}
+
+static void test_read_errors(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/nonfinite.h5", dir);
+    ds_spec g[3] = {QKV(2, 8, 12, 4, 2, 16, T_F32, T_BF16, T_F32, 0)};
+    /* k [2, 12, 2, 16]: NaN at [1, 5, 1, 3], +Inf at [1, 9, 0, 0] */
+    int64_t nf[2] = {((1 * 12 + 5) * 2 + 1) * 16 + 3, ((1 * 12 + 9) * 2 + 0) * 16 + 0};
+    make_file(path, &g[0], &g[1], &g[2], nf);
+    h5in *in;
+    fa_shape sh;
+    if (!check(h5in_open(path, MPI_COMM_SELF, &in, &sh) == 0, "open %s", path)) return;
+    float *x = fa_malloc(12 * 2 * 16 * 4, "k");
+    row_range all = {0, 12}, late = {6, 6}, early = {0, 5};
+    check_err(h5in_read_rows(in, "k", 1, &all, 1, x, 1), "NaN in k found with its index",
+              "'k'", "NaN at [1, 5, 1, 3]", "--allow-nonfinite", NULL);
+    check_err(h5in_read_rows(in, "k", 1, &late, 1, x, 1), "+Inf in k found with its index",
+              "'k'", "+Inf at [1, 9, 0, 0]", NULL);
+    check(h5in_read_rows(in, "k", 1, &early, 1, x, 1) == 0, "rows before the NaN read fine");
+    check(h5in_read_rows(in, "k", 1, &all, 1, x, 0) == 0 && isnan(x[(5 * 2 + 1) * 16 + 3]) &&
+          isinf(x[(9 * 2) * 16]), "check_finite 0: NaN and Inf passed through");
+    row_range bad = {10, 3}, neg = {-1, 2};
+    check_err(h5in_read_rows(in, "k", 0, &bad, 1, x, 1), "rows past Nk refused", "[10, 13)",
+              "N=12", NULL);
+    check_err(h5in_read_rows(in, "k", 0, &neg, 1, x, 1), "negative start refused", "[-1, 1)",
+              NULL);
+    check_err(h5in_read_rows(in, "k", 2, &all, 1, x, 1), "batch past B refused", "batch 2",
+              "B=2", NULL);
+    check_err(h5in_read_rows(in, "o", 0, &all, 1, x, 1), "unknown dataset name refused", "'o'",
+              NULL);
+    check(h5in_read_rows(in, "k", 0, NULL, 0, x, 1) == 0, "no ranges: nothing read, status 0");
+    h5in_close(in);
+    free(x);
+}
+
+/* ============================ output ===================================================== */
+static void fill_rows(float *o, float *lse, int64_t b, int64_t r0, int64_t n, int64_t H,
+                      int64_t D) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t d = 0; d < D; d++)   /* not on a grid: exercises rounding */
+                o[(i * H + h) * D + d] = sinf((float)(((b * 1000 + r0 + i) * H + h) * D + d)) * 3;
+            lse[i * H + h] = (float)(b * 100000 + (r0 + i) * 10 + h) + 0.25f;
+        }
+}
+
+/* Reads o and lse of path back and compares with fill_rows through the type's conversion. */
+static int64_t verify_output(const char *path, const fa_shape *s, fa_dtype t, int with_lse) {
+    const int64_t H = s->H, D = s->D, row = H * D, n = s->Nq;
+    float *o = fa_malloc(n * row * 4, "o"), *want = fa_malloc(n * row * 4, "want");
+    float *lse = fa_malloc(n * H * 4, "lse"), *l = fa_malloc(n * H * 4, "l");
+    void *tmp = fa_malloc(n * row * 8, "conv");
+    int64_t bad = 0;
+    for (int64_t b = 0; b < s->B; b++) {
+        int64_t st[4] = {b, 0, 0, 0}, ct[4] = {1, n, H, D}, st3[3] = {b, 0, 0}, ct3[3] = {1, H, n};
+        if (h5_read_block(path, "o", 4, st, ct, o) ||
+            (with_lse && h5_read_block(path, "lse", 3, st3, ct3, lse))) {
+            printf("   %s\n", fa_errmsg());
+            return -1;
+        }
+        fill_rows(want, l, b, 0, n, H, D);
+        fa_from_f32(t, want, tmp, n * row);
+        fa_to_f32(t, tmp, want, n * row);
+        for (int64_t i = 0; i < n * row; i++) bad += fa_f32_bits(o[i]) != fa_f32_bits(want[i]);
+        for (int64_t i = 0; with_lse && i < n; i++)
+            for (int64_t h = 0; h < H; h++) bad += lse[h * n + i] != l[i * H + h];
+    }
+    free(o), free(want), free(lse), free(l), free(tmp);
+    return bad;
+}
+
+/* Writes the whole output in pieces of `step` rows from this rank's share (one rank here). */
+static int write_all(h5out *out, const fa_shape *s, int64_t step) {
+    float *o = fa_malloc(step * s->H * s->D * 4, "o"), *l = fa_malloc(step * s->H * 4, "l");
+    int st = 0;
+    for (int64_t b = 0; b < s->B && !st; b++)
+        for (int64_t r = 0; r < s->Nq && !st; r += step) {
+            int64_t n = s->Nq - r < step ? s->Nq - r : step;
+            fill_rows(o, l, b, r, n, s->H, s->D);
+            st = h5out_write_rows(out, b, r, n, o, l);
+        }
+    free(o), free(l);
+    return st;
+}
+
+static void test_output_types(const char *dir) {
+    const fa_dtype types[] = {FA_F32, FA_F16, FA_BF16, FA_F64};
+    fa_shape s = {2, 37, 37, 3, 1, 5, FA_F32, FA_F32, FA_F32};
+    char path[512];
+    setenv("FA_IO_CAP_BYTES", "333", 1);
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/out_%s.h5", dir, fa_dtype_name(types[i]));
+        h5out *out;
+        if (!check(h5out_create(path, 0, MPI_COMM_SELF, &s, types[i], 1, &out) == 0,
+                   "create %s", path)) { printf("   %s\n", fa_errmsg()); continue; }
+        int st = write_all(out, &s, 10);
+        st |= h5out_attr_int(out, "causal", 1) | h5out_attr_double(out, "scale", 0.125) |
+              h5out_attr_str(out, "compute", "bfloat16");
+        check(st == 0 && !exists(path) && tmp_files(dir) == 1,
+              "%s: rows written, final path absent before commit, one temporary",
+              fa_dtype_name(types[i]));
+        check(h5out_commit(out) == 0 && exists(path) && tmp_files(dir) == 0,
+              "%s: commit renames the temporary to %s", fa_dtype_name(types[i]), path);
+        int64_t bad = verify_output(path, &s, types[i], 1);
+        check(bad == 0, "%s: o and transposed lse read back bit-exact (%lld wrong)",
+              fa_dtype_name(types[i]), (long long)bad);
+        fa_dtype t;
+        int nd;
+        int64_t dims[8];
+        double v1 = 0, v2 = 0;
+        char str[64] = "";
+        check(h5_dataset_info(path, "o", &nd, dims, &t) == 0 && t == types[i] && nd == 4 &&
+              dims[0] == 2 && dims[1] == 37 && dims[2] == 3 && dims[3] == 5 &&
+              h5_dataset_info(path, "lse", &nd, dims, &t) == 0 && t == FA_F32 && nd == 3 &&
+              dims[1] == 3 && dims[2] == 37, "%s: o [2, 37, 3, 5] and lse [2, 3, 37] float32",
+              fa_dtype_name(types[i]));
+        check(h5_attr_double(path, "causal", &v1) == 0 && v1 == 1 &&
+              h5_attr_double(path, "scale", &v2) == 0 && v2 == 0.125 &&
+              h5_attr_str(path, "compute", str, sizeof str) == 0 && !strcmp(str, "bfloat16"),
+              "%s: root attributes read back", fa_dtype_name(types[i]));
+    }
+    check_err(h5_attr_double(path, "nope", &(double){0}), "absent attribute", "'nope'", NULL);
+    unsetenv("FA_IO_CAP_BYTES");
+}
+
+static void write_file(const char *p, const char *text) {
+    FILE *f = fopen(p, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+static int same_text(const char *p, const char *text) {
+    char buf[64] = "";
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return !strcmp(buf, text);
+}
+
+static void test_output_errors(const char *dir) {
+    fa_shape s = {1, 16, 16, 2, 1, 4, FA_F32, FA_F32, FA_F32};
+    char path[512];
+    h5out *out;
+    snprintf(path, sizeof path, "%s/precious.h5", dir);
+    write_file(path, "precious");
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out),
+              "existing output without force", path, "exists", "--force", NULL);
+    check(same_text(path, "precious") && tmp_files(dir) == 0, "existing output untouched");
+    /* with force: still untouched until commit; abort leaves it as it was */
+    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, &out) == 0 &&
+          write_all(out, &s, 16) == 0 && same_text(path, "precious"),
+          "--force: existing output untouched while writing");
+    h5out_abort(out);
+    check(same_text(path, "precious") && tmp_files(dir) == 0,
+          "--force then abort: output untouched, temporary removed");
+    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, &out) == 0 &&
+          write_all(out, &s, 7) == 0 && h5out_commit(out) == 0 &&
+          verify_output(path, &s, FA_BF16, 0) == 0 && tmp_files(dir) == 0,
+          "--force then commit: output replaced by the new file");
+    check(h5_dataset_info(path, "lse", NULL, NULL, NULL) == -1, "without lse: no lse dataset");
+    fa_clearerr();
+    snprintf(path, sizeof path, "%s/no_such_dir/out.h5", dir);
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out), "missing folder",
+              path, "no_such_dir", "No such file or directory", NULL);
+    check_err(h5out_create("/proc/fa_long_out.h5", 0, MPI_COMM_SELF, &s, FA_F32, 1, &out),
+              "unwritable folder (/proc, even for root)", "/proc/fa_long_out.h5", "cannot create",
+              NULL);
+    snprintf(path, sizeof path, "%s/text.h5/out.h5", dir);
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out),
+              "a file where the folder should be", "Not a directory", NULL);
+    check_err(h5out_create(dir, 1, MPI_COMM_SELF, &s, FA_F32, 1, &out), "folder as output",
+              "is a folder", NULL);
+    fa_shape e = s;
+    e.Nq = 0;
+    snprintf(path, sizeof path, "%s/empty_out.h5", dir);
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &e, FA_F32, 1, &out), "empty output shape",
+              "Nq=0", NULL);
+    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out) == 0, "create %s", path);
+    float o[2 * 2 * 4] = {0}, l[4] = {0};
+    check_err(h5out_write_rows(out, 0, 15, 2, o, l), "rows past Nq refused", "[15, 17)",
+              "Nq=16", NULL);
+    check_err(h5out_write_rows(out, 1, 0, 1, o, l), "batch past B refused", "batch 1", NULL);
+    check_err(h5out_write_rows(out, 0, 0, 1, o, NULL), "missing lse rows refused", "lse", NULL);
+    check(h5out_write_rows(out, 0, 0, 0, NULL, NULL) == 0, "n = 0 with NULL buffers accepted");
+    h5out_abort(out);
+    check(!exists(path) && tmp_files(dir) == 0, "abort: nothing left");
+}
+
+/* ============================ several ranks ============================================== */
+/* Rank r's uneven shard of [0, N): a list of ranges, rank 1 of 3 gets nothing. */
+static int shard(int r, int P, int64_t N, row_range *out) {
+    if (P == 3 && r == 1) return 0;
+    if (r == 0) { out[0] = (row_range){0, N / 5}; out[1] = (row_range){N / 2, N / 10}; return 2; }
+    out[0] = (row_range){N / 5, N / 2 - N / 5};
+    out[1] = (row_range){N / 2 + N / 10, N - N / 2 - N / 10};
+    return 2;
+}
+
+static int same_msg_everywhere(void) {
+    char m[1024];
+    snprintf(m, sizeof m, "%s", fa_errmsg());
+    MPI_Bcast(m, sizeof m, MPI_CHAR, 0, MPI_COMM_WORLD);
+    int same = !strcmp(m, fa_errmsg()), all;
+    MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    return all;
+}
+
+static void mpi_reads(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/mpi_in.h5", dir);
+    ds_spec g[3] = {QKV(2, 50, 61, 4, 2, 8, T_F16, T_BF16, T_F32, 1)};   /* big-endian */
+    int64_t nf[2] = {((1 * 61 + 40) * 2 + 1) * 8 + 2, ((1 * 61 + 45) * 2) * 8};
+    if (me == 0) make_file(path, &g[0], &g[1], &g[2], nf);
+    MPI_Barrier(MPI_COMM_WORLD);
+    setenv("FA_IO_CAP_BYTES", "150", 1);               /* ~2 rows of q per transfer */
+    h5in *in;
+    fa_shape sh;
+    if (!check(h5in_open(path, MPI_COMM_WORLD, &in, &sh) == 0, "open %s on %d ranks", path, np_))
+        return;
+    row_range r[4];
+    int nr = shard(me, np_, 50, r), st;
+    h5io_last_collective = -1;
+    int64_t bad = read_and_compare(in, "q", 1, r, nr, 4, 8, &st);
+    check(st == 0 && bad == 0, "uneven shard of q read right, capped (%lld wrong)", (long long)bad);
+    if (h5io_parallel())
+        check(h5io_last_collective == 1, "parallel HDF5: the transfers stayed collective");
+    nr = shard(me, np_, 61, r);
+    bad = read_and_compare(in, "k", 0, r, nr, 2, 8, &st);
+    check(st == 0 && bad == 0, "uneven shard of k (bf16 big-endian) read right (%lld wrong)",
+          (long long)bad);
+    /* batch 1 of k has NaN at row 40 (rank 2's shard) and Inf at row 45: everyone hears of it */
+    float *x = fa_malloc(61 * 16 * 4, "k");
+    nr = shard(me, np_, 61, r);
+    fa_clearerr();
+    int st2 = h5in_read_rows(in, "k", 1, r, nr, x, 1);
+    check(st2 == -1 && strstr(fa_errmsg(), "NaN at [1, 40, 1, 2]") && same_msg_everywhere(),
+          "NaN in another rank's shard: every rank fails with its index -> \"%s\"", fa_errmsg());
+    row_range mine = {me == 2 ? 60 : 0, 2};
+    st2 = h5in_read_rows(in, "k", 0, &mine, 1, x, 1);
+    check(st2 == -1 && strstr(fa_errmsg(), "[60, 62)") && same_msg_everywhere(),
+          "one rank's bad range: every rank fails with its message -> \"%s\"", fa_errmsg());
+    free(x);
+    h5in_close(in);
+    unsetenv("FA_IO_CAP_BYTES");
+    snprintf(path, sizeof path, "%s/mpi_missing.h5", dir);
+    fa_clearerr();
+    check(open_err(path) == -1 && same_msg_everywhere() && strstr(fa_errmsg(), "mpi_missing"),
+          "missing input: every rank fails with one message");
+}
+
+static void mpi_writes(const char *dir, fa_dtype t) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/mpi_out_%s.h5", dir, fa_dtype_name(t));
+    fa_shape s = {2, 50, 50, 3, 1, 4, FA_F32, FA_F32, FA_F32};
+    setenv("FA_IO_CAP_BYTES", "70", 1);                /* a few rows per collective transfer */
+    h5out *out;
+    if (!check(h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, &out) == 0, "create %s", path))
+        return;
+    /* each rank writes its shard of each batch in calls of different sizes; rank 1 writes
+     * nothing but still calls */
+    row_range r[4];
+    int nr = shard(me, np_, 50, r), st = 0;
+    float *o = fa_malloc(50 * 12 * 4, "o"), *l = fa_malloc(50 * 3 * 4, "l");
+    h5io_last_collective = -1;
+    for (int64_t b = 0; b < 2; b++)
+        for (int i = 0; i < 2; i++) {
+            int64_t n = i < nr ? r[i].n : 0, r0 = i < nr ? r[i].start : 0;
+            fill_rows(o, l, b, r0, n, 3, 4);
+            st |= h5out_write_rows(out, b, r0, n, o, l);
+        }
+    st |= h5out_attr_str(out, "shard", "uneven") | h5out_attr_int(out, "ranks", np_);
+    check(st == 0, "%s: uneven rows written from %d ranks, capped", fa_dtype_name(t), np_);
+    if (h5io_parallel())
+        check(h5io_last_collective == 1, "parallel HDF5: the writes stayed collective");
+    check(h5out_commit(out) == 0, "%s: commit", fa_dtype_name(t));
+    int64_t bad = me == 0 ? verify_output(path, &s, t, 1) : 0;
+    double ranks = 0;
+    if (me == 0) check(bad == 0 && h5_attr_double(path, "ranks", &ranks) == 0 && ranks == np_ &&
+                       tmp_files(dir) == 0, "%s: every rank's rows read back bit-exact "
+                       "(%lld wrong), attributes, no temporary", fa_dtype_name(t), (long long)bad);
+    free(o), free(l);
+    fa_clearerr();
+    check(h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, &out) == -1 && same_msg_everywhere() &&
+          strstr(fa_errmsg(), "--force"), "existing output: every rank refuses -> \"%s\"",
+          fa_errmsg());
+    check(h5out_create(path, 1, MPI_COMM_WORLD, &s, t, 0, &out) == 0, "--force create");
+    float z[4 * 12] = {0};
+    fa_clearerr();
+    st = h5out_write_rows(out, 0, me == 1 ? 48 : 0, 4, z, z);
+    check(st == -1 && same_msg_everywhere() && strstr(fa_errmsg(), "[48, 52)"),
+          "one rank's bad rows: every rank fails -> \"%s\"", fa_errmsg());
+    h5out_abort(out);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (me == 0) check(tmp_files(dir) == 0 && verify_output(path, &s, t, 1) == 0,
+                       "abort on every rank: temporary gone, old output intact");
+    unsetenv("FA_IO_CAP_BYTES");
+}
+
+/* ============================ modes ====================================================== */
+static int mode_echo(const char *in_path, const char *out_path, const char *otype,
+                     const char *name) {
+    h5in *in;
+    h5out *out;
+    fa_shape s;
+    fa_dtype t;
+    if (fa_dtype_parse(otype, &t) || h5in_open(in_path, MPI_COMM_WORLD, &in, &s)) goto fail;
+    int kv = strcmp(name, "q") != 0;
+    fa_shape o = {s.B, kv ? s.Nk : s.Nq, 0, kv ? s.Hkv : s.H, 0, s.D, t, t, t};
+    if (h5out_create(out_path, 1, MPI_COMM_WORLD, &o, t, 1, &out)) goto fail;
+    row_range r[4];
+    int nr = shard(me, np_, o.Nq, r);
+    int64_t rows = 0, row = o.H * o.D;
+    for (int i = 0; i < nr; i++) rows += r[i].n;
+    float *x = fa_malloc((rows + 1) * row * 4, "echo"), *l = fa_malloc((rows + 1) * o.H * 4, "l");
+    for (int64_t b = 0; b < s.B; b++) {
+        if (h5in_read_rows(in, name, b, r, nr, x, 0)) goto fail;
+        for (int64_t i = 0; i < rows * o.H; i++) l[i] = x[i * o.D];
+        for (int i = 0, at = 0; i < 2; at += i < nr ? r[i].n : 0, i++)
+            if (h5out_write_rows(out, b, i < nr ? r[i].start : 0, i < nr ? r[i].n : 0,
+                                 x + at * row, l + at * o.H)) goto fail;
+    }
+    if (h5out_commit(out)) goto fail;
+    h5in_close(in);
+    free(x), free(l);
+    return 0;
+fail:
+    if (me == 0) printf("ERR %s\n", fa_errmsg());
+    return 3;
+}
+
+static int mode_open(const char *path) {
+    h5in *in;
+    fa_shape s;
+    if (h5in_open(path, MPI_COMM_WORLD, &in, &s)) {
+        if (me == 0) printf("ERR %s\n", fa_errmsg());
+        return 3;
+    }
+    if (me == 0) printf("OK B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld q=%s k=%s v=%s\n",
+                        (long long)s.B, (long long)s.Nq, (long long)s.Nk, (long long)s.H,
+                        (long long)s.Hkv, (long long)s.D, fa_dtype_name(s.q_type),
+                        fa_dtype_name(s.k_type), fa_dtype_name(s.v_type));
+    h5in_close(in);
+    return 0;
+}
+
+static int finish(void) {
+    int c[2] = {npass, nfail};
+    MPI_Allreduce(MPI_IN_PLACE, c, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (me == 0) printf("%d passed, %d failed\n", c[0], c[1]);
+    return c[1] ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    MPI_Comm_size(MPI_COMM_WORLD, &np_);
+    fa_rank = me, fa_nranks = np_;
+    int rc;
+    if (argc == 6 && !strcmp(argv[1], "echo")) {
+        rc = mode_echo(argv[2], argv[3], argv[4], argv[5]);
+    } else if (argc == 3 && !strcmp(argv[1], "open")) {
+        rc = mode_open(argv[2]);
+    } else {
+        char dir[256];
+        if (argc == 3 && !strcmp(argv[1], "mpi")) {
+            snprintf(dir, sizeof dir, "%s", argv[2]);
+        } else {
+            snprintf(dir, sizeof dir, "/tmp/test_h5io.XXXXXX");
+            if (!mkdtemp(dir)) fa_fail("mkdtemp");
+        }
+        if (me == 0) printf("# test_h5io: %s HDF5, %d rank(s), files in %s\n",
+                            h5io_parallel() ? "parallel" : "serial", np_, dir);
+        if (argc == 3) {
+            mpi_reads(dir);
+            for (int t = 0; t < 4; t++) mpi_writes(dir, (fa_dtype)t);
+        } else {
+            test_dtype_helpers();
+            test_f16_known();
+            test_bf16_known();
+            test_16bit_exhaustive(FA_F16);
+            test_16bit_exhaustive(FA_BF16);
+            test_f32_sweep(FA_F16);
+            test_f32_sweep(FA_BF16);
+            test_f64_and_swap();
+            test_read_types(dir);
+            test_read_capped(dir);
+            test_input_errors(dir);
+            test_read_errors(dir);
+            test_output_types(dir);
+            test_output_errors(dir);
+        }
+        rc = finish();
+        if (argc != 3 && rc == 0) {
+            char cmd[600];
+            snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+            if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+        }
+    }
+    MPI_Finalize();
+    return rc;
+}
