@@ -311,6 +311,7 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         hid_t mem = select_pieces(fspace, dims, b, p, np);
         HDF5_CHECK(H5Dread(f->dset[idx], f->type[idx], mem, fspace, dxpl, stage), "H5Dread");
         note_io_mode(dxpl);
+        h5io_ntransfers++;
         H5Sclose(mem);
         const char *s = stage;
         for (int i = 0; i < np; s += p[i].n * row_el * esize, i++) {

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 int h5io_last_collective = -1;
+int64_t h5io_ntransfers = 0;
 
 int h5io_parallel(void) {
 #ifdef H5_HAVE_PARALLEL

@@ -196,6 +196,7 @@ static void write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows
         const void *buf = k ? (const void *)lse_buf : o_buf;
         HDF5_CHECK(H5Dwrite(ds, k ? H5T_IEEE_F32LE : f->ftype, mem, fsp, dxpl, buf),
                    k ? "H5Dwrite(lse)" : "H5Dwrite(o)");
+        h5io_ntransfers++;
 #ifdef H5_HAVE_PARALLEL
         H5D_mpio_actual_io_mode_t mode;
         if (H5Pget_mpio_actual_io_mode(dxpl, &mode) >= 0)

@@ -44,3 +44,5 @@ void h5io_fmt_dims(char *buf, int len, int ndims, const int64_t *dims);   /* "[2
 /* For tests: whether the last parallel transfer ran collectively (1), independently (0), or
  * -1 in a serial build or before any transfer. */
 extern int h5io_last_collective;
+/* For tests: H5Dread/H5Dwrite calls made by h5in_read_rows and h5out_write_rows so far. */
+extern int64_t h5io_ntransfers;

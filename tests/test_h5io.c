@@ -685,8 +685,15 @@ static void mpi_reads(const char *dir) {
     row_range r[4];
     int nr = shard(me, np_, 50, r), st;
     h5io_last_collective = -1;
+    int64_t t0 = h5io_ntransfers;
     int64_t bad = read_and_compare(in, "q", 1, r, nr, 4, 8, &st);
+    int64_t calls[2] = {h5io_ntransfers - t0, -(h5io_ntransfers - t0)};
+    MPI_Allreduce(MPI_IN_PLACE, calls, 2, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
     check(st == 0 && bad == 0, "uneven shard of q read right, capped (%lld wrong)", (long long)bad);
+    /* rank 2 holds 35 of the 50 rows, 2 rows (128 B) per 150 B transfer: 18 calls everywhere */
+    check(calls[0] == -calls[1] && calls[0] == (np_ == 3 ? 18 : calls[0]),
+          "every rank made the same number of transfers (%lld to %lld)", (long long)-calls[1],
+          (long long)calls[0]);
     if (h5io_parallel())
         check(h5io_last_collective == 1, "parallel HDF5: the transfers stayed collective");
     nr = shard(me, np_, 61, r);
