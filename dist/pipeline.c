@@ -19,13 +19,22 @@ int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu) {
     return c < s->Nq ? c : s->Nq;
 }
 
+int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu) {
+    int64_t c = job->chunk > 0 ? job->chunk : pipeline_default_chunk(s, nranks, gpu);
+    return c < s->Nq ? c : s->Nq;
+}
+
+shard_layout pipeline_layout(const fa_job *job) {
+    return job->shard_set ? job->shard : (job->causal ? SHARD_STRIPED : SHARD_CONTIGUOUS);
+}
+
 typedef struct {
     MPI_Comm comm;
     int rank, nranks, serial_io;
     const fa_shape *s;
     int64_t chunk, nchunks_per_b, nchunks;
     int window;
-    rec_merge merge;
+    pipe_engine *eng;
     float **rec;           /* [window] chunk*H records each */
     MPI_Request *req;      /* [window] */
     float *o_out, *lse_out;/* finalized rows of the chunk this rank owns in the current group */
@@ -61,11 +70,11 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     double t0 = fa_now();
     MPI_Wait(&p->req[slot], MPI_STATUS_IGNORE);
     p->st->t_wait += fa_now() - t0;
-    int64_t H = p->s->H, D = p->s->D;
+    int64_t H = p->s->H, D = p->s->D, R = p->eng->rec_len;
     if (owner(p, i) == p->rank) {
         const float *rec = p->rec[slot];
         for (int64_t r = 0; r < n * H; r++)
-            p->lse_out[r] = attn_rec_finalize(rec + r * (D + 2), (int)D, p->o_out + r * D);
+            p->lse_out[r] = p->eng->finalize(p->eng->ctx, rec + r * R, p->o_out + r * D);
         p->pend_b = b;
         p->pend_r0 = r0;
         p->pend_n = n;
@@ -112,17 +121,24 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.out = out;
     p.st = st;
     int gpu = backend == BACKEND_CUDA;
-    p.chunk = job->chunk > 0 ? job->chunk : pipeline_default_chunk(s, p.nranks, gpu);
-    if (p.chunk > s->Nq) p.chunk = s->Nq;
+    p.chunk = pipeline_chunk(job, s, p.nranks, gpu);
     p.nchunks_per_b = (s->Nq + p.chunk - 1) / p.chunk;
     p.nchunks = p.nchunks_per_b * s->B;
     p.window = job->window > 0 ? job->window : 3;
     int64_t H = s->H, D = s->D, Hkv = s->Hkv;
 
     /* the sharding plan */
-    shard_layout lay = job->shard_set ? job->shard : (job->causal ? SHARD_STRIPED : SHARD_CONTIGUOUS);
     kv_shard sh;
-    shard_plan(s->Nk, p.nranks, p.rank, lay, job->stripe, &sh);
+    shard_plan(s->Nk, p.nranks, p.rank, pipeline_layout(job), job->stripe, &sh);
+
+    /* the engine */
+    pipe_engine eng;
+    int ndev = gpu ? gpu_count() : 0;
+    if (engine_create(job, s, backend, ndev > 0 ? p.rank % ndev : 0, sh.total, p.chunk, &eng))
+        fa_fail("%s", fa_errmsg());
+    p.eng = &eng;
+    st->used_gpu = gpu;
+    int64_t R = eng.rec_len;
 
     /* buffers: this rank's K/V of one batch element, one Q chunk, `window` record sets, one
      * chunk of finalized output */
@@ -133,23 +149,12 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.rec = fa_calloc((size_t)p.window, sizeof(float *), "record slots");
     p.req = fa_calloc((size_t)p.window, sizeof(MPI_Request), "merge requests");
     for (int w = 0; w < p.window; w++) {
-        p.rec[w] = fa_aligned_alloc((size_t)(p.chunk * H * (D + 2)) * sizeof(float), "partials");
+        p.rec[w] = fa_aligned_alloc((size_t)(p.chunk * H * R) * sizeof(float), "partials");
         p.req[w] = MPI_REQUEST_NULL;
     }
     p.o_out = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "output chunk");
     p.lse_out = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
-    rec_merge_init(&p.merge, (int)D);
-
-    gpu_engine *ge = NULL;
     int rc = 0;
-    if (gpu) {
-        int ndev = gpu_count();
-        int dev = ndev > 0 ? p.rank % ndev : 0;
-        rc = gpu_engine_create(dev, sh.total, p.chunk, (int)H, (int)Hkv, (int)D, job->compute, &ge);
-        if (rc) fa_fail("%s", fa_errmsg());
-        st->used_gpu = 1;
-    }
-    cpu_tiling tiling = {.br = job->br, .bc = job->bc, .threads = job->threads};
     float scale = (float)(job->scale > 0 ? job->scale : 1.0 / sqrt((double)D));
 
     int64_t cur_b = -1, next_finish = 0;  /* the oldest chunk whose merge is not finished */
@@ -164,7 +169,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         if (b != cur_b) {
             rc = load_kv(job, in, s, &sh, b, kbuf, vbuf, segs);
             if (rc) break;
-            if (ge && gpu_engine_load_kv(ge, segs, sh.n)) fa_fail("%s", fa_errmsg());
+            if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
             cur_b = b;
         }
         row_range qr = {r0, n};
@@ -177,22 +182,16 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         attn_queries q = {.q = qbuf, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
                           .d = (int)D, .scale = scale, .causal = job->causal,
                           .diag = s->Nk - s->Nq};
-        attn_state_init(p.rec[slot], n, (int)H, (int)D);
-        if (sh.n > 0) {
-            if (ge) {
-                if (gpu_engine_partial(ge, &q, p.rec[slot])) fa_fail("%s", fa_errmsg());
-            } else {
-                cpu_attn_partial(&q, segs, sh.n, p.rec[slot], &tiling, drive_merges, &p);
-            }
-        }
+        eng.init(eng.ctx, p.rec[slot], n);
+        if (eng.partial(eng.ctx, &q, p.rec[slot], drive_merges, &p)) fa_fail("%s", fa_errmsg());
         st->t_compute += fa_now() - t1;
         st->work_pairs += shard_work(&sh, r0, r0 + n, job->causal, s->Nk - s->Nq) * (double)H;
 
         int root = owner(&p, i);
         void *sendbuf = root == p.rank ? MPI_IN_PLACE : p.rec[slot];
-        MPI_Ireduce(sendbuf, p.rec[slot], (int)(n * H), p.merge.rec, p.merge.op, root, comm,
+        MPI_Ireduce(sendbuf, p.rec[slot], (int)(n * H), eng.rec_type, eng.op, root, comm,
                     &p.req[slot]);
-        if (root != p.rank) st->bytes_reduced += n * H * (D + 2) * (int64_t)sizeof(float);
+        if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
         st->chunks++;
     }
     /* drain: on success finish every remaining chunk in order; after an error only complete the
@@ -200,8 +199,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     while (rc == 0 && next_finish < p.nchunks) rc = finish_chunk(&p, next_finish++);
     if (rc) MPI_Waitall(p.window, p.req, MPI_STATUSES_IGNORE);
 
-    if (ge) gpu_engine_destroy(ge);
-    rec_merge_free(&p.merge);
+    engine_free(&eng);
     for (int w = 0; w < p.window; w++) free(p.rec[w]);
     free(p.rec);
     free(p.req);

@@ -6,6 +6,35 @@
 #include <mpi.h>
 #include "io/h5io.h"
 #include "runner/job.h"
+#include "kernels/attn.h"
+#include "dist/shard.h"
+
+/* What the pipeline needs of an engine (dist/engines.c builds them). A record is rec_len floats
+ * per (query row, head); partials over disjoint key sets merge with `op` on `rec_type`. */
+typedef struct pipe_engine {
+    const char *name;           /* "cpu", "cuda", ... (the output's backend attribute) */
+    const char *compute;        /* "float32", "bfloat16", ... (the output's compute attribute) */
+    int rec_len;
+    MPI_Datatype rec_type;
+    MPI_Op op;
+    void *ctx;
+    /* the rank's keys for a new batch element (segments stay valid until the next call) */
+    int (*load_kv)(void *ctx, const attn_kv_segment *segs, int nsegs);
+    /* empty state for nrows query rows (every head) */
+    void (*init)(void *ctx, float *rec, int64_t nrows);
+    /* fold the loaded keys into rec for this query chunk; call progress(arg) now and then */
+    int (*partial)(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *), void *arg);
+    /* one record -> o[D]; returns the row's lse */
+    float (*finalize)(void *ctx, const float *rec, float *o);
+    void (*destroy)(void *ctx);
+} pipe_engine;
+
+/* Builds the engine for the job's mode and backend (dist/engines.c). Returns -1 with fa_seterr
+ * when it cannot start. device: the CUDA device of this rank; kv_rows: keys this rank holds;
+ * max_rows: the chunk size. */
+int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
+                  int64_t kv_rows, int64_t max_rows, pipe_engine *e);
+void engine_free(pipe_engine *e);
 
 typedef struct {
     double t_read, t_compute, t_wait, t_write, t_total;
@@ -19,6 +48,11 @@ typedef struct {
  * (the same on every rank) on a user-facing error found while reading (non-finite input). */
 int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
                  fa_backend backend, pipeline_stats *st);
+
+/* Chunk size actually used for a job. */
+int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu);
+/* The shard layout actually used for a job. */
+shard_layout pipeline_layout(const fa_job *job);
 
 /* Chunk size used when the job gives none: large enough to amortize per-chunk costs, small enough
  * that a few chunks' records stay far below the rank's key shard in memory. */

@@ -60,6 +60,9 @@ static void usage(void) {
         "                          (default: contiguous, or striped when causal)\n"
         "      --stripe N          keys per stripe for --shard striped (default: automatic)\n"
         "      --allow-nonfinite   accept NaN/Inf in the inputs (refused by default)\n"
+        "      --mode M            exact (default) or taylor: first-order Taylor linear attention with\n"
+        "                          row-mean centred keys (ViTALiTy), O(N D^2), approximate\n"
+        "      --compare           also run the other mode; record the relative error per head\n"
         "  -f, --force             replace an existing output file\n"
         "  -q, --quiet             no summary\n"
         "  -v, --verbose           more detail (plan, per-rank times)\n"
@@ -68,7 +71,7 @@ static void usage(void) {
 }
 
 enum { OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
-       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE };
+       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE };
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
@@ -91,6 +94,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"shard", required_argument, 0, OPT_SHARD},
         {"stripe", required_argument, 0, OPT_STRIPE},
         {"allow-nonfinite", no_argument, 0, OPT_NONFINITE},
+        {"mode", required_argument, 0, OPT_MODE},
+        {"compare", no_argument, 0, OPT_COMPARE},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -160,6 +165,12 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             break;
         case OPT_STRIPE: if (parse_int("--stripe", optarg, 1, &job->stripe)) return -1; break;
         case OPT_NONFINITE: job->allow_nonfinite = 1; break;
+        case OPT_MODE:
+            if (!strcasecmp(optarg, "exact")) job->mode = MODE_EXACT;
+            else if (!strcasecmp(optarg, "taylor")) job->mode = MODE_TAYLOR;
+            else return fa_seterr("option --mode: '%s' is not exact or taylor", optarg);
+            break;
+        case OPT_COMPARE: job->compare = 1; break;
         case ':': return fa_seterr("option %s needs a value (see --help)", argv[optind - 1]);
         default:
             return fa_seterr("unknown option '%s' (see --help)", argv[optind - 1]);

@@ -6,6 +6,8 @@
 #include "kernels/gpu.h"
 
 typedef enum { BACKEND_AUTO = 0, BACKEND_CPU = 1, BACKEND_CUDA = 2 } fa_backend;
+/* exact softmax attention, or the first-order Taylor approximation (ViTALiTy) */
+typedef enum { MODE_EXACT = 0, MODE_TAYLOR = 1 } fa_mode;
 
 typedef struct {
     const char *input, *output;
@@ -25,6 +27,8 @@ typedef struct {
     shard_layout shard;
     int64_t stripe;
     int allow_nonfinite;
+    fa_mode mode;
+    int compare;             /* --compare: also run the other mode, record the error per head */
     int quiet, verbose;
 } fa_job;
 

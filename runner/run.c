@@ -54,8 +54,7 @@ static int write_attrs(h5out *out, const fa_job *job, const fa_shape *s, fa_back
         rc |= h5out_attr_str(out, "compute", job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16");
     else
         rc |= h5out_attr_str(out, "compute", "float32");
-    shard_layout lay = job->shard_set ? job->shard : (job->causal ? SHARD_STRIPED : SHARD_CONTIGUOUS);
-    rc |= h5out_attr_str(out, "shard", shard_layout_name(lay));
+    rc |= h5out_attr_str(out, "shard", shard_layout_name(pipeline_layout(job)));
     rc |= h5out_attr_str(out, "version", "fa_long " FA_VERSION);
     rc |= h5out_attr_str(out, "input", job->input);
     rc |= h5out_attr_double(out, "elapsed_seconds", elapsed);
@@ -116,8 +115,7 @@ int cmd_run(int argc, char **argv) {
     }
     double elapsed = fa_now() - t0;
     MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-    int64_t chunk = job.chunk > 0 ? job.chunk : pipeline_default_chunk(&s, fa_nranks, be == BACKEND_CUDA);
-    if (chunk > s.Nq) chunk = s.Nq;
+    int64_t chunk = pipeline_chunk(&job, &s, fa_nranks, be == BACKEND_CUDA);
     double scale = job.scale > 0 ? job.scale : 1.0 / sqrt((double)s.D);
     if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed)) || agree(h5out_commit(out))) {
         h5out_abort(out);
