@@ -104,7 +104,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
     opterr = 0;
     optind = 1;
     int c;
-    int64_t v;
+    int64_t v = 0;
     while ((c = getopt_long(argc, argv, ":i:o:cfqvhV", opts, NULL)) != -1) {
         switch (c) {
         case 'i': job->input = optarg; break;
