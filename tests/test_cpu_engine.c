@@ -411,6 +411,23 @@ static void test_progress(void) {
     free_inputs(&in);
 }
 
+/* The OpenBLAS tile products (FA_CPU_PRODUCTS=blas, kept for comparison) on the same checks. */
+static void test_blas_products(void) {
+#ifdef FA_HAVE_CBLAS
+    setenv("FA_CPU_PRODUCTS", "blas", 1);
+    shape s;
+    s = (shape){ 257, 257, 6, 2, 128, 1, 2.0f, 0 }; vs_ref("blas: GQA causal", s, 100, NULL);
+    s = (shape){ 199, 230, 6, 2, 33, 1, 2.0f, 0 };  vs_ref("blas: D=33 causal", s, 199, NULL);
+    s = (shape){ 300, 120, 4, 1, 64, 1, 2.0f, 0 };  vs_ref("blas: MQA Nq>Nk", s, 300, NULL);
+    cpu_tiling t = { 5, 7, 2 };
+    s = (shape){ 211, 190, 3, 1, 40, 0, 2.0f, 0 };  vs_ref("blas: br=5 bc=7 full", s, 211, &t);
+    merge_identity((shape){ 250, 250, 6, 2, 64, 1, 2.0f, 0 });
+    unsetenv("FA_CPU_PRODUCTS");
+#else
+    printf("# built without OpenBLAS: blas tile products not tested\n");
+#endif
+}
+
 int main(void) {
     const char *env = getenv("FA_TEST_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
@@ -425,6 +442,7 @@ int main(void) {
     test_tilings();
     test_merge_identity();
     test_progress();
+    test_blas_products();
     printf("%d passed, %d failed\n", npass, nfail);
     return nfail ? 1 : 0;
 }

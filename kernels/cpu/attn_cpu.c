@@ -4,11 +4,17 @@
  * A work item is (kv head, tile of br query rows). The G = H/Hkv query heads that read the same kv
  * head are stacked into the tile, so its M = br*G stacked rows share every K/V tile loaded:
  *   stacked row s = r*G + gi  <->  query row r0 + r, query head kvh*G + gi.
- * Per key tile of bc keys:  S = Qs K^T (matrix stream), online-softmax update of (m, l) and the
- * rescale of O (softmax stream), O += P V (matrix stream). Qs holds the queries pre-multiplied by
- * the softmax scale, so S is already the score s_j of the contract (natural-log units).
- * Tile products go through OpenBLAS (single-threaded inside our threads) when FA_HAVE_CBLAS is
- * defined, else through the built-in products below (AVX-512 intrinsics or portable C).
+ * Everything in a tile is held *transposed*, query rows along the SIMD lanes (Mp = M rounded up
+ * to 16 lanes):  Qt [D][Mp] (queries times scale), St [bc][Mp] (scores, then probabilities),
+ * Ot [D][Mp] (unnormalized output), m, l [Mp]. Then
+ *   St = K Qt          one FMA per key element broadcast against 16 query rows,
+ *   softmax per lane   max / exp / sum run down the key axis, lanes independent: no shuffles,
+ *   Ot = Ot*alpha + V^T Pt   again a broadcast of V against 16 query rows.
+ * K and V are read in place (rows Hkv*D floats apart): nothing is packed per key tile; Qt and Ot
+ * are transposed once per work item, over all its key tiles.
+ * The matrix stream runs through the built-in products (AVX-512 register blocks, portable C
+ * otherwise) or, when built with FA_HAVE_CBLAS and FA_CPU_PRODUCTS=blas is set, OpenBLAS sgemm
+ * called single-threaded from our threads (kept to compare: see bench/NOTES_CPU.md).
  *
  * Sections: vector exp | tile products | softmax stream | one work item | driver. */
 #include "kernels/attn.h"
@@ -22,24 +28,18 @@
 #include <immintrin.h>
 #endif
 
+#define LANES 16                          /* query rows per SIMD vector (fp32 x 512 bits) */
+
+static int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
 /* ---- vector exp ------------------------------------------------------------------------------
  * exp(x) = 2^n * p(f), n = round(x/ln2), f = x - n ln2 (two-part ln2 keeps f exact enough),
- * p a degree-6 Taylor-like polynomial: relative error ~2e-7 on [-ln2/2, ln2/2].
+ * p the degree-6 Taylor polynomial: relative error ~2e-7 on [-ln2/2, ln2/2].
  * x < -87.3 (including the -inf of masked scores) gives exactly 0, so masked keys add nothing. */
 #define EXP_LO  (-87.3f)
 #define LOG2E   1.44269504088896341f
 #define LN2_HI  0.693359375f
 #define LN2_LO  (-2.12194440e-4f)
-
-static inline float exp_poly(float f) {
-    float p = 1.0f / 720;
-    p = p * f + 1.0f / 120;
-    p = p * f + 1.0f / 24;
-    p = p * f + 1.0f / 6;
-    p = p * f + 0.5f;
-    p = p * f + 1.0f;
-    return p * f + 1.0f;
-}
 
 static inline float exp_scalar(float x) {
     if (!(x >= EXP_LO)) return 0.0f;
@@ -47,7 +47,13 @@ static inline float exp_scalar(float x) {
     float n = __builtin_roundf(x * LOG2E);
     float f = x - n * LN2_HI;
     f = f - n * LN2_LO;
-    float p = exp_poly(f);
+    float p = 1.0f / 720;
+    p = p * f + 1.0f / 120;
+    p = p * f + 1.0f / 24;
+    p = p * f + 1.0f / 6;
+    p = p * f + 0.5f;
+    p = p * f + 1.0f;
+    p = p * f + 1.0f;
     union { float f; int32_t i; } u = { p };
     u.i += (int32_t)((uint32_t)(int32_t)n << 23);   /* p * 2^n; n >= -126 here: no denormal wrap */
     return u.f;
@@ -73,128 +79,226 @@ static inline __m512 exp512(__m512 x) {
 #endif
 
 /* ---- tile products ---------------------------------------------------------------------------
- * qk:  S[M, nc] (row stride lds) = Qs[M, D] . K[nc, D]^T, K rows lk floats apart.
- * pv:  O[M, D] += P[M, nc] . V[nc, D], V rows lk floats apart.
- * kt is scratch of D*bc floats for the built-in qk (K tile transposed so keys run along SIMD). */
-#ifdef FA_HAVE_CBLAS
-static void tile_qk(const float *qs, int m, int d, const float *k, int64_t lk, int nc,
-                    float *kt, float *s, int lds) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nc, d, 1.0f, qs, d, k, (int)lk,
-                0.0f, s, lds);
+ * qk:  St[nc][Mp] = K[nc][D] . Qt[D][Mp]            (K rows lk floats apart)
+ * pv:  Ot[D][Mp]  = Ot .* alpha (per lane) + V[nc][D]^T . Pt[nc][Mp]   (V rows lk floats apart)
+ * Mp is a multiple of 16. */
+typedef struct {
+    const float *qt;   /* [D][Mp] */
+    float *st;         /* [bc][Mp] */
+    float *ot;         /* [D][Mp] */
+    const float *alpha;/* [Mp] rescale of Ot for this tile */
+    int mp, d;
+} tile_bufs;
+
+#if defined(__AVX512F__)
+/* Register block: KR keys x NV vectors of 16 query rows; KR*NV accumulators stay in zmm
+ * registers across the whole D loop. always_inline + constant KR, NV: the compiler unrolls. */
+#define QK_KR 6
+#define MAX_NV 4
+static inline __attribute__((always_inline))
+void qk_block(const tile_bufs *t, const float *k, int64_t lk, int j, int kr, int lane0, int nv) {
+    __m512 acc[QK_KR][MAX_NV];
+    for (int a = 0; a < kr; a++)
+        for (int v = 0; v < nv; v++) acc[a][v] = _mm512_setzero_ps();
+    const float *krow = k + j * lk;
+    for (int c = 0; c < t->d; c++) {
+        __m512 qv[MAX_NV];
+        for (int v = 0; v < nv; v++) qv[v] = _mm512_load_ps(t->qt + (int64_t)c * t->mp + lane0 + v * LANES);
+        for (int a = 0; a < kr; a++) {
+            __m512 b = _mm512_set1_ps(krow[a * lk + c]);
+            for (int v = 0; v < nv; v++) acc[a][v] = _mm512_fmadd_ps(b, qv[v], acc[a][v]);
+        }
+    }
+    for (int a = 0; a < kr; a++)
+        for (int v = 0; v < nv; v++)
+            _mm512_store_ps(t->st + (int64_t)(j + a) * t->mp + lane0 + v * LANES, acc[a][v]);
 }
-static void tile_pv(const float *p, int lds, int m, int d, const float *v, int64_t lk, int nc,
-                    float *o) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, nc, 1.0f, p, lds, v, (int)lk,
-                1.0f, o, d);
+
+#define QK_CASE(KR, NV) case (KR) * 8 + (NV): qk_block(t, k, lk, j, KR, lane0, NV); break
+static void qk_dispatch(const tile_bufs *t, const float *k, int64_t lk, int j, int kr, int lane0,
+                        int nv) {
+    switch (kr * 8 + nv) {
+        QK_CASE(6, 4); QK_CASE(6, 3); QK_CASE(6, 2); QK_CASE(6, 1);
+        QK_CASE(5, 4); QK_CASE(5, 3); QK_CASE(5, 2); QK_CASE(5, 1);
+        QK_CASE(4, 4); QK_CASE(4, 3); QK_CASE(4, 2); QK_CASE(4, 1);
+        QK_CASE(3, 4); QK_CASE(3, 3); QK_CASE(3, 2); QK_CASE(3, 1);
+        QK_CASE(2, 4); QK_CASE(2, 3); QK_CASE(2, 2); QK_CASE(2, 1);
+        QK_CASE(1, 4); QK_CASE(1, 3); QK_CASE(1, 2); QK_CASE(1, 1);
+    }
+}
+
+static void qk_builtin(const tile_bufs *t, const float *k, int64_t lk, int nc) {
+    for (int lane0 = 0; lane0 < t->mp; lane0 += MAX_NV * LANES) {
+        int nv = (t->mp - lane0) / LANES < MAX_NV ? (t->mp - lane0) / LANES : MAX_NV;
+        for (int j = 0; j < nc; j += QK_KR)
+            qk_dispatch(t, k, lk, j, nc - j < QK_KR ? nc - j : QK_KR, lane0, nv);
+    }
+}
+
+/* Block: CR output dims x NV vectors of query rows, accumulated over all nc keys. */
+#define PV_CR 6
+static inline __attribute__((always_inline))
+void pv_block(const tile_bufs *t, const float *v, int64_t lk, int nc, int c0, int cr, int lane0,
+              int nv) {
+    __m512 acc[PV_CR][MAX_NV];
+    for (int a = 0; a < cr; a++)
+        for (int x = 0; x < nv; x++) acc[a][x] = _mm512_setzero_ps();
+    for (int j = 0; j < nc; j++) {
+        __m512 pv[MAX_NV];
+        for (int x = 0; x < nv; x++) pv[x] = _mm512_load_ps(t->st + (int64_t)j * t->mp + lane0 + x * LANES);
+        const float *vrow = v + j * lk + c0;
+        for (int a = 0; a < cr; a++) {
+            __m512 b = _mm512_set1_ps(vrow[a]);
+            for (int x = 0; x < nv; x++) acc[a][x] = _mm512_fmadd_ps(b, pv[x], acc[a][x]);
+        }
+    }
+    /* The tile's sum joins the running Ot only here: fp32 error grows with the tile length plus
+     * the number of tiles, not with all the keys seen (which can be millions). */
+    for (int x = 0; x < nv; x++) {
+        __m512 al = _mm512_load_ps(t->alpha + lane0 + x * LANES);
+        for (int a = 0; a < cr; a++) {
+            float *o = t->ot + (int64_t)(c0 + a) * t->mp + lane0 + x * LANES;
+            _mm512_store_ps(o, _mm512_fmadd_ps(al, _mm512_load_ps(o), acc[a][x]));
+        }
+    }
+}
+
+#define PV_CASE(CR, NV) case (CR) * 8 + (NV): pv_block(t, v, lk, nc, c0, CR, lane0, NV); break
+static void pv_dispatch(const tile_bufs *t, const float *v, int64_t lk, int nc, int c0, int cr,
+                        int lane0, int nv) {
+    switch (cr * 8 + nv) {
+        PV_CASE(6, 4); PV_CASE(6, 3); PV_CASE(6, 2); PV_CASE(6, 1);
+        PV_CASE(5, 4); PV_CASE(5, 3); PV_CASE(5, 2); PV_CASE(5, 1);
+        PV_CASE(4, 4); PV_CASE(4, 3); PV_CASE(4, 2); PV_CASE(4, 1);
+        PV_CASE(3, 4); PV_CASE(3, 3); PV_CASE(3, 2); PV_CASE(3, 1);
+        PV_CASE(2, 4); PV_CASE(2, 3); PV_CASE(2, 2); PV_CASE(2, 1);
+        PV_CASE(1, 4); PV_CASE(1, 3); PV_CASE(1, 2); PV_CASE(1, 1);
+    }
+}
+
+static void pv_builtin(const tile_bufs *t, const float *v, int64_t lk, int nc) {
+    for (int lane0 = 0; lane0 < t->mp; lane0 += MAX_NV * LANES) {
+        int nv = (t->mp - lane0) / LANES < MAX_NV ? (t->mp - lane0) / LANES : MAX_NV;
+        for (int c0 = 0; c0 < t->d; c0 += PV_CR)
+            pv_dispatch(t, v, lk, nc, c0, t->d - c0 < PV_CR ? t->d - c0 : PV_CR, lane0, nv);
+    }
 }
 #else
-static void tile_qk(const float *qs, int m, int d, const float *k, int64_t lk, int nc,
-                    float *kt, float *s, int lds) {
-    for (int j = 0; j < nc; j++)
-        for (int c = 0; c < d; c++) kt[(int64_t)c * lds + j] = k[j * lk + c];
-    for (int i = 0; i < m; i++) {
-        float *srow = s + (int64_t)i * lds;
-        for (int j = 0; j < nc; j++) srow[j] = 0.0f;
-        for (int c = 0; c < d; c++) {
-            float qv = qs[(int64_t)i * d + c];
-            const float *kr = kt + (int64_t)c * lds;
-            for (int j = 0; j < nc; j++) srow[j] += qv * kr[j];
+/* Portable products: the inner loops run along the query lanes, contiguous, so the compiler
+ * vectorizes them for whatever SIMD the machine has. */
+static void qk_builtin(const tile_bufs *t, const float *k, int64_t lk, int nc) {
+    for (int j = 0; j < nc; j++) {
+        float *srow = t->st + (int64_t)j * t->mp;
+        for (int i = 0; i < t->mp; i++) srow[i] = 0.0f;
+        for (int c = 0; c < t->d; c++) {
+            float kv = k[j * lk + c];
+            const float *qrow = t->qt + (int64_t)c * t->mp;
+            for (int i = 0; i < t->mp; i++) srow[i] += kv * qrow[i];
         }
     }
 }
-static void tile_pv(const float *p, int lds, int m, int d, const float *v, int64_t lk, int nc,
-                    float *o) {
-    for (int i = 0; i < m; i++) {
-        float *orow = o + (int64_t)i * d;
-        const float *prow = p + (int64_t)i * lds;
-        for (int j = 0; j < nc; j++) {
-            float pj = prow[j];
-            const float *vr = v + j * lk;
-            for (int c = 0; c < d; c++) orow[c] += pj * vr[c];
+
+static void pv_builtin(const tile_bufs *t, const float *v, int64_t lk, int nc) {
+    float tile[LANES * 16];                   /* this tile's sum for 16 lanes at a time */
+    for (int c = 0; c < t->d; c++) {
+        float *orow = t->ot + (int64_t)c * t->mp;
+        for (int i0 = 0; i0 < t->mp; i0 += LANES * 16) {
+            int n = t->mp - i0 < LANES * 16 ? t->mp - i0 : LANES * 16;
+            for (int i = 0; i < n; i++) tile[i] = 0.0f;
+            for (int j = 0; j < nc; j++) {
+                float vv = v[j * lk + c];
+                const float *prow = t->st + (int64_t)j * t->mp + i0;
+                for (int i = 0; i < n; i++) tile[i] += vv * prow[i];
+            }
+            /* joined to the running Ot once per tile: see the AVX-512 pv_block */
+            for (int i = 0; i < n; i++) orow[i0 + i] = orow[i0 + i] * t->alpha[i0 + i] + tile[i];
         }
     }
+}
+#endif
+
+#ifdef FA_HAVE_CBLAS
+static void qk_blas(const tile_bufs *t, const float *k, int64_t lk, int nc) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nc, t->mp, t->d, 1.0f, k, (int)lk,
+                t->qt, t->mp, 0.0f, t->st, t->mp);
+}
+static void pv_blas(const tile_bufs *t, const float *v, int64_t lk, int nc) {
+    for (int c = 0; c < t->d; c++) {
+        float *orow = t->ot + (int64_t)c * t->mp;
+        for (int i = 0; i < t->mp; i++) orow[i] *= t->alpha[i];
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t->d, t->mp, nc, 1.0f, v, (int)lk,
+                t->st, t->mp, 1.0f, t->ot, t->mp);
 }
 #endif
 
 /* ---- softmax stream --------------------------------------------------------------------------- */
 
-/* Hide the keys of a tile crossing the diagonal: stacked row i may see local column j only if
- * j <= lim(i) = (its global query row) + diag - (global position of column 0). */
-static void mask_tile(float *s, int lds, int m, int g, int nc, int64_t row_pos0, int64_t diag,
-                      int64_t key_pos0) {
-    for (int i = 0; i < m; i++) {
-        int64_t lim = row_pos0 + i / g + diag - key_pos0;
-        int64_t from = lim + 1 < 0 ? 0 : lim + 1;
-        float *srow = s + (int64_t)i * lds;
-        for (int64_t j = from; j < nc; j++) srow[j] = -INFINITY;
+/* Hide the keys of a tile crossing the diagonal: lane i may see tile key j only if
+ * j <= rel[i] = (its global query row) + diag - (global position of key 0 of the tile). */
+static void mask_tile(float *st, int mp, int nc, const int64_t *lim, int64_t key_pos0) {
+    for (int i = 0; i < mp; i++) {
+        int64_t rel = lim[i] - key_pos0;
+        for (int64_t j = rel + 1 < 0 ? 0 : rel + 1; j < nc; j++) st[j * mp + i] = -INFINITY;
     }
 }
 
-static float row_max(const float *x, int n) {
-    float mx = -INFINITY;
-    int j = 0;
+/* Online-softmax update, lane by lane: P = exp(S - m_new), l = l*alpha + sum P, m = m_new,
+ * alpha = exp(m_old - m_new) for the Ot rescale in pv. A lane whose max is still -inf has seen no
+ * key: it subtracts 0 instead of -inf (no -inf - -inf = NaN), so its P is 0 and it stays
+ * m = -inf, l = 0, O = 0. */
 #if defined(__AVX512F__)
-    __m512 vm = _mm512_set1_ps(-INFINITY);
-    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + j));
-    mx = _mm512_reduce_max_ps(vm);
-#endif
-    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-    return mx;
-}
-
-/* x[j] = exp(x[j] - sub) in place; returns the sum. */
-static float row_exp_sum(float *x, int n, float sub) {
-    float sum = 0.0f;
-    int j = 0;
-#if defined(__AVX512F__)
-    __m512 vs = _mm512_setzero_ps(), vsub = _mm512_set1_ps(sub);
-    for (; j + 16 <= n; j += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vsub));
-        _mm512_storeu_ps(x + j, e);
-        vs = _mm512_add_ps(vs, e);
-    }
-    if (j < n) {
-        __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vsub));
-        e = _mm512_maskz_mov_ps(k, e);
-        _mm512_mask_storeu_ps(x + j, k, e);
-        vs = _mm512_add_ps(vs, e);
-        j = n;
-    }
-    sum = _mm512_reduce_add_ps(vs);
-#endif
-    for (; j < n; j++) {
-        x[j] = exp_scalar(x[j] - sub);
-        sum += x[j];
-    }
-    return sum;
-}
-
-/* Online-softmax update of a tile's rows: turns scores S into probabilities P = exp(S - m_new),
- * folds the tile into (m, l) and rescales O by exp(m_old - m_new). A row whose max stays -inf has
- * seen no key yet: its P row is zeroed and m, l, O are left as they are (no -inf - -inf = NaN). */
-static void softmax_update(float *s, int lds, int m, int nc, int d, float *mrow, float *lrow,
-                           float *o) {
-    for (int i = 0; i < m; i++) {
-        float *srow = s + (int64_t)i * lds;
-        float mx = row_max(srow, nc);
-        float mnew = mx > mrow[i] ? mx : mrow[i];
-        if (mnew == -INFINITY) {
-            memset(srow, 0, sizeof(float) * (size_t)nc);
-            continue;
+static void softmax_update(float *st, int mp, int nc, float *m, float *l, float *alpha) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < mp; i += LANES) {
+        __m512 mx = _mm512_load_ps(m + i);
+        for (int j = 0; j < nc; j++) mx = _mm512_max_ps(mx, _mm512_load_ps(st + (int64_t)j * mp + i));
+        __m512 sub = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mx, ninf, _CMP_EQ_OQ), mx,
+                                          _mm512_setzero_ps());
+        __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+        int j = 0;
+        for (; j + 2 <= nc; j += 2) {        /* two exp chains in flight */
+            float *p0 = st + (int64_t)j * mp + i, *p1 = p0 + mp;
+            __m512 e0 = exp512(_mm512_sub_ps(_mm512_load_ps(p0), sub));
+            __m512 e1 = exp512(_mm512_sub_ps(_mm512_load_ps(p1), sub));
+            _mm512_store_ps(p0, e0);
+            _mm512_store_ps(p1, e1);
+            sum0 = _mm512_add_ps(sum0, e0);
+            sum1 = _mm512_add_ps(sum1, e1);
         }
-        float alpha = exp_scalar(mrow[i] - mnew);    /* 0 when m_old = -inf */
-        float sum = row_exp_sum(srow, nc, mnew);
-        lrow[i] = lrow[i] * alpha + sum;
-        mrow[i] = mnew;
-        if (alpha != 1.0f) {
-            float *orow = o + (int64_t)i * d;
-            for (int c = 0; c < d; c++) orow[c] *= alpha;
+        if (j < nc) {
+            float *p0 = st + (int64_t)j * mp + i;
+            __m512 e0 = exp512(_mm512_sub_ps(_mm512_load_ps(p0), sub));
+            _mm512_store_ps(p0, e0);
+            sum0 = _mm512_add_ps(sum0, e0);
         }
+        __m512 a = exp512(_mm512_sub_ps(_mm512_load_ps(m + i), sub));
+        _mm512_store_ps(alpha + i, a);
+        _mm512_store_ps(l + i, _mm512_fmadd_ps(_mm512_load_ps(l + i), a, _mm512_add_ps(sum0, sum1)));
+        _mm512_store_ps(m + i, mx);
     }
 }
+#else
+static void softmax_update(float *st, int mp, int nc, float *m, float *l, float *alpha) {
+    for (int i = 0; i < mp; i++) {
+        float mx = m[i];
+        for (int j = 0; j < nc; j++) mx = st[(int64_t)j * mp + i] > mx ? st[(int64_t)j * mp + i] : mx;
+        float sub = mx == -INFINITY ? 0.0f : mx, sum = 0.0f;
+        for (int j = 0; j < nc; j++) {
+            float e = exp_scalar(st[(int64_t)j * mp + i] - sub);
+            st[(int64_t)j * mp + i] = e;
+            sum += e;
+        }
+        alpha[i] = exp_scalar(m[i] - sub);
+        l[i] = l[i] * alpha[i] + sum;
+        m[i] = mx;
+    }
+}
+#endif
 
 /* ---- one work item ------------------------------------------------------------------------- */
+
+typedef void (*product_fn)(const tile_bufs *t, const float *kv, int64_t lk, int nc);
 
 typedef struct {               /* what every work item of a call shares */
     const attn_queries *q;
@@ -203,31 +307,34 @@ typedef struct {               /* what every work item of a call shares */
     float *rec;                /* [nq][H] records */
     int g, br, bc;
     int64_t lk;                /* floats between consecutive keys: Hkv*D */
+    product_fn qk, pv;
     void (*progress)(void *);
     void *progress_arg;
 } engine_call;
 
 typedef struct {               /* one thread's scratch, sized for the largest tile */
-    float *qs;                 /* [M, D] stacked queries times scale */
-    float *s;                  /* [M, bc] scores, then probabilities */
-    float *o;                  /* [M, D] unnormalized output */
-    float *m, *l;              /* [M] running max and sum */
-    float *kt;                 /* [D, bc] transposed key tile (built-in products) */
+    tile_bufs t;
+    float *m, *l, *alpha;      /* [Mp] */
+    int64_t *lim;              /* [Mp] last global key each lane may see (causal) */
     double last_progress;      /* master thread only */
 } scratch;
 
-static void scratch_alloc(scratch *w, int m, int d, int bc) {
-    w->qs = fa_aligned_alloc(sizeof(float) * (size_t)m * d, "cpu engine queries");
-    w->s = fa_aligned_alloc(sizeof(float) * (size_t)m * bc, "cpu engine scores");
-    w->o = fa_aligned_alloc(sizeof(float) * (size_t)m * d, "cpu engine output");
-    w->m = fa_aligned_alloc(sizeof(float) * (size_t)m, "cpu engine max");
-    w->l = fa_aligned_alloc(sizeof(float) * (size_t)m, "cpu engine sum");
-    w->kt = fa_aligned_alloc(sizeof(float) * (size_t)d * bc, "cpu engine key tile");
+static void scratch_alloc(scratch *w, int mp, int d, int bc) {
+    w->t.qt = fa_aligned_alloc(sizeof(float) * (size_t)mp * d, "cpu engine queries");
+    w->t.st = fa_aligned_alloc(sizeof(float) * (size_t)mp * bc, "cpu engine scores");
+    w->t.ot = fa_aligned_alloc(sizeof(float) * (size_t)mp * d, "cpu engine output");
+    w->m = fa_aligned_alloc(sizeof(float) * (size_t)mp, "cpu engine max");
+    w->l = fa_aligned_alloc(sizeof(float) * (size_t)mp, "cpu engine sum");
+    w->alpha = fa_aligned_alloc(sizeof(float) * (size_t)mp, "cpu engine rescale");
+    w->lim = fa_aligned_alloc(sizeof(int64_t) * (size_t)mp, "cpu engine causal limits");
+    w->t.alpha = w->alpha;
+    w->t.d = d;
     w->last_progress = omp_get_wtime();
 }
 
 static void scratch_free(scratch *w) {
-    free(w->qs); free(w->s); free(w->o); free(w->m); free(w->l); free(w->kt);
+    free((void *)w->t.qt); free(w->t.st); free(w->t.ot);
+    free(w->m); free(w->l); free(w->alpha); free(w->lim);
 }
 
 /* The runner drives MPI from the calling thread, which is thread 0 of our parallel region:
@@ -240,34 +347,39 @@ static void maybe_progress(const engine_call *c, scratch *w) {
     w->last_progress = now;
 }
 
-/* Gather the item's stacked queries (times scale) and running records into the scratch. */
+/* Gather the item's stacked queries (times scale, transposed) and running records. Pad lanes
+ * (M..Mp) get zero queries and an empty record; they are computed and never stored. */
 static void tile_load(const engine_call *c, scratch *w, int kvh, int64_t r0, int nr) {
     const attn_queries *q = c->q;
-    int d = q->d, h = q->h;
+    int d = q->d, h = q->h, m = nr * c->g, mp = (int)round_up(m, LANES);
     int64_t len = attn_rec_len(d);
-    for (int r = 0; r < nr; r++)
-        for (int gi = 0; gi < c->g; gi++) {
-            int64_t s = (int64_t)r * c->g + gi, head = (int64_t)kvh * c->g + gi;
-            const float *src = q->q + ((r0 + r) * h + head) * d;
-            const float *rec = c->rec + ((r0 + r) * h + head) * len;
-            for (int i = 0; i < d; i++) w->qs[s * d + i] = src[i] * q->scale;
-            w->m[s] = rec[0];
-            w->l[s] = rec[1];
-            memcpy(w->o + s * d, rec + 2, sizeof(float) * (size_t)d);
+    float *qt = (float *)w->t.qt;
+    w->t.mp = mp;
+    for (int s = 0; s < mp; s++) {
+        int live = s < m;
+        int64_t row = r0 + s / c->g, head = (int64_t)kvh * c->g + s % c->g;
+        const float *src = q->q + (row * h + head) * d;
+        const float *rec = c->rec + (row * h + head) * len;
+        for (int x = 0; x < d; x++) {
+            qt[(int64_t)x * mp + s] = live ? src[x] * q->scale : 0.0f;
+            w->t.ot[(int64_t)x * mp + s] = live ? rec[2 + x] : 0.0f;
         }
+        w->m[s] = live ? rec[0] : -INFINITY;
+        w->l[s] = live ? rec[1] : 0.0f;
+        w->lim[s] = live ? q->q_pos0 + row + q->diag : INT64_MAX / 2;   /* pads see all */
+    }
 }
 
 static void tile_store(const engine_call *c, const scratch *w, int kvh, int64_t r0, int nr) {
-    int d = c->q->d, h = c->q->h;
+    int d = c->q->d, h = c->q->h, m = nr * c->g, mp = w->t.mp;
     int64_t len = attn_rec_len(d);
-    for (int r = 0; r < nr; r++)
-        for (int gi = 0; gi < c->g; gi++) {
-            int64_t s = (int64_t)r * c->g + gi, head = (int64_t)kvh * c->g + gi;
-            float *rec = c->rec + ((r0 + r) * h + head) * len;
-            rec[0] = w->m[s];
-            rec[1] = w->l[s];
-            memcpy(rec + 2, w->o + s * d, sizeof(float) * (size_t)d);
-        }
+    for (int s = 0; s < m; s++) {
+        int64_t row = r0 + s / c->g, head = (int64_t)kvh * c->g + s % c->g;
+        float *rec = c->rec + (row * h + head) * len;
+        rec[0] = w->m[s];
+        rec[1] = w->l[s];
+        for (int x = 0; x < d; x++) rec[2 + x] = w->t.ot[(int64_t)x * mp + s];
+    }
 }
 
 /* Fold the keys of one segment into the loaded tile. Keys rise within a segment, so under the
@@ -275,22 +387,21 @@ static void tile_store(const engine_call *c, const scratch *w, int kvh, int64_t 
 static void tile_segment(const engine_call *c, scratch *w, int kvh, int64_t r0, int nr,
                          const attn_kv_segment *seg) {
     const attn_queries *q = c->q;
-    int d = q->d, m = nr * c->g;
     int64_t row_pos0 = q->q_pos0 + r0;                 /* global index of the tile's first row */
-    int64_t last_key = q->causal ? row_pos0 + nr - 1 + q->diag : INT64_MAX;
+    int64_t last_key = row_pos0 + nr - 1 + q->diag;    /* causal: last key any row sees */
     for (int64_t j0 = 0; j0 < seg->n; j0 += c->bc) {
         int64_t key_pos0 = seg->pos0 + j0;
-        if (key_pos0 > last_key) break;                /* this and later tiles fully hidden */
+        if (q->causal && key_pos0 > last_key) break;   /* this and later tiles fully hidden */
         int64_t nc64 = seg->n - j0 < c->bc ? seg->n - j0 : c->bc;
         if (q->causal && nc64 > last_key - key_pos0 + 1) nc64 = last_key - key_pos0 + 1;
         int nc = (int)nc64;
-        const float *k = seg->k + j0 * c->lk + (int64_t)kvh * d;
-        const float *v = seg->v + j0 * c->lk + (int64_t)kvh * d;
-        tile_qk(w->qs, m, d, k, c->lk, nc, w->kt, w->s, c->bc);
-        int crosses = q->causal && key_pos0 + nc - 1 > row_pos0 + q->diag;
-        if (crosses) mask_tile(w->s, c->bc, m, c->g, nc, row_pos0, q->diag, key_pos0);
-        softmax_update(w->s, c->bc, m, nc, d, w->m, w->l, w->o);
-        tile_pv(w->s, c->bc, m, d, v, c->lk, nc, w->o);
+        const float *k = seg->k + j0 * c->lk + (int64_t)kvh * q->d;
+        const float *v = seg->v + j0 * c->lk + (int64_t)kvh * q->d;
+        c->qk(&w->t, k, c->lk, nc);
+        if (q->causal && key_pos0 + nc - 1 > row_pos0 + q->diag)   /* crosses the diagonal */
+            mask_tile(w->t.st, w->t.mp, nc, w->lim, key_pos0);
+        softmax_update(w->t.st, w->t.mp, nc, w->m, w->l, w->alpha);
+        c->pv(&w->t, v, c->lk, nc);
         maybe_progress(c, w);
     }
 }
@@ -314,14 +425,31 @@ void attn_state_init(float *rec, int64_t nq, int h, int d) {
     }
 }
 
-/* Defaults: about 64 stacked rows per tile (br*G) keeps Qs, S and O of a tile in L1/L2 and
- * gives the products enough rows; bc keys per tile so that one K tile is ~32 KiB. */
+/* Defaults: br*G ~ 64 stacked rows = 4 vectors, the width of the register blocks, and bc = 64
+ * keys: St (64 x 64) and the Qt, Ot tiles (D x 64) stay in L1/L2. Fewer rows when the chunk is
+ * too small to give every thread a few items. */
 static void pick_tiling(const attn_queries *q, const cpu_tiling *t, int g, int *br, int *bc,
                         int *threads) {
-    *br = t && t->br > 0 ? t->br : (64 / g > 4 ? 64 / g : 4);
-    *bc = t && t->bc > 0 ? t->bc : (q->d <= 64 ? 128 : 64);
     *threads = t && t->threads > 0 ? t->threads : omp_get_max_threads();
+    *bc = t && t->bc > 0 ? t->bc : 64;
+    if (t && t->br > 0) *br = t->br;
+    else {
+        *br = 64 / g > 1 ? 64 / g : 1;
+        while (*br > 4 && ((q->nq + *br - 1) / *br) * q->hkv < 4 * *threads) *br /= 2;
+    }
     if (*br > q->nq && q->nq > 0) *br = (int)q->nq;
+}
+
+static void pick_products(engine_call *c) {
+    c->qk = qk_builtin;
+    c->pv = pv_builtin;
+#ifdef FA_HAVE_CBLAS
+    const char *e = getenv("FA_CPU_PRODUCTS");
+    if (e && strcmp(e, "blas") == 0) {
+        c->qk = qk_blas;
+        c->pv = pv_blas;
+    }
+#endif
 }
 
 void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int nsegs,
@@ -329,8 +457,11 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
     if (q->nq <= 0 || nsegs <= 0) return;
     int g = q->h / q->hkv, br, bc, threads;
     pick_tiling(q, tiling, g, &br, &bc, &threads);
-    engine_call c = { q, segs, nsegs, rec, g, br, bc, (int64_t)q->hkv * q->d, progress, arg };
+    engine_call c = { q, segs, nsegs, rec, g, br, bc, (int64_t)q->hkv * q->d, NULL, NULL,
+                      progress, arg };
+    pick_products(&c);
     int64_t ntiles = (q->nq + br - 1) / br, nitems = ntiles * q->hkv;
+    int mp = (int)round_up((int64_t)br * g, LANES);
 #ifdef FA_HAVE_CBLAS
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);       /* our threads each run whole tiles; no nested pools */
@@ -338,7 +469,7 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
     #pragma omp parallel num_threads(threads)
     {
         scratch w;
-        scratch_alloc(&w, br * g, q->d, bc);
+        scratch_alloc(&w, mp, q->d, bc);
         /* Later query tiles see more keys under the causal mask: hand them out first. */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < nitems; it++) {
