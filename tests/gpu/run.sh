@@ -32,13 +32,13 @@ echo "== resource usage (ptxas, sm_90a) per kernel"
 grep -h -A2 "Compiling entry function '_Z.*flash_fwd.*sm_90a" "$OBJ"/flash_sm*.ptxas.txt | grep -E "entry|Used|spill" | sed 's/ptxas info *: //' || true
 
 echo "== kernel variants and engine vs fp64 reference"
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$OBJ/test_flash" "$@" || { echo "FAIL: test_flash"; fail=1; }
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} timeout 600 "$OBJ/test_flash" "$@" || { echo "FAIL: test_flash"; fail=1; }
 
 if [ -x "$CUDA_BIN/compute-sanitizer" ] || command -v compute-sanitizer >/dev/null 2>&1; then
     CS=$( [ -x "$CUDA_BIN/compute-sanitizer" ] && echo "$CUDA_BIN/compute-sanitizer" || command -v compute-sanitizer )
     for tool in memcheck racecheck; do
         echo "== compute-sanitizer --tool $tool (small case, every variant)"
-        "$CS" --tool $tool --error-exitcode 3 "$OBJ/test_flash" --small > "$OBJ/sanitizer_$tool.txt" 2>&1
+        timeout 300 "$CS" --tool $tool --error-exitcode 3 "$OBJ/test_flash" --small > "$OBJ/sanitizer_$tool.txt" 2>&1
         rc=$?
         tail -n 4 "$OBJ/sanitizer_$tool.txt"
         [ $rc -eq 0 ] && echo "ok: $tool clean" || { echo "FAIL: $tool (rc $rc, $OBJ/sanitizer_$tool.txt)"; fail=1; }
