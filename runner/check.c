@@ -177,20 +177,24 @@ fail:
     return -1;
 }
 
-static int check_main(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed) {
+/* Recomputes sampled rows and fills *r. Returns 0, or -1 with fa_seterr on bad input. */
+int check_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
+                  check_result *r) {
     fa_shape s;
     fa_dtype ot;
     int has_lse = 0;
-    if (read_shapes(in, out, &s, &ot, &has_lse)) return fa_report_error();
+    memset(r, 0, sizeof *r);
+    if (read_shapes(in, out, &s, &ot, &has_lse)) return -1;
     double scale, causal_d;
-    char compute[32] = "float32";
-    if (h5_attr_double(out, "scale", &scale) || h5_attr_double(out, "causal", &causal_d)) {
-        fa_seterr("%s: attributes 'scale' and 'causal' missing: not an output of fa_long", out);
-        return fa_report_error();
-    }
-    h5_attr_str(out, "compute", compute, sizeof compute);
-    if (tol <= 0) tol = default_tol(ot, compute);
-    int causal = causal_d != 0;
+    snprintf(r->compute, sizeof r->compute, "float32");
+    if (h5_attr_double(out, "scale", &scale) || h5_attr_double(out, "causal", &causal_d))
+        return fa_seterr("%s: attributes 'scale' and 'causal' missing: not an output of fa_long", out);
+    h5_attr_str(out, "compute", r->compute, sizeof r->compute);
+    r->tol = tol > 0 ? tol : default_tol(ot, r->compute);
+    r->causal = causal_d != 0;
+    r->scale = scale;
+    r->heads = (int)s.H;
+    r->has_lse = has_lse;
     if (nrows <= 0 || nrows > s.B * s.Nq) nrows = s.B * s.Nq;
     sample *sm = fa_malloc((size_t)nrows * sizeof *sm, "check samples");
     int ns = pick_rows(&s, nrows, seed, sm);
@@ -206,28 +210,45 @@ static int check_main(const char *in, const char *out, int64_t nrows, double tol
         double *m = fa_malloc((size_t)(n * H) * sizeof(double), "check state");
         double *l = fa_calloc((size_t)(n * H), sizeof(double), "check state");
         int64_t *rows = fa_malloc((size_t)n * sizeof(int64_t), "check rows");
-        for (int64_t r = 0; r < n * H; r++) m[r] = -INFINITY;
-        for (int r = 0; r < n && !rc; r++) {
-            int64_t st[4] = {sm[a + r].b, sm[a + r].i, 0, 0}, ct[4] = {1, 1, H, D};
-            rows[r] = sm[a + r].i;
-            rc = h5_read_block(in, "q", 4, st, ct, q + (int64_t)r * H * D);
+        for (int64_t x = 0; x < n * H; x++) m[x] = -INFINITY;
+        for (int x = 0; x < n && !rc; x++) {
+            int64_t st[4] = {sm[a + x].b, sm[a + x].i, 0, 0}, ct[4] = {1, 1, H, D};
+            rows[x] = sm[a + x].i;
+            rc = h5_read_block(in, "q", 4, st, ct, q + (int64_t)x * H * D);
         }
-        if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, causal, scale, acc, m, l);
+        if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l);
         if (!rc) rc = compare_rows(out, &s, sm + a, n, has_lse, acc, m, l, &e);
         free(q); free(acc); free(m); free(l); free(rows);
         a = z;
     }
     free(sm);
-    if (rc) return fa_report_error();
-    double rel = e.ref_max > 0 ? e.abs / e.ref_max : e.abs;
-    int pass = rel <= tol && e.lse_err <= tol && e.nonfinite == 0;
-    printf("check: %d row%s x %lld heads of %s against fp64 (%s, scale %.6g, compute %s)\n", ns,
-           ns == 1 ? "" : "s", (long long)H, out, causal ? "causal" : "non-causal", scale, compute);
-    printf("check: o   max abs err %.3e, max rel err %.3e (max |ref| %.3e)%s\n", e.abs, rel,
-           e.ref_max, e.nonfinite ? ", NON-FINITE VALUES" : "");
-    if (has_lse) printf("check: lse max rel err %.3e\n", e.lse_err);
-    printf("check: %s (tolerance %.1e)\n", pass ? "PASS" : "FAIL", tol);
-    return pass ? 0 : 1;
+    if (rc) return -1;
+    r->rows = ns;
+    r->abs_err = e.abs;
+    r->ref_max = e.ref_max;
+    r->rel_err = e.ref_max > 0 ? e.abs / e.ref_max : e.abs;
+    r->lse_err = e.lse_err;
+    r->nonfinite = e.nonfinite;
+    r->pass = r->rel_err <= r->tol && e.lse_err <= r->tol && e.nonfinite == 0;
+    return 0;
+}
+
+void check_print(const check_result *r, const char *out) {
+    printf("check: %d row%s x %d heads of %s against fp64 (%s, scale %.6g, compute %s)\n", r->rows,
+           r->rows == 1 ? "" : "s", r->heads, out, r->causal ? "causal" : "non-causal", r->scale,
+           r->compute);
+    printf("check: o   max abs err %.3e, max rel err %.3e (max |ref| %.3e)%s\n", r->abs_err,
+           r->rel_err, r->ref_max, r->nonfinite ? ", NON-FINITE VALUES" : "");
+    if (r->has_lse) printf("check: lse max rel err %.3e\n", r->lse_err);
+    printf("check: %s (tolerance %.1e)\n", r->pass ? "PASS" : "FAIL", r->tol);
+    fflush(stdout);
+}
+
+static int check_main(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed) {
+    check_result r;
+    if (check_sampled(in, out, nrows, tol, seed, &r)) return fa_report_error();
+    check_print(&r, out);
+    return r.pass ? 0 : 1;
 }
 
 int cmd_check(int argc, char **argv) {

@@ -7,6 +7,16 @@
 int cli_parse_run(int argc, char **argv, fa_job *job);
 void cli_print_version(void);
 
+/* fa_long check's measurement, also used by `fa_long --check ROWS` and the report. */
+typedef struct {
+    int rows, heads, causal, has_lse, nonfinite, pass;
+    double scale, tol, abs_err, rel_err, ref_max, lse_err;
+    char compute[32];
+} check_result;
+int check_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
+                  check_result *r);
+void check_print(const check_result *r, const char *out);
+
 int cmd_run(int argc, char **argv);     /* runner/run.c */
 int cmd_gen(int argc, char **argv);     /* runner/gen.c */
 int cmd_check(int argc, char **argv);   /* runner/check.c */
