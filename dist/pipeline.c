@@ -24,6 +24,13 @@ int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu
     return c < s->Nq ? c : s->Nq;
 }
 
+double pipeline_flops(const fa_job *job, const fa_shape *s, int64_t r0, int64_t n) {
+    row_range all = {0, s->Nk};
+    kv_shard whole = {1, &all, s->Nk};
+    return 4.0 * (double)s->D * (double)s->H *
+           shard_work(&whole, r0, r0 + n, job->causal, s->Nk - s->Nq);
+}
+
 shard_layout pipeline_layout(const fa_job *job) {
     return job->shard_set ? job->shard : (job->causal ? SHARD_STRIPED : SHARD_CONTIGUOUS);
 }
@@ -41,6 +48,8 @@ typedef struct {
     int64_t pend_b, pend_r0, pend_n;
     h5out *out;
     pipeline_stats *st;
+    progress *pg;
+    const fa_job *job;
 } pipe_state;
 
 static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, int64_t *n) {
@@ -79,6 +88,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
         p->pend_r0 = r0;
         p->pend_n = n;
     }
+    progress_chunk(p->pg, pipeline_flops(p->job, p->s, r0, n));
     int64_t G = group_size(p);
     if (i % G == G - 1 || i == p->nchunks - 1) {
         t0 = fa_now();
@@ -109,8 +119,10 @@ static int load_kv(const fa_job *job, h5in *in, const fa_shape *s, const kv_shar
 }
 
 int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
-                 fa_backend backend, pipeline_stats *st) {
+                 fa_backend backend, progress *pg, pipeline_stats *st) {
     pipe_state p = {0};
+    p.pg = pg;
+    p.job = job;
     memset(st, 0, sizeof *st);
     double t_start = fa_now();
     p.comm = comm;

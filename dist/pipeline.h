@@ -8,6 +8,7 @@
 #include "runner/job.h"
 #include "kernels/attn.h"
 #include "dist/shard.h"
+#include "runner/progress.h"
 
 /* What the pipeline needs of an engine (dist/engines.c builds them). A record is rec_len floats
  * per (query row, head); partials over disjoint key sets merge with `op` on `rec_type`. */
@@ -39,6 +40,7 @@ void engine_free(pipe_engine *e);
 typedef struct {
     double t_read, t_compute, t_wait, t_write, t_total;
     int64_t bytes_reduced;   /* record bytes this rank contributed to merges */
+    int64_t bytes_h2d, bytes_d2h;   /* host<->device traffic of a GPU engine */
     int64_t chunks;          /* query chunks processed */
     double work_pairs;       /* visible (query, key) pairs computed by this rank */
     int used_gpu;
@@ -47,7 +49,11 @@ typedef struct {
 /* COLLECTIVE. Runs the whole job from `in` to `out` (both open). Returns 0, or -1 with fa_seterr
  * (the same on every rank) on a user-facing error found while reading (non-finite input). */
 int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
-                 fa_backend backend, pipeline_stats *st);
+                 fa_backend backend, progress *pg, pipeline_stats *st);
+
+/* Floating-point operations of the whole job (4 per visible (query, key) pair per unit of D,
+ * per head: two products), and of rows [r0, r0+n) of one batch element. */
+double pipeline_flops(const fa_job *job, const fa_shape *s, int64_t r0, int64_t n);
 
 /* Chunk size actually used for a job. */
 int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu);

@@ -22,8 +22,8 @@ int shard_layout_parse(const char *s, shard_layout *out) {
 }
 
 int64_t shard_default_stripe(int64_t nk, int nranks) {
-    int64_t w = nk / (8 * (int64_t)nranks);
-    if (w >= 64) return w > 512 ? 512 : (w / 64) * 64;
+    int64_t w = nk / (16 * (int64_t)nranks);
+    if (w >= 64) return w > 256 ? 256 : (w / 64) * 64;
     return w >= 1 ? w : 1;
 }
 
@@ -58,9 +58,15 @@ void shard_plan(int64_t nk, int nranks, int rank, shard_layout layout, int64_t s
     } else {
         if (stripe <= 0) stripe = shard_default_stripe(nk, nranks);
         int64_t nstripes = (nk + stripe - 1) / stripe;
-        int64_t mine = nstripes / P + 1;
+        int64_t mine = nstripes / P + 2;
         out->r = fa_calloc((size_t)mine, sizeof(row_range), "shard plan");
-        for (int64_t s = rank; s < nstripes; s += P) {
+        /* dealt in snake order (0..P-1, P-1..0, ...): within every 2P stripes rank r holds
+         * stripes r and 2P-1-r, a zigzag at stripe scale, so the earlier (costlier under the
+         * causal mask) stripe of each pair does not always go to the same rank */
+        for (int64_t s = 0; s < nstripes; s++) {
+            int64_t pos = s % (2 * P);
+            int64_t owner = pos < P ? pos : 2 * P - 1 - pos;
+            if (owner != rank) continue;
             int64_t start = s * stripe, end = start + stripe < nk ? start + stripe : nk;
             add_range(out, (int)mine, start, end - start);
         }

@@ -4,7 +4,7 @@
  * element). Layouts:
  *   contiguous  rank r holds [r*Nk/P, (r+1)*Nk/P)                       (non-causal default)
  *   zigzag      2P equal stripes; rank r holds stripes r and 2P-1-r      (balanced in total)
- *   striped     stripes of `stripe` keys dealt round-robin               (causal default: balanced
+ *   striped     stripes of `stripe` keys dealt in snake order (0..P-1, P-1..0) (causal default: balanced
  *               in total AND within every query chunk, so the chunked merge never waits on one rank)
  * Work is counted in visible (query, key) pairs under the bottom-right causal mask. */
 #pragma once
@@ -22,7 +22,7 @@ typedef struct {
 const char *shard_layout_name(shard_layout l);
 int shard_layout_parse(const char *s, shard_layout *out);   /* 0 ok, -1 unknown */
 
-/* The stripe width used by `striped` when the caller passes 0: enough stripes per rank (>= 8)
+/* The stripe width used by `striped` when the caller passes 0: enough stripes per rank (>= 16)
  * for balance, multiples of 64 keys when Nk allows so engine tiles stay whole. */
 int64_t shard_default_stripe(int64_t nk, int nranks);
 

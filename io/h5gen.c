@@ -109,3 +109,39 @@ int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, 
     fa_set_cleanup_path(NULL);
     return rc;
 }
+
+static hid_t open_rw(const char *path) {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) fa_seterr("%s: cannot open for update", path);
+    return f;
+}
+
+int h5_set_attr_str(const char *path, const char *name, const char *value) {
+    hid_t f = open_rw(path);
+    if (f < 0) return -1;
+    if (H5Aexists(f, name) > 0) H5Adelete(f, name);
+    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    hid_t a = H5Acreate2(f, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = (a < 0 || H5Awrite(a, t, &value) < 0) ? fa_seterr("%s: cannot write attribute '%s'", path, name) : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close after update", path);
+    return rc;
+}
+
+int h5_set_attr_double(const char *path, const char *name, double value) {
+    hid_t f = open_rw(path);
+    if (f < 0) return -1;
+    if (H5Aexists(f, name) > 0) H5Adelete(f, name);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = (a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, &value) < 0) ? fa_seterr("%s: cannot write attribute '%s'", path, name) : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close after update", path);
+    return rc;
+}

@@ -12,3 +12,7 @@ typedef void (*fa_fill_fn)(void *arg, const char *name, int64_t b, int64_t r0, i
  * Returns -1 with fa_seterr on failure (exists without force, unwritable). */
 int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, fa_fill_fn fill,
                     void *arg);
+
+/* Serial, one process, on a finished file: sets (creates or replaces) a root attribute. */
+int h5_set_attr_str(const char *path, const char *name, const char *value);
+int h5_set_attr_double(const char *path, const char *name, double value);

@@ -63,15 +63,17 @@ static void usage(void) {
         "      --mode M            exact (default) or taylor: first-order Taylor linear attention with\n"
         "                          row-mean centred keys (ViTALiTy), O(N D^2), approximate\n"
         "      --compare           also run the other mode; record the relative error per head\n"
+        "      --report FILE       write a JSON summary (config, phase times, TFLOP/s, bytes, balance)\n"
+        "      --check ROWS        after the run, recompute ROWS sampled rows (or 'all') in fp64\n"
         "  -f, --force             replace an existing output file\n"
-        "  -q, --quiet             no summary\n"
+        "  -q, --quiet             no progress line and no summary\n"
         "  -v, --verbose           more detail (plan, per-rank times)\n"
         "  -h, --help              this help\n"
         "  -V, --version           version and build features\n");
 }
 
 enum { OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
-       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE };
+       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK };
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
@@ -96,6 +98,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"allow-nonfinite", no_argument, 0, OPT_NONFINITE},
         {"mode", required_argument, 0, OPT_MODE},
         {"compare", no_argument, 0, OPT_COMPARE},
+        {"report", required_argument, 0, OPT_REPORT},
+        {"check", required_argument, 0, OPT_CHECK},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -171,6 +175,11 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             else return fa_seterr("option --mode: '%s' is not exact or taylor", optarg);
             break;
         case OPT_COMPARE: job->compare = 1; break;
+        case OPT_REPORT: job->report = optarg; break;
+        case OPT_CHECK:
+            if (!strcmp(optarg, "all")) job->check_rows = -1;
+            else if (parse_int("--check", optarg, 1, &job->check_rows)) return -1;
+            break;
         case ':': return fa_seterr("option %s needs a value (see --help)", argv[optind - 1]);
         default:
             return fa_seterr("unknown option '%s' (see --help)", argv[optind - 1]);

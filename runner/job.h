@@ -29,6 +29,8 @@ typedef struct {
     int allow_nonfinite;
     fa_mode mode;
     int compare;             /* --compare: also run the other mode, record the error per head */
+    const char *report;      /* --report FILE.json */
+    int64_t check_rows;      /* --check ROWS: fp64 check of sampled rows after the run (-1: all) */
     int quiet, verbose;
 } fa_job;
 

@@ -8,6 +8,9 @@
 #include "kernels/gpu.h"
 #include "runner/cli.h"
 #include "runner/common.h"
+#include "runner/progress.h"
+#include "runner/report.h"
+#include "io/h5gen.h"
 
 /* Agree across ranks: returns -1 on every rank if any rank had rc != 0. The message set on the
  * lowest failing rank is moved to rank 0 so that rank 0 prints it. */
@@ -83,6 +86,33 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
             sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
 }
 
+/* After the output is in place: the optional fp64 check of sampled rows, and the report file.
+ * A check result goes into the report and the output's attributes too. */
+static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st, fa_backend be,
+                  const char *compute, int64_t chunk, double elapsed) {
+    check_result cr;
+    int rc = 0, checked = job->check_rows != 0;
+    if (checked && fa_rank == 0) {
+        rc = check_sampled(job->input, job->output, job->check_rows, 0, 1, &cr);
+        if (!rc) check_print(&cr, job->output);
+    }
+    if (agree(rc)) return fa_report_error();
+    if (!checked && !job->report) return 0;
+    report rep;
+    report_build(&rep, job, s, st, fa_backend_name(be), compute, chunk, elapsed,
+                 checked ? &cr : NULL);
+    if (fa_rank == 0 && checked) {
+        rc = h5_set_attr_str(job->output, "report", rep.json);
+        if (!rc) rc = h5_set_attr_double(job->output, "check_rel_err", cr.rel_err);
+    }
+    if (!rc && job->report) rc = report_write(&rep, job->report);
+    report_free(&rep);
+    if (agree(rc)) return fa_report_error();
+    int pass = checked && fa_rank == 0 ? cr.pass : 1;
+    MPI_Bcast(&pass, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    return pass ? 0 : 1;
+}
+
 int cmd_run(int argc, char **argv) {
     fa_job job;
     int rc = cli_parse_run(argc, argv, &job);
@@ -106,8 +136,13 @@ int cmd_run(int argc, char **argv) {
     fa_log(2, "fa_long: %s backend, %s keys across %d ranks", fa_backend_name(be),
            job.causal ? "causal" : "non-causal", fa_nranks);
 
+    int64_t chunk = pipeline_chunk(&job, &s, fa_nranks, be == BACKEND_CUDA);
+    progress pg;
+    progress_init(&pg, !job.quiet, s.B * ((s.Nq + chunk - 1) / chunk),
+                  (double)s.B * pipeline_flops(&job, &s, 0, s.Nq));
     pipeline_stats st;
-    rc = pipeline_run(&job, MPI_COMM_WORLD, in, &s, out, be, &st);
+    rc = pipeline_run(&job, MPI_COMM_WORLD, in, &s, out, be, &pg, &st);
+    progress_end(&pg);
     if (agree(rc)) {
         h5out_abort(out);
         h5in_close(in);
@@ -115,14 +150,25 @@ int cmd_run(int argc, char **argv) {
     }
     double elapsed = fa_now() - t0;
     MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-    int64_t chunk = pipeline_chunk(&job, &s, fa_nranks, be == BACKEND_CUDA);
     double scale = job.scale > 0 ? job.scale : 1.0 / sqrt((double)s.D);
-    if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed)) || agree(h5out_commit(out))) {
+    const char *compute = be != BACKEND_CUDA ? "float32"
+                        : job.compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
+    report rep;
+    report_build(&rep, &job, &s, &st, fa_backend_name(be), compute, chunk, elapsed, NULL);
+    /* attributes are collective with the same value everywhere: rank 0's report travels */
+    int64_t len = rep.json ? (int64_t)strlen(rep.json) + 1 : 0;
+    MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    if (fa_rank != 0) rep.json = fa_calloc((size_t)len, 1, "report");
+    MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed)) ||
+        agree(h5out_attr_str(out, "report", rep.json)) || agree(h5out_commit(out))) {
+        report_free(&rep);
         h5out_abort(out);
         h5in_close(in);
         return fa_report_error();
     }
     h5in_close(in);
+    report_free(&rep);
     summarize(&job, &s, &st, be, fa_now() - t0);
-    return 0;
+    return finish(&job, &s, &st, be, compute, chunk, elapsed);
 }

@@ -1,0 +1,147 @@
+/* report.c — see report.h. The JSON is small and flat, written with a few helpers below (no JSON
+ * library: the GPU nodes we run on have none installed and no network to fetch one). */
+#define _GNU_SOURCE
+#include "runner/report.h"
+#include "runner/common.h"
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct { char *buf; size_t len, cap; } sbuf;
+
+static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(sbuf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < b->cap - b->len) { b->len += (size_t)n; return; }
+        b->cap = b->cap * 2 + (size_t)(n > 0 ? n : 256);
+        b->buf = realloc(b->buf, b->cap);
+        if (!b->buf) fa_fail("out of memory building the report");
+    }
+}
+
+static void put_str(sbuf *b, const char *s) {       /* a JSON string with escapes */
+    put(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') put(b, "\\%c", c);
+        else if (c < 0x20) put(b, "\\u%04x", c);
+        else put(b, "%c", c);
+    }
+    put(b, "\"");
+}
+
+static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null */
+    if (isfinite(v)) put(b, "%.9g", v);
+    else put(b, "null");
+}
+
+enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_N };
+
+void report_build(report *r, const fa_job *job, const fa_shape *s, const pipeline_stats *st,
+                  const char *backend, const char *compute, int64_t chunk, double elapsed,
+                  const check_result *check) {
+    double mine[S_N] = {st->t_read, st->t_compute, st->t_wait, st->t_write, st->work_pairs,
+                        (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h};
+    double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
+    MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    r->json = NULL;
+    if (fa_rank != 0) return;
+
+    double mx[S_N] = {0}, sum[S_N] = {0};
+    for (int k = 0; k < fa_nranks; k++)
+        for (int j = 0; j < S_N; j++) {
+            double v = all[k * S_N + j];
+            sum[j] += v;
+            if (v > mx[j]) mx[j] = v;
+        }
+    double flops = 4.0 * sum[S_PAIRS] * (double)s->D;
+    double mean_c = sum[S_COMPUTE] / fa_nranks;
+    char date[64];
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+
+    sbuf b = {fa_malloc(4096, "report"), 0, 4096};
+    put(&b, "{\n  \"program\": \"fa_long %s\",\n  \"date\": \"%s\",\n  \"input\": ", FA_VERSION, date);
+    put_str(&b, job->input);
+    put(&b, ",\n  \"output\": ");
+    put_str(&b, job->output);
+    put(&b, ",\n  \"config\": {\"B\": %lld, \"Nq\": %lld, \"Nk\": %lld, \"H\": %lld, \"Hkv\": %lld, "
+            "\"D\": %lld, \"causal\": %s, \"scale\": ", (long long)s->B, (long long)s->Nq,
+        (long long)s->Nk, (long long)s->H, (long long)s->Hkv, (long long)s->D,
+        job->causal ? "true" : "false");
+    put_num(&b, job->scale > 0 ? job->scale : 1.0 / sqrt((double)s->D));
+    put(&b, ", \"mode\": \"%s\", \"ranks\": %d, \"backend\": \"%s\", \"compute\": \"%s\", "
+            "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\"},\n",
+        job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_nranks, backend, compute,
+        (long long)chunk, job->window, shard_layout_name(pipeline_layout(job)),
+        fa_dtype_name(s->q_type));
+    put(&b, "  \"elapsed_s\": ");
+    put_num(&b, elapsed);
+    put(&b, ",\n  \"phases_s\": {\"read\": ");
+    put_num(&b, mx[S_READ]);
+    put(&b, ", \"compute\": ");
+    put_num(&b, mx[S_COMPUTE]);
+    put(&b, ", \"merge_wait\": ");
+    put_num(&b, mx[S_WAIT]);
+    put(&b, ", \"write\": ");
+    put_num(&b, mx[S_WRITE]);
+    put(&b, "},\n  \"flops\": ");
+    put_num(&b, flops);
+    put(&b, ",\n  \"tflops\": ");
+    put_num(&b, elapsed > 0 ? flops / elapsed * 1e-12 : 0);
+    put(&b, ",\n  \"compute_tflops\": ");
+    put_num(&b, mx[S_COMPUTE] > 0 ? flops / mx[S_COMPUTE] * 1e-12 : 0);
+    put(&b, ",\n  \"bytes\": {\"merge_network\": %.0f, \"host_to_device\": %.0f, "
+            "\"device_to_host\": %.0f},\n", sum[S_BYTES], sum[S_H2D], sum[S_D2H]);
+    put(&b, "  \"imbalance_compute_max_over_mean\": ");
+    put_num(&b, mean_c > 0 ? mx[S_COMPUTE] / mean_c : 1.0);
+    put(&b, ",\n  \"per_rank\": [");
+    for (int k = 0; k < fa_nranks; k++) {
+        const double *v = all + k * S_N;
+        put(&b, "%s\n    {\"rank\": %d, \"read_s\": %.6f, \"compute_s\": %.6f, \"merge_wait_s\": "
+                "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f}",
+            k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES]);
+    }
+    put(&b, "\n  ]");
+    if (check) {
+        put(&b, ",\n  \"check\": {\"rows\": %d, \"abs_err\": ", check->rows);
+        put_num(&b, check->abs_err);
+        put(&b, ", \"rel_err\": ");
+        put_num(&b, check->rel_err);
+        put(&b, ", \"lse_rel_err\": ");
+        put_num(&b, check->has_lse ? check->lse_err : NAN);
+        put(&b, ", \"tolerance\": ");
+        put_num(&b, check->tol);
+        put(&b, ", \"pass\": %s}", check->pass ? "true" : "false");
+    }
+    put(&b, "\n}\n");
+    free(all);
+    r->json = b.buf;
+}
+
+int report_write(const report *r, const char *path) {
+    if (fa_rank != 0 || !r->json) return 0;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return fa_seterr("report '%s': cannot create file: %s", path, strerror(errno));
+    int ok = fputs(r->json, f) >= 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return fa_seterr("report '%s': cannot write file: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+void report_free(report *r) {
+    free(r->json);
+    r->json = NULL;
+}

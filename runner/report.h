@@ -1,0 +1,19 @@
+/* report.h — the job's summary as JSON: configuration, per-phase times (read, compute, merge,
+ * write), TFLOP/s, bytes moved, per-rank imbalance, and the check's errors when one ran. Written
+ * to --report FILE.json by rank 0 and kept in the output file's `report` attribute. */
+#pragma once
+#include "dist/pipeline.h"
+#include "runner/cli.h"
+#include "runner/job.h"
+
+typedef struct {
+    char *json;        /* rank 0: the JSON text (malloc'd); other ranks: NULL */
+} report;
+
+/* COLLECTIVE: gathers every rank's stats and builds the JSON on rank 0. `check` may be NULL. */
+void report_build(report *r, const fa_job *job, const fa_shape *s, const pipeline_stats *st,
+                  const char *backend, const char *compute, int64_t chunk, double elapsed,
+                  const check_result *check);
+/* Rank 0: writes the JSON to path (via a temporary file, renamed). -1 with fa_seterr on error. */
+int report_write(const report *r, const char *path);
+void report_free(report *r);
