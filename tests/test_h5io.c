@@ -652,10 +652,18 @@ static void test_output_errors(const char *dir) {
 }
 
 /* ============================ several ranks ============================================== */
-/* Rank r's uneven shard of [0, N): a list of ranges, rank 1 of 3 gets nothing. */
+/* Rank r's uneven shard of [0, N), a list of ranges: with 3 ranks, rank 0 gets
+ * [0, N/5) + [N/2, N/2 + N/10), rank 1 nothing, rank 2 the rest; with 2 ranks, ranks 0 and 1
+ * get the shares of 0 and 2; one rank gets it all; ranks from 3 on get nothing. */
 static int shard(int r, int P, int64_t N, row_range *out) {
-    if (P == 3 && r == 1) return 0;
-    if (r == 0) { out[0] = (row_range){0, N / 5}; out[1] = (row_range){N / 2, N / 10}; return 2; }
+    if (P == 1) { out[0] = (row_range){0, N}; return 1; }
+    int owner = P == 2 && r == 1 ? 2 : r;
+    if (owner == 0) {
+        out[0] = (row_range){0, N / 5};
+        out[1] = (row_range){N / 2, N / 10};
+        return 2;
+    }
+    if (owner != 2) return 0;
     out[0] = (row_range){N / 5, N / 2 - N / 5};
     out[1] = (row_range){N / 2 + N / 10, N - N / 2 - N / 10};
     return 2;
@@ -707,7 +715,7 @@ static void mpi_reads(const char *dir) {
     int st2 = h5in_read_rows(in, "k", 1, r, nr, x, 1);
     check(st2 == -1 && strstr(fa_errmsg(), "NaN at [1, 40, 1, 2]") && same_msg_everywhere(),
           "NaN in another rank's shard: every rank fails with its index -> \"%s\"", fa_errmsg());
-    row_range mine = {me == 2 ? 60 : 0, 2};
+    row_range mine = {me == np_ - 1 ? 60 : 0, 2};
     st2 = h5in_read_rows(in, "k", 0, &mine, 1, x, 1);
     check(st2 == -1 && strstr(fa_errmsg(), "[60, 62)") && same_msg_everywhere(),
           "one rank's bad range: every rank fails with its message -> \"%s\"", fa_errmsg());
@@ -758,7 +766,7 @@ static void mpi_writes(const char *dir, fa_dtype t) {
     check(h5out_create(path, 1, MPI_COMM_WORLD, &s, t, 0, &out) == 0, "--force create");
     float z[4 * 12] = {0};
     fa_clearerr();
-    st = h5out_write_rows(out, 0, me == 1 ? 48 : 0, 4, z, z);
+    st = h5out_write_rows(out, 0, me == np_ - 1 ? 48 : 0, 4, z, z);
     check(st == -1 && same_msg_everywhere() && strstr(fa_errmsg(), "[48, 52)"),
           "one rank's bad rows: every rank fails -> \"%s\"", fa_errmsg());
     h5out_abort(out);

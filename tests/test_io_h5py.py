@@ -1,0 +1,256 @@
+"""io/ against files h5py writes and reads: every element type and byte order read right by
+h5in_* (through build/tests/test_h5io's `echo` mode, 1 and 3 ranks, transfers capped small),
+o written in every type read back right by h5py (bf16 bit patterns checked against numpy,
+round to nearest even), errors on h5py-made files, and the multi-rank C checks (`mpi` mode).
+
+Every test runs for the default build (parallel HDF5 here) and, when the serial HDF5 headers are
+installed (Debian: libhdf5-dev), for a serial-HDF5 build of test_h5io made here, so the rank-0
+writer path of the serial build is exercised too."""
+import os
+import warnings
+import pathlib
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import BUILD, ROOT, mpirun_cmd
+
+SERIAL_INC = pathlib.Path("/usr/include/hdf5/serial")
+SERIAL_LIB = pathlib.Path("/usr/lib/x86_64-linux-gnu/hdf5/serial")
+IO_SRCS = ["io/convert.c", "io/h5io.c", "io/h5in.c", "io/h5out.c", "runner/common.c"]
+
+
+def bf16_type(big_endian=False):
+    """bfloat16 as fa_long stores it: an HDF5 float of 16 bits, sign 15, 8 exponent bits at 7
+    (bias 127), 7 mantissa bits at 0. h5py reads it back as float32."""
+    t = h5py.h5t.IEEE_F32LE.copy()
+    t.set_fields(15, 7, 8, 0, 7)
+    t.set_size(2)
+    t.set_ebias(127)
+    if big_endian:
+        t.set_order(h5py.h5t.ORDER_BE)
+    return t
+
+
+def to_bf16_bits(x):
+    """float32 -> bfloat16 bits, round to nearest even; NaN stays NaN (quieted)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return r
+
+
+def write_bf16(f, name, x, big_endian=False):
+    bits = to_bf16_bits(x)
+    sid = h5py.h5s.create_simple(x.shape)
+    ds = h5py.h5d.create(f.id, name.encode(), bf16_type(big_endian), sid)
+    mem = bf16_type(False)             # our uint16 array is little-endian: HDF5 swaps if needed
+    ds.write(h5py.h5s.ALL, h5py.h5s.ALL, bits, mtype=mem)
+    f[name].attrs["dtype"] = "bfloat16"
+    return bits
+
+
+def special_values(rng, shape):
+    """float32 values with subnormals (in f16 and bf16), zeros of both signs, large, inf, NaN."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1)
+    specials = [0.0, -0.0, 1e-6, -3e-7, 6e-8, 1e-40, 65504.0, 70000.0, -1e30, np.inf, -np.inf,
+                np.nan, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-8]
+    flat[: len(specials)] = np.array(specials, np.float32)
+    return x
+
+
+def build_variants():
+    v = [pytest.param(BUILD / "tests" / "test_h5io", id="default")]
+    v.append(pytest.param("serial", id="serial-hdf5",
+                          marks=pytest.mark.skipif(not (SERIAL_INC / "hdf5.h").exists(),
+                                                   reason="no serial HDF5 headers (libhdf5-dev)")))
+    return v
+
+
+@pytest.fixture(scope="session")
+def serial_exe(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial") / "test_h5io"
+    cmd = ["mpicc", "-O2", "-std=gnu11", "-march=native", "-I.", f"-I{SERIAL_INC}",
+           "tests/test_h5io.c", *IO_SRCS, "-o", str(out), f"-L{SERIAL_LIB}", "-lhdf5", "-lm"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+@pytest.fixture(params=build_variants())
+def exe(request):
+    if request.param == "serial":
+        return request.getfixturevalue("serial_exe")
+    assert request.param.exists(), f"{request.param} not built (make)"
+    return request.param
+
+
+def run(exe, args, nranks=1, cap=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if cap:
+        env["FA_IO_CAP_BYTES"] = str(cap)
+    cmd = ([] if nranks == 1 else mpirun_cmd(nranks)) + [str(exe)] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# ---- inputs of every type and byte order ------------------------------------------------------
+INPUT_TYPES = {"f32": "<f4", "f32be": ">f4", "f16": "<f2", "f16be": ">f2", "f64": "<f8",
+               "f64be": ">f8", "bf16": "bf16", "bf16be": "bf16be"}
+
+
+def write_inputs(path, kind, rng, B=2, Nq=23, Nk=31, H=4, Hkv=2, D=8):
+    """q, k, v of the given kind; returns the float32 values fa_long must read."""
+    want = {}
+    with h5py.File(path, "w") as f:
+        for name, n, h in (("q", Nq, H), ("k", Nk, Hkv), ("v", Nk, Hkv)):
+            x = special_values(rng, (B, n, h, D))
+            if kind.startswith("bf16"):
+                bits = write_bf16(f, name, x, big_endian=kind.endswith("be"))
+                want[name] = (bits.astype(np.uint32) << 16).view(np.float32)
+            else:
+                dt = np.dtype(INPUT_TYPES[kind])
+                stored = (x.astype(np.float64) * (1 + 2**-30) if dt.itemsize == 8 else x).astype(dt)
+                f.create_dataset(name, data=stored)
+                want[name] = stored.astype(np.float32)
+    return want
+
+
+def same_bits(a, b):
+    a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
+    both_nan = np.isnan(a) & np.isnan(b)
+    return bool(np.all((a.view(np.uint32) == b.view(np.uint32)) | both_nan))
+
+
+@pytest.mark.parametrize("kind", list(INPUT_TYPES))
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_h5py_inputs_read_right(exe, tmp_path, kind, nranks):
+    rng = np.random.default_rng(7)
+    inp = tmp_path / "in.h5"
+    want = write_inputs(inp, kind, rng)
+    p = run(exe, ["open", inp])
+    assert p.returncode == 0 and p.stdout.startswith("OK B=2 Nq=23 Nk=31 H=4 Hkv=2 D=8"), p.stdout
+    for name in ("q", "k", "v"):
+        out = tmp_path / f"o_{name}.h5"
+        p = run(exe, ["echo", inp, out, "float32", name], nranks=nranks, cap=100)
+        assert p.returncode == 0, p.stdout + p.stderr
+        with h5py.File(out, "r") as f:
+            o, lse = f["o"][...], f["lse"][...]
+        assert o.dtype == np.float32 and o.shape == want[name].shape
+        assert same_bits(o, want[name]), f"{name}: values differ from h5py's"
+        assert same_bits(lse, want[name][..., 0].transpose(0, 2, 1)), "lse not [B, H, N]"
+
+
+# ---- o in every type, read back by h5py ---------------------------------------------------------
+@pytest.mark.parametrize("otype", ["float32", "float16", "bfloat16", "float64"])
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_output_types_read_by_h5py(exe, tmp_path, otype, nranks):
+    rng = np.random.default_rng(11)
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    want = write_inputs(inp, "f32", rng, B=2, Nq=41, H=3, Hkv=1, D=16)["q"]
+    p = run(exe, ["echo", inp, out, otype, "q"], nranks=nranks, cap=200)
+    warnings.filterwarnings("ignore", "overflow encountered in cast")
+    assert p.returncode == 0, p.stdout + p.stderr
+    with h5py.File(out, "r") as f:
+        o = f["o"][...]
+        attr = f["o"].attrs.get("dtype")
+        tid = f["o"].id.get_type()
+    finite = np.isfinite(want)
+    if otype == "float32":
+        assert o.dtype == np.float32 and same_bits(o, want)
+    elif otype == "float64":
+        assert o.dtype == np.float64 and same_bits(o.astype(np.float32), want)
+    elif otype == "float16":
+        ref = want.astype(np.float16)              # numpy: round to nearest even
+        assert o.dtype == np.float16
+        assert np.array_equal(o.view(np.uint16)[finite], ref.view(np.uint16)[finite])
+        assert np.array_equal(np.isnan(o), np.isnan(want))
+        assert np.array_equal(np.isinf(o), np.isinf(ref))   # 70000 overflows to inf
+    else:
+        assert attr in ("bfloat16", b"bfloat16"), attr
+        assert tid.get_size() == 2 and tid.get_fields() == (15, 7, 8, 0, 7) and tid.get_ebias() == 127
+        assert o.dtype == np.float32                # h5py reads the custom type as float32
+        got = (o.view(np.uint32) >> 16).astype(np.uint16)
+        assert np.all((o.view(np.uint32)[finite] & 0xFFFF) == 0), "bf16 read back exactly"
+        ref = to_bf16_bits(want)
+        assert np.array_equal(got[finite], ref[finite])
+        assert np.array_equal(np.isnan(o), np.isnan(want))
+        # the nearest-even property, checked in float64 against both neighbours
+        x = want[finite].astype(np.float64).reshape(-1)
+        g = got[finite].astype(np.int64).reshape(-1)
+        val = lambda b: (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        ok_inf = np.isinf(val(g.astype(np.uint16)))
+        e0 = np.abs(x - val(g.astype(np.uint16)))
+        for d in (-1, 1):
+            nb = ((g & 0x7FFF) + d).clip(0, 0x7F7F) | (g & 0x8000)
+            e1 = np.abs(x - val(nb.astype(np.uint16)))
+            assert np.all(ok_inf | (e0 < e1) | ((e0 == e1) & ((g & 1) == 0)) | (nb == g))
+
+
+# ---- errors on files h5py writes ----------------------------------------------------------------
+def h5py_bad_files(tmp_path):
+    rng = np.random.default_rng(3)
+    good = {n: rng.standard_normal(s).astype(np.float32)
+            for n, s in (("q", (1, 8, 4, 16)), ("k", (1, 8, 2, 16)), ("v", (1, 8, 2, 16)))}
+    cases = {}
+
+    def case(tag, words, mutate):
+        path = tmp_path / f"{tag}.h5"
+        with h5py.File(path, "w") as f:
+            d = dict(good)
+            mutate(f, d)
+            for n, x in d.items():
+                if x is not None and n not in f:
+                    f.create_dataset(n, data=x)
+        cases[tag] = (path, words)
+
+    case("int", ["'k'", "integer"], lambda f, d: d.update(k=(d["k"] * 9).astype(np.int16)))
+    case("string", ["'q'", "string"],
+         lambda f, d: f.create_dataset("q", data=np.array([b"abc"] * 4).reshape(1, 1, 4, 1)))
+    case("compound", ["'v'", "compound"], lambda f, d: d.update(
+        v=np.zeros((1, 8, 2, 16), dtype=[("re", "<f4"), ("im", "<f4")])))
+    case("complex", ["'v'", "compound"], lambda f, d: d.update(v=d["v"].astype(np.complex64)))
+    case("uint16_bf16", ["'q'", "16-bit integer", "bfloat16 must be stored"], lambda f, d: (
+        f.create_dataset("q", data=(d["q"].view(np.uint32) >> 16).astype(np.uint16)),
+        f["q"].attrs.__setitem__("dtype", "bfloat16")))
+    case("missing", ["'v'", "not found"], lambda f, d: d.update(v=None))
+    case("rank5", ["'k'", "rank 5"], lambda f, d: d.update(k=d["k"][..., None]))
+    case("scalar", ["'q'", "rank 0"], lambda f, d: f.create_dataset("q", data=1.0))
+    case("group", ["'k'", "not a dataset"], lambda f, d: f.create_group("k"))
+    case("empty", ["'k'", "empty"], lambda f, d: d.update(k=d["k"][:, :0], v=d["v"][:, :0]))
+    return cases
+
+
+def test_errors_on_h5py_files(exe, tmp_path):
+    for tag, (path, words) in h5py_bad_files(tmp_path).items():
+        p = run(exe, ["open", path])
+        line = p.stdout.strip()
+        assert p.returncode == 3 and line.startswith("ERR "), (tag, p.stdout, p.stderr)
+        for w in [path.name] + words:
+            assert w in line, f"{tag}: {w!r} not in {line!r}"
+        assert "HDF5-DIAG" not in p.stdout + p.stderr, "HDF5's own error stack must be silenced"
+
+
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_errors_agree_across_ranks(exe, tmp_path, nranks):
+    cases = h5py_bad_files(tmp_path)
+    path, words = cases["uint16_bf16"]
+    p = run(exe, ["open", path], nranks=nranks)
+    assert p.returncode != 0 and p.stdout.count("ERR ") == 1 and words[2] in p.stdout, p.stdout
+
+
+# ---- the C program's own multi-rank checks ------------------------------------------------------
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_c_checks_multirank(exe, tmp_path, nranks):
+    p = run(exe, ["mpi", tmp_path], nranks=nranks)
+    tail = p.stdout[-3000:] + p.stderr[-2000:]
+    assert p.returncode == 0 and " 0 failed" in p.stdout, tail
+    assert "FAIL" not in p.stdout, tail
+
+
+def test_c_unit_checks(exe):
+    p = run(exe, [])
+    assert p.returncode == 0 and " 0 failed" in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]
