@@ -65,7 +65,7 @@ def main():
     ap.add_argument("--csv", required=True)
     ap.add_argument("--raw", default=None, help="JSON file with every timing")
     ap.add_argument("--quick", action="store_true", help="8K and 32K only")
-    ap.add_argument("--variants", default="1,2")
+    ap.add_argument("--variants", default="1,2,3")
     args = ap.parse_args()
 
     lib = ctypes.CDLL(args.lib)

@@ -88,13 +88,15 @@ static __device__ __forceinline__ void flash_state_load(const flash_params &p, i
     }
 }
 
-/* Fold one tile of raw scores s (acc layout, NB column blocks of 8) into the state: scale, mask
- * (when `masked`), new max, p = exp2(s*sl2 - m2), row sums, and rescale of o (acc_o, D/8 blocks).
+/* Fold one tile of raw scores s (acc layout, NB column blocks of 8) into the row state: mask
+ * (when `masked`), new max, p = exp2(s*sl2 - m2) in place, row sums. Returns in alpha[] the factor
+ * the output accumulator must be multiplied by (flash_rescale), so that a caller may apply it
+ * later (variant 3 does, once its in-flight P V product has landed).
  * Masking: column c (local key) hidden if c >= nk or (causal and k_pos0 + c > q_pos0 + r + diag). */
-template <int NB, int D>
-static __device__ __forceinline__ void flash_softmax_tile(const flash_params &p, float *s, float *acc_o,
-                                                          flash_row_state &st, float sl2, bool masked,
-                                                          int64_t row, int64_t col0, int lane) {
+template <int NB>
+static __device__ __forceinline__ void flash_softmax_scores(const flash_params &p, float *s, flash_row_state &st,
+                                                            float sl2, bool masked, int64_t row, int64_t col0,
+                                                            int lane, float *alpha) {
     const int t = lane & 3;
     if (masked) {
 #pragma unroll
@@ -123,7 +125,7 @@ static __device__ __forceinline__ void flash_softmax_tile(const flash_params &p,
         float mnew = fmaxf(st.m2[i], mx * sl2);
         /* a row that has seen no key yet keeps m = -inf; subtract 0 instead so no NaN appears */
         float muse = mnew == -INFINITY ? 0.f : mnew;
-        float alpha = exp2f(st.m2[i] - muse);
+        alpha[i] = exp2f(st.m2[i] - muse);
         st.m2[i] = mnew;
         float sum = 0.f;
 #pragma unroll
@@ -134,13 +136,28 @@ static __device__ __forceinline__ void flash_softmax_tile(const flash_params &p,
                 s[4 * j + 2 * i + e] = v;
                 sum += v;
             }
-        st.l[i] = st.l[i] * alpha + sum;
-#pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-            acc_o[4 * j + 2 * i] *= alpha;
-            acc_o[4 * j + 2 * i + 1] *= alpha;
-        }
+        st.l[i] = st.l[i] * alpha[i] + sum;
     }
+}
+
+template <int D> static __device__ __forceinline__ void flash_rescale(float *acc_o, const float *alpha) {
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+        acc_o[4 * j + 0] *= alpha[0];
+        acc_o[4 * j + 1] *= alpha[0];
+        acc_o[4 * j + 2] *= alpha[1];
+        acc_o[4 * j + 3] *= alpha[1];
+    }
+}
+
+/* Both at once: the softmax step of variants 1 and 2. */
+template <int NB, int D>
+static __device__ __forceinline__ void flash_softmax_tile(const flash_params &p, float *s, float *acc_o,
+                                                          flash_row_state &st, float sl2, bool masked,
+                                                          int64_t row, int64_t col0, int lane) {
+    float alpha[2];
+    flash_softmax_scores<NB>(p, s, st, sl2, masked, row, col0, lane, alpha);
+    flash_rescale<D>(acc_o, alpha);
 }
 
 template <typename TO> static __device__ __forceinline__ void flash_store2(TO *dst, float a, float b);

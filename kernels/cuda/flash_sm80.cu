@@ -173,7 +173,7 @@ template <int D, typename T> static cudaError_t launch(const flash_params &p, cu
 
 /* ---- variant dispatch (flash.h) ------------------------------------------------------------ */
 
-extern "C" int flash_sm90_launch(const flash_params *p, void *stream, char *buf, int len);
+extern "C" int flash_sm90_launch(const flash_params *p, int variant, void *stream, char *buf, int len);
 extern "C" int flash_sm90_compiled(void);
 
 extern "C" int flash_check(const flash_params *p, char *buf, int len) {
@@ -210,7 +210,7 @@ static int device_cc(void) {
 extern "C" int flash_variant_available(int variant) {
     int cc = device_cc();
     if (variant == FLASH_SM80_MMA) return cc >= 80;
-    if (variant == FLASH_SM90_WGMMA) return cc == 90 && flash_sm90_compiled();
+    if (variant == FLASH_SM90_WGMMA || variant == FLASH_SM90_PIPE) return cc == 90 && flash_sm90_compiled();
     if (variant == FLASH_AUTO) return cc >= 80;
     return 0;
 }
@@ -220,6 +220,7 @@ extern "C" const char *flash_variant_name(int variant) {
     case FLASH_AUTO: return "auto";
     case FLASH_SM80_MMA: return "v1_sm80_mma";
     case FLASH_SM90_WGMMA: return "v2_sm90_wgmma";
+    case FLASH_SM90_PIPE: return "v3_sm90_wgmma_pipe";
     }
     return "unknown";
 }
@@ -227,13 +228,13 @@ extern "C" const char *flash_variant_name(int variant) {
 extern "C" int flash_forward(const flash_params *p, int variant, void *stream, char *buf, int len) {
     if (flash_check(p, buf, len)) return -1;
     if (variant == FLASH_AUTO)
-        variant = flash_variant_available(FLASH_SM90_WGMMA) ? FLASH_SM90_WGMMA : FLASH_SM80_MMA;
+        variant = flash_variant_available(FLASH_SM90_PIPE) ? FLASH_SM90_PIPE : FLASH_SM80_MMA;
     if (!flash_variant_available(variant)) {
         if (buf) snprintf(buf, (size_t)len, "flash: variant %s not available on this device", flash_variant_name(variant));
         return -1;
     }
     if (p->nq == 0) return 0;
-    if (variant == FLASH_SM90_WGMMA) return flash_sm90_launch(p, stream, buf, len);
+    if (variant == FLASH_SM90_WGMMA || variant == FLASH_SM90_PIPE) return flash_sm90_launch(p, variant, stream, buf, len);
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t e;
     if (p->d == 64) e = p->dtype == FLASH_BF16 ? sm80::launch<64, __nv_bfloat16>(*p, s) : sm80::launch<64, __half>(*p, s);

@@ -28,9 +28,9 @@
 
 namespace sm90 {
 
-constexpr int BM = 128, BN = 128, STAGES = 2, NTHREADS = 384;
+constexpr int BM = 128, BN = 128, NTHREADS = 384;
 
-template <int D> struct layout {
+template <int D, int STAGES> struct layout {
     static constexpr int Q = BM * D * 2; /* [D/64][BM][64] */
     static constexpr int K = BN * D * 2; /* per stage [D/64][BN][64] */
     static constexpr int V = D * BN * 2; /* per stage [BN/64][D][64] */
@@ -99,12 +99,12 @@ template <> struct ops<128, __half> {
 };
 #endif
 
-template <int D, typename T>
+template <int D, typename T, int STAGES, bool PIPE>
 __global__ void __launch_bounds__(NTHREADS, 1)
     flash_fwd_sm90(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tq,
                    const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using L = layout<D>;
+    using L = layout<D, STAGES>;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const uint32_t sQ = base, sK = base + L::off_k, sV = base + L::off_v, bars = base + L::off_bar;
@@ -161,9 +161,9 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         const float sl2 = p.scale * FLASH_LOG2E;
         const uint32_t q_w = sQ + w * 64 * 128;
         mbar_wait(fullQ, 0);
-        for (int64_t j = 0; j < tiles.n_tiles; j++) {
-            const int stg = (int)(j % STAGES), ph = (int)((j / STAGES) & 1);
-            mbar_wait(FULLK(stg), ph);
+        auto issue_qk = [&](int64_t j) {
+            const int stg = (int)(j % STAGES);
+            mbar_wait(FULLK(stg), (int)((j / STAGES) & 1));
             fence_regs<BN / 2>(s);
             wgmma_fence();
 #pragma unroll
@@ -171,9 +171,18 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 ops<D, T>::qk(s, desc(q_w + (kk >> 2) * BM * 128 + (kk & 3) * 32),
                               desc(sK + stg * L::K + (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
             wgmma_commit();
-            wgmma_wait<0>();
-            fence_regs<BN / 2>(s);
-            flash_softmax_tile<BN / 8, D>(p, s, acc_o, st, sl2, j >= tiles.first_masked, row_g, j * BN, lane);
+        };
+        auto issue_pv = [&](int64_t j) {
+            const int stg = (int)(j % STAGES);
+            mbar_wait(FULLV(stg), (int)((j / STAGES) & 1));
+            fence_regs<D / 2>(acc_o);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+                ops<D, T>::pv(acc_o, &pa[4 * kk], desc(sV + stg * L::V + (kk >> 2) * D * 128 + (kk & 3) * 32));
+            wgmma_commit();
+        };
+        auto pack_p = [&]() {
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
                 pa[4 * kk + 0] = flash_type<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
@@ -181,16 +190,46 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 pa[4 * kk + 2] = flash_type<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
                 pa[4 * kk + 3] = flash_type<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
             }
-            mbar_wait(FULLV(stg), ph);
-            fence_regs<D / 2>(acc_o);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++)
-                ops<D, T>::pv(acc_o, &pa[4 * kk], desc(sV + stg * L::V + (kk >> 2) * D * 128 + (kk & 3) * 32));
-            wgmma_commit();
+        };
+        if constexpr (!PIPE) {
+            /* variant 2: S_j, softmax_j, P_j V_j in turn */
+            for (int64_t j = 0; j < tiles.n_tiles; j++) {
+                issue_qk(j);
+                wgmma_wait<0>();
+                fence_regs<BN / 2>(s);
+                flash_softmax_tile<BN / 8, D>(p, s, acc_o, st, sl2, j >= tiles.first_masked, row_g, j * BN, lane);
+                pack_p();
+                issue_pv(j);
+                wgmma_wait<0>();
+                fence_regs<D / 2>(acc_o);
+                if (lane == 0) mbar_arrive(EMPTY((int)(j % STAGES)));
+            }
+        } else if (tiles.n_tiles > 0) {
+            /* variant 3: S_{j+1} = Q K_{j+1} and O += P_j V_j in flight while softmax runs on
+             * S_{j+1}; O is rescaled once P_j V_j has landed. */
+            float alpha[2];
+            issue_qk(0);
+            wgmma_wait<0>();
+            fence_regs<BN / 2>(s);
+            flash_softmax_scores<BN / 8>(p, s, st, sl2, 0 >= tiles.first_masked, row_g, 0, lane, alpha);
+            flash_rescale<D>(acc_o, alpha);
+            pack_p();
+            for (int64_t j = 1; j < tiles.n_tiles; j++) {
+                issue_qk(j);
+                issue_pv(j - 1);
+                wgmma_wait<1>(); /* S_j is in */
+                fence_regs<BN / 2>(s);
+                flash_softmax_scores<BN / 8>(p, s, st, sl2, j >= tiles.first_masked, row_g, j * BN, lane, alpha);
+                wgmma_wait<0>(); /* P_{j-1} V_{j-1} is in */
+                fence_regs<D / 2>(acc_o);
+                if (lane == 0) mbar_arrive(EMPTY((int)((j - 1) % STAGES)));
+                flash_rescale<D>(acc_o, alpha);
+                pack_p();
+            }
+            issue_pv(tiles.n_tiles - 1);
             wgmma_wait<0>();
             fence_regs<D / 2>(acc_o);
-            if (lane == 0) mbar_arrive(EMPTY(stg));
+            if (lane == 0) mbar_arrive(EMPTY((int)((tiles.n_tiles - 1) % STAGES)));
         }
         flash_epilogue<D>(p, row_g, h, lane, acc_o, st);
     }
@@ -234,7 +273,8 @@ static int make_map(CUtensorMap *m, const void *ptr, CUtensorMapDataType dt, uin
                : -1;
 }
 
-template <int D, typename T> static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len) {
+template <int D, typename T, int STAGES, bool PIPE>
+static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len) {
     const CUtensorMapDataType dt = p.dtype == FLASH_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     CUtensorMap tq, tk, tv;
     int64_t nk = p.nk > 0 ? p.nk : 1;
@@ -244,8 +284,8 @@ template <int D, typename T> static int launch(const flash_params &p, cudaStream
         if (buf) snprintf(buf, (size_t)len, "flash: cuTensorMapEncodeTiled failed (strides or alignment)");
         return -1;
     }
-    auto kern = flash_fwd_sm90<D, T>;
-    const int smem = layout<D>::bytes;
+    auto kern = flash_fwd_sm90<D, T, STAGES, PIPE>;
+    const int smem = layout<D, STAGES>::bytes;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e == cudaSuccess) {
         dim3 grid((unsigned)((p.nq + BM - 1) / BM), (unsigned)p.h);
@@ -264,16 +304,24 @@ template <int D, typename T> static int launch(const flash_params &p, cudaStream
 /* Whether the sm_90a code of the kernel is what this device would run. */
 extern "C" int flash_sm90_compiled(void) {
     cudaFuncAttributes a;
-    if (cudaFuncGetAttributes(&a, sm90::flash_fwd_sm90<128, __nv_bfloat16>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&a, sm90::flash_fwd_sm90<128, __nv_bfloat16, 2, false>) != cudaSuccess) {
         cudaGetLastError();
         return 0;
     }
     return a.binaryVersion == 90 && sm90::get_encode() != NULL;
 }
 
-extern "C" int flash_sm90_launch(const flash_params *p, void *stream, char *buf, int len) {
-    cudaStream_t s = (cudaStream_t)stream;
+template <int STAGES, bool PIPE> static int launch_variant(const flash_params *p, cudaStream_t s, char *buf, int len) {
     if (p->d == 64)
-        return p->dtype == FLASH_BF16 ? sm90::launch<64, __nv_bfloat16>(*p, s, buf, len) : sm90::launch<64, __half>(*p, s, buf, len);
-    return p->dtype == FLASH_BF16 ? sm90::launch<128, __nv_bfloat16>(*p, s, buf, len) : sm90::launch<128, __half>(*p, s, buf, len);
+        return p->dtype == FLASH_BF16 ? sm90::launch<64, __nv_bfloat16, STAGES, PIPE>(*p, s, buf, len)
+                                      : sm90::launch<64, __half, STAGES, PIPE>(*p, s, buf, len);
+    return p->dtype == FLASH_BF16 ? sm90::launch<128, __nv_bfloat16, STAGES, PIPE>(*p, s, buf, len)
+                                  : sm90::launch<128, __half, STAGES, PIPE>(*p, s, buf, len);
+}
+
+/* variant: FLASH_SM90_WGMMA (2 stages, in turn) or FLASH_SM90_PIPE (3 stages, overlapped) */
+extern "C" int flash_sm90_launch(const flash_params *p, int variant, void *stream, char *buf, int len) {
+    cudaStream_t s = (cudaStream_t)stream;
+    if (variant == FLASH_SM90_PIPE) return launch_variant<3, true>(p, s, buf, len);
+    return launch_variant<2, false>(p, s, buf, len);
 }
