@@ -20,6 +20,7 @@
 #include "kernels/attn.h"
 #include "runner/common.h"
 #include <omp.h>
+#include <sched.h>
 #include <string.h>
 #ifdef FA_HAVE_CBLAS
 #include <cblas.h>
@@ -452,6 +453,20 @@ static void pick_products(engine_call *c) {
 #endif
 }
 
+static int64_t fetch_add(int64_t *x) {
+    int64_t v;
+    #pragma omp atomic capture
+    v = (*x)++;
+    return v;
+}
+
+static int read_busy(int *x) {
+    int v;
+    #pragma omp atomic read
+    v = *x;
+    return v;
+}
+
 void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int nsegs,
                       float *rec, const cpu_tiling *tiling, void (*progress)(void *), void *arg) {
     if (q->nq <= 0 || nsegs <= 0) return;
@@ -466,19 +481,33 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);       /* our threads each run whole tiles; no nested pools */
 #endif
+    int64_t next = 0;                  /* next work item to hand out */
+    int busy = 0;                      /* threads still working on items */
     #pragma omp parallel num_threads(threads)
     {
         scratch w;
         scratch_alloc(&w, mp, q->d, bc);
-        /* Later query tiles see more keys under the causal mask: hand them out first. */
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < nitems; it++) {
+        #pragma omp atomic
+        busy++;
+        #pragma omp barrier
+        int64_t it;
+        while ((it = fetch_add(&next)) < nitems) {
+            /* Later query tiles see more keys under the causal mask: hand them out first. */
             int64_t tile = ntiles - 1 - it / q->hkv;
             int kvh = (int)(it % q->hkv);
             int64_t r0 = tile * br;
             int nr = (int)(q->nq - r0 < br ? q->nq - r0 : br);
             run_item(&c, &w, kvh, r0, nr);
         }
+        #pragma omp atomic
+        busy--;
+        /* The calling thread keeps the runner's MPI moving while the last items finish, instead
+         * of sleeping in the closing barrier for up to one item's time. */
+        if (omp_get_thread_num() == 0 && progress)
+            while (read_busy(&busy) > 0) {
+                maybe_progress(&c, &w);
+                sched_yield();
+            }
         scratch_free(&w);
     }
 #ifdef FA_HAVE_CBLAS
