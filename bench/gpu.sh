@@ -24,7 +24,7 @@ echo "== building $OBJ/libflash.so and the checks"
 
 echo "== validating every variant before timing (fp64 reference, fresh random inputs)"
 ok_variants=""
-for v in 1 2 3; do
+for v in 1 2 3 4; do
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} timeout 300 "$OBJ/test_flash" --no-large --variant $v > "$OBJ/validate_v$v.txt" 2>&1
     rc=$?
     echo "variant $v: $(grep -E '^# [0-9]+ checks' "$OBJ/validate_v$v.txt") (rc $rc)"

@@ -11,6 +11,8 @@ V is given to our kernel transposed ([H][D][N], keys contiguous: the layout our 
 made once at load time, outside the timing). Output bf16 [H][N][D] and lse, final mode.
 TFLOP/s = 4*B*H*Nq*Nk*D / t, halved for causal. Before timing, each of our variants' output is
 compared with the cuDNN output on the same inputs (max abs difference over max |ref|).
+Timing: CUDA events, median of `reps` runs after a warm-up; two rounds with every implementation
+in turn, the better round's median kept for each (the card's clock drifts between runs).
 """
 import argparse, ctypes, json, math, os, sys, time
 import torch
@@ -65,7 +67,7 @@ def main():
     ap.add_argument("--csv", required=True)
     ap.add_argument("--raw", default=None, help="JSON file with every timing")
     ap.add_argument("--quick", action="store_true", help="8K and 32K only")
-    ap.add_argument("--variants", default="1,2,3")
+    ap.add_argument("--variants", default="1,2,3,4")
     args = ap.parse_args()
 
     lib = ctypes.CDLL(args.lib)
@@ -109,10 +111,9 @@ def main():
                 res = {"n": n, "heads": h, "d": d, "causal": causal}
                 ref = sdpa(SDPBackend.CUDNN_ATTENTION)()
                 refmax = ref.abs().max().item()
-                for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
-                    ms, ts = median_ms(sdpa(backend), reps)
-                    res[name + "_tflops"] = flops / ms / 1e9
-                    res[name + "_ms"] = ts
+                impls = [(name, sdpa(backend)) for name, backend in
+                         (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))]
+                stream = torch.cuda.current_stream().cuda_stream
                 for var in variants:
                     p = FlashParams()
                     p.q, p.k, p.vt = q.data_ptr(), k.data_ptr(), vt.data_ptr()
@@ -129,9 +130,8 @@ def main():
                     p.o, p.o_dtype = o.data_ptr(), 0
                     p.o_head_stride, p.o_row_stride = n * d, d
                     p.lse, p.lse_head_stride, p.lse_row_stride = lse.data_ptr(), n, 1
-                    stream = torch.cuda.current_stream().cuda_stream
 
-                    def ours():
+                    def ours(p=p, var=var):
                         if lib.flash_forward(ctypes.byref(p), var, ctypes.c_void_p(stream), msg, 256):
                             raise RuntimeError(msg.value.decode())
                     o.fill_(float("nan"))
@@ -139,13 +139,20 @@ def main():
                     torch.cuda.synchronize()
                     err = ((o.float() - ref.float()).abs().max() / refmax).item()
                     ok = err <= 2e-2 and not torch.isnan(o).any().item()
-                    ms, ts = median_ms(ours, reps)
                     vn = lib.flash_variant_name(var).decode()
-                    res[vn + "_tflops"] = flops / ms / 1e9 if ok else 0.0
                     res[vn + "_err_vs_cudnn"] = err
-                    res[vn + "_ms"] = ts
                     if not ok:
                         print(f"# {vn} n={n} d={d} causal={causal}: WRONG (max err {err:.3g} of scale vs cuDNN); not counted", flush=True)
+                        res[vn + "_tflops"] = 0.0
+                    else:
+                        impls.append((vn, ours))
+                # two rounds, every implementation in turn within a round (clock drift hits all
+                # alike); each implementation's figure is its better round's median
+                for rnd in range(2):
+                    for name, fn in impls:
+                        ms, ts = median_ms(fn, reps)
+                        res.setdefault(name + "_ms", []).append(ts)
+                        res[name + "_tflops"] = max(res.get(name + "_tflops", 0.0), flops / ms / 1e9)
                 best = variants[-1]  # what FLASH_AUTO (the program) runs: the newest variant this card has
                 res["ours"] = lib.flash_variant_name(best).decode()
                 res["ours_tflops"] = res[res["ours"] + "_tflops"]

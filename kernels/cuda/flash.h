@@ -64,7 +64,8 @@ enum {
     FLASH_AUTO = 0,      /* best available on the current device */
     FLASH_SM80_MMA = 1,  /* mma.sync m16n8k16, cp.async double buffer, 8 warps, 128 x 64 tiles */
     FLASH_SM90_WGMMA = 2, /* wgmma + TMA, producer warpgroup + 2 consumer warpgroups, 2-stage mbarrier ring */
-    FLASH_SM90_PIPE = 3   /* variant 2 + 3 stages, S_{j+1} and P_j V_j in flight during softmax_{j+1} */
+    FLASH_SM90_PIPE = 3,  /* variant 2 + 3 stages, S_{j+1} and P_j V_j in flight during softmax_{j+1} */
+    FLASH_SM90_PINGPONG = 4 /* variant 3 + the two consumer warpgroups take turns issuing (named barriers) */
 };
 
 /* Checks the parameters; returns 0 or -1 with a message in buf (when buf != NULL). */

@@ -210,7 +210,7 @@ static int device_cc(void) {
 extern "C" int flash_variant_available(int variant) {
     int cc = device_cc();
     if (variant == FLASH_SM80_MMA) return cc >= 80;
-    if (variant == FLASH_SM90_WGMMA || variant == FLASH_SM90_PIPE) return cc == 90 && flash_sm90_compiled();
+    if (variant >= FLASH_SM90_WGMMA && variant <= FLASH_SM90_PINGPONG) return cc == 90 && flash_sm90_compiled();
     if (variant == FLASH_AUTO) return cc >= 80;
     return 0;
 }
@@ -221,6 +221,7 @@ extern "C" const char *flash_variant_name(int variant) {
     case FLASH_SM80_MMA: return "v1_sm80_mma";
     case FLASH_SM90_WGMMA: return "v2_sm90_wgmma";
     case FLASH_SM90_PIPE: return "v3_sm90_wgmma_pipe";
+    case FLASH_SM90_PINGPONG: return "v4_sm90_pingpong";
     }
     return "unknown";
 }
@@ -234,7 +235,7 @@ extern "C" int flash_forward(const flash_params *p, int variant, void *stream, c
         return -1;
     }
     if (p->nq == 0) return 0;
-    if (variant == FLASH_SM90_WGMMA || variant == FLASH_SM90_PIPE) return flash_sm90_launch(p, variant, stream, buf, len);
+    if (variant >= FLASH_SM90_WGMMA && variant <= FLASH_SM90_PINGPONG) return flash_sm90_launch(p, variant, stream, buf, len);
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t e;
     if (p->d == 64) e = p->dtype == FLASH_BF16 ? sm80::launch<64, __nv_bfloat16>(*p, s) : sm80::launch<64, __half>(*p, s);

@@ -65,6 +65,9 @@ static __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorM
                  "l"((uint64_t)map), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
                  : "memory");
 }
+/* named barriers 1 and 2 (0 is __syncthreads): the two consumer warpgroups' turns to issue */
+static __device__ __forceinline__ void bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+static __device__ __forceinline__ void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 static __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 static __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> static __device__ __forceinline__ void wgmma_wait() {
@@ -99,7 +102,7 @@ template <> struct ops<128, __half> {
 };
 #endif
 
-template <int D, typename T, int STAGES, bool PIPE>
+template <int D, typename T, int STAGES, bool PIPE, bool PINGPONG>
 __global__ void __launch_bounds__(NTHREADS, 1)
     flash_fwd_sm90(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tq,
                    const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {
@@ -206,17 +209,38 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             }
         } else if (tiles.n_tiles > 0) {
             /* variant 3: S_{j+1} = Q K_{j+1} and O += P_j V_j in flight while softmax runs on
-             * S_{j+1}; O is rescaled once P_j V_j has landed. */
+             * S_{j+1}; O is rescaled once P_j V_j has landed.
+             * variant 4 (PINGPONG) also takes turns between the two consumer warpgroups: each
+             * issue step (S_0; S_j with P_{j-1} V_{j-1}; P_{n-1} V_{n-1}) waits on its own named
+             * barrier and then opens the other's, so one warpgroup's softmax runs while the
+             * other's products run. Warpgroup 2 opens warpgroup 1's first turn and skips opening
+             * after its last step, so arrivals and waits match (n+1 each way). */
+            const int64_t n = tiles.n_tiles;
+            int64_t step = 0;
+            auto turn_begin = [&]() {
+                if constexpr (PINGPONG) bar_sync(1 + w);
+            };
+            auto turn_end = [&]() {
+                if constexpr (PINGPONG)
+                    if (!(w == 1 && step == n)) bar_arrive(2 - w);
+                step++;
+            };
+            if constexpr (PINGPONG)
+                if (w == 1) bar_arrive(1);
             float alpha[2];
+            turn_begin();
             issue_qk(0);
+            turn_end();
             wgmma_wait<0>();
             fence_regs<BN / 2>(s);
             flash_softmax_scores<BN / 8>(p, s, st, sl2, 0 >= tiles.first_masked, row_g, 0, lane, alpha);
             flash_rescale<D>(acc_o, alpha);
             pack_p();
-            for (int64_t j = 1; j < tiles.n_tiles; j++) {
+            for (int64_t j = 1; j < n; j++) {
+                turn_begin();
                 issue_qk(j);
                 issue_pv(j - 1);
+                turn_end();
                 wgmma_wait<1>(); /* S_j is in */
                 fence_regs<BN / 2>(s);
                 flash_softmax_scores<BN / 8>(p, s, st, sl2, j >= tiles.first_masked, row_g, j * BN, lane, alpha);
@@ -226,10 +250,12 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 flash_rescale<D>(acc_o, alpha);
                 pack_p();
             }
-            issue_pv(tiles.n_tiles - 1);
+            turn_begin();
+            issue_pv(n - 1);
+            turn_end();
             wgmma_wait<0>();
             fence_regs<D / 2>(acc_o);
-            if (lane == 0) mbar_arrive(EMPTY((int)((tiles.n_tiles - 1) % STAGES)));
+            if (lane == 0) mbar_arrive(EMPTY((int)((n - 1) % STAGES)));
         }
         flash_epilogue<D>(p, row_g, h, lane, acc_o, st);
     }
@@ -273,7 +299,7 @@ static int make_map(CUtensorMap *m, const void *ptr, CUtensorMapDataType dt, uin
                : -1;
 }
 
-template <int D, typename T, int STAGES, bool PIPE>
+template <int D, typename T, int STAGES, bool PIPE, bool PINGPONG>
 static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len) {
     const CUtensorMapDataType dt = p.dtype == FLASH_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     CUtensorMap tq, tk, tv;
@@ -284,7 +310,7 @@ static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len
         if (buf) snprintf(buf, (size_t)len, "flash: cuTensorMapEncodeTiled failed (strides or alignment)");
         return -1;
     }
-    auto kern = flash_fwd_sm90<D, T, STAGES, PIPE>;
+    auto kern = flash_fwd_sm90<D, T, STAGES, PIPE, PINGPONG>;
     const int smem = layout<D, STAGES>::bytes;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e == cudaSuccess) {
@@ -304,24 +330,26 @@ static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len
 /* Whether the sm_90a code of the kernel is what this device would run. */
 extern "C" int flash_sm90_compiled(void) {
     cudaFuncAttributes a;
-    if (cudaFuncGetAttributes(&a, sm90::flash_fwd_sm90<128, __nv_bfloat16, 2, false>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&a, sm90::flash_fwd_sm90<128, __nv_bfloat16, 2, false, false>) != cudaSuccess) {
         cudaGetLastError();
         return 0;
     }
     return a.binaryVersion == 90 && sm90::get_encode() != NULL;
 }
 
-template <int STAGES, bool PIPE> static int launch_variant(const flash_params *p, cudaStream_t s, char *buf, int len) {
+template <int STAGES, bool PIPE, bool PINGPONG> static int launch_variant(const flash_params *p, cudaStream_t s, char *buf, int len) {
     if (p->d == 64)
-        return p->dtype == FLASH_BF16 ? sm90::launch<64, __nv_bfloat16, STAGES, PIPE>(*p, s, buf, len)
-                                      : sm90::launch<64, __half, STAGES, PIPE>(*p, s, buf, len);
-    return p->dtype == FLASH_BF16 ? sm90::launch<128, __nv_bfloat16, STAGES, PIPE>(*p, s, buf, len)
-                                  : sm90::launch<128, __half, STAGES, PIPE>(*p, s, buf, len);
+        return p->dtype == FLASH_BF16 ? sm90::launch<64, __nv_bfloat16, STAGES, PIPE, PINGPONG>(*p, s, buf, len)
+                                      : sm90::launch<64, __half, STAGES, PIPE, PINGPONG>(*p, s, buf, len);
+    return p->dtype == FLASH_BF16 ? sm90::launch<128, __nv_bfloat16, STAGES, PIPE, PINGPONG>(*p, s, buf, len)
+                                  : sm90::launch<128, __half, STAGES, PIPE, PINGPONG>(*p, s, buf, len);
 }
 
-/* variant: FLASH_SM90_WGMMA (2 stages, in turn) or FLASH_SM90_PIPE (3 stages, overlapped) */
+/* variant: FLASH_SM90_WGMMA (2 stages, in turn), FLASH_SM90_PIPE (3 stages, overlapped),
+ * FLASH_SM90_PINGPONG (overlapped, consumer warpgroups taking turns) */
 extern "C" int flash_sm90_launch(const flash_params *p, int variant, void *stream, char *buf, int len) {
     cudaStream_t s = (cudaStream_t)stream;
-    if (variant == FLASH_SM90_PIPE) return launch_variant<3, true>(p, s, buf, len);
-    return launch_variant<2, false>(p, s, buf, len);
+    if (variant == FLASH_SM90_PIPE) return launch_variant<3, true, false>(p, s, buf, len);
+    if (variant == FLASH_SM90_PINGPONG) return launch_variant<3, true, true>(p, s, buf, len);
+    return launch_variant<2, false, false>(p, s, buf, len);
 }

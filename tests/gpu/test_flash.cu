@@ -560,7 +560,7 @@ int main(int argc, char **argv) {
     gpu_describe(0, desc, sizeof desc);
     printf("# device 0: %s; seed %llu\n", desc, (unsigned long long)seed);
     std::vector<int> variants;
-    for (int v = FLASH_SM80_MMA; v <= FLASH_SM90_PIPE; v++)
+    for (int v = FLASH_SM80_MMA; v <= FLASH_SM90_PINGPONG; v++)
         if ((!only || v == only) && flash_variant_available(v)) variants.push_back(v);
         else printf("# variant %s not available here%s\n", flash_variant_name(v), only && v != only ? " (not asked)" : "");
 
