@@ -12,7 +12,10 @@
 #include "kernels/gpu.h"
 #include "runner/common.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+volatile sig_atomic_t fa_stop_requested = 0;
 
 int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu) {
     int64_t c = gpu ? 8192 : 1024;
@@ -50,6 +53,8 @@ typedef struct {
     pipeline_stats *st;
     progress *pg;
     const fa_job *job;
+    int stopping;              /* the ranks agreed to stop after the chunks in flight */
+    double checkpoint_s, last_checkpoint;
 } pipe_state;
 
 static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, int64_t *n) {
@@ -71,6 +76,28 @@ static void drive_merges(void *arg) {
     MPI_Testall(p->window, p->req, &flag, MPI_STATUSES_IGNORE);
 }
 
+/* COLLECTIVE. Every rank writes the chunk it owns in the current group (or nothing); chunks
+ * [0, done) are then complete. Then the ranks agree whether to stop early (a signal reached any
+ * rank) and whether a checkpoint is due (rank 0's clock), and make a checkpoint durable. */
+static int write_group(pipe_state *p, int64_t done) {
+    double t0 = fa_now();
+    int rc = h5out_write_rows(p->out, p->pend_n ? p->pend_b : 0, p->pend_n ? p->pend_r0 : 0,
+                              p->pend_n, p->o_out, p->lse_out);
+    p->pend_n = 0;
+    if (rc) return -1;
+    int flags = fa_stop_requested ? 1 : 0, all;
+    if (p->rank == 0 && p->checkpoint_s > 0 && fa_now() - p->last_checkpoint >= p->checkpoint_s)
+        flags |= 2;
+    MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, p->comm);
+    if (all & 1) p->stopping = 1;
+    if ((all & 2) && done < p->nchunks && !p->stopping) {
+        rc = h5out_checkpoint(p->out, done);
+        p->last_checkpoint = fa_now();
+    }
+    p->st->t_write += fa_now() - t0;
+    return rc;
+}
+
 /* Waits for chunk i's merge; the owner finalizes it; at the end of a group every rank writes. */
 static int finish_chunk(pipe_state *p, int64_t i) {
     int slot = (int)(i % p->window);
@@ -90,14 +117,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     }
     progress_chunk(p->pg, pipeline_flops(p->job, p->s, r0, n));
     int64_t G = group_size(p);
-    if (i % G == G - 1 || i == p->nchunks - 1) {
-        t0 = fa_now();
-        int rc = h5out_write_rows(p->out, p->pend_n ? p->pend_b : 0, p->pend_n ? p->pend_r0 : 0,
-                                  p->pend_n, p->o_out, p->lse_out);
-        p->st->t_write += fa_now() - t0;
-        p->pend_n = 0;
-        if (rc) return -1;
-    }
+    if (i % G == G - 1 || i == p->nchunks - 1) return write_group(p, i + 1);
     return 0;
 }
 
@@ -119,7 +139,8 @@ static int load_kv(const fa_job *job, h5in *in, const fa_shape *s, const kv_shar
 }
 
 int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
-                 fa_backend backend, progress *pg, pipeline_stats *st) {
+                 fa_backend backend, int64_t first_chunk, progress *pg,
+                 pipeline_stats *st) {
     pipe_state p = {0};
     p.pg = pg;
     p.job = job;
@@ -169,11 +190,15 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     int rc = 0;
     float scale = (float)(job->scale > 0 ? job->scale : 1.0 / sqrt((double)D));
 
-    int64_t cur_b = -1, next_finish = 0;  /* the oldest chunk whose merge is not finished */
-    for (int64_t i = 0; i < p.nchunks && rc == 0; i++) {
-        if (i >= p.window) {
+    const char *cp = getenv("FA_CHECKPOINT_SECONDS");
+    p.checkpoint_s = cp ? atof(cp) : 60.0;
+    p.last_checkpoint = fa_now();
+    int64_t first = first_chunk > 0 ? first_chunk : 0;
+    int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
+    for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
+        if (i - first >= p.window) {
             rc = finish_chunk(&p, next_finish++);
-            if (rc) break;
+            if (rc || p.stopping) break;     /* chunk i is not posted */
         }
         int64_t b, r0, n;
         chunk_rows(&p, i, &b, &r0, &n);
@@ -206,9 +231,18 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
         st->chunks++;
     }
-    /* drain: on success finish every remaining chunk in order; after an error only complete the
-     * merges in flight (every rank posted the same ones, so the waits return) */
-    while (rc == 0 && next_finish < p.nchunks) rc = finish_chunk(&p, next_finish++);
+    /* Drain: chunks [first, posted) were posted; finish them in order. When stopping, the last
+     * group is cut short: every rank writes what it holds once more so all finished rows are in
+     * the file. After an error only complete the merges in flight (every rank posted the same
+     * ones, so the waits return). */
+    int64_t posted = first + st->chunks;
+    while (rc == 0 && next_finish < posted) rc = finish_chunk(&p, next_finish++);
+    if (rc == 0 && posted < p.nchunks) {
+        int64_t G = group_size(&p);
+        if (posted % G != 0) rc = write_group(&p, posted);
+    }
+    st->chunks_done = rc == 0 ? posted : first;
+    st->stopped = rc == 0 && posted < p.nchunks;
     if (rc) MPI_Waitall(p.window, p.req, MPI_STATUSES_IGNORE);
 
     engine_free(&eng);

@@ -4,6 +4,7 @@
 #pragma once
 #include <stdint.h>
 #include <mpi.h>
+#include <signal.h>
 #include "io/h5io.h"
 #include "runner/job.h"
 #include "kernels/attn.h"
@@ -44,12 +45,21 @@ typedef struct {
     int64_t chunks;          /* query chunks processed */
     double work_pairs;       /* visible (query, key) pairs computed by this rank */
     int used_gpu;
+    int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
+    int64_t chunks_done;
 } pipeline_stats;
 
-/* COLLECTIVE. Runs the whole job from `in` to `out` (both open). Returns 0, or -1 with fa_seterr
- * (the same on every rank) on a user-facing error found while reading (non-finite input). */
+/* COLLECTIVE. Runs the job from `in` to `out` (both open), from chunk first_chunk on (chunks
+ * before it are in the output already: --resume). Chunk i covers rows [r0, r0+chunk) of batch
+ * element i / ceil(Nq/chunk). Returns 0, or -1 with fa_seterr (the same on every rank) on a
+ * user-facing error found while reading (non-finite input). */
 int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
-                 fa_backend backend, progress *pg, pipeline_stats *st);
+                 fa_backend backend, int64_t first_chunk, progress *pg, pipeline_stats *st);
+
+/* Set by the runner's SIGUSR1/SIGTERM handler. The pipeline checks it at every group write: once
+ * any rank has it, all ranks finish the chunks in flight, write them, and return with
+ * st->stopped set and st->chunks_done = the complete prefix of chunks. */
+extern volatile sig_atomic_t fa_stop_requested;
 
 /* Floating-point operations of the whole job (4 per visible (query, key) pair per unit of D,
  * per head: two products), and of rows [r0, r0+n) of one batch element. */

@@ -82,3 +82,19 @@ int h5_dataset_info(const char *path, const char *name, int *ndims, int64_t dims
 /* Reads a root attribute; returns -1 when absent. */
 int h5_attr_double(const char *path, const char *name, double *v);
 int h5_attr_str(const char *path, const char *name, char *buf, int len);
+
+/* ---- durable progress and --resume (io/h5out.c) ------------------------------------------------
+ * The output is built in "<folder>/.<name>.partial" and renamed over <name> at commit. */
+/* Writes the partial file's name for an output path into buf[len]. */
+void h5out_partial_path(const char *path, char *buf, int len);
+/* COLLECTIVE. Records that chunks [0, done) are complete (root attribute "chunks_done") and
+ * flushes the file, so the partial file can be resumed even if the job is killed later; from
+ * then on a failure no longer removes the partial file. */
+int h5out_checkpoint(h5out *f, int64_t done);
+/* COLLECTIVE. Records chunks [0, done) as complete, closes the partial file and leaves it in
+ * place for --resume (the final path is not touched). Frees f. */
+int h5out_suspend(h5out *f, int64_t done);
+/* COLLECTIVE. Opens the partial file of `path` left by an earlier run for writing, checking its
+ * datasets against shape/o_type/with_lse; -1 with fa_seterr when it does not fit. */
+int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
+                 int with_lse, h5out **out);

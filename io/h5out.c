@@ -1,8 +1,9 @@
 /* h5out.c — writing o [B, Nq, H, D] (o_type) and lse [B, H, Nq] (float32).
- * The file is created under a temporary name in the output's folder (".<name>.tmp.<pid of rank
- * 0>"), registered with fa_set_cleanup_path() so that fa_fail() removes it, and renamed over the
+ * The file is created under a temporary name in the output's folder (".<name>.partial"),
+ * registered with fa_set_cleanup_path() so that fa_fail() removes it, and renamed over the
  * final path only by h5out_commit(), after every rank's writes: a failed run leaves no output and
- * never damages an existing one (--force replaces it only at commit).
+ * never damages an existing one (--force replaces it only at commit). Once a checkpoint has made
+ * some chunks durable (h5out_checkpoint), the partial file is kept for --resume instead.
  * Parallel HDF5: every rank writes its own rows through MPI-IO in capped collective transfers,
  * the same number on every rank. Serial HDF5: rank 0 alone holds the file; the other ranks send
  * it their rows, transfer by transfer, and it writes them. */
@@ -41,13 +42,15 @@ static int check_output(const char *path, int force, char *tmp, int len) {
     snprintf(d, sizeof d, "%s", path);
     snprintf(b, sizeof b, "%s", path);
     const char *dir = dirname(d), *base = basename(b);
-    if (snprintf(tmp, len, "%s/.%s.tmp.%d", dir, base, (int)getpid()) >= len)
+    char probe[FA_PATH_MAX];
+    if (snprintf(probe, sizeof probe, "%s/.%s.tmp.%d", dir, base, (int)getpid()) >= len)
         return fa_seterr("output '%s': path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);   /* can we create files there? */
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0644);  /* can we create files there? */
     if (fd < 0) return fa_seterr("output '%s': cannot create a file in folder '%s': %s", path,
                                  dir, strerror(errno));
     close(fd);
-    unlink(tmp);
+    unlink(probe);
+    h5out_partial_path(path, tmp, len);
     return 0;
 }
 
@@ -327,4 +330,107 @@ void h5out_abort(h5out *f) {
     fa_set_cleanup_path(NULL);
     if (!h5io_parallel() || f->nranks == 1) MPI_Comm_free(&f->comm);
     free(f);
+}
+
+/* ---- durable progress and --resume ------------------------------------------------------------ */
+void h5out_partial_path(const char *path, char *buf, int len) {
+    char d[FA_PATH_MAX], b[FA_PATH_MAX];
+    snprintf(d, sizeof d, "%s", path);
+    snprintf(b, sizeof b, "%s", path);
+    snprintf(buf, (size_t)len, "%s/.%s.partial", dirname(d), basename(b));
+}
+
+int h5out_checkpoint(h5out *f, int64_t done) {
+    if (h5out_attr_int(f, "chunks_done", done)) return -1;
+    int st = 0;
+    if (f->holder && H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
+        st = fa_seterr("output '%s': flushing '%s' failed", f->path, f->tmp);
+    if (h5io_agree(f->comm, st, f->rank)) return -1;
+    fa_set_cleanup_path(NULL);          /* durable progress: keep the partial file from now on */
+    return 0;
+}
+
+int h5out_suspend(h5out *f, int64_t done) {
+    int st = h5out_attr_int(f, "chunks_done", done);
+    if (f->holder) close_contents(f);   /* collective close: every write has landed */
+    MPI_Barrier(f->comm);
+    fa_set_cleanup_path(NULL);
+    out_free(f);
+    return st;
+}
+
+static hid_t open_partial(h5out *f) {
+#ifdef H5_HAVE_PARALLEL
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    HDF5_CHECK(fapl, "H5Pcreate(file access)");
+    HDF5_CHECK(H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL), "H5Pset_fapl_mpio");
+    HDF5_CHECK(H5Pset_all_coll_metadata_ops(fapl, 1), "H5Pset_all_coll_metadata_ops");
+    HDF5_CHECK(H5Pset_coll_metadata_write(fapl, 1), "H5Pset_coll_metadata_write");
+    hid_t file = H5Fopen(f->tmp, H5F_ACC_RDWR, fapl);
+    H5Pclose(fapl);
+    return file;
+#else
+    return H5Fopen(f->tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+#endif
+}
+
+/* Opens dataset `name` and checks it has dims d[0..nd) and the element type t. */
+static hid_t reopen_dataset(h5out *f, const char *name, fa_dtype t, int nd, const int64_t *d) {
+    hid_t ds = H5Dopen2(f->file, name, H5P_DEFAULT);
+    if (ds < 0) {
+        fa_seterr("--resume: partial output '%s' has no dataset '%s'", f->tmp, name);
+        return -1;
+    }
+    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
+    hsize_t dims[8];
+    int ok = H5Sget_simple_extent_ndims(sp) == nd && H5Sget_simple_extent_dims(sp, dims, NULL) == nd;
+    for (int i = 0; ok && i < nd; i++) ok = (int64_t)dims[i] == d[i];
+    fa_dtype got;
+    int swap;
+    char why[128];
+    ok = ok && h5io_classify(ty, &got, &swap, why, sizeof why) == 0 && got == t && !swap;
+    H5Sclose(sp);
+    H5Tclose(ty);
+    if (!ok) {
+        H5Dclose(ds);
+        fa_seterr("--resume: dataset '%s' of partial output '%s' does not fit this job (shape or "
+                  "element type differ)", name, f->tmp);
+        return -1;
+    }
+    return ds;
+}
+
+static int reopen_contents(h5out *f) {
+    const fa_shape *s = &f->shape;
+    if ((f->file = open_partial(f)) < 0)
+        return fa_seterr("--resume: cannot open partial output '%s' for writing", f->tmp);
+    int64_t od[4] = {s->B, s->Nq, s->H, s->D}, ld[3] = {s->B, s->H, s->Nq};
+    HDF5_CHECK(f->ftype = h5io_file_type(f->otype), "creating the output element type");
+    if ((f->o = reopen_dataset(f, "o", f->otype, 4, od)) < 0) return -1;
+    if (f->with_lse && (f->lse = reopen_dataset(f, "lse", FA_F32, 3, ld)) < 0) return -1;
+    return 0;
+}
+
+int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
+                 int with_lse, h5out **out) {
+    h5io_init();
+    *out = NULL;
+    h5out *f = fa_calloc(1, sizeof *f, "h5out");
+    MPI_Comm_dup(comm, &f->comm);
+    MPI_Comm_rank(f->comm, &f->rank);
+    MPI_Comm_size(f->comm, &f->nranks);
+    int64_t cap = h5io_cap_bytes();
+    MPI_Bcast(&cap, 1, MPI_INT64_T, 0, f->comm);
+    snprintf(f->path, sizeof f->path, "%s", path);
+    h5out_partial_path(path, f->tmp, sizeof f->tmp);
+    f->shape = *shape, f->otype = o_type, f->with_lse = with_lse, f->cap_bytes = cap;
+    f->file = f->o = f->lse = f->ftype = -1;
+    f->holder = h5io_parallel() || f->rank == 0;
+    int st = f->holder ? reopen_contents(f) : 0;      /* the partial file is not a cleanup path */
+    if (h5io_agree(f->comm, st, f->rank) < 0) {
+        if (f->holder) close_contents(f);
+        return out_free(f), -1;
+    }
+    *out = f;
+    return 0;
 }

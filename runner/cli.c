@@ -65,6 +65,9 @@ static void usage(void) {
         "      --compare           also run the other mode; record the relative error per head\n"
         "      --report FILE       write a JSON summary (config, phase times, TFLOP/s, bytes, balance)\n"
         "      --check ROWS        after the run, recompute ROWS sampled rows (or 'all') in fp64\n"
+        "      --resume            continue from the partial output an interrupted run left\n"
+        "                          (.OUT.partial); a fresh start when there is none; nothing\n"
+        "                          to do when OUT is already complete\n"
         "  -f, --force             replace an existing output file\n"
         "  -q, --quiet             no progress line and no summary\n"
         "  -v, --verbose           more detail (plan, per-rank times)\n"
@@ -73,7 +76,7 @@ static void usage(void) {
 }
 
 enum { OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
-       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK };
+       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME };
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
@@ -100,6 +103,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"compare", no_argument, 0, OPT_COMPARE},
         {"report", required_argument, 0, OPT_REPORT},
         {"check", required_argument, 0, OPT_CHECK},
+        {"resume", no_argument, 0, OPT_RESUME},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -176,6 +180,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             break;
         case OPT_COMPARE: job->compare = 1; break;
         case OPT_REPORT: job->report = optarg; break;
+        case OPT_RESUME: job->resume = 1; break;
         case OPT_CHECK:
             if (!strcmp(optarg, "all")) job->check_rows = -1;
             else if (parse_int("--check", optarg, 1, &job->check_rows)) return -1;

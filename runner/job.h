@@ -30,6 +30,7 @@ typedef struct {
     fa_mode mode;
     int compare;             /* --compare: also run the other mode, record the error per head */
     const char *report;      /* --report FILE.json */
+    int resume;              /* --resume: continue from the partial output of an earlier run */
     int64_t check_rows;      /* --check ROWS: fp64 check of sampled rows after the run (-1: all) */
     int quiet, verbose;
 } fa_job;

@@ -34,7 +34,7 @@ static void print_line(progress *p, double now, int final) {
     double pct = p->chunks_total ? 100.0 * (double)p->chunks_done / (double)p->chunks_total : 100;
     fprintf(stderr, "%sfa_long: chunk %lld/%lld (%.1f%%), %.3f TFLOP/s, elapsed %s, ETA %s%s",
             p->tty ? "\r" : "", (long long)p->chunks_done, (long long)p->chunks_total, pct,
-            rate * 1e-12, e, final ? "0:00" : eta, p->tty && !final ? "   " : "\n");
+            rate * 1e-12, e, eta, p->tty && !final ? "   " : "\n");
     if (final && p->tty) fputc('\n', stderr);
     fflush(stderr);
     p->printed_live = p->tty && !final;

@@ -4,6 +4,9 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include "dist/pipeline.h"
 #include "kernels/gpu.h"
 #include "runner/cli.h"
@@ -86,6 +89,14 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
             sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
 }
 
+/* Flops of chunks [0, first) (rows of the batch elements they cover). */
+static double done_flops(const fa_job *job, const fa_shape *s, int64_t chunk, int64_t first) {
+    int64_t per_b = (s->Nq + chunk - 1) / chunk, full_b = first / per_b;
+    double f = (double)full_b * pipeline_flops(job, s, 0, s->Nq);
+    int64_t rows = (first % per_b) * chunk;
+    return f + pipeline_flops(job, s, 0, rows < s->Nq ? rows : s->Nq);
+}
+
 /* After the output is in place: the optional fp64 check of sampled rows, and the report file.
  * A check result goes into the report and the output's attributes too. */
 static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st, fa_backend be,
@@ -113,6 +124,62 @@ static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st
     return pass ? 0 : 1;
 }
 
+/* Exit status of a run stopped early on SIGUSR1/SIGTERM with its progress kept (EX_TEMPFAIL). */
+#define FA_EXIT_STOPPED 75
+
+static void on_stop_signal(int sig) { fa_stop_requested = 1; }
+
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* What must match for rows of an earlier run to be reused by --resume. */
+static void job_key(const fa_job *job, const fa_shape *s, fa_dtype ot, int64_t chunk,
+                    double scale, char *buf, int len) {
+    char in[4096];
+    if (!realpath(job->input, in)) snprintf(in, sizeof in, "%s", job->input);
+    snprintf(buf, (size_t)len,
+             "input=%s B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld causal=%d scale=%.17g "
+             "chunk=%lld mode=%s o=%s lse=%d", in, (long long)s->B, (long long)s->Nq,
+             (long long)s->Nk, (long long)s->H, (long long)s->Hkv, (long long)s->D, job->causal,
+             scale, (long long)chunk, job->mode == MODE_TAYLOR ? "taylor" : "exact",
+             fa_dtype_name(ot), job->lse);
+}
+
+enum { RESUME_FRESH = 0, RESUME_PARTIAL = 1, RESUME_COMPLETE = 2 };
+
+/* Rank 0 decides how a --resume run starts; the others follow. *first: chunks already done. */
+static int resume_plan(const fa_job *job, const char *key, int64_t *first) {
+    struct { int st, plan; int64_t first; } v = {0, RESUME_FRESH, 0};
+    if (fa_rank == 0 && job->resume) {
+        char partial[4096], got[8192] = "";
+        double done = 0;
+        struct stat sb;
+        h5out_partial_path(job->output, partial, sizeof partial);
+        if (stat(partial, &sb) == 0) {
+            int has_key = h5_attr_str(partial, "resume_key", got, sizeof got) == 0;
+            if (h5_attr_double(partial, "chunks_done", &done) == 0) v.first = (int64_t)done;
+            v.plan = RESUME_PARTIAL;
+            if (!has_key || strcmp(got, key))
+                v.st = fa_seterr("--resume: partial output '%s' was made by another job (%s); "
+                                 "expected %s; remove it or run without --resume", partial,
+                                 has_key ? got : "no job key", key);
+        } else if (stat(job->output, &sb) == 0 &&
+                   h5_attr_str(job->output, "resume_key", got, sizeof got) == 0 &&
+                   !strcmp(got, key)) {
+            v.plan = RESUME_COMPLETE;
+        }
+    }
+    MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, MPI_COMM_WORLD);
+    *first = v.first;
+    return agree(v.st) ? -1 : v.plan;
+}
+
 int cmd_run(int argc, char **argv) {
     fa_job job;
     int rc = cli_parse_run(argc, argv, &job);
@@ -128,21 +195,56 @@ int cmd_run(int argc, char **argv) {
     fa_shape s;
     if (agree(h5in_open(job.input, MPI_COMM_WORLD, &in, &s))) return fa_report_error();
     fa_dtype ot = job.out_dtype_set ? job.out_dtype : (s.q_type == FA_F64 ? FA_F32 : s.q_type);
-    h5out *out = NULL;
-    if (agree(h5out_create(job.output, job.force, MPI_COMM_WORLD, &s, ot, job.lse, &out))) {
+    int64_t chunk = pipeline_chunk(&job, &s, fa_nranks, be == BACKEND_CUDA);
+    double scale = job.scale > 0 ? job.scale : 1.0 / sqrt((double)s.D);
+    char key[8192];
+    job_key(&job, &s, ot, chunk, scale, key, sizeof key);
+    int64_t first = 0;
+    int plan = resume_plan(&job, key, &first);
+    if (plan < 0) {
         h5in_close(in);
         return fa_report_error();
     }
+    if (plan == RESUME_COMPLETE) {
+        fa_log(1, "fa_long: %s is complete; nothing to resume", job.output);
+        h5in_close(in);
+        return 0;
+    }
+    h5out *out = NULL;
+    rc = plan == RESUME_PARTIAL ? h5out_reopen(job.output, MPI_COMM_WORLD, &s, ot, job.lse, &out)
+                                : h5out_create(job.output, job.force, MPI_COMM_WORLD, &s, ot,
+                                               job.lse, &out);
+    if (agree(rc) || (plan == RESUME_FRESH && agree(h5out_attr_str(out, "resume_key", key)))) {
+        if (out) h5out_abort(out);
+        h5in_close(in);
+        return fa_report_error();
+    }
+    if (plan == RESUME_PARTIAL)
+        fa_log(1, "fa_long: resuming %s from chunk %lld", job.output, (long long)first);
+    install_stop_handlers();
     fa_log(2, "fa_long: %s backend, %s keys across %d ranks", fa_backend_name(be),
            job.causal ? "causal" : "non-causal", fa_nranks);
 
-    int64_t chunk = pipeline_chunk(&job, &s, fa_nranks, be == BACKEND_CUDA);
+    int64_t nchunks = s.B * ((s.Nq + chunk - 1) / chunk);
     progress pg;
-    progress_init(&pg, !job.quiet, s.B * ((s.Nq + chunk - 1) / chunk),
-                  (double)s.B * pipeline_flops(&job, &s, 0, s.Nq));
+    progress_init(&pg, !job.quiet, nchunks, (double)s.B * pipeline_flops(&job, &s, 0, s.Nq));
+    progress_skip(&pg, first, done_flops(&job, &s, chunk, first));
     pipeline_stats st;
-    rc = pipeline_run(&job, MPI_COMM_WORLD, in, &s, out, be, &pg, &st);
+    rc = pipeline_run(&job, MPI_COMM_WORLD, in, &s, out, be, first, &pg, &st);
     progress_end(&pg);
+    if (rc == 0 && st.stopped) {
+        if (agree(h5out_suspend(out, st.chunks_done))) {
+            h5in_close(in);
+            return fa_report_error();
+        }
+        char partial[4096];
+        h5out_partial_path(job.output, partial, sizeof partial);
+        fa_log(1, "fa_long: stopped on a signal after %lld of %lld chunks; they are kept in %s; "
+                  "run the same command with --resume to continue", (long long)st.chunks_done,
+               (long long)nchunks, partial);
+        h5in_close(in);
+        return FA_EXIT_STOPPED;
+    }
     if (agree(rc)) {
         h5out_abort(out);
         h5in_close(in);
@@ -150,7 +252,6 @@ int cmd_run(int argc, char **argv) {
     }
     double elapsed = fa_now() - t0;
     MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-    double scale = job.scale > 0 ? job.scale : 1.0 / sqrt((double)s.D);
     const char *compute = be != BACKEND_CUDA ? "float32"
                         : job.compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
     report rep;
@@ -161,6 +262,7 @@ int cmd_run(int argc, char **argv) {
     if (fa_rank != 0) rep.json = fa_calloc((size_t)len, 1, "report");
     MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
     if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed)) ||
+        agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
         agree(h5out_attr_str(out, "report", rep.json)) || agree(h5out_commit(out))) {
         report_free(&rep);
         h5out_abort(out);

@@ -49,7 +49,7 @@ def assert_clean_failure(p, out, words, path_word):
     for w in [path_word] + words:
         assert w in lines[0], f"{w!r} not in {lines[0]!r}"
     assert not out.exists(), "no output file may be left"
-    leftovers = [f for f in os.listdir(out.parent) if ".tmp." in f]
+    leftovers = [f for f in os.listdir(out.parent) if ".tmp." in f or f.endswith(".partial")]
     assert not leftovers, f"temporary files left: {leftovers}"
 
 

@@ -53,10 +53,10 @@ static void check_err(int st, const char *what, ...) {
 
 static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
 
-/* Counts files in dir whose name contains ".tmp." (left-over temporaries). */
+/* Counts left-over temporaries in dir: ".tmp." probes and ".partial" outputs. */
 static int tmp_files(const char *dir) {
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c '\\.tmp\\.'", dir);
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c -e '\\.tmp\\.' -e '\\.partial$'", dir);
     FILE *p = popen(cmd, "r");
     int n = -1;
     if (p && fscanf(p, "%d", &n) != 1) n = -1;
