@@ -2,6 +2,7 @@
  * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_engine_*). */
 #include "dist/merge.h"
 #include "dist/pipeline.h"
+#include "dist/taylor_engine.h"
 #include "kernels/gpu.h"
 #include "runner/common.h"
 #include <string.h>
@@ -100,6 +101,8 @@ static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, i
 
 int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
                   int64_t kv_rows, int64_t max_rows, pipe_engine *e) {
+    if (job->mode == MODE_TAYLOR)   /* first-order Taylor linear attention: dist/taylor_engine.c */
+        return taylor_engine_create(job, s, backend, device, kv_rows, max_rows, e);
     if (backend == BACKEND_CUDA) return engine_exact_cuda(job, s, device, kv_rows, max_rows, e);
     return engine_exact_cpu(job, s, e);
 }

@@ -1,0 +1,142 @@
+/* taylor_engine.c — the Taylor mode's engines as the pipeline sees them (pipe_engine, pipeline.h):
+ * adapters over kernels/taylor.h (CPU and CUDA), the plain-sum merge of records, the global key
+ * mean, and the count of rows whose denominator took the fallback (kernels/taylor.h: policy).
+ *
+ * Key centering: load_kv sums this rank's keys per kv head (fp64) and one MPI_Allreduce on
+ * MPI_COMM_WORLD gives every rank the sums and the key count of the whole batch element, hence
+ * mu = mean of all Nk keys. load_kv is called at the same point on every rank, so the blocking
+ * collective there is safe. Ranks then merge per-query records {cnt, lin, sv, qs} by a plain sum:
+ * the sum over ranks of each rank's D x D state and key sums, applied to the row's query. */
+#include "dist/pipeline.h"
+#include "dist/taylor_engine.h"
+#include "kernels/taylor.h"
+#include "runner/common.h"
+#include <string.h>
+
+static taylor_row_counts_t counts;   /* this process's finalized rows since the last create */
+
+void taylor_engine_counts(taylor_row_counts_t *out) { *out = counts; }
+
+typedef struct {
+    int h, hkv, d;
+    taylor_cpu *cpu;
+    taylor_gpu *gpu;
+    double *sums;            /* [hkv*d + 1]: key sums, then the key count */
+    double *mu;              /* [hkv*d] */
+    int nsegs;
+    MPI_Datatype rec;
+    MPI_Op op;
+} taylor_ctx;
+
+/* Plain elementwise sum of records (a user op: predefined MPI_SUM does not take derived types). */
+static void rec_sum_fn(void *in, void *inout, int *len, MPI_Datatype *dt) {
+    int bytes = 0;
+    MPI_Type_size(*dt, &bytes);
+    int64_t n = (int64_t)*len * (bytes / (int)sizeof(float));
+    const float *a = in;
+    float *b = inout;
+    for (int64_t i = 0; i < n; i++) b[i] += a[i];
+}
+
+static void t_init(void *ctx, float *rec, int64_t nrows) {
+    taylor_ctx *c = ctx;
+    memset(rec, 0, sizeof(float) * (size_t)(nrows * c->h * taylor_rec_len(c->d)));
+}
+
+static float t_finalize(void *ctx, const float *rec, float *o) {
+    int kind;
+    float lse = taylor_rec_finalize(rec, ((taylor_ctx *)ctx)->d, o, &kind);
+    counts.rows++;
+    if (kind == TAYLOR_ROW_FALLBACK) counts.fallback++;
+    if (kind == TAYLOR_ROW_ZEROED) counts.zeroed++;
+    if (kind == TAYLOR_ROW_EMPTY) counts.empty++;
+    return lse;
+}
+
+/* COLLECTIVE (MPI_COMM_WORLD): the global key mean of this batch element. */
+static void global_mean(taylor_ctx *c, const attn_kv_segment *segs, int nsegs) {
+    int64_t hd = (int64_t)c->hkv * c->d;
+    memset(c->sums, 0, sizeof(double) * (size_t)(hd + 1));
+    taylor_key_sums(segs, nsegs, c->hkv, c->d, c->sums);
+    for (int s = 0; s < nsegs; s++) c->sums[hd] += (double)segs[s].n;
+    MPI_Allreduce(MPI_IN_PLACE, c->sums, (int)(hd + 1), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    for (int64_t e = 0; e < hd; e++) c->mu[e] = c->sums[hd] > 0 ? c->sums[e] / c->sums[hd] : 0.0;
+}
+
+static int t_cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
+    taylor_ctx *c = ctx;
+    global_mean(c, segs, nsegs);
+    taylor_cpu_load_kv(c->cpu, segs, nsegs, c->mu);
+    return 0;
+}
+
+static int t_cpu_partial(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *),
+                         void *arg) {
+    taylor_cpu_partial(((taylor_ctx *)ctx)->cpu, q, rec, progress, arg);
+    return 0;
+}
+
+static int t_gpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
+    taylor_ctx *c = ctx;
+    global_mean(c, segs, nsegs);
+    c->nsegs = nsegs;
+    return taylor_gpu_load_kv(c->gpu, segs, nsegs, c->mu);
+}
+
+static int t_gpu_partial(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *),
+                         void *arg) {
+    taylor_ctx *c = ctx;
+    return taylor_gpu_partial(c->gpu, q, rec);
+}
+
+static void t_destroy(void *ctx) {
+    taylor_ctx *c = ctx;
+    taylor_cpu_destroy(c->cpu);
+    if (c->gpu) taylor_gpu_destroy(c->gpu);
+    MPI_Op_free(&c->op);
+    MPI_Type_free(&c->rec);
+    free(c->sums);
+    free(c->mu);
+    free(c);
+}
+
+int taylor_engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
+                         int64_t kv_rows, int64_t max_rows, pipe_engine *e) {
+    taylor_ctx *c = fa_calloc(1, sizeof *c, "taylor engine");
+    c->h = (int)s->H;
+    c->hkv = (int)s->Hkv;
+    c->d = (int)s->D;
+    memset(e, 0, sizeof *e);
+    if (backend == BACKEND_CUDA) {
+        if (taylor_gpu_create(device, kv_rows, max_rows, c->h, c->hkv, c->d, &c->gpu)) {
+            if (c->gpu) taylor_gpu_destroy(c->gpu);
+            free(c);
+            return -1;
+        }
+        e->name = "cuda";
+        e->load_kv = t_gpu_load_kv;
+        e->partial = t_gpu_partial;
+    } else {
+        c->cpu = taylor_cpu_create(c->h, c->hkv, c->d, job->threads, job->br);
+        e->name = "cpu";
+        e->load_kv = t_cpu_load_kv;
+        e->partial = t_cpu_partial;
+    }
+    c->sums = fa_calloc((size_t)(c->hkv * c->d + 1), sizeof(double), "taylor key sums");
+    c->mu = fa_calloc((size_t)(c->hkv * c->d), sizeof(double), "taylor key mean");
+    int R = (int)taylor_rec_len(c->d);
+    if (MPI_Type_contiguous(R, MPI_FLOAT, &c->rec) != MPI_SUCCESS ||
+        MPI_Type_commit(&c->rec) != MPI_SUCCESS ||
+        MPI_Op_create(rec_sum_fn, 1, &c->op) != MPI_SUCCESS)
+        fa_fail("cannot create the MPI record type and sum operator of the Taylor mode");
+    memset(&counts, 0, sizeof counts);
+    e->compute = "float32";
+    e->rec_len = R;
+    e->rec_type = c->rec;
+    e->op = c->op;
+    e->ctx = c;
+    e->init = t_init;
+    e->finalize = t_finalize;
+    e->destroy = t_destroy;
+    return 0;
+}
