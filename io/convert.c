@@ -62,9 +62,11 @@ static void f32_to_f16(const float *s, uint16_t *d, int64_t n) {
     for (; i < n; i++) d[i] = fa_f32_to_f16_ref(s[i]);
 }
 
+/* src may also lie in the tail of dst (the last n * size bytes of dst[0..n)): every loop runs
+ * front to back and reads an element (or 8) before writing over it, so h5in widens in place. */
 void fa_to_f32(fa_dtype t, const void *src, float *dst, int64_t n) {
     switch (t) {
-    case FA_F32: memmove(dst, src, (size_t)n * 4); break;
+    case FA_F32: if ((const void *)dst != src) memmove(dst, src, (size_t)n * 4); break;
     case FA_F16: f16_to_f32(src, dst, n); break;
     case FA_BF16: {
         const uint16_t *s = src;

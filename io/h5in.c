@@ -301,23 +301,29 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     while (next_batch(ranges, nranges, &c, cap_rows, p) > 0) nb++;
     for (int i = 0; i < nranges; i++) total += ranges[i].n;
     MPI_Allreduce(MPI_IN_PLACE, &nb, 1, MPI_INT64_T, MPI_MAX, f->comm);
-    void *stage = fa_malloc((size_t)(total < cap_rows ? total : cap_rows) * row_el * esize,
-                            "read staging");
+    /* float64 goes through a staging buffer; narrower types are read straight into the tail
+     * of their fp32 destination and widened in place (front to back, never overtaking) */
+    void *stage = esize > 4 ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) * row_el *
+                                                 esize), "read staging") : NULL;
     hid_t fspace = H5Dget_space(f->dset[idx]), dxpl = transfer_plist();
     HDF5_CHECK(fspace, "H5Dget_space");
     c = (cursor){0, 0, 0};
     for (int64_t it = 0; it < nb; it++) {
+        static char none;                    /* a buffer for ranks with nothing to read */
         int np = next_batch(ranges, nranges, &c, cap_rows, p);
+        int64_t rows = 0;
+        for (int i = 0; i < np; i++) rows += p[i].n;
+        const int64_t n_el = rows * row_el;  /* pieces of a batch are consecutive in dst */
+        float *out = np ? dst + p[0].dst_row * row_el : NULL;
+        void *buf = !np ? (void *)&none : stage ? stage : (char *)out + n_el * (4 - esize);
         hid_t mem = select_pieces(fspace, dims, b, p, np);
-        HDF5_CHECK(H5Dread(f->dset[idx], f->type[idx], mem, fspace, dxpl, stage), "H5Dread");
+        HDF5_CHECK(H5Dread(f->dset[idx], f->type[idx], mem, fspace, dxpl, buf), "H5Dread");
         note_io_mode(dxpl);
         h5io_ntransfers++;
         H5Sclose(mem);
-        const char *s = stage;
-        for (int i = 0; i < np; s += p[i].n * row_el * esize, i++) {
-            if (f->swap[idx]) fa_byteswap((void *)s, esize, p[i].n * row_el);
-            fa_to_f32(f->dtype[idx], s, dst + p[i].dst_row * row_el, p[i].n * row_el);
-        }
+        if (!np) continue;
+        if (f->swap[idx]) fa_byteswap(buf, esize, n_el);
+        fa_to_f32(f->dtype[idx], buf, out, n_el);
     }
     H5Pclose(dxpl);
     H5Sclose(fspace);
