@@ -27,6 +27,7 @@ struct h5out {
     int with_lse;
     hid_t file, o, lse, ftype;  /* ftype: o's file element type, also the memory type */
     int64_t cap_bytes;          /* rank 0's, broadcast */
+    int durable;                /* a checkpoint made progress durable: abort keeps the file */
 };
 
 /* ---- rank 0's checks: final path, folder, temporary name ---------------------------------------- */
@@ -322,11 +323,12 @@ int h5out_commit(h5out *f) {
 
 /* Alone or collective: closing an MPI-IO file is collective, so with several ranks of a parallel
  * build the handles are left to HDF5's own close at MPI_Finalize (or to MPI_Abort); every
- * rank removes the temporary file, which is what matters. */
+ * rank removes the temporary file, which is what matters (unless a checkpoint made it durable:
+ * then it stays for --resume). */
 void h5out_abort(h5out *f) {
     if (!f) return;
     if (f->holder && (!h5io_parallel() || f->nranks == 1)) close_contents(f);
-    unlink(f->tmp);
+    if (!f->durable) unlink(f->tmp);
     fa_set_cleanup_path(NULL);
     if (!h5io_parallel() || f->nranks == 1) MPI_Comm_free(&f->comm);
     free(f);
@@ -347,6 +349,7 @@ int h5out_checkpoint(h5out *f, int64_t done) {
         st = fa_seterr("output '%s': flushing '%s' failed", f->path, f->tmp);
     if (h5io_agree(f->comm, st, f->rank)) return -1;
     fa_set_cleanup_path(NULL);          /* durable progress: keep the partial file from now on */
+    f->durable = 1;
     return 0;
 }
 
@@ -426,7 +429,8 @@ int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtyp
     f->shape = *shape, f->otype = o_type, f->with_lse = with_lse, f->cap_bytes = cap;
     f->file = f->o = f->lse = f->ftype = -1;
     f->holder = h5io_parallel() || f->rank == 0;
-    int st = f->holder ? reopen_contents(f) : 0;      /* the partial file is not a cleanup path */
+    f->durable = 1;                                   /* the partial file is not a cleanup path */
+    int st = f->holder ? reopen_contents(f) : 0;
     if (h5io_agree(f->comm, st, f->rank) < 0) {
         if (f->holder) close_contents(f);
         return out_free(f), -1;

@@ -651,6 +651,38 @@ static void test_output_errors(const char *dir) {
     check(!exists(path) && tmp_files(dir) == 0, "abort: nothing left");
 }
 
+/* Checkpoint, abort or suspend, reopen (--resume) and finish: the partial file survives. */
+static void test_resume(const char *dir) {
+    fa_shape s = {2, 21, 21, 2, 1, 4, FA_F32, FA_F32, FA_F32};
+    char path[512], part[600];
+    snprintf(path, sizeof path, "%s/resume.h5", dir);
+    h5out_partial_path(path, part, sizeof part);
+    h5out *out;
+    float o[21 * 8], l[21 * 2];
+    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F16, 1, &out) == 0, "create %s", path);
+    fill_rows(o, l, 0, 0, 21, 2, 4);
+    check(h5out_write_rows(out, 0, 0, 21, o, l) == 0 && h5out_checkpoint(out, 1) == 0,
+          "batch 0 written, checkpoint");
+    h5out_abort(out);
+    check(exists(part) && !exists(path), "abort after a checkpoint keeps %s, no final file", part);
+    fa_shape wrong = s;
+    wrong.D = 8;
+    check_err(h5out_reopen(path, MPI_COMM_SELF, &wrong, FA_F16, 1, &out),
+              "reopen with another shape refused", "does not fit", NULL);
+    check_err(h5out_reopen(path, MPI_COMM_SELF, &s, FA_BF16, 1, &out),
+              "reopen with another type refused", "does not fit", NULL);
+    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, &out) == 0, "reopen the partial file");
+    fill_rows(o, l, 1, 0, 10, 2, 4);
+    check(h5out_write_rows(out, 1, 0, 10, o, l) == 0 && h5out_suspend(out, 1) == 0 &&
+          exists(part), "suspend keeps the partial file");
+    double done = 0;
+    check(h5_attr_double(part, "chunks_done", &done) == 0 && done == 1, "chunks_done recorded");
+    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, &out) == 0, "reopen again");
+    fill_rows(o, l, 1, 10, 11, 2, 4);
+    check(h5out_write_rows(out, 1, 10, 11, o, l) == 0 && h5out_commit(out) == 0 && !exists(part)
+          && verify_output(path, &s, FA_F16, 1) == 0, "resumed output complete and exact");
+}
+
 /* ============================ several ranks ============================================== */
 /* Rank r's uneven shard of [0, N), a list of ranges: with 3 ranks, rank 0 gets
  * [0, N/5) + [N/2, N/2 + N/10), rank 1 nothing, rank 2 the rest; with 2 ranks, ranks 0 and 1
@@ -868,6 +900,7 @@ int main(int argc, char **argv) {
             test_read_errors(dir);
             test_output_types(dir);
             test_output_errors(dir);
+            test_resume(dir);
         }
         rc = finish();
         if (argc != 3 && rc == 0) {
