@@ -61,7 +61,7 @@ typedef struct {
 
 /* Kernel variants (kernels/cuda/lab/README.md tells their history). */
 enum {
-    FLASH_AUTO = 0,      /* best available on the current device */
+    FLASH_AUTO = 0,      /* best available on the current device: 4 on sm_90, else 1 */
     FLASH_SM80_MMA = 1,  /* mma.sync m16n8k16, cp.async double buffer, 8 warps, 128 x 64 tiles */
     FLASH_SM90_WGMMA = 2, /* wgmma + TMA, producer warpgroup + 2 consumer warpgroups, 2-stage mbarrier ring */
     FLASH_SM90_PIPE = 3,  /* variant 2 + 3 stages, S_{j+1} and P_j V_j in flight during softmax_{j+1} */

@@ -229,7 +229,8 @@ extern "C" const char *flash_variant_name(int variant) {
 extern "C" int flash_forward(const flash_params *p, int variant, void *stream, char *buf, int len) {
     if (flash_check(p, buf, len)) return -1;
     if (variant == FLASH_AUTO)
-        variant = flash_variant_available(FLASH_SM90_PIPE) ? FLASH_SM90_PIPE : FLASH_SM80_MMA;
+        /* the winner on the H100 (bench/NOTES_GPU.md): v4 on every measured row */
+        variant = flash_variant_available(FLASH_SM90_PINGPONG) ? FLASH_SM90_PINGPONG : FLASH_SM80_MMA;
     if (!flash_variant_available(variant)) {
         if (buf) snprintf(buf, (size_t)len, "flash: variant %s not available on this device", flash_variant_name(variant));
         return -1;
