@@ -443,7 +443,8 @@ static void pick_tiling(const attn_queries *q, const cpu_tiling *t, int g, int *
     if (*br > q->nq && q->nq > 0) *br = (int)q->nq;
 }
 
-static void pick_products(engine_call *c) {
+/* Returns 1 when the OpenBLAS products were picked (FA_CPU_PRODUCTS=blas). */
+static int pick_products(engine_call *c) {
     c->qk = qk_builtin;
     c->pv = pv_builtin;
 #ifdef FA_HAVE_CBLAS
@@ -451,8 +452,10 @@ static void pick_products(engine_call *c) {
     if (e && strcmp(e, "blas") == 0) {
         c->qk = qk_blas;
         c->pv = pv_blas;
+        return 1;
     }
 #endif
+    return 0;
 }
 
 static int64_t fetch_add(int64_t *x) {
@@ -476,12 +479,14 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
     pick_tiling(q, tiling, g, &br, &bc, &threads);
     engine_call c = { q, segs, nsegs, rec, g, br, bc, (int64_t)q->hkv * q->d, NULL, NULL,
                       progress, arg };
-    pick_products(&c);
+    int use_blas = pick_products(&c);
     int64_t ntiles = (q->nq + br - 1) / br, nitems = ntiles * q->hkv;
     int mp = (int)round_up((int64_t)br * g, LANES);
 #ifdef FA_HAVE_CBLAS
     int blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);       /* our threads each run whole tiles; no nested pools */
+    if (use_blas) openblas_set_num_threads(1);  /* our threads each run whole tiles: no nesting */
+#else
+    (void)use_blas;
 #endif
     int64_t next = 0;                  /* next work item to hand out */
     int busy = 0;                      /* threads still working on items */
@@ -513,7 +518,7 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
         scratch_free(&w);
     }
 #ifdef FA_HAVE_CBLAS
-    openblas_set_num_threads(blas_threads);
+    if (use_blas) openblas_set_num_threads(blas_threads);
 #endif
     if (progress) progress(arg);
 }
