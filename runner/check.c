@@ -5,12 +5,19 @@
  * values stream through in blocks, each folded into a running fp64 softmax state per sampled
  * (row, head), so any Nk fits. Error measures, over every compared element:
  *   abs = max |o - ref|,  rel = abs / max |ref|;  lse: max |lse - ref| / max(1, |ref|).
- * Exit 0 when rel and the lse error are within the tolerance, 1 when not, 2 on bad usage/input. */
+ * Exit 0 when rel and the lse error are within the tolerance, 1 when not, 2 on bad usage/input.
+ *
+ * --mode taylor (the default for outputs whose 'mode' attribute is "taylor"): the sampled rows
+ * are recomputed twice in fp64, with the Taylor formula (kernels/taylor.h, kernels/cpu/taylor_ref.c)
+ * for the pass/fail at the fp32 tolerance, and with exact attention for the approximation error,
+ * which is printed (not judged). Rows whose fp64 den/N_i is within 1e-3 of the denominator floor
+ * are left out of the formula comparison (fp32 may take the other side of the policy there). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include "io/h5io.h"
+#include "kernels/taylor.h"
 #include "runner/cli.h"
 #include "runner/common.h"
 
@@ -34,9 +41,12 @@ static double default_tol(fa_dtype ot, const char *compute) {
 
 static void check_usage(void) {
     printf("usage: fa_long check --input IN.h5 --output OUT.h5 [--rows K|all] [--tol T] [--seed S]\n"
+           "                     [--mode exact|taylor]\n"
            "Recomputes K sampled output rows (default 64; 'all' for every row) in fp64 and prints\n"
            "the max absolute and relative error of o (and of lse when present). Exits 1 above\n"
-           "the tolerance (default from the output and compute types: 1e-4 for float32).\n");
+           "the tolerance (default from the output and compute types: 1e-4 for float32).\n"
+           "--mode taylor (default when the output was made by --mode taylor): pass/fail against\n"
+           "the fp64 Taylor formula, and the approximation error against exact attention.\n");
 }
 
 /* Streams keys [0, Nk) of batch element b and folds them into fp64 softmax states for the ns
@@ -177,9 +187,12 @@ fail:
     return -1;
 }
 
+static int taylor_sampled(const char *in, const char *out, int64_t nrows, double tol,
+                          uint64_t seed, check_result *r);
+
 /* Recomputes sampled rows and fills *r. Returns 0, or -1 with fa_seterr on bad input. */
-int check_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
-                  check_result *r) {
+static int exact_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
+                         check_result *r) {
     fa_shape s;
     fa_dtype ot;
     int has_lse = 0;
@@ -233,6 +246,191 @@ int check_sampled(const char *in, const char *out, int64_t nrows, double tol, ui
     return 0;
 }
 
+/* ---- --mode taylor --------------------------------------------------------------------------- */
+
+/* What the Taylor check measures besides check_result (printed by check_main). */
+static struct {
+    double approx_abs, approx_ref_max;   /* o against exact attention */
+    double formula_abs;                  /* fp64 formula against exact attention */
+    int64_t fallback, skipped, pairs;
+} tx;
+
+/* The fp64 Taylor records (kernels/taylor.h layout) of the ns sampled rows of batch element b:
+ * the key mean over all Nk keys, then the keys folded block by block. tacc [ns, H, 2D+2]. */
+static int taylor_rows(const char *in, const fa_shape *s, int64_t b, const int64_t *rows,
+                       const float *q, int ns, int causal, double scale, double *tacc) {
+    int64_t Hkv = s->Hkv, D = s->D;
+    int64_t blk = (int64_t)(32 << 20) / (Hkv * D * 4) + 1;
+    if (blk > s->Nk) blk = s->Nk;
+    float *k = fa_malloc((size_t)(blk * Hkv * D) * sizeof(float), "check keys");
+    float *v = fa_malloc((size_t)(blk * Hkv * D) * sizeof(float), "check values");
+    double *mu = fa_calloc((size_t)(Hkv * D), sizeof(double), "check key mean");
+    double *bm = fa_malloc((size_t)(Hkv * D) * sizeof(double), "check key mean");
+    int rc = 0;
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        for (int64_t j0 = 0; j0 < s->Nk && !rc; j0 += blk) {
+            int64_t n = s->Nk - j0 < blk ? s->Nk - j0 : blk;
+            int64_t st[4] = {b, j0, 0, 0}, ct[4] = {1, n, Hkv, D};
+            if (h5_read_block(in, "k", 4, st, ct, k) || (pass && h5_read_block(in, "v", 4, st, ct, v))) {
+                rc = -1;
+                break;
+            }
+            if (pass == 0) {                 /* mean = sum over blocks of n * block mean / Nk */
+                taylor_ref_key_mean(k, n, (int)Hkv, (int)D, bm);
+                for (int64_t e = 0; e < Hkv * D; e++) mu[e] += bm[e] * (double)n / (double)s->Nk;
+            } else {
+                taylor_ref_fold(q, rows, ns, (int)s->H, (int)Hkv, (int)D, k, v, j0, n, mu, scale,
+                                causal, s->Nk - s->Nq, tacc);
+            }
+        }
+    }
+    free(k); free(v); free(mu); free(bm);
+    return rc;
+}
+
+/* Compares the output rows with the fp64 Taylor formula (into e) and with exact attention
+ * (into tx). acc/m/l: exact fp64 states as reference_rows leaves them. */
+static int taylor_compare_rows(const char *out, const fa_shape *s, const sample *sm, int ns,
+                               int has_lse, const double *tacc, const double *acc, const double *m,
+                               const double *l, errs *e) {
+    int64_t H = s->H, D = s->D, R = taylor_rec_len((int)D);
+    float *o = fa_malloc((size_t)(H * D) * sizeof(float), "check row");
+    float *lse = fa_malloc((size_t)H * sizeof(float), "check lse");
+    double *ot = fa_malloc((size_t)D * sizeof(double), "check row");
+    int rc = 0;
+    for (int si = 0; si < ns && !rc; si++) {
+        int64_t st[4] = {sm[si].b, sm[si].i, 0, 0}, ct[4] = {1, 1, H, D};
+        if (h5_read_block(out, "o", 4, st, ct, o)) { rc = -1; break; }
+        if (has_lse) {
+            int64_t s3[3] = {sm[si].b, 0, sm[si].i}, c3[3] = {1, H, 1};
+            if (h5_read_block(out, "lse", 3, s3, c3, lse)) { rc = -1; break; }
+        }
+        for (int64_t h = 0; h < H; h++) {
+            int64_t x = (int64_t)si * H + h;
+            double tl, ratio;
+            int kind = taylor_ref_finalize(tacc + x * R, (int)D, ot, &tl, &ratio);
+            tx.pairs++;
+            if (kind == TAYLOR_ROW_FALLBACK) tx.fallback++;
+            int skip = kind != TAYLOR_ROW_EMPTY && fabs(ratio - TAYLOR_DEN_FLOOR) < 1e-3;
+            if (skip) tx.skipped++;
+            double ll = l[x];
+            (void)m;
+            for (int64_t d = 0; d < D; d++) {
+                double got = o[h * D + d], ex = ll > 0 ? acc[x * D + d] / ll : 0.0;
+                if (!isfinite(got)) e->nonfinite++;
+                double da = fabs(got - ex), df = fabs(ot[d] - ex);
+                if (da > tx.approx_abs || da != da) tx.approx_abs = da != da ? INFINITY : da;
+                if (df > tx.formula_abs) tx.formula_abs = df;
+                if (fabs(ex) > tx.approx_ref_max) tx.approx_ref_max = fabs(ex);
+                if (skip) continue;
+                double diff = fabs(got - ot[d]);
+                if (diff > e->abs || diff != diff) e->abs = diff != diff ? INFINITY : diff;
+                if (fabs(ot[d]) > e->ref_max) e->ref_max = fabs(ot[d]);
+            }
+            if (has_lse && !skip) {
+                double got = lse[h];
+                double err = (tl == -INFINITY && got == -INFINITY) ? 0.0
+                           : fabs(got - tl) / fmax(1.0, fabs(tl));
+                if (err != err) err = INFINITY;
+                if (err > e->lse_err) e->lse_err = err;
+            }
+        }
+    }
+    free(o); free(lse); free(ot);
+    return rc;
+}
+
+static int taylor_sampled(const char *in, const char *out, int64_t nrows, double tol,
+                          uint64_t seed, check_result *r) {
+    fa_shape s;
+    fa_dtype ot;
+    int has_lse = 0;
+    memset(r, 0, sizeof *r);
+    memset(&tx, 0, sizeof tx);
+    if (read_shapes(in, out, &s, &ot, &has_lse)) return -1;
+    double scale, causal_d;
+    snprintf(r->compute, sizeof r->compute, "float32");
+    if (h5_attr_double(out, "scale", &scale) || h5_attr_double(out, "causal", &causal_d))
+        return fa_seterr("%s: attributes 'scale' and 'causal' missing: not an output of fa_long", out);
+    h5_attr_str(out, "compute", r->compute, sizeof r->compute);
+    r->tol = tol > 0 ? tol : default_tol(ot, r->compute);
+    r->causal = causal_d != 0;
+    r->scale = scale;
+    r->heads = (int)s.H;
+    r->has_lse = has_lse;
+    if (nrows <= 0 || nrows > s.B * s.Nq) nrows = s.B * s.Nq;
+    sample *sm = fa_malloc((size_t)nrows * sizeof *sm, "check samples");
+    int ns = pick_rows(&s, nrows, seed, sm);
+    errs e = {0};
+    int64_t H = s.H, D = s.D, R = taylor_rec_len((int)D);
+    int rc = 0;
+    for (int a = 0; a < ns && !rc;) {
+        int z = a;
+        while (z < ns && sm[z].b == sm[a].b && z - a < 4096) z++;
+        int n = z - a;
+        float *q = fa_malloc((size_t)(n * H * D) * sizeof(float), "check queries");
+        double *acc = fa_calloc((size_t)(n * H * D), sizeof(double), "check state");
+        double *m = fa_malloc((size_t)(n * H) * sizeof(double), "check state");
+        double *l = fa_calloc((size_t)(n * H), sizeof(double), "check state");
+        double *tacc = fa_calloc((size_t)(n * H * R), sizeof(double), "check state");
+        int64_t *rows = fa_malloc((size_t)n * sizeof(int64_t), "check rows");
+        for (int64_t x = 0; x < n * H; x++) m[x] = -INFINITY;
+        for (int x = 0; x < n && !rc; x++) {
+            int64_t st[4] = {sm[a + x].b, sm[a + x].i, 0, 0}, ct[4] = {1, 1, H, D};
+            rows[x] = sm[a + x].i;
+            rc = h5_read_block(in, "q", 4, st, ct, q + (int64_t)x * H * D);
+        }
+        if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l);
+        if (!rc) rc = taylor_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, tacc);
+        if (!rc) rc = taylor_compare_rows(out, &s, sm + a, n, has_lse, tacc, acc, m, l, &e);
+        free(q); free(acc); free(m); free(l); free(tacc); free(rows);
+        a = z;
+    }
+    free(sm);
+    if (rc) return -1;
+    r->rows = ns;
+    r->abs_err = e.abs;
+    r->ref_max = e.ref_max;
+    r->rel_err = e.ref_max > 0 ? e.abs / e.ref_max : e.abs;
+    r->lse_err = e.lse_err;
+    r->nonfinite = e.nonfinite;
+    r->pass = r->rel_err <= r->tol && e.lse_err <= r->tol && e.nonfinite == 0;
+    return 0;
+}
+
+/* 1 when the output says it was made by --mode taylor. */
+static int output_is_taylor(const char *out) {
+    char mode[32] = "";
+    int t = h5_attr_str(out, "mode", mode, sizeof mode) == 0 && !strcmp(mode, "taylor");
+    fa_clearerr();
+    return t;
+}
+
+/* The measurement of the output's mode (its 'mode' attribute; exact when absent). */
+int check_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
+                  check_result *r) {
+    if (output_is_taylor(out)) return taylor_sampled(in, out, nrows, tol, seed, r);
+    return exact_sampled(in, out, nrows, tol, seed, r);
+}
+
+static void taylor_print(const check_result *r, const char *out) {
+    double arel = tx.approx_ref_max > 0 ? tx.approx_abs / tx.approx_ref_max : tx.approx_abs;
+    double frel = tx.approx_ref_max > 0 ? tx.formula_abs / tx.approx_ref_max : tx.formula_abs;
+    printf("check: %d row%s x %d heads of %s, taylor mode (%s, scale %.6g, compute %s)\n", r->rows,
+           r->rows == 1 ? "" : "s", r->heads, out, r->causal ? "causal" : "non-causal", r->scale,
+           r->compute);
+    printf("check: approximation error against exact attention (fp64): max abs err %.3e, "
+           "rel err %.3e (fp64 Taylor formula: %.3e)\n", tx.approx_abs, arel, frel);
+    printf("check: %lld of %lld sampled (row, head) pairs took the denominator fallback\n",
+           (long long)tx.fallback, (long long)tx.pairs);
+    printf("check: o   against the fp64 Taylor formula: max abs err %.3e, max rel err %.3e "
+           "(max |ref| %.3e; %lld pairs near the floor skipped)%s\n", r->abs_err, r->rel_err,
+           r->ref_max, (long long)tx.skipped, r->nonfinite ? ", NON-FINITE VALUES" : "");
+    if (r->has_lse) printf("check: lse (log of the Taylor denominator) max rel err %.3e\n", r->lse_err);
+    printf("check: %s (tolerance %.1e)\n", r->pass ? "PASS" : "FAIL", r->tol);
+    fflush(stdout);
+}
+
 void check_print(const check_result *r, const char *out) {
     printf("check: %d row%s x %d heads of %s against fp64 (%s, scale %.6g, compute %s)\n", r->rows,
            r->rows == 1 ? "" : "s", r->heads, out, r->causal ? "causal" : "non-causal", r->scale,
@@ -244,10 +442,16 @@ void check_print(const check_result *r, const char *out) {
     fflush(stdout);
 }
 
-static int check_main(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed) {
+/* mode: 0 from the output's attribute, 1 exact, 2 taylor */
+static int check_main(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
+                      int mode) {
     check_result r;
-    if (check_sampled(in, out, nrows, tol, seed, &r)) return fa_report_error();
-    check_print(&r, out);
+    int taylor = mode == 2 || (mode == 0 && output_is_taylor(out));
+    int rc = taylor ? taylor_sampled(in, out, nrows, tol, seed, &r)
+                    : exact_sampled(in, out, nrows, tol, seed, &r);
+    if (rc) return fa_report_error();
+    if (taylor) taylor_print(&r, out);
+    else check_print(&r, out);
     return r.pass ? 0 : 1;
 }
 
@@ -256,15 +460,17 @@ int cmd_check(int argc, char **argv) {
         {"input", required_argument, 0, 'i'}, {"output", required_argument, 0, 'o'},
         {"rows", required_argument, 0, 'r'},  {"tol", required_argument, 0, 't'},
         {"seed", required_argument, 0, 's'},  {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'},     {0, 0, 0, 0}};
+        {"version", no_argument, 0, 'V'},     {"mode", required_argument, 0, 'm'},
+        {0, 0, 0, 0}};
     const char *in = NULL, *out = NULL;
+    int mode = 0;
     int64_t rows = 64;
     double tol = 0;
     uint64_t seed = 1;
     int c;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":i:o:r:t:s:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":i:o:r:t:s:m:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'i': in = optarg; break;
         case 'o': out = optarg; break;
@@ -277,6 +483,14 @@ int cmd_check(int argc, char **argv) {
             break;
         case 't': tol = strtod(optarg, NULL); break;
         case 's': seed = strtoull(optarg, NULL, 0); break;
+        case 'm':
+            if (!strcmp(optarg, "exact")) mode = 1;
+            else if (!strcmp(optarg, "taylor")) mode = 2;
+            else {
+                fa_seterr("check: --mode '%s' is not exact or taylor", optarg);
+                return fa_report_error();
+            }
+            break;
         case 'h': if (fa_rank == 0) check_usage(); return 0;
         case 'V': cli_print_version(); return 0;
         default:
@@ -289,7 +503,7 @@ int cmd_check(int argc, char **argv) {
         return fa_report_error();
     }
     int rc = 0;
-    if (fa_rank == 0) rc = check_main(in, out, rows, tol, seed);
+    if (fa_rank == 0) rc = check_main(in, out, rows, tol, seed, mode);
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
     return rc;
 }
