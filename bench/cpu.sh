@@ -68,3 +68,44 @@ printf '%s' "$ROWS" | while read -r cfg line; do
   echo "$DATE,$MODEL,$(nproc),$THREADS,$REV,$m,$1,$2,$3,$4,$5,$(field "$line" seconds),$g,$pct,$ratio,$(field "$line" maxrss_mib),$(field "$line" err),$PEAK,$(field "$line" cpu_gflops)" >> "$CSV"
 done
 echo "# wrote $CSV"
+
+# ---- whole job through ./fa_long on 1, 2, 4 ranks (same cores split between ranks) -------------
+# Ranks x threads = cores (4 ranks on 2 cores oversubscribe, 1 thread each). --bind-to none: Open
+# MPI binds a rank to one core by default, which would fold a rank's threads onto that core.
+FA=${FA_LONG:-./fa_long}
+[ -x "$FA" ] || { echo "# $FA not built: multi-rank section skipped"; exit 0; }
+JOB_N=${JOB_N:-16K}; JOB_H=${JOB_H:-2}; JOB_D=${JOB_D:-64}
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+"$FA" gen -o "$TMP/in.h5" -n "$JOB_N" --heads "$JOB_H" -d "$JOB_D" -f >/dev/null 2>&1
+MPIRUN="mpirun --oversubscribe --bind-to none"
+[ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
+JCSV=bench/results/cpu_${SLUG}_job.csv
+echo "date,cpu,cores,engine_rev,ranks,threads_per_rank,n,h,d,causal,elapsed_s,gflops,compute_s_max,merge_wait_s_max" > "$JCSV"
+echo "# fa_long job: N=$JOB_N H=$JOB_H D=$JOB_D, float32 input, cpu backend, best of $REPS"
+jfmt=' %-6s %7s %6s %9s %9s %9s %10s\n'
+printf "#${jfmt# }" ranks threads causal time rate compute merge_wait
+printf "#${jfmt# }" "" "/rank" "" s GFLOP/s "s(max)" "s(max)"
+jnum() { sed -n "s/^ *\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1" | head -1; }
+jmax() { sed -n "s/.*\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1" | sort -g | tail -1; }
+for causal in 0 1; do
+  cflag=""; [ "$causal" = 1 ] && cflag="--causal"
+  for np in 1 2 4; do
+    t=$(( $(nproc) / np )); [ "$t" -lt 1 ] && t=1
+    best=""
+    for r in $(seq "$REPS"); do
+      OMP_NUM_THREADS=$t $MPIRUN -np "$np" "$FA" -i "$TMP/in.h5" -o "$TMP/out.h5" -f -q $cflag \
+        --threads "$t" --report "$TMP/r.json" >/dev/null 2>&1 || { echo "# fa_long failed on $np ranks"; break; }
+      e=$(jnum "$TMP/r.json" elapsed_s)
+      if [ -z "$best" ] || awk -v a="$e" -v b="$best" 'BEGIN{exit !(a < b)}'; then
+        best=$e; cp "$TMP/r.json" "$TMP/best.json"
+      fi
+    done
+    [ -n "$best" ] || continue
+    g=$(awk -v t="$(jnum "$TMP/best.json" tflops)" 'BEGIN{printf "%.2f", t*1000}')
+    cmax=$(jmax "$TMP/best.json" compute_s); wmax=$(jmax "$TMP/best.json" merge_wait_s)
+    printf "$jfmt" "$np" "$t" "$causal" "$(printf %.4f "$best")" "$g" "$(printf %.4f "$cmax")" \
+      "$(printf %.4f "$wmax")"
+    echo "$DATE,$MODEL,$(nproc),$REV,$np,$t,$JOB_N,$JOB_H,$JOB_D,$causal,$best,$g,$cmax,$wmax" >> "$JCSV"
+  done
+done
+echo "# wrote $JCSV"
