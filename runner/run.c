@@ -11,6 +11,7 @@
 #include "kernels/gpu.h"
 #include "runner/cli.h"
 #include "runner/common.h"
+#include "runner/compare.h"
 #include "runner/progress.h"
 #include "runner/report.h"
 #include "io/h5gen.h"
@@ -262,6 +263,7 @@ int cmd_run(int argc, char **argv) {
     if (fa_rank != 0) rep.json = fa_calloc((size_t)len, 1, "report");
     MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
     if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed)) ||
+        agree(mode_attrs(out, &job)) ||
         agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
         agree(h5out_attr_str(out, "report", rep.json)) || agree(h5out_commit(out))) {
         report_free(&rep);
@@ -272,5 +274,6 @@ int cmd_run(int argc, char **argv) {
     h5in_close(in);
     report_free(&rep);
     summarize(&job, &s, &st, be, fa_now() - t0);
+    if (job.compare && compare_run(&job, be)) return fa_report_error();   /* runner/compare.c */
     return finish(&job, &s, &st, be, compute, chunk, elapsed);
 }

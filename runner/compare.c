@@ -1,0 +1,171 @@
+/* compare.c — the run's mode bookkeeping (runner/compare.h): the 'mode' attribute, the Taylor
+ * denominator-fallback count, and --compare (both modes in one job, relative error per head).
+ *
+ * --compare runs the pipeline a second time in the other mode into a temporary file next to the
+ * output (OUTPUT.compare.h5, float32, no lse), committed, then every rank reads a share of the rows
+ * of both files and the per-head maxima are reduced:
+ *   compare_rel_err[h] = max |o_taylor - o_exact| / max |o_exact|  over every (b, row, d) of head h,
+ * written onto the output (attribute [H] float64, with 'compare_mode' naming the other mode) and
+ * printed in the summary; the temporary file is removed. */
+#include <hdf5.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "dist/pipeline.h"
+#include "dist/taylor_engine.h"
+#include "kernels/taylor.h"
+#include "runner/common.h"
+#include "runner/compare.h"
+#include "runner/progress.h"
+
+static const char *mode_name(fa_mode m) { return m == MODE_TAYLOR ? "taylor" : "exact"; }
+
+int mode_attrs(h5out *out, const fa_job *job) {
+    int rc = h5out_attr_str(out, "mode", mode_name(job->mode));
+    if (job->mode != MODE_TAYLOR) return rc;
+    taylor_row_counts_t c;
+    taylor_engine_counts(&c);
+    int64_t mine[4] = {c.rows, c.fallback, c.zeroed, c.empty}, all[4];
+    MPI_Allreduce(mine, all, 4, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    rc |= h5out_attr_int(out, "taylor_fallback_rows", all[1]);
+    rc |= h5out_attr_int(out, "taylor_zeroed_rows", all[2]);
+    rc |= h5out_attr_double(out, "taylor_den_floor", TAYLOR_DEN_FLOOR);
+    if (fa_rank == 0 && (!job->quiet || all[1] || all[2]))
+        fprintf(stderr,
+                "fa_long: taylor: %lld (row, head) pairs of %lld had a denominator <= %.2g N_i "
+                "(near zero or negative) and took the fallback o = mean of the visible v; %lld "
+                "zeroed (not finite); %lld saw no key\n",
+                (long long)all[1], (long long)all[0], (double)TAYLOR_DEN_FLOOR, (long long)all[2],
+                (long long)all[3]);
+    return rc ? -1 : 0;
+}
+
+/* Rank 0 alone, on the finished output: compare_rel_err [H] (float64) and compare_mode. */
+static int write_compare_attrs(const char *path, const double *rel, int64_t h, const char *other) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) return fa_seterr("%s: cannot reopen to record compare_rel_err", path);
+    int rc = 0;
+    const char *names[2] = {"compare_rel_err", "compare_mode"};
+    for (int i = 0; i < 2; i++)
+        if (H5Aexists(f, names[i]) > 0) H5Adelete(f, names[i]);
+    hsize_t dim = (hsize_t)h;
+    hid_t sp = H5Screate_simple(1, &dim, NULL);
+    hid_t a = H5Acreate2(f, names[0], H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, rel) < 0) rc = -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    hid_t st = H5Tcopy(H5T_C_S1);
+    H5Tset_size(st, strlen(other) + 1);
+    sp = H5Screate(H5S_SCALAR);
+    a = H5Acreate2(f, names[1], st, sp, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0 || H5Awrite(a, st, other) < 0) rc = -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(st);
+    if (H5Fclose(f) < 0) rc = -1;
+    return rc ? fa_seterr("%s: cannot write the compare attributes", path) : 0;
+}
+
+/* Per-head max |a - b| and max |ref| over this rank's share of rows; ref is file `ref`. */
+static int head_errors(const char *pa, const char *pb, int b_is_ref, const fa_shape *s,
+                       double *dmax, double *rmax) {
+    int64_t H = s->H, D = s->D, total = s->B * s->Nq;
+    int64_t lo = total * fa_rank / fa_nranks, hi = total * (fa_rank + 1) / fa_nranks;
+    int64_t blk = (int64_t)(8 << 20) / (H * D * 4) + 1;
+    float *a = fa_malloc(sizeof(float) * (size_t)(blk * H * D), "compare rows");
+    float *b = fa_malloc(sizeof(float) * (size_t)(blk * H * D), "compare rows");
+    int rc = 0;
+    for (int64_t r = lo; r < hi && !rc;) {
+        int64_t bb = r / s->Nq, i = r % s->Nq, n = s->Nq - i;
+        if (n > blk) n = blk;
+        if (n > hi - r) n = hi - r;
+        int64_t st[4] = {bb, i, 0, 0}, ct[4] = {1, n, H, D};
+        if (h5_read_block(pa, "o", 4, st, ct, a) || h5_read_block(pb, "o", 4, st, ct, b)) {
+            rc = -1;
+            break;
+        }
+        for (int64_t x = 0; x < n * H * D; x++) {
+            int64_t h = (x / D) % H;
+            double df = fabs((double)a[x] - b[x]), ref = fabs(b_is_ref ? b[x] : a[x]);
+            if (df > dmax[h] || df != df) dmax[h] = df != df ? INFINITY : df;
+            if (ref > rmax[h]) rmax[h] = ref;
+        }
+        r += n;
+    }
+    free(a);
+    free(b);
+    return rc;
+}
+
+/* Every rank's status agreed; the lowest failing rank's message reaches rank 0. */
+static int agree_rc(int rc) {
+    int bad = rc ? fa_rank : fa_nranks, first;
+    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (first == fa_nranks) return 0;
+    char msg[1024] = {0};
+    if (fa_rank == first) snprintf(msg, sizeof msg, "%s", fa_errmsg());
+    MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD);
+    if (fa_rank == 0) fa_seterr("%s", msg);
+    return -1;
+}
+
+int compare_run(const fa_job *job, fa_backend be) {
+    fa_job other = *job;
+    other.mode = job->mode == MODE_TAYLOR ? MODE_EXACT : MODE_TAYLOR;
+    other.compare = 0;
+    other.lse = 0;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.compare.h5", job->output);
+    other.output = tmp;
+    double t0 = fa_now();
+    h5in *in = NULL;
+    fa_shape s;
+    if (agree_rc(h5in_open(job->input, MPI_COMM_WORLD, &in, &s))) return -1;
+    h5out *out = NULL;
+    if (agree_rc(h5out_create(tmp, 1, MPI_COMM_WORLD, &s, FA_F32, 0, &out))) {
+        h5in_close(in);
+        return -1;
+    }
+    progress pg;
+    progress_init(&pg, 0, 1, 1.0);
+    pipeline_stats st;
+    int rc = pipeline_run(&other, MPI_COMM_WORLD, in, &s, out, be, 0, &pg, &st);
+    if (agree_rc(rc)) {
+        h5out_abort(out);
+        h5in_close(in);
+        return -1;
+    }
+    h5in_close(in);
+    if (agree_rc(h5out_commit(out))) return -1;
+    int64_t H = s.H;
+    double *dmax = fa_calloc((size_t)H, sizeof(double), "compare"), *rmax = fa_calloc((size_t)H, sizeof(double), "compare");
+    double *rel = fa_calloc((size_t)H, sizeof(double), "compare");
+    /* the exact mode's output is the reference */
+    rc = head_errors(job->output, tmp, other.mode == MODE_EXACT, &s, dmax, rmax);
+    if (agree_rc(rc)) goto done;
+    MPI_Allreduce(MPI_IN_PLACE, dmax, (int)H, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, rmax, (int)H, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double worst = 0;
+    for (int64_t h = 0; h < H; h++) {
+        rel[h] = rmax[h] > 0 ? dmax[h] / rmax[h] : dmax[h];
+        if (rel[h] > worst || rel[h] != rel[h]) worst = rel[h];
+    }
+    rc = 0;
+    if (fa_rank == 0) {
+        rc = write_compare_attrs(job->output, rel, H, mode_name(other.mode));
+        fprintf(stderr, "fa_long: compare %s vs %s (%s backend, %.3f s more): relative error "
+                        "max|o_taylor - o_exact| / max|o_exact| per head:",
+                mode_name(job->mode), mode_name(other.mode), fa_backend_name(be), fa_now() - t0);
+        for (int64_t h = 0; h < H && h < 64; h++) fprintf(stderr, " %.3e", rel[h]);
+        fprintf(stderr, "%s; max %.3e\n", H > 64 ? " ..." : "", worst);
+    }
+    rc = agree_rc(rc);
+done:
+    if (fa_rank == 0) unlink(tmp);
+    free(dmax);
+    free(rmax);
+    free(rel);
+    return rc;
+}

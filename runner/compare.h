@@ -1,0 +1,14 @@
+/* compare.h — the run's mode bookkeeping (runner/compare.c), called from cmd_run (runner/run.c). */
+#pragma once
+#include "io/h5io.h"
+#include "runner/job.h"
+
+/* COLLECTIVE, before the output is committed: attribute 'mode' ("exact" or "taylor"); in taylor
+ * mode also 'taylor_fallback_rows', 'taylor_zeroed_rows', 'taylor_den_floor' (summed over ranks),
+ * and rank 0 prints the fallback count. Returns 0 or -1. */
+int mode_attrs(h5out *out, const fa_job *job);
+
+/* COLLECTIVE, after the output is committed, with --compare: runs the other mode, writes the
+ * per-head relative error as attribute 'compare_rel_err' [H] onto job->output and prints it.
+ * Returns 0, or -1 (the same on every rank) with the message set on rank 0. */
+int compare_run(const fa_job *job, fa_backend be);
