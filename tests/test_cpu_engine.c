@@ -342,6 +342,39 @@ static void test_merge_identity(void) {
     merge_identity((shape){ 140, 300, 4, 4, 64, 0, 2.0f, 0 });
 }
 
+/* What a rank pipeline does: chunks of query rows (q_pos0 != 0), each against 3 "ranks'" striped
+ * key shards in separate states, merged with attn_rec_merge, checked against the reference. */
+static void chunks_times_stripes(shape s, int64_t chunk, int64_t stripe) {
+    inputs in = make_inputs(&s);
+    outputs b = alloc_outputs(&s);
+    reference(&s, &in, &b);
+    attn_kv_segment segs[3][64];
+    int nseg[3];
+    for (int r = 0; r < 3; r++) nseg[r] = stripes_of(&s, &in, stripe, 3, r, segs[r], 64);
+    for (int64_t r0 = 0; r0 < s.nq; r0 += chunk) {
+        int64_t nr = s.nq - r0 < chunk ? s.nq - r0 : chunk;
+        attn_queries q = queries_of(&s, &in, r0, nr);
+        float *acc = new_state(nr, &s), *part = new_state(nr, &s);
+        for (int r = 0; r < 3; r++) {
+            attn_state_init(part, nr, s.h, s.d);
+            cpu_attn_partial(&q, segs[r], nseg[r], part, NULL, NULL, NULL);
+            for (int64_t i = 0; i < nr * s.h; i++)
+                attn_rec_merge(acc + i * attn_rec_len(s.d), part + i * attn_rec_len(s.d), s.d);
+        }
+        finalize(acc, nr, &s, b.o + r0 * s.h * s.d, b.lse + r0 * s.h);
+        free(acc); free(part);
+    }
+    report("chunks x 3 striped", &s, compare_ref(&s, b.o, b.lse, b.ro, b.rlse), TOL_REF);
+    free_outputs(&b);
+    free_inputs(&in);
+}
+
+static void test_chunks_times_stripes(void) {
+    chunks_times_stripes((shape){ 300, 420, 6, 2, 64, 1, 2.0f, 0 }, 70, 50);
+    chunks_times_stripes((shape){ 400, 260, 4, 1, 33, 1, 2.0f, 0 }, 128, 64);
+    chunks_times_stripes((shape){ 200, 333, 2, 2, 128, 0, 2.0f, 0 }, 64, 7);
+}
+
 /* ---- state, empty inputs, progress ---------------------------------------------------------- */
 static void test_state_init(void) {
     shape s = { 17, 0, 3, 3, 33, 0, 1.0f, 0 };
@@ -441,6 +474,7 @@ int main(void) {
     test_chunked_rows();
     test_tilings();
     test_merge_identity();
+    test_chunks_times_stripes();
     test_progress();
     test_blas_products();
     printf("%d passed, %d failed\n", npass, nfail);
