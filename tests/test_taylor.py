@@ -4,7 +4,12 @@ implementation of the same formula (first-order Taylor with key centering, kerne
 Tolerance: fp32 inputs and engine, max |o - ref| / max |ref| <= 1e-5 over the rows compared; rows
 whose fp64 den/N_i lies within 1e-3 of the floor (0.1) are left out, since fp32 and fp64 may take
 different sides of the denominator policy there (the test asserts they are few). lse (log of the
-denominator used) within 1e-5 (1 + |ref|)."""
+denominator used) within 1e-5 (1 + |ref|).
+
+FA_TAYLOR_BACKEND=cuda runs every test on the CUDA engine (tests/gpu/taylor.sh does); the exact
+mode that --compare runs beside it is then bf16, so that test's tolerance widens to 3e-2."""
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -14,6 +19,7 @@ from reference import attention_f64, random_inputs, write_inputs
 
 TOL = 1e-5
 FLOOR = 0.1          # TAYLOR_DEN_FLOOR in kernels/taylor.h
+BACKEND = os.environ.get("FA_TAYLOR_BACKEND", "")
 
 
 def taylor_f64(q, k, v, causal=False, scale=None):
@@ -59,6 +65,8 @@ def run_taylor(tmp_path, q, k, v, nranks, causal, extra=(), name="out"):
     out = tmp_path / f"{name}_{nranks}.h5"
     args = ["--input", inp, "--output", out, "--mode", "taylor", "--lse", "--force"]
     args += (["--causal"] if causal else []) + list(extra)
+    if BACKEND:
+        args += ["--backend", BACKEND]
     p = run_fa(args, nranks=nranks)
     assert p.returncode == 0, p.stderr
     with h5py.File(out, "r") as f:
@@ -172,8 +180,9 @@ def test_compare(tmp_path):
     ro, _ = attention_f64(q, k, v, True)
     rel = np.asarray(attrs["compare_rel_err"])
     assert rel.shape == (4,)
+    tol = 3e-2 if BACKEND == "cuda" else 1e-4
     for h in range(4):
         want = np.max(np.abs(o[:, :, h] - ro[:, :, h])) / np.max(np.abs(ro[:, :, h]))
-        assert abs(rel[h] - want) <= 1e-4 * want + 1e-6, (h, rel[h], want)
+        assert abs(rel[h] - want) <= tol * want + 1e-6, (h, rel[h], want)
     assert "compare" in err and "per head" in err
     assert attrs["mode"] == "taylor"
