@@ -9,8 +9,9 @@
  *   q     [H][max_rows][D]  T   the current chunk of queries
  *   rec   [max_rows][H][D+2] fp32 running state, the host record layout, copied in and out as is
  *   stage fp32 staging for uploads (host fp32 -> device fp32 -> convert kernel -> T)
- * gpu_engine_partial: upload q and the state, one kernel launch per key segment in state mode
- * (each continues from the state the last left, masks by global positions), download the state.
+ * gpu_engine_partial: upload q and the state (unless it is fresh), one kernel launch per key
+ * segment in state mode (each continues from the state the last left, masks by global
+ * positions), download the state.
  */
 #include "kernels/cuda/flash.h"
 #include <cuda_runtime.h>
@@ -18,6 +19,7 @@
 #include <cuda_fp16.h>
 #include <stdio.h>
 #include <string.h>
+#include <math.h>
 extern "C" {
 #include "kernels/gpu.h"
 #include "runner/common.h"
@@ -234,12 +236,17 @@ extern "C" int gpu_engine_partial(gpu_engine *e, const attn_queries *q, float *r
                          q->hkv, q->d, e->h, e->hkv, e->d);
     if (q->nq > e->max_rows)
         return fa_seterr("CUDA engine: chunk of %lld rows exceeds max_rows %lld", (long long)q->nq, (long long)e->max_rows);
-    if (q->nq <= 0) return 0;
+    if (q->nq <= 0 || e->nsegs == 0) return 0; /* no keys here: the state stays as it is */
     cudaCheck(cudaSetDevice(e->dev));
     const int64_t D = e->d;
     upload_convert(e, q->q, q->nq, e->h, e->q, e->max_rows, 0, 0);
     const size_t rec_bytes = (size_t)q->nq * e->h * (D + 2) * sizeof(float);
-    cudaCheck(cudaMemcpyAsync(e->rec, rec, rec_bytes, cudaMemcpyHostToDevice, e->stream));
+    /* A fresh state (every record m = -inf: nothing seen yet) need not travel: the first launch
+     * starts fresh (rec_in = NULL) and writes the whole state. Saves a third of the copies of a
+     * chunk's first pass. */
+    int fresh = 1;
+    for (int64_t i = 0; i < q->nq * e->h && fresh; i++) fresh = rec[i * (D + 2)] == -INFINITY;
+    if (!fresh) cudaCheck(cudaMemcpyAsync(e->rec, rec, rec_bytes, cudaMemcpyHostToDevice, e->stream));
     const size_t es = elem_bytes(e);
     for (int i = 0; i < e->nsegs; i++) {
         const kv_seg *s = &e->segs[i];
@@ -265,7 +272,7 @@ extern "C" int gpu_engine_partial(gpu_engine *e, const attn_queries *q, float *r
         p.q_pos0 = q->q_pos0;
         p.k_pos0 = s->pos0;
         p.diag = q->causal ? q->diag : 0;
-        p.rec_in = e->rec;
+        p.rec_in = (fresh && i == 0) ? NULL : e->rec;
         p.rec_out = e->rec;
         p.out_mode = FLASH_OUT_STATE;
         char msg[256];

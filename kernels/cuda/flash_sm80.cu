@@ -182,7 +182,8 @@ extern "C" int flash_check(const flash_params *p, char *buf, int len) {
     else if (p->dtype != FLASH_BF16 && p->dtype != FLASH_FP16) why = "compute dtype must be bf16 or fp16";
     else if (p->h <= 0 || p->hkv <= 0 || p->h % p->hkv) why = "H must be a positive multiple of Hkv";
     else if (p->nq < 0 || p->nk < 0) why = "negative length";
-    else if (p->nq > (int64_t)65535 * 128 * 1024) why = "too many query rows";
+    else if (p->nq >= ((int64_t)1 << 31) || p->nk >= ((int64_t)1 << 31))
+        why = "a call takes fewer than 2^31 query rows and keys (TMA coordinates are 32-bit)";
     else if (p->h > 65535) why = "too many heads";
     else if (!p->q || !p->k || !p->vt) why = "null input";
     else if (((uintptr_t)p->q | (uintptr_t)p->k | (uintptr_t)p->vt) & 15) why = "inputs must be 16-byte aligned";
