@@ -157,7 +157,7 @@ static int eng_rows(engine *e, const float *q, int64_t r0, int64_t nrows, float 
                            .d = e->d, .scale = 1.0f / sqrtf((float)D), .causal = e->causal, .diag = 0};
         if (e->taylor) {
             memset(rec, 0, sizeof(float) * (size_t)(n * H * R));
-            if (e->cuda) rc = taylor_gpu_partial(e->tg, &qq, rec);
+            if (e->cuda) rc = taylor_gpu_partial(e->tg, &qq, rec, 1);
             else taylor_cpu_partial(e->tc, &qq, rec, NULL, NULL);
         } else {
             attn_state_init(rec, n, e->h, e->d);

@@ -24,6 +24,7 @@ typedef struct {
     double *sums;            /* [hkv*d + 1]: key sums, then the key count */
     double *mu;              /* [hkv*d] */
     int nsegs;
+    const float *fresh;      /* the records init zeroed last (until a partial folds into them) */
     MPI_Datatype rec;
     MPI_Op op;
 } taylor_ctx;
@@ -41,6 +42,7 @@ static void rec_sum_fn(void *in, void *inout, int *len, MPI_Datatype *dt) {
 static void t_init(void *ctx, float *rec, int64_t nrows) {
     taylor_ctx *c = ctx;
     memset(rec, 0, sizeof(float) * (size_t)(nrows * c->h * taylor_rec_len(c->d)));
+    c->fresh = rec;
 }
 
 static float t_finalize(void *ctx, const float *rec, float *o) {
@@ -86,7 +88,9 @@ static int t_gpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
 static int t_gpu_partial(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *),
                          void *arg) {
     taylor_ctx *c = ctx;
-    return taylor_gpu_partial(c->gpu, q, rec);
+    int fresh = rec == c->fresh;          /* init just zeroed it: the engine may overwrite */
+    c->fresh = NULL;
+    return taylor_gpu_partial(c->gpu, q, rec, fresh);
 }
 
 static void t_destroy(void *ctx) {

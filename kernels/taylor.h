@@ -103,7 +103,9 @@ typedef struct taylor_gpu taylor_gpu;
 int taylor_gpu_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv, int d,
                       taylor_gpu **out);
 int taylor_gpu_load_kv(taylor_gpu *e, const attn_kv_segment *segs, int nsegs, const double *mu);
-int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec);
+/* overwrite: rec holds the empty state (zeros) on entry, so the records are copied straight into
+ * it instead of being added (saves a host pass over 2D+2 floats per record). */
+int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec, int overwrite);
 void taylor_gpu_destroy(taylor_gpu *e);
 
 /* ---- fp64 reference of the same formula (kernels/cpu/taylor_ref.c) ---------------------------- */

@@ -433,7 +433,7 @@ int taylor_gpu_create(int device, int64_t kv_rows, int64_t max_rows, int h, int 
 int taylor_gpu_load_kv(taylor_gpu *e, const attn_kv_segment *segs, int nsegs, const double *mu) {
     return fa_seterr("no CUDA in this build");
 }
-int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec) {
+int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec, int overwrite) {
     return fa_seterr("no CUDA in this build");
 }
 void taylor_gpu_destroy(taylor_gpu *e) {}

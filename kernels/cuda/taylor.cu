@@ -8,7 +8,8 @@
  *   prefix_kernel   tile start states S_tau = S_run + sum_{tau' < tau} dS (fp64 sum, fp32 out)
  *   out_kernel      one block per (query head, tile): qs = (sQ) S_tau + masked (sQ K^^T) V, lin,
  *                   sv, cnt: the tile's records, written to a device record buffer
- * Records are copied back and added into the host records (the pipeline's running state).
+ * Records are copied back into the host records (added to them unless the caller says they hold
+ * the empty state: the pipeline's case, one partial per chunk right after init).
  * Every entry point returns -1 with fa_seterr on a CUDA error (no device, out of memory), so a
  * build with CUDA on a machine without a GPU fails cleanly.
  *
@@ -300,8 +301,8 @@ extern "C" int taylor_gpu_load_kv(taylor_gpu *e, const attn_kv_segment *segs, in
     return 0;
 }
 
-extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec) {
-    if (e->nkeys == 0 || q->nq == 0) return 0;
+extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec, int overwrite) {
+    if (e->nkeys == 0 || q->nq == 0) return 0;       /* rec keeps the empty state it holds */
     if (q->nq > e->max_rows) return fa_seterr("taylor CUDA engine: chunk of %lld rows > %lld",
                                               (long long)q->nq, (long long)e->max_rows);
     tcheck(cudaSetDevice(e->dev));
@@ -355,6 +356,12 @@ extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *r
         out_kernel<<<grid, THREADS, out_smem(d), e->stream>>>(e->q, e->kh, e->v, e->st, e->cnt, e->rec,
                                                               e->cap, h, hkv, d, q->scale, r0, nr, moving);
         tcheck(cudaGetLastError());
+    }
+    if (overwrite) {                                   /* straight into the caller's records */
+        tcheck(cudaMemcpyAsync(rec, e->rec, sizeof(float) * (size_t)(nq * h * R),
+                               cudaMemcpyDeviceToHost, e->stream));
+        tcheck(cudaStreamSynchronize(e->stream));
+        return 0;
     }
     tcheck(cudaMemcpyAsync(e->host_rec, e->rec, sizeof(float) * (size_t)(nq * h * R),
                            cudaMemcpyDeviceToHost, e->stream));
