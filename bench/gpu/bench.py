@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--raw", default=None, help="JSON file with every timing")
     ap.add_argument("--quick", action="store_true", help="8K and 32K only")
     ap.add_argument("--variants", default="1,2,3,4")
+    ap.add_argument("--ab", default=None, help="second build of the library (lab A/B): its variants are timed too, as NAME_b")
     args = ap.parse_args()
 
     lib = ctypes.CDLL(args.lib)
@@ -76,6 +77,11 @@ def main():
     lib.flash_variant_name.restype = ctypes.c_char_p
     torch.cuda.init()
     variants = [v for v in map(int, args.variants.split(",")) if lib.flash_variant_available(v)]
+    libs = [(lib, "")]
+    if args.ab:
+        lib_b = ctypes.CDLL(args.ab)
+        lib_b.flash_forward.argtypes = lib.flash_forward.argtypes
+        libs.append((lib_b, "_b"))
     dev = torch.cuda.get_device_properties(0)
     card = dev.name
     print(f"# card: {card}, {dev.multi_processor_count} SMs; torch {torch.__version__}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -114,7 +120,7 @@ def main():
                 impls = [(name, sdpa(backend)) for name, backend in
                          (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))]
                 stream = torch.cuda.current_stream().cuda_stream
-                for var in variants:
+                for var, (lb, sfx) in [(v_, l_) for v_ in variants for l_ in libs]:
                     p = FlashParams()
                     p.q, p.k, p.vt = q.data_ptr(), k.data_ptr(), vt.data_ptr()
                     p.q_head_stride, p.q_row_stride = n * d, d
@@ -131,15 +137,15 @@ def main():
                     p.o_head_stride, p.o_row_stride = n * d, d
                     p.lse, p.lse_head_stride, p.lse_row_stride = lse.data_ptr(), n, 1
 
-                    def ours(p=p, var=var):
-                        if lib.flash_forward(ctypes.byref(p), var, ctypes.c_void_p(stream), msg, 256):
+                    def ours(p=p, var=var, lb=lb):
+                        if lb.flash_forward(ctypes.byref(p), var, ctypes.c_void_p(stream), msg, 256):
                             raise RuntimeError(msg.value.decode())
                     o.fill_(float("nan"))
                     ours()
                     torch.cuda.synchronize()
                     err = ((o.float() - ref.float()).abs().max() / refmax).item()
                     ok = err <= 2e-2 and not torch.isnan(o).any().item()
-                    vn = lib.flash_variant_name(var).decode()
+                    vn = lib.flash_variant_name(var).decode() + sfx
                     res[vn + "_err_vs_cudnn"] = err
                     if not ok:
                         print(f"# {vn} n={n} d={d} causal={causal}: WRONG (max err {err:.3g} of scale vs cuDNN); not counted", flush=True)
@@ -160,7 +166,8 @@ def main():
                 rows.append(res)
                 print(f"  n={n:6d} h={h:2d} d={d:3d} causal={causal}: ours {res['ours_tflops']:6.1f} ({res['ours']})"
                       f"  flash {res['flash_tflops']:6.1f}  cudnn {res['cudnn_tflops']:6.1f}  "
-                      + " ".join(f"{lib.flash_variant_name(vv).decode()}={res[lib.flash_variant_name(vv).decode() + '_tflops']:.1f}(err {res[lib.flash_variant_name(vv).decode() + '_err_vs_cudnn']:.1e})" for vv in variants),
+                      + " ".join(f"{nm}={res[nm + '_tflops']:.1f}(err {res[nm + '_err_vs_cudnn']:.1e})"
+                                 for nm in (lib.flash_variant_name(vv).decode() + sf for vv in variants for _, sf in libs)),
                       flush=True)
                 del q, k, v, vt, o, lse, ref
                 torch.cuda.empty_cache()

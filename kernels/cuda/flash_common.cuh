@@ -31,6 +31,18 @@ template <> struct flash_type<__half> {
     }
 };
 
+/* 2^x on the MUFU with denormal results flushed to zero (a p under 2^-126 is 0 at bf16/fp16
+ * precision anyway): one MUFU.EX2, where exp2f's non-ftz form adds range fix-ups around it. */
+static __device__ __forceinline__ float flash_exp2(float x) {
+#ifdef FLASH_PRECISE_EXP2 /* the form used up to run 9 (exp2f), kept for A/B timing in the lab */
+    return exp2f(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 /* Key tiles [0, n_tiles) a block of query rows [r0, r0+rows) must visit, and the first tile from
  * which a mask is needed (causal diagonal or key tail). 64-bit throughout. */
 struct flash_tiles {
@@ -125,18 +137,18 @@ static __device__ __forceinline__ void flash_softmax_scores(const flash_params &
         float mnew = fmaxf(st.m2[i], mx * sl2);
         /* a row that has seen no key yet keeps m = -inf; subtract 0 instead so no NaN appears */
         float muse = mnew == -INFINITY ? 0.f : mnew;
-        alpha[i] = exp2f(st.m2[i] - muse);
+        alpha[i] = flash_exp2(st.m2[i] - muse);
         st.m2[i] = mnew;
-        float sum = 0.f;
+        float sum[2] = {0.f, 0.f}; /* two chains of adds, not one */
 #pragma unroll
         for (int j = 0; j < NB; j++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                float v = exp2f(fmaf(s[4 * j + 2 * i + e], sl2, -muse));
+                float v = flash_exp2(fmaf(s[4 * j + 2 * i + e], sl2, -muse));
                 s[4 * j + 2 * i + e] = v;
-                sum += v;
+                sum[e] += v;
             }
-        st.l[i] = st.l[i] * alpha[i] + sum;
+        st.l[i] = st.l[i] * alpha[i] + (sum[0] + sum[1]);
     }
 }
 
