@@ -8,6 +8,7 @@
 #include "io/h5priv.h"
 #include "io/convert.h"
 #include <string.h>
+#include <unistd.h>
 
 static const char *const NAMES[3] = {"q", "k", "v"};
 #define EXPECT_QKV "q [B, Nq, H, D], k and v [B, Nk, Hkv, D]"
@@ -148,7 +149,7 @@ int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
         v.cap = h5io_cap_bytes();
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, comm);
-    if (h5io_agree(comm, v.st, 0) < 0) return -1;
+    if (h5io_agree(comm, v.st, 0) < 0 || h5io_visible(comm, path, R_OK, "input") < 0) return -1;
     h5in *f = fa_calloc(1, sizeof *f, "h5in");
     snprintf(f->path, sizeof f->path, "%s", path);
     MPI_Comm_dup(comm, &f->comm);

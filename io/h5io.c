@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int h5io_last_collective = -1;
 int64_t h5io_ntransfers = 0;
@@ -139,12 +140,14 @@ hid_t h5io_open_serial(const char *path, const char *role) {
 
 hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const char *expect) {
     const char *sep = expect ? "; expected " : "", *ex = expect ? expect : "";
+    const char *role = expect ? "input" : "file";
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0) {
-        fa_seterr("file '%s': dataset '%s' not found%s%s", path, name, sep, ex);
+        fa_seterr("%s '%s': dataset '%s' not found%s%s", role, path, name, sep, ex);
         return -1;
     }
     hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
-    if (d < 0) fa_seterr("file '%s': '%s' is not a dataset (a group?)%s%s", path, name, sep, ex);
+    if (d < 0) fa_seterr("%s '%s': '%s' is not a dataset (a group?)%s%s", role, path, name, sep,
+                         ex);
     return d;
 }
 
@@ -191,6 +194,20 @@ int h5io_agree(MPI_Comm comm, int st, int64_t key) {
     snprintf(msg, sizeof msg, "%s", fa_errmsg());
     MPI_Bcast(msg, sizeof msg, MPI_CHAR, out.r, comm);
     return fa_seterr("%s", msg);
+}
+
+int h5io_visible(MPI_Comm comm, const char *path, int mode, const char *role) {
+    int rank, st = 0;
+    MPI_Comm_rank(comm, &rank);
+    if (access(path, mode) != 0) {
+        char host[MPI_MAX_PROCESSOR_NAME] = "?";
+        int len;
+        MPI_Get_processor_name(host, &len);
+        st = fa_seterr("%s '%s' cannot be %s on rank %d (host %s): %s; expected a file system "
+                       "every rank sees", role, path, mode == R_OK ? "read" : "written", rank,
+                       host, strerror(errno));
+    }
+    return h5io_agree(comm, st, rank);
 }
 
 int64_t h5io_cap_bytes(void) {

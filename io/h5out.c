@@ -155,6 +155,10 @@ int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *sha
     f->shape = *shape, f->otype = o_type, f->with_lse = with_lse, f->cap_bytes = v.cap;
     f->file = f->o = f->lse = f->ftype = -1;
     f->holder = h5io_parallel() || f->rank == 0;
+    char d[FA_PATH_MAX];
+    snprintf(d, sizeof d, "%s", f->tmp);
+    if (h5io_parallel() && h5io_visible(f->comm, dirname(d), W_OK, "output folder") < 0)
+        return out_free(f), -1;
     fa_set_cleanup_path(f->tmp);
     int st = f->holder ? create_contents(f) : 0;
     if (h5io_agree(f->comm, st, f->rank) < 0) {

@@ -38,6 +38,11 @@ int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);
  * message of the failing rank of smallest key (default: its rank) copied everywhere. */
 int h5io_agree(MPI_Comm comm, int st, int64_t key);
 
+/* COLLECTIVE. Checks that `path` can be read (mode R_OK) or written (W_OK) on every rank: a
+ * file on one node's local disk fails here with a message naming the rank and host, instead of
+ * hanging or failing deep inside MPI-IO. */
+int h5io_visible(MPI_Comm comm, const char *path, int mode, const char *role);
+
 int64_t h5io_cap_bytes(void);           /* FA_IO_CAP_BYTES or 1 GiB, within [1, 2^31 - 4096] */
 void h5io_fmt_dims(char *buf, int len, int ndims, const int64_t *dims);   /* "[2, 64, 8, 128]" */
 

@@ -397,13 +397,15 @@ static void test_read_capped(const char *dir) {
 }
 
 /* ============================ input errors ================================================ */
-static int open_err(const char *path) {
+static int open_err_on(const char *path, MPI_Comm comm) {
     h5in *in = NULL;
     fa_shape sh;
-    int st = h5in_open(path, MPI_COMM_SELF, &in, &sh);
+    int st = h5in_open(path, comm, &in, &sh);
     if (st == 0) h5in_close(in);
     return st;
 }
+
+static int open_err(const char *path) { return open_err_on(path, MPI_COMM_SELF); }
 
 static void bad_file(const char *dir, const char *tag, ds_spec q, ds_spec k, ds_spec v,
                      const char *w1, const char *w2, const char *w3) {
@@ -745,18 +747,33 @@ static void mpi_reads(const char *dir) {
     nr = shard(me, np_, 61, r);
     fa_clearerr();
     int st2 = h5in_read_rows(in, "k", 1, r, nr, x, 1);
-    check(st2 == -1 && strstr(fa_errmsg(), "NaN at [1, 40, 1, 2]") && same_msg_everywhere(),
+    int same = same_msg_everywhere();   /* collective: never behind a short-circuit */
+    check(st2 == -1 && strstr(fa_errmsg(), "NaN at [1, 40, 1, 2]") && same,
           "NaN in another rank's shard: every rank fails with its index -> \"%s\"", fa_errmsg());
     row_range mine = {me == np_ - 1 ? 60 : 0, 2};
     st2 = h5in_read_rows(in, "k", 0, &mine, 1, x, 1);
-    check(st2 == -1 && strstr(fa_errmsg(), "[60, 62)") && same_msg_everywhere(),
+    same = same_msg_everywhere();
+    check(st2 == -1 && strstr(fa_errmsg(), "[60, 62)") && same,
           "one rank's bad range: every rank fails with its message -> \"%s\"", fa_errmsg());
     free(x);
     h5in_close(in);
     unsetenv("FA_IO_CAP_BYTES");
+    /* a file only some ranks see (here: the last rank is given another path) */
+    snprintf(path, sizeof path, "%s/mpi_in.h5", dir);
+    if (me == np_ - 1) snprintf(path, sizeof path, "%s/elsewhere/mpi_in.h5", dir);
+    fa_clearerr();
+    char want[64];
+    snprintf(want, sizeof want, "rank %d (host ", np_ - 1);
+    st2 = open_err_on(path, MPI_COMM_WORLD);
+    same = same_msg_everywhere();
+    check(st2 == -1 && same && strstr(fa_errmsg(), want) &&
+          strstr(fa_errmsg(), "every rank sees"), "input not visible on one rank -> \"%s\"",
+          fa_errmsg());
     snprintf(path, sizeof path, "%s/mpi_missing.h5", dir);
     fa_clearerr();
-    check(open_err(path) == -1 && same_msg_everywhere() && strstr(fa_errmsg(), "mpi_missing"),
+    st2 = open_err_on(path, MPI_COMM_WORLD);
+    same = same_msg_everywhere();
+    check(st2 == -1 && same && strstr(fa_errmsg(), "mpi_missing"),
           "missing input: every rank fails with one message");
 }
 
@@ -764,6 +781,8 @@ static void mpi_writes(const char *dir, fa_dtype t) {
     char path[512];
     snprintf(path, sizeof path, "%s/mpi_out_%s.h5", dir, fa_dtype_name(t));
     fa_shape s = {2, 50, 50, 3, 1, 4, FA_F32, FA_F32, FA_F32};
+    if (me == 0) unlink(path);                         /* from an earlier run in DIR */
+    MPI_Barrier(MPI_COMM_WORLD);
     setenv("FA_IO_CAP_BYTES", "70", 1);                /* a few rows per collective transfer */
     h5out *out;
     if (!check(h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, &out) == 0, "create %s", path))
@@ -792,14 +811,17 @@ static void mpi_writes(const char *dir, fa_dtype t) {
                        "(%lld wrong), attributes, no temporary", fa_dtype_name(t), (long long)bad);
     free(o), free(l);
     fa_clearerr();
-    check(h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, &out) == -1 && same_msg_everywhere() &&
+    st = h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, &out);
+    int same = same_msg_everywhere();
+    check(st == -1 && same &&
           strstr(fa_errmsg(), "--force"), "existing output: every rank refuses -> \"%s\"",
           fa_errmsg());
     check(h5out_create(path, 1, MPI_COMM_WORLD, &s, t, 0, &out) == 0, "--force create");
     float z[4 * 12] = {0};
     fa_clearerr();
     st = h5out_write_rows(out, 0, me == np_ - 1 ? 48 : 0, 4, z, z);
-    check(st == -1 && same_msg_everywhere() && strstr(fa_errmsg(), "[48, 52)"),
+    same = same_msg_everywhere();
+    check(st == -1 && same && strstr(fa_errmsg(), "[48, 52)"),
           "one rank's bad rows: every rank fails -> \"%s\"", fa_errmsg());
     h5out_abort(out);
     MPI_Barrier(MPI_COMM_WORLD);
