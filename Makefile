@@ -5,6 +5,7 @@
 #   make run        set up, build, and run a small default job end to end (GPU if present)
 #   make test       set up, build, and run the test suite (CPU; the README's test command)
 #   make test-gpu   GPU tests (on a machine with an NVIDIA GPU)
+#   make test-slurm the Slurm tests alone (they start a single-node Slurm)
 #   make bench-cpu  CPU engine benchmark (bench/cpu.sh)
 #
 # Overridable: CUDA_HOME, NVCC, MPICC, HDF5_CFLAGS, HDF5_LIBS, BLAS_CFLAGS, BLAS_LIBS,
@@ -89,7 +90,7 @@ TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps run test test-gpu bench-cpu clean features
+.PHONY: all deps run test test-gpu test-slurm bench-cpu clean features
 all: features $(BIN) $(TEST_BINS) $(BENCH_BINS)
 
 features:
@@ -134,6 +135,10 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory all
 	@/usr/bin/python3 -m pytest -q tests --ignore=tests/gpu
+
+test-slurm: deps
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 -m pytest -q tests -m slurm
 
 test-gpu:
 	@$(MAKE) --no-print-directory all

@@ -69,6 +69,16 @@ static int owner(const pipe_state *p, int64_t i) {
 
 static int64_t group_size(const pipe_state *p) { return p->serial_io ? 1 : p->nranks; }
 
+/* This rank's index among the ranks of its node: the GPU it drives is local_rank mod GPUs. */
+static int local_rank(MPI_Comm comm) {
+    MPI_Comm node;
+    int r = 0;
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &r);
+    MPI_Comm_free(&node);
+    return r;
+}
+
 /* Called by the engine from the master thread: lets MPI move the merges in flight. */
 static void drive_merges(void *arg) {
     pipe_state *p = arg;
@@ -167,7 +177,8 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     /* the engine */
     pipe_engine eng;
     int ndev = gpu ? gpu_count() : 0;
-    if (engine_create(job, s, backend, ndev > 0 ? p.rank % ndev : 0, sh.total, p.chunk, &eng))
+    if (engine_create(job, s, backend, ndev > 0 ? local_rank(comm) % ndev : 0, sh.total, p.chunk,
+                      &eng))
         fa_fail("%s", fa_errmsg());
     p.eng = &eng;
     st->used_gpu = gpu;
