@@ -1,0 +1,108 @@
+"""Progress lines, --report JSON (and the output's 'report' attribute), --check after a run, and
+the durable-progress / --resume path without Slurm."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+
+from conftest import FA_LONG, mpirun_cmd, run_fa
+from reference import attention_f64, random_inputs, rel_err, write_inputs
+
+
+def make_input(tmp_path, B=1, N=300, H=4, Hkv=2, D=32):
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, B, N, N, H, Hkv, D)
+    inp = tmp_path / "in.h5"
+    write_inputs(inp, q, k, v)
+    return inp, (q, k, v)
+
+
+def test_report_and_check(tmp_path):
+    inp, (q, k, v) = make_input(tmp_path, B=2)
+    out, rep = tmp_path / "out.h5", tmp_path / "r.json"
+    p = run_fa(["-i", inp, "-o", out, "--causal", "--lse", "--chunk", "64", "--report", rep,
+                "--check", "25"], nranks=3)
+    assert p.returncode == 0, p.stderr
+    assert "check: PASS" in p.stdout
+    r = json.loads(rep.read_text())
+    c = r["config"]
+    assert (c["B"], c["Nq"], c["Nk"], c["H"], c["Hkv"], c["D"]) == (2, 300, 300, 4, 2, 32)
+    assert c["causal"] is True and c["ranks"] == 3 and c["chunk"] == 64 and c["backend"] == "cpu"
+    assert len(r["per_rank"]) == 3
+    # the ranks' visible pairs add up to the causal triangle of both batch elements, all heads
+    pairs = sum(x["work_pairs"] for x in r["per_rank"])
+    assert pairs == 2 * 4 * 300 * 301 / 2
+    assert r["flops"] == 4 * 32 * pairs
+    assert 0 < r["phases_s"]["compute"] <= r["elapsed_s"]
+    assert r["bytes"]["merge_network"] > 0
+    assert r["imbalance_compute_max_over_mean"] >= 1.0
+    assert r["check"]["pass"] is True and r["check"]["rows"] == 25
+    assert r["check"]["rel_err"] <= 1e-5
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["report"]) == r
+        assert abs(f.attrs["check_rel_err"] - r["check"]["rel_err"]) <= 1e-8 * r["check"]["rel_err"]
+        o = f["o"][...]
+    assert rel_err(o, attention_f64(q, k, v, True)[0]) <= 1e-5
+
+
+def test_progress_lines(tmp_path):
+    inp, _ = make_input(tmp_path, N=400)
+    out = tmp_path / "out.h5"
+    env = {"FA_PROGRESS_INTERVAL": "0.000001"}
+    p = run_fa(["-i", inp, "-o", out, "--chunk", "50"], nranks=2, env=env)
+    assert p.returncode == 0, p.stderr
+    lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long: chunk ")]
+    assert lines and lines[-1].startswith("fa_long: chunk 8/8 (100.0%)"), p.stderr
+    assert all("TFLOP/s" in l and "ETA" in l for l in lines)
+    p = run_fa(["-i", inp, "-o", tmp_path / "q.h5", "--chunk", "50", "-q"], nranks=2, env=env)
+    assert p.returncode == 0 and "fa_long:" not in p.stderr, p.stderr
+
+
+def test_stop_and_resume_without_slurm(tmp_path):
+    """SIGUSR1 to mpirun: fa_long stops after the chunks in flight (exit 75) and keeps them in
+    .out.h5.partial; --resume finishes; the result equals an uninterrupted run bit for bit."""
+    inp, _ = make_input(tmp_path, N=12000, H=4, Hkv=2, D=64)
+    out, ref = tmp_path / "out.h5", tmp_path / "ref.h5"
+    args = ["-i", inp, "--causal", "--lse", "--chunk", "50"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", FA_PROGRESS_INTERVAL="0.05",
+               FA_CHECKPOINT_SECONDS="0.2")
+    cmd = mpirun_cmd(2) + [str(FA_LONG)] + [str(a) for a in args] + ["-o", str(out), "--resume"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    err = ""
+    for line in proc.stderr:               # signal once the first chunks are done
+        err += line
+        if line.startswith("fa_long: chunk"):
+            proc.send_signal(signal.SIGUSR1)
+            break
+    err += proc.stderr.read()
+    proc.wait(timeout=120)
+    partial = tmp_path / ".out.h5.partial"
+    if proc.returncode == 0:       # finished before the signal landed: nothing to resume
+        assert out.exists() and not partial.exists()
+    else:
+        assert proc.returncode == 75, err
+        assert "stopped on a signal" in err and partial.exists() and not out.exists()
+        with h5py.File(partial, "r") as f:
+            assert 0 < f.attrs["chunks_done"] < 240
+        p = run_fa(args + ["-o", out, "--resume"], nranks=2)
+        assert p.returncode == 0 and "resuming" in p.stderr, p.stderr
+        assert not partial.exists()
+    p = run_fa(args + ["-o", ref, "-q"], nranks=2)
+    assert p.returncode == 0
+    with h5py.File(out, "r") as a, h5py.File(ref, "r") as b:
+        assert np.array_equal(a["o"][...], b["o"][...])
+        assert np.array_equal(a["lse"][...], b["lse"][...])
+    # a finished output: --resume has nothing to do; another job's partial is refused
+    p = run_fa(args + ["-o", out, "--resume"], nranks=2)
+    assert p.returncode == 0 and "nothing to resume" in p.stderr
+    other = tmp_path / "other.h5"
+    p = run_fa(["-i", inp, "-o", other, "--chunk", "40", "--resume", "-q"], nranks=1)
+    assert p.returncode == 0
+    os.rename(other, tmp_path / ".x.h5.partial")
+    p = run_fa(args + ["-o", tmp_path / "x.h5", "--resume"], nranks=2)
+    assert p.returncode == 2 and "another job" in p.stderr, p.stderr
