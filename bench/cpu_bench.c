@@ -33,7 +33,13 @@ typedef float vecf __attribute__((vector_size(32)));
 #else
 typedef float vecf __attribute__((vector_size(16)));
 #endif
-#define CHAINS 16   /* > FMA latency x pipes (4 x 2 on Zen 4), so the pipes never wait */
+/* Chains > FMA latency x pipes (4 x 2 on Zen 4), so the pipes never wait; without AVX-512 only
+ * 16 vector registers exist, so 12 chains (still > 8) leave room for the two constants. */
+#if defined(__AVX512F__)
+#define CHAINS 16
+#else
+#define CHAINS 12
+#endif
 
 /* Named accumulators (an array ends up in memory); the empty asm keeps the chains alive. */
 #define FMA4(a, b, c, d) a = a * mul + add; b = b * mul + add; c = c * mul + add; d = d * mul + add
@@ -41,16 +47,23 @@ static double fma_loop(int64_t iters) {
     vecf mul, add;
     for (int i = 0; i < (int)(sizeof(vecf) / 4); i++) { mul[i] = 0.999999f; add[i] = 1e-7f; }
     vecf a0 = mul, a1 = mul * 2, a2 = mul * 3, a3 = mul * 4, a4 = mul * 5, a5 = mul * 6,
-         a6 = mul * 7, a7 = mul * 8, a8 = mul * 9, a9 = mul * 10, a10 = mul * 11, a11 = mul * 12,
-         a12 = mul * 13, a13 = mul * 14, a14 = mul * 15, a15 = mul * 16;
+         a6 = mul * 7, a7 = mul * 8, a8 = mul * 9, a9 = mul * 10, a10 = mul * 11, a11 = mul * 12;
+#if CHAINS == 16
+    vecf a12 = mul * 13, a13 = mul * 14, a14 = mul * 15, a15 = mul * 16;
+#endif
     for (int64_t it = 0; it < iters; it++) {
-        FMA4(a0, a1, a2, a3); FMA4(a4, a5, a6, a7); FMA4(a8, a9, a10, a11); FMA4(a12, a13, a14, a15);
-        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5),
-                         "+v"(a6), "+v"(a7));
-        __asm__ volatile("" : "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11), "+v"(a12), "+v"(a13),
-                         "+v"(a14), "+v"(a15));
+        FMA4(a0, a1, a2, a3); FMA4(a4, a5, a6, a7); FMA4(a8, a9, a10, a11);
+        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
+                         "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
+#if CHAINS == 16
+        FMA4(a12, a13, a14, a15);
+        __asm__ volatile("" : "+v"(a12), "+v"(a13), "+v"(a14), "+v"(a15));
+#endif
     }
-    vecf t = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11 + a12 + a13 + a14 + a15;
+    vecf t = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;
+#if CHAINS == 16
+    t += a12 + a13 + a14 + a15;
+#endif
     return t[0];
 }
 

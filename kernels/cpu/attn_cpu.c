@@ -12,8 +12,8 @@
  *   Ot = Ot*alpha + V^T Pt   again a broadcast of V against 16 query rows.
  * K and V are read in place (rows Hkv*D floats apart): nothing is packed per key tile; Qt and Ot
  * are transposed once per work item, over all its key tiles.
- * The matrix stream runs through the built-in products (AVX-512 register blocks, portable C
- * otherwise) or, when built with FA_HAVE_CBLAS and FA_CPU_PRODUCTS=blas is set, OpenBLAS sgemm
+ * The matrix stream runs through the built-in products (AVX-512 register blocks, AVX2+FMA
+ * register blocks, portable C otherwise) or, when built with FA_HAVE_CBLAS and FA_CPU_PRODUCTS=blas is set, OpenBLAS sgemm
  * called single-threaded from our threads (kept to compare: see bench/NOTES_CPU.md).
  *
  * Sections: vector exp | tile products | softmax stream | one work item | driver. */
@@ -25,8 +25,11 @@
 #ifdef FA_HAVE_CBLAS
 #include <cblas.h>
 #endif
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define FA_AVX2 1                         /* 8-lane kernels for machines without AVX-512 */
 #endif
 
 #define LANES 16                          /* query rows per SIMD vector (fp32 x 512 bits) */
@@ -78,6 +81,27 @@ static inline __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+#endif
+
+#if defined(FA_AVX2)
+static inline __m256 exp256(__m256 x) {
+    __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_GE_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(EXP_LO));     /* n >= -126: 2^n is a normal float */
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    f = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), f);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    __m256 r = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    return _mm256_and_ps(r, live);                      /* -inf and x < EXP_LO: exactly 0 */
 }
 #endif
 
@@ -186,6 +210,81 @@ static void pv_builtin(const tile_bufs *t, const float *v, int64_t lk, int nc) {
             pv_dispatch(t, v, lk, nc, c0, t->d - c0 < PV_CR ? t->d - c0 : PV_CR, lane0, nv);
     }
 }
+#elif defined(FA_AVX2)
+/* The same register blocks with 8-lane vectors: 16 ymm registers hold 6 x 2 accumulators, the
+ * 2 loaded vectors and the broadcast. A lane group is 16 query rows = 2 vectors. */
+#define KB2 6
+static inline __attribute__((always_inline))
+void qk_block2(const tile_bufs *t, const float *k, int64_t lk, int j, int kr, int lane0) {
+    __m256 acc[KB2][2];
+    for (int a = 0; a < kr; a++) acc[a][0] = acc[a][1] = _mm256_setzero_ps();
+    const float *krow = k + j * lk;
+    for (int c = 0; c < t->d; c++) {
+        const float *qrow = t->qt + (int64_t)c * t->mp + lane0;
+        __m256 q0 = _mm256_load_ps(qrow), q1 = _mm256_load_ps(qrow + 8);
+        for (int a = 0; a < kr; a++) {
+            __m256 b = _mm256_broadcast_ss(krow + a * lk + c);
+            acc[a][0] = _mm256_fmadd_ps(b, q0, acc[a][0]);
+            acc[a][1] = _mm256_fmadd_ps(b, q1, acc[a][1]);
+        }
+    }
+    for (int a = 0; a < kr; a++) {
+        float *srow = t->st + (int64_t)(j + a) * t->mp + lane0;
+        _mm256_store_ps(srow, acc[a][0]);
+        _mm256_store_ps(srow + 8, acc[a][1]);
+    }
+}
+
+static void qk_builtin(const tile_bufs *t, const float *k, int64_t lk, int nc) {
+    for (int lane0 = 0; lane0 < t->mp; lane0 += LANES)
+        for (int j = 0; j < nc; j += KB2) {
+            switch (nc - j < KB2 ? nc - j : KB2) {
+            case 6: qk_block2(t, k, lk, j, 6, lane0); break;
+            case 5: qk_block2(t, k, lk, j, 5, lane0); break;
+            case 4: qk_block2(t, k, lk, j, 4, lane0); break;
+            case 3: qk_block2(t, k, lk, j, 3, lane0); break;
+            case 2: qk_block2(t, k, lk, j, 2, lane0); break;
+            default: qk_block2(t, k, lk, j, 1, lane0); break;
+            }
+        }
+}
+
+static inline __attribute__((always_inline))
+void pv_block2(const tile_bufs *t, const float *v, int64_t lk, int nc, int c0, int cr, int lane0) {
+    __m256 acc[KB2][2];
+    for (int a = 0; a < cr; a++) acc[a][0] = acc[a][1] = _mm256_setzero_ps();
+    for (int j = 0; j < nc; j++) {
+        const float *prow = t->st + (int64_t)j * t->mp + lane0;
+        __m256 p0 = _mm256_load_ps(prow), p1 = _mm256_load_ps(prow + 8);
+        const float *vrow = v + j * lk + c0;
+        for (int a = 0; a < cr; a++) {
+            __m256 b = _mm256_broadcast_ss(vrow + a);
+            acc[a][0] = _mm256_fmadd_ps(b, p0, acc[a][0]);
+            acc[a][1] = _mm256_fmadd_ps(b, p1, acc[a][1]);
+        }
+    }
+    /* one join per tile, as in the AVX-512 pv_block */
+    __m256 al0 = _mm256_load_ps(t->alpha + lane0), al1 = _mm256_load_ps(t->alpha + lane0 + 8);
+    for (int a = 0; a < cr; a++) {
+        float *o = t->ot + (int64_t)(c0 + a) * t->mp + lane0;
+        _mm256_store_ps(o, _mm256_fmadd_ps(al0, _mm256_load_ps(o), acc[a][0]));
+        _mm256_store_ps(o + 8, _mm256_fmadd_ps(al1, _mm256_load_ps(o + 8), acc[a][1]));
+    }
+}
+
+static void pv_builtin(const tile_bufs *t, const float *v, int64_t lk, int nc) {
+    for (int lane0 = 0; lane0 < t->mp; lane0 += LANES)
+        for (int c0 = 0; c0 < t->d; c0 += KB2) {
+            switch (t->d - c0 < KB2 ? t->d - c0 : KB2) {
+            case 6: pv_block2(t, v, lk, nc, c0, 6, lane0); break;
+            case 5: pv_block2(t, v, lk, nc, c0, 5, lane0); break;
+            case 4: pv_block2(t, v, lk, nc, c0, 4, lane0); break;
+            case 3: pv_block2(t, v, lk, nc, c0, 3, lane0); break;
+            case 2: pv_block2(t, v, lk, nc, c0, 2, lane0); break;
+            default: pv_block2(t, v, lk, nc, c0, 1, lane0); break;
+            }
+        }
+}
 #else
 /* Portable products: the inner loops run along the query lanes, contiguous, so the compiler
  * vectorizes them for whatever SIMD the machine has. */
@@ -279,6 +378,26 @@ static void softmax_update(float *st, int mp, int nc, float *m, float *l, float 
         _mm512_store_ps(alpha + i, a);
         _mm512_store_ps(l + i, _mm512_fmadd_ps(_mm512_load_ps(l + i), a, _mm512_add_ps(sum0, sum1)));
         _mm512_store_ps(m + i, mx);
+    }
+}
+#elif defined(FA_AVX2)
+static void softmax_update(float *st, int mp, int nc, float *m, float *l, float *alpha) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    for (int i = 0; i < mp; i += 8) {
+        __m256 mx = _mm256_load_ps(m + i);
+        for (int j = 0; j < nc; j++) mx = _mm256_max_ps(mx, _mm256_load_ps(st + (int64_t)j * mp + i));
+        __m256 sub = _mm256_andnot_ps(_mm256_cmp_ps(mx, ninf, _CMP_EQ_OQ), mx);   /* -inf -> 0 */
+        __m256 sum = _mm256_setzero_ps();
+        for (int j = 0; j < nc; j++) {
+            float *p = st + (int64_t)j * mp + i;
+            __m256 e = exp256(_mm256_sub_ps(_mm256_load_ps(p), sub));
+            _mm256_store_ps(p, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        __m256 a = exp256(_mm256_sub_ps(_mm256_load_ps(m + i), sub));
+        _mm256_store_ps(alpha + i, a);
+        _mm256_store_ps(l + i, _mm256_fmadd_ps(_mm256_load_ps(l + i), a, sum));
+        _mm256_store_ps(m + i, mx);
     }
 }
 #else
