@@ -260,17 +260,21 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
     if (cap_rows < 1) cap_rows = 1;
     int64_t nb = (n + cap_rows - 1) / cap_rows;
     MPI_Allreduce(MPI_IN_PLACE, &nb, 1, MPI_INT64_T, MPI_MAX, f->comm);
-    /* rank 0 of a serial build receives up to cap_rows rows from the others */
+    /* rank 0 of a serial build receives up to cap_rows rows from the others; float32 rows go
+     * out of the caller's buffer as they are (parallel build) */
+    const int direct = f->otype == FA_F32 && h5io_parallel();
     int64_t stage_rows = !f->holder || h5io_parallel() ? (n < cap_rows ? n : cap_rows) : cap_rows;
-    void *ostage = fa_malloc((size_t)(stage_rows * row_el * esize), "o staging");
+    void *ostage = direct ? NULL : fa_malloc((size_t)(stage_rows * row_el * esize), "o staging");
     float *lstage = fa_malloc((size_t)(stage_rows * H) * sizeof(float), "lse staging");
     hid_t dxpl = transfer_plist();
     for (int64_t it = 0; it < nb; it++) {
+        static const float none;             /* a buffer for ranks with nothing to write */
         int64_t r = it * cap_rows, rows = n - r < 0 ? 0 : n - r < cap_rows ? n - r : cap_rows;
-        if (rows) fa_from_f32(f->otype, o + r * row_el, ostage, rows * row_el);
+        const void *obuf = !rows ? (const void *)&none : direct ? o + r * row_el : ostage;
+        if (rows && !direct) fa_from_f32(f->otype, o + r * row_el, ostage, rows * row_el);
         for (int64_t i = 0; f->with_lse && i < rows; i++)       /* [rows, H] -> [H, rows] */
             for (int64_t h = 0; h < H; h++) lstage[h * rows + i] = lse[(r + i) * H + h];
-        if (h5io_parallel()) write_block(f, dxpl, b, r0 + r, rows, ostage, lstage);
+        if (h5io_parallel()) write_block(f, dxpl, b, r0 + r, rows, obuf, lstage);
         else gather_block(f, dxpl, b, r0 + r, rows, ostage, lstage);
     }
     H5Pclose(dxpl);
