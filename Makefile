@@ -112,7 +112,7 @@ $(BUILD)/%.o: %.c
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "Compiling $< > $@"
-	@$(NVCC) $(NVCCFLAGS) $(CUDA_CFLAGS) $(HDF5_CFLAGS) -c -o $@ $< 2> $(BUILD)/$*.cu.ptxas.txt || (cat $(BUILD)/$*.cu.ptxas.txt; exit 1)
+	@$(NVCC) $(NVCCFLAGS) $(CUDA_CFLAGS) $(HDF5_CFLAGS) -MMD -MP -MF $(BUILD)/$*.cu.d -c -o $@ $< 2> $(BUILD)/$*.cu.ptxas.txt || (cat $(BUILD)/$*.cu.ptxas.txt; exit 1)
 	@grep -E "error|warning" $(BUILD)/$*.cu.ptxas.txt | grep -v "ptxas info" || true
 
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJS)
