@@ -1,6 +1,11 @@
-/* flash_sm90.cu — variant 2 (FLASH_SM90_WGMMA): flash-attention forward for Hopper (sm_90a):
- * wgmma tensor-core instructions fed by TMA bulk tensor copies, a producer warpgroup and two
- * consumer warpgroups synchronized by mbarriers.
+/* flash_sm90.cu — variants 2, 3, 4: flash-attention forward for Hopper (sm_90a): wgmma
+ * tensor-core instructions fed by TMA bulk tensor copies, a producer warpgroup and two consumer
+ * warpgroups synchronized by mbarriers. One kernel template <D, T, STAGES, PIPE, PINGPONG>:
+ *   variant 2 FLASH_SM90_WGMMA    <2 stages, in turn>   S_j, softmax_j, P_j V_j one after another
+ *   variant 3 FLASH_SM90_PIPE     <3 stages, PIPE>      S_{j+1} and P_j V_j in flight during softmax
+ *   variant 4 FLASH_SM90_PINGPONG <3, PIPE, PINGPONG>   + the consumer warpgroups take turns issuing
+ *                                                       (the winner: FLASH_AUTO on sm_90)
+ * bench/NOTES_GPU.md has each one's prediction and outcome.
  *
  * Built by the top-level Makefile (the sm_90a pass of NVCC_GENCODE carries the kernel; the sm_80
  * pass compiles an empty body and flash_variant_available() reports the variant missing there):
