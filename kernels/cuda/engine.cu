@@ -9,9 +9,10 @@
  *   q     [H][max_rows][D]  T   the current chunk of queries
  *   rec   [max_rows][H][D+2] fp32 running state, the host record layout, copied in and out as is
  *   stage fp32 staging for uploads (host fp32 -> device fp32 -> convert kernel -> T)
- * gpu_engine_partial: upload q and the state (unless it is fresh), one kernel launch per key
- * segment in state mode (each continues from the state the last left, masks by global
- * positions), download the state.
+ * gpu_engine_partial: in sub-chunks of rows, pipelined (copy in i+1 and copy out i-1 while i
+ * computes): upload q and the state (unless it is fresh), one kernel launch per key segment in
+ * state mode (each continues from the state the last left, masks by global positions), download
+ * the state. FA_GPU_SYNC=1 runs it as one sub-chunk (no overlap), FA_GPU_SUB_ROWS=N sets the size.
  */
 #include "kernels/cuda/flash.h"
 #include <cuda_runtime.h>
@@ -48,7 +49,10 @@ struct gpu_engine {
     int64_t stage_floats;
     kv_seg *segs;
     int nsegs;
-    cudaStream_t stream;
+    int64_t sub_rows;          /* rows of a sub-chunk of gpu_engine_partial's pipeline */
+    cudaStream_t stream;       /* conversion and kernels */
+    cudaStream_t copy;         /* host <-> device copies of the pipeline */
+    cudaEvent_t up[2], conv[2], done[2];
 };
 
 /* ---- conversion kernels: fp32 host layout -> compute type, device layout --------------------- */
@@ -165,7 +169,18 @@ extern "C" int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, 
         gpu_engine_destroy(e);
         return -1;
     }
-    e->stage_floats = e->max_rows * h * (int64_t)(d + 2);
+    /* Sub-chunks: enough 128-row blocks x heads for ~4 waves on a 132-SM card, at least 2048
+     * rows; FA_GPU_SUB_ROWS overrides (the tests use small ones), FA_GPU_SYNC=1 turns the
+     * pipeline off (one sub-chunk, the lab's A/B). */
+    e->sub_rows = (4 * 132 * 128 / h + 127) / 128 * 128;
+    if (e->sub_rows < 2048) e->sub_rows = 2048;
+    const char *env = getenv("FA_GPU_SUB_ROWS");
+    if (env && atoll(env) > 0) e->sub_rows = atoll(env);
+    env = getenv("FA_GPU_SYNC");
+    if (env && atoi(env) == 1) e->sub_rows = e->max_rows;
+    if (e->sub_rows > e->max_rows) e->sub_rows = e->max_rows;
+    /* two halves, each one sub-chunk of fp32 queries; the K/V uploads use the whole buffer */
+    e->stage_floats = 2 * e->sub_rows * h * (int64_t)d;
     if (e->stage_floats < ((int64_t)1 << 24)) e->stage_floats = (int64_t)1 << 24;
     size_t qb = (size_t)h * e->max_rows * d * 2, rb = (size_t)e->max_rows * h * (d + 2) * sizeof(float);
     if (cudaMalloc(&e->q, qb) != cudaSuccess || cudaMalloc((void **)&e->rec, rb) != cudaSuccess ||
@@ -175,6 +190,12 @@ extern "C" int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, 
         return fa_seterr("GPU %d: out of device memory for query chunks of %lld rows", device, (long long)max_rows);
     }
     cudaCheck(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
+    cudaCheck(cudaStreamCreateWithFlags(&e->copy, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; i++) {
+        cudaCheck(cudaEventCreateWithFlags(&e->up[i], cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&e->conv[i], cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&e->done[i], cudaEventDisableTiming));
+    }
     *out = e;
     return 0;
 }
@@ -238,47 +259,80 @@ extern "C" int gpu_engine_partial(gpu_engine *e, const attn_queries *q, float *r
         return fa_seterr("CUDA engine: chunk of %lld rows exceeds max_rows %lld", (long long)q->nq, (long long)e->max_rows);
     if (q->nq <= 0 || e->nsegs == 0) return 0; /* no keys here: the state stays as it is */
     cudaCheck(cudaSetDevice(e->dev));
-    const int64_t D = e->d;
-    upload_convert(e, q->q, q->nq, e->h, e->q, e->max_rows, 0, 0);
-    const size_t rec_bytes = (size_t)q->nq * e->h * (D + 2) * sizeof(float);
+    const int64_t D = e->d, H = e->h, R = D + 2;
     /* A fresh state (every record m = -inf: nothing seen yet) need not travel: the first launch
-     * starts fresh (rec_in = NULL) and writes the whole state. Saves a third of the copies of a
-     * chunk's first pass. */
+     * starts fresh (rec_in = NULL) and writes the whole state. */
     int fresh = 1;
-    for (int64_t i = 0; i < q->nq * e->h && fresh; i++) fresh = rec[i * (D + 2)] == -INFINITY;
-    if (!fresh) cudaCheck(cudaMemcpyAsync(e->rec, rec, rec_bytes, cudaMemcpyHostToDevice, e->stream));
+    for (int64_t i = 0; i < q->nq * H && fresh; i++) fresh = rec[i * R] == -INFINITY;
+    /* Pipeline over sub-chunks of rows, two in flight: while sub-chunk i computes (stream), the
+     * host copies sub-chunk i+1 in and sub-chunk i-1's state out (copy stream; pageable copies
+     * block the host, the GPU keeps computing). Rows of a sub-chunk have their own ranges of the
+     * device q and rec buffers; the staging halves alternate, guarded by events. */
+    const int64_t sub = e->sub_rows, nsub = (q->nq + sub - 1) / sub;
     const size_t es = elem_bytes(e);
-    for (int i = 0; i < e->nsegs; i++) {
-        const kv_seg *s = &e->segs[i];
-        flash_params p;
-        memset(&p, 0, sizeof p);
-        p.q = e->q;
-        p.q_head_stride = e->max_rows * D;
-        p.q_row_stride = D;
-        p.k = (const char *)e->k + (size_t)(s->off * D) * es;
-        p.k_head_stride = e->kv_cap * D;
-        p.k_row_stride = D;
-        p.vt = (const char *)e->vt + (size_t)s->off * es;
-        p.vt_head_stride = D * e->kv_cap;
-        p.vt_row_stride = e->kv_cap;
-        p.nq = q->nq;
-        p.nk = s->n;
-        p.h = e->h;
-        p.hkv = e->hkv;
-        p.d = e->d;
-        p.dtype = e->ct == FA_COMPUTE_BF16 ? FLASH_BF16 : FLASH_FP16;
-        p.scale = q->scale;
-        p.causal = q->causal;
-        p.q_pos0 = q->q_pos0;
-        p.k_pos0 = s->pos0;
-        p.diag = q->causal ? q->diag : 0;
-        p.rec_in = (fresh && i == 0) ? NULL : e->rec;
-        p.rec_out = e->rec;
-        p.out_mode = FLASH_OUT_STATE;
-        char msg[256];
-        if (flash_forward(&p, FLASH_AUTO, e->stream, msg, sizeof msg)) fa_fail("GPU %d: %s", e->dev, msg);
+    for (int64_t i = 0; i <= nsub; i++) {
+        const int b = (int)(i & 1);
+        if (i < nsub) {
+            const int64_t r0 = i * sub, n = q->nq - r0 < sub ? q->nq - r0 : sub;
+            float *stage = e->stage + b * sub * H * D;
+            /* up: the staging half is free once sub-chunk i-2's conversion has run */
+            cudaCheck(cudaStreamWaitEvent(e->copy, e->conv[b], 0));
+            cudaCheck(cudaMemcpyAsync(stage, q->q + r0 * H * D, (size_t)(n * H * D) * sizeof(float),
+                                      cudaMemcpyHostToDevice, e->copy));
+            if (!fresh)
+                cudaCheck(cudaMemcpyAsync(e->rec + r0 * H * R, rec + r0 * H * R, (size_t)(n * H * R) * sizeof(float),
+                                          cudaMemcpyHostToDevice, e->copy));
+            cudaCheck(cudaEventRecord(e->up[b], e->copy));
+            /* compute: convert to [H][max_rows][D] at rows r0.., then one launch per segment */
+            cudaCheck(cudaStreamWaitEvent(e->stream, e->up[b], 0));
+            int64_t blocks = (n * H * D / 4 + 255) / 256;
+            unsigned gb = (unsigned)(blocks > 65535 * 8 ? 65535 * 8 : blocks);
+            if (e->ct == FA_COMPUTE_BF16)
+                convert_rows<<<gb, 256, 0, e->stream>>>(stage, (__nv_bfloat16 *)e->q, n, (int)H, (int)D, e->max_rows, r0);
+            else
+                convert_rows<<<gb, 256, 0, e->stream>>>(stage, (__half *)e->q, n, (int)H, (int)D, e->max_rows, r0);
+            cudaCheck(cudaGetLastError());
+            cudaCheck(cudaEventRecord(e->conv[b], e->stream));
+            for (int sg = 0; sg < e->nsegs; sg++) {
+                const kv_seg *s = &e->segs[sg];
+                flash_params p;
+                memset(&p, 0, sizeof p);
+                p.q = (const char *)e->q + (size_t)(r0 * D) * es;
+                p.q_head_stride = e->max_rows * D;
+                p.q_row_stride = D;
+                p.k = (const char *)e->k + (size_t)(s->off * D) * es;
+                p.k_head_stride = e->kv_cap * D;
+                p.k_row_stride = D;
+                p.vt = (const char *)e->vt + (size_t)s->off * es;
+                p.vt_head_stride = D * e->kv_cap;
+                p.vt_row_stride = e->kv_cap;
+                p.nq = n;
+                p.nk = s->n;
+                p.h = e->h;
+                p.hkv = e->hkv;
+                p.d = e->d;
+                p.dtype = e->ct == FA_COMPUTE_BF16 ? FLASH_BF16 : FLASH_FP16;
+                p.scale = q->scale;
+                p.causal = q->causal;
+                p.q_pos0 = q->q_pos0 + r0;
+                p.k_pos0 = s->pos0;
+                p.diag = q->causal ? q->diag : 0;
+                p.rec_in = (fresh && sg == 0) ? NULL : e->rec + r0 * H * R;
+                p.rec_out = e->rec + r0 * H * R;
+                p.out_mode = FLASH_OUT_STATE;
+                char msg[256];
+                if (flash_forward(&p, FLASH_AUTO, e->stream, msg, sizeof msg)) fa_fail("GPU %d: %s", e->dev, msg);
+            }
+            cudaCheck(cudaEventRecord(e->done[b], e->stream));
+        }
+        if (i >= 1) { /* down: sub-chunk i-1's state, once its kernels are done */
+            const int64_t r0 = (i - 1) * sub, n = q->nq - r0 < sub ? q->nq - r0 : sub;
+            cudaCheck(cudaStreamWaitEvent(e->copy, e->done[b ^ 1], 0));
+            cudaCheck(cudaMemcpyAsync(rec + r0 * H * R, e->rec + r0 * H * R, (size_t)(n * H * R) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, e->copy));
+        }
     }
-    cudaCheck(cudaMemcpyAsync(rec, e->rec, rec_bytes, cudaMemcpyDeviceToHost, e->stream));
+    cudaCheck(cudaStreamSynchronize(e->copy));
     cudaCheck(cudaStreamSynchronize(e->stream));
     return 0;
 }
@@ -287,6 +341,12 @@ extern "C" void gpu_engine_destroy(gpu_engine *e) {
     if (!e) return;
     cudaSetDevice(e->dev);
     if (e->stream) cudaStreamDestroy(e->stream);
+    if (e->copy) cudaStreamDestroy(e->copy);
+    for (int i = 0; i < 2; i++) {
+        if (e->up[i]) cudaEventDestroy(e->up[i]);
+        if (e->conv[i]) cudaEventDestroy(e->conv[i]);
+        if (e->done[i]) cudaEventDestroy(e->done[i]);
+    }
     cudaFree(e->k);
     cudaFree(e->vt);
     cudaFree(e->q);
