@@ -71,7 +71,7 @@ ifeq ($(USE_CUDA),1)
   endif
 endif
 NVCCFLAGS ?= -O3 -lineinfo -std=c++17 $(NVCC_GENCODE) -Xptxas=-v --expt-relaxed-constexpr
-NVCCFLAGS += -I. -ccbin $(CC_FOR_NVCC) -Xcompiler -fPIC,-Wall
+NVCCFLAGS += -I. -ccbin $(CC_FOR_NVCC) -Xcompiler -fPIC,-Wall,-fopenmp
 CC_FOR_NVCC ?= g++
 
 ALL_CFLAGS = $(CFLAGS) $(HDF5_CFLAGS) $(BLAS_CFLAGS) $(CUDA_CFLAGS)

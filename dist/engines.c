@@ -1,9 +1,11 @@
 /* engines.c — the exact-attention engines as the pipeline sees them (pipe_engine, pipeline.h):
- * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_engine_*). */
+ * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_job_*: keys resident
+ * or paged, device state per pipeline slot, merge through NCCL or the host). */
 #include "dist/merge.h"
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
 #include "kernels/gpu.h"
+#include "kernels/gpu_job.h"
 #include "runner/common.h"
 #include <string.h>
 
@@ -12,7 +14,7 @@ typedef struct {
     cpu_tiling tiling;
     const attn_kv_segment *segs;
     int nsegs;
-    gpu_engine *gpu;
+    gpu_job *job;
     rec_merge merge;
 } exact_ctx;
 
@@ -39,21 +41,9 @@ static int cpu_partial(void *ctx, const attn_queries *q, float *rec, void (*prog
     return 0;
 }
 
-static int gpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
-    exact_ctx *c = ctx;
-    c->nsegs = nsegs;
-    return nsegs > 0 ? gpu_engine_load_kv(c->gpu, segs, nsegs) : 0;
-}
-
-static int gpu_partial(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *),
-                       void *arg) {
-    exact_ctx *c = ctx;
-    return c->nsegs > 0 ? gpu_engine_partial(c->gpu, q, rec) : 0;
-}
-
 static void exact_destroy(void *ctx) {
     exact_ctx *c = ctx;
-    if (c->gpu) gpu_engine_destroy(c->gpu);
+    if (c->job) gpu_job_destroy(c->job);
     rec_merge_free(&c->merge);
     free(c);
 }
@@ -83,27 +73,80 @@ static int engine_exact_cpu(const fa_job *job, const fa_shape *s, pipe_engine *e
     return 0;
 }
 
+/* ---- CUDA: kernels/cuda/gpu_job.cu, keys resident or paged, device state per slot ---------- */
+static int job_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
+    return gpu_job_load_kv(((exact_ctx *)ctx)->job, segs, nsegs);
+}
+static int job_partial(void *ctx, int slot, const attn_queries *q) {
+    return gpu_job_partial(((exact_ctx *)ctx)->job, slot, q);
+}
+static int job_to_host(void *ctx, int slot, int64_t n, float *rec) {
+    return gpu_job_state_to_host(((exact_ctx *)ctx)->job, slot, n, rec);
+}
+static int job_merge_start(void *ctx, int slot, int64_t n, int root) {
+    return gpu_job_merge_start(((exact_ctx *)ctx)->job, slot, n, root);
+}
+static int job_merge_wait(void *ctx, int slot) {
+    return gpu_job_merge_wait(((exact_ctx *)ctx)->job, slot);
+}
+static int job_fetch(void *ctx, int slot, int64_t n, float *o, float *lse) {
+    return gpu_job_final_to_host(((exact_ctx *)ctx)->job, slot, n, o, lse);
+}
+static void job_stats(void *ctx, pipeline_stats *st) {
+    gpu_job_stats g;
+    gpu_job_get_stats(((exact_ctx *)ctx)->job, &g);
+    st->t_compute = g.compute_ms * 1e-3;        /* device time, not the host's enqueue time */
+    st->t_comm = g.comm_ms * 1e-3;
+    st->t_copy = g.copy_ms * 1e-3;
+    st->t_exposed = g.exposed_ms * 1e-3;
+    st->bytes_h2d = g.bytes_h2d;
+    st->bytes_d2h = g.bytes_d2h;
+    st->bytes_paged = g.bytes_paged;
+}
+
 static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, int64_t kv_rows,
-                      int64_t max_rows, pipe_engine *e) {
+                             int64_t max_rows, int window, void *nccl, int nccl_size,
+                             pipe_engine *e) {
+    gpu_job_cfg cfg = {.device = device, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
+                       .ct = job->compute, .slots = window, .max_rows = max_rows,
+                       .nccl_comm = nccl, .nccl_size = nccl_size};
+    kv_plan *pl = &cfg.plan;
+    *pl = (kv_plan){.kv_rows = kv_rows, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
+                    .elem = 2, .chunk_rows = max_rows, .slots = window, .budget = job->device_mem,
+                    .device_free = gpu_free_bytes(device)};
+    if (kv_plan_make(pl)) return -1;
+    if (pl->paged_rows > 0 || fa_verbosity > 1)
+        fa_log(1, "fa_long: rank 0 keys: %lld resident on GPU, %lld paged from pinned host memory "
+                  "in blocks of %lld keys (ring of %d, %.2f GiB) under a %.2f GiB budget",
+               (long long)pl->resident_rows, (long long)pl->paged_rows, (long long)pl->block_rows,
+               pl->ring, pl->ring_bytes / 1073741824.0,
+               (pl->budget > 0 ? pl->budget : pl->device_free) / 1073741824.0);
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
-    if (gpu_engine_create(device, kv_rows, max_rows, (int)s->H, (int)s->Hkv, (int)s->D,
-                          job->compute, &c->gpu)) {
+    if (gpu_job_create(&cfg, &c->job)) {
         free(c);
         return -1;
     }
     exact_common(s, c, e);
     e->name = "cuda";
     e->compute = job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
-    e->load_kv = gpu_load_kv;
-    e->partial = gpu_partial;
+    e->load_kv = job_load_kv;
+    e->partial_slot = job_partial;
+    e->to_host = job_to_host;
+    e->device_merge = nccl != NULL || nccl_size <= 1 ? 1 : 0;
+    e->merge_start = job_merge_start;
+    e->merge_wait = job_merge_wait;
+    e->fetch = job_fetch;
+    e->stats = job_stats;
     return 0;
 }
 
 int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                  int64_t kv_rows, int64_t max_rows, pipe_engine *e) {
+                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nccl_size,
+                  pipe_engine *e) {
     if (job->mode == MODE_TAYLOR)   /* first-order Taylor linear attention: dist/taylor_engine.c */
         return taylor_engine_create(job, s, backend, device, kv_rows, max_rows, e);
-    if (backend == BACKEND_CUDA) return engine_exact_cuda(job, s, device, kv_rows, max_rows, e);
+    if (backend == BACKEND_CUDA)
+        return engine_exact_cuda(job, s, device, kv_rows, max_rows, window, nccl_comm, nccl_size, e);
     return engine_exact_cpu(job, s, e);
 }
 

@@ -8,6 +8,9 @@
 #include "dist/pipeline.h"
 #include "dist/merge.h"
 #include "dist/shard.h"
+#include "dist/gpu_comm.h"
+#include "dist/paging.h"
+#include "kernels/gpu_job.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
 #include "runner/common.h"
@@ -22,9 +25,33 @@ int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu) {
     return c < s->Nq ? c : s->Nq;
 }
 
+/* COLLECTIVE for GPU jobs without --chunk: when this rank's keys will not all fit its device
+ * budget, the chunk grows until its compute hides the copies of the keys streamed for it
+ * (dist/paging.h). Rank 0 measures and decides; the answer is kept for later calls. */
 int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu) {
+    static int64_t cached = -1;
     int64_t c = job->chunk > 0 ? job->chunk : pipeline_default_chunk(s, nranks, gpu);
-    return c < s->Nq ? c : s->Nq;
+    if (job->chunk > 0 || !gpu) return c < s->Nq ? c : s->Nq;
+    if (cached > 0) return cached;
+    if (fa_rank == 0) {
+        kv_plan pl = {.kv_rows = (s->Nk + nranks - 1) / nranks, .h = (int)s->H, .hkv = (int)s->Hkv,
+                      .d = (int)s->D, .elem = 2, .chunk_rows = c, .slots = job->window,
+                      .budget = job->device_mem, .device_free = gpu_free_bytes(0)};
+        if (kv_plan_make(&pl) == 0 && pl.paged_rows > 0) {
+            double link = job->link_gbps > 0 ? job->link_gbps : gpu_link_gbps(0);
+            double tf = job->kernel_tflops > 0 ? job->kernel_tflops : 500.0;
+            int64_t need = kv_plan_min_rows((int)s->H, (int)s->Hkv, 2, tf, link, 1.5);
+            fa_log(2, "fa_long: paging model: link %.1f GB/s (%s), kernel %.0f TFLOP/s (%s): a chunk "
+                      "hides its key copies from %lld rows (x1.5 margin); chunk %lld rows",
+                   link, job->link_gbps > 0 ? "--link-gbps" : "measured", tf,
+                   job->kernel_tflops > 0 ? "--kernel-tflops" : "H100 kernel, bench/results",
+                   (long long)need, (long long)(need > c ? need : c));
+            if (need > c) c = need;
+        }
+    }
+    MPI_Bcast(&c, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    cached = c < s->Nq ? c : s->Nq;
+    return cached;
 }
 
 double pipeline_flops(const fa_job *job, const fa_shape *s, int64_t r0, int64_t n) {
@@ -34,8 +61,10 @@ double pipeline_flops(const fa_job *job, const fa_shape *s, int64_t r0, int64_t 
            shard_work(&whole, r0, r0 + n, job->causal, s->Nk - s->Nq);
 }
 
-shard_layout pipeline_layout(const fa_job *job) {
-    return job->shard_set ? job->shard : (job->causal ? SHARD_STRIPED : SHARD_CONTIGUOUS);
+shard_layout pipeline_layout(const fa_job *job, fa_backend backend) {
+    if (job->shard_set) return job->shard;
+    if (!job->causal) return SHARD_CONTIGUOUS;
+    return backend == BACKEND_CUDA ? SHARD_ZIGZAG : SHARD_STRIPED;
 }
 
 typedef struct {
@@ -69,14 +98,20 @@ static int owner(const pipe_state *p, int64_t i) {
 
 static int64_t group_size(const pipe_state *p) { return p->serial_io ? 1 : p->nranks; }
 
-/* This rank's index among the ranks of its node: the GPU it drives is local_rank mod GPUs. */
-static int local_rank(MPI_Comm comm) {
-    MPI_Comm node;
-    int r = 0;
-    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &r);
-    MPI_Comm_free(&node);
-    return r;
+/* COLLECTIVE: -1 on every rank when any rank's rc != 0, with the lowest failing rank's message
+ * everywhere. */
+static int agree_status(MPI_Comm comm, int rc) {
+    int rank, size, bad, first;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    bad = rc ? rank : size;
+    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, comm);
+    if (first == size) return 0;
+    char msg[1024] = {0};
+    if (rank == first) snprintf(msg, sizeof msg, "%s", fa_errmsg());
+    MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, comm);
+    fa_seterr("%s", msg);
+    return -1;
 }
 
 /* Called by the engine from the master thread: lets MPI move the merges in flight. */
@@ -114,10 +149,21 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     int64_t b, r0, n;
     chunk_rows(p, i, &b, &r0, &n);
     double t0 = fa_now();
-    MPI_Wait(&p->req[slot], MPI_STATUS_IGNORE);
-    p->st->t_wait += fa_now() - t0;
     int64_t H = p->s->H, D = p->s->D, R = p->eng->rec_len;
-    if (owner(p, i) == p->rank) {
+    if (p->eng->device_merge) {                    /* merged on the device: the owner fetches */
+        if (p->eng->merge_wait(p->eng->ctx, slot)) fa_fail("%s", fa_errmsg());
+        p->st->t_wait += fa_now() - t0;
+        if (owner(p, i) == p->rank) {
+            if (p->eng->fetch(p->eng->ctx, slot, n, p->o_out, p->lse_out)) fa_fail("%s", fa_errmsg());
+            p->pend_b = b;
+            p->pend_r0 = r0;
+            p->pend_n = n;
+        }
+    } else {
+        MPI_Wait(&p->req[slot], MPI_STATUS_IGNORE);
+        p->st->t_wait += fa_now() - t0;
+    }
+    if (!p->eng->device_merge && owner(p, i) == p->rank) {
         const float *rec = p->rec[slot];
         for (int64_t r = 0; r < n * H; r++)
             p->lse_out[r] = p->eng->finalize(p->eng->ctx, rec + r * R, p->o_out + r * D);
@@ -152,6 +198,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
                  fa_backend backend, int64_t first_chunk, progress *pg,
                  pipeline_stats *st) {
     pipe_state p = {0};
+    int rc_engine;
     p.pg = pg;
     p.job = job;
     memset(st, 0, sizeof *st);
@@ -172,14 +219,21 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
 
     /* the sharding plan */
     kv_shard sh;
-    shard_plan(s->Nk, p.nranks, p.rank, pipeline_layout(job), job->stripe, &sh);
+    st->layout = pipeline_layout(job, backend);
+    shard_plan(s->Nk, p.nranks, p.rank, (shard_layout)st->layout, job->stripe, &sh);
 
-    /* the engine */
+    /* the engine: on GPUs, bound to this rank's device, merging through NCCL when it can */
+    gpu_comm gc = {0};
+    if (gpu && gpu_comm_init(comm, !job->no_nccl, &gc)) return -1;
     pipe_engine eng;
-    int ndev = gpu ? gpu_count() : 0;
-    if (engine_create(job, s, backend, ndev > 0 ? local_rank(comm) % ndev : 0, sh.total, p.chunk,
-                      &eng))
-        fa_fail("%s", fa_errmsg());
+    rc_engine = engine_create(job, s, backend, gc.device, sh.total, p.chunk, p.window,
+                              gc.nccl ? gc.comm : NULL, gc.nccl ? gc.size : 1, &eng);
+    if (agree_status(comm, rc_engine)) {
+        shard_free(&sh);
+        gpu_comm_free(&gc);
+        return -1;
+    }
+    st->nccl = gc.nccl;
     p.eng = &eng;
     st->used_gpu = gpu;
     int64_t R = eng.rec_len;
@@ -230,12 +284,23 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         attn_queries q = {.q = qbuf, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
                           .d = (int)D, .scale = scale, .causal = job->causal,
                           .diag = s->Nk - s->Nq};
-        eng.init(eng.ctx, p.rec[slot], n);
-        if (eng.partial(eng.ctx, &q, p.rec[slot], drive_merges, &p)) fa_fail("%s", fa_errmsg());
-        st->t_compute += fa_now() - t1;
-        st->work_pairs += shard_work(&sh, r0, r0 + n, job->causal, s->Nk - s->Nq) * (double)H;
-
         int root = owner(&p, i);
+        st->work_pairs += shard_work(&sh, r0, r0 + n, job->causal, s->Nk - s->Nq) * (double)H;
+        if (eng.partial_slot) {                    /* device state: asynchronous compute */
+            if (eng.partial_slot(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
+            if (eng.device_merge) {
+                if (eng.merge_start(eng.ctx, slot, n, root)) fa_fail("%s", fa_errmsg());
+                if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
+                st->t_compute += fa_now() - t1;
+                st->chunks++;
+                continue;
+            }
+            if (eng.to_host(eng.ctx, slot, n, p.rec[slot])) fa_fail("%s", fa_errmsg());
+        } else {
+            eng.init(eng.ctx, p.rec[slot], n);
+            if (eng.partial(eng.ctx, &q, p.rec[slot], drive_merges, &p)) fa_fail("%s", fa_errmsg());
+        }
+        st->t_compute += fa_now() - t1;
         void *sendbuf = root == p.rank ? MPI_IN_PLACE : p.rec[slot];
         MPI_Ireduce(sendbuf, p.rec[slot], (int)(n * H), eng.rec_type, eng.op, root, comm,
                     &p.req[slot]);
@@ -256,7 +321,9 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     st->stopped = rc == 0 && posted < p.nchunks;
     if (rc) MPI_Waitall(p.window, p.req, MPI_STATUSES_IGNORE);
 
+    if (eng.stats) eng.stats(eng.ctx, st);
     engine_free(&eng);
+    gpu_comm_free(&gc);
     for (int w = 0; w < p.window; w++) free(p.rec[w]);
     free(p.rec);
     free(p.req);

@@ -11,6 +11,8 @@
 #include "dist/shard.h"
 #include "runner/progress.h"
 
+struct pipeline_stats;
+
 /* What the pipeline needs of an engine (dist/engines.c builds them). A record is rec_len floats
  * per (query row, head); partials over disjoint key sets merge with `op` on `rec_type`. */
 typedef struct pipe_engine {
@@ -29,22 +31,41 @@ typedef struct pipe_engine {
     /* one record -> o[D]; returns the row's lse */
     float (*finalize)(void *ctx, const float *rec, float *o);
     void (*destroy)(void *ctx);
+    /* Engines that keep each chunk's state on a device (the CUDA engine) set these too: the
+     * pipeline then calls partial_slot (asynchronous) instead of partial, and either merges on
+     * the device (device_merge: merge_start, merge_wait, and fetch on the owner) or copies the
+     * state to the host (to_host) for the MPI merge. */
+    int device_merge;
+    int (*partial_slot)(void *ctx, int slot, const attn_queries *q);
+    int (*to_host)(void *ctx, int slot, int64_t nrows, float *rec);
+    int (*merge_start)(void *ctx, int slot, int64_t nrows, int root);
+    int (*merge_wait)(void *ctx, int slot);
+    int (*fetch)(void *ctx, int slot, int64_t nrows, float *o, float *lse);
+    /* adds the engine's own measurements (device time, bytes) to the stats at the end */
+    void (*stats)(void *ctx, struct pipeline_stats *st);
 } pipe_engine;
 
 /* Builds the engine for the job's mode and backend (dist/engines.c). Returns -1 with fa_seterr
  * when it cannot start. device: the CUDA device of this rank; kv_rows: keys this rank holds;
  * max_rows: the chunk size. */
 int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                  int64_t kv_rows, int64_t max_rows, pipe_engine *e);
+                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nccl_size,
+                  pipe_engine *e);
 void engine_free(pipe_engine *e);
 
-typedef struct {
+typedef struct pipeline_stats {
     double t_read, t_compute, t_wait, t_write, t_total;
     int64_t bytes_reduced;   /* record bytes this rank contributed to merges */
     int64_t bytes_h2d, bytes_d2h;   /* host<->device traffic of a GPU engine */
+    int64_t bytes_paged;     /* of which key/value blocks paged from pinned host memory */
+    double t_copy;           /* time the paging copies took (copy stream) */
+    double t_comm;           /* device merge time (NCCL, communication stream) */
+    double t_exposed;        /* compute-stream idle time while merges ran: comm not hidden */
     int64_t chunks;          /* query chunks processed */
     double work_pairs;       /* visible (query, key) pairs computed by this rank */
     int used_gpu;
+    int layout;              /* shard_layout used */
+    int nccl;                /* merged on the device through NCCL */
     int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
     int64_t chunks_done;
 } pipeline_stats;
@@ -67,8 +88,10 @@ double pipeline_flops(const fa_job *job, const fa_shape *s, int64_t r0, int64_t 
 
 /* Chunk size actually used for a job. */
 int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu);
-/* The shard layout actually used for a job. */
-shard_layout pipeline_layout(const fa_job *job);
+/* The shard layout actually used for a job: --shard, else contiguous, or for causal jobs striped
+ * on CPUs and zigzag on GPUs (two key runs per rank: two kernel launches per chunk, and paged
+ * blocks stay whole). */
+shard_layout pipeline_layout(const fa_job *job, fa_backend backend);
 
 /* Chunk size used when the job gives none: large enough to amortize per-chunk costs, small enough
  * that a few chunks' records stay far below the rank's key shard in memory. */

@@ -1,5 +1,6 @@
 /* cli.c — run options (getopt_long), --help and --version. */
 #include <getopt.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +54,11 @@ static void usage(void) {
         "      --window N          chunks whose cross-rank merge may be in flight (default 3)\n"
         "      --backend B         cpu, cuda or auto (default auto: cuda when every rank has a GPU)\n"
         "      --compute T         GPU compute type: bf16 (default) or fp16\n"
+        "      --device-mem SIZE   GPU memory this rank may use (e.g. 10G); keys and values past it\n"
+        "                          stay in pinned host memory and stream in blocks (paging)\n"
+        "      --kernel-tflops X   paging model: the kernel's rate (default: per card)\n"
+        "      --link-gbps X       paging model: host link bandwidth (default: measured at start)\n"
+        "      --no-nccl           merge across GPUs through MPI even where NCCL could\n"
         "      --threads N         CPU engine threads per rank (default: OMP_NUM_THREADS or all cores)\n"
         "      --tile BRxBC        CPU engine tile (query rows x keys), e.g. 64x256\n"
         "      --out-dtype T       element type of o: float32, float16, bfloat16 (default: q's)\n"
@@ -76,7 +82,8 @@ static void usage(void) {
 }
 
 enum { OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
-       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME };
+       OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME, OPT_DEVMEM, OPT_NONCCL, OPT_KTFLOPS,
+       OPT_LINK };
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
@@ -104,6 +111,10 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"report", required_argument, 0, OPT_REPORT},
         {"check", required_argument, 0, OPT_CHECK},
         {"resume", no_argument, 0, OPT_RESUME},
+        {"device-mem", required_argument, 0, OPT_DEVMEM},
+        {"no-nccl", no_argument, 0, OPT_NONCCL},
+        {"kernel-tflops", required_argument, 0, OPT_KTFLOPS},
+        {"link-gbps", required_argument, 0, OPT_LINK},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -181,6 +192,19 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         case OPT_COMPARE: job->compare = 1; break;
         case OPT_REPORT: job->report = optarg; break;
         case OPT_RESUME: job->resume = 1; break;
+        case OPT_DEVMEM: if (parse_int("--device-mem", optarg, 1, &job->device_mem)) return -1; break;
+        case OPT_NONCCL: job->no_nccl = 1; break;
+        case OPT_KTFLOPS:
+        case OPT_LINK: {
+            char *end;
+            double x = strtod(optarg, &end);
+            if (*end || !(x > 0))
+                return fa_seterr("option %s: '%s' is not a positive number",
+                                 c == OPT_LINK ? "--link-gbps" : "--kernel-tflops", optarg);
+            if (c == OPT_LINK) job->link_gbps = x;
+            else job->kernel_tflops = x;
+            break;
+        }
         case OPT_CHECK:
             if (!strcmp(optarg, "all")) job->check_rows = -1;
             else if (parse_int("--check", optarg, 1, &job->check_rows)) return -1;

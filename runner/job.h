@@ -30,6 +30,10 @@ typedef struct {
     fa_mode mode;
     int compare;             /* --compare: also run the other mode, record the error per head */
     const char *report;      /* --report FILE.json */
+    int64_t device_mem;      /* --device-mem: this rank's device-memory budget, bytes (0: all) */
+    int no_nccl;             /* --no-nccl: merge through MPI even where NCCL could */
+    double kernel_tflops;    /* --kernel-tflops: the paging model's kernel rate (0: per card) */
+    double link_gbps;        /* --link-gbps: the paging model's host link (0: measured) */
     int resume;              /* --resume: continue from the partial output of an earlier run */
     int64_t check_rows;      /* --check ROWS: fp64 check of sampled rows after the run (-1: all) */
     int quiet, verbose;

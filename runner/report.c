@@ -42,13 +42,15 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
     else put(b, "null");
 }
 
-enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_N };
+enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
+       S_COMM, S_EXPOSED, S_N };
 
 void report_build(report *r, const fa_job *job, const fa_shape *s, const pipeline_stats *st,
                   const char *backend, const char *compute, int64_t chunk, double elapsed,
                   const check_result *check) {
     double mine[S_N] = {st->t_read, st->t_compute, st->t_wait, st->t_write, st->work_pairs,
-                        (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h};
+                        (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
+                        (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     r->json = NULL;
@@ -80,7 +82,7 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     put(&b, ", \"mode\": \"%s\", \"ranks\": %d, \"backend\": \"%s\", \"compute\": \"%s\", "
             "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\"},\n",
         job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_nranks, backend, compute,
-        (long long)chunk, job->window, shard_layout_name(pipeline_layout(job)),
+        (long long)chunk, job->window, shard_layout_name((shard_layout)st->layout),
         fa_dtype_name(s->q_type));
     put(&b, "  \"elapsed_s\": ");
     put_num(&b, elapsed);
@@ -99,15 +101,29 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     put(&b, ",\n  \"compute_tflops\": ");
     put_num(&b, mx[S_COMPUTE] > 0 ? flops / mx[S_COMPUTE] * 1e-12 : 0);
     put(&b, ",\n  \"bytes\": {\"merge_network\": %.0f, \"host_to_device\": %.0f, "
-            "\"device_to_host\": %.0f},\n", sum[S_BYTES], sum[S_H2D], sum[S_D2H]);
+            "\"device_to_host\": %.0f, \"paged\": %.0f},\n", sum[S_BYTES], sum[S_H2D], sum[S_D2H],
+        sum[S_PAGED]);
+    put(&b, "  \"paging\": {\"copy_s\": ");
+    put_num(&b, mx[S_COPY]);
+    put(&b, ", \"link_gbps\": ");
+    put_num(&b, mx[S_COPY] > 0 ? sum[S_PAGED] / fa_nranks / mx[S_COPY] * 1e-9 : 0);
+    put(&b, "},\n  \"merge\": {\"nccl\": %s, \"comm_s\": ", st->nccl ? "true" : "false");
+    put_num(&b, mx[S_COMM]);
+    put(&b, ", \"compute_idle_s\": ");
+    put_num(&b, mx[S_EXPOSED]);
+    put(&b, ", \"hidden_fraction\": ");
+    put_num(&b, mx[S_COMM] > 0 ? 1.0 - fmin(mx[S_EXPOSED], mx[S_COMM]) / mx[S_COMM] : 1.0);
+    put(&b, "},\n");
     put(&b, "  \"imbalance_compute_max_over_mean\": ");
     put_num(&b, mean_c > 0 ? mx[S_COMPUTE] / mean_c : 1.0);
     put(&b, ",\n  \"per_rank\": [");
     for (int k = 0; k < fa_nranks; k++) {
         const double *v = all + k * S_N;
         put(&b, "%s\n    {\"rank\": %d, \"read_s\": %.6f, \"compute_s\": %.6f, \"merge_wait_s\": "
-                "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f}",
-            k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES]);
+                "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
+                "\"comm_s\": %.6f, \"compute_idle_s\": %.6f, \"paged_bytes\": %.0f}",
+            k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
+            v[S_COMM], v[S_EXPOSED], v[S_PAGED]);
     }
     put(&b, "\n  ]");
     if (check) {

@@ -50,7 +50,7 @@ static fa_backend choose_backend(const fa_job *job) {
 }
 
 static int write_attrs(h5out *out, const fa_job *job, const fa_shape *s, fa_backend be,
-                       int64_t chunk, double scale, double elapsed) {
+                       int64_t chunk, double scale, double elapsed, const pipeline_stats *st) {
     int rc = 0;
     rc |= h5out_attr_int(out, "causal", job->causal);
     rc |= h5out_attr_double(out, "scale", scale);
@@ -61,7 +61,7 @@ static int write_attrs(h5out *out, const fa_job *job, const fa_shape *s, fa_back
         rc |= h5out_attr_str(out, "compute", job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16");
     else
         rc |= h5out_attr_str(out, "compute", "float32");
-    rc |= h5out_attr_str(out, "shard", shard_layout_name(pipeline_layout(job)));
+    rc |= h5out_attr_str(out, "shard", shard_layout_name((shard_layout)st->layout));
     rc |= h5out_attr_str(out, "version", "fa_long " FA_VERSION);
     rc |= h5out_attr_str(out, "input", job->input);
     rc |= h5out_attr_double(out, "elapsed_seconds", elapsed);
@@ -262,7 +262,7 @@ int cmd_run(int argc, char **argv) {
     MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
     if (fa_rank != 0) rep.json = fa_calloc((size_t)len, 1, "report");
     MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
-    if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed)) ||
+    if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed, &st)) ||
         agree(mode_attrs(out, &job)) ||
         agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
         agree(h5out_attr_str(out, "report", rep.json)) || agree(h5out_commit(out))) {

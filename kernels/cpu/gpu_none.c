@@ -15,3 +15,22 @@ int gpu_engine_load_kv(gpu_engine *e, const attn_kv_segment *segs, int nsegs) { 
 int gpu_engine_partial(gpu_engine *e, const attn_queries *q, float *rec) { return -1; }
 void gpu_engine_destroy(gpu_engine *e) {}
 #endif
+
+#ifndef FA_HAVE_CUDA
+#include "kernels/gpu_job.h"
+int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
+    *out = NULL;
+    return fa_seterr("this fa_long was built without CUDA (nvcc was not found at build time)");
+}
+int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs) { return -1; }
+int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) { return -1; }
+int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec) { return -1; }
+int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) { return -1; }
+int gpu_job_merge_wait(gpu_job *g, int slot) { return -1; }
+int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, float *lse) { return -1; }
+void gpu_job_get_stats(gpu_job *g, gpu_job_stats *s) {}
+void gpu_job_destroy(gpu_job *g) {}
+double gpu_link_gbps(int device) { return 0; }
+int64_t gpu_free_bytes(int device) { return 0; }
+int gpu_uuid(int device, unsigned char uuid[16]) { return -1; }
+#endif

@@ -1,0 +1,22 @@
+/* gpu_comm.h — binding ranks to GPUs and the NCCL communicator the GPU merge runs on.
+ *
+ * Rank r of a node drives the node's GPU (local rank mod GPUs), bound once. When every GPU serves
+ * one rank and the build has NCCL, the ranks bootstrap NCCL over MPI (rank 0's unique id,
+ * broadcast) and merge on the device. When some GPU serves several ranks (NCCL refuses two ranks
+ * on one GPU: "Duplicate GPU detected"), detected by comparing device UUIDs across each node, or
+ * without NCCL, the job says so in one line and merges through MPI from host memory. */
+#pragma once
+#include <mpi.h>
+
+typedef struct {
+    int device;          /* CUDA device this rank drives */
+    int local_rank, local_size;
+    int shared;          /* some GPU of the job serves several ranks */
+    int nccl;            /* NCCL communicator up */
+    void *comm;          /* ncclComm_t */
+    int rank, size;
+} gpu_comm;
+
+/* COLLECTIVE. want_nccl 0 forces the MPI merge. Returns 0, or -1 with fa_seterr (same on all). */
+int gpu_comm_init(MPI_Comm comm, int want_nccl, gpu_comm *g);
+void gpu_comm_free(gpu_comm *g);

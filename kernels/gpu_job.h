@@ -1,0 +1,56 @@
+/* gpu_job.h — one rank's GPU side of a multi-rank job (kernels/cuda/gpu_job.cu): the rank's keys
+ * resident on the device or paged from pinned host memory (dist/paging.h), one device state per
+ * pipeline slot, and the cross-rank merge of a chunk either on the device through NCCL (on a
+ * communication stream, ordered by events after the chunk's compute) or through host records
+ * for the MPI merge. kernels/cpu/gpu_none.c answers for builds without CUDA. */
+#pragma once
+#include <stdint.h>
+#include "kernels/attn.h"
+#include "kernels/gpu.h"
+#include "dist/paging.h"
+
+typedef struct gpu_job gpu_job;
+
+typedef struct {
+    int device;
+    int h, hkv, d;
+    fa_compute ct;
+    kv_plan plan;           /* filled by kv_plan_make with this rank's numbers */
+    int slots;              /* pipeline slots (chunks in flight) */
+    int64_t max_rows;       /* rows per chunk */
+    void *nccl_comm;        /* ncclComm_t of all ranks, or NULL: states go to the host (MPI) */
+    int nccl_rank, nccl_size;
+} gpu_job_cfg;
+
+typedef struct {
+    double compute_ms;      /* kernel time of all chunks (device events) */
+    double comm_ms;         /* NCCL merge time on the communication stream */
+    double copy_ms;         /* paged-block copy time on the copy stream */
+    double exposed_ms;      /* compute-stream idle time between chunks while merges ran */
+    int64_t bytes_h2d, bytes_d2h, bytes_paged, bytes_nccl;
+} gpu_job_stats;
+
+int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out);
+/* The rank's key segments of one batch element (host fp32). Resident keys are uploaded and
+ * converted; the rest are converted into pinned host blocks. */
+int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs);
+/* Enqueues chunk q's compute into slot `slot` (asynchronous; the queries are copied first). */
+int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q);
+/* MPI path: waits for the slot's compute and copies its records ([n][H] {m,l,o}) to rec. */
+int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec);
+/* NCCL path: enqueues the merge of the slot's n rows across ranks, landing on rank `root`. */
+int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root);
+/* Waits for the slot's merge (or, with one rank, its compute) to finish. */
+int gpu_job_merge_wait(gpu_job *g, int slot);
+/* The root of a merged slot (or the only rank): o [n][H][D] and lse [n][H] to the host. */
+int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, float *lse);
+void gpu_job_get_stats(gpu_job *g, gpu_job_stats *s);
+void gpu_job_destroy(gpu_job *g);
+
+/* Host -> device bandwidth of pinned memory on `device`, GB/s (a 256 MB copy, best of 3);
+ * 0 without CUDA. */
+double gpu_link_gbps(int device);
+/* Free device memory in bytes (0 without CUDA). */
+int64_t gpu_free_bytes(int device);
+/* 16-byte UUID of `device` into uuid; -1 without CUDA. */
+int gpu_uuid(int device, unsigned char uuid[16]);
