@@ -271,10 +271,11 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
     int64_t g = first_nonfinite(f, idx, b, r, nr, dst, &what);
     if (g >= 0) {
         const int64_t *d = f->dims[idx];
-        fa_seterr("input '%s': dataset '%s' has %s at [%lld, %lld, %lld, %lld]; expected finite "
-                  "values (--allow-nonfinite accepts them)", f->path, NAMES[idx], what, (long long)(g / (d[1] * d[2] * d[3])),
-                  (long long)(g / (d[2] * d[3]) % d[1]), (long long)(g / d[3] % d[2]),
-                  (long long)(g % d[3]));
+        const char *as = f->dtype[idx] == FA_F64 && what[0] != 'N' ? " (in float32)" : "";
+        fa_seterr("input '%s': dataset '%s' has %s%s at [%lld, %lld, %lld, %lld]; expected "
+                  "finite values (--allow-nonfinite accepts them)", f->path, NAMES[idx], what, as,
+                  (long long)(g / (d[1] * d[2] * d[3])), (long long)(g / (d[2] * d[3]) % d[1]),
+                  (long long)(g / d[3] % d[2]), (long long)(g % d[3]));
     }
     return h5io_agree(f->comm, g >= 0, g);
 }

@@ -495,6 +495,20 @@ static void test_read_errors(const char *dir) {
               NULL);
     check(h5in_read_rows(in, "k", 0, NULL, 0, x, 1) == 0, "no ranges: nothing read, status 0");
     h5in_close(in);
+    /* a float64 value beyond float32's range reads as Inf: refused, and the message says why */
+    hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(file, "v", H5P_DEFAULT);
+    hsize_t vd[4] = {2, 12, 2, 16};
+    hid_t sp = H5Screate_simple(4, vd, NULL);
+    hid_t ds = H5Dcreate2(file, "v", H5T_IEEE_F64BE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    double *big = fa_calloc(2 * 12 * 2 * 16, sizeof(double), "v");
+    big[((0 * 12 + 2) * 2 + 0) * 16 + 1] = -1e300;
+    H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, big);
+    H5Dclose(ds), H5Sclose(sp), H5Fclose(file), free(big);
+    check(h5in_open(path, MPI_COMM_SELF, &in, &sh) == 0 && sh.v_type == FA_F64, "reopen with f64 v");
+    check_err(h5in_read_rows(in, "v", 0, &all, 1, x, 1), "float64 overflow refused",
+              "'v'", "-Inf (in float32) at [0, 2, 0, 1]", NULL);
+    h5in_close(in);
     free(x);
 }
 
