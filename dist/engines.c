@@ -7,6 +7,7 @@
 #include "kernels/gpu.h"
 #include "kernels/gpu_job.h"
 #include "runner/common.h"
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -105,15 +106,20 @@ static void job_stats(void *ctx, pipeline_stats *st) {
 }
 
 static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, int64_t kv_rows,
-                             int64_t max_rows, int window, void *nccl, int nccl_size,
+                             int64_t max_rows, int window, void *nccl, int nranks,
                              pipe_engine *e) {
     gpu_job_cfg cfg = {.device = device, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
                        .ct = job->compute, .slots = window, .max_rows = max_rows,
-                       .nccl_comm = nccl, .nccl_size = nccl_size};
+                       .nccl_comm = nccl, .nccl_size = nccl ? nranks : 1};
     kv_plan *pl = &cfg.plan;
     *pl = (kv_plan){.kv_rows = kv_rows, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
                     .elem = 2, .chunk_rows = max_rows, .slots = window, .budget = job->device_mem,
                     .device_free = gpu_free_bytes(device)};
+    const char *br = getenv("FA_PAGE_BLOCK_ROWS"), *rg = getenv("FA_PAGE_RING");
+    const char *mr = getenv("FA_PAGE_MAX_RESIDENT");
+    pl->max_resident = mr ? atoll(mr) : -1;
+    if (br) pl->block_rows = atoll(br);
+    if (rg) pl->ring = atoi(rg);
     if (kv_plan_make(pl)) return -1;
     if (pl->paged_rows > 0 || fa_verbosity > 1)
         fa_log(1, "fa_long: rank 0 keys: %lld resident on GPU, %lld paged from pinned host memory "
@@ -132,7 +138,7 @@ static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, i
     e->load_kv = job_load_kv;
     e->partial_slot = job_partial;
     e->to_host = job_to_host;
-    e->device_merge = nccl != NULL || nccl_size <= 1 ? 1 : 0;
+    e->device_merge = nccl != NULL || nranks == 1;   /* else: states to the host, MPI merge */
     e->merge_start = job_merge_start;
     e->merge_wait = job_merge_wait;
     e->fetch = job_fetch;
@@ -141,12 +147,12 @@ static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, i
 }
 
 int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nccl_size,
+                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nranks,
                   pipe_engine *e) {
     if (job->mode == MODE_TAYLOR)   /* first-order Taylor linear attention: dist/taylor_engine.c */
         return taylor_engine_create(job, s, backend, device, kv_rows, max_rows, e);
     if (backend == BACKEND_CUDA)
-        return engine_exact_cuda(job, s, device, kv_rows, max_rows, window, nccl_comm, nccl_size, e);
+        return engine_exact_cuda(job, s, device, kv_rows, max_rows, window, nccl_comm, nranks, e);
     return engine_exact_cpu(job, s, e);
 }
 

@@ -3,7 +3,11 @@
 #include "runner/common.h"
 #include <math.h>
 
+/* Resident and block boundaries fall on multiples of ALIGN keys, so they coincide with the
+ * kernel's key tiles: a paged run folds the same tiles in the same order as a resident one. */
+#define ALIGN 256
 static int64_t round_down(int64_t x, int64_t a) { return x / a * a; }
+static int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 
 int kv_plan_make(kv_plan *p) {
     const int64_t e = p->elem, D = p->d, H = p->h, Hkv = p->hkv;
@@ -14,21 +18,20 @@ int kv_plan_make(kv_plan *p) {
     int64_t avail = p->budget > 0 ? p->budget : p->device_free - ((int64_t)1 << 30);
     const int64_t per_key = 2 * Hkv * D * e;                 /* K and V^T of one key */
     p->block_rows = p->block_rows > 0 ? p->block_rows : 32768;
-    if (p->block_rows > p->kv_rows) p->block_rows = p->kv_rows > 64 ? p->kv_rows : 64;
-    p->block_rows = (p->block_rows + 63) / 64 * 64;
+    if (p->block_rows > p->kv_rows) p->block_rows = p->kv_rows;
+    p->block_rows = round_up(p->block_rows > 0 ? p->block_rows : 1, ALIGN);
     p->ring = p->ring > 0 ? p->ring : 3;
     p->block_bytes = p->block_rows * per_key;
-    if (p->fixed_bytes + p->kv_rows * per_key <= avail) {   /* everything fits */
+    int capped = p->max_resident >= 0 && p->max_resident < p->kv_rows;
+    if (!capped && p->fixed_bytes + p->kv_rows * per_key <= avail) {   /* everything fits */
         p->resident_rows = p->kv_rows;
         p->paged_rows = 0;
         p->ring_bytes = 0;
         return 0;
     }
     /* page: shrink blocks until a ring of them fits beside the chunk buffers */
-    while (p->block_rows > 256 && p->fixed_bytes + p->ring * p->block_rows * per_key > avail) {
-        p->block_rows /= 2;
-        p->block_rows = (p->block_rows + 63) / 64 * 64;
-    }
+    while (p->block_rows > ALIGN && p->fixed_bytes + p->ring * p->block_rows * per_key > avail)
+        p->block_rows = round_up(p->block_rows / 2, ALIGN);
     p->block_bytes = p->block_rows * per_key;
     p->ring_bytes = p->ring * p->block_bytes;
     if (p->fixed_bytes + p->ring_bytes > avail)
@@ -37,7 +40,8 @@ int kv_plan_make(kv_plan *p) {
                          "--device-mem)", avail / 1073741824.0,
                          (p->fixed_bytes + p->ring_bytes) / 1073741824.0, (long long)p->chunk_rows);
     int64_t res = (avail - p->fixed_bytes - p->ring_bytes) / per_key;
-    p->resident_rows = round_down(res < p->kv_rows ? res : p->kv_rows, 64);
+    if (capped && res > p->max_resident) res = p->max_resident;
+    p->resident_rows = round_down(res < p->kv_rows ? res : p->kv_rows, ALIGN);
     if (p->resident_rows < 0) p->resident_rows = 0;
     p->paged_rows = p->kv_rows - p->resident_rows;
     return 0;

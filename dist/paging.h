@@ -19,8 +19,10 @@ typedef struct {
     int slots;              /* chunks in flight (pipeline window) */
     int64_t budget;         /* device bytes this rank may use; 0 = what the device has free */
     int64_t device_free;    /* free device bytes (cudaMemGetInfo), used when budget == 0 */
-    int64_t block_rows;     /* keys per paged block; 0 = default (32K, fewer for small shards) */
-    int ring;               /* block buffers in the ring; 0 = default 3 */
+    int64_t block_rows;     /* keys per paged block; 0 = default (32K, fewer for small shards;
+                             * FA_PAGE_BLOCK_ROWS overrides) */
+    int ring;               /* block buffers in the ring; 0 = default 3 (FA_PAGE_RING) */
+    int64_t max_resident;   /* cap on resident keys, -1 = none (FA_PAGE_MAX_RESIDENT: tests) */
     /* outputs */
     int64_t fixed_bytes;    /* per-chunk buffers, staging */
     int64_t resident_rows;  /* keys kept on the device */

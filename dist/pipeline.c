@@ -36,7 +36,8 @@ int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu
     if (fa_rank == 0) {
         kv_plan pl = {.kv_rows = (s->Nk + nranks - 1) / nranks, .h = (int)s->H, .hkv = (int)s->Hkv,
                       .d = (int)s->D, .elem = 2, .chunk_rows = c, .slots = job->window,
-                      .budget = job->device_mem, .device_free = gpu_free_bytes(0)};
+                      .budget = job->device_mem, .device_free = gpu_free_bytes(0),
+                      .max_resident = -1};
         if (kv_plan_make(&pl) == 0 && pl.paged_rows > 0) {
             double link = job->link_gbps > 0 ? job->link_gbps : gpu_link_gbps(0);
             double tf = job->kernel_tflops > 0 ? job->kernel_tflops : 500.0;
@@ -227,7 +228,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     if (gpu && gpu_comm_init(comm, !job->no_nccl, &gc)) return -1;
     pipe_engine eng;
     rc_engine = engine_create(job, s, backend, gc.device, sh.total, p.chunk, p.window,
-                              gc.nccl ? gc.comm : NULL, gc.nccl ? gc.size : 1, &eng);
+                              gc.nccl ? gc.comm : NULL, p.nranks, &eng);
     if (agree_status(comm, rc_engine)) {
         shard_free(&sh);
         gpu_comm_free(&gc);

@@ -47,9 +47,9 @@ typedef struct pipe_engine {
 
 /* Builds the engine for the job's mode and backend (dist/engines.c). Returns -1 with fa_seterr
  * when it cannot start. device: the CUDA device of this rank; kv_rows: keys this rank holds;
- * max_rows: the chunk size. */
+ * max_rows: the chunk size; nccl_comm: the NCCL communicator of all nranks ranks, or NULL. */
 int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nccl_size,
+                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nranks,
                   pipe_engine *e);
 void engine_free(pipe_engine *e);
 

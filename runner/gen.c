@@ -39,6 +39,7 @@ static void fill(void *arg, const char *name, int64_t b, int64_t r0, int64_t n, 
     uint64_t stream = (uint64_t)name[0];
     int64_t rows = name[0] == 'q' ? g->s.Nq : g->s.Nk;
     int64_t base = ((b * rows) + r0) * heads * d;
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n * heads * d; i++)
         dst[i] = (float)(g->magnitude * normal_at(g->seed, stream, (uint64_t)(base + i)));
 }

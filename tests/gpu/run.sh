@@ -4,7 +4,8 @@
 #   sh tests/gpu/run.sh            build, then: every kernel variant and the engine against the
 #                                  fp64 reference (tests/gpu/test_flash.cu), compute-sanitizer
 #                                  memcheck + racecheck on a small case, and the CPU engine vs the
-#                                  GPU engine on one HDF5 job through ./fa_long when it is built.
+#                                  GPU engine on one HDF5 job through ./fa_long, paged keys and
+#                                  ranks sharing the GPU (job_paging.sh), --mode taylor (taylor.sh).
 # Overridable: NVCC, NVCC_GENCODE, BUILD. Exit status non-zero when any step failed.
 set -u
 NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
@@ -50,10 +51,16 @@ else
 fi
 
 echo "== CPU engine vs GPU engine on one HDF5 job (./fa_long)"
-if [ -x ./fa_long ] && ./fa_long --help 2>&1 | grep -q -- "--backend"; then
+if [ -x ./fa_long ]; then
     sh tests/gpu/job_cpu_vs_cuda.sh || { echo "FAIL: fa_long cpu vs cuda"; fail=1; }
+    echo "== paged keys, --device-mem, ranks sharing the GPU (./fa_long)"
+    sh tests/gpu/job_paging.sh || { echo "FAIL: paging / shared-GPU jobs"; fail=1; }
+    if [ -f tests/gpu/taylor.sh ]; then
+        echo "== --mode taylor on the GPU (./fa_long)"
+        sh tests/gpu/taylor.sh || { echo "FAIL: taylor on the GPU"; fail=1; }
+    fi
 else
-    echo "skipped: ./fa_long is not built or has no --backend option yet"
+    echo "FAIL: ./fa_long is not built (make test-gpu builds it first)"; fail=1
 fi
 
 [ $fail -eq 0 ] && echo "# GPU tests: all passed" || echo "# GPU tests: FAILED"
