@@ -86,44 +86,7 @@ struct gpu_job {
 };
 
 /* ---- small kernels ------------------------------------------------------------------------------ */
-template <typename T> __device__ __forceinline__ T cvt(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 cvt(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __forceinline__ __half cvt(float x) { return __float2half_rn(x); }
-
-/* src [n][heads][D] fp32 -> dst [heads][ld][D] T at rows off.. */
-template <typename T>
-__global__ void to_rows(const float *__restrict__ src, T *__restrict__ dst, int64_t n, int heads, int d,
-                        int64_t ld, int64_t off) {
-    const int64_t total = n * heads * d;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        int dd = (int)(i % d);
-        int64_t rh = i / d;
-        int hh = (int)(rh % heads);
-        int64_t r = rh / heads;
-        dst[((int64_t)hh * ld + off + r) * d + dd] = cvt<T>(src[i]);
-    }
-}
-
-/* src [n][heads][D] fp32 -> dst [heads][D][ld] T at columns off.. */
-template <typename T>
-__global__ void to_cols(const float *__restrict__ src, T *__restrict__ dst, int64_t n, int heads, int d,
-                        int64_t ld, int64_t off) {
-    __shared__ float tile[32][33];
-    const int hh = blockIdx.z;
-    const int64_t r0 = (int64_t)blockIdx.y * 32;
-    const int d0 = blockIdx.x * 32;
-    for (int i = threadIdx.y; i < 32; i += blockDim.y) {
-        int64_t r = r0 + i;
-        int dd = d0 + threadIdx.x;
-        if (r < n && dd < d) tile[i][threadIdx.x] = src[(r * heads + hh) * d + dd];
-    }
-    __syncthreads();
-    for (int i = threadIdx.y; i < 32; i += blockDim.y) {
-        int dd = d0 + i;
-        int64_t r = r0 + threadIdx.x;
-        if (r < n && dd < d) dst[((int64_t)hh * d + dd) * ld + off + r] = cvt<T>(tile[threadIdx.x][i]);
-    }
-}
+#include "kernels/cuda/convert.cuh"
 
 /* records [n] {m, l, o[D]}: fresh state */
 __global__ void rec_init(float *rec, int64_t n, int d) {
@@ -362,12 +325,12 @@ static void upload(gpu_job *g, const float *src, int64_t n, int heads, void *dst
         const int d = (int)g->D;
         if (cols) {
             dim3 grid((unsigned)((d + 31) / 32), (unsigned)((m + 31) / 32), (unsigned)heads), block(32, 8);
-            if (g->c.ct == FA_COMPUTE_BF16) to_cols<<<grid, block, 0, g->compute>>>(g->d_stage, (__nv_bfloat16 *)dst, m, heads, d, ld, off + r);
-            else to_cols<<<grid, block, 0, g->compute>>>(g->d_stage, (__half *)dst, m, heads, d, ld, off + r);
+            if (g->c.ct == FA_COMPUTE_BF16) convert_transpose<<<grid, block, 0, g->compute>>>(g->d_stage, (__nv_bfloat16 *)dst, m, heads, d, ld, off + r);
+            else convert_transpose<<<grid, block, 0, g->compute>>>(g->d_stage, (__half *)dst, m, heads, d, ld, off + r);
         } else {
-            unsigned gb = grid_for(m * row, 256);
-            if (g->c.ct == FA_COMPUTE_BF16) to_rows<<<gb, 256, 0, g->compute>>>(g->d_stage, (__nv_bfloat16 *)dst, m, heads, d, ld, off + r);
-            else to_rows<<<gb, 256, 0, g->compute>>>(g->d_stage, (__half *)dst, m, heads, d, ld, off + r);
+            unsigned gb = grid_for(m * row / 4, 256);
+            if (g->c.ct == FA_COMPUTE_BF16) convert_rows<<<gb, 256, 0, g->compute>>>(g->d_stage, (__nv_bfloat16 *)dst, m, heads, d, ld, off + r);
+            else convert_rows<<<gb, 256, 0, g->compute>>>(g->d_stage, (__half *)dst, m, heads, d, ld, off + r);
         }
         cudaCheck(cudaGetLastError());
         cudaCheck(cudaEventRecord(g->stage_free, g->compute));
