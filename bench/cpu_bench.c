@@ -13,6 +13,7 @@
 #include "runner/common.h"
 #include <omp.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #ifdef FA_HAVE_CBLAS
 #include <cblas.h>
@@ -98,8 +99,22 @@ static float frand(void) {
     rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
     return (float)((double)((rng * 2685821657736338717ull) >> 40) / (double)(1ull << 23) - 1.0);
 }
+/* Inputs on transparent huge pages when FA_BENCH_THP=1 (machines with THP in madvise mode):
+ * the engine walks keys Hkv*D floats apart, a TLB miss per key with 4 KiB pages. */
+static float *input_alloc(int64_t n) {
+    size_t bytes = sizeof(float) * (size_t)n;
+    const char *e = getenv("FA_BENCH_THP");
+    if (!(e && atoi(e))) return fa_aligned_alloc(bytes, "bench input");
+    size_t huge = 2u << 20;
+    bytes = (bytes + huge - 1) / huge * huge;
+    void *p = NULL;
+    if (posix_memalign(&p, huge, bytes) != 0) fa_fail("out of memory for bench input");
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
 static float *rand_buf(int64_t n) {
-    float *p = fa_aligned_alloc(sizeof(float) * (size_t)n, "bench input");
+    float *p = input_alloc(n);
     for (int64_t i = 0; i < n; i++) p[i] = frand();
     return p;
 }

@@ -620,9 +620,11 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
         #pragma omp barrier
         int64_t it;
         while ((it = fetch_add(&next)) < nitems) {
-            /* Later query tiles see more keys under the causal mask: hand them out first. */
-            int64_t tile = ntiles - 1 - it / q->hkv;
-            int kvh = (int)(it % q->hkv);
+            /* Head by head, so consecutive items reuse the head's K/V from L2 (v4 in
+             * bench/NOTES_CPU.md); within a head later query tiles first: under the causal mask
+             * they see more keys, and the cheap ones fill the tail. */
+            int kvh = (int)(it / ntiles);
+            int64_t tile = ntiles - 1 - it % ntiles;
             int64_t r0 = tile * br;
             int nr = (int)(q->nq - r0 < br ? q->nq - r0 : br);
             run_item(&c, &w, kvh, r0, nr);
