@@ -13,8 +13,9 @@
  * K and V are read in place (rows Hkv*D floats apart): nothing is packed per key tile; Qt and Ot
  * are transposed once per work item, over all its key tiles.
  * The matrix stream runs through the built-in products (AVX-512 register blocks, AVX2+FMA
- * register blocks, portable C otherwise) or, when built with FA_HAVE_CBLAS and FA_CPU_PRODUCTS=blas is set, OpenBLAS sgemm
- * called single-threaded from our threads (kept to compare: see bench/NOTES_CPU.md).
+ * register blocks, portable C otherwise) or, in a build with FA_HAVE_CBLAS and with
+ * FA_CPU_PRODUCTS=blas set, OpenBLAS sgemm called single-threaded from our threads (slower or
+ * equal here, kept to compare: see bench/NOTES_CPU.md).
  *
  * Sections: vector exp | tile products | softmax stream | one work item | driver. */
 #include "kernels/attn.h"
@@ -593,6 +594,41 @@ static int read_busy(int *x) {
     return v;
 }
 
+typedef struct {
+    int64_t next;              /* next work item to hand out */
+    int busy;                  /* threads still working on items */
+    int64_t ntiles, nitems;    /* query tiles; items = tiles x kv heads */
+} work_queue;
+
+/* One thread's share of a call: take items until none is left. */
+static void run_thread(const engine_call *c, work_queue *wq, int mp) {
+    scratch w;
+    scratch_alloc(&w, mp, c->q->d, c->bc);
+    #pragma omp atomic
+    wq->busy++;
+    #pragma omp barrier
+    int64_t it;
+    while ((it = fetch_add(&wq->next)) < wq->nitems) {
+        /* Head by head, so consecutive items reuse the head's K/V from L2 (v4 in
+         * bench/NOTES_CPU.md); within a head later query tiles first: under the causal mask
+         * they see more keys, and the cheap ones fill the tail. */
+        int kvh = (int)(it / wq->ntiles);
+        int64_t r0 = (wq->ntiles - 1 - it % wq->ntiles) * c->br;
+        int nr = (int)(c->q->nq - r0 < c->br ? c->q->nq - r0 : c->br);
+        run_item(c, &w, kvh, r0, nr);
+    }
+    #pragma omp atomic
+    wq->busy--;
+    /* The calling thread keeps the runner's MPI moving while the last items finish, instead of
+     * sleeping in the closing barrier for up to one item's time. */
+    if (omp_get_thread_num() == 0 && c->progress)
+        while (read_busy(&wq->busy) > 0) {
+            maybe_progress(c, &w);
+            sched_yield();
+        }
+    scratch_free(&w);
+}
+
 void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int nsegs,
                       float *rec, const cpu_tiling *tiling, void (*progress)(void *), void *arg) {
     if (q->nq <= 0 || nsegs <= 0) return;
@@ -609,37 +645,9 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
 #else
     (void)use_blas;
 #endif
-    int64_t next = 0;                  /* next work item to hand out */
-    int busy = 0;                      /* threads still working on items */
+    work_queue wq = { 0, 0, ntiles, nitems };
     #pragma omp parallel num_threads(threads)
-    {
-        scratch w;
-        scratch_alloc(&w, mp, q->d, bc);
-        #pragma omp atomic
-        busy++;
-        #pragma omp barrier
-        int64_t it;
-        while ((it = fetch_add(&next)) < nitems) {
-            /* Head by head, so consecutive items reuse the head's K/V from L2 (v4 in
-             * bench/NOTES_CPU.md); within a head later query tiles first: under the causal mask
-             * they see more keys, and the cheap ones fill the tail. */
-            int kvh = (int)(it / ntiles);
-            int64_t tile = ntiles - 1 - it % ntiles;
-            int64_t r0 = tile * br;
-            int nr = (int)(q->nq - r0 < br ? q->nq - r0 : br);
-            run_item(&c, &w, kvh, r0, nr);
-        }
-        #pragma omp atomic
-        busy--;
-        /* The calling thread keeps the runner's MPI moving while the last items finish, instead
-         * of sleeping in the closing barrier for up to one item's time. */
-        if (omp_get_thread_num() == 0 && progress)
-            while (read_busy(&busy) > 0) {
-                maybe_progress(&c, &w);
-                sched_yield();
-            }
-        scratch_free(&w);
-    }
+    run_thread(&c, &wq, mp);
 #ifdef FA_HAVE_CBLAS
     if (use_blas) openblas_set_num_threads(blas_threads);
 #endif
