@@ -415,31 +415,43 @@ static void test_no_keys(void) {
     free_inputs(&in);
 }
 
-typedef struct { pthread_t caller; int64_t calls, wrong_thread; double last, max_gap; } progress_log;
+#define MAX_GAPS 100000
+typedef struct { pthread_t caller; int64_t calls, wrong_thread; double last; double *gaps; } progress_log;
 
 static void on_progress(void *arg) {
     progress_log *p = arg;
     double now = fa_now();
-    if (now - p->last > p->max_gap) p->max_gap = now - p->last;
+    if (p->calls < MAX_GAPS) p->gaps[p->calls] = now - p->last;
     p->last = now;
     p->calls++;
     p->wrong_thread += !pthread_equal(pthread_self(), p->caller);
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Two work items (one tile of 16 rows per kv head) of ~100K keys each: if progress came only
+ * between items, the gaps would be whole items (tens of ms). The median gap is asserted (< 5 ms),
+ * not the largest, which a loaded machine stretches by descheduling the thread. */
 static void test_progress(void) {
-    shape s = { 1024, 3000, 4, 2, 64, 1, 1.0f, 0 };
+    shape s = { 16, 100000, 2, 2, 64, 0, 1.0f, 0 };
     inputs in = make_inputs(&s);
     float *rec = new_state(s.nq, &s);
     attn_queries q = queries_of(&s, &in, 0, s.nq);
     attn_kv_segment seg = segment_of(&s, &in, 0, s.nk);
-    progress_log p = { pthread_self(), 0, 0, fa_now(), 0 };
+    progress_log p = { pthread_self(), 0, 0, fa_now(), fa_malloc(sizeof(double) * MAX_GAPS, "gaps") };
     double t0 = fa_now();
     cpu_attn_partial(&q, &seg, 1, rec, NULL, on_progress, &p);
     double took = fa_now() - t0;
-    /* Every few ms of work: a gap of 50 ms allows for one work item's tail at the barrier. */
-    check(p.calls >= 2 && p.wrong_thread == 0 && p.max_gap < 0.05,
-          "progress: %lld calls in %.1f ms, max gap %.1f ms (< 50), %lld from other threads",
-          (long long)p.calls, took * 1e3, p.max_gap * 1e3, (long long)p.wrong_thread);
+    int64_t n = p.calls < MAX_GAPS ? p.calls : MAX_GAPS;
+    qsort(p.gaps, (size_t)n, sizeof(double), cmp_double);
+    double median = n ? p.gaps[n / 2] : 1e9, worst = n ? p.gaps[n - 1] : 1e9;
+    check(p.calls >= 3 && p.wrong_thread == 0 && median < 5e-3,
+          "progress: %lld calls in %.1f ms, median gap %.2f ms (< 5), max %.1f ms, %lld from other threads",
+          (long long)p.calls, took * 1e3, median * 1e3, worst * 1e3, (long long)p.wrong_thread);
+    free(p.gaps);
     free(rec);
     free_inputs(&in);
 }
