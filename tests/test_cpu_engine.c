@@ -434,8 +434,9 @@ static int cmp_double(const void *a, const void *b) {
 
 /* Two work items (one tile of 16 rows per kv head) of ~100K keys each: if progress came only
  * between items, the gaps would be whole items (tens of ms). The median gap is asserted (< 5 ms),
- * not the largest, which a loaded machine stretches by descheduling the thread. */
-static void test_progress(void) {
+ * not the largest, which a loaded machine stretches by descheduling the thread. With 1 thread
+ * every gap is inside an item; with 2 the calling thread also covers the other's last item. */
+static void progress_case(int threads) {
     shape s = { 16, 100000, 2, 2, 64, 0, 1.0f, 0 };
     inputs in = make_inputs(&s);
     float *rec = new_state(s.nq, &s);
@@ -443,17 +444,23 @@ static void test_progress(void) {
     attn_kv_segment seg = segment_of(&s, &in, 0, s.nk);
     progress_log p = { pthread_self(), 0, 0, fa_now(), fa_malloc(sizeof(double) * MAX_GAPS, "gaps") };
     double t0 = fa_now();
-    cpu_attn_partial(&q, &seg, 1, rec, NULL, on_progress, &p);
+    cpu_tiling t = { 0, 0, threads };
+    cpu_attn_partial(&q, &seg, 1, rec, &t, on_progress, &p);
     double took = fa_now() - t0;
     int64_t n = p.calls < MAX_GAPS ? p.calls : MAX_GAPS;
     qsort(p.gaps, (size_t)n, sizeof(double), cmp_double);
     double median = n ? p.gaps[n / 2] : 1e9, worst = n ? p.gaps[n - 1] : 1e9;
     check(p.calls >= 3 && p.wrong_thread == 0 && median < 5e-3,
-          "progress: %lld calls in %.1f ms, median gap %.2f ms (< 5), max %.1f ms, %lld from other threads",
-          (long long)p.calls, took * 1e3, median * 1e3, worst * 1e3, (long long)p.wrong_thread);
+          "progress, %d thread(s): %lld calls in %.1f ms, median gap %.2f ms (< 5), max %.1f ms, "
+          "%lld from other threads", threads, (long long)p.calls, took * 1e3, median * 1e3, worst * 1e3, (long long)p.wrong_thread);
     free(p.gaps);
     free(rec);
     free_inputs(&in);
+}
+
+static void test_progress(void) {
+    progress_case(1);
+    progress_case(2);
 }
 
 /* The OpenBLAS tile products (FA_CPU_PRODUCTS=blas, kept for comparison) on the same checks. */
