@@ -44,7 +44,7 @@ ifeq ($(origin HDF5_CFLAGS),undefined)
     HDF5_LIBS   := -lhdf5
   endif
 endif
-HDF5_PARALLEL := $(shell printf '\#include <hdf5.h>\n\#ifdef H5_HAVE_PARALLEL\nyes\n\#endif\n' | $(MPICC) $(HDF5_CFLAGS) -E -P - 2>/dev/null | grep -x yes)
+HDF5_PARALLEL := $(shell echo | $(MPICC) $(HDF5_CFLAGS) -dM -E -include hdf5.h - 2>/dev/null | grep -c 'define H5_HAVE_PARALLEL 1' | grep -v '^0$$')
 
 # ---- BLAS (OpenBLAS through cblas) for the CPU engine's tile products: optional ----------------
 USE_BLAS ?= 1

@@ -50,6 +50,9 @@ typedef struct {
     /* running state: records [nq][H] {m, l, o[D]} fp32 (device memory) */
     const float *rec_in;           /* NULL: start fresh (m=-inf, l=0, o=0) */
     float *rec_out;                /* FLASH_OUT_STATE: where the new state goes (may == rec_in) */
+    int rec_log2;                  /* records' m in base-2 units of the scaled score (m·log2 e), as the
+                                    * kernel keeps it: a state that goes from launch to launch on the
+                                    * device then round-trips exactly (gpu_job.cu); 0: natural units */
     flash_out_mode out_mode;
     /* FLASH_OUT_FINAL */
     void *o;

@@ -85,7 +85,7 @@ static __device__ __forceinline__ void flash_state_load(const flash_params &p, i
         if (p.rec_in && r < p.nq) {
             const float *rec = p.rec_in + (r * p.h + h) * (int64_t)(D + 2);
             float m = rec[0];
-            st.m2[i] = m * FLASH_LOG2E;
+            st.m2[i] = p.rec_log2 ? m : m * FLASH_LOG2E;
             st.l[i] = t == 0 ? rec[1] : 0.f;
 #pragma unroll
             for (int j = 0; j < D / 8; j++) {
@@ -217,7 +217,7 @@ static __device__ __forceinline__ void flash_epilogue(const flash_params &p, int
             if (r >= p.nq) continue;
             float *rec = p.rec_out + (r * p.h + h) * (int64_t)(D + 2);
             if (t == 0) {
-                rec[0] = st.m2[i] == -INFINITY ? -INFINITY : st.m2[i] * FLASH_LN2;
+                rec[0] = st.m2[i] == -INFINITY ? -INFINITY : p.rec_log2 ? st.m2[i] : st.m2[i] * FLASH_LN2;
                 rec[1] = l[i];
             }
 #pragma unroll

@@ -99,26 +99,28 @@ __global__ void rec_max(const float *rec, float *m, int64_t n, int d) {
         m[i] = rec[i * (d + 2)];
 }
 
-/* scale each record to the global max m: l, o *= exp(m_i - m) (0 for a shard that saw nothing) */
+/* scale each record to the global max m: l, o *= 2^(m_i - m) (0 for a shard that saw nothing);
+ * device states hold m in base-2 units (flash_params.rec_log2) */
 __global__ void rec_rescale(float *rec, const float *m, int64_t n, int d) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.y + threadIdx.y; i < n; i += (int64_t)gridDim.x * blockDim.y) {
         float *r = rec + i * (d + 2);
         float mi = r[0], mg = m[i];
-        float f = (mi == -INFINITY || mg == -INFINITY) ? 0.0f : __expf(mi - mg);
+        float f = (mi == -INFINITY || mg == -INFINITY) ? 0.0f : exp2f(mi - mg);
         for (int e = threadIdx.x; e < d + 1; e += blockDim.x) r[1 + e] *= f;
         __syncwarp();                          /* a row is one warp: all have read r[0] */
         if (threadIdx.x == 0) r[0] = 0.0f;     /* summed by the Reduce; the max is in m */
     }
 }
 
-/* o [n][D] = o/l (0 when l = 0), lse [n] = m + log l (-inf when l = 0); m from mglob or the record */
+/* o [n][D] = o/l (0 when l = 0), lse [n] = m·ln 2 + log l (-inf when l = 0); m (base 2) from
+ * mglob or the record */
 __global__ void rec_final(const float *rec, const float *mglob, float *o, float *lse, int64_t n, int d) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.y + threadIdx.y; i < n; i += (int64_t)gridDim.x * blockDim.y) {
         const float *r = rec + i * (d + 2);
         float l = r[1], m = mglob ? mglob[i] : r[0];
         float inv = l > 0.0f ? 1.0f / l : 0.0f;
         for (int e = threadIdx.x; e < d; e += blockDim.x) o[i * d + e] = r[2 + e] * inv;
-        if (threadIdx.x == 0) lse[i] = l > 0.0f ? m + logf(l) : -INFINITY;
+        if (threadIdx.x == 0) lse[i] = l > 0.0f ? m * 0.6931471805599453f + logf(l) : -INFINITY;
     }
 }
 
@@ -337,20 +339,29 @@ static void upload(gpu_job *g, const float *src, int64_t n, int heads, void *dst
     }
 }
 
-/* One paged block from fp32 host rows: K [Hkv][B][D] and V^T [Hkv][D][B] in T, zero past n. */
+/* One paged block from fp32 host rows: K [Hkv][B][D] and V^T [Hkv][D][B] in T, zero past n.
+ * K rows convert in place order; V goes through 64-key x 64-dim tiles so both sides stay in cache. */
 static void fill_block(gpu_job *g, unsigned char *blk, const float *k, const float *v, int64_t n) {
     const int64_t B = g->c.plan.block_rows, D = g->D, Hkv = g->c.hkv;
     const int bf = g->c.ct == FA_COMPUTE_BF16;
     uint16_t *kb = (uint16_t *)blk, *vb = kb + Hkv * B * D;
-    memset(blk, 0, (size_t)g->c.plan.block_bytes);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t hh = 0; hh < Hkv; hh++) {
+            uint16_t *dst = kb + (hh * B + r) * D;
+            const float *src = k + (r * Hkv + hh) * D;
+            for (int64_t dd = 0; dd < D; dd++)
+                dst[dd] = r >= n ? 0 : bf ? fa_f32_to_bf16_ref(src[dd]) : fa_f32_to_f16_ref(src[dd]);
+        }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t hh = 0; hh < Hkv; hh++)
-        for (int64_t dd = 0; dd < D; dd++)
-            for (int64_t r = 0; r < n; r++) {
-                float x = k[(r * Hkv + hh) * D + dd], y = v[(r * Hkv + hh) * D + dd];
-                kb[(hh * B + r) * D + dd] = bf ? fa_f32_to_bf16_ref(x) : fa_f32_to_f16_ref(x);
-                vb[(hh * D + dd) * B + r] = bf ? fa_f32_to_bf16_ref(y) : fa_f32_to_f16_ref(y);
-            }
+        for (int64_t r0 = 0; r0 < B; r0 += 64)
+            for (int64_t d0 = 0; d0 < D; d0 += 64)
+                for (int64_t dd = d0; dd < d0 + 64 && dd < D; dd++)
+                    for (int64_t r = r0; r < r0 + 64 && r < B; r++) {
+                        float x = r < n ? v[(r * Hkv + hh) * D + dd] : 0.0f;
+                        vb[(hh * D + dd) * B + r] = bf ? fa_f32_to_bf16_ref(x) : fa_f32_to_f16_ref(x);
+                    }
 }
 
 extern "C" int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs) {
@@ -417,6 +428,7 @@ static void launch(gpu_job *g, int slot, const attn_queries *q, const void *k, i
     p.diag = q->causal ? q->diag : 0;
     p.rec_in = fresh ? NULL : g->rec[slot];
     p.rec_out = g->rec[slot];
+    p.rec_log2 = 1;                   /* device states keep the kernel's base-2 max: exact hand-over */
     p.out_mode = FLASH_OUT_STATE;
     char msg[256];
     if (flash_forward(&p, FLASH_AUTO, g->compute, msg, sizeof msg)) fa_fail("GPU %d: %s", g->c.device, msg);
@@ -496,6 +508,10 @@ extern "C" int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec
     const size_t bytes = (size_t)n * g->c.h * (g->D + 2) * 4;
     cudaCheck(cudaMemcpy(rec, g->rec[slot], bytes, cudaMemcpyDeviceToHost));
     g->st.bytes_d2h += (int64_t)bytes;
+    for (int64_t i = 0; i < n * g->c.h; i++) {          /* base-2 max -> natural units (attn.h) */
+        float *m = rec + i * (g->D + 2);
+        if (*m != -INFINITY) *m *= 0.6931471805599453f;
+    }
     return 0;
 }
 
