@@ -1,7 +1,7 @@
 #!/bin/sh
 # taylor.sh — the Taylor mode (--mode taylor) against the exact engine (issue 8).
 #
-#   bench/taylor.sh            CPU timings: Taylor and exact engines, N 512..1M, D 64/128, causal and
+#   bench/taylor.sh            CPU timings: Taylor and exact engines, N 128..1M, D 64/128, causal and
 #                              not (H = Hkv = 4, B = 1), in-process (build/bench/taylor_bench time)
 #   bench/taylor.sh --gpu      the same on the CUDA engines (Taylor fp32, exact bf16 flash), N up to 1M
 #   bench/taylor.sh --error    approximation error against exact attention (random, small-logit and
@@ -11,7 +11,7 @@
 # on every row) and prints a '#'-headed table last (bench/taylor_table.py): seconds per mode, the
 # speedup, the crossover length, the speedup at 256K and the fitted slope of log(time) against
 # log(N) for N >= 8K (1.0 = linear).
-# Exact at large N is extrapolated from a block of rows around N/2 (ROWS_CPU=256, ROWS_GPU=8192
+# Exact at large N is extrapolated from a block of rows around N/2 (ROWS_CPU=1024, ROWS_GPU=8192
 # rows, from N >= 32K on the CPU and 256K on the GPU; est = load + compute * N / rows); such rows
 # say measured=0. Taylor is always measured on all N rows.
 #
@@ -61,14 +61,14 @@ if [ "$MODE" = gpu ]; then
   MACHINE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
   [ -n "$MACHINE" ] || { echo "taylor.sh --gpu: no NVIDIA GPU (nvidia-smi)" >&2; exit 1; }
   BACKEND=cuda
-  NS=${NS:-"512 1K 2K 4K 8K 16K 32K 64K 128K 256K 512K 1M"}
+  NS=${NS:-"128 256 512 1K 2K 4K 8K 16K 32K 64K 128K 256K 512K 1M"}
   ROWS=${ROWS_GPU:-8192}
   SAMPLE_FROM=262144
 else
   MACHINE="$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: *//'), $OMP_NUM_THREADS threads"
   BACKEND=cpu
-  NS=${NS:-"512 1K 2K 4K 8K 16K 32K 64K 128K 256K 512K 1M"}
-  ROWS=${ROWS_CPU:-256}
+  NS=${NS:-"128 256 512 1K 2K 4K 8K 16K 32K 64K 128K 256K 512K 1M"}
+  ROWS=${ROWS_CPU:-1024}
   SAMPLE_FROM=32768
 fi
 CSV=bench/results/taylor_time_$(slug "$MACHINE" | cut -c1-40).csv
