@@ -9,7 +9,8 @@
 #      256K from bench/results/kernel_<card>.csv (same card, an earlier run: say so)
 #   2. --device-mem at 1/8 of the keys' bytes (plus the chunk buffers and the ring): compute time
 #      against the resident run's, bytes paged, link GB/s of the paging copies; the output must
-#      match the resident one (o within 1e-6 of scale)
+#      match the resident one (o within one bf16 ulp at the output's scale, 8e-3: the file's o is
+#      bf16, so fp32 rounding-level differences can flip its last bit)
 #   3. keys past the budget at 4M: Nk = 4M, Nq = 4096, --device-mem 8G for 16 GB of keys; check
 # Rows go to bench/results/paging_<card>.csv
 #   n,heads,kv_heads,d,causal,budget_bytes,compute_s,resident_compute_s,paged_bytes,link_gbps
@@ -47,7 +48,7 @@ import sys, json, h5py, numpy as np
 a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
 oa, ob = a["o"][...].astype(np.float32), b["o"][...].astype(np.float32)
 err = float(np.abs(oa - ob).max() / np.abs(oa).max())
-assert err <= 1e-6 and np.isfinite(ob).all(), f"paged output differs: {err}"
+assert err <= 8e-3 and np.isfinite(ob).all(), f"paged output differs: {err}"
 r, p = (json.load(open(f)) for f in sys.argv[3:5])
 n, h, hkv, d, causal, budget = sys.argv[5:11]
 print(f"{n},{h},{hkv},{d},{causal},{budget},{p['phases_s']['compute']:.4f},{r['phases_s']['compute']:.4f},"
@@ -57,6 +58,7 @@ PY
 done
 cp "$T/rows.csv" "$CSV"
 
+[ "${SKIP_BIG:-0}" = 1 ] && exit 0
 # keys past the budget: 4M keys (16 GB in bf16) under an 8 GiB budget, 4096 queries
 ./fa_long gen -o "$T/big.h5" --nq 4096 --nk 4M --heads $H --kv-heads $HKV -d $D --dtype bfloat16 --seed 9 -f
 rm -f "$T/in.h5"
