@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "dist/pipeline.h"
+#include "io/h5gen.h"
 #include "dist/taylor_engine.h"
 #include "kernels/taylor.h"
 #include "runner/common.h"
@@ -47,25 +48,16 @@ static int write_compare_attrs(const char *path, const double *rel, int64_t h, c
     hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
     if (f < 0) return fa_seterr("%s: cannot reopen to record compare_rel_err", path);
     int rc = 0;
-    const char *names[2] = {"compare_rel_err", "compare_mode"};
-    for (int i = 0; i < 2; i++)
-        if (H5Aexists(f, names[i]) > 0) H5Adelete(f, names[i]);
+    if (H5Aexists(f, "compare_rel_err") > 0) H5Adelete(f, "compare_rel_err");
     hsize_t dim = (hsize_t)h;
     hid_t sp = H5Screate_simple(1, &dim, NULL);
-    hid_t a = H5Acreate2(f, names[0], H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t a = H5Acreate2(f, "compare_rel_err", H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
     if (a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, rel) < 0) rc = -1;
     if (a >= 0) H5Aclose(a);
     H5Sclose(sp);
-    hid_t st = H5Tcopy(H5T_C_S1);
-    H5Tset_size(st, strlen(other) + 1);
-    sp = H5Screate(H5S_SCALAR);
-    a = H5Acreate2(f, names[1], st, sp, H5P_DEFAULT, H5P_DEFAULT);
-    if (a < 0 || H5Awrite(a, st, other) < 0) rc = -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(st);
     if (H5Fclose(f) < 0) rc = -1;
-    return rc ? fa_seterr("%s: cannot write the compare attributes", path) : 0;
+    if (rc) return fa_seterr("%s: cannot write attribute 'compare_rel_err'", path);
+    return h5_set_attr_str(path, "compare_mode", other);
 }
 
 /* Per-head max |a - b| and max |ref| over this rank's share of rows; ref is file `ref`. */

@@ -185,4 +185,5 @@ def test_compare(tmp_path):
         want = np.max(np.abs(o[:, :, h] - ro[:, :, h])) / np.max(np.abs(ro[:, :, h]))
         assert abs(rel[h] - want) <= tol * want + 1e-6, (h, rel[h], want)
     assert "compare" in err and "per head" in err
-    assert attrs["mode"] == "taylor"
+    assert attrs["mode"] == "taylor" and attrs["compare_mode"] == "exact"
+    assert not (tmp_path / "out_2.h5.compare.h5").exists(), "the temporary file must be removed"
