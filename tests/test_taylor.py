@@ -165,6 +165,10 @@ def test_check_taylor(tmp_path):
     approx = np.max(np.abs(o - ro)) / np.max(np.abs(ro))
     printed = float(line[0].split("rel err")[1].split()[0].rstrip(","))
     assert abs(printed - approx) <= 1e-3 * approx + 1e-6, (printed, approx)
+    # run --check on a taylor job checks against the formula (the output's 'mode' attribute)
+    _, _, _, err = run_taylor(tmp_path, q, k, v, 1, True, ["--check", "16"], name="checked")
+    p2 = run_fa(["check", "--input", inp, "--output", tmp_path / "checked_1.h5", "--rows", "16"])
+    assert p2.returncode == 0 and "taylor mode" in p2.stdout, p2.stdout
     # an exact output is not a Taylor output: the formula check fails
     ex = tmp_path / "exact.h5"
     run_fa(["--input", inp, "--output", ex, "--causal"], nranks=1, check=True)
