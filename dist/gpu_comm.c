@@ -6,14 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #ifdef FA_HAVE_NCCL
-#include <cuda_runtime.h>
-#include <nccl.h>
-#define ncclCheck(call)                                                                        \
-    do {                                                                                       \
-        ncclResult_t r_ = (call);                                                              \
-        if (r_ != ncclSuccess)                                                                 \
-            fa_fail("NCCL error at %s:%d: %s (%s)", __FILE__, __LINE__, ncclGetErrorString(r_), #call); \
-    } while (0)
+#include "kernels/cuda/checks.h"
 #endif
 
 /* Whether two ranks of this node drive the same GPU (by UUID, so CUDA_VISIBLE_DEVICES that

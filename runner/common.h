@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define FA_VERSION "0.1.0"
 #define FA_MAX_HEAD_DIM 256
 
@@ -42,3 +46,7 @@ double fa_now(void);   /* monotonic seconds */
 
 /* "4K" -> 4096, "1.5M" -> 1572864, "2G" -> 2^31. Returns -1 on a malformed size. */
 int64_t fa_parse_size(const char *s);
+
+#ifdef __cplusplus
+}
+#endif

@@ -25,16 +25,11 @@ extern "C" {
 #include "kernels/gpu.h"
 #include "runner/common.h"
 }
+#include "kernels/cuda/checks.h"
 
 #define ENGINE_ALIGN 64
 
-/* CUDA failures a rank meets alone end the run (runner/common.h, kind 2). */
-#define cudaCheck(call)                                                                          \
-    do {                                                                                         \
-        cudaError_t err_ = (call);                                                               \
-        if (err_ != cudaSuccess)                                                                 \
-            fa_fail("CUDA error at %s:%d: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(err_), #call); \
-    } while (0)
+
 
 struct kv_seg {
     int64_t off, n, pos0;

@@ -24,29 +24,12 @@
 #include <stdio.h>
 #include <string.h>
 #include "kernels/cuda/flash.h"
-#ifdef FA_HAVE_NCCL
-#include <nccl.h>
-#endif
 extern "C" {
 #include "kernels/gpu_job.h"
 #include "io/convert.h"
 #include "runner/common.h"
 }
-
-#define cudaCheck(call)                                                                          \
-    do {                                                                                         \
-        cudaError_t err_ = (call);                                                               \
-        if (err_ != cudaSuccess)                                                                 \
-            fa_fail("CUDA error at %s:%d: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(err_), #call); \
-    } while (0)
-#ifdef FA_HAVE_NCCL
-#define ncclCheck(call)                                                                          \
-    do {                                                                                         \
-        ncclResult_t r_ = (call);                                                                \
-        if (r_ != ncclSuccess)                                                                   \
-            fa_fail("NCCL error at %s:%d: %s (%s)", __FILE__, __LINE__, ncclGetErrorString(r_), #call); \
-    } while (0)
-#endif
+#include "kernels/cuda/checks.h"
 
 #define RING_MAX 8
 
