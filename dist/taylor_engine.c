@@ -6,7 +6,14 @@
  * MPI_COMM_WORLD gives every rank the sums and the key count of the whole batch element, hence
  * mu = mean of all Nk keys. load_kv is called at the same point on every rank, so the blocking
  * collective there is safe. Ranks then merge per-query records {cnt, lin, sv, qs} by a plain sum:
- * the sum over ranks of each rank's D x D state and key sums, applied to the row's query. */
+ * the sum over ranks of each rank's D x D state and key sums, applied to the row's query.
+ * Non-causal jobs on several ranks go one step further, also in load_kv: a second MPI_Allreduce
+ * sums the ranks' states (S, z, sv: Hkv (D^2 + 2D) doubles), every rank then holds the state of
+ * all keys, and computes only its share of each chunk's rows (rows [nq r / P, nq (r+1) / P));
+ * the other rows stay empty (zero) and the plain-sum merge puts each row together from the one
+ * rank that computed it. So the query-side work (q S per row) divides by P too. Causal jobs
+ * cannot do that (each row needs a different prefix of every rank's keys): every rank applies
+ * its own prefix states to every row. */
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
 #include "kernels/taylor.h"
@@ -18,11 +25,12 @@ static taylor_row_counts_t counts;   /* this process's finalized rows since the 
 void taylor_engine_counts(taylor_row_counts_t *out) { *out = counts; }
 
 typedef struct {
-    int h, hkv, d;
+    int h, hkv, d, causal;
     taylor_cpu *cpu;
     taylor_gpu *gpu;
     double *sums;            /* [hkv*d + 1]: key sums, then the key count */
     double *mu;              /* [hkv*d] */
+    double *state;           /* [hkv][d*d + 2d]: non-causal state summed over ranks */
     int nsegs;
     const float *fresh;      /* the records init zeroed last (until a partial folds into them) */
     MPI_Datatype rec;
@@ -65,16 +73,45 @@ static void global_mean(taylor_ctx *c, const attn_kv_segment *segs, int nsegs) {
     for (int64_t e = 0; e < hd; e++) c->mu[e] = c->sums[hd] > 0 ? c->sums[e] / c->sums[hd] : 0.0;
 }
 
+/* Several ranks, non-causal: each rank computes rows [lo, hi) of the chunk with the global state. */
+static int split_rows(const taylor_ctx *c, const attn_queries *q, attn_queries *mine, int64_t *lo) {
+    *mine = *q;
+    *lo = 0;
+    if (c->causal || fa_nranks == 1) return 1;
+    int64_t a = q->nq * fa_rank / fa_nranks, b = q->nq * (fa_rank + 1) / fa_nranks;
+    mine->q = q->q + a * c->h * c->d;
+    mine->nq = b - a;
+    mine->q_pos0 = q->q_pos0 + a;
+    *lo = a;
+    return b > a;
+}
+
+/* COLLECTIVE: the non-causal state summed over ranks (engine getter and setter given). */
+static int global_state(taylor_ctx *c) {
+    int64_t n = (int64_t)c->hkv * ((int64_t)c->d * c->d + 2 * c->d);
+    MPI_Allreduce(MPI_IN_PLACE, c->state, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    return 0;
+}
+
 static int t_cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     taylor_ctx *c = ctx;
     global_mean(c, segs, nsegs);
     taylor_cpu_load_kv(c->cpu, segs, nsegs, c->mu);
+    if (!c->causal && fa_nranks > 1) {
+        taylor_cpu_get_state(c->cpu, c->state);
+        global_state(c);
+        taylor_cpu_set_state(c->cpu, c->state, (int64_t)c->sums[(int64_t)c->hkv * c->d]);
+    }
     return 0;
 }
 
 static int t_cpu_partial(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *),
                          void *arg) {
-    taylor_cpu_partial(((taylor_ctx *)ctx)->cpu, q, rec, progress, arg);
+    taylor_ctx *c = ctx;
+    attn_queries mine;
+    int64_t lo;
+    if (split_rows(c, q, &mine, &lo))
+        taylor_cpu_partial(c->cpu, &mine, rec + lo * c->h * taylor_rec_len(c->d), progress, arg);
     return 0;
 }
 
@@ -82,7 +119,13 @@ static int t_gpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     taylor_ctx *c = ctx;
     global_mean(c, segs, nsegs);
     c->nsegs = nsegs;
-    return taylor_gpu_load_kv(c->gpu, segs, nsegs, c->mu);
+    int rc = taylor_gpu_load_kv(c->gpu, segs, nsegs, c->mu);
+    if (!c->causal && fa_nranks > 1) {           /* every rank reaches the Allreduce */
+        if (!rc) rc = taylor_gpu_get_state(c->gpu, c->state);
+        global_state(c);
+        if (!rc) rc = taylor_gpu_set_state(c->gpu, c->state, (int64_t)c->sums[(int64_t)c->hkv * c->d]);
+    }
+    return rc;
 }
 
 static int t_gpu_partial(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *),
@@ -90,7 +133,10 @@ static int t_gpu_partial(void *ctx, const attn_queries *q, float *rec, void (*pr
     taylor_ctx *c = ctx;
     int fresh = rec == c->fresh;          /* init just zeroed it: the engine may overwrite */
     c->fresh = NULL;
-    return taylor_gpu_partial(c->gpu, q, rec, fresh);
+    attn_queries mine;
+    int64_t lo;
+    if (!split_rows(c, q, &mine, &lo)) return 0;
+    return taylor_gpu_partial(c->gpu, &mine, rec + lo * c->h * taylor_rec_len(c->d), fresh);
 }
 
 static void t_destroy(void *ctx) {
@@ -101,6 +147,7 @@ static void t_destroy(void *ctx) {
     MPI_Type_free(&c->rec);
     free(c->sums);
     free(c->mu);
+    free(c->state);
     free(c);
 }
 
@@ -110,6 +157,7 @@ int taylor_engine_create(const fa_job *job, const fa_shape *s, fa_backend backen
     c->h = (int)s->H;
     c->hkv = (int)s->Hkv;
     c->d = (int)s->D;
+    c->causal = job->causal;
     memset(e, 0, sizeof *e);
     if (backend == BACKEND_CUDA) {
         if (taylor_gpu_create(device, kv_rows, max_rows, c->h, c->hkv, c->d, &c->gpu)) {
@@ -128,6 +176,8 @@ int taylor_engine_create(const fa_job *job, const fa_shape *s, fa_backend backen
     }
     c->sums = fa_calloc((size_t)(c->hkv * c->d + 1), sizeof(double), "taylor key sums");
     c->mu = fa_calloc((size_t)(c->hkv * c->d), sizeof(double), "taylor key mean");
+    c->state = fa_calloc((size_t)(c->hkv * ((int64_t)c->d * c->d + 2 * c->d)), sizeof(double),
+                         "taylor state");
     int R = (int)taylor_rec_len(c->d);
     if (MPI_Type_contiguous(R, MPI_FLOAT, &c->rec) != MPI_SUCCESS ||
         MPI_Type_commit(&c->rec) != MPI_SUCCESS ||

@@ -96,6 +96,12 @@ void taylor_cpu_load_kv(taylor_cpu *e, const attn_kv_segment *segs, int nsegs, c
 void taylor_cpu_partial(taylor_cpu *e, const attn_queries *q, float *rec, void (*progress)(void *),
                         void *arg);
 void taylor_cpu_destroy(taylor_cpu *e);
+/* Non-causal jobs across ranks: the state over all the loaded keys, st [hkv][d*d + 2d] (S, z, sv;
+ * fp64), then the same summed over ranks set back, standing for nkeys_total keys; from then on
+ * (until the next load_kv) non-causal partials use it as is and count nkeys_total keys per row,
+ * so each rank can compute a share of the rows alone. */
+void taylor_cpu_get_state(taylor_cpu *e, double *st);
+void taylor_cpu_set_state(taylor_cpu *e, const double *st, int64_t nkeys_total);
 
 /* ---- CUDA engine (kernels/cuda/taylor.cu; without CUDA every call refuses) ---------------------
  * Same contract as the CPU engine, fp32 on the device, records copied back and added into rec. */
@@ -107,6 +113,8 @@ int taylor_gpu_load_kv(taylor_gpu *e, const attn_kv_segment *segs, int nsegs, co
  * it instead of being added (saves a host pass over 2D+2 floats per record). */
 int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec, int overwrite);
 void taylor_gpu_destroy(taylor_gpu *e);
+int taylor_gpu_get_state(taylor_gpu *e, double *st);       /* as taylor_cpu_get_state */
+int taylor_gpu_set_state(taylor_gpu *e, const double *st, int64_t nkeys_total);
 
 /* ---- fp64 reference of the same formula (kernels/cpu/taylor_ref.c) ---------------------------- */
 /* mu [hkv*d] = mean over the nk keys k [nk, hkv, d] */

@@ -51,6 +51,8 @@ typedef struct {
     int64_t stripe, chunk;
     int tile, threads;
     int reverse;          /* run the chunks last to first (the engine restarts its prefix state) */
+    int global;           /* non-causal: states summed over ranks (get/set_state), each rank a
+                           * share of each chunk's rows, as dist/taylor_engine.c does */
 } layout;
 
 typedef struct { float *q, *k, *v; } inputs;
@@ -93,27 +95,45 @@ static void run_engine(const shape *s, const layout *L, const inputs *in, float 
     float *rec = fa_calloc((size_t)(nrec * R), sizeof(float), "records");
     double *mu = fa_malloc(sizeof(double) * (size_t)(s->hkv * s->d), "mu");
     taylor_ref_key_mean(in->k, s->nk, s->hkv, s->d, mu);
-    attn_kv_segment *segs = fa_calloc((size_t)(s->nk + 2), sizeof *segs, "segments");
     float scale = 1.0f / sqrtf((float)s->d);
     int64_t nchunks = (s->nq + L->chunk - 1) / L->chunk;
+    int64_t P = (int64_t)s->hkv * ((int64_t)s->d * s->d + 2 * s->d);
+    double *state = fa_calloc((size_t)P, sizeof(double), "state"), *part = fa_malloc(sizeof(double) * (size_t)P, "state");
+    taylor_cpu **eng = fa_calloc((size_t)L->ranks, sizeof *eng, "engines");
+    attn_kv_segment **rsegs = fa_calloc((size_t)L->ranks, sizeof *rsegs, "segments");
     for (int p = 0; p < L->ranks; p++) {
-        int ns = shard_segments(s, L, p, in, segs);
-        taylor_cpu *e = taylor_cpu_create(s->h, s->hkv, s->d, L->threads, L->tile);
-        taylor_cpu_load_kv(e, segs, ns, mu);
+        rsegs[p] = fa_calloc((size_t)(s->nk + 2), sizeof **rsegs, "segments");
+        int ns = shard_segments(s, L, p, in, rsegs[p]);
+        eng[p] = taylor_cpu_create(s->h, s->hkv, s->d, L->threads, L->tile);
+        taylor_cpu_load_kv(eng[p], rsegs[p], ns, mu);
+        if (L->global) {                     /* the Allreduce of the ranks' states */
+            taylor_cpu_get_state(eng[p], part);
+            for (int64_t x = 0; x < P; x++) state[x] += part[x];
+        }
+    }
+    for (int p = 0; p < L->ranks; p++) {
+        taylor_cpu *e = eng[p];
+        if (L->global) taylor_cpu_set_state(e, state, s->nk);
         for (int64_t ci = 0; ci < nchunks; ci++) {
             int64_t c = L->reverse ? nchunks - 1 - ci : ci;
             int64_t r0 = c * L->chunk, n = s->nq - r0 < L->chunk ? s->nq - r0 : L->chunk;
+            if (L->global) {                 /* this rank's share of the chunk */
+                int64_t a = n * p / L->ranks, b = n * (p + 1) / L->ranks;
+                r0 += a;
+                n = b - a;
+            }
             attn_queries q = {.q = in->q + r0 * s->h * s->d, .nq = n, .q_pos0 = r0, .h = s->h,
                               .hkv = s->hkv, .d = s->d, .scale = scale, .causal = s->causal,
                               .diag = s->nk - s->nq};
             taylor_cpu_partial(e, &q, rec + r0 * s->h * R, NULL, NULL);
         }
         taylor_cpu_destroy(e);
+        free(rsegs[p]);
     }
+    free(eng); free(rsegs); free(state); free(part);
     for (int64_t r = 0; r < nrec; r++) lse[r] = taylor_rec_finalize(rec + r * R, s->d, o + r * s->d, kind + r);
     free(rec);
     free(mu);
-    free(segs);
 }
 
 typedef struct { double rel, lse_err; int64_t compared, skipped, branch_diff, nonfinite, fallback; } result;
@@ -274,6 +294,12 @@ int main(void) {
             snprintf(name, sizeof name, "gqa %s ranks=%d", causal ? "causal" : "noncausal", p);
             case_vs_ref(name, (shape){.nq = 203, .nk = 203, .h = 6, .hkv = 2, .d = 64, .causal = causal, .amp = 1.0f}, L);
         }
+    for (int p = 2; p <= 4; p++) {
+        char name[64];
+        snprintf(name, sizeof name, "global state ranks=%d", p);
+        case_vs_ref(name, (shape){.nq = 203, .nk = 190, .h = 6, .hkv = 2, .d = 40, .causal = 0, .amp = 1.0f},
+                    (layout){.ranks = p, .chunk = 50, .tile = 16, .threads = 2, .global = 1});
+    }
     case_vs_ref("mqa odd D", (shape){.nq = 97, .nk = 131, .h = 4, .hkv = 1, .d = 33, .causal = 0, .amp = 1.0f}, one);
     case_vs_ref("mqa odd D causal", (shape){.nq = 97, .nk = 131, .h = 4, .hkv = 1, .d = 33, .causal = 1, .amp = 1.0f},
                 (layout){.ranks = 3, .striped = 1, .stripe = 7, .chunk = 30, .tile = 8, .threads = 2});

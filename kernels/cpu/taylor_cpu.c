@@ -118,6 +118,8 @@ struct taylor_cpu {
     double *mu;                  /* [hkv][d] */
     double *S, *z, *sv;          /* running state over keys [0, c_run): [hkv][d*d], [hkv][d] x 2 */
     int64_t c_run;
+    int global;                  /* set_state: the state stands for count_total keys (non-causal) */
+    int64_t count_total;
     float *St, *zt, *svt;        /* tile start states [BLOCK_TILES][hkv][d*d | d | d] */
     float *dS, *dz, *dsv;        /* tile deltas, same shapes */
     int64_t *cnt;                /* [cnt_cap] visible keys per row of the current chunk */
@@ -197,6 +199,7 @@ void taylor_cpu_load_kv(taylor_cpu *e, const attn_kv_segment *segs, int nsegs, c
     e->nkeys = e->seg_off[nsegs];
     memcpy(e->mu, mu, sizeof(double) * (size_t)(e->hkv * e->d));
     reset_state(e);
+    e->global = 0;
 }
 
 /* Keys [t0, t0+m) of kv head g: kh [m][d] = k - mu (centered), vv [m][d] = v. */
@@ -293,9 +296,37 @@ static void maybe_progress(progress_t *p) {
     p->fn(p->arg);
 }
 
+void taylor_cpu_get_state(taylor_cpu *e, double *st) {
+    int64_t d = e->d, dd = d * d, P = dd + 2 * d;
+    if (e->c_run > e->nkeys) reset_state(e);
+    advance(e, e->nkeys);
+    for (int g = 0; g < e->hkv; g++) {
+        memcpy(st + g * P, e->S + g * dd, sizeof(double) * (size_t)dd);
+        memcpy(st + g * P + dd, e->z + g * d, sizeof(double) * (size_t)d);
+        memcpy(st + g * P + dd + d, e->sv + g * d, sizeof(double) * (size_t)d);
+    }
+}
+
+void taylor_cpu_set_state(taylor_cpu *e, const double *st, int64_t nkeys_total) {
+    int64_t d = e->d, dd = d * d, P = dd + 2 * d;
+    for (int g = 0; g < e->hkv; g++) {
+        memcpy(e->S + g * dd, st + g * P, sizeof(double) * (size_t)dd);
+        memcpy(e->z + g * d, st + g * P + dd, sizeof(double) * (size_t)d);
+        memcpy(e->sv + g * d, st + g * P + dd + d, sizeof(double) * (size_t)d);
+    }
+    e->global = 1;
+    e->count_total = nkeys_total;
+    e->c_run = nkeys_total;      /* every row's K_0: no advance, no restart */
+}
+
 void taylor_cpu_partial(taylor_cpu *e, const attn_queries *q, float *rec, void (*progress)(void *),
                         void *arg) {
-    if (e->nkeys == 0 || q->nq == 0) return;
+    int64_t nk = e->global && !q->causal ? e->count_total : e->nkeys;
+    if (e->global && q->causal) {             /* a causal chunk after set_state: start over */
+        e->global = 0;
+        reset_state(e);
+    }
+    if (nk == 0 || q->nq == 0) return;
     int d = e->d, hkv = e->hkv, H = e->h, T = e->tile;
     int64_t G = H / hkv, dd = (int64_t)d * d, R = taylor_rec_len(d), nq = q->nq;
     float scale = q->scale;
@@ -305,7 +336,7 @@ void taylor_cpu_partial(taylor_cpu *e, const attn_queries *q, float *rec, void (
         e->cnt = fa_malloc(sizeof(int64_t) * (size_t)nq, "taylor row counts");
     }
     int64_t *cnt = e->cnt;
-    taylor_row_counts(q, e->segs, e->nsegs, e->nkeys, cnt);
+    taylor_row_counts(q, e->segs, e->nsegs, nk, cnt);
     progress_t pr = {progress, arg, 0.0};
 #ifdef FA_HAVE_CBLAS
     int blas_threads = openblas_get_num_threads();
@@ -437,4 +468,8 @@ int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec, int ove
     return fa_seterr("no CUDA in this build");
 }
 void taylor_gpu_destroy(taylor_gpu *e) {}
+int taylor_gpu_get_state(taylor_gpu *e, double *st) { return fa_seterr("no CUDA in this build"); }
+int taylor_gpu_set_state(taylor_gpu *e, const double *st, int64_t nkeys_total) {
+    return fa_seterr("no CUDA in this build");
+}
 #endif

@@ -51,6 +51,8 @@ struct taylor_gpu {
     double *run, *mu;
     int64_t *cnt, *bounds;
     int64_t c_run, nkeys;
+    int global;                 /* set_state: the state stands for count_total keys (non-causal) */
+    int64_t count_total;
     const attn_kv_segment *segs;
     int nsegs;
     float *host_rec;          /* pinned copy of the chunk's records */
@@ -297,19 +299,63 @@ extern "C" int taylor_gpu_load_kv(taylor_gpu *e, const attn_kv_segment *segs, in
     }
     tcheck(cudaMemsetAsync(e->run, 0, sizeof(double) * (size_t)(e->hkv * e->P), e->stream));
     e->c_run = 0;
+    e->global = 0;
     tcheck(cudaStreamSynchronize(e->stream));
     return 0;
 }
 
+/* The running state advanced over keys [c_run, target) (fp64 atomics). */
+static int advance(taylor_gpu *e, int64_t target) {
+    if (target <= e->c_run) return 0;
+    int ntc = ((e->d + 31) / 32) * ((e->d + 31) / 32);
+    int64_t pieces = (target - e->c_run + ADV_PIECE - 1) / ADV_PIECE;
+    dim3 grid((unsigned)(pieces * e->hkv), (unsigned)ntc);
+    outer_kernel<true><<<grid, THREADS, 0, e->stream>>>(e->kh, e->v, e->cap, e->d, e->hkv, NULL,
+                                                         e->c_run, target, NULL, e->run);
+    tcheck(cudaGetLastError());
+    e->c_run = target;
+    return 0;
+}
+
+extern "C" int taylor_gpu_get_state(taylor_gpu *e, double *st) {
+    tcheck(cudaSetDevice(e->dev));
+    int64_t n = (int64_t)e->hkv * e->P;
+    if (e->c_run > e->nkeys) {
+        tcheck(cudaMemsetAsync(e->run, 0, sizeof(double) * (size_t)n, e->stream));
+        e->c_run = 0;
+    }
+    if (advance(e, e->nkeys)) return -1;
+    tcheck(cudaMemcpyAsync(st, e->run, sizeof(double) * (size_t)n, cudaMemcpyDeviceToHost, e->stream));
+    tcheck(cudaStreamSynchronize(e->stream));
+    return 0;
+}
+
+extern "C" int taylor_gpu_set_state(taylor_gpu *e, const double *st, int64_t nkeys_total) {
+    tcheck(cudaSetDevice(e->dev));
+    int64_t n = (int64_t)e->hkv * e->P;
+    tcheck(cudaMemcpyAsync(e->run, st, sizeof(double) * (size_t)n, cudaMemcpyHostToDevice, e->stream));
+    tcheck(cudaStreamSynchronize(e->stream));
+    e->global = 1;
+    e->count_total = nkeys_total;
+    e->c_run = nkeys_total;      /* every row's K_0: no advance, no restart */
+    return 0;
+}
+
 extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *rec, int overwrite) {
-    if (e->nkeys == 0 || q->nq == 0) return 0;       /* rec keeps the empty state it holds */
+    int64_t nk = e->global && !q->causal ? e->count_total : e->nkeys;
+    if (e->global && q->causal) {                     /* a causal chunk after set_state */
+        tcheck(cudaMemsetAsync(e->run, 0, sizeof(double) * (size_t)(e->hkv * e->P), e->stream));
+        e->global = 0;
+        e->c_run = 0;
+    }
+    if (nk == 0 || q->nq == 0) return 0;              /* rec keeps the empty state it holds */
     if (q->nq > e->max_rows) return fa_seterr("taylor CUDA engine: chunk of %lld rows > %lld",
                                               (long long)q->nq, (long long)e->max_rows);
     tcheck(cudaSetDevice(e->dev));
     int d = e->d, hkv = e->hkv, h = e->h;
     int64_t nq = q->nq, R = taylor_rec_len(d), P = e->P, bt = (int64_t)BLOCK_TILES * TT;
     int64_t *cnt = e->host_cnt, *bounds = e->host_cnt + e->max_rows;
-    taylor_row_counts(q, e->segs, e->nsegs, e->nkeys, cnt);
+    taylor_row_counts(q, e->segs, e->nsegs, nk, cnt);
     int64_t nblocks = (nq + bt - 1) / bt;
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t r0 = b * bt, nr = nq - r0 < bt ? nq - r0 : bt;
@@ -333,14 +379,7 @@ extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *r
             tcheck(cudaMemsetAsync(e->run, 0, sizeof(double) * (size_t)nstate, e->stream));
             e->c_run = 0;
         }
-        if (K[0] > e->c_run) {                             /* advance the running state */
-            int64_t pieces = (K[0] - e->c_run + ADV_PIECE - 1) / ADV_PIECE;
-            dim3 grid((unsigned)(pieces * hkv), (unsigned)ntc);
-            outer_kernel<true><<<grid, THREADS, 0, e->stream>>>(e->kh, e->v, e->cap, d, hkv, NULL,
-                                                                 e->c_run, K[0], NULL, e->run);
-            tcheck(cudaGetLastError());
-            e->c_run = K[0];
-        }
+        if (advance(e, K[0])) return -1;                   /* the running state up to K_0 */
         int moving = K[ntiles] > K[0];
         if (moving) {
             dim3 grid((unsigned)(ntiles * hkv), (unsigned)ntc);
