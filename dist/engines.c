@@ -1,6 +1,7 @@
 /* engines.c — the exact-attention engines as the pipeline sees them (pipe_engine, pipeline.h):
  * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_job_*: keys resident
  * or paged, device state per pipeline slot, merge through NCCL or the host). */
+#include "dist/costmodel.h"
 #include "dist/merge.h"
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
@@ -66,6 +67,11 @@ static void exact_common(const fa_shape *s, exact_ctx *c, pipe_engine *e) {
 static int engine_exact_cpu(const fa_job *job, const fa_shape *s, pipe_engine *e) {
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     c->tiling = (cpu_tiling){.br = job->br, .bc = job->bc, .threads = job->threads};
+    if (!job->br && !job->bc) {     /* no --tile: the tune cache's tile, else the cost model's */
+        const cm_choice *t = cm_run_choice(job, s, fa_nranks, 0);
+        c->tiling.br = t->br;
+        c->tiling.bc = t->bc;
+    }
     exact_common(s, c, e);
     e->name = "cpu";
     e->compute = "float32";
@@ -118,6 +124,10 @@ static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, i
     const char *br = getenv("FA_PAGE_BLOCK_ROWS"), *rg = getenv("FA_PAGE_RING");
     const char *mr = getenv("FA_PAGE_MAX_RESIDENT");
     pl->max_resident = mr ? atoll(mr) : -1;
+    const cm_choice *t = cm_run_choice(job, s, nranks, 1);   /* tune cache, else the model */
+    cm_flash_variant = t->variant;
+    pl->block_rows = t->block_rows;
+    pl->ring = t->ring;
     if (br) pl->block_rows = atoll(br);
     if (rg) pl->ring = atoi(rg);
     if (kv_plan_make(pl)) return -1;

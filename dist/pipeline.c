@@ -10,6 +10,7 @@
 #include "dist/shard.h"
 #include "dist/gpu_comm.h"
 #include "dist/paging.h"
+#include "dist/costmodel.h"
 #include "kernels/gpu_job.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
@@ -31,6 +32,8 @@ int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu) {
 int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu) {
     static int64_t cached = -1;
     int64_t c = job->chunk > 0 ? job->chunk : pipeline_default_chunk(s, nranks, gpu);
+    if (job->chunk <= 0 && job->mode == MODE_EXACT)   /* tune cache, else the cost model */
+        c = cm_run_choice(job, s, nranks, gpu)->chunk;
     if (job->chunk > 0 || !gpu) return c < s->Nq ? c : s->Nq;
     if (cached > 0) return cached;
     if (fa_rank == 0) {
@@ -216,6 +219,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.nchunks_per_b = (s->Nq + p.chunk - 1) / p.chunk;
     p.nchunks = p.nchunks_per_b * s->B;
     p.window = job->window > 0 ? job->window : 3;
+    if (!job->window_set && job->mode == MODE_EXACT) p.window = cm_run_choice(job, s, p.nranks, gpu)->window;
     int64_t H = s->H, D = s->D, Hkv = s->Hkv;
 
     /* the sharding plan */

@@ -61,6 +61,9 @@ static void usage(void) {
         "      --no-nccl           merge across GPUs through MPI even where NCCL could\n"
         "      --threads N         CPU engine threads per rank (default: OMP_NUM_THREADS or all cores)\n"
         "      --tile BRxBC        CPU engine tile (query rows x keys), e.g. 64x256\n"
+        "      --tune              measure this job's best tiles/chunk first (fa_long tune) and cache them\n"
+        "      --tune-cache FILE   tune cache (default $FA_TUNE_CACHE or ~/.cache/fa_long/tune.txt);\n"
+        "                          without an entry the cost model chooses (see README: Tuning)\n"
         "      --out-dtype T       element type of o: float32, float16, bfloat16 (default: q's)\n"
         "      --shard L           key layout across ranks: contiguous, zigzag, striped\n"
         "                          (default: contiguous, or striped when causal)\n"
@@ -83,7 +86,7 @@ static void usage(void) {
 
 enum { OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
        OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME, OPT_DEVMEM, OPT_NONCCL, OPT_KTFLOPS,
-       OPT_LINK };
+       OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE };
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
@@ -115,6 +118,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"no-nccl", no_argument, 0, OPT_NONCCL},
         {"kernel-tflops", required_argument, 0, OPT_KTFLOPS},
         {"link-gbps", required_argument, 0, OPT_LINK},
+        {"tune", no_argument, 0, OPT_TUNE},
+        {"tune-cache", required_argument, 0, OPT_TUNE_CACHE},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -146,6 +151,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         case OPT_WINDOW:
             if (parse_int("--window", optarg, 1, &v)) return -1;
             job->window = (int)(v > 64 ? 64 : v);
+            job->window_set = 1;
             break;
         case OPT_BACKEND:
             if (!strcasecmp(optarg, "cpu")) job->backend = BACKEND_CPU;
@@ -194,6 +200,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         case OPT_RESUME: job->resume = 1; break;
         case OPT_DEVMEM: if (parse_int("--device-mem", optarg, 1, &job->device_mem)) return -1; break;
         case OPT_NONCCL: job->no_nccl = 1; break;
+        case OPT_TUNE: job->tune = 1; break;
+        case OPT_TUNE_CACHE: job->tune_cache = optarg; break;
         case OPT_KTFLOPS:
         case OPT_LINK: {
             char *end;

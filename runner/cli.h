@@ -20,3 +20,4 @@ void check_print(const check_result *r, const char *out);
 int cmd_run(int argc, char **argv);     /* runner/run.c */
 int cmd_gen(int argc, char **argv);     /* runner/gen.c */
 int cmd_check(int argc, char **argv);   /* runner/check.c */
+int cmd_tune(int argc, char **argv);    /* runner/tune.c */

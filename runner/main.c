@@ -3,6 +3,7 @@
  *   fa_long --input in.h5 --output out.h5 [options]    exact attention, HDF5 to HDF5
  *   fa_long gen --output in.h5 [shape options]         random inputs in fa_long's format
  *   fa_long check --input in.h5 --output out.h5        fp64 recomputation of sampled rows
+ *   fa_long tune [job shape]                            measure and cache the best tiles/chunks
  *
  * Exit status: 0 success; 1 a check above tolerance or an internal failure; 2 bad usage or bad
  * input (one line on stderr naming the file, dataset and what was expected). */
@@ -20,6 +21,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "gen")) rc = cmd_gen(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "check")) rc = cmd_check(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "run")) rc = cmd_run(argc - 1, argv + 1);
+    else if (argc > 1 && !strcmp(argv[1], "tune")) rc = cmd_tune(argc - 1, argv + 1);
     else rc = cmd_run(argc, argv);
     MPI_Finalize();
     return rc;

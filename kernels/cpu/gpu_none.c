@@ -34,3 +34,11 @@ double gpu_link_gbps(int device) { return 0; }
 int64_t gpu_free_bytes(int device) { return 0; }
 int gpu_uuid(int device, unsigned char uuid[16]) { return -1; }
 #endif
+
+#ifndef FA_HAVE_CUDA
+#include "dist/costmodel.h"
+/* the tuner's GPU timing (kernels/cuda/tune.cu): no GPU in this build */
+double cm_gpu_time_variant(int variant, int64_t nq, int64_t nk, int h, int hkv, int d,
+                           int causal, int dtype, int reps) { return -1; }
+int64_t cm_gpu_smem_per_block(void) { return 0; }
+#endif

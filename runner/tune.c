@@ -1,0 +1,297 @@
+/* tune.c — `fa_long tune`: measure the machine figures, rank the cost model's candidates
+ * (dist/costmodel.h), time the best few on the real engine, and remember the winner in the tune
+ * cache for every later run of the same (device, D, dtype, causal, GQA ratio).
+ *
+ *   fa_long tune [-n N] [--heads H] [--kv-heads H] [-d D] [--causal] [--backend cpu|cuda]
+ *                [--threads T] [--top K] [--reps R] [--tune-cache FILE] [--no-store] [--verbose]
+ *   fa_long tune ... --sweep        also time every configuration of the sweep grid (bench/tune.sh)
+ *   fa_long tune ... --predict      the model's ranking only, nothing timed or stored
+ *
+ * Output: `#`-headed lines, and one `result key=value ...` line per timed configuration:
+ *   result kind=default|tuned|sweep|cand br= bc= threads= chunk= window= variant= predicted_s= measured_s=
+ * Without a GPU, --backend cuda says so and exits 2 (nothing is stored). */
+#include <getopt.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "dist/costmodel.h"
+#include "kernels/attn.h"
+#include "kernels/gpu.h"
+#include "kernels/gpu_job.h"
+#include "runner/cli.h"
+#include "runner/common.h"
+
+/* ---- timing on the real CPU engine ------------------------------------------------------------ */
+static float frand(uint64_t *s) {
+    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
+    return (float)((double)((*s * 2685821657736338717ull) >> 40) / (double)(1ull << 23) - 1.0);
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double cm_time_cpu(const cm_job *j, const cm_choice *c, int reps) {
+    const int64_t H = j->h, Hkv = j->hkv, D = j->d;
+    float *q = fa_aligned_alloc((size_t)(j->nq * H * D) * 4, "tune q");
+    float *k = fa_aligned_alloc((size_t)(j->nk * Hkv * D) * 4, "tune k");
+    float *v = fa_aligned_alloc((size_t)(j->nk * Hkv * D) * 4, "tune v");
+    float *rec = fa_aligned_alloc((size_t)(c->chunk * H * (D + 2)) * 4, "tune records");
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    for (int64_t i = 0; i < j->nq * H * D; i++) q[i] = frand(&s);
+    for (int64_t i = 0; i < j->nk * Hkv * D; i++) { k[i] = frand(&s); v[i] = frand(&s); }
+    attn_kv_segment seg = {k, v, j->nk, 0};
+    cpu_tiling t = {c->br, c->bc, c->threads};
+    double ts[64];
+    if (reps > 64) reps = 64;
+    if (reps < 1) reps = 1;
+    for (int r = 0; r < reps; r++) {
+        double t0 = fa_now();
+        for (int64_t r0 = 0; r0 < j->nq; r0 += c->chunk) {
+            int64_t n = j->nq - r0 < c->chunk ? j->nq - r0 : c->chunk;
+            attn_queries aq = {q + r0 * H * D, n, r0, j->h, j->hkv, j->d,
+                               (float)(1.0 / sqrt((double)D)), j->causal, j->nk - j->nq};
+            attn_state_init(rec, n, j->h, j->d);
+            cpu_attn_partial(&aq, &seg, 1, rec, &t, NULL, NULL);
+        }
+        ts[r] = fa_now() - t0;
+    }
+    qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
+    free(q); free(k); free(v); free(rec);
+    return ts[reps / 2];
+}
+
+/* ---- the search ------------------------------------------------------------------------------ */
+/* The calibration job (fixed, so predictions on other shapes are predictions): 2048 x 2048,
+ * 8 heads, D = 128, not causal, the fixed default tiles. eff solves measured = A/eff + B, with A
+ * the products' share of the model's time at eff = 1 (the model is linear in 1/eff). */
+static void calibrate_cpu(cm_machine *m, int verbose) {
+    cm_job cj = {.nq = 2048, .nk = 2048, .h = 8, .hkv = 8, .d = 128, .causal = 0, .elem = 4,
+                 .nranks = 1, .dtype = -1};
+    cm_choice c;
+    cm_fixed_defaults(&cj, m->threads, &c);
+    double meas = cm_time_cpu(&cj, &c, 3);
+    cm_machine m1 = *m, m2 = *m;
+    m1.cpu_eff = 1.0;
+    m2.cpu_eff = 0.5;
+    cm_choice c1 = c, c2 = c;
+    cm_predict(&m1, &cj, &c1);
+    cm_predict(&m2, &cj, &c2);
+    double A = c2.t_total - c1.t_total, B = c1.t_total - A;
+    double eff = meas > B && A > 0 ? A / (meas - B) : 0.65;
+    m->cpu_eff = eff < 0.1 ? 0.1 : eff > 1.0 ? 1.0 : eff;
+    if (verbose)
+        printf("# calibration: 2048x2048 H=8 D=128 tile %dx%d: %.4f s -> product efficiency %.3f of peak\n",
+               c.br, c.bc, meas, m->cpu_eff);
+}
+
+static void print_result(const char *kind, const cm_choice *c, int gpu) {
+    printf("result kind=%s br=%d bc=%d threads=%d chunk=%lld window=%d variant=%d block_rows=%lld "
+           "ring=%d predicted_s=%.6f measured_s=%.6f critical=%s\n", kind, c->br, c->bc, c->threads,
+           (long long)c->chunk, c->window, c->variant, (long long)c->block_rows, c->ring,
+           isfinite(c->t_total) ? c->t_total : -1.0, c->measured_s, c->critical ? c->critical : "-");
+}
+
+/* GPU: a configuration's time is the kernel time of its chunks (cm_gpu_time_variant on one
+ * chunk, times the number of chunks) plus the model's paging and merge terms, which need the
+ * job's link and network (not timed here). */
+static double time_gpu(const cm_job *j, const cm_machine *m, cm_choice *c, int reps) {
+    int64_t n = c->chunk < j->nq ? c->chunk : j->nq;
+    double t = cm_gpu_time_variant(c->variant, n, j->nk / (j->nranks > 0 ? j->nranks : 1), j->h,
+                                   j->hkv, j->d, j->causal, j->dtype, reps);
+    if (t < 0) return -1;
+    double chunks = (double)(j->nq + n - 1) / n;
+    cm_choice p = *c;
+    cm_predict(m, j, &p);
+    return t * chunks + p.t_merge + (p.t_page > p.t_compute ? p.t_page - p.t_compute : 0);
+}
+
+int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, cm_choice *best) {
+    if (j->gpu) {
+        if (gpu_count() == 0) return fa_seterr("no CUDA device: GPU tuning needs one");
+        m->link_gbps = gpu_link_gbps(0);
+        m->smem_per_block = cm_gpu_smem_per_block();
+        m->device_free = gpu_free_bytes(0);
+        /* each variant's rate on one 8K-row chunk of this job's shape */
+        int64_t n = j->nq < 8192 ? j->nq : 8192, nk = j->nk < 65536 ? j->nk : 65536;
+        for (int v = 1; v <= 4; v++) {
+            double t = cm_gpu_time_variant(v, n, nk, j->h, j->hkv, j->d, j->causal, j->dtype, 5);
+            double pairs = j->causal ? (double)n * nk - (double)n * n / 2 : (double)n * nk;
+            m->gpu_tflops[v] = t > 0 ? 4.0 * j->d * j->h * pairs / t / 1e12 : 0;
+            if (verbose) printf("# flash variant %d: %.1f TFLOP/s\n", v, m->gpu_tflops[v]);
+        }
+        m->gpu_tflops[0] = 0;
+        for (int v = 1; v <= 4; v++) if (m->gpu_tflops[v] > m->gpu_tflops[0]) m->gpu_tflops[0] = m->gpu_tflops[v];
+    } else {
+        if (!(m->cpu_gflops > 0)) {
+            m->cpu_gflops = cm_measure_cpu_peak(m->threads);
+            m->mem_gbps = cm_measure_mem_gbps(m->threads);
+            calibrate_cpu(m, verbose);
+        }
+        if (verbose)
+            printf("# machine: %s: FMA peak %.1f GFLOP/s, memory %.1f GB/s, L1 %lld KiB, L2 %lld KiB, "
+                   "product efficiency %.3f\n", m->device, m->cpu_gflops, m->mem_gbps,
+                   (long long)m->l1_bytes / 1024, (long long)m->l2_bytes / 1024, m->cpu_eff);
+    }
+    cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
+    int n = cm_candidates(m, j, cand, 2048);
+    cm_choice def;
+    cm_fixed_defaults(j, m->threads, &def);
+    cm_predict(m, j, &def);
+    def.source = "defaults";
+    def.measured_s = j->gpu ? time_gpu(j, m, &def, reps) : cm_time_cpu(j, &def, reps);
+    if (verbose) print_result("default", &def, j->gpu);
+    *best = def;
+    int timed = 0;
+    for (int i = 0; i < n && timed < top; i++) {
+        cm_choice c = cand[i];
+        double t = j->gpu ? time_gpu(j, m, &c, reps) : cm_time_cpu(j, &c, reps);
+        if (t < 0) continue;
+        timed++;
+        c.measured_s = t;
+        if (verbose) print_result("cand", &c, j->gpu);
+        if (t < best->measured_s || best->measured_s < 0) *best = c;
+    }
+    free(cand);
+    if (best->measured_s < 0) return fa_seterr("no configuration could be timed");
+    best->source = "measured";
+    return 0;
+}
+
+/* ---- the subcommand -------------------------------------------------------------------------- */
+static void usage(void) {
+    printf("usage: fa_long tune [-n N] [--nq N --nk N] [--heads H] [--kv-heads H] [-d D] [--causal]\n"
+           "                    [--backend cpu|cuda] [--compute bf16|fp16] [--threads T] [--ranks P]\n"
+           "                    [--device-mem SIZE] [--top K] [--reps R] [--tune-cache FILE]\n"
+           "                    [--no-store] [--sweep] [--predict] [--verbose]\n"
+           "Measures the machine, times the cost model's best K configurations (default 8) and the\n"
+           "fixed defaults on the real engine, and stores the fastest in the tune cache (default\n"
+           "$FA_TUNE_CACHE or ~/.cache/fa_long/tune.txt) for this device, D, dtype, causal, GQA.\n"
+           "--sweep also times every configuration of the sweep grid (bench/tune.sh).\n");
+}
+
+int cmd_tune(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"n", required_argument, 0, 'n'}, {"nq", required_argument, 0, 'Q'},
+        {"nk", required_argument, 0, 'K'}, {"heads", required_argument, 0, 'H'},
+        {"kv-heads", required_argument, 0, 'G'}, {"d", required_argument, 0, 'd'},
+        {"causal", no_argument, 0, 'c'}, {"backend", required_argument, 0, 'b'},
+        {"compute", required_argument, 0, 'C'}, {"threads", required_argument, 0, 't'},
+        {"ranks", required_argument, 0, 'P'}, {"device-mem", required_argument, 0, 'M'},
+        {"top", required_argument, 0, 'k'}, {"reps", required_argument, 0, 'r'},
+        {"tune-cache", required_argument, 0, 'f'}, {"no-store", no_argument, 0, 'x'},
+        {"sweep", no_argument, 0, 's'}, {"predict", no_argument, 0, 'p'},
+        {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 8, .d = 128, .elem = 4, .nranks = 1,
+                .dtype = -1};
+    int gpu = 0, threads = 0, top = 8, reps = 3, store = 1, sweep = 0, predict = 0, verbose = 0;
+    const char *cache = NULL;
+    opterr = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, ":n:d:cvh", opts, NULL)) != -1) {
+        int64_t v = 0;
+        if (optarg && strchr("nQKHGdtPMkr", c)) {
+            v = fa_parse_size(optarg);
+            if (v < 1) { fa_seterr("tune: option '%s' needs a positive size", argv[optind - 1]); return fa_report_error(); }
+        }
+        switch (c) {
+        case 'n': j.nq = j.nk = v; break;
+        case 'Q': j.nq = v; break;
+        case 'K': j.nk = v; break;
+        case 'H': j.h = (int)v; break;
+        case 'G': j.hkv = (int)v; break;
+        case 'd': j.d = (int)v; break;
+        case 'c': j.causal = 1; break;
+        case 'b':
+            if (!strcasecmp(optarg, "cuda") || !strcasecmp(optarg, "gpu")) gpu = 1;
+            else if (!strcasecmp(optarg, "cpu")) gpu = 0;
+            else { fa_seterr("tune: --backend '%s' is not cpu or cuda", optarg); return fa_report_error(); }
+            break;
+        case 'C': j.dtype = !strcasecmp(optarg, "fp16") || !strcasecmp(optarg, "float16"); break;
+        case 't': threads = (int)v; break;
+        case 'P': j.nranks = (int)v; break;
+        case 'M': j.budget = v; break;
+        case 'k': top = (int)v; break;
+        case 'r': reps = (int)v; break;
+        case 'f': cache = optarg; break;
+        case 'x': store = 0; break;
+        case 's': sweep = 1; break;
+        case 'p': predict = 1; store = 0; break;
+        case 'v': verbose = 1; break;
+        case 'h': usage(); return 0;
+        case ':': fa_seterr("tune: option %s needs a value", argv[optind - 1]); return fa_report_error();
+        default: fa_seterr("tune: unknown option '%s' (see fa_long tune --help)", argv[optind - 1]); return fa_report_error();
+        }
+    }
+    if (j.h % j.hkv) { fa_seterr("tune: --heads must be a multiple of --kv-heads"); return fa_report_error(); }
+    if (j.d > FA_MAX_HEAD_DIM) { fa_seterr("tune: -d above %d", FA_MAX_HEAD_DIM); return fa_report_error(); }
+    j.gpu = gpu;
+    fa_verbosity = verbose ? 2 : 1;
+    if (gpu) { j.elem = 2; if (j.dtype < 0) j.dtype = 0; }
+    else j.dtype = -1;
+    if (fa_rank != 0) return 0;                       /* one process measures */
+    if (gpu && gpu_count() == 0) {
+        fa_seterr("tune --backend cuda: no CUDA device visible%s",
+#ifdef FA_HAVE_CUDA
+                  ""
+#else
+                  " (built without CUDA)"
+#endif
+        );
+        return fa_report_error();
+    }
+    cm_machine m;
+    memset(&m, 0, sizeof m);
+    m.threads = threads > 0 ? threads : omp_get_max_threads();
+    cm_device_name(gpu, m.threads, m.device, sizeof m.device);
+    cm_machine_defaults(&m, gpu);
+    m.cpu_gflops = 0;                                 /* measure, not the default */
+    const char *path = cm_cache_path(cache);
+    char key[512];
+    cm_cache_key(m.device, &j, key, sizeof key);
+    printf("# fa_long tune: %s\n# job: nq=%lld nk=%lld H=%d Hkv=%d D=%d causal=%d ranks=%d\n", key,
+           (long long)j.nq, (long long)j.nk, j.h, j.hkv, j.d, j.causal, j.nranks);
+    if (predict) {
+        cm_machine_defaults(&m, gpu);
+        if (!gpu) m.cpu_gflops = 100.0;
+        cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
+        int n = cm_candidates(&m, &j, cand, 2048);
+        for (int i = 0; i < n && i < top; i++) print_result("model", &cand[i], gpu);
+        free(cand);
+        return 0;
+    }
+    cm_choice best;
+    if (cm_tune_job(&j, &m, top, reps, 1, &best)) return fa_report_error();
+    print_result("tuned", &best, gpu);
+    if (sweep && !gpu) {
+        static const int brs[] = {2, 4, 8, 16, 32, 64};
+        static const int bcs[] = {64, 128, 256};
+        static const int64_t chunks[] = {512, 1024, 2048};
+        for (size_t a = 0; a < sizeof brs / sizeof *brs; a++)
+            for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++)
+                for (size_t k = 0; k < sizeof chunks / sizeof *chunks; k++) {
+                    cm_choice s = {.br = brs[a], .bc = bcs[b], .threads = m.threads,
+                                   .chunk = chunks[k] < j.nq ? chunks[k] : j.nq, .window = 3};
+                    if (!cm_predict(&m, &j, &s)) continue;
+                    s.measured_s = cm_time_cpu(&j, &s, reps);
+                    print_result("sweep", &s, 0);
+                }
+        /* the tuned configuration again, in the sweep's conditions */
+        cm_choice again = best;
+        again.measured_s = cm_time_cpu(&j, &again, reps);
+        print_result("tuned_again", &again, 0);
+    }
+    printf("# choice: %s -> tile %dx%d, chunk %lld, window %d, variant %d: measured %.4f s, "
+           "predicted %.4f s, critical %s\n", key, best.br, best.bc, (long long)best.chunk,
+           best.window, best.variant, best.measured_s, best.t_total, best.critical);
+    if (store) {
+        if (cm_cache_store(path, key, &best, &m)) return fa_report_error();
+        printf("# stored in %s\n", path);
+    }
+    return 0;
+}
