@@ -23,7 +23,8 @@ int shard_layout_parse(const char *s, shard_layout *out) {
 
 int64_t shard_default_stripe(int64_t nk, int nranks) {
     int64_t w = nk / (16 * (int64_t)nranks);
-    if (w >= 64) return w > 256 ? 256 : (w / 64) * 64;
+    if (w >= 128) return w > 256 ? 256 : (w / 128) * 128;   /* whole 128-key engine tiles */
+    if (w >= 64) return 64;
     return w >= 1 ? w : 1;
 }
 

@@ -23,7 +23,7 @@ const char *shard_layout_name(shard_layout l);
 int shard_layout_parse(const char *s, shard_layout *out);   /* 0 ok, -1 unknown */
 
 /* The stripe width used by `striped` when the caller passes 0: enough stripes per rank (>= 16)
- * for balance, multiples of 64 keys when Nk allows so engine tiles stay whole. */
+ * for balance, 128 or 256 keys when Nk allows so the CPU engine's 128-key tiles stay whole. */
 int64_t shard_default_stripe(int64_t nk, int nranks);
 
 /* Fills *out with rank's ranges (allocated; shard_free releases). Every key belongs to exactly one

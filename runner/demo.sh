@@ -10,7 +10,7 @@ NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 NP=${NP:-$([ "${NGPU:-0}" -gt 0 ] && echo "$NGPU" || echo 2)}
 ROOT=""
 [ "$(id -u)" = 0 ] && ROOT="--allow-run-as-root"
-MPIRUN="mpirun -np $NP --oversubscribe $ROOT"
+MPIRUN="mpirun -np $NP --oversubscribe --bind-to none $ROOT"
 N=${N:-8192}
 
 echo "== fa_long gen: q [1,$N,8,64], k/v [1,$N,2,64] float32"
