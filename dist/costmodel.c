@@ -182,6 +182,15 @@ double cm_measure_mem_gbps(int threads) {
     return best / 1e9;
 }
 
+/* Compute and merges are two serial resources in a pipeline (chunk c merges while c+1
+ * computes): the job takes max(compute + the last merge, the first chunk + all merges). The
+ * window bounds how far compute runs ahead; it changes memory, not this throughput bound. */
+static double merge_exposed(double compute, double first, double merges, double last) {
+    if (merges <= 0) return 0;
+    double t = compute + last > first + merges ? compute + last : first + merges;
+    return t - compute;
+}
+
 /* ---- CPU model -------------------------------------------------------------------------------
  * A work item is (kv head, br query rows); its M = br*G stacked rows padded to Mp lanes
  * (kernels/cpu/attn_cpu.c). Per item over `keys` visible keys (whole bc tiles):
@@ -212,7 +221,7 @@ static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     int64_t diag = j->nk - j->nq;
     double comp_sum = 0, mem_sum = 0, total = 0;
     int64_t nchunks = ceil_div(j->nq, c->chunk);
-    double merge_chunk_max = 0, comp_chunk_min = 1e30;
+    double merge_sum = 0, merge_last = 0, first_chunk = 0;
     for (int64_t ci = 0; ci < nchunks; ci++) {
         int64_t r0 = ci * c->chunk, n = j->nq - r0 < c->chunk ? j->nq - r0 : c->chunk;
         int br = c->br < n ? c->br : (int)n;
@@ -241,25 +250,20 @@ static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
         total += tc;
         comp_sum += csum / T;
         mem_sum += msum / T;
-        if (tc < comp_chunk_min) comp_chunk_min = tc;
+        if (ci == 0) first_chunk = tc;
         if (j->nranks > 1) {
             double bytes = (double)n * j->h * (j->d + 2) * 4 + (double)n * j->h * 4;
-            double tm = bytes / (m->net_gbps * 1e9) + m->net_latency_s;
-            if (tm > merge_chunk_max) merge_chunk_max = tm;
+            merge_last = bytes / (m->net_gbps * 1e9) + m->net_latency_s;
+            merge_sum += merge_last;
         }
     }
-    /* merges hide behind the next `window` chunks' compute; the last one never does */
-    double exposed = 0;
-    if (j->nranks > 1) {
-        double over = merge_chunk_max - c->window * comp_chunk_min;
-        exposed = (over > 0 ? over * (double)nchunks : 0) + merge_chunk_max;
-    }
+    double exposed = merge_exposed(total, first_chunk, merge_sum, merge_last);
     c->t_compute = comp_sum;
     c->t_memory = mem_sum;
     c->t_page = 0;
     c->t_merge = exposed;
     c->t_total = total + exposed;
-    c->critical = exposed > total ? "merge" : mem_sum > comp_sum ? "memory" : "compute";
+    c->critical = merge_sum > total ? "merge" : mem_sum > comp_sum ? "memory" : "compute";
 }
 
 /* ---- GPU model -------------------------------------------------------------------------------
@@ -314,7 +318,7 @@ static void gpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     int runs = j->causal && j->nranks > 1 ? 2 : 1;         /* zigzag: two key runs */
     int64_t nblocks = pl.paged_rows > 0 ? ceil_div(pl.paged_rows, pl.block_rows) : 0;
     int64_t diag = j->nk - j->nq, nchunks = ceil_div(j->nq, c->chunk);
-    double total = 0, comp_sum = 0, page_sum = 0, tm_max = 0, tc_min = 1e30;
+    double total = 0, comp_sum = 0, page_sum = 0, merge_sum = 0, merge_last = 0, first = 0;
     for (int64_t ci = 0; ci < nchunks; ci++) {
         int64_t r0 = ci * c->chunk, n = j->nq - r0 < c->chunk ? j->nq - r0 : c->chunk;
         double pairs = j->causal ? 0 : (double)n * j->nk;
@@ -334,25 +338,21 @@ static void gpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
         total += tchunk;
         comp_sum += tc;
         page_sum += tp;
-        if (tchunk < tc_min) tc_min = tchunk;
+        if (ci == 0) first = tchunk;
         if (j->nranks > 1) {
             double P = j->nranks, bw = m->net_gbps * 1e9;
-            double tm = (double)n * j->h * (j->d + 2) * 4 / bw +
-                        (double)n * j->h * 4 * 2 * (P - 1) / P / bw + m->net_latency_s;
-            if (tm > tm_max) tm_max = tm;
+            merge_last = (double)n * j->h * (j->d + 2) * 4 / bw +
+                         (double)n * j->h * 4 * 2 * (P - 1) / P / bw + m->net_latency_s;
+            merge_sum += merge_last;
         }
     }
-    double exposed = 0;
-    if (j->nranks > 1) {
-        double over = tm_max - c->window * tc_min;
-        exposed = (over > 0 ? over * (double)nchunks : 0) + tm_max;
-    }
+    double exposed = merge_exposed(total, first, merge_sum, merge_last);
     c->t_compute = comp_sum;
     c->t_memory = 0;
     c->t_page = page_sum;
     c->t_merge = exposed;
     c->t_total = total + exposed;
-    c->critical = exposed > total ? "merge" : page_sum > comp_sum ? "paging" : "compute";
+    c->critical = merge_sum > total ? "merge" : page_sum > comp_sum ? "paging" : "compute";
 }
 
 int cm_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
@@ -375,6 +375,7 @@ static int pick_window(const cm_machine *m, const cm_job *j, cm_choice *c) {
     c->window = 3;
     if (!cm_predict(m, j, c)) return 0;
     while (c->window < 8 && c->t_merge > 1.5 * (m->net_latency_s + 1e-9) && j->nranks > 1) {
+        /* (with merge_exposed's bound a deeper window never predicts faster: 3 stays) */
         cm_choice w = *c;
         w.window++;
         if (!cm_predict(m, j, &w) || w.t_total >= c->t_total) break;

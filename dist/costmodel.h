@@ -10,8 +10,8 @@
  *   paging   keys streamed from pinned host memory per chunk / host link (GPU; kv_plan_make says
  *            how many), overlapped with compute per chunk: max(compute, copy)
  *   merge    chunk records (rows x H x (D+2) floats reduced, rows x H floats all-reduced) / network
- *            bandwidth + latency per chunk, hidden behind the next chunks' compute when the
- *            window allows; only the exposed part counts
+ *            bandwidth + latency per chunk; merges and compute are two serial pipeline resources:
+ *            only the exposed part counts (costmodel.c: merge_exposed)
  * The critical resource is the largest of compute, memory, paging, merge. */
 #pragma once
 #include <stdint.h>

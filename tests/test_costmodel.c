@@ -1,0 +1,268 @@
+/* test_costmodel.c — the cost model and the tune cache (dist/costmodel.c), without a GPU:
+ *   - the cache round-trips; corrupt, truncated (at every byte), foreign-version, bad-value and
+ *     other-device files are ignored (lookup finds nothing), never a crash; a store keeps the
+ *     other entries and replaces its own;
+ *   - property: over many random job shapes and device budgets, every candidate the model
+ *     offers is valid (CPU tiles within L2; GPU plans within the budget, variant within shared
+ *     memory), and the best is never predicted slower than the fixed defaults;
+ *   - the model's terms move the right way (N^2 scaling, causal about half, paging and merge
+ *     named critical when the link or network is made slow). */
+#include "dist/costmodel.h"
+#include "dist/paging.h"
+#include "runner/common.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int passed, failed;
+#define CHECK(cond, ...)                                                                  \
+    do {                                                                                  \
+        if (cond) passed++;                                                               \
+        else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
+    } while (0)
+
+static uint64_t rng = 12345;
+static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+static int64_t pick(const int64_t *a, int n) { return a[next() % (uint64_t)n]; }
+
+static void write_file(const char *path, const char *text, size_t len) {
+    FILE *f = fopen(path, "wb");
+    fwrite(text, 1, len, f);
+    fclose(f);
+}
+
+static char *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc(*len + 1);
+    *len = fread(b, 1, *len, f);
+    b[*len] = 0;
+    fclose(f);
+    return b;
+}
+
+static void test_cache(void) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/fa_test_costmodel_%d/sub/tune.txt", (int)getpid());
+    cm_machine m;
+    memset(&m, 0, sizeof m);
+    m.threads = 2;
+    snprintf(m.device, sizeof m.device, "cpu Test CPU x2");
+    cm_machine_defaults(&m, 0);
+    cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 2, .d = 64, .causal = 1, .elem = 4,
+                .nranks = 1, .dtype = -1};
+    char key[512], key2[512], other[512];
+    cm_cache_key(m.device, &j, key, sizeof key);
+    cm_job j2 = j;
+    j2.d = 128;
+    cm_cache_key(m.device, &j2, key2, sizeof key2);
+    cm_cache_key("cpu Other CPU x2", &j, other, sizeof other);
+    CHECK(strstr(key, "d=64") && strstr(key, "causal=1") && strstr(key, "gqa=4") &&
+          strstr(key, "float32"), "key names D, causal, GQA, dtype: %s", key);
+
+    cm_choice c = {.br = 16, .bc = 256, .threads = 2, .chunk = 2048, .window = 3,
+                   .measured_s = 0.125, .t_total = 0.13, .critical = "compute"}, r;
+    CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 0, "missing file: nothing found");
+    CHECK(cm_cache_store(path, key, &c, &m) == 0, "store creates the folders: %s", fa_errmsg());
+    memset(&r, 0, sizeof r);
+    CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 1 && r.br == 16 && r.bc == 256 &&
+          r.chunk == 2048 && r.window == 3 && r.threads == 2 && fabs(r.measured_s - 0.125) < 1e-6 &&
+          !strcmp(r.source, "cache"), "round trip (br %d bc %d chunk %lld)", r.br, r.bc,
+          (long long)r.chunk);
+    CHECK(cm_cache_lookup(path, key2, m.device, &r, 0) == 0, "another D: not found");
+    CHECK(cm_cache_lookup(path, other, "cpu Other CPU x2", &r, 0) == 0, "another device: not found");
+    /* a second entry keeps the first; storing the first again replaces it */
+    cm_choice c2 = c;
+    c2.br = 8;
+    c2.chunk = 512;
+    CHECK(cm_cache_store(path, key2, &c2, &m) == 0, "second store");
+    c.bc = 64;
+    CHECK(cm_cache_store(path, key, &c, &m) == 0, "replace");
+    CHECK(cm_cache_lookup(path, key2, m.device, &r, 0) == 1 && r.br == 8 && r.chunk == 512,
+          "second entry kept");
+    CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 1 && r.bc == 64, "first entry replaced");
+    size_t len = 0;
+    char *good = read_all(path, &len);
+    int sections = 0;
+    for (char *p = good; (p = strstr(p, "\n[")); p++) sections++;
+    CHECK(sections == 3, "one machine section and two entries (%d sections)", sections);
+
+    /* truncated at every byte: never a crash; whatever is found is the stored entry */
+    int found_partial = 0, wrong = 0;
+    for (size_t cut = 0; cut < len; cut++) {
+        write_file(path, good, cut);
+        memset(&r, 0, sizeof r);
+        if (cm_cache_lookup(path, key, m.device, &r, 0) == 1) {
+            found_partial++;
+            if (r.br != 16 || r.bc != 64 || r.chunk != 2048 || r.window != 3) wrong++;
+        }
+    }
+    CHECK(wrong == 0, "%d truncations gave a different entry", wrong);
+    CHECK(found_partial < (int)len, "truncations that cut the entry are not found");
+    /* corrupt: random bytes, garbage lines, foreign version, bad values */
+    char junk[600];
+    for (int t = 0; t < 50; t++) {
+        for (size_t i = 0; i < sizeof junk; i++) junk[i] = (char)(next() & 0xFF);
+        write_file(path, junk, sizeof junk);
+        CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 0, "random bytes %d: nothing found", t);
+    }
+    const char *bad[] = {
+        "version = 2\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\n",     /* foreign version */
+        "[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\n",                   /* no version */
+        "version = 1\n[%s]\nbr = -5\nbc = 64\nchunk = 2048\nwindow = 3\n",
+        "version = 1\n[%s]\nbr = abc\nbc = 64\nchunk = 2048\nwindow = 3\n",
+        "version = 1\n[%s]\nbr = 16\nbc = 64\nchunk = 99999999999999999999\nwindow = 3\n",
+        "version = 1\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 0\n",
+        "version = 1\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\nnonsense line\n",
+        "version = 1\n[%s\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\n",
+        "version = 1\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\nvariant = 9\n",
+        "version = 1\n[%s]\nbr = 16\nchunk = 2048\nwindow = 3\n",                /* bc missing */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[1024];
+        int n = snprintf(text, sizeof text, bad[i], key);
+        write_file(path, text, (size_t)n);
+        CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 0, "bad file %zu: nothing found", i);
+    }
+    /* a store over a corrupt file starts it clean */
+    write_file(path, junk, sizeof junk);
+    CHECK(cm_cache_store(path, key, &c, &m) == 0 && cm_cache_lookup(path, key, m.device, &r, 0) == 1,
+          "store over a corrupt file");
+    free(good);
+    unlink(path);
+}
+
+static void test_valid(void) {
+    static const int64_t ns[] = {1000, 2048, 4096, 12345, 65536, 262144, 1 << 20};
+    static const int64_t ds[] = {64, 128};
+    static const int64_t gq[] = {1, 2, 4, 8};
+    static const int64_t hs[] = {8, 16, 32};
+    static const int64_t ranks[] = {1, 2, 4, 8};
+    cm_choice *cand = malloc(sizeof(cm_choice) * 2048);
+    int bad = 0, none = 0, slower = 0, trials = 0, paged = 0;
+    for (int t = 0; t < 300; t++) {
+        int gpu = t % 2;
+        cm_machine m;
+        memset(&m, 0, sizeof m);
+        m.threads = 1 + (int)(next() % 4);
+        snprintf(m.device, sizeof m.device, gpu ? "gpu Test" : "cpu Test");
+        m.l2_bytes = (int64_t)256 << (next() % 4) << 10;     /* 256 KiB .. 2 MiB */
+        m.smem_per_block = gpu && next() % 3 == 0 ? 100 * 1024 : 227 * 1024;
+        cm_machine_defaults(&m, gpu);
+        if (gpu) for (int v = 1; v <= 4; v++) m.gpu_tflops[v] = 100.0 + 100.0 * v;
+        int64_t h = pick(hs, 3), g = pick(gq, 4);
+        if (g > h) g = h;
+        cm_job j = {.nq = pick(ns, 7), .h = (int)h, .hkv = (int)(h / g), .d = (int)pick(ds, 2),
+                    .causal = (int)(next() % 2), .elem = gpu ? 2 : 4, .nranks = (int)pick(ranks, 4),
+                    .gpu = gpu, .dtype = gpu ? 0 : -1};
+        j.nk = next() % 4 == 0 ? j.nq * 2 : j.nq;
+        if (!gpu && j.nq > 65536) j.nq = j.nk = 65536;     /* keep the CPU search quick */
+        if (gpu) {
+            /* budgets from unlimited to 1/16 of this rank's K/V (plus room for the buffers) */
+            int64_t kv = (j.nk / j.nranks) * 2 * j.hkv * j.d * 2;
+            int64_t div = (int64_t)1 << (next() % 5);
+            j.budget = next() % 5 == 0 ? 0 : kv / div + ((int64_t)1 << 30);
+        }
+        int n = cm_candidates(&m, &j, cand, 2048);
+        trials++;
+        if (n == 0) { none++; continue; }
+        for (int i = 0; i < n; i++) {
+            cm_choice *c = &cand[i];
+            int ok = isfinite(c->t_total) && c->t_total > 0 && c->chunk >= 1 && c->window >= 1;
+            if (!gpu) {
+                int64_t mp = ((int64_t)c->br * g + 15) / 16 * 16;
+                ok &= (c->bc * mp + 2 * j.d * mp + 2 * c->bc * j.d) * 4 <= m.l2_bytes;
+                ok &= c->br >= 1 && c->br <= c->chunk && c->threads == m.threads;
+            } else {
+                kv_plan pl = {.kv_rows = (j.nk + j.nranks - 1) / j.nranks, .h = j.h, .hkv = j.hkv,
+                              .d = j.d, .elem = 2, .chunk_rows = c->chunk, .slots = c->window,
+                              .budget = j.budget, .device_free = m.device_free,
+                              .block_rows = c->block_rows, .ring = c->ring, .max_resident = -1};
+                ok &= kv_plan_make(&pl) == 0;
+                int64_t avail = j.budget > 0 ? j.budget : m.device_free - ((int64_t)1 << 30);
+                ok &= pl.fixed_bytes + pl.ring_bytes + pl.resident_rows * 2 * j.hkv * j.d * 2 <= avail;
+                ok &= c->variant >= 0 && c->variant <= 4;
+                int v = c->variant ? c->variant : 4, st = v == 2 ? 2 : 3;
+                int64_t smem = v == 1 ? 128 * j.d * 2 + 4 * 64 * j.d * 2
+                                      : 128 * j.d * 2 + st * 2 * 128 * j.d * 2 + 8 * (1 + 3 * st) + 1024;
+                ok &= smem <= m.smem_per_block;
+                if (pl.paged_rows > 0 && i == 0) paged++;
+            }
+            if (!ok) {
+                bad++;
+                if (bad < 5) printf("invalid: gpu %d nq %lld h %d hkv %d d %d br %d bc %d chunk %lld v %d\n",
+                                    gpu, (long long)j.nq, j.h, j.hkv, j.d, c->br, c->bc,
+                                    (long long)c->chunk, c->variant);
+            }
+        }
+        cm_choice def;
+        cm_fixed_defaults(&j, m.threads, &def);
+        if (cm_predict(&m, &j, &def) && cand[0].t_total > def.t_total * (1 + 1e-9)) slower++;
+    }
+    free(cand);
+    CHECK(bad == 0, "%d invalid candidates over %d random jobs", bad, trials);
+    CHECK(none < trials / 10, "%d of %d jobs had no valid candidate", none, trials);
+    CHECK(slower == 0, "%d jobs where the model's best is predicted slower than the defaults", slower);
+    CHECK(paged > 0, "some budgets force paging (%d)", paged);
+}
+
+static void test_terms(void) {
+    cm_machine m;
+    memset(&m, 0, sizeof m);
+    m.threads = 2;
+    cm_machine_defaults(&m, 0);
+    cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 8, .d = 128, .elem = 4, .nranks = 1, .dtype = -1};
+    cm_choice c = {.br = 8, .bc = 128, .threads = 2, .chunk = 1024, .window = 3};
+    cm_choice a = c, b = c, cc = c;
+    cm_predict(&m, &j, &a);
+    cm_job j2 = j;
+    j2.nq = j2.nk = 8192;
+    cm_predict(&m, &j2, &b);
+    CHECK(b.t_total > 3.5 * a.t_total && b.t_total < 4.5 * a.t_total, "2x N: %.3f -> %.3f s", a.t_total, b.t_total);
+    cm_job jc = j;
+    jc.causal = 1;
+    cm_predict(&m, &jc, &cc);
+    CHECK(cc.t_total > 0.45 * a.t_total && cc.t_total < 0.65 * a.t_total, "causal %.3f of non-causal", cc.t_total / a.t_total);
+    CHECK(!strcmp(a.critical, "compute"), "CPU job: compute critical (%s)", a.critical);
+    cm_choice huge = c;
+    huge.br = 128;
+    huge.bc = 4096;
+    CHECK(!cm_predict(&m, &j, &huge) && !strcmp(huge.critical, "invalid"), "tile over L2 refused");
+    /* merge: a slow network makes it critical on 4 ranks */
+    cm_job jm = j;
+    jm.nranks = 4;
+    m.net_gbps = 0.01;
+    cm_choice mm = c;
+    cm_predict(&m, &jm, &mm);
+    CHECK(!strcmp(mm.critical, "merge") && mm.t_merge > 0, "slow network: %s critical", mm.critical);
+    /* GPU: a tight budget and a slow link make paging critical */
+    cm_machine g;
+    memset(&g, 0, sizeof g);
+    cm_machine_defaults(&g, 1);
+    cm_job jg = {.nq = 262144, .nk = 262144, .h = 32, .hkv = 8, .d = 128, .elem = 2, .nranks = 1,
+                 .gpu = 1, .dtype = 0};
+    cm_choice gc = {.variant = 0, .chunk = 8192, .window = 3};
+    cm_predict(&g, &jg, &gc);
+    double flops = 4.0 * 128 * 32 * 262144.0 * 262144.0;
+    CHECK(gc.t_total > flops / 620e12 && gc.t_total < 1.3 * flops / 620e12,
+          "256K on the H100 figures: %.3f s (kernel alone %.3f)", gc.t_total, flops / 620e12);
+    CHECK(fabs(gc.t_compute - 1.637) < 0.3, "near the measured 1.637 s compute (%.3f)", gc.t_compute);
+    jg.budget = (int64_t)2 << 30;
+    g.link_gbps = 1.0;
+    cm_choice gp = {.variant = 0, .chunk = 8192, .window = 3};
+    CHECK(cm_predict(&g, &jg, &gp) && !strcmp(gp.critical, "paging") && gp.t_page > gp.t_compute,
+          "2 GiB budget, 1 GB/s link: paging critical (%s)", gp.critical);
+}
+
+int main(void) {
+    test_cache();
+    test_valid();
+    test_terms();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}

@@ -1,0 +1,162 @@
+"""fa_long tune and the tune cache end to end (dist/costmodel.c, runner/tune.c), CPU only:
+corrupt / foreign / other-device caches are ignored with one warning line and the run is still
+right; with no cache a run uses exactly the model's choice (--verbose, and the output's chunk
+attribute); tune on a tiny job stores a configuration no slower than the defaults it timed, and a
+run then uses it; --tune on a run tunes, stores and runs; GPU tuning without a GPU fails cleanly."""
+import os
+import re
+import subprocess
+
+import h5py
+import pytest
+
+from conftest import FA_LONG, run_fa
+
+SHAPE = ["-n", "1536", "--heads", "8", "--kv-heads", "2", "-d", "64"]
+
+
+def gen(tmp_path, name="in.h5"):
+    inp = tmp_path / name
+    p = subprocess.run([str(FA_LONG), "gen", "--output", str(inp)] + SHAPE,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return inp
+
+
+def tune(args, cache, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    return subprocess.run([str(FA_LONG), "tune", "--tune-cache", str(cache)] + args,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def results(out):
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("result "):
+            rows.append(dict(kv.split("=", 1) for kv in line.split()[1:]))
+    return rows
+
+
+def run_job(tmp_path, inp, cache, extra=(), nranks=1, name="out.h5"):
+    out = tmp_path / name
+    p = run_fa(["-i", inp, "-o", out, "--force", "--verbose", "--check", "16"] + list(extra),
+               nranks=nranks, env={"FA_TUNE_CACHE": str(cache)})
+    return p, out
+
+
+def choice_line(stderr):
+    m = re.search(r"tune: (\w+) choice: tile (\d+)x(\d+), (\d+) threads, chunk (\d+) rows, window (\d+)",
+                  stderr)
+    assert m, stderr
+    return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(5)), int(m.group(6))
+
+
+def warnings(stderr):
+    return [l for l in stderr.splitlines() if "tune cache" in l and ("ignored" in l)]
+
+
+def test_no_cache_uses_model_choice(tmp_path):
+    inp = gen(tmp_path)
+    cache = tmp_path / "none" / "tune.txt"
+    p, out = run_job(tmp_path, inp, cache, ["--causal"])
+    assert p.returncode == 0, p.stderr
+    assert "PASS" in p.stdout + p.stderr
+    src, br, bc, chunk, window = choice_line(p.stderr)
+    assert src == "model"
+    assert not warnings(p.stderr) and not cache.exists()
+    # the same choice as the model's ranking printed by `tune --predict` (defaults, no timing)
+    t = tune(SHAPE + ["--causal", "--predict", "--top", "1"], cache)
+    assert t.returncode == 0, t.stderr
+    best = results(t.stdout)[0]
+    assert (int(best["br"]), int(best["bc"]), int(best["chunk"])) == (br, bc, chunk)
+    with h5py.File(out) as f:
+        assert int(f.attrs["chunk"]) == chunk
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "version", "badvalue"])
+def test_bad_cache_ignored_with_one_warning(tmp_path, kind):
+    inp = gen(tmp_path)
+    cache = tmp_path / "tune.txt"
+    # a valid entry for this job first (the key as a run builds it: from --predict's header)
+    hdr = tune(SHAPE + ["--predict"], cache).stdout.splitlines()[0]
+    key = hdr.split("fa_long tune: ", 1)[1]
+    good = f"version = 1\n[{key}]\nbr = 8\nbc = 64\nthreads = 2\nchunk = 512\nwindow = 3\n"
+    text = {"garbage": "\x00\x17\xff[[[== not a cache\n" * 5,
+            "truncated": good[:good.index("chunk")],
+            "version": good.replace("version = 1", "version = 7"),
+            "badvalue": good.replace("bc = 64", "bc = sixty-four")}[kind]
+    cache.write_text(text, errors="surrogateescape") if kind != "garbage" else cache.write_bytes(text.encode("latin1"))
+    p, _ = run_job(tmp_path, inp, cache)
+    assert p.returncode == 0, p.stderr
+    assert "PASS" in p.stdout + p.stderr
+    assert len(warnings(p.stderr)) == 1, p.stderr
+    assert choice_line(p.stderr)[0] == "model"
+    # and the valid file is used as is
+    cache.write_text(good)
+    p, out = run_job(tmp_path, inp, cache)
+    assert p.returncode == 0 and not warnings(p.stderr), p.stderr
+    assert choice_line(p.stderr)[:4] == ("cache", 8, 64, 512)
+    with h5py.File(out) as f:
+        assert int(f.attrs["chunk"]) == 512
+
+
+def test_other_device_cache_ignored(tmp_path):
+    inp = gen(tmp_path)
+    cache = tmp_path / "tune.txt"
+    hdr = tune(SHAPE + ["--predict"], cache).stdout.splitlines()[0]
+    key = hdr.split("fa_long tune: ", 1)[1]
+    other = "cpu Some Other CPU x64 |" + key.split("|", 1)[1]
+    cache.write_text(f"version = 1\n[{other}]\nbr = 8\nbc = 64\nthreads = 64\nchunk = 512\nwindow = 3\n")
+    p, _ = run_job(tmp_path, inp, cache)
+    assert p.returncode == 0, p.stderr
+    lines = [l for l in p.stderr.splitlines() if "other devices" in l]
+    assert len(lines) == 1, p.stderr
+    assert choice_line(p.stderr)[0] == "model"
+
+
+def test_tune_tiny_job_then_run_uses_it(tmp_path):
+    cache = tmp_path / "c" / "tune.txt"
+    t = tune(SHAPE + ["--top", "4", "--reps", "3"], cache)
+    assert t.returncode == 0, t.stderr
+    rows = results(t.stdout)
+    default = [r for r in rows if r["kind"] == "default"][0]
+    tuned = [r for r in rows if r["kind"] == "tuned"][0]
+    timed = [float(r["measured_s"]) for r in rows if r["kind"] in ("default", "cand")]
+    assert len(timed) >= 2
+    # the stored winner is the fastest configuration it timed, the defaults among them
+    assert float(tuned["measured_s"]) == min(timed)
+    assert float(tuned["measured_s"]) <= float(default["measured_s"])
+    text = cache.read_text()
+    assert "version = 1" in text and f"br = {tuned['br']}" in text
+    inp = gen(tmp_path)
+    p, out = run_job(tmp_path, inp, cache)
+    assert p.returncode == 0, p.stderr
+    assert "PASS" in p.stdout + p.stderr
+    src, br, bc, chunk, _ = choice_line(p.stderr)
+    assert (src, br, bc, chunk) == ("cache", int(tuned["br"]), int(tuned["bc"]), int(tuned["chunk"]))
+    # two ranks read the same entry: same chunk, same result
+    p2, out2 = run_job(tmp_path, inp, cache, nranks=2, name="out2.h5")
+    assert p2.returncode == 0, p2.stderr
+    with h5py.File(out) as a, h5py.File(out2) as b:
+        assert int(a.attrs["chunk"]) == int(b.attrs["chunk"]) == chunk
+        assert abs(a["o"][...] - b["o"][...]).max() <= 1e-5 * abs(a["o"][...]).max()
+
+
+def test_run_with_tune_flag(tmp_path):
+    inp = gen(tmp_path)
+    cache = tmp_path / "t" / "tune.txt"
+    p, _ = run_job(tmp_path, inp, cache, ["--tune", "--causal"])
+    assert p.returncode == 0, p.stderr
+    assert "tuning first" in p.stderr and cache.exists()
+    assert "PASS" in p.stdout + p.stderr
+    assert choice_line(p.stderr)[0] == "cache"
+    p, _ = run_job(tmp_path, inp, cache, ["--tune", "--causal"])   # second time: nothing to tune
+    assert p.returncode == 0 and "tuning first" not in p.stderr
+
+
+def test_gpu_tune_without_gpu(tmp_path):
+    cache = tmp_path / "g.txt"
+    t = tune(["--backend", "cuda", "-n", "4096"], cache)
+    assert t.returncode == 2, t.stdout + t.stderr
+    assert "no CUDA device" in t.stderr
+    assert not cache.exists()
