@@ -13,6 +13,7 @@
 #   REPS            timed runs per process after the validated warm-up (default 2)
 #   ROUNDS          processes per method, alternating engine and baseline (default 3); the best
 #                   time over ROUNDS x REPS is kept
+#   JOB_ONLY=1      only the whole-job section (1, 2, 4 ranks through ./fa_long)
 set -e
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-build/bench/cpu_bench}
@@ -33,6 +34,7 @@ mkdir -p bench/results
 
 field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
+if [ "${JOB_ONLY:-0}" != 1 ]; then   # JOB_ONLY=1: only the whole-job section below
 # The peak is the best of several measurements spread over the run: on a shared machine a
 # single one can catch a neighbour's burst and halve it.
 PEAK=0
@@ -81,6 +83,7 @@ printf '%s' "$ROWS" | while read -r cfg line; do
 done
 echo "# wrote $CSV"
 
+fi
 # ---- whole job through ./fa_long on 1, 2, 4 ranks (same cores split between ranks) -------------
 # Ranks x threads = cores (4 ranks on 2 cores oversubscribe, 1 thread each). --bind-to none: Open
 # MPI binds a rank to one core by default, which would fold a rank's threads onto that core.
@@ -92,11 +95,11 @@ TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 MPIRUN="mpirun --oversubscribe --bind-to none"
 [ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
 JCSV=bench/results/cpu_${SLUG}_job.csv
-echo "date,cpu,cores,engine_rev,ranks,threads_per_rank,n,h,d,causal,elapsed_s,gflops,compute_s_max,merge_wait_s_max" > "$JCSV"
+echo "date,cpu,cores,engine_rev,ranks,threads_per_rank,n,h,d,causal,elapsed_s,gflops,compute_s_max,merge_wait_s_max,maxrss_mib_per_rank" > "$JCSV"
 echo "# fa_long job: N=$JOB_N H=$JOB_H D=$JOB_D, float32 input, cpu backend, best of $((REPS * ROUNDS))"
-jfmt=' %-6s %7s %6s %9s %9s %9s %10s\n'
-printf "#${jfmt# }" ranks threads causal time rate compute merge_wait
-printf "#${jfmt# }" "" "/rank" "" s GFLOP/s "s(max)" "s(max)"
+jfmt=' %-6s %7s %6s %9s %9s %9s %10s %9s\n'
+printf "#${jfmt# }" ranks threads causal time rate compute merge_wait maxrss
+printf "#${jfmt# }" "" "/rank" "" s GFLOP/s "s(max)" "s(max)" "MiB/rank"
 jnum() { sed -n "s/^ *\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1" | head -1; }
 jmax() { sed -n "s/.*\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1" | sort -g | tail -1; }
 for causal in 0 1; do
@@ -115,9 +118,10 @@ for causal in 0 1; do
     [ -n "$best" ] || continue
     g=$(awk -v t="$(jnum "$TMP/best.json" tflops)" 'BEGIN{printf "%.2f", t*1000}')
     cmax=$(jmax "$TMP/best.json" compute_s); wmax=$(jmax "$TMP/best.json" merge_wait_s)
+    rss=$(jmax "$TMP/best.json" maxrss_mib)
     printf "$jfmt" "$np" "$t" "$causal" "$(printf %.4f "$best")" "$g" "$(printf %.4f "$cmax")" \
-      "$(printf %.4f "$wmax")"
-    echo "$DATE,$MODEL,$(nproc),$REV,$np,$t,$JOB_N,$JOB_H,$JOB_D,$causal,$best,$g,$cmax,$wmax" >> "$JCSV"
+      "$(printf %.4f "$wmax")" "$(printf %.1f "$rss")"
+    echo "$DATE,$MODEL,$(nproc),$REV,$np,$t,$JOB_N,$JOB_H,$JOB_D,$causal,$best,$g,$cmax,$wmax,$rss" >> "$JCSV"
   done
 done
 echo "# wrote $JCSV"

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 typedef struct { char *buf; size_t len, cap; } sbuf;
@@ -43,14 +44,20 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 }
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
-       S_COMM, S_EXPOSED, S_N };
+       S_COMM, S_EXPOSED, S_RSS, S_N };
+
+static double maxrss_mib(void) {      /* this process's peak resident memory */
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
+}
 
 void report_build(report *r, const fa_job *job, const fa_shape *s, const pipeline_stats *st,
                   const char *backend, const char *compute, int64_t chunk, double elapsed,
                   const check_result *check) {
     double mine[S_N] = {st->t_read, st->t_compute, st->t_wait, st->t_write, st->work_pairs,
                         (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
-                        (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed};
+                        (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
+                        maxrss_mib()};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     r->json = NULL;
@@ -114,16 +121,19 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     put(&b, ", \"hidden_fraction\": ");
     put_num(&b, mx[S_COMM] > 0 ? 1.0 - fmin(mx[S_EXPOSED], mx[S_COMM]) / mx[S_COMM] : 1.0);
     put(&b, "},\n");
-    put(&b, "  \"imbalance_compute_max_over_mean\": ");
+    put(&b, "  \"maxrss_mib_max_rank\": ");
+    put_num(&b, mx[S_RSS]);
+    put(&b, ",\n  \"imbalance_compute_max_over_mean\": ");
     put_num(&b, mean_c > 0 ? mx[S_COMPUTE] / mean_c : 1.0);
     put(&b, ",\n  \"per_rank\": [");
     for (int k = 0; k < fa_nranks; k++) {
         const double *v = all + k * S_N;
         put(&b, "%s\n    {\"rank\": %d, \"read_s\": %.6f, \"compute_s\": %.6f, \"merge_wait_s\": "
                 "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
-                "\"comm_s\": %.6f, \"compute_idle_s\": %.6f, \"paged_bytes\": %.0f}",
+                "\"comm_s\": %.6f, \"compute_idle_s\": %.6f, \"paged_bytes\": %.0f, "
+                "\"maxrss_mib\": %.1f}",
             k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
-            v[S_COMM], v[S_EXPOSED], v[S_PAGED]);
+            v[S_COMM], v[S_EXPOSED], v[S_PAGED], v[S_RSS]);
     }
     put(&b, "\n  ]");
     if (check) {

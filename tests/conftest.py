@@ -13,7 +13,7 @@ BUILD = ROOT / "build"
 
 def mpirun_cmd(nranks):
     """mpirun prefix that works as root and with more ranks than cores."""
-    cmd = ["mpirun", "-np", str(nranks), "--oversubscribe"]
+    cmd = ["mpirun", "-np", str(nranks), "--oversubscribe", "--bind-to", "none"]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     return cmd + ["--mca", "btl", "self,vader,tcp", "--mca", "btl_vader_single_copy_mechanism", "none"]
