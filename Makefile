@@ -126,9 +126,10 @@ $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
 	@$(MPICC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LIBS)
 
 deps:
-	@sh ./deps.sh
+	@sh ./deps.sh test
 
-run: deps
+run:
+	@sh ./deps.sh run
 	@$(MAKE) --no-print-directory all
 	@sh ./runner/demo.sh
 
