@@ -229,7 +229,10 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
 
     /* the engine: on GPUs, bound to this rank's device, merging through NCCL when it can */
     gpu_comm gc = {0};
-    if (gpu && gpu_comm_init(comm, !job->no_nccl, &gc)) return -1;
+    if (gpu && gpu_comm_init(comm, !job->no_nccl, &gc)) {
+        shard_free(&sh);
+        return -1;
+    }
     pipe_engine eng;
     rc_engine = engine_create(job, s, backend, gc.device, sh.total, p.chunk, p.window,
                               gc.nccl ? gc.comm : NULL, p.nranks, &eng);
