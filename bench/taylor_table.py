@@ -27,18 +27,20 @@ def slope(points):
 
 
 def crossover(rows):
-    """Smallest N where Taylor becomes faster, interpolated in log-log between measured sizes."""
-    prev = None
-    for n, ex, ty in rows:
-        r = math.log(ex / ty)
-        if r >= 0:
-            if prev is None:
-                return f"<= {fmt_n(n)}"
-            pn, pr = prev
-            f = -pr / (r - pr) if r != pr else 0.0
-            return f"~{math.exp(math.log(pn) + f * (math.log(n) - math.log(pn))):.0f}"
-        prev = (n, r)
-    return "beyond the largest N"
+    """The N above which Taylor stays faster: the last sign change of log(exact/taylor) from
+    negative to non-negative, interpolated in log-log between the two measured sizes."""
+    last_slow = None
+    for i, (n, ex, ty) in enumerate(rows):
+        if ex < ty:
+            last_slow = i
+    if last_slow is None:
+        return f"<= {fmt_n(rows[0][0])}" if rows else "-"
+    if last_slow == len(rows) - 1:
+        return "beyond the largest N"
+    (n0, e0, t0), (n1, e1, t1) = rows[last_slow], rows[last_slow + 1]
+    r0, r1 = math.log(e0 / t0), math.log(e1 / t1)
+    f = -r0 / (r1 - r0) if r1 != r0 else 0.0
+    return f"~{math.exp(math.log(n0) + f * (math.log(n1) - math.log(n0))):.0f}"
 
 
 def time_table(path):
@@ -74,8 +76,8 @@ def time_table(path):
         summary.append((d, c, crossover(both), s256[0] if s256 else float("nan"),
                         slope(pts) if len(pts) >= 2 else float("nan"),
                         slope([(n, ex) for n, ex, _ in both if n >= 8192]) if len(pts) >= 2 else float("nan")))
-    print("#\n# summary: crossover = smallest N where Taylor is faster; slope = d log(time) / d log(N) "
-          "over N >= 8K (1 = linear, 2 = quadratic)")
+    print("#\n# summary: crossover = the N above which Taylor stays faster; slope = d log(time) / "
+          "d log(N) over N >= 8K (1 = linear, 2 = quadratic)")
     print(f"# {'D':>4} {'mask':>10} {'crossover N':>14} {'speedup@256K':>13} {'taylor slope':>13} {'exact slope':>12}")
     for d, c, x, s, sl, se in summary:
         print(f"  {d:>4} {'causal' if c else 'non-causal':>10} {x:>14} {s:>13.1f} {sl:>13.3f} {se:>12.3f}")
