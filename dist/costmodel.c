@@ -262,6 +262,7 @@ static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     c->t_memory = mem_sum;
     c->t_page = 0;
     c->t_merge = exposed;
+    c->t_merge_all = merge_sum;
     c->t_total = total + exposed;
     c->critical = merge_sum > total ? "merge" : mem_sum > comp_sum ? "memory" : "compute";
 }
@@ -351,6 +352,7 @@ static void gpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     c->t_memory = 0;
     c->t_page = page_sum;
     c->t_merge = exposed;
+    c->t_merge_all = merge_sum;
     c->t_total = total + exposed;
     c->critical = merge_sum > total ? "merge" : page_sum > comp_sum ? "paging" : "compute";
 }

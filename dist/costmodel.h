@@ -69,7 +69,8 @@ typedef struct {
     int64_t chunk;            /* query rows per pipeline chunk */
     int window;               /* merges in flight */
     /* predictions, seconds */
-    double t_compute, t_memory, t_page, t_merge, t_total;
+    double t_compute, t_memory, t_page, t_merge, t_total;   /* t_merge: exposed merge time */
+    double t_merge_all;       /* all merges' time (hidden or not) */
     const char *critical;     /* "compute", "memory", "paging", "merge" */
     const char *source;       /* "model", "cache", "defaults", "measured" */
     double measured_s;        /* from the cache (tune's timing), 0 when none */

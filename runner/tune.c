@@ -4,7 +4,9 @@
  *
  *   fa_long tune [-n N] [--heads H] [--kv-heads H] [-d D] [--causal] [--backend cpu|cuda]
  *                [--threads T] [--top K] [--reps R] [--tune-cache FILE] [--no-store] [--verbose]
- *   fa_long tune ... --sweep        also time every configuration of the sweep grid (bench/tune.sh)
+ *   fa_long tune ... --sweep        also time every configuration of the sweep grid (bench/tune.sh):
+ *                                   br {2..64} x bc {64,128,256} x chunk {512,1K,2K}, or with
+ *                                   --small-grid br {4..32} x bc {64,128,256} x chunk 1K
  *   fa_long tune ... --predict      the model's ranking only, nothing timed or stored
  *
  * Output: `#`-headed lines, and one `result key=value ...` line per timed configuration:
@@ -91,9 +93,11 @@ static void calibrate_cpu(cm_machine *m, int verbose) {
 
 static void print_result(const char *kind, const cm_choice *c, int gpu) {
     printf("result kind=%s br=%d bc=%d threads=%d chunk=%lld window=%d variant=%d block_rows=%lld "
-           "ring=%d predicted_s=%.6f measured_s=%.6f critical=%s\n", kind, c->br, c->bc, c->threads,
+           "ring=%d predicted_s=%.6f measured_s=%.6f critical=%s t_compute=%.6f t_memory=%.6f "
+           "t_page=%.6f t_merge=%.6f t_merge_all=%.6f\n", kind, c->br, c->bc, c->threads,
            (long long)c->chunk, c->window, c->variant, (long long)c->block_rows, c->ring,
-           isfinite(c->t_total) ? c->t_total : -1.0, c->measured_s, c->critical ? c->critical : "-");
+           isfinite(c->t_total) ? c->t_total : -1.0, c->measured_s, c->critical ? c->critical : "-",
+           c->t_compute, c->t_memory, c->t_page, c->t_merge, c->t_merge_all);
 }
 
 /* GPU: a configuration's time is the kernel time of its chunks (cm_gpu_time_variant on one
@@ -167,7 +171,7 @@ static void usage(void) {
     printf("usage: fa_long tune [-n N] [--nq N --nk N] [--heads H] [--kv-heads H] [-d D] [--causal]\n"
            "                    [--backend cpu|cuda] [--compute bf16|fp16] [--threads T] [--ranks P]\n"
            "                    [--device-mem SIZE] [--top K] [--reps R] [--tune-cache FILE]\n"
-           "                    [--no-store] [--sweep] [--predict] [--verbose]\n"
+           "                    [--no-store] [--sweep [--small-grid]] [--predict] [--verbose]\n"
            "Measures the machine, times the cost model's best K configurations (default 8) and the\n"
            "fixed defaults on the real engine, and stores the fastest in the tune cache (default\n"
            "$FA_TUNE_CACHE or ~/.cache/fa_long/tune.txt) for this device, D, dtype, causal, GQA.\n"
@@ -185,17 +189,25 @@ int cmd_tune(int argc, char **argv) {
         {"top", required_argument, 0, 'k'}, {"reps", required_argument, 0, 'r'},
         {"tune-cache", required_argument, 0, 'f'}, {"no-store", no_argument, 0, 'x'},
         {"sweep", no_argument, 0, 's'}, {"predict", no_argument, 0, 'p'},
+        {"small-grid", no_argument, 0, 'g'},
+        {"chunk", required_argument, 0, 'u'}, {"variant", required_argument, 0, 'V'},
+        {"kernel-tflops", required_argument, 0, 'T'}, {"link-gbps", required_argument, 0, 'L'},
+        {"net-gbps", required_argument, 0, 'N'}, {"net-latency-us", required_argument, 0, 'Y'},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 8, .d = 128, .elem = 4, .nranks = 1,
                 .dtype = -1};
     int gpu = 0, threads = 0, top = 8, reps = 3, store = 1, sweep = 0, predict = 0, verbose = 0;
+    int small_grid = 0;
+    int64_t given_chunk = 0;
+    int given_variant = 0;
+    double kernel_tflops = 0, link_gbps = 0, net_gbps = 0, net_lat_us = 0;
     const char *cache = NULL;
     opterr = 0;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, ":n:d:cvh", opts, NULL)) != -1) {
         int64_t v = 0;
-        if (optarg && strchr("nQKHGdtPMkr", c)) {
+        if (optarg && strchr("nQKHGdtPMkru", c)) {
             v = fa_parse_size(optarg);
             if (v < 1) { fa_seterr("tune: option '%s' needs a positive size", argv[optind - 1]); return fa_report_error(); }
         }
@@ -221,6 +233,13 @@ int cmd_tune(int argc, char **argv) {
         case 'f': cache = optarg; break;
         case 'x': store = 0; break;
         case 's': sweep = 1; break;
+        case 'g': small_grid = 1; break;
+        case 'u': given_chunk = v; break;
+        case 'V': given_variant = atoi(optarg); break;
+        case 'T': kernel_tflops = atof(optarg); break;
+        case 'L': link_gbps = atof(optarg); break;
+        case 'N': net_gbps = atof(optarg); break;
+        case 'Y': net_lat_us = atof(optarg); break;
         case 'p': predict = 1; store = 0; break;
         case 'v': verbose = 1; break;
         case 'h': usage(); return 0;
@@ -235,6 +254,38 @@ int cmd_tune(int argc, char **argv) {
     if (gpu) { j.elem = 2; if (j.dtype < 0) j.dtype = 0; }
     else j.dtype = -1;
     if (fa_rank != 0) return 0;                       /* one process measures */
+    if (predict) {                  /* the model alone, default or given figures; no device */
+        cm_machine m;
+        memset(&m, 0, sizeof m);
+        m.threads = threads > 0 ? threads : omp_get_max_threads();
+        snprintf(m.device, sizeof m.device, "%s", gpu ? "gpu (model)" : "");
+        if (kernel_tflops > 0) m.gpu_tflops[given_variant] = kernel_tflops;
+        m.link_gbps = link_gbps;
+        m.net_gbps = net_gbps;
+        m.net_latency_s = net_lat_us * 1e-6;
+        if (!gpu) cm_device_name(0, m.threads, m.device, sizeof m.device);
+        cm_machine_defaults(&m, gpu);
+        char key[512];
+        cm_cache_key(m.device, &j, key, sizeof key);
+        printf("# fa_long tune: %s\n# job: nq=%lld nk=%lld H=%d Hkv=%d D=%d causal=%d ranks=%d "
+               "(model only: kernel %.1f TFLOP/s, link %.1f GB/s, network %.1f GB/s)\n", key,
+               (long long)j.nq, (long long)j.nk, j.h, j.hkv, j.d, j.causal, j.nranks,
+               gpu ? (m.gpu_tflops[given_variant] > 0 ? m.gpu_tflops[given_variant] : -1.0) : m.cpu_gflops / 1e3,
+               m.link_gbps, m.net_gbps);
+        if (given_chunk > 0) {
+            cm_choice c = {.br = gpu ? 0 : 16, .bc = gpu ? 0 : 128, .threads = m.threads,
+                           .variant = given_variant, .chunk = given_chunk < j.nq ? given_chunk : j.nq,
+                           .window = 3};
+            int ok = cm_predict(&m, &j, &c);
+            print_result(ok ? "given" : "invalid", &c, gpu);
+            return 0;
+        }
+        cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
+        int n = cm_candidates(&m, &j, cand, 2048);
+        for (int i = 0; i < n && i < top; i++) print_result("model", &cand[i], gpu);
+        free(cand);
+        return 0;
+    }
     if (gpu && gpu_count() == 0) {
         fa_seterr("tune --backend cuda: no CUDA device visible%s",
 #ifdef FA_HAVE_CUDA
@@ -256,27 +307,22 @@ int cmd_tune(int argc, char **argv) {
     cm_cache_key(m.device, &j, key, sizeof key);
     printf("# fa_long tune: %s\n# job: nq=%lld nk=%lld H=%d Hkv=%d D=%d causal=%d ranks=%d\n", key,
            (long long)j.nq, (long long)j.nk, j.h, j.hkv, j.d, j.causal, j.nranks);
-    if (predict) {
-        cm_machine_defaults(&m, gpu);
-        if (!gpu) m.cpu_gflops = 100.0;
-        cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
-        int n = cm_candidates(&m, &j, cand, 2048);
-        for (int i = 0; i < n && i < top; i++) print_result("model", &cand[i], gpu);
-        free(cand);
-        return 0;
-    }
     cm_choice best;
     if (cm_tune_job(&j, &m, top, reps, 1, &best)) return fa_report_error();
     print_result("tuned", &best, gpu);
     if (sweep && !gpu) {
-        static const int brs[] = {2, 4, 8, 16, 32, 64};
+        /* full grid: 6 x 3 x 3 = 54 configurations; small (long jobs): 4 x 3 x 1 */
+        static const int brs[] = {2, 4, 8, 16, 32, 64}, brs_small[] = {4, 8, 16, 32};
         static const int bcs[] = {64, 128, 256};
-        static const int64_t chunks[] = {512, 1024, 2048};
-        for (size_t a = 0; a < sizeof brs / sizeof *brs; a++)
+        static const int64_t chunks[] = {512, 1024, 2048}, chunks_small[] = {1024};
+        const int *br_l = small_grid ? brs_small : brs;
+        const int64_t *ch_l = small_grid ? chunks_small : chunks;
+        int nbr = small_grid ? 4 : 6, nch = small_grid ? 1 : 3;
+        for (int a = 0; a < nbr; a++)
             for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++)
-                for (size_t k = 0; k < sizeof chunks / sizeof *chunks; k++) {
-                    cm_choice s = {.br = brs[a], .bc = bcs[b], .threads = m.threads,
-                                   .chunk = chunks[k] < j.nq ? chunks[k] : j.nq, .window = 3};
+                for (int k = 0; k < nch; k++) {
+                    cm_choice s = {.br = br_l[a], .bc = bcs[b], .threads = m.threads,
+                                   .chunk = ch_l[k] < j.nq ? ch_l[k] : j.nq, .window = 3};
                     if (!cm_predict(&m, &j, &s)) continue;
                     s.measured_s = cm_time_cpu(&j, &s, reps);
                     print_result("sweep", &s, 0);
@@ -285,6 +331,27 @@ int cmd_tune(int argc, char **argv) {
         cm_choice again = best;
         again.measured_s = cm_time_cpu(&j, &again, reps);
         print_result("tuned_again", &again, 0);
+        cm_choice def;
+        cm_fixed_defaults(&j, m.threads, &def);
+        cm_predict(&m, &j, &def);
+        def.measured_s = cm_time_cpu(&j, &def, reps);
+        print_result("default_again", &def, 0);
+    }
+    if (sweep && gpu) {             /* every candidate of the model's GPU space */
+        cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
+        int n = cm_candidates(&m, &j, cand, 2048);
+        for (int i = 0; i < n; i++) {
+            cand[i].measured_s = time_gpu(&j, &m, &cand[i], reps);
+            if (cand[i].measured_s > 0) print_result("sweep", &cand[i], 1);
+        }
+        free(cand);
+        cm_choice again = best, def;
+        again.measured_s = time_gpu(&j, &m, &again, reps);
+        print_result("tuned_again", &again, 1);
+        cm_fixed_defaults(&j, m.threads, &def);
+        cm_predict(&m, &j, &def);
+        def.measured_s = time_gpu(&j, &m, &def, reps);
+        print_result("default_again", &def, 1);
     }
     printf("# choice: %s -> tile %dx%d, chunk %lld, window %d, variant %d: measured %.4f s, "
            "predicted %.4f s, critical %s\n", key, best.br, best.bc, (long long)best.chunk,
