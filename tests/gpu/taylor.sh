@@ -5,8 +5,9 @@
 #   sh tests/gpu/taylor.sh     1. make (fa_long with CUDA, build/bench/taylor_bench)
 #                              2. engine vs the fp64 Taylor formula at 1e-5, D 16/33/64/128/256,
 #                                 causal and not (taylor_bench's validation, N 300, Nq = Nk)
-#                              3. the end-to-end suite tests/test_taylor.py with --backend cuda
-#                                 (1-4 ranks on the GPU, GQA, odd D, Nq != Nk, policy, check, compare)
+#                              3. jobs through ./fa_long with --backend cuda on 1, 2, 4 ranks, causal
+#                                 and not, GQA, B > 1, odd lengths: fa_long check --mode taylor against
+#                                 the fp64 formula, and the CPU engine's output
 #                              4. compute-sanitizer memcheck on one small causal job (D 33 and 256)
 # Exit status non-zero when any step failed.
 set -u
@@ -27,8 +28,30 @@ for d in 16 33 64 128 256; do
     done
 done
 
-echo "== tests/test_taylor.py on the CUDA engine"
-FA_TAYLOR_BACKEND=cuda /usr/bin/python3 -m pytest -q tests/test_taylor.py || { echo "FAIL: test_taylor.py (cuda)"; fail=1; }
+echo "== end to end through ./fa_long: CUDA Taylor jobs against the fp64 formula (fa_long check)"
+# (GPU nodes have no pytest: tests/test_taylor.py runs in CI on the CPU engine; here the same
+# kinds of job go through fa_long and its fp64 check, and the CPU and CUDA engines are compared)
+T=$(mktemp -d)
+./fa_long gen --output "$T/in.h5" -b 2 --nq 301 --nk 419 --heads 6 --kv-heads 2 -d 64 --seed 5 --force >/dev/null
+for c in "" "--causal"; do
+    for np in 1 2 4; do
+        mpirun --allow-run-as-root --oversubscribe -np $np ./fa_long --input "$T/in.h5" --output "$T/t$np.h5" \
+            --mode taylor --backend cuda $c --chunk 100 --lse --force --quiet \
+            || { echo "FAIL: taylor cuda run, $np ranks ${c:-non-causal}"; fail=1; continue; }
+        ./fa_long check --mode taylor --input "$T/in.h5" --output "$T/t$np.h5" --rows all > "$T/chk.txt" \
+            && echo "PASS  $np rank(s) ${c:-non-causal}: $(grep -m1 'o   against' "$T/chk.txt" | sed 's/check: o   against the fp64 Taylor formula: //')" \
+            || { cat "$T/chk.txt"; echo "FAIL: check --mode taylor, $np ranks ${c:-non-causal}"; fail=1; }
+    done
+    ./fa_long --input "$T/in.h5" --output "$T/cpu.h5" --mode taylor --backend cpu $c --lse --force --quiet
+    python3 - "$T/cpu.h5" "$T/t1.h5" <<'PY' || { echo "FAIL: cpu vs cuda taylor ${c:-non-causal}"; fail=1; }
+import sys, h5py, numpy as np
+a, b = (h5py.File(f, "r")["o"][...].astype(np.float64) for f in sys.argv[1:3])
+err = np.abs(a - b).max() / np.abs(a).max()
+print(f"PASS  cpu vs cuda taylor: {err:.2e} of scale" if err <= 1e-5 else f"cpu vs cuda taylor: {err:.2e}")
+sys.exit(0 if err <= 1e-5 else 1)
+PY
+done
+rm -rf "$T"
 
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$CS" ]; then
