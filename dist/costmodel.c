@@ -7,7 +7,9 @@
  *   cpu_eff      the engine's tile products' fraction of that peak. Default 0.65: the engine ran
  *                at 53-76% of measured peak on the 2-core EPYC (bench/NOTES_CPU.md); `fa_long
  *                tune` calibrates it on the tuned job (measured / predicted at efficiency 1).
- *   mem_gbps     measured: cm_measure_mem_gbps, a read of 256 MiB on every thread. Default 10.
+ *   mem_gbps     measured: cm_measure_mem_gbps, vector reads of 128 MiB on every thread. Default 10.
+ *   l2/l3_gbps   measured: cm_measure_cache_gbps, the same reads of a buffer of half of L2 (L3) per
+ *                thread, repeated. Defaults 8x and 3x mem_gbps.
  *   l1/l2_bytes  sysconf(_SC_LEVEL1_DCACHE_SIZE / _SC_LEVEL2_CACHE_SIZE); default 32 KiB / 1 MiB.
  *   gpu_tflops   measured by `fa_long tune --backend cuda` (kernels/cuda/tune.cu times each flash
  *                variant). Default, for FLASH_AUTO only: bench/results/kernel_h100.csv, 460
@@ -69,6 +71,12 @@ void cm_machine_defaults(cm_machine *m, int gpu) {
         long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
         m->l2_bytes = v > 0 ? v : 1 << 20;
     }
+    if (m->l3_bytes <= 0) {            /* shared; some hypervisors report nonsense: cap 64 MiB */
+        long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        m->l3_bytes = v > 0 && v <= (64L << 20) ? v : 32L << 20;
+    }
+    if (!(m->l2_gbps > 0)) m->l2_gbps = 8 * m->mem_gbps;
+    if (!(m->l3_gbps > 0)) m->l3_gbps = 3 * m->mem_gbps;
     if (!(m->hbm_gbps > 0)) m->hbm_gbps = 3350.0;
     if (!(m->link_gbps > 0)) m->link_gbps = 52.7;
     if (m->smem_per_block <= 0) m->smem_per_block = 227 * 1024;
@@ -162,24 +170,42 @@ double cm_measure_cpu_peak(int threads) {
     return best / 1e9;
 }
 
-double cm_measure_mem_gbps(int threads) {
-    int nt = threads > 0 ? threads : omp_get_max_threads();
-    const int64_t n = (int64_t)64 << 20;                      /* 256 MiB of floats */
-    float *a = fa_aligned_alloc((size_t)n * 4, "bandwidth buffer");
-    #pragma omp parallel for num_threads(nt)
-    for (int64_t i = 0; i < n; i++) a[i] = (float)(i & 7);
+/* Read bandwidth of a buffer of `bytes` per thread, every thread reading its own: vector loads
+ * into 4 independent accumulators (so the adds never limit), best of reps passes. */
+static double read_gbps(int nt, int64_t bytes, int reps) {
+    const int64_t nv = bytes / (int64_t)sizeof(cm_vecf);
     double best = 0, sink = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        double t0 = fa_now(), s = 0;
-        #pragma omp parallel for num_threads(nt) reduction(+ : s)
-        for (int64_t i = 0; i < n; i++) s += a[i];
-        double t = fa_now() - t0;
-        sink += s;
-        if (n * 4.0 / t > best) best = n * 4.0 / t;
+    #pragma omp parallel num_threads(nt) reduction(+ : sink)
+    {
+        cm_vecf *a = fa_aligned_alloc((size_t)nv * sizeof(cm_vecf), "bandwidth buffer");
+        for (int64_t i = 0; i < nv; i++) a[i] = a[i] * 0 + (float)(i & 7);
+        for (int r = 0; r < reps; r++) {
+            #pragma omp barrier
+            double t0 = fa_now();
+            cm_vecf s0 = a[0] * 0, s1 = s0, s2 = s0, s3 = s0;
+            for (int64_t i = 0; i + 3 < nv; i += 4) {
+                s0 += a[i]; s1 += a[i + 1]; s2 += a[i + 2]; s3 += a[i + 3];
+            }
+            #pragma omp barrier
+            double t = fa_now() - t0;
+            s0 += s1 + s2 + s3;
+            sink += s0[0];
+            #pragma omp master
+            if ((double)bytes * nt / t > best) best = (double)bytes * nt / t;
+        }
+        free(a);
     }
-    free(a);
     if (sink == -1) fprintf(stderr, "%g\n", sink);
     return best / 1e9;
+}
+
+double cm_measure_mem_gbps(int threads) {
+    return read_gbps(threads > 0 ? threads : omp_get_max_threads(), (int64_t)128 << 20, 3);
+}
+
+double cm_measure_cache_gbps(int threads, int64_t bytes) {
+    int nt = threads > 0 ? threads : omp_get_max_threads();
+    return read_gbps(nt, bytes, (int)(((int64_t)2 << 30) / (bytes * nt) + 1));
 }
 
 /* Compute and merges are two serial resources in a pipeline (chunk c merges while c+1
@@ -197,7 +223,8 @@ static double merge_exposed(double compute, double first, double merges, double 
  *   products  4*Mp*D*keys / (thread peak * eff)
  *   softmax   CPU_EXP_FLOPS*Mp*keys / thread peak, plus the rescale of Ot: 2*D*Mp per key tile
  *   memory    K and V of those keys, 8*D*keys bytes, re-read per item from L2 when the head's
- *             keys fit half of it, else from DRAM at mem_gbps / threads
+ *             keys fit half of it, from L3 when all threads' heads fit half of it, else from
+ *             DRAM; each at its measured bandwidth / threads
  *   overhead  CPU_TILE_S per key tile, CPU_ITEM_S per item
  * An item costs max(compute, memory) + overhead; a chunk costs sum/threads plus half its largest
  * item (the dynamic queue's last wave) plus CPU_CHUNK_S. On-chip limit: St [bc][Mp], Qt and Ot
@@ -213,11 +240,15 @@ static int cpu_valid(const cm_machine *m, const cm_job *j, const cm_choice *c) {
 static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     int g = j->h / j->hkv, T = c->threads;
     double peak_t = m->cpu_gflops * 1e9 / m->threads;      /* one thread's peak */
-    double bw_t = m->mem_gbps * 1e9 / (T < m->threads ? T : m->threads);
+    double bw_t = m->mem_gbps * 1e9 / (T < m->threads ? T : m->threads);   /* one thread's share */
     if (T > m->threads) peak_t *= (double)m->threads / T;   /* oversubscribed */
     int64_t kv_local = ceil_div(j->nk, j->nranks);          /* this rank's share */
+    /* K and V of one kv head: consecutive items of a thread re-read them from L2 when they fit
+     * half of it, from L3 when every thread's head fits half of L3, else from memory */
     int64_t head_bytes = kv_local * j->d * 8;
-    double bw_item = head_bytes * 2 <= m->l2_bytes ? bw_t * 8 : bw_t;
+    int nt = T < m->threads ? T : m->threads;
+    double bw_item = head_bytes * 2 <= m->l2_bytes ? m->l2_gbps * 1e9 / nt
+                   : head_bytes * nt * 2 <= m->l3_bytes ? m->l3_gbps * 1e9 / nt : bw_t;
     int64_t diag = j->nk - j->nq;
     double comp_sum = 0, mem_sum = 0, total = 0;
     int64_t nchunks = ceil_div(j->nq, c->chunk);
@@ -505,6 +536,8 @@ static int machine_field(cm_machine *m, const char *k, const char *v) {
     if (!strcmp(k, "cpu_gflops")) m->cpu_gflops = d;
     else if (!strcmp(k, "cpu_eff")) m->cpu_eff = d;
     else if (!strcmp(k, "mem_gbps")) m->mem_gbps = d;
+    else if (!strcmp(k, "l2_gbps")) m->l2_gbps = d;
+    else if (!strcmp(k, "l3_gbps")) m->l3_gbps = d;
     else if (!strcmp(k, "link_gbps")) m->link_gbps = d;
     else if (!strncmp(k, "gpu_tflops_v", 12) && k[12] >= '0' && k[12] <= '4' && !k[13])
         m->gpu_tflops[k[12] - '0'] = d;
@@ -653,6 +686,7 @@ int cm_cache_store(const char *path, const char *key, const cm_choice *c, const 
     fprintf(f, "[%s]\n", mkey);
     fprintf(f, "date = %s\nthreads = %d\ncpu_gflops = %.2f\ncpu_eff = %.4f\nmem_gbps = %.2f\n", date,
             m->threads, m->cpu_gflops, m->cpu_eff, m->mem_gbps);
+    fprintf(f, "l2_gbps = %.2f\nl3_gbps = %.2f\n", m->l2_gbps, m->l3_gbps);
     fprintf(f, "link_gbps = %.2f\nnet_gbps = %.2f\n", m->link_gbps, m->net_gbps);
     for (int v = 0; v <= 4; v++)
         if (m->gpu_tflops[v] > 0) fprintf(f, "gpu_tflops_v%d = %.2f\n", v, m->gpu_tflops[v]);

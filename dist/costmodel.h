@@ -33,7 +33,9 @@ typedef struct {
     double cpu_gflops;        /* fp32 FMA peak, all threads (cm_measure_cpu_peak) */
     double cpu_eff;           /* engine tile products' fraction of that peak (tune calibrates) */
     double mem_gbps;          /* DRAM read bandwidth, all threads (cm_measure_mem_gbps) */
+    double l2_gbps, l3_gbps;  /* read bandwidth from L2 and L3, all threads (cm_measure_cache_gbps) */
     int64_t l1_bytes, l2_bytes; /* per core (sysconf) */
+    int64_t l3_bytes;         /* shared (sysconf, capped at 64 MiB) */
     /* GPU */
     double gpu_tflops[5];     /* flash kernel rate per variant (index = FLASH_* variant) */
     double hbm_gbps;          /* device memory bandwidth */
@@ -85,6 +87,8 @@ void cm_device_name(int gpu, int threads, char *buf, int len);
  * bandwidth, GB/s. Each takes about a tenth of a second. */
 double cm_measure_cpu_peak(int threads);
 double cm_measure_mem_gbps(int threads);
+/* Read bandwidth of a buffer of `bytes` per thread that stays in cache (L2 or L3), GB/s. */
+double cm_measure_cache_gbps(int threads, int64_t bytes);
 
 /* Fills c's predictions (t_*, critical). Returns 1 when c is valid for the job and machine
  * (on-chip limits, device-memory budget through kv_plan_make), 0 otherwise. */
@@ -119,11 +123,12 @@ const cm_choice *cm_run_choice(const fa_job *job, const fa_shape *s, int nranks,
 
 /* The tuner (runner/tune.c): measures the machine figures into m (CPU peak and memory, or the
  * flash variants' rates and the host link), calibrates the CPU efficiency, times the `top` best
- * candidates of the model (and the fixed defaults) on the real engine, median of `reps`, and
+ * candidates of the model (and the fixed defaults) on the real engine, best of `reps`, and
  * returns the fastest in best (source "measured", measured_s set). Returns 0 or -1 (fa_seterr). */
 int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, cm_choice *best);
 /* Times one configuration on the real engine: the whole job (one rank's share: keys / nranks)
- * in chunks as the pipeline calls it, on random inputs; median of reps, seconds. CPU only;
+ * in chunks as the pipeline calls it, on random inputs; best of reps (noise on a shared
+ * machine only slows runs down), seconds. CPU only;
  * GPU configurations go through cm_gpu_time_variant. */
 double cm_time_cpu(const cm_job *j, const cm_choice *c, int reps);
 
