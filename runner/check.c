@@ -187,64 +187,7 @@ fail:
     return -1;
 }
 
-static int taylor_sampled(const char *in, const char *out, int64_t nrows, double tol,
-                          uint64_t seed, check_result *r);
 
-/* Recomputes sampled rows and fills *r. Returns 0, or -1 with fa_seterr on bad input. */
-static int exact_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
-                         check_result *r) {
-    fa_shape s;
-    fa_dtype ot;
-    int has_lse = 0;
-    memset(r, 0, sizeof *r);
-    if (read_shapes(in, out, &s, &ot, &has_lse)) return -1;
-    double scale, causal_d;
-    snprintf(r->compute, sizeof r->compute, "float32");
-    if (h5_attr_double(out, "scale", &scale) || h5_attr_double(out, "causal", &causal_d))
-        return fa_seterr("%s: attributes 'scale' and 'causal' missing: not an output of fa_long", out);
-    h5_attr_str(out, "compute", r->compute, sizeof r->compute);
-    r->tol = tol > 0 ? tol : default_tol(ot, r->compute);
-    r->causal = causal_d != 0;
-    r->scale = scale;
-    r->heads = (int)s.H;
-    r->has_lse = has_lse;
-    if (nrows <= 0 || nrows > s.B * s.Nq) nrows = s.B * s.Nq;
-    sample *sm = fa_malloc((size_t)nrows * sizeof *sm, "check samples");
-    int ns = pick_rows(&s, nrows, seed, sm);
-    errs e = {0};
-    int64_t H = s.H, D = s.D;
-    int rc = 0;
-    for (int a = 0; a < ns && !rc;) {                   /* one batch element at a time */
-        int z = a;
-        while (z < ns && sm[z].b == sm[a].b && z - a < 4096) z++;
-        int n = z - a;
-        float *q = fa_malloc((size_t)(n * H * D) * sizeof(float), "check queries");
-        double *acc = fa_calloc((size_t)(n * H * D), sizeof(double), "check state");
-        double *m = fa_malloc((size_t)(n * H) * sizeof(double), "check state");
-        double *l = fa_calloc((size_t)(n * H), sizeof(double), "check state");
-        int64_t *rows = fa_malloc((size_t)n * sizeof(int64_t), "check rows");
-        for (int64_t x = 0; x < n * H; x++) m[x] = -INFINITY;
-        for (int x = 0; x < n && !rc; x++) {
-            int64_t st[4] = {sm[a + x].b, sm[a + x].i, 0, 0}, ct[4] = {1, 1, H, D};
-            rows[x] = sm[a + x].i;
-            rc = h5_read_block(in, "q", 4, st, ct, q + (int64_t)x * H * D);
-        }
-        if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l);
-        if (!rc) rc = compare_rows(out, &s, sm + a, n, has_lse, acc, m, l, &e);
-        free(q); free(acc); free(m); free(l); free(rows);
-        a = z;
-    }
-    free(sm);
-    if (rc) return -1;
-    r->rows = ns;
-    r->abs_err = e.abs;
-    r->ref_max = e.ref_max;
-    r->rel_err = e.ref_max > 0 ? e.abs / e.ref_max : e.abs;
-    r->lse_err = e.lse_err;
-    r->nonfinite = e.nonfinite;
-    r->pass = r->rel_err <= r->tol && e.lse_err <= r->tol && e.nonfinite == 0;
-    return 0;
-}
 
 /* ---- --mode taylor --------------------------------------------------------------------------- */
 
@@ -340,8 +283,11 @@ static int taylor_compare_rows(const char *out, const fa_shape *s, const sample 
     return rc;
 }
 
-static int taylor_sampled(const char *in, const char *out, int64_t nrows, double tol,
-                          uint64_t seed, check_result *r) {
+/* Recomputes sampled rows and fills *r: against exact fp64 attention, or (taylor) against the
+ * fp64 Taylor formula with the approximation error against exact attention beside it (in tx).
+ * Returns 0, or -1 with fa_seterr on bad input. */
+static int sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
+                   int taylor, check_result *r) {
     fa_shape s;
     fa_dtype ot;
     int has_lse = 0;
@@ -362,9 +308,9 @@ static int taylor_sampled(const char *in, const char *out, int64_t nrows, double
     sample *sm = fa_malloc((size_t)nrows * sizeof *sm, "check samples");
     int ns = pick_rows(&s, nrows, seed, sm);
     errs e = {0};
-    int64_t H = s.H, D = s.D, R = taylor_rec_len((int)D);
+    int64_t H = s.H, D = s.D, R = taylor ? taylor_rec_len((int)D) : 0;
     int rc = 0;
-    for (int a = 0; a < ns && !rc;) {
+    for (int a = 0; a < ns && !rc;) {                   /* one batch element at a time */
         int z = a;
         while (z < ns && sm[z].b == sm[a].b && z - a < 4096) z++;
         int n = z - a;
@@ -372,7 +318,7 @@ static int taylor_sampled(const char *in, const char *out, int64_t nrows, double
         double *acc = fa_calloc((size_t)(n * H * D), sizeof(double), "check state");
         double *m = fa_malloc((size_t)(n * H) * sizeof(double), "check state");
         double *l = fa_calloc((size_t)(n * H), sizeof(double), "check state");
-        double *tacc = fa_calloc((size_t)(n * H * R), sizeof(double), "check state");
+        double *tacc = taylor ? fa_calloc((size_t)(n * H * R), sizeof(double), "check state") : NULL;
         int64_t *rows = fa_malloc((size_t)n * sizeof(int64_t), "check rows");
         for (int64_t x = 0; x < n * H; x++) m[x] = -INFINITY;
         for (int x = 0; x < n && !rc; x++) {
@@ -381,8 +327,9 @@ static int taylor_sampled(const char *in, const char *out, int64_t nrows, double
             rc = h5_read_block(in, "q", 4, st, ct, q + (int64_t)x * H * D);
         }
         if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l);
-        if (!rc) rc = taylor_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, tacc);
-        if (!rc) rc = taylor_compare_rows(out, &s, sm + a, n, has_lse, tacc, acc, m, l, &e);
+        if (!rc && taylor) rc = taylor_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, tacc);
+        if (!rc) rc = taylor ? taylor_compare_rows(out, &s, sm + a, n, has_lse, tacc, acc, m, l, &e)
+                             : compare_rows(out, &s, sm + a, n, has_lse, acc, m, l, &e);
         free(q); free(acc); free(m); free(l); free(tacc); free(rows);
         a = z;
     }
@@ -409,8 +356,8 @@ static int output_is_taylor(const char *out) {
 /* The measurement of the output's mode (its 'mode' attribute; exact when absent). */
 int check_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
                   check_result *r) {
-    if (output_is_taylor(out)) return taylor_sampled(in, out, nrows, tol, seed, r);
-    return exact_sampled(in, out, nrows, tol, seed, r);
+    if (output_is_taylor(out)) return sampled(in, out, nrows, tol, seed, 1, r);
+    return sampled(in, out, nrows, tol, seed, 0, r);
 }
 
 static void taylor_print(const check_result *r, const char *out) {
@@ -447,8 +394,7 @@ static int check_main(const char *in, const char *out, int64_t nrows, double tol
                       int mode) {
     check_result r;
     int taylor = mode == 2 || (mode == 0 && output_is_taylor(out));
-    int rc = taylor ? taylor_sampled(in, out, nrows, tol, seed, &r)
-                    : exact_sampled(in, out, nrows, tol, seed, &r);
+    int rc = sampled(in, out, nrows, tol, seed, taylor, &r);
     if (rc) return fa_report_error();
     if (taylor) taylor_print(&r, out);
     else check_print(&r, out);
