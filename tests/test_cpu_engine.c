@@ -15,31 +15,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "tests/testing.h"
 
 #define TOL_REF 1e-5
 #define TOL_MERGE 2e-6
 
-static int npass, nfail;
-
-static void check(int ok, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s  ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    fflush(stdout);
-    if (ok) npass++; else nfail++;
-}
 
 /* ---- random inputs --------------------------------------------------------------------------- */
-static uint64_t rng;
-
-static float frand(void) {            /* uniform in [-1, 1) from xorshift64* */
-    rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
-    uint64_t x = rng * 2685821657736338717ull;
-    return (float)((double)(x >> 40) / (double)(1ull << 23) - 1.0);
-}
 
 static float *rand_buf(int64_t n, float amp) {
     float *p = fa_malloc(sizeof(float) * (size_t)n, "test input");
@@ -496,6 +478,5 @@ int main(void) {
     test_chunks_times_stripes();
     test_progress();
     test_blas_products();
-    printf("%d passed, %d failed\n", npass, nfail);
-    return nfail ? 1 : 0;
+    return tests_done();
 }

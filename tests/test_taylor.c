@@ -16,29 +16,12 @@
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
+#include "tests/testing.h"
 
 #define TOL 1e-5
 #define TOL_SAME 1e-6
 
-static int npass, nfail;
 
-static void check(int ok, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s  ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    fflush(stdout);
-    if (ok) npass++; else nfail++;
-}
-
-static uint64_t rng;
-static float frand(void) {            /* uniform in [-1, 1) */
-    rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
-    uint64_t x = rng * 2685821657736338717ull;
-    return (float)((double)(x >> 40) / (double)(1ull << 23) - 1.0);
-}
 
 typedef struct {
     int64_t nq, nk;
@@ -324,6 +307,5 @@ int main(void) {
               (layout){.ranks = 2, .striped = 1, .stripe = 9, .chunk = 40, .tile = 16, .threads = 2, .reverse = 1});
     case_policy();
     case_noncausal_den();
-    printf("%d passed, %d failed\n", npass, nfail);
-    return nfail ? 1 : 0;
+    return tests_done();
 }
