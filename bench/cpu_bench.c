@@ -10,6 +10,7 @@
  * fp64 reference (validated before timing; exit 1 above 1e-5). FLOPs are 4*B*H*Nq*Nk*D, halved
  * for causal, for both methods (the baseline computes the masked half anyway). B = 1. */
 #include "kernels/attn.h"
+#include "dist/costmodel.h"   /* cm_measure_cpu_peak */
 #include "runner/common.h"
 #include <omp.h>
 #include <string.h>
@@ -26,61 +27,19 @@ float expf(float);
 #define VALIDATE_ROWS 6
 #define TOL 1e-5
 
-/* ---- peak: independent FMA chains in registers on every core ------------------------------- */
-#if defined(__AVX512F__)
-typedef float vecf __attribute__((vector_size(64)));
-#elif defined(__AVX__)
-typedef float vecf __attribute__((vector_size(32)));
-#else
-typedef float vecf __attribute__((vector_size(16)));
-#endif
-/* Chains > FMA latency x pipes (4 x 2 on Zen 4), so the pipes never wait; without AVX-512 only
- * 16 vector registers exist, so 12 chains (still > 8) leave room for the two constants. */
-#if defined(__AVX512F__)
-#define CHAINS 16
-#else
-#define CHAINS 12
-#endif
-
-/* Named accumulators (an array ends up in memory); the empty asm keeps the chains alive. */
-#define FMA4(a, b, c, d) a = a * mul + add; b = b * mul + add; c = c * mul + add; d = d * mul + add
-static double fma_loop(int64_t iters) {
-    vecf mul, add;
-    for (int i = 0; i < (int)(sizeof(vecf) / 4); i++) { mul[i] = 0.999999f; add[i] = 1e-7f; }
-    vecf a0 = mul, a1 = mul * 2, a2 = mul * 3, a3 = mul * 4, a4 = mul * 5, a5 = mul * 6,
-         a6 = mul * 7, a7 = mul * 8, a8 = mul * 9, a9 = mul * 10, a10 = mul * 11, a11 = mul * 12;
-#if CHAINS == 16
-    vecf a12 = mul * 13, a13 = mul * 14, a14 = mul * 15, a15 = mul * 16;
-#endif
-    for (int64_t it = 0; it < iters; it++) {
-        FMA4(a0, a1, a2, a3); FMA4(a4, a5, a6, a7); FMA4(a8, a9, a10, a11);
-        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
-                         "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
-#if CHAINS == 16
-        FMA4(a12, a13, a14, a15);
-        __asm__ volatile("" : "+v"(a12), "+v"(a13), "+v"(a14), "+v"(a15));
-#endif
-    }
-    vecf t = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;
-#if CHAINS == 16
-    t += a12 + a13 + a14 + a15;
-#endif
-    return t[0];
-}
-
+/* ---- peak: independent FMA chains in registers on every core -------------------------------
+ * The loop lives in dist/costmodel.c (cm_measure_cpu_peak), shared with `fa_long tune`. */
 static int run_peak(void) {
-    int64_t iters = 20 * 1000 * 1000;
-    double sink = 0, best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        double t0 = fa_now();
-        #pragma omp parallel reduction(+ : sink)
-        sink += fma_loop(iters);
-        double t = fa_now() - t0;
-        double flops = 2.0 * CHAINS * (sizeof(vecf) / 4) * (double)iters * omp_get_max_threads();
-        if (flops / t > best) best = flops / t;
-    }
-    printf("result method=peak threads=%d vector_bits=%d gflops=%.1f sink=%g\n",
-           omp_get_max_threads(), (int)sizeof(vecf) * 8, best / 1e9, sink);
+    double gflops = cm_measure_cpu_peak(0);
+#if defined(__AVX512F__)
+    int bits = 512;
+#elif defined(__AVX__)
+    int bits = 256;
+#else
+    int bits = 128;
+#endif
+    printf("result method=peak threads=%d vector_bits=%d gflops=%.1f sink=0\n",
+           omp_get_max_threads(), bits, gflops);
     return 0;
 }
 

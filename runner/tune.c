@@ -314,6 +314,8 @@ int cmd_tune(int argc, char **argv) {
     if (cm_tune_job(&j, &m, top, reps, 1, &best)) return fa_report_error();
     print_result("tuned", &best, gpu);
     if (sweep && !gpu) {
+        cm_choice swept[64];
+        int nsweep = 0;
         /* full grid: 6 x 3 x 3 = 54 configurations; small (long jobs): 4 x 3 x 1 */
         static const int brs[] = {2, 4, 8, 16, 32, 64}, brs_small[] = {4, 8, 16, 32};
         static const int bcs[] = {64, 128, 256};
@@ -329,16 +331,28 @@ int cmd_tune(int argc, char **argv) {
                     if (!cm_predict(&m, &j, &s)) continue;
                     s.measured_s = cm_time_cpu(&j, &s, reps);
                     print_result("sweep", &s, 0);
+                    if (nsweep < 64) swept[nsweep++] = s;
                 }
-        /* the tuned configuration again, in the sweep's conditions */
-        cm_choice again = best;
-        again.measured_s = cm_time_cpu(&j, &again, reps);
-        print_result("tuned_again", &again, 0);
-        cm_choice def;
-        cm_fixed_defaults(&j, m.threads, &def);
-        cm_predict(&m, &j, &def);
-        def.measured_s = cm_time_cpu(&j, &def, reps);
-        print_result("default_again", &def, 0);
+        /* the tuned configuration, the sweep's best and the defaults once more, interleaved
+         * (A B C A B C ...) so that a slow spell of a shared machine hits all three alike */
+        cm_choice fin[3];
+        fin[0] = best;
+        fin[1] = best;
+        cm_fixed_defaults(&j, m.threads, &fin[2]);
+        cm_predict(&m, &j, &fin[2]);
+        for (int i = 0; i < nsweep; i++)
+            if (swept[i].measured_s < fin[1].measured_s) fin[1] = swept[i];
+        double t[3] = {INFINITY, INFINITY, INFINITY};
+        for (int r = 0; r < 2 * reps; r++)
+            for (int x = 0; x < 3; x++) {
+                double v = cm_time_cpu(&j, &fin[x], 1);
+                if (v < t[x]) t[x] = v;
+            }
+        const char *names[3] = {"tuned_again", "best_again", "default_again"};
+        for (int x = 0; x < 3; x++) {
+            fin[x].measured_s = t[x];
+            print_result(names[x], &fin[x], 0);
+        }
     }
     if (sweep && gpu) {             /* every candidate of the model's GPU space */
         cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
