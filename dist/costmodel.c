@@ -550,6 +550,7 @@ static int machine_field(cm_machine *m, const char *k, const char *v) {
 
 /* Reads the file; for key (an entry) or "machine <device>" fills c or m. Returns 1 found,
  * 0 not found, -1 file ignored (warned). */
+static int cache_machine(const char *path, const char *device, cm_machine *m);
 static int cache_read(const char *path, const char *key, const char *device, cm_choice *c,
                       cm_machine *m, int warn) {
     FILE *f = fopen(path, "r");
@@ -621,6 +622,10 @@ int cm_cache_lookup(const char *path, const char *key, const char *device, cm_ch
 }
 
 /* Reads the machine figures stored by tune (section [machine DEVICE]); returns 1 when found. */
+int cm_cache_machine(const char *path, const char *device, cm_machine *m) {
+    return cache_machine(path, device, m);
+}
+
 static int cache_machine(const char *path, const char *device, cm_machine *m) {
     cm_machine t = *m;
     FILE *f = fopen(path, "r");

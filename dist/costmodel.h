@@ -112,6 +112,8 @@ void cm_cache_key(const char *device, const cm_job *j, char *buf, int len);
  * A missing file is silent; a corrupt, truncated or foreign-version file, a bad entry, or entries
  * only for other devices give one warning line (to stderr, when warn) and are ignored. */
 int cm_cache_lookup(const char *path, const char *key, const char *device, cm_choice *c, int warn);
+/* The machine figures `fa_long tune` stored for device ([machine DEVICE]); 1 when found. */
+int cm_cache_machine(const char *path, const char *device, cm_machine *m);
 /* Adds or replaces key's entry (written to a temporary file, then renamed). Returns 0 or -1. */
 int cm_cache_store(const char *path, const char *key, const cm_choice *c, const cm_machine *m);
 

@@ -76,7 +76,7 @@ static void calibrate_cpu(cm_machine *m, int verbose) {
                  .nranks = 1, .dtype = -1};
     cm_choice c;
     cm_fixed_defaults(&cj, m->threads, &c);
-    double meas = cm_time_cpu(&cj, &c, 3);
+    double meas = cm_time_cpu(&cj, &c, 5);
     cm_machine m1 = *m, m2 = *m;
     m1.cpu_eff = 1.0;
     m2.cpu_eff = 0.5;
@@ -161,7 +161,11 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
         timed++;
         c.measured_s = t;
         if (verbose) print_result("cand", &c, j->gpu);
-        if (t < best->measured_s || best->measured_s < 0) *best = c;
+        /* a candidate replaces the fixed defaults only when measurably faster (2%: the noise
+         * of a shared machine); among candidates the fastest wins */
+        double bar = !strcmp(best->source ? best->source : "", "defaults") ? best->measured_s * 0.98
+                                                                        : best->measured_s;
+        if (t < bar || best->measured_s < 0) *best = c;
     }
     free(cand);
     if (best->measured_s < 0) return fa_seterr("no configuration could be timed");
@@ -174,7 +178,7 @@ static void usage(void) {
     printf("usage: fa_long tune [-n N] [--nq N --nk N] [--heads H] [--kv-heads H] [-d D] [--causal]\n"
            "                    [--backend cpu|cuda] [--compute bf16|fp16] [--threads T] [--ranks P]\n"
            "                    [--device-mem SIZE] [--top K] [--reps R] [--tune-cache FILE]\n"
-           "                    [--no-store] [--sweep [--small-grid]] [--predict] [--verbose]\n"
+           "                    [--no-store] [--sweep [--small-grid]] [--predict] [--remeasure] [--verbose]\n"
            "Measures the machine, times the cost model's best K configurations (default 8) and the\n"
            "fixed defaults on the real engine, and stores the fastest in the tune cache (default\n"
            "$FA_TUNE_CACHE or ~/.cache/fa_long/tune.txt) for this device, D, dtype, causal, GQA.\n"
@@ -192,7 +196,7 @@ int cmd_tune(int argc, char **argv) {
         {"top", required_argument, 0, 'k'}, {"reps", required_argument, 0, 'r'},
         {"tune-cache", required_argument, 0, 'f'}, {"no-store", no_argument, 0, 'x'},
         {"sweep", no_argument, 0, 's'}, {"predict", no_argument, 0, 'p'},
-        {"small-grid", no_argument, 0, 'g'},
+        {"small-grid", no_argument, 0, 'g'}, {"remeasure", no_argument, 0, 'R'},
         {"chunk", required_argument, 0, 'u'}, {"variant", required_argument, 0, 'V'},
         {"kernel-tflops", required_argument, 0, 'T'}, {"link-gbps", required_argument, 0, 'L'},
         {"net-gbps", required_argument, 0, 'N'}, {"net-latency-us", required_argument, 0, 'Y'},
@@ -200,7 +204,7 @@ int cmd_tune(int argc, char **argv) {
     cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 8, .d = 128, .elem = 4, .nranks = 1,
                 .dtype = -1};
     int gpu = 0, threads = 0, top = 8, reps = 3, store = 1, sweep = 0, predict = 0, verbose = 0;
-    int small_grid = 0;
+    int small_grid = 0, remeasure = 0;
     int64_t given_chunk = 0;
     int given_variant = 0;
     double kernel_tflops = 0, link_gbps = 0, net_gbps = 0, net_lat_us = 0;
@@ -237,6 +241,7 @@ int cmd_tune(int argc, char **argv) {
         case 'x': store = 0; break;
         case 's': sweep = 1; break;
         case 'g': small_grid = 1; break;
+        case 'R': remeasure = 1; break;
         case 'u': given_chunk = v; break;
         case 'V': given_variant = atoi(optarg); break;
         case 'T': kernel_tflops = atof(optarg); break;
@@ -303,9 +308,13 @@ int cmd_tune(int argc, char **argv) {
     memset(&m, 0, sizeof m);
     m.threads = threads > 0 ? threads : omp_get_max_threads();
     cm_device_name(gpu, m.threads, m.device, sizeof m.device);
-    cm_machine_defaults(&m, gpu);
-    m.cpu_gflops = 0;                                 /* measure, not the default */
     const char *path = cm_cache_path(cache);
+    /* the machine figures are measured once and kept in the cache ([machine DEVICE]);
+     * --remeasure measures them again */
+    int have = !remeasure && !gpu && cm_cache_machine(path, m.device, &m) && m.cpu_gflops > 0;
+    cm_machine_defaults(&m, gpu);
+    if (!have) m.cpu_gflops = 0;                      /* measure, not the default */
+    else printf("# machine figures from %s (measured by an earlier fa_long tune; --remeasure)\n", path);
     char key[512];
     cm_cache_key(m.device, &j, key, sizeof key);
     printf("# fa_long tune: %s\n# job: nq=%lld nk=%lld H=%d Hkv=%d D=%d causal=%d ranks=%d\n", key,

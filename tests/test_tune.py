@@ -123,9 +123,14 @@ def test_tune_tiny_job_then_run_uses_it(tmp_path):
     tuned = [r for r in rows if r["kind"] == "tuned"][0]
     timed = [float(r["measured_s"]) for r in rows if r["kind"] in ("default", "cand")]
     assert len(timed) >= 2
-    # the stored winner is the fastest configuration it timed, the defaults among them
-    assert float(tuned["measured_s"]) == min(timed)
-    assert float(tuned["measured_s"]) <= float(default["measured_s"])
+    # the stored winner is the fastest configuration it timed, the defaults among them; a
+    # candidate displaces the defaults only when measured 2% faster
+    t, d = float(tuned["measured_s"]), float(default["measured_s"])
+    assert t <= d
+    if t == d:
+        assert min(timed) >= 0.98 * d
+    else:
+        assert t == min(timed) and t < 0.98 * d
     text = cache.read_text()
     assert "version = 1" in text and f"br = {tuned['br']}" in text
     inp = gen(tmp_path)
