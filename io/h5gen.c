@@ -145,3 +145,17 @@ int h5_set_attr_double(const char *path, const char *name, double value) {
     if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close after update", path);
     return rc;
 }
+
+int h5_set_attr_doubles(const char *path, const char *name, const double *v, int64_t n) {
+    hid_t f = open_rw(path);
+    if (f < 0) return -1;
+    if (H5Aexists(f, name) > 0) H5Adelete(f, name);
+    hsize_t dim = (hsize_t)n;
+    hid_t sp = H5Screate_simple(1, &dim, NULL);
+    hid_t a = H5Acreate2(f, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = (a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, v) < 0) ? fa_seterr("%s: cannot write attribute '%s'", path, name) : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close after update", path);
+    return rc;
+}

@@ -16,3 +16,4 @@ int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, 
 /* Serial, one process, on a finished file: sets (creates or replaces) a root attribute. */
 int h5_set_attr_str(const char *path, const char *name, const char *value);
 int h5_set_attr_double(const char *path, const char *name, double value);
+int h5_set_attr_doubles(const char *path, const char *name, const double *v, int64_t n);

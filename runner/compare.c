@@ -7,7 +7,6 @@
  *   compare_rel_err[h] = max |o_taylor - o_exact| / max |o_exact|  over every (b, row, d) of head h,
  * written onto the output (attribute [H] float64, with 'compare_mode' naming the other mode) and
  * printed in the summary; the temporary file is removed. */
-#include <hdf5.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -45,18 +44,7 @@ int mode_attrs(h5out *out, const fa_job *job) {
 
 /* Rank 0 alone, on the finished output: compare_rel_err [H] (float64) and compare_mode. */
 static int write_compare_attrs(const char *path, const double *rel, int64_t h, const char *other) {
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    if (f < 0) return fa_seterr("%s: cannot reopen to record compare_rel_err", path);
-    int rc = 0;
-    if (H5Aexists(f, "compare_rel_err") > 0) H5Adelete(f, "compare_rel_err");
-    hsize_t dim = (hsize_t)h;
-    hid_t sp = H5Screate_simple(1, &dim, NULL);
-    hid_t a = H5Acreate2(f, "compare_rel_err", H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-    if (a < 0 || H5Awrite(a, H5T_NATIVE_DOUBLE, rel) < 0) rc = -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    if (H5Fclose(f) < 0) rc = -1;
-    if (rc) return fa_seterr("%s: cannot write attribute 'compare_rel_err'", path);
+    if (h5_set_attr_doubles(path, "compare_rel_err", rel, h)) return -1;
     return h5_set_attr_str(path, "compare_mode", other);
 }
 
@@ -103,7 +91,8 @@ static int agree_rc(int rc) {
     return -1;
 }
 
-int compare_run(const fa_job *job, fa_backend be) {
+int compare_run(const fa_job *job, fa_backend be, double **rel_out) {
+    *rel_out = NULL;
     fa_job other = *job;
     other.mode = job->mode == MODE_TAYLOR ? MODE_EXACT : MODE_TAYLOR;
     other.compare = 0;
@@ -158,6 +147,7 @@ done:
     if (fa_rank == 0) unlink(tmp);
     free(dmax);
     free(rmax);
-    free(rel);
+    if (rc == 0) *rel_out = rel;
+    else free(rel);
     return rc;
 }

@@ -9,6 +9,7 @@
 int mode_attrs(h5out *out, const fa_job *job);
 
 /* COLLECTIVE, after the output is committed, with --compare: runs the other mode, writes the
- * per-head relative error as attribute 'compare_rel_err' [H] onto job->output and prints it.
- * Returns 0, or -1 (the same on every rank) with the message set on rank 0. */
-int compare_run(const fa_job *job, fa_backend be);
+ * per-head relative error as attribute 'compare_rel_err' [H] onto job->output, prints it and
+ * hands it back in *rel (H values, malloc'd; for the report). Returns 0, or -1 (the same on every
+ * rank) with the message set on rank 0. */
+int compare_run(const fa_job *job, fa_backend be, double **rel);

@@ -53,7 +53,7 @@ static double maxrss_mib(void) {      /* this process's peak resident memory */
 
 void report_build(report *r, const fa_job *job, const fa_shape *s, const pipeline_stats *st,
                   const char *backend, const char *compute, int64_t chunk, double elapsed,
-                  const check_result *check) {
+                  const check_result *check, const double *compare_rel) {
     double mine[S_N] = {st->t_read, st->t_compute, st->t_wait, st->t_write, st->work_pairs,
                         (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
@@ -146,6 +146,15 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
         put(&b, ", \"tolerance\": ");
         put_num(&b, check->tol);
         put(&b, ", \"pass\": %s}", check->pass ? "true" : "false");
+    }
+    if (compare_rel) {
+        put(&b, ",\n  \"compare\": {\"other_mode\": \"%s\", \"rel_err_per_head\": [",
+            job->mode == MODE_TAYLOR ? "exact" : "taylor");
+        for (int64_t h = 0; h < s->H; h++) {
+            if (h) put(&b, ", ");
+            put_num(&b, compare_rel[h]);
+        }
+        put(&b, "]}");
     }
     put(&b, "\n}\n");
     free(all);

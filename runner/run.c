@@ -101,7 +101,7 @@ static double done_flops(const fa_job *job, const fa_shape *s, int64_t chunk, in
 /* After the output is in place: the optional fp64 check of sampled rows, and the report file.
  * A check result goes into the report and the output's attributes too. */
 static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st, fa_backend be,
-                  const char *compute, int64_t chunk, double elapsed) {
+                  const char *compute, int64_t chunk, double elapsed, const double *compare_rel) {
     check_result cr;
     int rc = 0, checked = job->check_rows != 0;
     if (checked && fa_rank == 0) {
@@ -109,13 +109,13 @@ static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st
         if (!rc) check_print(&cr, job->output);
     }
     if (agree(rc)) return fa_report_error();
-    if (!checked && !job->report) return 0;
+    if (!checked && !job->report && !compare_rel) return 0;
     report rep;
     report_build(&rep, job, s, st, fa_backend_name(be), compute, chunk, elapsed,
-                 checked ? &cr : NULL);
-    if (fa_rank == 0 && checked) {
+                 checked ? &cr : NULL, compare_rel);
+    if (fa_rank == 0 && (checked || compare_rel)) {
         rc = h5_set_attr_str(job->output, "report", rep.json);
-        if (!rc) rc = h5_set_attr_double(job->output, "check_rel_err", cr.rel_err);
+        if (!rc && checked) rc = h5_set_attr_double(job->output, "check_rel_err", cr.rel_err);
     }
     if (!rc && job->report) rc = report_write(&rep, job->report);
     report_free(&rep);
@@ -256,7 +256,7 @@ int cmd_run(int argc, char **argv) {
     const char *compute = be != BACKEND_CUDA ? "float32"
                         : job.compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
     report rep;
-    report_build(&rep, &job, &s, &st, fa_backend_name(be), compute, chunk, elapsed, NULL);
+    report_build(&rep, &job, &s, &st, fa_backend_name(be), compute, chunk, elapsed, NULL, NULL);
     /* attributes are collective with the same value everywhere: rank 0's report travels */
     int64_t len = rep.json ? (int64_t)strlen(rep.json) + 1 : 0;
     MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
@@ -274,6 +274,9 @@ int cmd_run(int argc, char **argv) {
     h5in_close(in);
     report_free(&rep);
     summarize(&job, &s, &st, be, fa_now() - t0);
-    if (job.compare && compare_run(&job, be)) return fa_report_error();   /* runner/compare.c */
-    return finish(&job, &s, &st, be, compute, chunk, elapsed);
+    double *compare_rel = NULL;
+    if (job.compare && compare_run(&job, be, &compare_rel)) return fa_report_error();
+    rc = finish(&job, &s, &st, be, compute, chunk, elapsed, compare_rel);
+    free(compare_rel);
+    return rc;
 }

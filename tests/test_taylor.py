@@ -11,6 +11,8 @@ mode that --compare runs beside it is then bf16, so that test's tolerance widens
 import os
 
 import h5py
+import json
+
 import numpy as np
 import pytest
 
@@ -191,3 +193,6 @@ def test_compare(tmp_path):
     assert "compare" in err and "per head" in err
     assert attrs["mode"] == "taylor" and attrs["compare_mode"] == "exact"
     assert not (tmp_path / "out_2.h5.compare.h5").exists(), "the temporary file must be removed"
+    rep = json.loads(attrs["report"])          # the report carries the same per-head errors
+    assert rep["compare"]["other_mode"] == "exact"
+    assert np.allclose(rep["compare"]["rel_err_per_head"], rel, rtol=1e-8)
