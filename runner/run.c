@@ -79,10 +79,11 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
     double flops = 4.0 * sum[2] * (double)s->D;     /* 2 products x 2 flops per visible pair */
     fprintf(stderr,
             "fa_long: B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld %s on %d rank%s (%s): %.3f s, "
-            "%.2f GFLOP/s\n",
+            "%.2f GFLOP/s%s\n",
             (long long)s->B, (long long)s->Nq, (long long)s->Nk, (long long)s->H,
             (long long)s->Hkv, (long long)s->D, job->causal ? "causal" : "non-causal", fa_nranks,
-            fa_nranks == 1 ? "" : "s", fa_backend_name(be), elapsed, flops / elapsed * 1e-9);
+            fa_nranks == 1 ? "" : "s", fa_backend_name(be), elapsed, flops / elapsed * 1e-9,
+            job->mode == MODE_TAYLOR ? " (exact attention's FLOPs, for comparison)" : "");
     fprintf(stderr,
             "fa_long: rank 0 times: read %.3f s, compute %.3f s, merge wait %.3f s, write %.3f s; "
             "compute max/mean %.3f; merged %.1f MB\n",
