@@ -48,68 +48,83 @@ rm -f "$CACHE"
 RAW=$OUT.txt
 CSV=$OUT.csv
 : > "$RAW"
-echo "date,device,rev,load1,n,d,h,hkv,gqa,causal,budget,default_cfg,default_s,tuned_cfg,tuned_pred_s,tuned_s,model_err_pct,sweep_median_err_pct,sweep_n,best_cfg,best_s,tuned_vs_best_pct,gain_vs_default_pct" > "$CSV"
+table() {    # the CSV and the summary from the raw result lines (also: bench/tune.sh --table RAW)
+python3 - "$1" "$2" "$DATE" "$DEV" "$REV" <<'PYEOF'
+import statistics, sys
+raw, csv_path, date, dev, rev = sys.argv[1:6]
+blocks, cur = [], None
+for l in open(raw):
+    if l.startswith("## "):
+        f = l.split()
+        cur = {"shape": f[1], "load": f[3], "rows": []}
+        blocks.append(cur)
+    elif l.startswith("result ") and cur is not None:
+        cur["rows"].append(dict(kv.split("=", 1) for kv in l.split()[1:]))
+def cfg(r):
+    if r.get("br") == "0":
+        return f"v{r['variant']}/c{r['chunk']}"
+    return f"{r['br']}x{r['bc']}/c{r['chunk']}"
+out = ["date,device,rev,load1,n,d,h,hkv,gqa,causal,budget,default_cfg,default_s,tuned_cfg,tuned_pred_s,"
+       "tuned_s,model_err_pct,sweep_median_err_pct,sweep_n,best_cfg,best_s,tuned_vs_best_pct,gain_vs_default_pct"]
+stats = []
+for bl in blocks:
+    rows = bl["rows"]
+    get = lambda k: [r for r in rows if r["kind"] == k]
+    if not get("tuned"):
+        continue
+    f = bl["shape"].split(":") + ["0"]
+    n, d, h, hkv, causal, budget = f[:6]
+    tuned = (get("tuned_again") or get("tuned"))[0]
+    default = (get("default_again") or get("default"))[0]
+    sweep = get("sweep")
+    best = (get("best_again") or [min(sweep + [tuned], key=lambda r: float(r["measured_s"]))])[0]
+    # one configuration, one figure: the same configuration timed twice is not a comparison
+    ts = float(tuned["measured_s"])
+    bs = ts if cfg(best) == cfg(tuned) else min(float(best["measured_s"]), ts)
+    if bs == ts:
+        best = tuned
+    ds = ts if cfg(default) == cfg(tuned) else float(default["measured_s"])
+    tp = float(tuned["predicted_s"])
+    errs = [abs(float(r["predicted_s"]) / float(r["measured_s"]) - 1) * 100 for r in sweep]
+    sw = statistics.median(errs) if errs else float("nan")
+    vb, gain, err = (ts / bs - 1) * 100, (ds / ts - 1) * 100, (tp / ts - 1) * 100
+    stats.append((err, sw, vb, gain))
+    out.append(",".join(str(x) for x in [date, dev, rev, bl["load"], n, d, h, hkv, int(h) // int(hkv), causal,
+        budget, cfg(default), f"{ds:.4f}", cfg(tuned), f"{tp:.4f}", f"{ts:.4f}", f"{err:+.1f}", f"{sw:.1f}",
+        len(sweep), cfg(best), f"{bs:.4f}", f"{vb:+.1f}", f"{gain:+.1f}"]))
+    print(f"  {n:>6} {d:>3} {h:>3} {hkv:>3} {causal:>2} {budget:>6} | {cfg(default):<14} {ds:8.4f} | "
+          f"{cfg(tuned):<14} {tp:8.4f} {ts:8.4f} {err:+6.1f} | {sw:6.1f} | {cfg(best):<14} {bs:8.4f} {vb:+6.1f} | {gain:+6.1f}")
+open(csv_path, "w").write("\n".join(out) + "\n")
+if stats:
+    e = [abs(x[0]) for x in stats]
+    s = [x[1] for x in stats if x[1] == x[1]]
+    vb = [x[2] for x in stats]
+    g = [x[3] for x in stats]
+    print(f"# {len(stats)} shapes: model error at the tuned configuration median {statistics.median(e):.1f}% "
+          f"(max {max(e):.1f}%)" + (f", over all sweep configurations median {statistics.median(s):.1f}%" if s else ""))
+    print(f"# tuned vs best of sweep: max {max(vb):+.1f}% (rows within 3%: {sum(v <= 3 for v in vb)}/{len(vb)})")
+    print(f"# tuned vs fixed defaults: gain median {statistics.median(g):+.1f}%, min {min(g):+.1f}% "
+          f"(rows slower: {sum(x < 0 for x in g)})")
+PYEOF
+}
+if [ "${1:-}" = "--table" ]; then table "$2" "${2%.txt}.csv"; exit 0; fi
 printf "# %-6s %3s %3s %3s %2s %6s | %-14s %8s | %-14s %8s %8s %6s | %6s | %-14s %8s %6s | %6s\n" \
     N D H Hkv c budget default s tuned pred_s s err% sw_err% best s vs_best% gain%
 for S in $SHAPES; do
     N=$(echo "$S" | cut -d: -f1); D=$(echo "$S" | cut -d: -f2); H=$(echo "$S" | cut -d: -f3)
     HKV=$(echo "$S" | cut -d: -f4); C=$(echo "$S" | cut -d: -f5); B=$(echo "$S" | cut -d: -f6)
     # one bench cache: the machine figures are measured by the first shape and kept for the others
-    ARGS="-n $N -d $D --heads $H --kv-heads $HKV --reps $REPS --tune-cache $CACHE $BACKEND"
+    ARGS="-n $N -d $D --heads $H --kv-heads $HKV --reps $REPS --tune-cache $CACHE $BACKEND --sweep"
     [ "$C" = 1 ] && ARGS="$ARGS --causal"
     [ -n "$B" ] && [ "$B" != 0 ] && ARGS="$ARGS --device-mem $B"
-    if [ $GPU = 0 ]; then
-        ARGS="$ARGS --sweep"
-        [ "$N" -ge 8192 ] && ARGS="$ARGS --small-grid --top 4"
-    fi
+    [ $GPU = 0 ] && [ "$N" -ge 8192 ] && ARGS="$ARGS --small-grid --top 4"
     LOAD=$(cut -d' ' -f1 /proc/loadavg)
     # shellcheck disable=SC2086
     $FA tune $ARGS > /tmp/fa_tune_$$.txt
     { echo "## $S load $LOAD"; cat /tmp/fa_tune_$$.txt; } >> "$RAW"
-    python3 - "$S" "$LOAD" "$DATE" "$DEV" "$REV" /tmp/fa_tune_$$.txt >> "$CSV" <<'EOF'
-import statistics, sys
-shape, load, date, dev, rev, path = sys.argv[1:7]
-f = shape.split(":") + ["0"]
-n, d, h, hkv, causal, budget = f[:6]
-rows = [dict(kv.split("=", 1) for kv in l.split()[1:]) for l in open(path) if l.startswith("result ")]
-def cfg(r):
-    if r.get("variant", "0") != "0" or r.get("br") == "0":
-        return f"v{r['variant']}/c{r['chunk']}"
-    return f"{r['br']}x{r['bc']}/c{r['chunk']}"
-get = lambda k: [r for r in rows if r["kind"] == k]
-tuned = get("tuned")[0]
-tuned_m = get("tuned_again")[0] if get("tuned_again") else tuned
-default = get("default_again")[0] if get("default_again") else get("default")[0]
-sweep = get("sweep")
-pool = sweep + [tuned_m]
-best = min(pool, key=lambda r: float(r["measured_s"]))
-if get("best_again"):            # the final interleaved timing of tuned, sweep best, defaults
-    best = get("best_again")[0]
-    if float(tuned_m["measured_s"]) < float(best["measured_s"]):
-        best = tuned_m
-ts, tp = float(tuned_m["measured_s"]), float(tuned_m["predicted_s"])
-errs = [abs(float(r["predicted_s"]) / float(r["measured_s"]) - 1) * 100 for r in sweep]
-sw = statistics.median(errs) if errs else float("nan")
-bs, dsec = float(best["measured_s"]), float(default["measured_s"])
-print(",".join(str(x) for x in [date, dev, rev, load, n, d, h, hkv, int(h) // int(hkv), causal, budget,
-      cfg(default), f"{dsec:.4f}", cfg(tuned_m), f"{tp:.4f}", f"{ts:.4f}",
-      f"{(tp / ts - 1) * 100:+.1f}", f"{sw:.1f}", len(sweep), cfg(best), f"{bs:.4f}",
-      f"{(ts / bs - 1) * 100:+.1f}", f"{(dsec / ts - 1) * 100:+.1f}"]))
-EOF
-    tail -1 "$CSV" | awk -F, '{printf "  %-6s %3s %3s %3s %2s %6s | %-14s %8s | %-14s %8s %8s %6s | %6s | %-14s %8s %6s | %6s\n", $5,$6,$7,$8,$10,$11,$12,$13,$14,$15,$16,$17,$18,$20,$21,$22,$23}'
+    grep -E "^# (machine|calibration)" /tmp/fa_tune_$$.txt || true
+    echo "  $S (load $LOAD): $(grep '^# choice' /tmp/fa_tune_$$.txt | sed 's/.*-> //')"
 done
 rm -f /tmp/fa_tune_$$.txt "$CACHE"
-python3 - "$CSV" <<'EOF'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-e = [abs(float(r["model_err_pct"])) for r in rows]
-s = [float(r["sweep_median_err_pct"]) for r in rows if r["sweep_median_err_pct"] != "nan"]
-vb = [float(r["tuned_vs_best_pct"]) for r in rows]
-g = [float(r["gain_vs_default_pct"]) for r in rows]
-print(f"# {len(rows)} shapes: model error at the tuned configuration median {statistics.median(e):.1f}% "
-      f"(max {max(e):.1f}%)" + (f", over all sweep configurations median {statistics.median(s):.1f}%" if s else ""))
-print(f"# tuned vs best of sweep: max {max(vb):+.1f}% (rows within 3%: {sum(v <= 3 for v in vb)}/{len(vb)})")
-print(f"# tuned vs fixed defaults: gain median {statistics.median(g):+.1f}%, min {min(g):+.1f}% "
-      f"(rows slower: {sum(x < 0 for x in g)})")
-EOF
+table "$RAW" "$CSV"
 echo "# table: $CSV   raw: $RAW"

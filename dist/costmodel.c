@@ -530,6 +530,7 @@ static int entry_field(cm_choice *c, const char *k, const char *v) {
 }
 
 static int machine_field(cm_machine *m, const char *k, const char *v) {
+    if (!strcmp(k, "date")) return 0;
     char *end;
     double d = strtod(v, &end);
     if (end == v || *end || !(d >= 0) || !isfinite(d)) return -1;

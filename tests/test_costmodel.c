@@ -74,6 +74,15 @@ static void test_cache(void) {
           r.chunk == 2048 && r.window == 3 && r.threads == 2 && fabs(r.measured_s - 0.125) < 1e-6 &&
           !strcmp(r.source, "cache"), "round trip (br %d bc %d chunk %lld)", r.br, r.bc,
           (long long)r.chunk);
+    cm_machine mm;
+    memset(&mm, 0, sizeof mm);
+    m.cpu_gflops = 123.45;
+    CHECK(cm_cache_store(path, key, &c, &m) == 0 && cm_cache_machine(path, m.device, &mm) == 1 &&
+          fabs(mm.cpu_gflops - 123.45) < 0.01 && fabs(mm.cpu_eff - m.cpu_eff) < 1e-3 && mm.threads == 2,
+          "machine figures round trip (%.2f GFLOP/s)", mm.cpu_gflops);
+    memset(&mm, 0, sizeof mm);
+    CHECK(cm_cache_machine(path, "cpu Other CPU x2", &mm) == 0 && mm.cpu_gflops == 0,
+          "no machine figures for another device");
     CHECK(cm_cache_lookup(path, key2, m.device, &r, 0) == 0, "another D: not found");
     CHECK(cm_cache_lookup(path, other, "cpu Other CPU x2", &r, 0) == 0, "another device: not found");
     /* a second entry keeps the first; storing the first again replaces it */
