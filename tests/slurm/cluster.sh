@@ -10,6 +10,17 @@ cmd=$1
 DIR=$(mkdir -p "$2" && cd "$2" && pwd)
 
 stop() {
+    # end the jobs first, so no slurmstepd (and no fa_long under it) outlives the daemons
+    if [ -f "$DIR/slurm.conf" ] && [ -f "$DIR/slurmctld.pid" ]; then
+        jobs=$(SLURM_CONF="$DIR/slurm.conf" squeue -h -o %i 2>/dev/null)
+        if [ -n "$jobs" ]; then
+            SLURM_CONF="$DIR/slurm.conf" scancel $jobs 2>/dev/null
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                [ -z "$(SLURM_CONF="$DIR/slurm.conf" squeue -h -o %i 2>/dev/null)" ] && break
+                sleep 0.5
+            done
+        fi
+    fi
     for p in slurmd slurmctld munged; do
         if [ -f "$DIR/$p.pid" ]; then
             pid=$(cat "$DIR/$p.pid")
