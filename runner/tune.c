@@ -105,8 +105,18 @@ static void print_result(const char *kind, const cm_choice *c, int gpu) {
  * job's link and network (not timed here). */
 static double time_gpu(const cm_job *j, const cm_machine *m, cm_choice *c, int reps) {
     int64_t n = c->chunk < j->nq ? c->chunk : j->nq;
-    double t = cm_gpu_time_variant(c->variant, n, j->nk / (j->nranks > 0 ? j->nranks : 1), j->h,
-                                   j->hkv, j->d, j->causal, j->dtype, reps);
+    /* the kernel time depends on (variant, chunk) only: paging and merge come from the model;
+     * remember each one timed (one job per process) */
+    static struct { int v; int64_t n; double t; } memo[64];
+    static int nmemo = 0;
+    double t = -2;
+    for (int i = 0; i < nmemo; i++)
+        if (memo[i].v == c->variant && memo[i].n == n) t = memo[i].t;
+    if (t == -2) {
+        t = cm_gpu_time_variant(c->variant, n, j->nk / (j->nranks > 0 ? j->nranks : 1), j->h,
+                                j->hkv, j->d, j->causal, j->dtype, reps);
+        if (nmemo < 64) memo[nmemo++] = (typeof(memo[0])){c->variant, n, t};
+    }
     if (t < 0) return -1;
     double chunks = (double)(j->nq + n - 1) / n;
     cm_choice p = *c;
