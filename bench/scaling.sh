@@ -72,7 +72,9 @@ for c in (0, 1):
         if p == 1:
             t1, t1job = tcm, t_job
         hidden = 1 - tme / tma if tma > 0 else 1.0
-        mbytes = (N * H * (D + 2) * 4 + N * H * 4) if p > 1 else 0
+        # sent per rank: its records of the (P-1)/P of the chunks it does not own, and its row
+        # maxima for every chunk's all-reduce (NCCL path)
+        mbytes = int((p - 1) / p * N * H * (D + 2) * 4 + N * H * 4) if p > 1 else 0
         rows.append([date, rev, p, c, N, H, HKV, D, CH, R, NET, f"{tc:.4f}", f"{tma:.4f}", f"{tme:.4f}",
                      f"{tcm:.4f}", f"{hidden:.3f}", f"{t1 / (p * tcm):.3f}", f"{t_read:.3f}",
                      f"{t_write:.3f}", f"{other:.3f}", f"{t_job:.3f}", f"{t1job / (p * t_job):.3f}",
@@ -127,9 +129,9 @@ out, date, dev, rev, load, causal, thr = sys.argv[2:9]
 cfg, ph, pr = r["config"], r["phases_s"], r["per_rank"]
 comp = [x["compute_s"] for x in pr]
 P, n, H, D = cfg["ranks"], cfg["Nq"], cfg["H"], cfg["D"]
-# pipeline merge traffic: every rank reduces its records of every chunk, n x H x (D+2) floats,
-# and (GPU/NCCL) all-reduces n x H row maxima
-model = P * n * H * (D + 2) * 4 if P > 1 else 0
+# pipeline merge traffic (MPI path): for every chunk each rank but the chunk's owner sends its
+# records, n x H x (D+2) floats; the report counts bytes sent, so (P-1) x Nq x H x (D+2) x 4
+model = (P - 1) * n * H * (D + 2) * 4
 rows = list(csv.reader(open(out)))
 base = [x for x in rows[1:] if x[3] == "1" and x[4] == causal]
 cm = ph["compute"] + ph["merge_wait"]
