@@ -417,6 +417,12 @@ static int pick_window(const cm_machine *m, const cm_job *j, cm_choice *c) {
     return 1;
 }
 
+/* With several ranks a job keeps at least 2 chunks per rank, so that every rank owns rows to
+ * merge and write and the pipeline has depth (not part of the time model). */
+static int too_few_chunks(const cm_job *j, int64_t chunk, size_t k) {
+    return k > 0 && j->nranks > 1 && ceil_div(j->nq, chunk) < 2LL * j->nranks;
+}
+
 int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max) {
     int n = 0;
     static const int64_t chunks_cpu[] = {256, 512, 1024, 2048, 4096};
@@ -427,7 +433,7 @@ int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max)
         for (size_t a = 0; a < sizeof brs / sizeof *brs; a++)
             for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++)
                 for (size_t k = 0; k < sizeof chunks_cpu / sizeof *chunks_cpu; k++) {
-                    if (chunks_cpu[k] > rup(j->nq, 256) && k > 0) continue;
+                    if ((chunks_cpu[k] > rup(j->nq, 256) && k > 0) || too_few_chunks(j, chunks_cpu[k], k)) continue;
                     cm_choice c = {.br = brs[a], .bc = bcs[b], .threads = m->threads,
                                    .chunk = chunks_cpu[k] < j->nq ? chunks_cpu[k] : j->nq,
                                    .source = "model"};
@@ -439,7 +445,7 @@ int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max)
         static const int rings[] = {2, 3, 4};
         for (int v = 0; v <= 4; v++)
             for (size_t k = 0; k < sizeof chunks_gpu / sizeof *chunks_gpu; k++) {
-                if (chunks_gpu[k] > rup(j->nq, 2048) && k > 0) continue;
+                if ((chunks_gpu[k] > rup(j->nq, 2048) && k > 0) || too_few_chunks(j, chunks_gpu[k], k)) continue;
                 cm_choice c = {.variant = v, .chunk = chunks_gpu[k] < j->nq ? chunks_gpu[k] : j->nq,
                                .source = "model"};
                 if (!pick_window(m, j, &c)) continue;

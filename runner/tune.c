@@ -286,9 +286,10 @@ int cmd_tune(int argc, char **argv) {
         char key[512];
         cm_cache_key(m.device, &j, key, sizeof key);
         printf("# fa_long tune: %s\n# job: nq=%lld nk=%lld H=%d Hkv=%d D=%d causal=%d ranks=%d "
-               "(model only: kernel %.1f TFLOP/s, link %.1f GB/s, network %.1f GB/s)\n", key,
+               "(model only: kernel %.1f TFLOP/s (0: the model's default), link %.1f GB/s, "
+               "network %.1f GB/s)\n", key,
                (long long)j.nq, (long long)j.nk, j.h, j.hkv, j.d, j.causal, j.nranks,
-               gpu ? (m.gpu_tflops[given_variant] > 0 ? m.gpu_tflops[given_variant] : -1.0) : m.cpu_gflops / 1e3,
+               gpu ? m.gpu_tflops[given_variant] : m.cpu_gflops / 1e3,
                m.link_gbps, m.net_gbps);
         if (given_chunk > 0) {
             cm_choice c = {.br = gpu ? 0 : 16, .bc = gpu ? 0 : 128, .threads = m.threads,

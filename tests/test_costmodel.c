@@ -4,7 +4,8 @@
  *     other entries and replaces its own;
  *   - property: over many random job shapes and device budgets, every candidate the model
  *     offers is valid (CPU tiles within L2; GPU plans within the budget, variant within shared
- *     memory), and the best is never predicted slower than the fixed defaults;
+ *     memory, at least 2 chunks per rank with several ranks), and the best is never predicted
+ *     slower than the fixed defaults;
  *   - the model's terms move the right way (N^2 scaling, causal about half, paging and merge
  *     named critical when the link or network is made slow). */
 #include "dist/costmodel.h"
@@ -202,6 +203,11 @@ static void test_valid(void) {
                 ok &= smem <= m.smem_per_block;
                 if (pl.paged_rows > 0 && i == 0) paged++;
             }
+            /* several ranks: at least 2 chunks each, unless the smallest chunk size */
+            int64_t smallest = gpu ? 2048 : 256;
+            if (j.nranks > 1 && c->chunk > smallest && c->chunk < j.nq)
+                ok &= (j.nq + c->chunk - 1) / c->chunk >= 2LL * j.nranks;
+            if (j.nranks > 1 && c->chunk == j.nq && j.nq > smallest) ok &= j.nranks == 1;
             if (!ok) {
                 bad++;
                 if (bad < 5) printf("invalid: gpu %d nq %lld h %d hkv %d d %d br %d bc %d chunk %lld v %d\n",
@@ -211,7 +217,10 @@ static void test_valid(void) {
         }
         cm_choice def;
         cm_fixed_defaults(&j, m.threads, &def);
-        if (cm_predict(&m, &j, &def) && cand[0].t_total > def.t_total * (1 + 1e-9)) slower++;
+        int def_in_space = j.nranks == 1 || def.chunk <= (gpu ? 2048 : 256) ||
+                           (j.nq + def.chunk - 1) / def.chunk >= 2LL * j.nranks;
+        if (def_in_space && cm_predict(&m, &j, &def) && cand[0].t_total > def.t_total * (1 + 1e-9))
+            slower++;
     }
     free(cand);
     CHECK(bad == 0, "%d invalid candidates over %d random jobs", bad, trials);

@@ -38,9 +38,10 @@ def results(out):
 
 
 def run_job(tmp_path, inp, cache, extra=(), nranks=1, name="out.h5"):
+    # 2 threads per rank whatever the rank count: the thread count is part of the cache's device
     out = tmp_path / name
     p = run_fa(["-i", inp, "-o", out, "--force", "--verbose", "--check", "16"] + list(extra),
-               nranks=nranks, env={"FA_TUNE_CACHE": str(cache)})
+               nranks=nranks, env={"FA_TUNE_CACHE": str(cache), "OMP_NUM_THREADS": "2"})
     return p, out
 
 
@@ -142,6 +143,7 @@ def test_tune_tiny_job_then_run_uses_it(tmp_path):
     # two ranks read the same entry: same chunk, same result
     p2, out2 = run_job(tmp_path, inp, cache, nranks=2, name="out2.h5")
     assert p2.returncode == 0, p2.stderr
+    assert choice_line(p2.stderr)[0] == "cache"
     with h5py.File(out) as a, h5py.File(out2) as b:
         assert int(a.attrs["chunk"]) == int(b.attrs["chunk"]) == chunk
         assert abs(a["o"][...] - b["o"][...]).max() <= 1e-5 * abs(a["o"][...]).max()
