@@ -426,7 +426,9 @@ static int too_few_chunks(const cm_job *j, int64_t chunk, size_t k) {
 int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max) {
     int n = 0;
     static const int64_t chunks_cpu[] = {256, 512, 1024, 2048, 4096};
-    static const int64_t chunks_gpu[] = {2048, 4096, 8192, 16384, 32768, 65536};
+    /* GPU chunks stop at 16K rows: host buffers (q, W record slots) grow with the chunk, 1.4 GB at
+     * 16K rows x 32 heads x D 128, and the model gains only the wave tail beyond */
+    static const int64_t chunks_gpu[] = {2048, 4096, 8192, 16384};
     if (!j->gpu) {
         static const int brs[] = {1, 2, 4, 8, 16, 32, 64, 128};
         static const int bcs[] = {32, 64, 128, 256, 512};
