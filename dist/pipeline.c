@@ -220,6 +220,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.nchunks = p.nchunks_per_b * s->B;
     p.window = job->window > 0 ? job->window : 3;
     if (!job->window_set && job->mode == MODE_EXACT) p.window = cm_run_choice(job, s, p.nranks, gpu)->window;
+    st->window = p.window;
     int64_t H = s->H, D = s->D, Hkv = s->Hkv;
 
     /* the sharding plan */

@@ -65,6 +65,7 @@ typedef struct pipeline_stats {
     double work_pairs;       /* visible (query, key) pairs computed by this rank */
     int used_gpu;
     int layout;              /* shard_layout used */
+    int window;              /* chunks whose merge was allowed in flight */
     int nccl;                /* merged on the device through NCCL */
     int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
     int64_t chunks_done;

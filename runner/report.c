@@ -89,7 +89,7 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     put(&b, ", \"mode\": \"%s\", \"ranks\": %d, \"backend\": \"%s\", \"compute\": \"%s\", "
             "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\"},\n",
         job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_nranks, backend, compute,
-        (long long)chunk, job->window, shard_layout_name((shard_layout)st->layout),
+        (long long)chunk, st->window, shard_layout_name((shard_layout)st->layout),
         fa_dtype_name(s->q_type));
     put(&b, "  \"elapsed_s\": ");
     put_num(&b, elapsed);
