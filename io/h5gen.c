@@ -1,6 +1,7 @@
 /* h5gen.c — writing q/k/v input files (see h5gen.h). */
 #define _GNU_SOURCE
 #include "io/h5gen.h"
+#include "io/h5priv.h"
 #include "runner/common.h"
 #include <errno.h>
 #include <hdf5.h>
@@ -9,52 +10,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* bfloat16 as an HDF5 float: sign bit 15, exponent bits 7..14 (bias 127), mantissa bits 0..6. */
-static hid_t bf16_file_type(void) {
-    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
-    H5Tset_fields(t, 15, 7, 8, 0, 7);
-    H5Tset_offset(t, 0);
-    H5Tset_precision(t, 16);
-    H5Tset_size(t, 2);
-    H5Tset_ebias(t, 127);
-    return t;
-}
-
-static hid_t file_type(fa_dtype t) {
-    switch (t) {
-    case FA_F32: return H5Tcopy(H5T_IEEE_F32LE);
-    case FA_F64: return H5Tcopy(H5T_IEEE_F64LE);
-    case FA_F16: {
-        hid_t h = H5Tcopy(H5T_IEEE_F32LE);       /* IEEE half: as numpy's float16 */
-        H5Tset_fields(h, 15, 10, 5, 0, 10);
-        H5Tset_offset(h, 0);
-        H5Tset_precision(h, 16);
-        H5Tset_size(h, 2);
-        H5Tset_ebias(h, 15);
-        return h;
-    }
-    case FA_BF16: return bf16_file_type();
-    }
-    return -1;
-}
-
 static int write_dataset(hid_t file, const char *path, const char *name, const fa_shape *s,
                          int64_t n, int64_t heads, fa_dtype t, fa_fill_fn fill, void *arg) {
     hsize_t dims[4] = {(hsize_t)s->B, (hsize_t)n, (hsize_t)heads, (hsize_t)s->D};
     hid_t space = H5Screate_simple(4, dims, NULL);
-    hid_t ft = file_type(t);
+    hid_t ft = h5io_file_type(t);          /* the element types fa_long reads (io/h5io.c) */
     hid_t ds = H5Dcreate2(file, name, ft, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (ds < 0) {
         H5Tclose(ft);
         H5Sclose(space);
         return fa_seterr("%s: cannot create dataset '%s'", path, name);
     }
-    if (t == FA_BF16) {
+    if (t == FA_BF16) {                        /* as h5py writes a str: variable, UTF-8 */
         hid_t st = H5Tcopy(H5T_C_S1);
-        H5Tset_size(st, 8);
+        H5Tset_size(st, H5T_VARIABLE);
+        H5Tset_cset(st, H5T_CSET_UTF8);
         hid_t as = H5Screate(H5S_SCALAR);
         hid_t a = H5Acreate2(ds, "dtype", st, as, H5P_DEFAULT, H5P_DEFAULT);
-        H5Awrite(a, st, "bfloat16");
+        const char *v = "bfloat16";
+        H5Awrite(a, st, &v);
         H5Aclose(a);
         H5Sclose(as);
         H5Tclose(st);
