@@ -99,17 +99,10 @@ static int check_input(const char *path, fa_shape *s) {
 
 /* ---- every rank's open --------------------------------------------------------------------------- */
 static hid_t open_all(h5in *f) {
-#ifdef H5_HAVE_PARALLEL
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    HDF5_CHECK(fapl, "H5Pcreate(file access)");
-    HDF5_CHECK(H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL), "H5Pset_fapl_mpio");
-    HDF5_CHECK(H5Pset_all_coll_metadata_ops(fapl, 1), "H5Pset_all_coll_metadata_ops");
+    hid_t fapl = h5io_fapl(f->comm, 0);
     hid_t file = H5Fopen(f->path, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
     return file;
-#else
-    return H5Fopen(f->path, H5F_ACC_RDONLY, H5P_DEFAULT);
-#endif
 }
 
 static int open_datasets(h5in *f) {

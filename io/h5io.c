@@ -91,6 +91,23 @@ int h5io_classify(hid_t type, fa_dtype *t, int *swap, char *why, int len) {
     return -1;
 }
 
+hid_t h5io_fapl(MPI_Comm comm, int writing) {
+#ifdef H5_HAVE_PARALLEL
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    HDF5_CHECK(fapl, "H5Pcreate(file access)");
+    HDF5_CHECK(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL), "H5Pset_fapl_mpio");
+    HDF5_CHECK(H5Pset_all_coll_metadata_ops(fapl, 1), "H5Pset_all_coll_metadata_ops");
+    if (writing) HDF5_CHECK(H5Pset_coll_metadata_write(fapl, 1), "H5Pset_coll_metadata_write");
+    return fapl;
+#else
+    (void)comm;
+    (void)writing;
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);            /* the default (sec2) driver */
+    HDF5_CHECK(fapl, "H5Pcreate(file access)");
+    return fapl;
+#endif
+}
+
 hid_t h5io_file_type(fa_dtype t) {
     hid_t ft = -1;
     switch (t) {

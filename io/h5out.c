@@ -65,18 +65,10 @@ static int check_shape(const char *path, const fa_shape *s, fa_dtype t) {
 
 /* ---- creating the file and its datasets ---------------------------------------------------------- */
 static hid_t create_file(h5out *f) {
-#ifdef H5_HAVE_PARALLEL
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    HDF5_CHECK(fapl, "H5Pcreate(file access)");
-    HDF5_CHECK(H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL), "H5Pset_fapl_mpio");
-    HDF5_CHECK(H5Pset_all_coll_metadata_ops(fapl, 1), "H5Pset_all_coll_metadata_ops");
-    HDF5_CHECK(H5Pset_coll_metadata_write(fapl, 1), "H5Pset_coll_metadata_write");
+    hid_t fapl = h5io_fapl(f->comm, 1);
     hid_t file = H5Fcreate(f->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     return file;
-#else
-    return H5Fcreate(f->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-#endif
 }
 
 static int write_str_attr(hid_t obj, const char *name, const char *v) {
@@ -371,18 +363,10 @@ int h5out_suspend(h5out *f, int64_t done) {
 }
 
 static hid_t open_partial(h5out *f) {
-#ifdef H5_HAVE_PARALLEL
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    HDF5_CHECK(fapl, "H5Pcreate(file access)");
-    HDF5_CHECK(H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL), "H5Pset_fapl_mpio");
-    HDF5_CHECK(H5Pset_all_coll_metadata_ops(fapl, 1), "H5Pset_all_coll_metadata_ops");
-    HDF5_CHECK(H5Pset_coll_metadata_write(fapl, 1), "H5Pset_coll_metadata_write");
+    hid_t fapl = h5io_fapl(f->comm, 1);
     hid_t file = H5Fopen(f->tmp, H5F_ACC_RDWR, fapl);
     H5Pclose(fapl);
     return file;
-#else
-    return H5Fopen(f->tmp, H5F_ACC_RDWR, H5P_DEFAULT);
-#endif
 }
 
 /* Opens dataset `name` and checks it has dims d[0..nd) and the element type t. */

@@ -17,7 +17,11 @@
 #define FA_PATH_MAX 4096
 #define FA_IO_CAP_DEFAULT (1LL << 30)   /* bytes per rank per transfer (env FA_IO_CAP_BYTES) */
 
-void h5io_init(void);                   /* silences HDF5's own error stack printing, once */
+void h5io_init(void);
+
+/* File-access property list for every rank of comm: MPI-IO with collective metadata (reads, and
+ * writes when `writing`) in a parallel build, the default driver otherwise. H5Pclose it. */
+hid_t h5io_fapl(MPI_Comm comm, int writing);                   /* silences HDF5's own error stack printing, once */
 
 /* Recognizes a file element type: fills *t and *swap (bytes to swap for this host) and returns
  * 0, or returns -1 and writes what the type is instead into why[len]. */
