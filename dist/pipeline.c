@@ -185,9 +185,9 @@ static int finish_chunk(pipe_state *p, int64_t i) {
 /* COLLECTIVE. Every rank needs the whole chunk of queries [r0, r0+n). By default each rank reads
  * it (one collective read of the same rows). With FA_Q_READ=shared each rank reads one slice and
  * the slices are shared (MPI_Allgatherv): the file is read once per chunk instead of once per
- * rank, which the cost model expects to matter at 8 GPUs on a parallel file system; on one 2-core
- * node with the file in the page cache it measured ~4% slower (35 vs 14-30 ms of read per job),
- * so it is not the default until measured where it should pay. */
+ * rank, which the cost model (bench/NOTES_SCALING.md) expects to matter at 8 GPUs on a parallel
+ * file system; with one node reading from the page cache no gain was seen, so it is not the
+ * default until it is benchmarked where it should pay. */
 static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t n, float *q,
                         int check_finite) {
     const int P = p->nranks;
