@@ -158,6 +158,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     if (p->eng->device_merge) {                    /* merged on the device: the owner fetches */
         if (p->eng->merge_wait(p->eng->ctx, slot)) fa_fail("%s", fa_errmsg());
         p->st->t_wait += fa_now() - t0;
+        t0 = fa_now();
         if (owner(p, i) == p->rank) {
             if (p->eng->fetch(p->eng->ctx, slot, n, p->o_out, p->lse_out)) fa_fail("%s", fa_errmsg());
             p->pend_b = b;
@@ -167,6 +168,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     } else {
         MPI_Wait(&p->req[slot], MPI_STATUS_IGNORE);
         p->st->t_wait += fa_now() - t0;
+        t0 = fa_now();
     }
     if (!p->eng->device_merge && owner(p, i) == p->rank) {
         const float *rec = p->rec[slot];
@@ -176,6 +178,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
         p->pend_r0 = r0;
         p->pend_n = n;
     }
+    p->st->t_final += fa_now() - t0;
     progress_chunk(p->pg, pipeline_flops(p->job, p->s, r0, n));
     int64_t G = group_size(p);
     if (i % G == G - 1 || i == p->nchunks - 1) return write_group(p, i + 1);
@@ -295,6 +298,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     int rc = 0;
     float scale = (float)(job->scale > 0 ? job->scale : 1.0 / sqrt((double)D));
 
+    st->t_setup = fa_now() - t_start;
     const char *cp = getenv("FA_CHECKPOINT_SECONDS");
     p.checkpoint_s = cp ? atof(cp) : 60.0;
     p.last_checkpoint = fa_now();
@@ -313,6 +317,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
             if (rc) break;
             if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
             cur_b = b;
+            st->t_kv += fa_now() - t0;
         }
         rc = read_queries(&p, in, b, r0, n, qbuf, !job->allow_nonfinite);
         if (rc) break;

@@ -55,6 +55,9 @@ void engine_free(pipe_engine *e);
 
 typedef struct pipeline_stats {
     double t_read, t_compute, t_wait, t_write, t_total;
+    double t_setup;          /* engine and buffers, before the first chunk */
+    double t_kv;             /* of t_read: this rank's keys and values, read and loaded */
+    double t_final;          /* merged rows to the host and finalized (o/l, lse) */
     int64_t bytes_reduced;   /* record bytes this rank contributed to merges */
     int64_t bytes_h2d, bytes_d2h;   /* host<->device traffic of a GPU engine */
     int64_t bytes_paged;     /* of which key/value blocks paged from pinned host memory */

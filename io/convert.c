@@ -62,40 +62,83 @@ static void f32_to_f16(const float *s, uint16_t *d, int64_t n) {
     for (; i < n; i++) d[i] = fa_f32_to_f16_ref(s[i]);
 }
 
-/* src may also lie in the tail of dst (the last n * size bytes of dst[0..n)): every loop runs
- * front to back and reads an element (or 8) before writing over it, so h5in widens in place. */
-void fa_to_f32(fa_dtype t, const void *src, float *dst, int64_t n) {
+/* One thread's share of a conversion to fp32: elements [a, b). */
+static void to_f32_range(fa_dtype t, const void *src, float *dst, int64_t a, int64_t b) {
     switch (t) {
-    case FA_F32: if ((const void *)dst != src) memmove(dst, src, (size_t)n * 4); break;
-    case FA_F16: f16_to_f32(src, dst, n); break;
+    case FA_F32: memmove(dst + a, (const float *)src + a, (size_t)(b - a) * 4); break;
+    case FA_F16: f16_to_f32((const uint16_t *)src + a, dst + a, b - a); break;
     case FA_BF16: {
         const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = fa_bf16_to_f32_ref(s[i]);
+        for (int64_t i = a; i < b; i++) dst[i] = fa_bf16_to_f32_ref(s[i]);
         break;
     }
     case FA_F64: {
         const double *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = (float)s[i];
+        for (int64_t i = a; i < b; i++) dst[i] = (float)s[i];
         break;
     }
     }
 }
 
-void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n) {
+/* Below this many elements one thread converts (a thread team costs more than it saves). */
+#define PAR_MIN 65536
+
+static void to_f32_par(fa_dtype t, const void *src, float *dst, int64_t a, int64_t b) {
+    if (b - a < PAR_MIN) { to_f32_range(t, src, dst, a, b); return; }
+    const int64_t step = 16384;              /* elements per task: 64 KiB of fp32 */
+#pragma omp parallel for schedule(static)
+    for (int64_t x = a; x < b; x += step) to_f32_range(t, src, dst, x, x + step < b ? x + step : b);
+}
+
+/* float32 to float32 with src == dst does nothing; otherwise src and dst of float32 and
+ * float64 do not overlap. src may also lie in the tail of dst (the last n * size bytes of dst[0..n)): h5in widens in
+ * place. Element i's fp32 lands on bytes [4i, 4i+4); the source of element j starts at byte
+ * T + e·j (T = n·(4-e), e = element size). Once [0, a) is converted, the elements [a, b) can be
+ * converted together in any order when their destinations end before the first source byte
+ * still unread: 4b <= T + e·a. So the work goes in rounds, each converting (in parallel) all it
+ * safely can: for 16-bit types half of what is left, then the next half, and so on; the last
+ * few elements go one thread, front to back (each element is read before it is written over). */
+void fa_to_f32(fa_dtype t, const void *src, float *dst, int64_t n) {
+    const int e = fa_dtype_size(t);
+    const char *s0 = src, *d0 = (const char *)dst;
+    if (t == FA_F32 && s0 == d0) return;
+    int in_place = e < 4 && s0 >= d0 && s0 < d0 + (size_t)n * 4;
+    if (!in_place) { to_f32_par(t, src, dst, 0, n); return; }
+    const int64_t T = (int64_t)(s0 - d0);
+    int64_t a = 0;
+    while (n - a >= PAR_MIN) {
+        int64_t b = (T + (int64_t)e * a) / 4;   /* 4b <= T + e·a */
+        if (b > n) b = n;
+        if (b - a < PAR_MIN) break;
+        to_f32_par(t, src, dst, a, b);
+        a = b;
+    }
+    to_f32_range(t, src, dst, a, n);
+}
+
+static void from_f32_range(fa_dtype t, const float *src, void *dst, int64_t a, int64_t b) {
     switch (t) {
-    case FA_F32: memmove(dst, src, (size_t)n * 4); break;
-    case FA_F16: f32_to_f16(src, dst, n); break;
+    case FA_F32: memmove((float *)dst + a, src + a, (size_t)(b - a) * 4); break;
+    case FA_F16: f32_to_f16(src + a, (uint16_t *)dst + a, b - a); break;
     case FA_BF16: {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = fa_f32_to_bf16_ref(src[i]);
+        for (int64_t i = a; i < b; i++) d[i] = fa_f32_to_bf16_ref(src[i]);
         break;
     }
     case FA_F64: {
         double *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = (double)src[i];
+        for (int64_t i = a; i < b; i++) d[i] = (double)src[i];
         break;
     }
     }
+}
+
+/* src and dst do not overlap (callers convert into a separate staging buffer). */
+void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n) {
+    if (n < PAR_MIN) { from_f32_range(t, src, dst, 0, n); return; }
+    const int64_t step = 16384;
+#pragma omp parallel for schedule(static)
+    for (int64_t x = 0; x < n; x += step) from_f32_range(t, src, dst, x, x + step < n ? x + step : n);
 }
 
 void fa_byteswap(void *buf, int size, int64_t n) {

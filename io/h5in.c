@@ -248,11 +248,20 @@ static int64_t first_nonfinite(const h5in *f, int idx, int64_t b, const row_rang
     int64_t best = -1, at = 0;
     for (int i = 0; i < nr; at += r[i].n * row_el, i++) {
         const float *x = dst + at;
-        for (int64_t e = 0; e < r[i].n * row_el; e++) {
-            if ((fa_f32_bits(x[e]) & 0x7f800000u) != 0x7f800000u) continue;
-            int64_t g = (b * N + r[i].start) * row_el + e;
+        const int64_t len = r[i].n * row_el;
+        int64_t first = len;                 /* the range's first non-finite element, in parallel */
+#pragma omp parallel for reduction(min : first) schedule(static) if (len > 65536)
+        for (int64_t e0 = 0; e0 < len; e0 += 16384) {
+            const int64_t e1 = e0 + 16384 < len ? e0 + 16384 : len;
+            for (int64_t e = e0; e < e1; e++)
+                if ((fa_f32_bits(x[e]) & 0x7f800000u) == 0x7f800000u) {
+                    if (e < first) first = e;
+                    break;
+                }
+        }
+        if (first < len) {
+            const int64_t e = first, g = (b * N + r[i].start) * row_el + e;
             if (best < 0 || g < best) best = g, *what = x[e] != x[e] ? "NaN" : x[e] > 0 ? "+Inf" : "-Inf";
-            break;
         }
     }
     return best;

@@ -44,7 +44,7 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 }
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
-       S_COMM, S_EXPOSED, S_RSS, S_N };
+       S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_N };
 
 static double maxrss_mib(void) {      /* this process's peak resident memory */
     struct rusage ru;
@@ -57,7 +57,7 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     double mine[S_N] = {st->t_read, st->t_compute, st->t_wait, st->t_write, st->work_pairs,
                         (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
-                        maxrss_mib()};
+                        maxrss_mib(), st->t_setup, st->t_kv, st->t_final};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     r->json = NULL;
@@ -93,12 +93,20 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
         fa_dtype_name(s->q_type));
     put(&b, "  \"elapsed_s\": ");
     put_num(&b, elapsed);
-    put(&b, ",\n  \"phases_s\": {\"read\": ");
+    /* the slowest rank's time in each phase; read_kv is the part of read spent on this rank's
+     * keys and values; finalize brings merged rows to the host (o/l, lse) */
+    put(&b, ",\n  \"phases_s\": {\"setup\": ");
+    put_num(&b, mx[S_SETUP]);
+    put(&b, ", \"read\": ");
     put_num(&b, mx[S_READ]);
+    put(&b, ", \"read_kv\": ");
+    put_num(&b, mx[S_KV]);
     put(&b, ", \"compute\": ");
     put_num(&b, mx[S_COMPUTE]);
     put(&b, ", \"merge_wait\": ");
     put_num(&b, mx[S_WAIT]);
+    put(&b, ", \"finalize\": ");
+    put_num(&b, mx[S_FINAL]);
     put(&b, ", \"write\": ");
     put_num(&b, mx[S_WRITE]);
     put(&b, "},\n  \"flops\": ");
@@ -131,9 +139,9 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
         put(&b, "%s\n    {\"rank\": %d, \"read_s\": %.6f, \"compute_s\": %.6f, \"merge_wait_s\": "
                 "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
                 "\"comm_s\": %.6f, \"compute_idle_s\": %.6f, \"paged_bytes\": %.0f, "
-                "\"maxrss_mib\": %.1f}",
+                "\"maxrss_mib\": %.1f, \"setup_s\": %.6f, \"read_kv_s\": %.6f, \"finalize_s\": %.6f}",
             k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
-            v[S_COMM], v[S_EXPOSED], v[S_PAGED], v[S_RSS]);
+            v[S_COMM], v[S_EXPOSED], v[S_PAGED], v[S_RSS], v[S_SETUP], v[S_KV], v[S_FINAL]);
     }
     put(&b, "\n  ]");
     if (check) {

@@ -85,9 +85,9 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
             fa_nranks == 1 ? "" : "s", fa_backend_name(be), elapsed, flops / elapsed * 1e-9,
             job->mode == MODE_TAYLOR ? " (exact attention's FLOPs, for comparison)" : "");
     fprintf(stderr,
-            "fa_long: rank 0 times: read %.3f s, compute %.3f s, merge wait %.3f s, write %.3f s; "
-            "compute max/mean %.3f; merged %.1f MB\n",
-            st->t_read, st->t_compute, st->t_wait, st->t_write,
+            "fa_long: rank 0 times: setup %.3f s, read %.3f s (keys %.3f s), compute %.3f s, merge "
+            "wait %.3f s, finalize %.3f s, write %.3f s; compute max/mean %.3f; merged %.1f MB\n",
+            st->t_setup, st->t_read, st->t_kv, st->t_compute, st->t_wait, st->t_final, st->t_write,
             sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
 }
 

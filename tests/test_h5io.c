@@ -23,6 +23,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int npass, nfail, me, np_;
@@ -213,6 +214,39 @@ static void test_f32_sweep(fa_dtype t) {
           "in double (%lld bad)", fa_dtype_name(t), (long long)total, (long long)bad_fast,
           (long long)bad_near);
     free(x), free(fast);
+}
+
+/* Widening in place (the 16-bit values in the tail of the fp32 buffer, as h5in reads them) at
+ * sizes where the conversion runs in parallel rounds, and the parallel narrowing: both equal the
+ * scalar reference element by element. Sizes are odd so the rounds and tasks end unevenly. */
+static void test_in_place_widening(fa_dtype t) {
+    uint64_t x = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)t;
+    printf("# in-place widening of random %s patterns, seed %llu\n", fa_dtype_name(t), (unsigned long long)x);
+    x |= 1;
+    const int64_t sizes[3] = {65537, 1000003, 3 * 1048576 + 17};
+    for (int k = 0; k < 3; k++) {
+        const int64_t n = sizes[k];
+        float *buf = fa_malloc((size_t)n * 4, "widen");
+        uint16_t *h = fa_malloc((size_t)n * 2, "patterns"), *back = fa_malloc((size_t)n * 2, "back");
+        for (int64_t i = 0; i < n; i++) x ^= x >> 12, x ^= x << 25, x ^= x >> 27, h[i] = (uint16_t)((x * 2685821657736338717ull) >> 48);
+        uint16_t *tail = (uint16_t *)((char *)buf + n * 2);
+        memcpy(tail, h, (size_t)n * 2);
+        fa_to_f32(t, tail, buf, n);
+        int64_t bad = 0, bad_back = 0;
+        for (int64_t i = 0; i < n; i++) {
+            float r = t == FA_F16 ? fa_f16_to_f32_ref(h[i]) : fa_bf16_to_f32_ref(h[i]);
+            bad += r != r ? buf[i] == buf[i] : fa_f32_bits(buf[i]) != fa_f32_bits(r);   /* F16C quiets NaNs */
+        }
+        fa_from_f32(t, buf, back, n);
+        for (int64_t i = 0; i < n; i++) {
+            int nan = buf[i] != buf[i];
+            bad_back += nan ? (back[i] & 0x7fff) <= (t == FA_F16 ? 0x7c00 : 0x7f80) : back[i] != h[i];
+        }
+        check(!bad && !bad_back, "%s: %lld values widened in place (%lld differ from the reference), "
+              "narrowed back (%lld differ)", fa_dtype_name(t), (long long)n, (long long)bad,
+              (long long)bad_back);
+        free(buf), free(h), free(back);
+    }
 }
 
 static void test_f64_and_swap(void) {
@@ -929,6 +963,8 @@ int main(int argc, char **argv) {
             test_16bit_exhaustive(FA_BF16);
             test_f32_sweep(FA_F16);
             test_f32_sweep(FA_BF16);
+            test_in_place_widening(FA_F16);
+            test_in_place_widening(FA_BF16);
             test_f64_and_swap();
             test_read_types(dir);
             test_read_capped(dir);

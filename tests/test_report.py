@@ -38,6 +38,12 @@ def test_report_and_check(tmp_path):
     assert pairs == 2 * 4 * 300 * 301 / 2
     assert r["flops"] == 4 * 32 * pairs
     assert 0 < r["phases_s"]["compute"] <= r["elapsed_s"]
+    # every rank's phases are disjoint intervals of its run: their sum fits in the elapsed time
+    for x in r["per_rank"]:
+        parts = ("setup_s", "read_s", "compute_s", "merge_wait_s", "finalize_s", "write_s")
+        assert all(x[k] >= 0 for k in parts) and x["finalize_s"] > 0
+        assert sum(x[k] for k in parts) <= r["elapsed_s"] * 1.001 + 1e-3
+        assert 0 < x["read_kv_s"] <= x["read_s"]
     assert r["bytes"]["merge_network"] > 0
     assert r["imbalance_compute_max_over_mean"] >= 1.0
     assert r["check"]["pass"] is True and r["check"]["rows"] == 25

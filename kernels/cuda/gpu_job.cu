@@ -210,12 +210,7 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
             cudaCheck(cudaEventCreate(&g->copy0[r]));
             cudaCheck(cudaEventCreate(&g->copy1[r]));
         }
-        g->blocks_cap = (pl->paged_rows + pl->block_rows - 1) / pl->block_rows + 64;
-        if (cudaMallocHost((void **)&g->host_blocks, (size_t)g->blocks_cap * pl->block_bytes) != cudaSuccess) {
-            cudaGetLastError();
-            ok = 0;
-            fa_seterr("cannot pin %.2f GiB of host memory for paged keys", g->blocks_cap * (double)pl->block_bytes / 1073741824.0);
-        }
+        /* the pinned host blocks are sized in gpu_job_load_kv, from the segments */
     }
     g->q = (void **)fa_calloc(S, sizeof(void *), "slots");
     g->rec = (float **)fa_calloc(S, sizeof(float *), "slots");
@@ -305,7 +300,10 @@ static void upload(gpu_job *g, const float *src, int64_t n, int heads, void *dst
     for (int64_t r = 0; r < n; r += per) {
         int64_t m = n - r < per ? n - r : per;
         cudaCheck(cudaEventSynchronize(g->stage_free));         /* the staging buffer is free */
-        memcpy(g->h_stage, src + r * row, (size_t)(m * row) * 4);
+        const int64_t nf = m * row, step = (int64_t)1 << 18;   /* 1 MiB pieces, copied in parallel */
+#pragma omp parallel for schedule(static) if (nf > step)
+        for (int64_t x = 0; x < nf; x += step)
+            memcpy(g->h_stage + x, src + r * row + x, (size_t)((nf - x < step ? nf - x : step) * 4));
         cudaCheck(cudaMemcpyAsync(g->d_stage, g->h_stage, (size_t)(m * row) * 4, cudaMemcpyHostToDevice, g->compute));
         g->st.bytes_h2d += m * row * 4;
         const int d = (int)g->D;
@@ -358,7 +356,28 @@ extern "C" int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nseg
     g->pieces = (piece *)fa_calloc((size_t)cap, sizeof(piece), "key pieces");
     g->npieces = 0;
     g->nblocks = 0;
-    int64_t res_left = pl->resident_rows, off = 0;
+    /* pinned host memory for exactly the blocks these segments page (a segment's last block may
+     * be partial); kept for the next batch element when it is large enough */
+    int64_t need = 0, res_left = pl->resident_rows, off = 0;
+    for (int i = 0; i < nsegs; i++) {
+        int64_t n = segs[i].n, take = res_left < n ? res_left : n;
+        if (n <= 0) continue;
+        if (take > 0 && off + take <= g->res_cap) res_left -= take, off += (take + 63) / 64 * 64;
+        else take = 0;
+        if (pl->block_rows > 0) need += (n - take + pl->block_rows - 1) / pl->block_rows;
+    }
+    if (need > g->blocks_cap) {
+        if (g->host_blocks) cudaCheck(cudaFreeHost(g->host_blocks));
+        g->host_blocks = NULL;
+        g->blocks_cap = 0;
+        if (cudaMallocHost((void **)&g->host_blocks, (size_t)need * pl->block_bytes) != cudaSuccess) {
+            cudaGetLastError();
+            return fa_seterr("GPU %d: cannot pin %.2f GiB of host memory for %lld paged key blocks", g->c.device,
+                             need * (double)pl->block_bytes / 1073741824.0, (long long)need);
+        }
+        g->blocks_cap = need;
+    }
+    res_left = pl->resident_rows, off = 0;
     for (int i = 0; i < nsegs; i++) {
         int64_t n = segs[i].n, done = 0;
         if (n <= 0) continue;
@@ -552,7 +571,9 @@ extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, 
     cudaCheck(cudaMemcpyAsync(g->h_out, g->o_fin[slot], (size_t)(rows * D) * 4, cudaMemcpyDeviceToHost, g->comm));
     cudaCheck(cudaMemcpyAsync(g->h_out + rows * D, g->lse_fin[slot], (size_t)rows * 4, cudaMemcpyDeviceToHost, g->comm));
     cudaCheck(cudaStreamSynchronize(g->comm));
-    memcpy(o, g->h_out, (size_t)(rows * D) * 4);
+    const int64_t nf = rows * D, step = (int64_t)1 << 18;   /* 1 MiB pieces, in parallel */
+#pragma omp parallel for schedule(static) if (nf > step)
+    for (int64_t x = 0; x < nf; x += step) memcpy(o + x, g->h_out + x, (size_t)((nf - x < step ? nf - x : step) * 4));
     memcpy(lse, g->h_out + rows * D, (size_t)rows * 4);
     g->st.bytes_d2h += rows * (D + 1) * 4;
     g->merging[slot] = 0;
