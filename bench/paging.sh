@@ -15,6 +15,7 @@
 # Rows go to bench/results/paging_<card>.csv
 #   n,heads,kv_heads,d,causal,budget_bytes,compute_s,resident_compute_s,paged_bytes,link_gbps
 # and the full reports to bench/results/paging_<card>_*.json. The table is printed last.
+# SKIP_BIG=1: not the 4M job; ONLY_BIG=1: only the 4M job.
 set -eu
 cd "$(dirname "$0")/.."
 N=${1:-262144}
@@ -29,6 +30,7 @@ CSV=$RES/paging_$CARD.csv
 DATE=$(date -u +%Y-%m-%dT%H:%MZ)
 export OMP_NUM_THREADS=$(nproc)
 
+if [ "${ONLY_BIG:-0}" != 1 ]; then
 ./fa_long gen -o "$T/in.h5" -n "$N" --heads $H --kv-heads $HKV -d $D --dtype bfloat16 --seed 7 -f
 # budget = the chunk buffers + a ring of three 32K-key blocks + 1/8 of the keys' bytes
 PER_KEY=$((2 * HKV * D * 2))
@@ -58,6 +60,26 @@ PY
 done
 cp "$T/rows.csv" "$CSV"
 
+KERNEL=$(awk -F, '$1 == 262144 && $3 == 128 {printf "%s%s=%s", sep, ($4 ? "causal" : "full"), $5; sep=" "}' "$RES/kernel_$CARD.csv" 2>/dev/null || true)
+python3 - "$RES" "$CARD" "$DATE" "$KERNEL" <<'PY'
+import json, sys
+res, card, date, kernel = sys.argv[1:5]
+print(f"\n# fa_long GPU job, {card}, {date}: N=262144 (or as given), H=32, Hkv=8, D=128, bf16 file, 1 rank")
+print(f"# kernel's own figure at 256K (bench/results/kernel_{card}.csv, an earlier run): {kernel or 'n/a'} TFLOP/s")
+print(f"{'job':<22}{'setup s':>8}{'read s':>8}{'(keys)':>8}{'compute s':>10}{'merge s':>9}{'final s':>8}{'write s':>9}{'total s':>9}{'compute TF/s':>13}{'paged GB':>10}{'link GB/s':>10}")
+for c in (0, 1):
+    for kind in ("res", "pg"):
+        r = json.load(open(f"{res}/paging_{card}_{kind}_c{c}.json"))
+        ph = r["phases_s"]
+        print(f"{('causal ' if c else 'full ') + ('resident' if kind == 'res' else 'paged 1/8'):<22}{ph.get('setup', 0):8.2f}"
+              f"{ph['read']:8.2f}{ph.get('read_kv', 0):8.2f}{ph['compute']:10.2f}"
+              f"{r['merge']['comm_s']:9.2f}{ph.get('finalize', 0):8.2f}{ph['write']:9.2f}{r['elapsed_s']:9.2f}{r['compute_tflops']:13.1f}"
+              f"{r['bytes']['paged'] / 1e9:10.2f}{r['paging']['link_gbps']:10.1f}")
+    a = json.load(open(f"{res}/paging_{card}_res_c{c}.json"))["phases_s"]["compute"]
+    b = json.load(open(f"{res}/paging_{card}_pg_c{c}.json"))["phases_s"]["compute"]
+    print(f"{'':<22}paged/resident compute time: {b / a:.3f}")
+PY
+fi
 [ "${SKIP_BIG:-0}" = 1 ] && exit 0
 # keys past the budget: 4M keys (16 GB in bf16) under an 8 GiB budget, 4096 queries
 ./fa_long gen -o "$T/big.h5" --nq 4096 --nk 4M --heads $H --kv-heads $HKV -d $D --dtype bfloat16 --seed 9 -f
@@ -65,24 +87,11 @@ rm -f "$T/in.h5"
 ./fa_long -i "$T/big.h5" -o "$T/big_out.h5" --causal --lse -f --device-mem 8G --report "$RES/paging_${CARD}_4M.json"
 ./fa_long check -i "$T/big.h5" -o "$T/big_out.h5" --rows 4 | tee "$RES/paging_${CARD}_4M_check.txt"
 
-KERNEL=$(awk -F, '$1 == 262144 && $3 == 128 {printf "%s%s=%s", sep, ($4 ? "causal" : "full"), $5; sep=" "}' "$RES/kernel_$CARD.csv" 2>/dev/null || true)
-python3 - "$RES" "$CARD" "$DATE" "$KERNEL" <<'PY'
+python3 - "$RES/paging_${CARD}_4M.json" <<'PY'
 import json, sys
-res, card, date, kernel = sys.argv[1:5]
-print(f"\n# fa_long GPU job, {card}, {date}: N=262144 (or as given), H=32, Hkv=8, D=128, bf16 file, 1 rank")
-print(f"# kernel's own figure at 256K (bench/results/kernel_{card}.csv, an earlier run): {kernel or 'n/a'} TFLOP/s")
-print(f"{'job':<22}{'read s':>8}{'compute s':>10}{'merge s':>9}{'write s':>9}{'total s':>9}{'compute TF/s':>13}{'paged GB':>10}{'link GB/s':>10}")
-for c in (0, 1):
-    for kind in ("res", "pg"):
-        r = json.load(open(f"{res}/paging_{card}_{kind}_c{c}.json"))
-        ph = r["phases_s"]
-        print(f"{('causal ' if c else 'full ') + ('resident' if kind == 'res' else 'paged 1/8'):<22}{ph['read']:8.2f}{ph['compute']:10.2f}"
-              f"{r['merge']['comm_s']:9.2f}{ph['write']:9.2f}{r['elapsed_s']:9.2f}{r['compute_tflops']:13.1f}"
-              f"{r['bytes']['paged'] / 1e9:10.2f}{r['paging']['link_gbps']:10.1f}")
-    a = json.load(open(f"{res}/paging_{card}_res_c{c}.json"))["phases_s"]["compute"]
-    b = json.load(open(f"{res}/paging_{card}_pg_c{c}.json"))["phases_s"]["compute"]
-    print(f"{'':<22}paged/resident compute time: {b / a:.3f}")
-r = json.load(open(f"{res}/paging_{card}_4M.json"))
-print(f"4M keys, 8 GiB budget: total {r['elapsed_s']:.1f} s, compute {r['phases_s']['compute']:.2f} s, "
-      f"{r['compute_tflops']:.1f} TF/s, paged {r['bytes']['paged'] / 1e9:.1f} GB at {r['paging']['link_gbps']:.1f} GB/s")
+r = json.load(open(sys.argv[1]))
+ph = r["phases_s"]
+print(f"4M keys, 8 GiB budget: total {r['elapsed_s']:.1f} s (read {ph['read']:.1f}, of which keys {ph.get('read_kv', 0):.1f}), "
+      f"compute {ph['compute']:.2f} s, {r['compute_tflops']:.1f} TF/s, paged {r['bytes']['paged'] / 1e9:.1f} GB at "
+      f"{r['paging']['link_gbps']:.1f} GB/s")
 PY
