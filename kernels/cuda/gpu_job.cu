@@ -59,7 +59,7 @@ struct gpu_job {
     void **q;
     float **rec, **mbuf, **o_fin, **lse_fin;
     cudaEvent_t *c0, *c1, *m0, *m1;
-    int *computed, *merging;
+    int *computed, *merging, *finalized;
     /* staging */
     float *h_stage, *d_stage, *h_out;
     int64_t stage_floats;
@@ -223,6 +223,7 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     g->m1 = (cudaEvent_t *)fa_calloc(S, sizeof(cudaEvent_t), "slots");
     g->computed = (int *)fa_calloc(S, sizeof(int), "slots");
     g->merging = (int *)fa_calloc(S, sizeof(int), "slots");
+    g->finalized = (int *)fa_calloc(S, sizeof(int), "slots");
     for (int s = 0; s < S && ok; s++) {
         ok = (g->q[s] = dalloc((size_t)H * R * D * g->es, "query chunk", cfg->device)) &&
              (g->rec[s] = (float *)dalloc((size_t)R * H * (D + 2) * 4, "chunk state", cfg->device)) &&
@@ -277,7 +278,7 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
         if (g->copy1[r]) cudaEventDestroy(g->copy1[r]);
     }
     free(g->q); free(g->rec); free(g->mbuf); free(g->o_fin); free(g->lse_fin);
-    free(g->c0); free(g->c1); free(g->m0); free(g->m1); free(g->computed); free(g->merging);
+    free(g->c0); free(g->c1); free(g->m0); free(g->m1); free(g->computed); free(g->merging); free(g->finalized);
     cudaFree(g->k_res);
     cudaFree(g->vt_res);
     cudaFree(g->d_stage);
@@ -495,6 +496,7 @@ extern "C" int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) {
     cudaCheck(cudaEventRecord(g->c1[slot], g->compute));
     g->computed[slot] = 1;
     g->merging[slot] = 0;
+    g->finalized[slot] = 0;
     return 0;
 }
 
@@ -522,6 +524,19 @@ extern "C" int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec
 
 extern "C" int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) {
     cudaCheck(cudaSetDevice(g->c.device));
+    if (g->c.nccl_size <= 1) {
+        /* one rank: nothing to merge; finalize on the compute stream right behind the chunk, so
+         * the result is ready when the host asks (a kernel on another stream would wait for the
+         * next chunk's kernels to leave it room on the SMs) */
+        const int64_t rows = n * g->c.h;
+        cudaCheck(cudaEventRecord(g->m0[slot], g->compute));
+        rec_final<<<grid_for(rows, 8), dim3(32, 8), 0, g->compute>>>(g->rec[slot], NULL, g->o_fin[slot], g->lse_fin[slot], rows, (int)g->D);
+        cudaCheck(cudaGetLastError());
+        cudaCheck(cudaEventRecord(g->m1[slot], g->compute));
+        g->merging[slot] = 1;
+        g->finalized[slot] = 1;
+        return 0;
+    }
     cudaCheck(cudaStreamWaitEvent(g->comm, g->c1[slot], 0));
     cudaCheck(cudaEventRecord(g->m0[slot], g->comm));
     const int64_t rows = n * g->c.h;
@@ -566,8 +581,11 @@ extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, 
     const float *mg = g->merging[slot] && g->c.nccl_size > 1 ? g->mbuf[slot] : NULL;
     if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->comm, g->m1[slot], 0));
     else cudaCheck(cudaStreamWaitEvent(g->comm, g->c1[slot], 0));
-    rec_final<<<grid_for(rows, 8), blk, 0, g->comm>>>(g->rec[slot], mg, g->o_fin[slot], g->lse_fin[slot], rows, (int)D);
-    cudaCheck(cudaGetLastError());
+    if (!g->finalized[slot]) {
+        rec_final<<<grid_for(rows, 8), blk, 0, g->comm>>>(g->rec[slot], mg, g->o_fin[slot], g->lse_fin[slot], rows, (int)D);
+        cudaCheck(cudaGetLastError());
+    }
+    g->finalized[slot] = 0;
     cudaCheck(cudaMemcpyAsync(g->h_out, g->o_fin[slot], (size_t)(rows * D) * 4, cudaMemcpyDeviceToHost, g->comm));
     cudaCheck(cudaMemcpyAsync(g->h_out + rows * D, g->lse_fin[slot], (size_t)rows * 4, cudaMemcpyDeviceToHost, g->comm));
     cudaCheck(cudaStreamSynchronize(g->comm));
