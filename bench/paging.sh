@@ -52,7 +52,7 @@ def o_f32(path):
     type is a generic soft conversion, minutes at this size) and widened here."""
     d = h5py.File(path, "r")["o"]
     t = d.id.get_type()
-    if t.get_class() == h5py.h5t.FLOAT and t.get_size() == 2 and t.get_fields()[3] == 7:
+    if t.get_class() == h5py.h5t.FLOAT and t.get_size() == 2 and t.get_fields()[4] == 7:
         bits = np.empty(d.shape, np.uint16)
         d.id.read(h5py.h5s.ALL, h5py.h5s.ALL, bits, mtype=t)
         return (bits.astype(np.uint32) << 16).view(np.float32)

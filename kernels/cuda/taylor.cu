@@ -56,6 +56,7 @@ struct taylor_gpu {
     const attn_kv_segment *segs;
     int nsegs;
     float *host_rec;          /* pinned copy of the chunk's records */
+    float *host_q;            /* pinned copy of the chunk's queries */
     int64_t *host_cnt;
     cudaStream_t stream;
 };
@@ -160,13 +161,17 @@ __global__ void prefix_kernel(double *__restrict__ run, const float *__restrict_
 }
 
 /* One block per (query head hh = blockIdx.x, tile = blockIdx.y) of rows [r0 + tile*TT, ...).
- * Dynamic shared memory: qs [TT][d] (scaled queries), x [TT][TT], kt, vt [TT][d]. */
+ * Dynamic shared memory: qs [TT][d+1] (scaled queries), x [TT][TT+1], kt [TT][d+1], vt [TT][d].
+ * The +1 pads keep the loops where a warp's threads walk rows (x = q k^T, lin) on 32 different
+ * banks: unpadded, a row stride of d (a multiple of 32) put all 32 threads on one bank, and that
+ * 32-way conflict was most of the kernel's time (0.6 us per row and head on the H100). */
 __global__ void out_kernel(const float *__restrict__ q, const float *__restrict__ kh,
                            const float *__restrict__ v, const float *__restrict__ st,
                            const int64_t *__restrict__ cnt, float *__restrict__ rec, int64_t cap,
                            int h, int hkv, int d, float scale, int64_t r0, int64_t nr, int moving) {
     extern __shared__ float sm[];
-    float *qs = sm, *x = qs + TT * d, *kt = x + TT * TT, *vt = kt + TT * d;
+    const int dp = d + 1, xp = TT + 1;                 /* padded row strides */
+    float *qs = sm, *x = qs + TT * dp, *kt = x + TT * xp, *vt = kt + TT * dp;
     int hh = blockIdx.x, tile = blockIdx.y, g = hh / (h / hkv);
     int64_t a = r0 + (int64_t)tile * TT;
     int n = (int)(r0 + nr - a < TT ? r0 + nr - a : TT);
@@ -177,8 +182,8 @@ __global__ void out_kernel(const float *__restrict__ q, const float *__restrict_
     int m = (int)(cnt[a + n - 1] - k0);
     for (int i = threadIdx.x; i < TT * d; i += blockDim.x) {
         int r = i / d, c = i % d;
-        qs[i] = r < n ? scale * q[((a + r) * h + hh) * d + c] : 0.f;
-        kt[i] = r < m ? kh[((int64_t)g * cap + k0 + r) * d + c] : 0.f;
+        qs[r * dp + c] = r < n ? scale * q[((a + r) * h + hh) * d + c] : 0.f;
+        kt[r * dp + c] = r < m ? kh[((int64_t)g * cap + k0 + r) * d + c] : 0.f;
         vt[i] = r < m ? v[((int64_t)g * cap + k0 + r) * d + c] : 0.f;
     }
     __syncthreads();
@@ -186,8 +191,8 @@ __global__ void out_kernel(const float *__restrict__ q, const float *__restrict_
         int r = i / TT, t = i % TT;
         float s = 0.f;
         if (r < n && t < m && k0 + t < cnt[a + r])
-            for (int c = 0; c < d; c++) s += qs[r * d + c] * kt[t * d + c];
-        x[i] = s;
+            for (int c = 0; c < d; c++) s += qs[r * dp + c] * kt[t * dp + c];
+        x[r * xp + t] = s;
     }
     __syncthreads();
     /* column c = tid % d, rows rg, rg + RG, ...: one load of S[i][c] serves every row */
@@ -201,7 +206,7 @@ __global__ void out_kernel(const float *__restrict__ q, const float *__restrict_
             float s = S[(int64_t)i * d + c];
 #pragma unroll
             for (int u = 0; u < TT; u++)
-                if (rg + u * RG < n) acc[u] += qs[(rg + u * RG) * d + i] * s;
+                if (rg + u * RG < n) acc[u] += qs[(rg + u * RG) * dp + i] * s;
         }
 #pragma unroll
         for (int u = 0; u < TT; u++) {
@@ -209,7 +214,7 @@ __global__ void out_kernel(const float *__restrict__ q, const float *__restrict_
             if (r >= n) continue;
             float o = acc[u], sv = svs[c];
             int vis = (int)(cnt[a + r] - k0);
-            for (int t = 0; t < m; t++) o += x[r * TT + t] * vt[t * d + c];
+            for (int t = 0; t < m; t++) o += x[r * xp + t] * vt[t * d + c];
             for (int t = 0; t < vis; t++) sv += vt[t * d + c];
             float *rr = rec + ((a + r) * h + hh) * R;
             rr[2 + c] = sv;
@@ -218,8 +223,8 @@ __global__ void out_kernel(const float *__restrict__ q, const float *__restrict_
     }
     for (int r = threadIdx.x; r < n; r += blockDim.x) {
         float lin = 0.f;
-        for (int i = 0; i < d; i++) lin += qs[r * d + i] * z[i];
-        for (int t = 0; t < TT; t++) lin += x[r * TT + t];
+        for (int i = 0; i < d; i++) lin += qs[r * dp + i] * z[i];
+        for (int t = 0; t < TT; t++) lin += x[r * xp + t];
         float *rr = rec + ((a + r) * h + hh) * R;
         rr[0] = (float)cnt[a + r];
         rr[1] = lin;
@@ -228,7 +233,7 @@ __global__ void out_kernel(const float *__restrict__ q, const float *__restrict_
 
 /* ---- host side ---------------------------------------------------------------------------------- */
 
-static int out_smem(int d) { return (int)sizeof(float) * (3 * TT * d + TT * TT); }
+static int out_smem(int d) { return (int)sizeof(float) * (TT * (d + 1) * 2 + TT * d + TT * (TT + 1)); }
 
 extern "C" int taylor_gpu_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv,
                                  int d, taylor_gpu **out) {
@@ -264,6 +269,7 @@ extern "C" int taylor_gpu_create(int device, int64_t kv_rows, int64_t max_rows, 
     tcheck(cudaMalloc(&e->st, sizeof(float) * (size_t)(BLOCK_TILES * hkv * e->P)));
     tcheck(cudaMalloc(&e->ds, sizeof(float) * (size_t)(BLOCK_TILES * hkv * e->P)));
     tcheck(cudaMallocHost(&e->host_rec, sizeof(float) * (size_t)(e->max_rows * h * R)));
+    tcheck(cudaMallocHost(&e->host_q, sizeof(float) * (size_t)(e->max_rows * h * d)));
     tcheck(cudaMallocHost(&e->host_cnt, sizeof(int64_t) * (size_t)(e->max_rows + e->nblocks_max * (BLOCK_TILES + 1))));
     tcheck(cudaFuncSetAttribute(out_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, out_smem(d)));
     return 0;
@@ -367,7 +373,15 @@ extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *r
     tcheck(cudaMemcpyAsync(e->cnt, cnt, sizeof(int64_t) * (size_t)nq, cudaMemcpyHostToDevice, e->stream));
     tcheck(cudaMemcpyAsync(e->bounds, bounds, sizeof(int64_t) * (size_t)(nblocks * (BLOCK_TILES + 1)),
                            cudaMemcpyHostToDevice, e->stream));
-    tcheck(cudaMemcpyAsync(e->q, q->q, sizeof(float) * (size_t)(nq * h * d), cudaMemcpyHostToDevice, e->stream));
+    {   /* the queries through pinned memory, copied there in parallel */
+        const int64_t nf = nq * h * d, step = (int64_t)1 << 18;
+        float *hq = e->host_q;
+        const float *src = q->q;
+#pragma omp parallel for schedule(static) if (nf > step)
+        for (int64_t x = 0; x < nf; x += step)
+            memcpy(hq + x, src + x, sizeof(float) * (size_t)((nf - x < step ? nf : x + step) - x));
+        tcheck(cudaMemcpyAsync(e->q, hq, sizeof(float) * (size_t)nf, cudaMemcpyHostToDevice, e->stream));
+    }
     int ntc = ((d + 31) / 32) * ((d + 31) / 32);
     int64_t nstate = (int64_t)hkv * P;
     int pblocks = (int)((nstate + THREADS - 1) / THREADS);
@@ -396,16 +410,18 @@ extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *r
                                                               e->cap, h, hkv, d, q->scale, r0, nr, moving);
         tcheck(cudaGetLastError());
     }
-    if (overwrite) {                                   /* straight into the caller's records */
-        tcheck(cudaMemcpyAsync(rec, e->rec, sizeof(float) * (size_t)(nq * h * R),
-                               cudaMemcpyDeviceToHost, e->stream));
-        tcheck(cudaStreamSynchronize(e->stream));
-        return 0;
-    }
-    tcheck(cudaMemcpyAsync(e->host_rec, e->rec, sizeof(float) * (size_t)(nq * h * R),
-                           cudaMemcpyDeviceToHost, e->stream));
+    /* through pinned memory (a copy into the caller's pageable records ran at a few GB/s), then
+     * copied or added on the host in parallel */
+    const int64_t nf = nq * h * R, step = (int64_t)1 << 18;
+    tcheck(cudaMemcpyAsync(e->host_rec, e->rec, sizeof(float) * (size_t)nf, cudaMemcpyDeviceToHost, e->stream));
     tcheck(cudaStreamSynchronize(e->stream));
-    for (int64_t i = 0; i < nq * h * R; i++) rec[i] += e->host_rec[i];
+    const float *hr = e->host_rec;
+#pragma omp parallel for schedule(static) if (nf > step)
+    for (int64_t x = 0; x < nf; x += step) {
+        const int64_t y = nf - x < step ? nf : x + step;
+        if (overwrite) memcpy(rec + x, hr + x, sizeof(float) * (size_t)(y - x));
+        else for (int64_t i = x; i < y; i++) rec[i] += hr[i];
+    }
     return 0;
 }
 
@@ -415,7 +431,7 @@ extern "C" void taylor_gpu_destroy(taylor_gpu *e) {
     cudaFree(e->kh); cudaFree(e->v); cudaFree(e->stage); cudaFree(e->q); cudaFree(e->rec);
     cudaFree(e->cnt); cudaFree(e->bounds); cudaFree(e->run); cudaFree(e->mu);
     cudaFree(e->st); cudaFree(e->ds);
-    cudaFreeHost(e->host_rec); cudaFreeHost(e->host_cnt);
+    cudaFreeHost(e->host_rec); cudaFreeHost(e->host_q); cudaFreeHost(e->host_cnt);
     if (e->stream) cudaStreamDestroy(e->stream);
     free(e);
 }
