@@ -149,23 +149,28 @@ static int eng_load(engine *e, const float *k, const float *v) {
 static int eng_rows(engine *e, const float *q, int64_t r0, int64_t nrows, float *o, int *kinds) {
     int64_t R = e->taylor ? taylor_rec_len(e->d) : attn_rec_len(e->d), H = e->h, D = e->d;
     float *rec = fa_aligned_alloc(sizeof(float) * (size_t)(e->chunk * H * R), "records");
-    float *tmp = fa_malloc(sizeof(float) * (size_t)D, "row");
+    float *tmp = fa_malloc(sizeof(float) * (size_t)(D * omp_get_max_threads()), "rows");
     int rc = 0;
     for (int64_t c0 = r0; c0 < r0 + nrows && !rc; c0 += e->chunk) {
         int64_t n = r0 + nrows - c0 < e->chunk ? r0 + nrows - c0 : e->chunk;
         attn_queries qq = {.q = q + c0 * H * D, .nq = n, .q_pos0 = c0, .h = e->h, .hkv = e->h,
                            .d = e->d, .scale = 1.0f / sqrtf((float)D), .causal = e->causal, .diag = 0};
         if (e->taylor) {
-            memset(rec, 0, sizeof(float) * (size_t)(n * H * R));
-            if (e->cuda) rc = taylor_gpu_partial(e->tg, &qq, rec, 1);
-            else taylor_cpu_partial(e->tc, &qq, rec, NULL, NULL);
+            if (e->cuda) rc = taylor_gpu_partial(e->tg, &qq, rec, 1);   /* overwrites rec */
+            else {
+#pragma omp parallel for schedule(static)
+                for (int64_t x = 0; x < n * H; x++) memset(rec + x * R, 0, sizeof(float) * (size_t)R);
+                taylor_cpu_partial(e->tc, &qq, rec, NULL, NULL);
+            }
         } else {
             attn_state_init(rec, n, e->h, e->d);
             if (e->cuda) rc = gpu_engine_partial(e->eg, &qq, rec);
             else cpu_attn_partial(&qq, &e->seg, 1, rec, &e->tiling, NULL, NULL);
         }
+        /* finalized in parallel, as the pipeline does (without o, into one scratch row per thread) */
+#pragma omp parallel for schedule(static)
         for (int64_t x = 0; x < n * H; x++) {
-            float *dst = o ? o + ((c0 - r0) * H + x) * D : tmp;
+            float *dst = o ? o + ((c0 - r0) * H + x) * D : tmp + (int64_t)omp_get_thread_num() * D;
             int kind = 0;
             if (e->taylor) taylor_rec_finalize(rec + x * R, e->d, dst, &kind);
             else attn_rec_finalize(rec + x * R, e->d, dst);

@@ -172,8 +172,10 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     }
     if (!p->eng->device_merge && owner(p, i) == p->rank) {
         const float *rec = p->rec[slot];
+        const pipe_engine *e = p->eng;       /* engines' finalize functions are thread-safe */
+#pragma omp parallel for schedule(static) if (n * H >= 4096)
         for (int64_t r = 0; r < n * H; r++)
-            p->lse_out[r] = p->eng->finalize(p->eng->ctx, rec + r * R, p->o_out + r * D);
+            p->lse_out[r] = e->finalize(e->ctx, rec + r * R, p->o_out + r * D);
         p->pend_b = b;
         p->pend_r0 = r0;
         p->pend_n = n;

@@ -28,7 +28,8 @@ typedef struct pipe_engine {
     void (*init)(void *ctx, float *rec, int64_t nrows);
     /* fold the loaded keys into rec for this query chunk; call progress(arg) now and then */
     int (*partial)(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *), void *arg);
-    /* one record -> o[D]; returns the row's lse */
+    /* one record -> o[D]; returns the row's lse. Thread-safe: the pipeline calls it from several
+     * threads at once */
     float (*finalize)(void *ctx, const float *rec, float *o);
     void (*destroy)(void *ctx);
     /* Engines that keep each chunk's state on a device (the CUDA engine) set these too: the

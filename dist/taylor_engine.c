@@ -53,13 +53,24 @@ static void t_init(void *ctx, float *rec, int64_t nrows) {
     c->fresh = rec;
 }
 
+/* Called from several threads at once (the pipeline finalizes a chunk's rows in parallel). */
 static float t_finalize(void *ctx, const float *rec, float *o) {
     int kind;
     float lse = taylor_rec_finalize(rec, ((taylor_ctx *)ctx)->d, o, &kind);
+#pragma omp atomic
     counts.rows++;
-    if (kind == TAYLOR_ROW_FALLBACK) counts.fallback++;
-    if (kind == TAYLOR_ROW_ZEROED) counts.zeroed++;
-    if (kind == TAYLOR_ROW_EMPTY) counts.empty++;
+    if (kind == TAYLOR_ROW_FALLBACK) {
+#pragma omp atomic
+        counts.fallback++;
+    }
+    if (kind == TAYLOR_ROW_ZEROED) {
+#pragma omp atomic
+        counts.zeroed++;
+    }
+    if (kind == TAYLOR_ROW_EMPTY) {
+#pragma omp atomic
+        counts.empty++;
+    }
     return lse;
 }
 
