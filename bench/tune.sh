@@ -62,7 +62,10 @@ for l in open(raw):
         cur["rows"].append(dict(kv.split("=", 1) for kv in l.split()[1:]))
 def cfg(r):
     if r.get("br") == "0":
-        return f"v{r['variant']}/c{r['chunk']}"
+        # variant 0 is the kernel's own pick, variant 4 on sm_90 cards (kernels/cuda/flash_sm80.cu):
+        # one kernel, one configuration
+        v = "4" if r["variant"] == "0" and any(x in dev for x in ("H100", "H200", "H800", "GH200")) else r["variant"]
+        return f"v{v}/c{r['chunk']}"
     return f"{r['br']}x{r['bc']}/c{r['chunk']}"
 out = ["date,device,rev,load1,n,d,h,hkv,gqa,causal,budget,default_cfg,default_s,tuned_cfg,tuned_pred_s,"
        "tuned_s,model_err_pct,sweep_median_err_pct,sweep_n,best_cfg,best_s,tuned_vs_best_pct,gain_vs_default_pct"]
@@ -107,7 +110,15 @@ if stats:
           f"(rows slower: {sum(x < 0 for x in g)})")
 PYEOF
 }
-if [ "${1:-}" = "--table" ]; then table "$2" "${2%.txt}.csv"; exit 0; fi
+# --table RAW: the table again from a kept raw file; the date, device and revision of the run that
+# made it come from its CSV beside it (first data row)
+if [ "${1:-}" = "--table" ]; then
+    if [ -f "${2%.txt}.csv" ]; then
+        ROW=$(sed -n 2p "${2%.txt}.csv")
+        DATE=$(echo "$ROW" | cut -d, -f1); DEV=$(echo "$ROW" | cut -d, -f2); REV=$(echo "$ROW" | cut -d, -f3)
+    fi
+    table "$2" "${2%.txt}.csv"; exit 0
+fi
 printf "# %-6s %3s %3s %3s %2s %6s | %-14s %8s | %-14s %8s %8s %6s | %6s | %-14s %8s %6s | %6s\n" \
     N D H Hkv c budget default s tuned pred_s s err% sw_err% best s vs_best% gain%
 for S in $SHAPES; do

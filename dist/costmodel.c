@@ -445,7 +445,11 @@ int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max)
     } else {
         static const int64_t blocks[] = {0, 8192, 16384, 65536};
         static const int rings[] = {2, 3, 4};
-        for (int v = 0; v <= 4; v++)
+        /* variant 0 (the kernel's own pick: v4 on sm_90, else v1) is a candidate only when no
+         * variant's rate was measured; otherwise it would be a second name for a measured one */
+        int measured = 0;
+        for (int v = 1; v <= 4; v++) measured |= m->gpu_tflops[v] > 0;
+        for (int v = measured ? 1 : 0; v <= 4; v++)
             for (size_t k = 0; k < sizeof chunks_gpu / sizeof *chunks_gpu; k++) {
                 if ((chunks_gpu[k] > rup(j->nq, 2048) && k > 0) || too_few_chunks(j, chunks_gpu[k], k)) continue;
                 cm_choice c = {.variant = v, .chunk = chunks_gpu[k] < j->nq ? chunks_gpu[k] : j->nq,
