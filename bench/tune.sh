@@ -27,10 +27,13 @@ REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ $GPU = 1 ]; then
     DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
     TAG=$(echo "$DEV" | tr 'A-Z ' 'a-z_' | tr -cd 'a-z0-9_' | sed 's/nvidia_//')
-    # N D H HKV CAUSAL BUDGET(bytes per rank, 0 = all): 8K-256K, budgets unlimited to 1/16 of K/V
+    # N D H HKV CAUSAL BUDGET(device bytes per rank, 0 = all): 8K-256K. The keys and values at
+    # 256K (Hkv 8, D 128, bf16) are 1 GiB, so budgets must sit below ~1.5 GiB to page at all:
+    # 1G pages ~1/2 of them, 768M ~3/4, 512M and 384M ~15/16 (the model names paging critical)
     SHAPES=${SHAPES:-"8192:64:32:32:0:0 8192:128:32:8:1:0 32768:64:32:8:0:0 32768:128:32:4:1:0
         65536:128:32:8:0:0 65536:64:32:32:1:0 131072:128:32:8:1:0 131072:64:16:2:0:0
-        262144:128:32:8:0:0 262144:128:32:8:1:0 262144:128:32:8:0:4G 262144:128:32:8:1:2G"}
+        262144:128:32:8:0:0 262144:128:32:8:1:0 262144:128:32:8:0:1G 262144:128:32:8:1:768M
+        262144:128:32:8:0:512M 262144:128:32:8:1:384M"}
     BACKEND="--backend cuda"
 else
     DEV="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
