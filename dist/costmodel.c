@@ -313,7 +313,12 @@ static int64_t variant_smem(int variant, int d) {
 
 static double variant_rate(const cm_machine *m, const cm_job *j, int v) {
     if (m->gpu_tflops[v] > 0) return m->gpu_tflops[v] * 1e12;
-    if (v == 0) return (j->d <= 64 ? 460.0 : 620.0) * 1e12;   /* kernel_h100.csv, variant 4 */
+    if (v == 0) {                 /* the kernel's own pick: the best measured variant, if any */
+        double best = 0;
+        for (int u = 1; u <= 4; u++) if (m->gpu_tflops[u] > best) best = m->gpu_tflops[u];
+        if (best > 0) return best * 1e12;
+        return (j->d <= 64 ? 460.0 : 620.0) * 1e12;           /* kernel_h100.csv, variant 4 */
+    }
     return 0;                                                   /* not measured: not ranked */
 }
 

@@ -131,7 +131,7 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
 /* Times one configuration on the real engine: the whole job (one rank's share: keys / nranks)
  * in chunks as the pipeline calls it, on random inputs; best of reps (noise on a shared
  * machine only slows runs down), seconds. CPU only;
- * GPU configurations go through cm_gpu_time_variant. */
+ * GPU configurations go through cm_gpu_time_variant, paged ones through cm_gpu_time_paged. */
 double cm_time_cpu(const cm_job *j, const cm_choice *c, int reps);
 
 /* The flash kernel variant the GPU engine launches (kernels/cuda/gpu_job.cu); 0 = FLASH_AUTO. */
@@ -143,6 +143,13 @@ extern int cm_flash_variant;
  * variant is not available. */
 double cm_gpu_time_variant(int variant, int64_t nq, int64_t nk, int h, int hkv, int d,
                            int causal, int dtype, int reps);
+/* A paged configuration on the real job engine (kernels/cuda/gpu_job.cu): the keys planned under
+ * `budget` with this chunk, window, block rows and ring, reps x window chunks run as the pipeline
+ * issues them; the mean device compute time of one chunk including its waits for paged blocks,
+ * seconds, or -1 (no GPU, plan does not fit). */
+double cm_gpu_time_paged(int variant, int64_t chunk, int window, int64_t nq, int64_t kv_rows,
+                         int64_t nk_total, int h, int hkv, int d, int causal, int dtype,
+                         int64_t budget, int64_t block_rows, int ring, int reps);
 /* Shared memory per block the device allows (opt-in), 0 without a GPU. */
 int64_t cm_gpu_smem_per_block(void);
 

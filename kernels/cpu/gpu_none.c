@@ -40,5 +40,8 @@ int gpu_uuid(int device, unsigned char uuid[16]) { return -1; }
 /* the tuner's GPU timing (kernels/cuda/tune.cu): no GPU in this build */
 double cm_gpu_time_variant(int variant, int64_t nq, int64_t nk, int h, int hkv, int d,
                            int causal, int dtype, int reps) { return -1; }
+double cm_gpu_time_paged(int variant, int64_t chunk, int window, int64_t nq, int64_t kv_rows,
+                         int64_t nk_total, int h, int hkv, int d, int causal, int dtype,
+                         int64_t budget, int64_t block_rows, int ring, int reps) { return -1; }
 int64_t cm_gpu_smem_per_block(void) { return 0; }
 #endif

@@ -126,3 +126,104 @@ out:
     cudaFree(q); cudaFree(k); cudaFree(vt); cudaFree(rec); cudaFree(ref);
     return result;
 }
+
+/* ---- a paged configuration on the real engine ------------------------------------------------ */
+extern "C" {
+#include "kernels/gpu_job.h"
+#include "dist/paging.h"
+extern int cm_flash_variant;
+double cm_gpu_time_paged(int variant, int64_t chunk, int window, int64_t nq, int64_t kv_rows, int64_t nk_total,
+                         int h, int hkv, int d, int causal, int dtype, int64_t budget, int64_t block_rows,
+                         int ring, int reps);
+}
+
+/* uniform [-1, 1) from a hash of the index: the same values every call */
+static void host_fill(float *x, int64_t n, uint32_t seed) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)i * 2654435761u ^ seed;
+        u ^= u >> 15; u *= 2246822519u; u ^= u >> 13;
+        x[i] = (float)(u & 0xFFFFFF) / 8388608.0f - 1.0f;
+    }
+}
+
+/* The paging part of a GPU configuration, measured instead of modelled: the job engine
+ * (kernels/cuda/gpu_job.cu) planned under `budget` with this chunk, window, block size and ring,
+ * kv_rows random keys loaded (resident head, the rest in pinned blocks), then reps x window chunks
+ * of random queries run back to back as the pipeline issues them (a slot is reused once its last
+ * chunk is done). Causal: the chunk sits in the middle of the nq queries, the average one.
+ * Returns the mean device compute time of one chunk (the engine's compute events, which include
+ * every wait for a paged block's copy), seconds; -1 without a GPU or when the plan does not fit. */
+extern "C" double cm_gpu_time_paged(int variant, int64_t chunk, int window, int64_t nq, int64_t kv_rows,
+                                    int64_t nk_total, int h, int hkv, int d, int causal, int dtype,
+                                    int64_t budget, int64_t block_rows, int ring, int reps) {
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) { cudaGetLastError(); return -1; }
+    if (chunk < 1 || kv_rows < 1 || window < 1) return -1;
+    if (variant > 0 && !flash_variant_available(variant)) return -1;
+    gpu_job_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device = 0;
+    cfg.h = h; cfg.hkv = hkv; cfg.d = d;
+    cfg.ct = dtype == 1 ? FA_COMPUTE_FP16 : FA_COMPUTE_BF16;
+    cfg.slots = window;
+    cfg.max_rows = chunk;
+    cfg.nccl_size = 1;
+    kv_plan *pl = &cfg.plan;
+    pl->kv_rows = kv_rows; pl->h = h; pl->hkv = hkv; pl->d = d; pl->elem = 2;
+    pl->chunk_rows = chunk; pl->slots = window; pl->budget = budget;
+    pl->device_free = gpu_free_bytes(0);
+    pl->block_rows = block_rows; pl->ring = ring; pl->max_resident = -1;
+    if (kv_plan_make(pl)) return -1;
+    /* host inputs, kept for the next call of the same size or smaller */
+    static float *k = NULL, *v = NULL, *q = NULL;
+    static int64_t kv_cap = 0, q_cap = 0;
+    const int64_t nkv = kv_rows * hkv * d, nqe = chunk * h * d;
+    if (nkv > kv_cap) {
+        free(k); free(v);
+        k = (float *)malloc(sizeof(float) * (size_t)nkv);
+        v = (float *)malloc(sizeof(float) * (size_t)nkv);
+        kv_cap = k && v ? nkv : 0;
+        if (!kv_cap) return -1;
+        host_fill(k, nkv, 11u);
+        host_fill(v, nkv, 12u);
+    }
+    if (nqe > q_cap) {
+        free(q);
+        q = (float *)malloc(sizeof(float) * (size_t)nqe);
+        q_cap = q ? nqe : 0;
+        if (!q_cap) return -1;
+        host_fill(q, nqe, 13u);
+    }
+    gpu_job *g = NULL;
+    if (gpu_job_create(&cfg, &g)) return -1;
+    attn_kv_segment seg = {k, v, kv_rows, 0};
+    double result = -1;
+    const int saved = cm_flash_variant;
+    cm_flash_variant = variant;
+    attn_queries aq;
+    memset(&aq, 0, sizeof aq);
+    aq.q = q; aq.nq = chunk < nq ? chunk : nq; aq.h = h; aq.hkv = hkv; aq.d = d;
+    aq.scale = 1.0f / sqrtf((float)d);
+    aq.causal = causal;
+    aq.diag = causal ? nk_total - nq : 0;
+    aq.q_pos0 = causal ? (nq - aq.nq) / 2 : 0;
+    if (gpu_job_load_kv(g, &seg, 1) == 0 && gpu_job_partial(g, 0, &aq) == 0 && gpu_job_merge_wait(g, 0) == 0) {
+        gpu_job_stats s0, s1;
+        gpu_job_get_stats(g, &s0);                      /* after one warm-up chunk */
+        const int n = (reps > 0 ? reps : 1) * window;
+        int ok = 1;
+        for (int i = 0; i < n && ok; i++) {
+            const int slot = i % window;
+            if (i >= window) ok = gpu_job_merge_wait(g, slot) == 0;
+            ok = ok && gpu_job_partial(g, slot, &aq) == 0;
+        }
+        if (ok) {
+            gpu_job_get_stats(g, &s1);                  /* waits for every chunk, adds its time */
+            result = (s1.compute_ms - s0.compute_ms) * 1e-3 / n;
+        }
+    }
+    cm_flash_variant = saved;
+    gpu_job_destroy(g);
+    return result;
+}
