@@ -47,7 +47,7 @@ for s in "$@"; do
     paging)  step paging 240 "SKIP_BIG=1 sh bench/paging.sh" ;;
     big)     step big 240 "ONLY_BIG=1 sh bench/paging.sh" ;;
     taylor)  step taylor 240 "sh bench/taylor.sh --gpu" ;;
-    tune)    step tune 300 "./fa_long tune --backend cuda -n 8K --heads 32 --kv-heads 8 -d 128 --tune-cache /tmp/t.txt --verbose && cat /tmp/t.txt && sh bench/tune.sh --gpu" ;;
+    tune)    step tune 540 "./fa_long tune --backend cuda -n 8K --heads 32 --kv-heads 8 -d 128 --tune-cache /tmp/t.txt --verbose && cat /tmp/t.txt && sh bench/tune.sh --gpu" ;;
     gputune) step gputune 120 "./fa_long tune --backend cuda -n 256K --heads 32 --kv-heads 8 -d 128 && ./fa_long gen --output /tmp/in.h5 -n 256K --heads 32 --kv-heads 8 -d 128 --dtype bfloat16 -f && ./fa_long --input /tmp/in.h5 --output /tmp/out.h5 -f --backend cuda --verbose --report bench/results/tuned_run_h100.json" ;;
     cmd:*)   step cmd 300 "${s#cmd:}" ;;
     *)       echo "unknown step $s" | tee -a "$SUM" ;;

@@ -154,6 +154,15 @@ static double time_gpu(const cm_job *j, const cm_machine *m, cm_choice *c, int r
     return time_gpu_memo(j, m, c, reps, 1);
 }
 
+static int by_plan(const void *a, const void *b) {
+    const cm_choice *x = a, *y = b;
+    int64_t k[2][5] = {{x->chunk, x->block_rows, x->ring, x->window, x->variant},
+                       {y->chunk, y->block_rows, y->ring, y->window, y->variant}};
+    for (int i = 0; i < 5; i++)
+        if (k[0][i] != k[1][i]) return (k[0][i] > k[1][i]) - (k[0][i] < k[1][i]);
+    return 0;
+}
+
 static int by_measured(const void *a, const void *b) {
     double x = ((const cm_choice *)a)->measured_s, y = ((const cm_choice *)b)->measured_s;
     return (x > y) - (x < y);
@@ -432,6 +441,8 @@ int cmd_tune(int argc, char **argv) {
     if (sweep && gpu) {             /* every candidate of the model's GPU space */
         cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
         int n = cm_candidates(&m, &j, cand, 2048);
+        /* one plan's variants in a row: a paged plan's keys are loaded once for all of them */
+        qsort(cand, (size_t)n, sizeof *cand, by_plan);
         cm_choice fin[3];
         fin[0] = best;
         fin[1] = best;
