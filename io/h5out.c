@@ -28,7 +28,24 @@ struct h5out {
     hid_t file, o, lse, ftype;  /* ftype: o's file element type, also the memory type */
     int64_t cap_bytes;          /* rank 0's, broadcast */
     int durable;                /* a checkpoint made progress durable: abort keeps the file */
+    void *ostage;               /* conversion staging of o and lse, kept between writes (a fresh */
+    float *lstage;              /* 64 MB buffer per chunk cost its page faults every time) */
+    size_t ostage_bytes, lstage_bytes;
 };
+
+/* f's staging buffers, grown to at least the sizes asked for */
+static void stage_reserve(h5out *f, size_t obytes, size_t lbytes) {
+    if (obytes > f->ostage_bytes) {
+        free(f->ostage);
+        f->ostage = fa_aligned_alloc(obytes, "o staging");
+        f->ostage_bytes = obytes;
+    }
+    if (lbytes > f->lstage_bytes) {
+        free(f->lstage);
+        f->lstage = fa_aligned_alloc(lbytes, "lse staging");
+        f->lstage_bytes = lbytes;
+    }
+}
 
 /* ---- rank 0's checks: final path, folder, temporary name ---------------------------------------- */
 static int check_output(const char *path, int force, char *tmp, int len) {
@@ -123,6 +140,8 @@ static void close_contents(h5out *f) {
 
 static void out_free(h5out *f) {
     MPI_Comm_free(&f->comm);
+    free(f->ostage);
+    free(f->lstage);
     free(f);
 }
 
@@ -256,8 +275,10 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
      * out of the caller's buffer as they are (parallel build) */
     const int direct = f->otype == FA_F32 && h5io_parallel();
     int64_t stage_rows = !f->holder || h5io_parallel() ? (n < cap_rows ? n : cap_rows) : cap_rows;
-    void *ostage = direct ? NULL : fa_malloc((size_t)(stage_rows * row_el * esize), "o staging");
-    float *lstage = fa_malloc((size_t)(stage_rows * H) * sizeof(float), "lse staging");
+    stage_reserve(f, direct ? 0 : (size_t)(stage_rows * row_el * esize),
+                  (size_t)((stage_rows > 0 ? stage_rows : 1) * H) * sizeof(float));   /* never NULL */
+    void *ostage = direct ? NULL : f->ostage;
+    float *lstage = f->lstage;
     hid_t dxpl = transfer_plist();
     for (int64_t it = 0; it < nb; it++) {
         static const float none;             /* a buffer for ranks with nothing to write */
@@ -270,8 +291,6 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
         else gather_block(f, dxpl, b, r0 + r, rows, ostage, lstage);
     }
     H5Pclose(dxpl);
-    free(ostage);
-    free(lstage);
     return 0;
 }
 
@@ -331,6 +350,8 @@ void h5out_abort(h5out *f) {
     if (!f->durable) unlink(f->tmp);
     fa_set_cleanup_path(NULL);
     if (!h5io_parallel() || f->nranks == 1) MPI_Comm_free(&f->comm);
+    free(f->ostage);
+    free(f->lstage);
     free(f);
 }
 
