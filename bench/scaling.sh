@@ -28,17 +28,18 @@ export NCCL_NVLS_ENABLE=0        # NVLink multicast off in every run (KINDS.md)
 
 # ---- the cost model's prediction of the 8-GPU figures -----------------------------------------
 if [ $MODE = predict ]; then
-    # Figures and their sources (NOTES_SCALING.md):
-    #  kernel rate: the 1-GPU job's measured compute phase, 256K non-causal, 1.637 s
-    #    (bench/results/paging_h100_res_c0.json) -> 4*D*H*N^2 / 1.637 s = 688 TFLOP/s;
-    #    causal: the same rate (kernel_h100.csv shows causal within 1-4% of non-causal at 256K)
+    # Figures and their sources (NOTES_SCALING.md), all from the one-GPU job kept in
+    # bench/results/paging_h100_res_c0.json (256K, H 32, Hkv 8, D 128, bf16 file, one rank):
+    #  kernel rate: that job's compute-phase TFLOP/s (causal: the same rate; kernel_h100.csv has
+    #    causal within 1-4% of non-causal at 256K)
+    #  HDF5 and host: its phases (setup, read of the queries, read of the keys, finalize, write)
+    #    and the rest of its elapsed time
     #  NCCL bus bandwidth: 361 GB/s, 1 GiB all-reduce on nvidia-h100-x8 (/work/.library/device/KINDS.md)
-    #  HDF5 (same JSON, one rank): read 4.405 s for q (2 GiB) + k, v (1 GiB); write 2.173 s for o
-    #    (2 GiB); 1.787 s of the elapsed 10.00 s outside the phases (start-up, file handling)
-    R=${KERNEL_TFLOPS:-688}
+    JOB1=${JOB1:-bench/results/paging_h100_res_c0.json}
+    R=${KERNEL_TFLOPS:-$(python3 -c "import json; print(round(json.load(open('$JOB1'))['compute_tflops']))")}
     NET=${NET_GBPS:-361}
     OUT=bench/results/scaling_prediction.csv
-    echo "date,model_rev,gpus,causal,n,h,hkv,d,chunk,kernel_tflops,net_busbw_gbps,t_compute_s,t_merge_all_s,t_merge_exposed_s,t_compute_merge_s,hidden_fraction,eff_compute_merge,t_read_s,t_write_s,t_other_s,t_job_s,eff_job,merge_bytes_per_rank,critical" > "$OUT"
+    echo "date,model_rev,gpus,causal,n,h,hkv,d,chunk,kernel_tflops,net_busbw_gbps,t_compute_s,t_merge_all_s,t_merge_exposed_s,t_compute_merge_s,hidden_fraction,eff_compute_merge,t_read_s,t_write_s,t_other_s,t_job_s,eff_job,merge_bytes_per_rank,critical,t_job_q_shared_s,eff_job_q_shared" > "$OUT"
     for C in 0 1; do
         for P in 1 2 4 8; do
             CA=""; [ $C = 1 ] && CA="--causal"
@@ -47,14 +48,18 @@ if [ $MODE = predict ]; then
                 --chunk 8192 --kernel-tflops "$R" --net-gbps "$NET" $CA | grep '^result' > "$WORK/p_${C}_$P.txt"
         done
     done
-    python3 - "$WORK" "$OUT" "$DATE" "$REV" "$R" "$NET" <<'EOF'
-import sys
-work, out, date, rev, R, NET = sys.argv[1:7]
+    python3 - "$WORK" "$OUT" "$DATE" "$REV" "$R" "$NET" "$JOB1" <<'EOF'
+import json, sys
+work, out, date, rev, R, NET, job1 = sys.argv[1:8]
 N, H, HKV, D, CH = 262144, 32, 8, 128, 8192
-q_bytes, kv_bytes, o_bytes = N * H * D * 2, 2 * N * HKV * D * 2, N * H * D * 2
-read_bw = (q_bytes + kv_bytes) / 4.40528104        # one rank, measured (paging_h100_res_c0.json)
-write_bw = o_bytes / 2.17285521
-other = 10.0012704 - 4.40528104 - 1.63659799 - 2.17285521
+j1 = json.load(open(job1))
+ph = j1["phases_s"]
+q_read, kv_read = ph["read"] - ph["read_kv"], ph["read_kv"]
+# On a GPU the compute phase is device time and runs beside the host's per-chunk work (query
+# reads, finalize, writes): the one-GPU job took setup + keys + max(compute, host chunk work)
+# + a rest (the first chunk's wait, the last chunks' writes, file handling), taken from it.
+host1 = q_read + ph["finalize"] + ph["write"]
+rest = j1["elapsed_s"] - (ph["setup"] + kv_read + max(ph["compute"], host1))
 def res(c, p):
     l = open(f"{work}/p_{c}_{p}.txt").read().split()[1:]
     return dict(kv.split("=", 1) for kv in l)
@@ -65,10 +70,14 @@ for c in (0, 1):
         r = res(c, p)
         tc, tma, tme = float(r["t_compute"]), float(r["t_merge_all"]), float(r["t_merge"])
         tcm = float(r["predicted_s"])
-        # every rank reads every query chunk and 1/P of the keys; writes its own rows (parallel HDF5)
-        t_read = (q_bytes + kv_bytes / p) / read_bw
-        t_write = o_bytes / p / write_bw
-        t_job = t_read + tcm + t_write + other
+        # every rank reads every query chunk and 1/P of the keys; finalizes and writes the rows it
+        # owns (parallel HDF5); set-up and the rest stay as they are. With FA_Q_READ=shared each
+        # rank reads 1/P of every chunk's queries (q_shared: the same with that)
+        t_read = q_read + kv_read / p
+        t_write = (ph["write"] + ph["finalize"]) / p
+        other = ph["setup"] + rest
+        t_job = ph["setup"] + kv_read / p + max(tcm, q_read + t_write) + rest
+        t_job_qs = ph["setup"] + kv_read / p + max(tcm, q_read / p + t_write) + rest
         if p == 1:
             t1, t1job = tcm, t_job
         hidden = 1 - tme / tma if tma > 0 else 1.0
@@ -78,13 +87,13 @@ for c in (0, 1):
         rows.append([date, rev, p, c, N, H, HKV, D, CH, R, NET, f"{tc:.4f}", f"{tma:.4f}", f"{tme:.4f}",
                      f"{tcm:.4f}", f"{hidden:.3f}", f"{t1 / (p * tcm):.3f}", f"{t_read:.3f}",
                      f"{t_write:.3f}", f"{other:.3f}", f"{t_job:.3f}", f"{t1job / (p * t_job):.3f}",
-                     mbytes, r["critical"]])
+                     mbytes, r["critical"], f"{t_job_qs:.3f}", f"{t1job / (p * t_job_qs):.3f}"])
 with open(out, "a") as f:
     for r in rows:
         f.write(",".join(str(x) for x in r) + "\n")
-print("# gpus causal | compute+merge s  eff  hidden | job s  eff")
+print("# gpus causal | compute+merge s  eff  hidden | job s  eff | job s, q shared  eff")
 for r in rows:
-    print(f"  {r[2]:4} {r[3]:6} | {r[14]:>14} {r[16]:>5} {r[15]:>6} | {r[20]:>6} {r[21]:>5}")
+    print(f"  {r[2]:4} {r[3]:6} | {r[14]:>14} {r[16]:>5} {r[15]:>6} | {r[20]:>6} {r[21]:>5} | {r[24]:>15} {r[25]:>5}")
 EOF
     echo "# table: $OUT"
     exit 0
