@@ -89,6 +89,10 @@ TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # Benchmark programs: bench/*.c, linked the same way
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+# the NCCL baseline of the scaling run (bench/gpu/nccl_baseline.cu), when NCCL is there
+ifneq ($(and $(filter 1,$(USE_CUDA)),$(NCCL_INC),$(NCCL_LIB)),)
+  BENCH_BINS += $(BUILD)/bench/nccl_baseline
+endif
 
 .PHONY: all deps run test test-gpu test-slurm bench-cpu clean features
 all: features $(BIN) $(TEST_BINS) $(BENCH_BINS)
@@ -119,6 +123,12 @@ $(BUILD)/tests/%: tests/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	@echo "Compiling $< > $@"
 	@$(MPICC) $(ALL_CFLAGS) -o $@ $< $(LIB_OBJS) $(ALL_LIBS)
+
+$(BUILD)/bench/nccl_baseline: bench/gpu/nccl_baseline.cu
+	@mkdir -p $(dir $@)
+	@echo "Compiling $< > $@"
+	@$(NVCC) -O2 -std=c++17 -ccbin $(CC_FOR_NVCC) -I$(dir $(NCCL_INC)) -o $@ $< \
+		-L$(dir $(NCCL_LIB)) -Xlinker -rpath,$(dir $(NCCL_LIB)) -lnccl
 
 $(BUILD)/bench/%: bench/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)

@@ -9,7 +9,8 @@
 # Steps: build (make), tests (tests/gpu/run.sh), paging (bench/paging.sh, 256K rows),
 #        big (the 4M-key paged job and its check), taylor (bench/taylor.sh --gpu),
 #        tune (fa_long tune smoke run, then bench/tune.sh --gpu), gputune (a job that reads the
-#        tune cache, with --verbose), cmd:'shell words' (any command)
+#        tune cache, with --verbose), scaling (bench/scaling.sh --gpu: multi-GPU kinds),
+#        cmd:'shell words' (any command)
 # Out: $OUT/summary.txt (one line per step: rc, seconds), $OUT/logs.tgz (every step's log),
 #      $OUT/results.tgz (bench/results and tests/gpu logs that changed).
 set -u
@@ -49,6 +50,7 @@ for s in "$@"; do
     taylor)  step taylor 240 "sh bench/taylor.sh --gpu" ;;
     tune)    step tune 540 "./fa_long tune --backend cuda -n 8K --heads 32 --kv-heads 8 -d 128 --tune-cache /tmp/t.txt --verbose && cat /tmp/t.txt && sh bench/tune.sh --gpu" ;;
     gputune) step gputune 120 "./fa_long tune --backend cuda -n 256K --heads 32 --kv-heads 8 -d 128 && ./fa_long gen --output /tmp/in.h5 -n 256K --heads 32 --kv-heads 8 -d 128 --dtype bfloat16 -f && ./fa_long --input /tmp/in.h5 --output /tmp/out.h5 -f --backend cuda --verbose --report bench/results/tuned_run_h100.json" ;;
+    scaling) step scaling 540 "sh bench/scaling.sh --gpu" ;;
     cmd:*)   step cmd 300 "${s#cmd:}" ;;
     *)       echo "unknown step $s" | tee -a "$SUM" ;;
     esac

@@ -6,9 +6,11 @@
 #                                striped shards) and not -> bench/results/scaling_cpu_<machine>.csv
 #   bench/scaling.sh --predict   the cost model's figures for the 8-GPU run (dist/costmodel.c via
 #                                `fa_long tune --predict`) -> bench/results/scaling_prediction.csv
-#   bench/scaling.sh --gpu       the real run on an 8-GPU node: N = 256K, H = 32, Hkv = 8, D = 128,
-#                                bf16, causal (zigzag) and not, 1/2/4/8 GPUs one rank each, then
-#                                1M causal on 8 GPUs with a sampled fp64 check
+#   bench/scaling.sh --gpu       the real run on a multi-GPU node: the NCCL baseline (one chunk's
+#                                merge bytes, build/bench/nccl_baseline), then N = 256K, H = 32,
+#                                Hkv = 8, D = 128, bf16, causal (zigzag) and not, on 1/2/4/8 GPUs
+#                                (up to the node's) one rank each, then 1M causal on every GPU
+#                                with a sampled fp64 check (SKIP_1M=1: not)
 #                                -> bench/results/scaling_gpu_<card>.csv (+ the JSON reports)
 # Every run writes a --report JSON; the tables take per-rank compute, merge wait, bytes merged
 # and load balance (max/mean of per-rank compute) from it.
@@ -105,8 +107,13 @@ if [ $MODE = gpu ]; then
     DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
     NG=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
     TAG=$(echo "$DEV" | tr 'A-Z ' 'a-z_' | tr -cd 'a-z0-9_' | sed 's/nvidia_//')_x$NG
-    RANKS=${RANKS:-"1 2 4 8"}
+    # one rank per GPU: 1, 2, 4, 8 up to the GPUs there are
+    RANKS=${RANKS:-$(for p in 1 2 4 8; do [ $p -le "$NG" ] && printf '%s ' $p; done)}
     EXTRA="--backend cuda --chunk 8192"
+    # the NCCL baseline of the same bytes as one chunk's merge, in the same run
+    if [ "$NG" -ge 2 ] && [ -x build/bench/nccl_baseline ]; then
+        build/bench/nccl_baseline 8192 32 128 20 | tee "bench/results/nccl_baseline_${TAG}.csv"
+    fi
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 else
     N=${N:-8192}; H=8; HKV=2; D=64; DT=float32
@@ -167,12 +174,12 @@ print(f"  ranks {P} causal {causal} {cfg['shard']:10} compute max/mean {max(comp
 EOF
     done
 done
-if [ $MODE = gpu ]; then
-    # 1M tokens, causal, on 8 GPUs, sampled rows checked in fp64
+if [ $MODE = gpu ] && [ "${SKIP_1M:-0}" != 1 ]; then
+    # 1M tokens, causal, on every GPU (8 on an 8-GPU node), sampled rows checked in fp64
     IN1M=$WORK/in_1m.h5
     $FA gen --output "$IN1M" -n 1M --heads 32 --kv-heads 8 -d 128 --dtype bfloat16 --force > /dev/null
-    $MPI -np 8 -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE "$FA" -i "$IN1M" -o "$WORK/out1m.h5" --force \
-        --backend cuda --causal --report "bench/results/scaling_gpu_${TAG}_1m_c1_p8.json" --check 64
+    $MPI -np "$NG" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE "$FA" -i "$IN1M" -o "$WORK/out1m.h5" --force \
+        --backend cuda --causal --report "bench/results/scaling_gpu_${TAG}_1m_c1_p$NG.json" --check 64
 fi
 echo "# table: $OUT"
 rm -rf "$WORK"
