@@ -128,20 +128,28 @@ fi
 OUT=bench/results/scaling_${MODE}_${TAG}.csv
 IN=$WORK/in_$N.h5
 $FA gen --output "$IN" -n "$N" --heads $H --kv-heads $HKV -d $D --dtype $DT --force > /dev/null
-echo "date,device,rev,ranks,causal,shard,n,h,hkv,d,dtype,chunk,threads_per_rank,load1,elapsed_s,read_s,compute_max_s,compute_mean_s,compute_min_s,merge_wait_max_s,write_s,imbalance_max_over_mean,merge_bytes,merge_bytes_model,merge_comm_s,hidden_fraction,check_rel_err,check_pass,eff_compute_merge,eff_job" > "$OUT"
-for C in 0 1; do
-    for P in $RANKS; do
+echo "date,device,rev,ranks,causal,shard,n,h,hkv,d,dtype,chunk,threads_per_rank,load1,elapsed_s,read_s,compute_max_s,compute_mean_s,compute_min_s,merge_wait_max_s,write_s,imbalance_max_over_mean,merge_bytes,merge_bytes_model,merge_comm_s,hidden_fraction,check_rel_err,check_pass,eff_compute_merge,eff_job,q_read" > "$OUT"
+# GPU: the largest rank count once more with FA_Q_READ=shared (each rank reads 1/P of every
+# query chunk, then an all-gather), which the model expects to matter for the whole job
+PMAX=$(echo $RANKS | awk '{print $NF}')
+RUNS=""
+for C in 0 1; do for P in $RANKS; do RUNS="$RUNS $C:$P:default"; done; done
+[ $MODE = gpu ] && [ "$PMAX" -gt 1 ] && RUNS="$RUNS 0:$PMAX:shared 1:$PMAX:shared"
+for RUN in $RUNS; do
+        C=${RUN%%:*}; P=$(echo "$RUN" | cut -d: -f2); QR=${RUN##*:}
+        export FA_Q_READ=$QR
         CA=""; [ $C = 1 ] && CA="--causal"
-        R=$WORK/r_${C}_$P.json
+        R=$WORK/r_${C}_${P}_$QR.json
         LOAD=$(cut -d' ' -f1 /proc/loadavg)
         # shellcheck disable=SC2086
-        $MPI -np "$P" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE "$FA" -i "$IN" -o "$WORK/out.h5" --force -q \
+        $MPI -np "$P" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$IN" -o "$WORK/out.h5" --force -q \
             $EXTRA $CA --report "$R" --check 8 --tune-cache "$WORK/none.txt"
-        cp "$R" "bench/results/scaling_${MODE}_${TAG}_c${C}_p$P.json"
-        python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "$OMP_NUM_THREADS" <<'EOF'
+        SUF=""; [ "$QR" = shared ] && SUF=_qshared
+        cp "$R" "bench/results/scaling_${MODE}_${TAG}_c${C}_p$P$SUF.json"
+        python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "$OMP_NUM_THREADS" "$QR" <<'EOF'
 import json, sys, csv
 r = json.load(open(sys.argv[1]))
-out, date, dev, rev, load, causal, thr = sys.argv[2:9]
+out, date, dev, rev, load, causal, thr, qread = sys.argv[2:10]
 cfg, ph, pr = r["config"], r["phases_s"], r["per_rank"]
 comp = [x["compute_s"] for x in pr]
 P, n, H, D = cfg["ranks"], cfg["Nq"], cfg["H"], cfg["D"]
@@ -165,15 +173,15 @@ line = [date, dev, rev, P, causal, cfg["shard"], n, H, cfg["Hkv"], D, cfg["input
         f"{ph['write']:.4f}", f"{r['imbalance_compute_max_over_mean']:.3f}",
         int(r["bytes"]["merge_network"]), model, f"{r['merge']['comm_s']:.4f}",
         f"{r['merge']['hidden_fraction']:.3f}", f"{chk.get('rel_err', float('nan')):.2e}",
-        chk.get("pass", ""), eff, eff_job]
+        chk.get("pass", ""), eff, eff_job, qread]
 with open(out, "a") as f:
     f.write(",".join(str(x) for x in line) + "\n")
 print(f"  ranks {P} causal {causal} {cfg['shard']:10} compute max/mean {max(comp):.3f}/{sum(comp)/len(comp):.3f} s "
       f"(imbalance {r['imbalance_compute_max_over_mean']:.3f}), merge wait {ph['merge_wait']:.3f} s, "
       f"merged {int(r['bytes']['merge_network'])} B (model {model}), check {chk.get('pass')}")
 EOF
-    done
 done
+unset FA_Q_READ
 if [ $MODE = gpu ] && [ "${SKIP_1M:-0}" != 1 ]; then
     # 1M tokens, causal, on every GPU (8 on an 8-GPU node), sampled rows checked in fp64
     IN1M=$WORK/in_1m.h5
