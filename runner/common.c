@@ -98,6 +98,16 @@ void *fa_aligned_alloc(size_t bytes, const char *what) {
     return p;
 }
 
+void fa_copy_floats(float *dst, const float *src, int64_t n, int add) {
+    const int64_t step = (int64_t)1 << 18;
+#pragma omp parallel for schedule(static) if (n > step)
+    for (int64_t x = 0; x < n; x += step) {
+        const int64_t y = n - x < step ? n : x + step;
+        if (!add) memcpy(dst + x, src + x, sizeof(float) * (size_t)(y - x));
+        else for (int64_t i = x; i < y; i++) dst[i] += src[i];
+    }
+}
+
 double fa_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);

@@ -154,6 +154,14 @@ static double time_gpu(const cm_job *j, const cm_machine *m, cm_choice *c, int r
     return time_gpu_memo(j, m, c, reps, 1);
 }
 
+/* A candidate measured at t replaces the fixed defaults only when measurably faster (2%: the
+ * noise of a shared machine); among candidates the fastest wins. */
+static int beats(const cm_choice *best, double t) {
+    if (best->measured_s < 0) return 1;
+    int defaults = !strcmp(best->source ? best->source : "", "defaults");
+    return t < (defaults ? best->measured_s * 0.98 : best->measured_s);
+}
+
 static int by_plan(const void *a, const void *b) {
     const cm_choice *x = a, *y = b;
     int64_t k[2][5] = {{x->chunk, x->block_rows, x->ring, x->window, x->variant},
@@ -216,11 +224,7 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
         c.measured_s = t;
         done[timed++] = c;
         if (verbose) print_result("cand", &c, j->gpu);
-        /* a candidate replaces the fixed defaults only when measurably faster (2%: the noise
-         * of a shared machine); among candidates the fastest wins */
-        double bar = !strcmp(best->source ? best->source : "", "defaults") ? best->measured_s * 0.98
-                                                                        : best->measured_s;
-        if (t < bar || best->measured_s < 0) *best = c;
+        if (beats(best, t)) *best = c;
     }
     if (j->gpu && timed > 1) {
         /* GPU kernel times of a few ms vary by a few percent from one timing to the next: the
@@ -235,9 +239,7 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
             if (t < 0) continue;
             done[i].measured_s = t;
             if (verbose) print_result("final", &done[i], j->gpu);
-            double bar = !strcmp(best->source ? best->source : "", "defaults") ? best->measured_s * 0.98
-                                                                            : best->measured_s;
-            if (t < bar) *best = done[i];
+            if (beats(best, t)) *best = done[i];
         }
     }
     free(done);

@@ -249,6 +249,21 @@ static void test_in_place_widening(fa_dtype t) {
     }
 }
 
+/* fa_copy_floats (runner/common.c), the parallel host copy of whole chunks: copy and add, a size
+ * that ends inside a piece, equal to the serial loop element by element. */
+static void test_copy_floats(void) {
+    const int64_t n = 3 * 262144 + 12345;
+    float *a = fa_malloc((size_t)n * 4, "copy a"), *b = fa_malloc((size_t)n * 4, "copy b");
+    for (int64_t i = 0; i < n; i++) a[i] = (float)(i % 1021) * 0.5f, b[i] = -1.0f;
+    fa_copy_floats(b, a, n, 0);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += b[i] != a[i];
+    fa_copy_floats(b, a, n, 1);
+    for (int64_t i = 0; i < n; i++) bad += b[i] != 2.0f * a[i];
+    check(!bad, "fa_copy_floats: %lld floats copied, then added (%lld differ)", (long long)n, (long long)bad);
+    free(a), free(b);
+}
+
 static void test_f64_and_swap(void) {
     double d[6] = {0.1, 1e300, -1e300, 1e-50, 3.0, NAN};
     float f[6];
@@ -965,6 +980,7 @@ int main(int argc, char **argv) {
             test_f32_sweep(FA_BF16);
             test_in_place_widening(FA_F16);
             test_in_place_widening(FA_BF16);
+            test_copy_floats();
             test_f64_and_swap();
             test_read_types(dir);
             test_read_capped(dir);

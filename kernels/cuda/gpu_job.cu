@@ -301,10 +301,7 @@ static void upload(gpu_job *g, const float *src, int64_t n, int heads, void *dst
     for (int64_t r = 0; r < n; r += per) {
         int64_t m = n - r < per ? n - r : per;
         cudaCheck(cudaEventSynchronize(g->stage_free));         /* the staging buffer is free */
-        const int64_t nf = m * row, step = (int64_t)1 << 18;   /* 1 MiB pieces, copied in parallel */
-#pragma omp parallel for schedule(static) if (nf > step)
-        for (int64_t x = 0; x < nf; x += step)
-            memcpy(g->h_stage + x, src + r * row + x, (size_t)((nf - x < step ? nf - x : step) * 4));
+        fa_copy_floats(g->h_stage, src + r * row, m * row, 0);
         cudaCheck(cudaMemcpyAsync(g->d_stage, g->h_stage, (size_t)(m * row) * 4, cudaMemcpyHostToDevice, g->compute));
         g->st.bytes_h2d += m * row * 4;
         const int d = (int)g->D;
@@ -589,9 +586,7 @@ extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, 
     cudaCheck(cudaMemcpyAsync(g->h_out, g->o_fin[slot], (size_t)(rows * D) * 4, cudaMemcpyDeviceToHost, g->comm));
     cudaCheck(cudaMemcpyAsync(g->h_out + rows * D, g->lse_fin[slot], (size_t)rows * 4, cudaMemcpyDeviceToHost, g->comm));
     cudaCheck(cudaStreamSynchronize(g->comm));
-    const int64_t nf = rows * D, step = (int64_t)1 << 18;   /* 1 MiB pieces, in parallel */
-#pragma omp parallel for schedule(static) if (nf > step)
-    for (int64_t x = 0; x < nf; x += step) memcpy(o + x, g->h_out + x, (size_t)((nf - x < step ? nf - x : step) * 4));
+    fa_copy_floats(o, g->h_out, rows * D, 0);
     memcpy(lse, g->h_out + rows * D, (size_t)rows * 4);
     g->st.bytes_d2h += rows * (D + 1) * 4;
     g->merging[slot] = 0;

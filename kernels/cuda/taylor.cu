@@ -373,15 +373,8 @@ extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *r
     tcheck(cudaMemcpyAsync(e->cnt, cnt, sizeof(int64_t) * (size_t)nq, cudaMemcpyHostToDevice, e->stream));
     tcheck(cudaMemcpyAsync(e->bounds, bounds, sizeof(int64_t) * (size_t)(nblocks * (BLOCK_TILES + 1)),
                            cudaMemcpyHostToDevice, e->stream));
-    {   /* the queries through pinned memory, copied there in parallel */
-        const int64_t nf = nq * h * d, step = (int64_t)1 << 18;
-        float *hq = e->host_q;
-        const float *src = q->q;
-#pragma omp parallel for schedule(static) if (nf > step)
-        for (int64_t x = 0; x < nf; x += step)
-            memcpy(hq + x, src + x, sizeof(float) * (size_t)((nf - x < step ? nf : x + step) - x));
-        tcheck(cudaMemcpyAsync(e->q, hq, sizeof(float) * (size_t)nf, cudaMemcpyHostToDevice, e->stream));
-    }
+    fa_copy_floats(e->host_q, q->q, nq * h * d, 0);        /* the queries through pinned memory */
+    tcheck(cudaMemcpyAsync(e->q, e->host_q, sizeof(float) * (size_t)(nq * h * d), cudaMemcpyHostToDevice, e->stream));
     int ntc = ((d + 31) / 32) * ((d + 31) / 32);
     int64_t nstate = (int64_t)hkv * P;
     int pblocks = (int)((nstate + THREADS - 1) / THREADS);
@@ -412,16 +405,10 @@ extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *r
     }
     /* through pinned memory (a copy into the caller's pageable records ran at a few GB/s), then
      * copied or added on the host in parallel */
-    const int64_t nf = nq * h * R, step = (int64_t)1 << 18;
+    const int64_t nf = nq * h * R;
     tcheck(cudaMemcpyAsync(e->host_rec, e->rec, sizeof(float) * (size_t)nf, cudaMemcpyDeviceToHost, e->stream));
     tcheck(cudaStreamSynchronize(e->stream));
-    const float *hr = e->host_rec;
-#pragma omp parallel for schedule(static) if (nf > step)
-    for (int64_t x = 0; x < nf; x += step) {
-        const int64_t y = nf - x < step ? nf : x + step;
-        if (overwrite) memcpy(rec + x, hr + x, sizeof(float) * (size_t)(y - x));
-        else for (int64_t i = x; i < y; i++) rec[i] += hr[i];
-    }
+    fa_copy_floats(rec, e->host_rec, nf, !overwrite);
     return 0;
 }
 
