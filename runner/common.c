@@ -4,7 +4,6 @@
 #include <mpi.h>
 #include <stdarg.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #include <ctype.h>
@@ -82,19 +81,11 @@ void *fa_calloc(size_t n, size_t size, const char *what) {
     if (!p) fa_fail("out of memory allocating %zu x %zu bytes for %s", n, size, what);
     return p;
 }
-/* Large buffers (keys, values, query chunks, records: hundreds of MB to tens of GB) are aligned
- * to 2 MiB and offered to transparent huge pages (madvise): first touching them then costs one
- * fault per 2 MiB instead of one per 4 KiB (on a 2-core run, faults were a quarter of reading
- * 1 GB of bf16 keys). Where the kernel does not take the advice nothing changes. */
-#define HUGE_MIN ((size_t)64 << 20)
+
 void *fa_aligned_alloc(size_t bytes, const char *what) {
     void *p = NULL;
-    const size_t align = bytes >= HUGE_MIN ? ((size_t)2 << 20) : 64;
-    if (posix_memalign(&p, align, bytes ? bytes : 64) != 0)
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
         fa_fail("out of memory allocating %zu bytes for %s", bytes, what);
-#ifdef MADV_HUGEPAGE
-    if (bytes >= HUGE_MIN) (void)madvise(p, bytes & ~(((size_t)2 << 20) - 1), MADV_HUGEPAGE);
-#endif
     return p;
 }
 

@@ -40,7 +40,7 @@ void fa_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 
 void *fa_malloc(size_t bytes, const char *what);  /* fa_fail()s when out of memory */
 void *fa_calloc(size_t n, size_t size, const char *what);
-void *fa_aligned_alloc(size_t bytes, const char *what); /* 64-byte aligned (2 MiB from 64 MB); free() it */
+void *fa_aligned_alloc(size_t bytes, const char *what); /* 64-byte aligned; free() it */
 /* dst[i] = src[i] (add = 0) or dst[i] += src[i] (add = 1) for n floats, in 1 MiB pieces over the
  * OpenMP threads: host copies of whole chunks (staging, pinned buffers) at memory speed */
 void fa_copy_floats(float *dst, const float *src, int64_t n, int add);
