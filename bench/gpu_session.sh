@@ -1,6 +1,6 @@
 #!/bin/sh
 # gpu_session.sh — one call on a lent GPU machine: build, then the named steps in order, each under
-# its own time limit, logs and changed results packed into $OUT (the device tool brings back at
+# its own time limit (cut to what is left of the budget), logs and changed results packed into $OUT (the device tool brings back at
 # most 8 files). A step that would start with less than its limit left of the call's budget is
 # skipped (said in the summary), so the packing always happens.
 #
@@ -30,9 +30,15 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 step() {   # name limit command...
     name=$1; lim=$2; shift 2
     now=$(date +%s); left=$((BUDGET - (now - START)))
+    # a step given less than its limit runs with what is left (at least half its limit, else it
+    # is skipped); steps write their results as they go, so a cut step keeps its finished rows
     if [ "$left" -lt "$lim" ]; then
-        echo "$name: skipped ($left s left of the budget, needs $lim)" | tee -a "$SUM"
-        return
+        if [ $((left - 20)) -lt $((lim / 2)) ]; then
+            echo "$name: skipped ($left s left of the budget, needs $lim)" | tee -a "$SUM"
+            return
+        fi
+        lim=$((left - 20))
+        echo "$name: limit cut to $lim s (what is left of the budget)" | tee -a "$SUM"
     fi
     t0=$(date +%s)
     timeout "$lim" sh -c "$*" > "$LOGS/$name.log" 2>&1
