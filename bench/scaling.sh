@@ -108,7 +108,7 @@ if [ $MODE = gpu ]; then
     NG=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
     TAG=$(echo "$DEV" | tr 'A-Z ' 'a-z_' | tr -cd 'a-z0-9_' | sed 's/nvidia_//')_x$NG
     # one rank per GPU: 1, 2, 4, 8 up to the GPUs there are
-    RANKS=${RANKS:-$(for p in 1 2 4 8; do [ $p -le "$NG" ] && printf '%s ' $p; done)}
+    RANKS=${RANKS:-$(for p in 1 2 4 8; do [ $p -gt "$NG" ] || printf '%s ' $p; done)}
     EXTRA="--backend cuda --chunk 8192"
     # the NCCL baseline of the same bytes as one chunk's merge, in the same run
     if [ "$NG" -ge 2 ] && [ -x build/bench/nccl_baseline ]; then
