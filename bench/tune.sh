@@ -63,12 +63,17 @@ for l in open(raw):
         blocks.append(cur)
     elif l.startswith("result ") and cur is not None:
         cur["rows"].append(dict(kv.split("=", 1) for kv in l.split()[1:]))
+gpu = any(x in dev for x in ("NVIDIA", "H100", "H200", "A100", "GH200"))
 def cfg(r):
-    if r.get("br") == "0":
+    if gpu:
         # variant 0 is the kernel's own pick, variant 4 on sm_90 cards (kernels/cuda/flash_sm80.cu):
-        # one kernel, one configuration
+        # one kernel, one configuration. Paged keys: /p<block rows>x<ring> (auto: the planner's)
         v = "4" if r["variant"] == "0" and any(x in dev for x in ("H100", "H200", "H800", "GH200")) else r["variant"]
-        return f"v{v}/c{r['chunk']}"
+        s = f"v{v}/c{r['chunk']}"
+        if float(r.get("t_page", "0")) > 0:
+            b = int(r.get("block_rows", "0"))
+            s += f"/p{b // 1024 if b else 'auto'}{'K' if b else ''}x{r.get('ring', '0') if r.get('ring', '0') != '0' else 'auto'}"
+        return s
     return f"{r['br']}x{r['bc']}/c{r['chunk']}"
 out = ["date,device,rev,load1,n,d,h,hkv,gqa,causal,budget,default_cfg,default_s,tuned_cfg,tuned_pred_s,"
        "tuned_s,model_err_pct,sweep_median_err_pct,sweep_n,best_cfg,best_s,tuned_vs_best_pct,gain_vs_default_pct"]
@@ -98,8 +103,8 @@ for bl in blocks:
     out.append(",".join(str(x) for x in [date, dev, rev, bl["load"], n, d, h, hkv, int(h) // int(hkv), causal,
         budget, cfg(default), f"{ds:.4f}", cfg(tuned), f"{tp:.4f}", f"{ts:.4f}", f"{err:+.1f}", f"{sw:.1f}",
         len(sweep), cfg(best), f"{bs:.4f}", f"{vb:+.1f}", f"{gain:+.1f}"]))
-    print(f"  {n:>6} {d:>3} {h:>3} {hkv:>3} {causal:>2} {budget:>6} | {cfg(default):<14} {ds:8.4f} | "
-          f"{cfg(tuned):<14} {tp:8.4f} {ts:8.4f} {err:+6.1f} | {sw:6.1f} | {cfg(best):<14} {bs:8.4f} {vb:+6.1f} | {gain:+6.1f}")
+    print(f"  {n:>6} {d:>3} {h:>3} {hkv:>3} {causal:>2} {budget:>6} | {cfg(default):<20} {ds:8.4f} | "
+          f"{cfg(tuned):<20} {tp:8.4f} {ts:8.4f} {err:+6.1f} | {sw:6.1f} | {cfg(best):<20} {bs:8.4f} {vb:+6.1f} | {gain:+6.1f}")
 open(csv_path, "w").write("\n".join(out) + "\n")
 if stats:
     e = [abs(x[0]) for x in stats]
@@ -122,7 +127,7 @@ if [ "${1:-}" = "--table" ]; then
     fi
     table "$2" "${2%.txt}.csv"; exit 0
 fi
-printf "# %-6s %3s %3s %3s %2s %6s | %-14s %8s | %-14s %8s %8s %6s | %6s | %-14s %8s %6s | %6s\n" \
+printf "# %-6s %3s %3s %3s %2s %6s | %-20s %8s | %-20s %8s %8s %6s | %6s | %-20s %8s %6s | %6s\n" \
     N D H Hkv c budget default s tuned pred_s s err% sw_err% best s vs_best% gain%
 for S in $SHAPES; do
     N=$(echo "$S" | cut -d: -f1); D=$(echo "$S" | cut -d: -f2); H=$(echo "$S" | cut -d: -f3)

@@ -370,7 +370,19 @@ static void gpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
         double wave = (double)blocks / (double)(ceil_div(blocks, GPU_SMS) * GPU_SMS);
         double tc = flops / (R * wave) + GPU_LAUNCH_S * (runs + nblocks) +
                     (double)n * j->h * (j->d + 2) * 8 / (m->hbm_gbps * 1e9);   /* state in/out */
-        double tp = (double)pl.paged_rows * 2 * j->hkv * j->d * j->elem / (m->link_gbps * 1e9);
+        /* paged keys copied for this chunk: causal chunks stop at their last visible key (the
+         * engine skips later blocks); a rank's keys span the sequence in order (one rank) or
+         * spread over it (zigzag / striped shards: the visible fraction of them) */
+        int64_t paged = pl.paged_rows;
+        if (j->causal) {
+            const int64_t last = r0 + n - 1 + diag + 1;          /* visible keys: [0, last) */
+            const double frac = last <= 0 ? 0 : last >= j->nk ? 1 : (double)last / j->nk;
+            const int64_t need = j->nranks > 1 ? (int64_t)ceil(frac * pl.kv_rows)
+                                               : (last < pl.kv_rows ? (last > 0 ? last : 0) : pl.kv_rows);
+            paged = need > pl.resident_rows ? need - pl.resident_rows : 0;
+            if (paged > pl.paged_rows) paged = pl.paged_rows;
+        }
+        double tp = (double)paged * 2 * j->hkv * j->d * j->elem / (m->link_gbps * 1e9);
         double tchunk = tc > tp ? tc : tp;
         total += tchunk;
         comp_sum += tc;
@@ -491,6 +503,21 @@ void cm_fixed_defaults(const cm_job *j, int threads, cm_choice *c) {
     while (c->br > 4 && ceil_div(c->chunk, c->br) * j->hkv < 4 * threads) c->br /= 2;
     if (c->br > c->chunk) c->br = (int)c->chunk;
     c->source = "defaults";
+    /* GPU under a device budget: 8192-row chunks may leave no room for a ring of key blocks (the
+     * run then stops and asks for a lower --chunk); the defaults are what that advice gives,
+     * the chunk halved down to 2048 rows until the planner (block size and ring its own) fits */
+    if (j->gpu && j->budget > 0) {
+        for (;;) {
+            kv_plan pl = {.kv_rows = ceil_div(j->nk, j->nranks > 0 ? j->nranks : 1), .h = j->h,
+                          .hkv = j->hkv, .d = j->d, .elem = j->elem, .chunk_rows = c->chunk,
+                          .slots = c->window, .budget = j->budget, .max_resident = -1};
+            fa_clearerr();
+            int rc = kv_plan_make(&pl);
+            fa_clearerr();
+            if (rc == 0 || c->chunk <= 2048) break;
+            c->chunk /= 2;
+        }
+    }
 }
 
 /* ---- tune cache ------------------------------------------------------------------------------ */

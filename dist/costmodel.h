@@ -96,7 +96,8 @@ int cm_predict(const cm_machine *m, const cm_job *j, cm_choice *c);
 /* All valid candidates of the model's search space, best predicted first; returns the count
  * (at most max). */
 int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max);
-/* The fixed choice fa_long made before the model (pick_tiling, 1K/8K chunks, window 3). */
+/* The fixed choice fa_long made before the model (pick_tiling, 1K/8K chunks, window 3); on a GPU
+ * under a device budget, the chunk halved (to 2048 at least) until the key plan fits. */
 void cm_fixed_defaults(const cm_job *j, int threads, cm_choice *c);
 
 /* ---- tune cache: a text file of sections, one per (device, D, dtype, causal, GQA ratio) ----

@@ -210,11 +210,13 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
     int n = cm_candidates(m, j, cand, 2048);
     cm_choice def;
     cm_fixed_defaults(j, m->threads, &def);
-    cm_predict(m, j, &def);
+    /* defaults the budget or the chip cannot hold are shown, never chosen */
+    const int def_ok = cm_predict(m, j, &def);
     def.source = "defaults";
     def.measured_s = j->gpu ? time_gpu(j, m, &def, reps) : cm_time_cpu(j, &def, reps);
     if (verbose) print_result("default", &def, j->gpu);
     *best = def;
+    if (!def_ok) best->measured_s = -1;
     int timed = 0;
     cm_choice *done = fa_malloc(sizeof(cm_choice) * (size_t)(top > 0 ? top : 1), "timed");
     for (int i = 0; i < n && timed < top; i++) {
@@ -234,6 +236,7 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
         def.measured_s = time_gpu_memo(j, m, &def, reps * 4, 0);
         if (verbose) print_result("default_final", &def, j->gpu);
         *best = def;
+        if (!def_ok) best->measured_s = -1;
         for (int i = 0; i < fin; i++) {
             double t = time_gpu_memo(j, m, &done[i], reps * 4, 0);
             if (t < 0) continue;

@@ -275,6 +275,23 @@ static void test_terms(void) {
     cm_choice gp = {.variant = 0, .chunk = 8192, .window = 3};
     CHECK(cm_predict(&g, &jg, &gp) && !strcmp(gp.critical, "paging") && gp.t_page > gp.t_compute,
           "2 GiB budget, 1 GB/s link: paging critical (%s)", gp.critical);
+    /* the fixed defaults under budgets where 8192-row chunks leave no room for key blocks: the
+     * chunk halved until the plan fits (never below 2048), a valid configuration that pages */
+    static const int64_t budgets[] = {(int64_t)1 << 30, (int64_t)768 << 20, (int64_t)384 << 20};
+    for (int b = 0; b < 3; b++) {
+        jg.budget = budgets[b];
+        cm_choice full = {.variant = 0, .chunk = 8192, .window = 3}, d;
+        CHECK(!cm_predict(&g, &jg, &full), "budget %lld MiB: 8192-row chunks do not fit",
+              (long long)(budgets[b] >> 20));
+        cm_fixed_defaults(&jg, 1, &d);
+        CHECK(d.chunk < 8192 && d.chunk >= 2048 && cm_predict(&g, &jg, &d) && d.t_page > 0,
+              "budget %lld MiB: defaults chunk %lld fit and page (%s)", (long long)(budgets[b] >> 20),
+              (long long)d.chunk, d.critical);
+    }
+    jg.budget = 0;
+    cm_choice d0;
+    cm_fixed_defaults(&jg, 1, &d0);
+    CHECK(d0.chunk == 8192, "no budget: the defaults keep 8192-row chunks (%lld)", (long long)d0.chunk);
 }
 
 int main(void) {

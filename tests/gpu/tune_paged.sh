@@ -3,7 +3,8 @@
 # configurations are timed on the real job engine (cm_gpu_time_paged). 32K keys, H 8, Hkv 2, D 128:
 # 32 MB of bf16 keys, and 150 MB of device memory, of which ~136 MB go to the chunk buffers, so
 # most keys page (bench/NOTES_TUNE.md). Checks: the run succeeds, every timed candidate that pages
-# has a positive measured time, the choice is one of them or the defaults, and a paged
+# has a positive measured time, the choice is valid under the budget (never defaults that do
+# not fit: the first H100 run chose those), and a paged
 # configuration is not measured faster than the same chunk's kernel with every key resident by
 # more than timing noise (10%): paging can only add waits.
 set -u
@@ -31,7 +32,9 @@ res = {(r["variant"], r["chunk"]): float(r["measured_s"]) for r in resident if r
 worse = [r for r in cands if (r["variant"], r["chunk"]) in res and float(r["measured_s"]) < 0.9 * res[(r["variant"], r["chunk"])]]
 print(f"  paged measured below 0.9x the resident kernel time: {len(worse)} (expected 0)")
 tuned = [r for r in paged if r["kind"] == "tuned"]
-ok = ok and not worse and len(tuned) == 1 and float(tuned[0]["measured_s"]) > 0
+valid = len(tuned) == 1 and tuned[0]["critical"] != "invalid" and float(tuned[0]["predicted_s"]) > 0
+print(f"  the choice is a valid configuration under the budget: {'ok' if valid else 'FAIL'}")
+ok = ok and not worse and valid and float(tuned[0]["measured_s"]) > 0
 sys.exit(0 if ok else 1)
 PY
 rc=$?
