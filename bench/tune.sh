@@ -23,7 +23,7 @@ GPU=0
 [ "${1:-}" = "--gpu" ] && GPU=1
 REPS=${REPS:-3}
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+REV=${FA_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 if [ $GPU = 1 ]; then
     DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
     TAG=$(echo "$DEV" | tr 'A-Z ' 'a-z_' | tr -cd 'a-z0-9_' | sed 's/nvidia_//')
@@ -76,7 +76,8 @@ def cfg(r):
         return s
     return f"{r['br']}x{r['bc']}/c{r['chunk']}"
 out = ["date,device,rev,load1,n,d,h,hkv,gqa,causal,budget,default_cfg,default_s,tuned_cfg,tuned_pred_s,"
-       "tuned_s,model_err_pct,sweep_median_err_pct,sweep_n,best_cfg,best_s,tuned_vs_best_pct,gain_vs_default_pct"]
+       "tuned_s,model_err_pct,sweep_median_err_pct,sweep_n,best_cfg,best_s,tuned_vs_best_pct,gain_vs_default_pct,"
+       "tuned_again_s,default_again_s,gain_again_pct"]
 stats = []
 for bl in blocks:
     rows = bl["rows"]
@@ -85,24 +86,34 @@ for bl in blocks:
         continue
     f = bl["shape"].split(":") + ["0"]
     n, d, h, hkv, causal, budget = f[:6]
-    tuned = (get("tuned_again") or get("tuned"))[0]
-    default = (get("default_again") or get("default"))[0]
+    tuned = get("tuned")[0]
+    default = get("default")[0]
     sweep = get("sweep")
-    best = (get("best_again") or [min(sweep + [tuned], key=lambda r: float(r["measured_s"]))])[0]
-    # one configuration, one figure: the same configuration timed twice is not a comparison
-    ts = float(tuned["measured_s"])
-    bs = ts if cfg(best) == cfg(tuned) else min(float(best["measured_s"]), ts)
-    if bs == ts:
-        best = tuned
-    ds = ts if cfg(default) == cfg(tuned) else float(default["measured_s"])
+    # one configuration, one figure: the best of every timing of it in this run (3 to 8 each:
+    # candidate round, final round, sweep, the interleaved re-timing). Noise on the GPU only adds
+    # time (0.1 s warm-up before each timing holds the clock steady); the same rule for the
+    # tuned, default and sweep configurations. The interleaved re-timings alone are kept too.
+    tmin = {}
+    for r in rows:
+        if float(r["measured_s"]) > 0:
+            tmin[cfg(r)] = min(tmin.get(cfg(r), float("inf")), float(r["measured_s"]))
+    ts, ds = tmin[cfg(tuned)], tmin[cfg(default)]
+    best = min(sweep + [tuned], key=lambda r: tmin[cfg(r)])
+    bs = tmin[cfg(best)]
+    ta = (get("tuned_again") or [tuned])[0]
+    da = (get("default_again") or [default])[0]
+    tas = float(ta["measured_s"])
+    das = tas if cfg(da) == cfg(ta) else float(da["measured_s"])
     tp = float(tuned["predicted_s"])
     errs = [abs(float(r["predicted_s"]) / float(r["measured_s"]) - 1) * 100 for r in sweep]
     sw = statistics.median(errs) if errs else float("nan")
     vb, gain, err = (ts / bs - 1) * 100, (ds / ts - 1) * 100, (tp / ts - 1) * 100
-    stats.append((err, sw, vb, gain))
+    gain_again = (das / tas - 1) * 100
+    stats.append((err, sw, vb, gain, gain_again))
     out.append(",".join(str(x) for x in [date, dev, rev, bl["load"], n, d, h, hkv, int(h) // int(hkv), causal,
         budget, cfg(default), f"{ds:.4f}", cfg(tuned), f"{tp:.4f}", f"{ts:.4f}", f"{err:+.1f}", f"{sw:.1f}",
-        len(sweep), cfg(best), f"{bs:.4f}", f"{vb:+.1f}", f"{gain:+.1f}"]))
+        len(sweep), cfg(best), f"{bs:.4f}", f"{vb:+.1f}", f"{gain:+.1f}", f"{tas:.4f}", f"{das:.4f}",
+        f"{gain_again:+.1f}"]))
     print(f"  {n:>6} {d:>3} {h:>3} {hkv:>3} {causal:>2} {budget:>6} | {cfg(default):<20} {ds:8.4f} | "
           f"{cfg(tuned):<20} {tp:8.4f} {ts:8.4f} {err:+6.1f} | {sw:6.1f} | {cfg(best):<20} {bs:8.4f} {vb:+6.1f} | {gain:+6.1f}")
 open(csv_path, "w").write("\n".join(out) + "\n")
@@ -116,6 +127,9 @@ if stats:
     print(f"# tuned vs best of sweep: max {max(vb):+.1f}% (rows within 3%: {sum(v <= 3 for v in vb)}/{len(vb)})")
     print(f"# tuned vs fixed defaults: gain median {statistics.median(g):+.1f}%, min {min(g):+.1f}% "
           f"(rows slower: {sum(x < 0 for x in g)})")
+    ga = [x[4] for x in stats]
+    print(f"# the same from the interleaved re-timings alone: gain median {statistics.median(ga):+.1f}%, "
+          f"min {min(ga):+.1f}% (rows slower: {sum(x < 0 for x in ga)})")
 PYEOF
 }
 # --table RAW: the table again from a kept raw file; the date, device and revision of the run that
