@@ -57,7 +57,7 @@ for s in "$@"; do
     tune)    step tune 540 "./fa_long tune --backend cuda -n 8K --heads 32 --kv-heads 8 -d 128 --tune-cache /tmp/t.txt --verbose && cat /tmp/t.txt && sh bench/tune.sh --gpu" ;;
     gputune) step gputune 120 "./fa_long tune --backend cuda -n 256K --heads 32 --kv-heads 8 -d 128 && ./fa_long gen --output /tmp/in.h5 -n 256K --heads 32 --kv-heads 8 -d 128 --dtype bfloat16 -f && ./fa_long --input /tmp/in.h5 --output /tmp/out.h5 -f --backend cuda --verbose --report bench/results/tuned_run_h100.json" ;;
     scaling) step scaling 540 "sh bench/scaling.sh --gpu" ;;
-    cmd:*)   step cmd 300 "${s#cmd:}" ;;
+    cmd:*)   NCMD=$((${NCMD:-0} + 1)); step cmd$NCMD 300 "${s#cmd:}" ;;
     *)       echo "unknown step $s" | tee -a "$SUM" ;;
     esac
 done

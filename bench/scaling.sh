@@ -21,7 +21,8 @@ MODE=cpu
 [ "${1:-}" = "--gpu" ] && MODE=gpu
 [ "${1:-}" = "--predict" ] && MODE=predict
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+REV=${FA_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+SUFFIX=${SUFFIX:-}                # appended to the table's and reports' names (e.g. _ph5)
 WORK=${WORK:-/tmp/fa_scaling_$$}
 mkdir -p "$WORK" bench/results
 MPI="mpirun --oversubscribe --bind-to none"
@@ -112,7 +113,7 @@ if [ $MODE = gpu ]; then
     EXTRA="--backend cuda --chunk 8192"
     # the NCCL baseline of the same bytes as one chunk's merge, in the same run
     if [ "$NG" -ge 2 ] && [ -x build/bench/nccl_baseline ]; then
-        build/bench/nccl_baseline 8192 32 128 20 | tee "bench/results/nccl_baseline_${TAG}.csv"
+        build/bench/nccl_baseline 8192 32 128 20 | tee "bench/results/nccl_baseline_${TAG}$SUFFIX.csv"
     fi
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 else
@@ -125,10 +126,11 @@ else
     EXTRA="--backend cpu --tile 16x128 --chunk 512"
     export OMP_NUM_THREADS=1
 fi
-OUT=bench/results/scaling_${MODE}_${TAG}.csv
+OUT=bench/results/scaling_${MODE}_${TAG}$SUFFIX.csv
+H5MODE=$($FA --version 2>/dev/null | grep -q "HDF5: parallel" && echo parallel || echo serial)
 IN=$WORK/in_$N.h5
 $FA gen --output "$IN" -n "$N" --heads $H --kv-heads $HKV -d $D --dtype $DT --force > /dev/null
-echo "date,device,rev,ranks,causal,shard,n,h,hkv,d,dtype,chunk,threads_per_rank,load1,elapsed_s,read_s,compute_max_s,compute_mean_s,compute_min_s,merge_wait_max_s,write_s,imbalance_max_over_mean,merge_bytes,merge_bytes_model,merge_comm_s,hidden_fraction,check_rel_err,check_pass,eff_compute_merge,eff_job,q_read" > "$OUT"
+echo "date,device,rev,ranks,causal,shard,n,h,hkv,d,dtype,chunk,threads_per_rank,load1,elapsed_s,read_s,compute_max_s,compute_mean_s,compute_min_s,merge_wait_max_s,write_s,imbalance_max_over_mean,merge_bytes,merge_bytes_model,merge_comm_s,hidden_fraction,check_rel_err,check_pass,eff_compute_merge,eff_job,q_read,merge_exposed_s,compute_idle_s,merge_fastest_chunk_s,merge_busbw_gbps,finalize_s,hdf5" > "$OUT"
 # GPU: the largest rank count once more with FA_Q_READ=shared (each rank reads 1/P of every
 # query chunk, then an all-gather), which the model expects to matter for the whole job
 PMAX=$(echo $RANKS | awk '{print $NF}')
@@ -145,11 +147,11 @@ for RUN in $RUNS; do
         $MPI -np "$P" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$IN" -o "$WORK/out.h5" --force -q \
             $EXTRA $CA --report "$R" --check 8 --tune-cache "$WORK/none.txt"
         SUF=""; [ "$QR" = shared ] && SUF=_qshared
-        cp "$R" "bench/results/scaling_${MODE}_${TAG}_c${C}_p$P$SUF.json"
-        python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "$OMP_NUM_THREADS" "$QR" <<'EOF'
+        cp "$R" "bench/results/scaling_${MODE}_${TAG}${SUFFIX}_c${C}_p$P$SUF.json"
+        python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "$OMP_NUM_THREADS" "$QR" "$H5MODE" <<'EOF'
 import json, sys, csv
 r = json.load(open(sys.argv[1]))
-out, date, dev, rev, load, causal, thr, qread = sys.argv[2:10]
+out, date, dev, rev, load, causal, thr, qread, h5mode = sys.argv[2:11]
 cfg, ph, pr = r["config"], r["phases_s"], r["per_rank"]
 comp = [x["compute_s"] for x in pr]
 P, n, H, D = cfg["ranks"], cfg["Nq"], cfg["H"], cfg["D"]
@@ -173,12 +175,16 @@ line = [date, dev, rev, P, causal, cfg["shard"], n, H, cfg["Hkv"], D, cfg["input
         f"{ph['write']:.4f}", f"{r['imbalance_compute_max_over_mean']:.3f}",
         int(r["bytes"]["merge_network"]), model, f"{r['merge']['comm_s']:.4f}",
         f"{r['merge']['hidden_fraction']:.3f}", f"{chk.get('rel_err', float('nan')):.2e}",
-        chk.get("pass", ""), eff, eff_job, qread]
+        chk.get("pass", ""), eff, eff_job, qread, f"{r['merge'].get('exposed_s', 0):.4f}",
+        f"{r['merge']['compute_idle_s']:.4f}", f"{r['merge'].get('fastest_chunk_s', 0):.6f}",
+        f"{r['merge'].get('fastest_chunk_busbw_gbps', 0):.1f}", f"{ph['finalize']:.4f}", h5mode]
 with open(out, "a") as f:
     f.write(",".join(str(x) for x in line) + "\n")
 print(f"  ranks {P} causal {causal} {cfg['shard']:10} compute max/mean {max(comp):.3f}/{sum(comp)/len(comp):.3f} s "
       f"(imbalance {r['imbalance_compute_max_over_mean']:.3f}), merge wait {ph['merge_wait']:.3f} s, "
-      f"merged {int(r['bytes']['merge_network'])} B (model {model}), check {chk.get('pass')}")
+      f"merged {int(r['bytes']['merge_network'])} B (model {model}), merge {r['merge']['comm_s']:.3f} s "
+      f"exposed {r['merge'].get('exposed_s', 0):.4f} s, busbw {r['merge'].get('fastest_chunk_busbw_gbps', 0):.0f} GB/s, "
+      f"elapsed {r['elapsed_s']:.2f} s, check {chk.get('pass')}")
 EOF
 done
 unset FA_Q_READ
@@ -187,7 +193,7 @@ if [ $MODE = gpu ] && [ "${SKIP_1M:-0}" != 1 ]; then
     IN1M=$WORK/in_1m.h5
     $FA gen --output "$IN1M" -n 1M --heads 32 --kv-heads 8 -d 128 --dtype bfloat16 --force > /dev/null
     $MPI -np "$NG" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE "$FA" -i "$IN1M" -o "$WORK/out1m.h5" --force \
-        --backend cuda --causal --report "bench/results/scaling_gpu_${TAG}_1m_c1_p$NG.json" --check 64
+        --backend cuda --causal --report "bench/results/scaling_gpu_${TAG}${SUFFIX}_1m_c1_p$NG.json" --check 64
 fi
 echo "# table: $OUT"
 rm -rf "$WORK"

@@ -106,6 +106,9 @@ static void job_stats(void *ctx, pipeline_stats *st) {
     st->t_comm = g.comm_ms * 1e-3;
     st->t_copy = g.copy_ms * 1e-3;
     st->t_exposed = g.exposed_ms * 1e-3;
+    st->t_idle = g.idle_ms * 1e-3;
+    st->t_comm_min = g.comm_min_ms * 1e-3;
+    st->bytes_comm_min = g.comm_min_bytes;
     st->bytes_h2d = g.bytes_h2d;
     st->bytes_d2h = g.bytes_d2h;
     st->bytes_paged = g.bytes_paged;

@@ -64,7 +64,10 @@ typedef struct pipeline_stats {
     int64_t bytes_paged;     /* of which key/value blocks paged from pinned host memory */
     double t_copy;           /* time the paging copies took (copy stream) */
     double t_comm;           /* device merge time (NCCL, communication stream) */
-    double t_exposed;        /* compute-stream idle time while merges ran: comm not hidden */
+    double t_exposed;        /* host blocked on device merges after their compute: comm not hidden */
+    double t_idle;           /* GPU compute-stream idle time between the first and last chunk */
+    double t_comm_min;       /* the fastest chunk's device merge, and its bytes */
+    int64_t bytes_comm_min;
     int64_t chunks;          /* query chunks processed */
     double work_pairs;       /* visible (query, key) pairs computed by this rank */
     int used_gpu;

@@ -24,9 +24,14 @@ typedef struct {
 
 typedef struct {
     double compute_ms;      /* kernel time of all chunks (device events) */
-    double comm_ms;         /* NCCL merge time on the communication stream */
+    double comm_ms;         /* NCCL merge time on the communication stream (waits for peers too) */
     double copy_ms;         /* paged-block copy time on the copy stream */
-    double exposed_ms;      /* compute-stream idle time between chunks while merges ran */
+    double exposed_ms;      /* host time blocked on merges after their chunk's compute was done:
+                               communication the pipeline did not hide */
+    double idle_ms;         /* compute-stream idle time from the first chunk to the last, any cause
+                               (host late, copies, merges) */
+    double comm_min_ms;     /* the fastest chunk's merge, and its bytes: the bus bandwidth */
+    int64_t comm_min_bytes;
     int64_t bytes_h2d, bytes_d2h, bytes_paged, bytes_nccl;
 } gpu_job_stats;
 

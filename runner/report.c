@@ -44,7 +44,7 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 }
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
-       S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_N };
+       S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_N };
 
 static double maxrss_mib(void) {      /* this process's peak resident memory */
     struct rusage ru;
@@ -57,7 +57,8 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     double mine[S_N] = {st->t_read, st->t_compute, st->t_wait, st->t_write, st->work_pairs,
                         (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
-                        maxrss_mib(), st->t_setup, st->t_kv, st->t_final};
+                        maxrss_mib(), st->t_setup, st->t_kv, st->t_final, st->t_idle, st->t_comm_min,
+                        (double)st->bytes_comm_min};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     r->json = NULL;
@@ -124,10 +125,19 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     put_num(&b, mx[S_COPY] > 0 ? sum[S_PAGED] / fa_nranks / mx[S_COPY] * 1e-9 : 0);
     put(&b, "},\n  \"merge\": {\"nccl\": %s, \"comm_s\": ", st->nccl ? "true" : "false");
     put_num(&b, mx[S_COMM]);
-    put(&b, ", \"compute_idle_s\": ");
+    /* exposed: the host blocked on a merge whose chunk's compute was done (the slowest rank);
+     * hidden: the rest of the merge time. The fastest chunk's merge gives the bus bandwidth the
+     * merge reached (the slowest rank's fastest chunk); comm_s also counts waits for peers */
+    put(&b, ", \"exposed_s\": ");
     put_num(&b, mx[S_EXPOSED]);
     put(&b, ", \"hidden_fraction\": ");
     put_num(&b, mx[S_COMM] > 0 ? 1.0 - fmin(mx[S_EXPOSED], mx[S_COMM]) / mx[S_COMM] : 1.0);
+    put(&b, ", \"compute_idle_s\": ");
+    put_num(&b, mx[S_IDLE]);
+    put(&b, ", \"fastest_chunk_s\": ");
+    put_num(&b, mx[S_CMIN]);
+    put(&b, ", \"fastest_chunk_bytes\": %.0f, \"fastest_chunk_busbw_gbps\": ", mx[S_CMINB]);
+    put_num(&b, mx[S_CMIN] > 0 ? mx[S_CMINB] / mx[S_CMIN] * 1e-9 : 0);
     put(&b, "},\n");
     put(&b, "  \"maxrss_mib_max_rank\": ");
     put_num(&b, mx[S_RSS]);
@@ -138,10 +148,12 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
         const double *v = all + k * S_N;
         put(&b, "%s\n    {\"rank\": %d, \"read_s\": %.6f, \"compute_s\": %.6f, \"merge_wait_s\": "
                 "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
-                "\"comm_s\": %.6f, \"compute_idle_s\": %.6f, \"paged_bytes\": %.0f, "
-                "\"maxrss_mib\": %.1f, \"setup_s\": %.6f, \"read_kv_s\": %.6f, \"finalize_s\": %.6f}",
+                "\"comm_s\": %.6f, \"exposed_s\": %.6f, \"compute_idle_s\": %.6f, \"comm_fastest_chunk_s\": %.6f, "
+                "\"paged_bytes\": %.0f, \"maxrss_mib\": %.1f, \"setup_s\": %.6f, \"read_kv_s\": %.6f, "
+                "\"finalize_s\": %.6f}",
             k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
-            v[S_COMM], v[S_EXPOSED], v[S_PAGED], v[S_RSS], v[S_SETUP], v[S_KV], v[S_FINAL]);
+            v[S_COMM], v[S_EXPOSED], v[S_IDLE], v[S_CMIN], v[S_PAGED], v[S_RSS], v[S_SETUP], v[S_KV],
+            v[S_FINAL]);
     }
     put(&b, "\n  ]");
     if (check) {

@@ -266,7 +266,7 @@ extern "C" double cm_gpu_time_paged(int variant, int64_t chunk, int window, int6
              * waits that fall before a chunk starts (its query upload queued behind key copies
              * on the link: the first H100 table measured 13 ms a chunk for 16 ms of copies) */
             gpu_job_get_stats(g, &s1);
-            result = ((s1.compute_ms + s1.exposed_ms) - (s0.compute_ms + s0.exposed_ms)) * 1e-3 / n;
+            result = ((s1.compute_ms + s1.idle_ms) - (s0.compute_ms + s0.idle_ms)) * 1e-3 / n;
         }
     }
     cm_flash_variant = saved;
