@@ -10,6 +10,7 @@
 #        big (the 4M-key paged job and its check), taylor (bench/taylor.sh --gpu),
 #        tune (fa_long tune smoke run, then bench/tune.sh --gpu), gputune (a job that reads the
 #        tune cache, with --verbose), scaling (bench/scaling.sh --gpu: multi-GPU kinds),
+#        probe (bench/read_probe.sh: where several ranks' host time goes),
 #        cmd:'shell words' (any command)
 # Out: $OUT/summary.txt (one line per step: rc, seconds), $OUT/logs.tgz (every step's log),
 #      $OUT/results.tgz (bench/results and tests/gpu logs that changed).
@@ -57,6 +58,7 @@ for s in "$@"; do
     tune)    step tune 540 "./fa_long tune --backend cuda -n 8K --heads 32 --kv-heads 8 -d 128 --tune-cache /tmp/t.txt --verbose && cat /tmp/t.txt && sh bench/tune.sh --gpu" ;;
     gputune) step gputune 120 "./fa_long tune --backend cuda -n 256K --heads 32 --kv-heads 8 -d 128 && ./fa_long gen --output /tmp/in.h5 -n 256K --heads 32 --kv-heads 8 -d 128 --dtype bfloat16 -f && ./fa_long --input /tmp/in.h5 --output /tmp/out.h5 -f --backend cuda --verbose --report bench/results/tuned_run_h100.json" ;;
     scaling) step scaling 540 "sh bench/scaling.sh --gpu" ;;
+    probe)   step probe 300 "sh bench/read_probe.sh" ;;
     cmd:*)   NCMD=$((${NCMD:-0} + 1)); step cmd$NCMD 300 "${s#cmd:}" ;;
     *)       echo "unknown step $s" | tee -a "$SUM" ;;
     esac

@@ -59,6 +59,8 @@ typedef struct pipeline_stats {
     double t_setup;          /* engine and buffers, before the first chunk */
     double t_kv;             /* of t_read: this rank's keys and values, read and loaded */
     double t_final;          /* merged rows to the host and finalized (o/l, lse) */
+    double t_sync;           /* waiting for the other ranks in the reads' and writes' agreements
+                                (kept out of t_read, t_kv and t_write) */
     int64_t bytes_reduced;   /* record bytes this rank contributed to merges */
     int64_t bytes_h2d, bytes_d2h;   /* host<->device traffic of a GPU engine */
     int64_t bytes_paged;     /* of which key/value blocks paged from pinned host memory */

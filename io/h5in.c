@@ -304,7 +304,9 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     int64_t nb = 0;
     while (next_batch(ranges, nranges, &c, cap_rows, p) > 0) nb++;
     for (int i = 0; i < nranges; i++) total += ranges[i].n;
+    const double t_sync = MPI_Wtime();
     MPI_Allreduce(MPI_IN_PLACE, &nb, 1, MPI_INT64_T, MPI_MAX, f->comm);
+    h5io_sync_s += MPI_Wtime() - t_sync;
     /* float64 goes through a staging buffer; narrower types are read straight into the tail
      * of their fp32 destination and widened in place (front to back, never overtaking) */
     void *stage = esize > 4 ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) * row_el *

@@ -12,6 +12,7 @@
 
 int h5io_last_collective = -1;
 int64_t h5io_ntransfers = 0;
+double h5io_sync_s = 0;
 
 int h5io_parallel(void) {
 #ifdef H5_HAVE_PARALLEL
@@ -205,7 +206,9 @@ int h5io_agree(MPI_Comm comm, int st, int64_t key) {
     struct { long v; int r; } in, out;
     MPI_Comm_rank(comm, &in.r);
     in.v = st ? (long)key : LONG_MAX;
+    const double t0 = MPI_Wtime();
     MPI_Allreduce(&in, &out, 1, MPI_LONG_INT, MPI_MINLOC, comm);
+    h5io_sync_s += MPI_Wtime() - t0;
     if (out.v == LONG_MAX) return 0;
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", fa_errmsg());

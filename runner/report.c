@@ -44,7 +44,7 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 }
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
-       S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_N };
+       S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_SYNC, S_N };
 
 static double maxrss_mib(void) {      /* this process's peak resident memory */
     struct rusage ru;
@@ -58,7 +58,7 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
                         (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
                         maxrss_mib(), st->t_setup, st->t_kv, st->t_final, st->t_idle, st->t_comm_min,
-                        (double)st->bytes_comm_min};
+                        (double)st->bytes_comm_min, st->t_sync};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     r->json = NULL;
@@ -110,6 +110,8 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
     put_num(&b, mx[S_FINAL]);
     put(&b, ", \"write\": ");
     put_num(&b, mx[S_WRITE]);
+    put(&b, ", \"sync\": ");
+    put_num(&b, mx[S_SYNC]);
     put(&b, "},\n  \"flops\": ");
     put_num(&b, flops);
     put(&b, ",\n  \"tflops\": ");
@@ -150,10 +152,10 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
                 "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
                 "\"comm_s\": %.6f, \"exposed_s\": %.6f, \"compute_idle_s\": %.6f, \"comm_fastest_chunk_s\": %.6f, "
                 "\"paged_bytes\": %.0f, \"maxrss_mib\": %.1f, \"setup_s\": %.6f, \"read_kv_s\": %.6f, "
-                "\"finalize_s\": %.6f}",
+                "\"finalize_s\": %.6f, \"sync_s\": %.6f}",
             k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
             v[S_COMM], v[S_EXPOSED], v[S_IDLE], v[S_CMIN], v[S_PAGED], v[S_RSS], v[S_SETUP], v[S_KV],
-            v[S_FINAL]);
+            v[S_FINAL], v[S_SYNC]);
     }
     put(&b, "\n  ]");
     if (check) {
