@@ -10,6 +10,7 @@
 #   qonly    fa_long --backend cpu on a file with 512 keys: the query reads, widening and the
 #            per-chunk agreements of the pipeline (the report's sync phase), no GPU
 #   gpu      the whole GPU job (N keys), when there is a GPU
+#   *_node   the same with FA_Q_READ=node (one reader per node, a shared-memory window)
 # each from the input under /tmp (TMPDIR) and, when it has room, under /dev/shm.
 # Out: bench/results/read_probe_<machine>.csv (date, machine, rev, row kind, where, ranks, elapsed,
 # read phase of the slowest rank and of it the keys, per-rank read range, finalize, write, sync,
@@ -74,10 +75,20 @@ for P in $PLACES; do
         $MPI -np "$np" -x OMP_NUM_THREADS "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q --backend cpu --chunk 8192 \
             --report "$W/r.json"
         row qonly "$where" "$np" "$W/r.json"
+        if [ "$np" -gt 1 ]; then
+            FA_Q_READ=node $MPI -np "$np" -x OMP_NUM_THREADS -x FA_Q_READ "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q \
+                --backend cpu --chunk 8192 --report "$W/r.json"
+            row qonly_node "$where" "$np" "$W/r.json"
+        fi
         if [ "${NG:-0}" -ge "$np" ]; then
             $MPI -np "$np" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE "$FA" -i "$P/full.h5" -o "$W/o.h5" -f -q \
                 --backend cuda --chunk 8192 --report "$W/r.json"
             row gpu "$where" "$np" "$W/r.json"
+            if [ "$np" -gt 1 ]; then
+                FA_Q_READ=node $MPI -np "$np" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$P/full.h5" \
+                    -o "$W/o.h5" -f -q --backend cuda --chunk 8192 --report "$W/r.json"
+                row gpu_node "$where" "$np" "$W/r.json"
+            fi
         fi
     done
 done

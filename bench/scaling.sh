@@ -42,7 +42,7 @@ if [ $MODE = predict ]; then
     R=${KERNEL_TFLOPS:-$(python3 -c "import json; print(round(json.load(open('$JOB1'))['compute_tflops']))")}
     NET=${NET_GBPS:-361}
     OUT=bench/results/scaling_prediction.csv
-    echo "date,model_rev,gpus,causal,n,h,hkv,d,chunk,kernel_tflops,net_busbw_gbps,t_compute_s,t_merge_all_s,t_merge_exposed_s,t_compute_merge_s,hidden_fraction,eff_compute_merge,t_read_s,t_write_s,t_other_s,t_job_s,eff_job,merge_bytes_per_rank,critical,t_job_q_shared_s,eff_job_q_shared" > "$OUT"
+    echo "date,model_rev,gpus,causal,n,h,hkv,d,chunk,kernel_tflops,net_busbw_gbps,t_compute_s,t_merge_all_s,t_merge_exposed_s,t_compute_merge_s,hidden_fraction,eff_compute_merge,t_read_s,t_write_s,t_other_s,t_job_s,eff_job,merge_bytes_per_rank,critical,t_job_q_shared_s,eff_job_q_shared,t_job_node_rate_s,eff_job_node_rate,t_job_q_node_s,eff_job_q_node" > "$OUT"
     for C in 0 1; do
         for P in 1 2 4 8; do
             CA=""; [ $C = 1 ] && CA="--causal"
@@ -81,8 +81,14 @@ for c in (0, 1):
         other = ph["setup"] + rest
         t_job = ph["setup"] + kv_read / p + max(tcm, q_read + t_write) + rest
         t_job_qs = ph["setup"] + kv_read / p + max(tcm, q_read / p + t_write) + rest
+        # the same when the node reads at one fixed rate however many ranks read (what the 2-GPU
+        # runs showed: bench/NOTES_SCALING.md): the keys cost their one-rank time, every rank
+        # reading every query chunk costs P times the bytes (node_rate), and FA_Q_READ=node reads
+        # them once (q_node)
+        t_job_nr = ph["setup"] + kv_read + max(tcm, p * q_read + t_write) + rest
+        t_job_qn = ph["setup"] + kv_read + max(tcm, q_read + t_write) + rest
         if p == 1:
-            t1, t1job = tcm, t_job
+            t1, t1job, t1nr = tcm, t_job, t_job_nr
         hidden = 1 - tme / tma if tma > 0 else 1.0
         # sent per rank: its records of the (P-1)/P of the chunks it does not own, and its row
         # maxima for every chunk's all-reduce (NCCL path)
@@ -90,13 +96,15 @@ for c in (0, 1):
         rows.append([date, rev, p, c, N, H, HKV, D, CH, R, NET, f"{tc:.4f}", f"{tma:.4f}", f"{tme:.4f}",
                      f"{tcm:.4f}", f"{hidden:.3f}", f"{t1 / (p * tcm):.3f}", f"{t_read:.3f}",
                      f"{t_write:.3f}", f"{other:.3f}", f"{t_job:.3f}", f"{t1job / (p * t_job):.3f}",
-                     mbytes, r["critical"], f"{t_job_qs:.3f}", f"{t1job / (p * t_job_qs):.3f}"])
+                     mbytes, r["critical"], f"{t_job_qs:.3f}", f"{t1job / (p * t_job_qs):.3f}",
+                     f"{t_job_nr:.3f}", f"{t1nr / (p * t_job_nr):.3f}", f"{t_job_qn:.3f}", f"{t1nr / (p * t_job_qn):.3f}"])
 with open(out, "a") as f:
     for r in rows:
         f.write(",".join(str(x) for x in r) + "\n")
-print("# gpus causal | compute+merge s  eff  hidden | job s  eff | job s, q shared  eff")
+print("# gpus causal | compute+merge s  eff  hidden | job s  eff | job s, q shared  eff | fixed node read rate: job s  eff | q node  eff")
 for r in rows:
-    print(f"  {r[2]:4} {r[3]:6} | {r[14]:>14} {r[16]:>5} {r[15]:>6} | {r[20]:>6} {r[21]:>5} | {r[24]:>15} {r[25]:>5}")
+    print(f"  {r[2]:4} {r[3]:6} | {r[14]:>14} {r[16]:>5} {r[15]:>6} | {r[20]:>6} {r[21]:>5} | {r[24]:>15} {r[25]:>5} |"
+          f" {r[26]:>27} {r[27]:>5} | {r[28]:>6} {r[29]:>5}")
 EOF
     echo "# table: $OUT"
     exit 0
@@ -132,11 +140,12 @@ IN=$WORK/in_$N.h5
 $FA gen --output "$IN" -n "$N" --heads $H --kv-heads $HKV -d $D --dtype $DT --force > /dev/null
 echo "date,device,rev,ranks,causal,shard,n,h,hkv,d,dtype,chunk,threads_per_rank,load1,elapsed_s,read_s,compute_max_s,compute_mean_s,compute_min_s,merge_wait_max_s,write_s,imbalance_max_over_mean,merge_bytes,merge_bytes_model,merge_comm_s,hidden_fraction,check_rel_err,check_pass,eff_compute_merge,eff_job,q_read,merge_exposed_s,compute_idle_s,merge_fastest_chunk_s,merge_busbw_gbps,finalize_s,hdf5" > "$OUT"
 # GPU: the largest rank count once more with FA_Q_READ=shared (each rank reads 1/P of every
-# query chunk, then an all-gather), which the model expects to matter for the whole job
+# query chunk, then an all-gather) and FA_Q_READ=node (one reader per node, a shared-memory
+# window), which the model and the 2-GPU runs say matter for the whole job
 PMAX=$(echo $RANKS | awk '{print $NF}')
 RUNS=""
 for C in 0 1; do for P in $RANKS; do RUNS="$RUNS $C:$P:default"; done; done
-[ $MODE = gpu ] && [ "$PMAX" -gt 1 ] && RUNS="$RUNS 0:$PMAX:shared 1:$PMAX:shared"
+[ $MODE = gpu ] && [ "$PMAX" -gt 1 ] && RUNS="$RUNS 0:$PMAX:shared 1:$PMAX:shared 0:$PMAX:node 1:$PMAX:node"
 for RUN in $RUNS; do
         C=${RUN%%:*}; P=$(echo "$RUN" | cut -d: -f2); QR=${RUN##*:}
         export FA_Q_READ=$QR
@@ -146,7 +155,7 @@ for RUN in $RUNS; do
         # shellcheck disable=SC2086
         $MPI -np "$P" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$IN" -o "$WORK/out.h5" --force -q \
             $EXTRA $CA --report "$R" --check 8 --tune-cache "$WORK/none.txt"
-        SUF=""; [ "$QR" = shared ] && SUF=_qshared
+        SUF=""; [ "$QR" = shared ] && SUF=_qshared; [ "$QR" = node ] && SUF=_qnode
         cp "$R" "bench/results/scaling_${MODE}_${TAG}${SUFFIX}_c${C}_p$P$SUF.json"
         python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "$OMP_NUM_THREADS" "$QR" "$H5MODE" <<'EOF'
 import json, sys, csv

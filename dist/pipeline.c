@@ -88,6 +88,12 @@ typedef struct {
     progress *pg;
     const fa_job *job;
     int stopping;              /* the ranks agreed to stop after the chunks in flight */
+    /* FA_Q_READ=node: one query chunk per node, read by the node's first rank into memory every
+     * rank of the node maps (MPI shared window) */
+    MPI_Comm node;
+    int node_rank, node_size;
+    MPI_Win qwin;
+    float *qnode;
     double checkpoint_s, last_checkpoint;
 } pipe_state;
 
@@ -192,16 +198,37 @@ static int finish_chunk(pipe_state *p, int64_t i) {
 }
 
 /* COLLECTIVE. Every rank needs the whole chunk of queries [r0, r0+n). By default each rank reads
- * it (one collective read of the same rows). With FA_Q_READ=shared each rank reads one slice and
- * the slices are shared (MPI_Allgatherv): the file is read once per chunk instead of once per
- * rank, which the cost model (bench/NOTES_SCALING.md) expects to matter at 8 GPUs on a parallel
- * file system; with one node reading from the page cache no gain was seen, so it is not the
- * default until it is benchmarked where it should pay. */
+ * it (one collective read of the same rows). FA_Q_READ=shared: each rank reads one slice and the
+ * slices are shared (MPI_Allgatherv): the file is read once per chunk instead of once per rank.
+ * FA_Q_READ=node: the first rank of each node reads the chunk into a shared-memory window the
+ * node's ranks all read from (no copies): the file is read once per node, and a node's ranks
+ * wait for one reader (bench/NOTES_SCALING.md: on a 2-GPU node the HDF5 reads ran at one fixed
+ * rate for one reader or two). Neither is the default until benchmarked where it should pay.
+ * *qout: where the chunk is (q, or the node's window). */
 static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t n, float *q,
-                        int check_finite) {
+                        const float **qout, int check_finite) {
     const int P = p->nranks;
     const int64_t row = p->s->H * p->s->D;
     const char *mode = getenv("FA_Q_READ");
+    *qout = q;
+    if (p->qnode) {
+        /* every rank of the node is done with the last chunk (its engine copied or used it
+         * before returning), so the reader may overwrite it */
+        double tb = MPI_Wtime();              /* barriers are waits: the report's sync phase */
+        MPI_Barrier(p->node);
+        h5io_sync_s += MPI_Wtime() - tb;
+        row_range qr = {r0, n};
+        int rc = h5in_read_rows(in, "q", b, &qr, p->node_rank == 0 ? 1 : 0, p->qnode, check_finite);
+        if (rc == 0) {            /* the same status on every rank (h5in_read_rows agrees) */
+            MPI_Win_sync(p->qwin);
+            tb = MPI_Wtime();
+            MPI_Barrier(p->node);
+            h5io_sync_s += MPI_Wtime() - tb;
+            MPI_Win_sync(p->qwin);
+            *qout = p->qnode;
+        }
+        return rc;
+    }
     if (P == 1 || n * row > INT32_MAX || !mode || strcmp(mode, "shared")) {
         row_range qr = {r0, n};
         return h5in_read_rows(in, "q", b, &qr, 1, q, check_finite);
@@ -293,6 +320,23 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     float *vbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "value shard");
     attn_kv_segment *segs = fa_calloc((size_t)sh.n + 1, sizeof *segs, "key segments");
     float *qbuf = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "query chunk");
+    p.node = MPI_COMM_NULL;
+    const char *qmode = getenv("FA_Q_READ");
+    if (p.nranks > 1 && qmode && !strcmp(qmode, "node")) {
+        MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p.rank, MPI_INFO_NULL, &p.node);
+        MPI_Comm_rank(p.node, &p.node_rank);
+        MPI_Comm_size(p.node, &p.node_size);
+        float *mine = NULL;
+        MPI_Aint bytes = p.node_rank == 0 ? (MPI_Aint)(p.chunk * H * D) * (MPI_Aint)sizeof(float) : 0;
+        if (MPI_Win_allocate_shared(bytes, sizeof(float), MPI_INFO_NULL, p.node, &mine, &p.qwin) != MPI_SUCCESS)
+            fa_fail("cannot allocate the node's shared query buffer (%lld bytes)", (long long)bytes);
+        MPI_Aint size;
+        int disp;
+        MPI_Win_shared_query(p.qwin, 0, &size, &disp, &p.qnode);
+        MPI_Win_lock_all(MPI_MODE_NOCHECK, p.qwin);
+        fa_log(2, "fa_long: queries read once per node (FA_Q_READ=node): %d rank(s) share rank %d's reads",
+               p.node_size, p.rank - p.node_rank);
+    }
     p.rec = fa_calloc((size_t)p.window, sizeof(float *), "record slots");
     p.req = fa_calloc((size_t)p.window, sizeof(MPI_Request), "merge requests");
     for (int w = 0; w < p.window; w++) {
@@ -325,14 +369,15 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
             cur_b = b;
             st->t_kv += fa_now() - t0 - (h5io_sync_s - s0);
         }
-        rc = read_queries(&p, in, b, r0, n, qbuf, !job->allow_nonfinite);
+        const float *qchunk = qbuf;
+        rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !job->allow_nonfinite);
         if (rc) break;
         double t1 = fa_now();
         st->t_read += t1 - t0 - (h5io_sync_s - s0);
         st->t_sync += h5io_sync_s - s0;
 
         int slot = (int)(i % p.window);
-        attn_queries q = {.q = qbuf, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
+        attn_queries q = {.q = qchunk, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
                           .d = (int)D, .scale = scale, .causal = job->causal,
                           .diag = s->Nk - s->Nq};
         int root = owner(&p, i);
@@ -381,6 +426,11 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     free(p.o_out);
     free(p.lse_out);
     free(qbuf);
+    if (p.qnode) {
+        MPI_Win_unlock_all(p.qwin);
+        MPI_Win_free(&p.qwin);
+    }
+    if (p.node != MPI_COMM_NULL) MPI_Comm_free(&p.node);
     free(segs);
     free(kbuf);
     free(vbuf);

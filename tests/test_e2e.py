@@ -150,18 +150,36 @@ def test_help_and_version(fa):
     assert "HDF5" in fa(["--version"]).stdout
 
 
-@pytest.mark.parametrize("nranks", [2, 3])
-def test_shared_query_reads(tmp_path, nranks):
-    """FA_Q_READ=shared (each rank reads a slice of the chunk, MPI_Allgatherv shares them) gives
-    the same bytes as every rank reading the whole chunk, and stays exact against fp64."""
+@pytest.mark.parametrize("nranks,mode", [(2, "shared"), (3, "shared"), (2, "node"), (4, "node")])
+def test_shared_query_reads(tmp_path, nranks, mode):
+    """FA_Q_READ=shared (each rank reads a slice of the chunk, MPI_Allgatherv shares them) and
+    FA_Q_READ=node (the node's first rank reads the chunk into a shared-memory window the others
+    map) give the same bytes as every rank reading the whole chunk, and stay exact against fp64.
+    The 4-rank node case has a chunk size that does not divide Nq and two batch elements, so the
+    window is rewritten while other ranks of the node have just used it."""
     rng = np.random.default_rng()
     q, k, v = random_inputs(rng, 2, 101, 131, 6, 2, 40)
     a, _, _ = run_job(tmp_path, q, k, v, nranks, True, ["--chunk", "30"], name="all")
-    inp, out = tmp_path / "in.h5", tmp_path / "shared.h5"
+    inp, out = tmp_path / "in.h5", tmp_path / f"{mode}.h5"
     p = run_fa(["--input", inp, "--output", out, "--causal", "--chunk", "30", "-q"], nranks=nranks,
-               env={"FA_Q_READ": "shared"})
+               env={"FA_Q_READ": mode})
     assert p.returncode == 0, p.stderr
     with h5py.File(out, "r") as f:
         b = f["o"][...]
     assert np.array_equal(a, b)
     assert rel_err(b, attention_f64(q, k, v, True)[0]) <= TOL
+
+
+def test_node_query_reads_bad_input(tmp_path):
+    """FA_Q_READ=node: a non-finite query row read by the node's reader fails every rank with the
+    one-line error (no rank left waiting at the node's barrier), and leaves no output."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 90, 70, 4, 2, 16)
+    q[0, 75, 1, 3] = np.nan
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    write_inputs(inp, q, k, v)
+    p = run_fa(["--input", inp, "--output", out, "--chunk", "25", "-q"], nranks=3,
+               env={"FA_Q_READ": "node"}, timeout=60)
+    assert p.returncode != 0
+    assert "q" in p.stderr and "finite" in p.stderr.lower(), p.stderr
+    assert not out.exists()
