@@ -507,16 +507,9 @@ void cm_fixed_defaults(const cm_job *j, int threads, cm_choice *c) {
      * run then stops and asks for a lower --chunk); the defaults are what that advice gives,
      * the chunk halved down to 2048 rows until the planner (block size and ring its own) fits */
     if (j->gpu && j->budget > 0) {
-        for (;;) {
-            kv_plan pl = {.kv_rows = ceil_div(j->nk, j->nranks > 0 ? j->nranks : 1), .h = j->h,
-                          .hkv = j->hkv, .d = j->d, .elem = j->elem, .chunk_rows = c->chunk,
-                          .slots = c->window, .budget = j->budget, .max_resident = -1};
-            fa_clearerr();
-            int rc = kv_plan_make(&pl);
-            fa_clearerr();
-            if (rc == 0 || c->chunk <= 2048) break;
-            c->chunk /= 2;
-        }
+        const cm_machine none = {0};          /* with a budget the plan needs no device figure */
+        kv_plan pl;
+        while (c->chunk > 2048 && gpu_plan(&none, j, c, &pl) != 0) c->chunk /= 2;
     }
 }
 

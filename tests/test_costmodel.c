@@ -11,21 +11,16 @@
 #include "dist/costmodel.h"
 #include "dist/paging.h"
 #include "runner/common.h"
+#include "tests/testing.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(cond, ...)                                                                  \
-    do {                                                                                  \
-        if (cond) passed++;                                                               \
-        else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
-    } while (0)
-
-static uint64_t rng = 12345;
-static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+/* a fixed-seed sequence: the same random jobs every run */
+static uint64_t jobs_rng = 12345;
+static uint64_t next(void) { jobs_rng ^= jobs_rng << 13; jobs_rng ^= jobs_rng >> 7; jobs_rng ^= jobs_rng << 17; return jobs_rng; }
 static int64_t pick(const int64_t *a, int n) { return a[next() % (uint64_t)n]; }
 
 static void write_file(const char *path, const char *text, size_t len) {
@@ -274,7 +269,7 @@ static void test_terms(void) {
     g.link_gbps = 1.0;
     cm_choice gp = {.variant = 0, .chunk = 8192, .window = 3};
     CHECK(cm_predict(&g, &jg, &gp) && !strcmp(gp.critical, "paging") && gp.t_page > gp.t_compute,
-          "2 GiB budget, 1 GB/s link: paging critical (%s)", gp.critical);
+          "2 GiB budget, 1 GB/s link: paging critical (%s)", gp.critical ? gp.critical : "-");
     /* the fixed defaults under budgets where 8192-row chunks leave no room for key blocks: the
      * chunk halved until the plan fits (never below 2048), a valid configuration that pages */
     static const int64_t budgets[] = {(int64_t)1 << 30, (int64_t)768 << 20, (int64_t)384 << 20};
@@ -286,7 +281,7 @@ static void test_terms(void) {
         cm_fixed_defaults(&jg, 1, &d);
         CHECK(d.chunk < 8192 && d.chunk >= 2048 && cm_predict(&g, &jg, &d) && d.t_page > 0,
               "budget %lld MiB: defaults chunk %lld fit and page (%s)", (long long)(budgets[b] >> 20),
-              (long long)d.chunk, d.critical);
+              (long long)d.chunk, d.critical ? d.critical : "-");
     }
     jg.budget = 0;
     cm_choice d0;
@@ -298,6 +293,5 @@ int main(void) {
     test_cache();
     test_valid();
     test_terms();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return tests_done();
 }

@@ -4,14 +4,9 @@
  * the model's minimum chunk hides the copies. */
 #include "dist/paging.h"
 #include "runner/common.h"
+#include "tests/testing.h"
 #include <stdio.h>
 
-static int passed, failed;
-#define CHECK(cond, ...)                                                                  \
-    do {                                                                                  \
-        if (cond) passed++;                                                               \
-        else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
-    } while (0)
 
 static kv_plan base(int64_t kv_rows, int64_t budget) {
     kv_plan p = {.kv_rows = kv_rows, .h = 32, .hkv = 8, .d = 128, .elem = 2, .chunk_rows = 8192,
@@ -58,6 +53,5 @@ int main(void) {
     CHECK(kv_plan_min_rows(32, 8, 2, 600, 50, 1.5) >= r * 3 / 2, "margin scales the rows");
     CHECK(kv_plan_min_rows(32, 32, 2, 600, 50, 1.0) > r, "MHA streams more bytes per flop: more rows");
     CHECK(kv_plan_min_rows(32, 8, 2, 600, 0, 1.0) == 256, "no link figure: minimum chunk");
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return tests_done();
 }

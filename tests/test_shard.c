@@ -3,16 +3,11 @@
  * striped also within each query chunk). */
 #include "dist/shard.h"
 #include "runner/common.h"
+#include "tests/testing.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-#define CHECK(cond, ...)                                                  \
-    do {                                                                  \
-        if (cond) passed++;                                               \
-        else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
-    } while (0)
 
 static double brute_work(const kv_shard *s, int64_t q0, int64_t q1, int causal, int64_t diag) {
     double w = 0;
@@ -109,6 +104,5 @@ int main(void) {
             for (int lay = 0; lay < 3; lay++) test_cover(nks[i], P, (shard_layout)lay);
     test_work_formula();
     test_balance();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return tests_done();
 }

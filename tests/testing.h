@@ -23,6 +23,23 @@ static void check(int ok, const char *fmt, ...) {
     if (ok) npass++; else nfail++;
 }
 
+/* CHECK(cond, fmt, ...): counted like check(); silent when it holds, a FAIL line with the file and
+ * line when not (for tests that make many checks in loops). */
+static void check_at(int ok, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5), unused));
+static void check_at(int ok, const char *file, int line, const char *fmt, ...) {
+    if (ok) { npass++; return; }
+    nfail++;
+    va_list ap;
+    va_start(ap, fmt);
+    printf("FAIL %s:%d: ", file, line);
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+}
+#define CHECK(cond, ...) check_at((cond) ? 1 : 0, __FILE__, __LINE__, __VA_ARGS__)
+
 /* Prints the closing line; the program's exit status. */
 static __attribute__((unused)) int tests_done(void) {
     printf("%d passed, %d failed\n", npass, nfail);

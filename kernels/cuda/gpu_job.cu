@@ -23,7 +23,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include "kernels/cuda/flash.h"
 extern "C" {
 #include "kernels/gpu_job.h"
@@ -567,19 +566,13 @@ extern "C" int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) {
     return 0;
 }
 
-static double wall_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
 extern "C" int gpu_job_merge_wait(gpu_job *g, int slot) {
     cudaCheck(cudaSetDevice(g->c.device));
     account_compute(g, slot);                 /* waits for the chunk's compute: not communication */
     if (g->merging[slot]) {
-        const double t0 = wall_ms();
+        const double t0 = fa_now();
         cudaCheck(cudaEventSynchronize(g->m1[slot]));
-        if (g->c.nccl_size > 1) g->st.exposed_ms += wall_ms() - t0;
+        if (g->c.nccl_size > 1) g->st.exposed_ms += (fa_now() - t0) * 1e3;
         float ms = 0;
         cudaCheck(cudaEventElapsedTime(&ms, g->m0[slot], g->m1[slot]));
         g->st.comm_ms += ms;
