@@ -26,7 +26,8 @@ touch /tmp/gpu_session_start
 SUM=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader > "$LOGS/device.txt" 2>&1
 echo "# $(date -u +%FT%TZ) $(cat "$LOGS/device.txt") rev $(git log -1 --format=%h 2>/dev/null)" > "$SUM"
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+# OMP_NUM_THREADS is not exported here: each step's script sets its own, and multi-rank jobs
+# leave it to fa_long to split the node's CPUs among the ranks
 
 step() {   # name limit command...
     name=$1; lim=$2; shift 2

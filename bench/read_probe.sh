@@ -33,7 +33,7 @@ else
     DEV="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
     TAG=$(echo "$DEV" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-' | cut -c1-16)_$(nproc)c
 fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / 2 > 8 ? 8 : ($(nproc) / 2 > 0 ? $(nproc) / 2 : 1) ))}
+# OMP_NUM_THREADS stays unset unless given: fa_long gives each rank its share of the node's CPUs
 OUT=bench/results/read_probe_$TAG.csv
 W=${TMPDIR:-/tmp}/fa_read_probe_$$
 mkdir -p "$W" bench/results
@@ -51,18 +51,18 @@ fi
 echo "date,machine,rev,kind,where,ranks,threads_per_rank,elapsed_s,read_max_s,read_kv_max_s,read_min_s,finalize_max_s,write_max_s,sync_max_s,compute_idle_s" > "$OUT"
 row() {   # kind where ranks json|seconds
     if [ -f "$4" ]; then
-        python3 - "$4" "$OUT" "$DATE,$DEV,$REV,$1,$2,$3,$OMP_NUM_THREADS" <<'PY'
+        python3 - "$4" "$OUT" "$DATE,$DEV,$REV,$1,$2,$3" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 pr = r["per_rank"]
 rd = [x["read_s"] for x in pr]
-line = [sys.argv[3], f"{r['elapsed_s']:.3f}", f"{max(rd):.3f}", f"{max(x['read_kv_s'] for x in pr):.3f}",
+line = [sys.argv[3], str(r["config"].get("threads_per_rank", "")), f"{r['elapsed_s']:.3f}", f"{max(rd):.3f}", f"{max(x['read_kv_s'] for x in pr):.3f}",
         f"{min(rd):.3f}", f"{max(x['finalize_s'] for x in pr):.3f}", f"{max(x['write_s'] for x in pr):.3f}",
         f"{max(x.get('sync_s', 0) for x in pr):.3f}", f"{r['merge']['compute_idle_s']:.3f}"]
 open(sys.argv[2], "a").write(",".join(line) + "\n")
 PY
     else
-        printf '%s,%.3f,,,,,,,\n' "$DATE,$DEV,$REV,$1,$2,$3,$OMP_NUM_THREADS" "$4" >> "$OUT"
+        printf '%s,%.3f,,,,,,,\n' "$DATE,$DEV,$REV,$1,$2,$3,${OMP_NUM_THREADS:-}" "$4" >> "$OUT"
     fi
 }
 for P in $PLACES; do
@@ -71,26 +71,29 @@ for P in $PLACES; do
         t0=$(date +%s.%N)
         for r in $(seq "$np"); do cat "$P/q.h5" > /dev/null & done
         wait
-        row cat "$where" "$np" "$(echo "$(date +%s.%N) - $t0" | bc)"
-        $MPI -np "$np" -x OMP_NUM_THREADS "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q --backend cpu --chunk 8192 \
+        row cat "$where" "$np" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')"
+        $MPI -np "$np" "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q --backend cpu --chunk 8192 \
             --report "$W/r.json"
         row qonly "$where" "$np" "$W/r.json"
         if [ "$np" -gt 1 ]; then
-            FA_Q_READ=node $MPI -np "$np" -x OMP_NUM_THREADS -x FA_Q_READ "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q \
+            FA_Q_READ=node $MPI -np "$np" -x FA_Q_READ "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q \
                 --backend cpu --chunk 8192 --report "$W/r.json"
             row qonly_node "$where" "$np" "$W/r.json"
         fi
         if [ "${NG:-0}" -ge "$np" ]; then
-            $MPI -np "$np" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE "$FA" -i "$P/full.h5" -o "$W/o.h5" -f -q \
+            $MPI -np "$np" -x NCCL_NVLS_ENABLE "$FA" -i "$P/full.h5" -o "$W/o.h5" -f -q \
                 --backend cuda --chunk 8192 --report "$W/r.json"
             row gpu "$where" "$np" "$W/r.json"
             if [ "$np" -gt 1 ]; then
-                FA_Q_READ=node $MPI -np "$np" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$P/full.h5" \
+                FA_Q_READ=node $MPI -np "$np" -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$P/full.h5" \
                     -o "$W/o.h5" -f -q --backend cuda --chunk 8192 --report "$W/r.json"
                 row gpu_node "$where" "$np" "$W/r.json"
             fi
         fi
     done
 done
-column -s, -t < "$OUT" | cut -c1-200
+python3 -c 'import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+for r in rows: print("  ".join(x.rjust(w[i]) for i, x in enumerate(r[3:], 3)))' "$OUT"
 echo "# table: $OUT"

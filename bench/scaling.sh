@@ -26,6 +26,7 @@ SUFFIX=${SUFFIX:-}                # appended to the table's and reports' names (
 WORK=${WORK:-/tmp/fa_scaling_$$}
 mkdir -p "$WORK" bench/results
 MPI="mpirun --oversubscribe --bind-to none"
+[ -n "${OMP_NUM_THREADS:-}" ] && MPI="$MPI -x OMP_NUM_THREADS"
 [ "$(id -u)" = 0 ] && MPI="$MPI --allow-run-as-root"
 export NCCL_NVLS_ENABLE=0        # NVLink multicast off in every run (KINDS.md)
 
@@ -123,7 +124,8 @@ if [ $MODE = gpu ]; then
     if [ "$NG" -ge 2 ] && [ -x build/bench/nccl_baseline ]; then
         build/bench/nccl_baseline 8192 32 128 20 | tee "bench/results/nccl_baseline_${TAG}$SUFFIX.csv"
     fi
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+    # OMP_NUM_THREADS stays unset unless given: fa_long splits the node's CPUs among its ranks
+    # (2 ranks each running every core's worth of threads was the 2-GPU runs' slow host phases)
 else
     N=${N:-8192}; H=8; HKV=2; D=64; DT=float32
     DEV="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
@@ -153,11 +155,11 @@ for RUN in $RUNS; do
         R=$WORK/r_${C}_${P}_$QR.json
         LOAD=$(cut -d' ' -f1 /proc/loadavg)
         # shellcheck disable=SC2086
-        $MPI -np "$P" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$IN" -o "$WORK/out.h5" --force -q \
+        $MPI -np "$P" -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$IN" -o "$WORK/out.h5" --force -q \
             $EXTRA $CA --report "$R" --check 8 --tune-cache "$WORK/none.txt"
         SUF=""; [ "$QR" = shared ] && SUF=_qshared; [ "$QR" = node ] && SUF=_qnode
         cp "$R" "bench/results/scaling_${MODE}_${TAG}${SUFFIX}_c${C}_p$P$SUF.json"
-        python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "$OMP_NUM_THREADS" "$QR" "$H5MODE" <<'EOF'
+        python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "${OMP_NUM_THREADS:-}" "$QR" "$H5MODE" <<'EOF'
 import json, sys, csv
 r = json.load(open(sys.argv[1]))
 out, date, dev, rev, load, causal, thr, qread, h5mode = sys.argv[2:11]
@@ -179,7 +181,7 @@ elif P == 1:
     eff, eff_job = "1.000", "1.000"
 chk = r.get("check", {})
 line = [date, dev, rev, P, causal, cfg["shard"], n, H, cfg["Hkv"], D, cfg["input_dtype"], cfg["chunk"],
-        thr, load, f"{r['elapsed_s']:.4f}", f"{ph['read']:.4f}", f"{max(comp):.4f}",
+        cfg.get("threads_per_rank", thr), load, f"{r['elapsed_s']:.4f}", f"{ph['read']:.4f}", f"{max(comp):.4f}",
         f"{sum(comp) / len(comp):.4f}", f"{min(comp):.4f}", f"{ph['merge_wait']:.4f}",
         f"{ph['write']:.4f}", f"{r['imbalance_compute_max_over_mean']:.3f}",
         int(r["bytes"]["merge_network"]), model, f"{r['merge']['comm_s']:.4f}",
@@ -201,7 +203,7 @@ if [ $MODE = gpu ] && [ "${SKIP_1M:-0}" != 1 ]; then
     # 1M tokens, causal, on every GPU (8 on an 8-GPU node), sampled rows checked in fp64
     IN1M=$WORK/in_1m.h5
     $FA gen --output "$IN1M" -n 1M --heads 32 --kv-heads 8 -d 128 --dtype bfloat16 --force > /dev/null
-    $MPI -np "$NG" -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE "$FA" -i "$IN1M" -o "$WORK/out1m.h5" --force \
+    $MPI -np "$NG" -x NCCL_NVLS_ENABLE "$FA" -i "$IN1M" -o "$WORK/out1m.h5" --force \
         --backend cuda --causal --report "bench/results/scaling_gpu_${TAG}${SUFFIX}_1m_c1_p$NG.json" --check 64
 fi
 echo "# table: $OUT"

@@ -7,8 +7,12 @@
 #include <time.h>
 #include <unistd.h>
 #include <ctype.h>
+#include <omp.h>
+#include <sched.h>
+#include <stdlib.h>
 
 int fa_rank = 0, fa_nranks = 1;
+fa_threads_info fa_threads = {1, 1, 1, "node share"};
 int fa_verbosity = 1;
 
 static char errbuf[1024];
@@ -97,6 +101,52 @@ void fa_copy_floats(float *dst, const float *src, int64_t n, int add) {
         if (!add) memcpy(dst + x, src + x, sizeof(float) * (size_t)(y - x));
         else for (int64_t i = x; i < y; i++) dst[i] += src[i];
     }
+}
+
+/* One rank's fair share of the CPUs it may run on: each CPU in its affinity mask counts 1/k, k
+ * the node's ranks whose masks hold it. Unbound ranks (mpirun --bind-to none) split the node
+ * evenly; ranks bound to their own cores keep them. */
+int fa_threads_setup(int requested) {
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, fa_rank, MPI_INFO_NULL, &node);
+    int nr, me;
+    MPI_Comm_size(node, &nr);
+    MPI_Comm_rank(node, &me);
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0)
+        for (int c = 0; c < CPU_SETSIZE && c < sysconf(_SC_NPROCESSORS_ONLN); c++) CPU_SET(c, &mine);
+    cpu_set_t *all = fa_malloc(sizeof(cpu_set_t) * (size_t)nr, "affinity masks");
+    MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all, sizeof mine, MPI_BYTE, node);
+    double share = 0;
+    int cpus = 0;   /* CPUs any rank of the node may use */
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        int k = 0;
+        for (int r = 0; r < nr; r++) k += CPU_ISSET(c, &all[r]) != 0;
+        cpus += k > 0;
+        if (CPU_ISSET(c, &mine)) share += 1.0 / k;
+    }
+    free(all);
+    const char *env = getenv("OMP_NUM_THREADS");
+    const char *why = requested > 0 ? "--threads" : env && *env ? "OMP_NUM_THREADS" : "node share";
+    int t = requested > 0 ? requested : env && *env ? omp_get_max_threads() : (int)(share + 1e-9);
+    if (t < 1) t = 1;
+    omp_set_num_threads(t);
+    int sum = 0, most = 0;
+    MPI_Allreduce(&t, &sum, 1, MPI_INT, MPI_SUM, node);
+    MPI_Allreduce(&t, &most, 1, MPI_INT, MPI_MAX, node);
+    MPI_Comm_free(&node);
+    /* one thread a rank on too few CPUs is the rank count's choice; several threads a rank on
+     * shared CPUs make every OpenMP barrier wait on a descheduled thread */
+    if (me == 0 && most > 1 && sum > cpus) {
+        char host[256] = "";
+        gethostname(host, sizeof host - 1);
+        fa_warn("%d ranks on %s run %d OpenMP threads on %d CPUs (%s): oversubscribed, host work "
+                "slows; unset OMP_NUM_THREADS to share the CPUs (%d a rank)", nr, host, sum, cpus,
+                why, cpus / nr > 0 ? cpus / nr : 1);
+    }
+    fa_threads = (fa_threads_info){t, nr, cpus, why};
+    return t;
 }
 
 double fa_now(void) {

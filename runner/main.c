@@ -17,6 +17,8 @@ int main(int argc, char **argv) {
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &fa_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &fa_nranks);
+    /* before any OpenMP region: ranks sharing a node share its CPUs unless told otherwise */
+    fa_threads_setup(0);
     int rc;
     if (argc > 1 && !strcmp(argv[1], "gen")) rc = cmd_gen(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "check")) rc = cmd_check(argc - 1, argv + 1);

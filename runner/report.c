@@ -88,10 +88,13 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
         job->causal ? "true" : "false");
     put_num(&b, job->scale > 0 ? job->scale : 1.0 / sqrt((double)s->D));
     put(&b, ", \"mode\": \"%s\", \"ranks\": %d, \"backend\": \"%s\", \"compute\": \"%s\", "
-            "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\"},\n",
+            "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\", "
+            "\"threads_per_rank\": %d, \"threads_from\": \"%s\", \"node_ranks\": %d, "
+            "\"node_cpus\": %d},\n",
         job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_nranks, backend, compute,
         (long long)chunk, st->window, shard_layout_name((shard_layout)st->layout),
-        fa_dtype_name(s->q_type));
+        fa_dtype_name(s->q_type), fa_threads.threads, fa_threads.why, fa_threads.node_ranks,
+        fa_threads.node_cpus);
     put(&b, "  \"elapsed_s\": ");
     put_num(&b, elapsed);
     /* the slowest rank's time in each phase; read_kv is the part of read spent on this rank's

@@ -2,6 +2,7 @@
  * temporary name, run the pipeline, record the job in attributes, commit, summarize. */
 #include <math.h>
 #include <mpi.h>
+#include <omp.h>
 #include <stdio.h>
 #include <string.h>
 #include <signal.h>
@@ -189,6 +190,13 @@ int cmd_run(int argc, char **argv) {
     if (rc) return fa_report_error();
     fa_verbosity = job.quiet ? 0 : job.verbose ? 2 : 1;
     double t0 = fa_now();
+    if (job.threads > 0) {
+        omp_set_num_threads(job.threads);
+        fa_threads.threads = job.threads;
+        fa_threads.why = "--threads";
+    }
+    fa_log(2, "fa_long: %d OpenMP threads a rank (%s; rank 0's node: %d ranks, %d CPUs)",
+           fa_threads.threads, fa_threads.why, fa_threads.node_ranks, fa_threads.node_cpus);
 
     fa_backend be = choose_backend(&job);
     if (be == BACKEND_AUTO) return fa_report_error();

@@ -115,3 +115,34 @@ def test_stop_and_resume_without_slurm(tmp_path):
     os.rename(other, tmp_path / ".x.h5.partial")
     p = run_fa(args + ["-o", tmp_path / "x.h5", "--resume"], nranks=2)
     assert p.returncode == 2 and "another job" in p.stderr, p.stderr
+
+
+def test_threads_share_the_node(tmp_path):
+    """Ranks on one node split its CPUs unless OMP_NUM_THREADS or --threads says otherwise; the
+    report says how many threads a rank ran and why; several threads a rank on too few CPUs warn."""
+    inp, (q, k, v) = make_input(tmp_path, N=200)
+    ncpu = len(os.sched_getaffinity(0))
+    env = {k_: v_ for k_, v_ in os.environ.items() if k_ != "OMP_NUM_THREADS"}
+
+    def job(nranks, extra=(), omp=None):
+        out, rep = tmp_path / "out.h5", tmp_path / "r.json"
+        e = dict(env, **({"OMP_NUM_THREADS": str(omp)} if omp else {}))
+        cmd = mpirun_cmd(nranks) + [str(FA_LONG), "-i", str(inp), "-o", str(out), "-f",
+                                    "--report", str(rep)] + list(extra)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=e)
+        assert p.returncode == 0, p.stderr
+        with h5py.File(out, "r") as f:
+            assert rel_err(f["o"][...], attention_f64(q, k, v)[0]) < 1e-5
+        return json.loads(rep.read_text())["config"], p.stderr
+
+    c, err = job(1)
+    assert (c["threads_per_rank"], c["threads_from"], c["node_ranks"]) == (ncpu, "node share", 1)
+    c, err = job(2)
+    assert (c["threads_per_rank"], c["threads_from"]) == (max(1, ncpu // 2), "node share")
+    assert c["node_ranks"] == 2 and c["node_cpus"] == ncpu and "oversubscribed" not in err
+    c, err = job(2, omp=ncpu + 1)
+    assert (c["threads_per_rank"], c["threads_from"]) == (ncpu + 1, "OMP_NUM_THREADS")
+    warn = [l for l in err.splitlines() if "oversubscribed" in l]
+    assert len(warn) == 1 and "OMP_NUM_THREADS" in warn[0] and f"{ncpu} CPUs" in warn[0], err
+    c, err = job(2, ["--threads", "1"], omp=3)
+    assert (c["threads_per_rank"], c["threads_from"]) == (1, "--threads")
