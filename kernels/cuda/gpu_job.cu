@@ -45,6 +45,8 @@ struct gpu_job {
     int64_t D;
     size_t es;                        /* bytes per element of T */
     cudaStream_t compute, copy, comm;
+    cudaStream_t d2h;                 /* results to the host: waits for its own chunk's merge only */
+    int nccl_rank;
     void *k_res, *vt_res;
     int64_t res_cap;
     unsigned char *host_blocks;       /* pinned */
@@ -58,7 +60,8 @@ struct gpu_job {
     /* per slot */
     void **q;
     float **rec, **mbuf, **o_fin, **lse_fin;
-    cudaEvent_t *c0, *c1, *m0, *m1;
+    cudaEvent_t *c0, *c1, *m0, *m1;   /* compute and merge, timed */
+    cudaEvent_t *f1;                  /* the slot's merge and finalize done: its buffers free */
     int *computed, *merging, *finalized;
     int64_t *merge_bytes;
     /* staging */
@@ -198,6 +201,13 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     int prio_least = 0, prio_greatest = 0;
     cudaCheck(cudaDeviceGetStreamPriorityRange(&prio_least, &prio_greatest));
     cudaCheck(cudaStreamCreateWithPriority(&g->comm, cudaStreamNonBlocking, prio_greatest));
+    /* the owner's copy of a merged chunk must not queue behind the later chunks' merges on the
+     * comm stream (each waits for its chunk's compute): the host would wait for two more chunks'
+     * compute before reading the next queries, and the GPU would then idle while it reads */
+    cudaCheck(cudaStreamCreateWithFlags(&g->d2h, cudaStreamNonBlocking));
+#ifdef FA_HAVE_NCCL
+    if (cfg->nccl_size > 1) ncclCheck(ncclCommUserRank((ncclComm_t)cfg->nccl_comm, &g->nccl_rank));
+#endif
     /* room for each segment to start at a multiple of 64 rows */
     g->res_cap = pl->resident_rows > 0 ? (pl->resident_rows + 63) / 64 * 64 + 64 * 64 : 64;
     size_t resb = (size_t)Hkv * g->res_cap * D * g->es;
@@ -226,6 +236,7 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     g->c1 = (cudaEvent_t *)fa_calloc(S, sizeof(cudaEvent_t), "slots");
     g->m0 = (cudaEvent_t *)fa_calloc(S, sizeof(cudaEvent_t), "slots");
     g->m1 = (cudaEvent_t *)fa_calloc(S, sizeof(cudaEvent_t), "slots");
+    g->f1 = (cudaEvent_t *)fa_calloc(S, sizeof(cudaEvent_t), "slots");
     g->computed = (int *)fa_calloc(S, sizeof(int), "slots");
     g->merging = (int *)fa_calloc(S, sizeof(int), "slots");
     g->finalized = (int *)fa_calloc(S, sizeof(int), "slots");
@@ -240,6 +251,7 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
         cudaCheck(cudaEventCreate(&g->c1[s]));
         cudaCheck(cudaEventCreate(&g->m0[s]));
         cudaCheck(cudaEventCreate(&g->m1[s]));
+        cudaCheck(cudaEventCreateWithFlags(&g->f1[s], cudaEventDisableTiming));
     }
     g->stage_floats = R * H * D;
     if (g->stage_floats < ((int64_t)1 << 22)) g->stage_floats = (int64_t)1 << 22;
@@ -275,6 +287,7 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
         if (g->c1 && g->c1[s]) cudaEventDestroy(g->c1[s]);
         if (g->m0 && g->m0[s]) cudaEventDestroy(g->m0[s]);
         if (g->m1 && g->m1[s]) cudaEventDestroy(g->m1[s]);
+        if (g->f1 && g->f1[s]) cudaEventDestroy(g->f1[s]);
     }
     for (int r = 0; r < RING_MAX; r++) {
         cudaFree(g->ring[r]);
@@ -284,7 +297,7 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
         if (g->copy1[r]) cudaEventDestroy(g->copy1[r]);
     }
     free(g->q); free(g->rec); free(g->mbuf); free(g->o_fin); free(g->lse_fin);
-    free(g->c0); free(g->c1); free(g->m0); free(g->m1); free(g->computed); free(g->merging); free(g->finalized);
+    free(g->c0); free(g->c1); free(g->m0); free(g->m1); free(g->f1); free(g->computed); free(g->merging); free(g->finalized);
     free(g->merge_bytes);
     cudaFree(g->k_res);
     cudaFree(g->vt_res);
@@ -297,6 +310,7 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
     if (g->compute) cudaStreamDestroy(g->compute);
     if (g->copy) cudaStreamDestroy(g->copy);
     if (g->comm) cudaStreamDestroy(g->comm);
+    if (g->d2h) cudaStreamDestroy(g->d2h);
     free(g->pieces);
     free(g);
 }
@@ -458,7 +472,7 @@ extern "C" int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) {
     cudaCheck(cudaSetDevice(g->c.device));
     if (q->nq > g->c.max_rows) return fa_seterr("GPU engine: chunk of %lld rows exceeds %lld", (long long)q->nq, (long long)g->c.max_rows);
     /* the slot's buffers are free once its last merge is done */
-    if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->compute, g->m1[slot], 0));
+    if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->compute, g->f1[slot], 0));
     upload(g, q->q, q->nq, g->c.h, g->q[slot], g->c.max_rows, 0, 0);
     cudaCheck(cudaEventRecord(g->c0[slot], g->compute));
     if (!g->started) cudaCheck(cudaEventRecord(g->first_c0, g->compute));
@@ -537,10 +551,12 @@ extern "C" int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) {
         rec_final<<<grid_for(rows, 8), dim3(32, 8), 0, g->compute>>>(g->rec[slot], NULL, g->o_fin[slot], g->lse_fin[slot], rows, (int)g->D);
         cudaCheck(cudaGetLastError());
         cudaCheck(cudaEventRecord(g->m1[slot], g->compute));
+        cudaCheck(cudaEventRecord(g->f1[slot], g->compute));
         g->merging[slot] = 1;
         g->finalized[slot] = 1;
         return 0;
     }
+    g->finalized[slot] = 0;
     cudaCheck(cudaStreamWaitEvent(g->comm, g->c1[slot], 0));
     cudaCheck(cudaEventRecord(g->m0[slot], g->comm));
     const int64_t rows = n * g->c.h;
@@ -562,6 +578,12 @@ extern "C" int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) {
 #endif
     }
     cudaCheck(cudaEventRecord(g->m1[slot], g->comm));
+    if (g->c.nccl_size > 1 && root == g->nccl_rank) {   /* the owner finalizes right behind it */
+        rec_final<<<grid_for(rows, 8), dim3(32, 8), 0, g->comm>>>(g->rec[slot], g->mbuf[slot], g->o_fin[slot], g->lse_fin[slot], rows, d);
+        cudaCheck(cudaGetLastError());
+        g->finalized[slot] = 1;
+    }
+    cudaCheck(cudaEventRecord(g->f1[slot], g->comm));
     g->merging[slot] = 1;
     return 0;
 }
@@ -590,16 +612,16 @@ extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, 
     dim3 blk(32, 8);
     /* after a merge the global maxima are in mbuf (the records' m fields were zeroed) */
     const float *mg = g->merging[slot] && g->c.nccl_size > 1 ? g->mbuf[slot] : NULL;
-    if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->comm, g->m1[slot], 0));
-    else cudaCheck(cudaStreamWaitEvent(g->comm, g->c1[slot], 0));
+    if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->d2h, g->f1[slot], 0));
+    else cudaCheck(cudaStreamWaitEvent(g->d2h, g->c1[slot], 0));
     if (!g->finalized[slot]) {
-        rec_final<<<grid_for(rows, 8), blk, 0, g->comm>>>(g->rec[slot], mg, g->o_fin[slot], g->lse_fin[slot], rows, (int)D);
+        rec_final<<<grid_for(rows, 8), blk, 0, g->d2h>>>(g->rec[slot], mg, g->o_fin[slot], g->lse_fin[slot], rows, (int)D);
         cudaCheck(cudaGetLastError());
     }
     g->finalized[slot] = 0;
-    cudaCheck(cudaMemcpyAsync(g->h_out, g->o_fin[slot], (size_t)(rows * D) * 4, cudaMemcpyDeviceToHost, g->comm));
-    cudaCheck(cudaMemcpyAsync(g->h_out + rows * D, g->lse_fin[slot], (size_t)rows * 4, cudaMemcpyDeviceToHost, g->comm));
-    cudaCheck(cudaStreamSynchronize(g->comm));
+    cudaCheck(cudaMemcpyAsync(g->h_out, g->o_fin[slot], (size_t)(rows * D) * 4, cudaMemcpyDeviceToHost, g->d2h));
+    cudaCheck(cudaMemcpyAsync(g->h_out + rows * D, g->lse_fin[slot], (size_t)rows * 4, cudaMemcpyDeviceToHost, g->d2h));
+    cudaCheck(cudaStreamSynchronize(g->d2h));
     fa_copy_floats(o, g->h_out, rows * D, 0);
     memcpy(lse, g->h_out + rows * D, (size_t)rows * 4);
     g->st.bytes_d2h += rows * (D + 1) * 4;
