@@ -24,7 +24,12 @@ FA_HOME=${FA_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}
 FA_LONG=${FA_LONG:-$FA_HOME/fa_long}
 LAUNCHER=${LAUNCHER:-mpirun}
 CHECK_ROWS=${CHECK_ROWS:-16}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+# threads a rank: OMP_NUM_THREADS if given, else --cpus-per-task, else fa_long's own share of the
+# CPUs Slurm gave the node's ranks (never every core for every rank: that oversubscribes)
+if [ -z "${OMP_NUM_THREADS:-}" ] && [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+    export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
+fi
+xomp=(); [ -n "${OMP_NUM_THREADS:-}" ] && xomp=(-x OMP_NUM_THREADS)
 # never let NCCL use NVLink multicast (NVLS): it can take a shared node's GPUs out of service
 export NCCL_NVLS_ENABLE=0
 
@@ -33,7 +38,7 @@ if [ "$LAUNCHER" = srun ]; then
 else
     root=(); [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)
     # one rank per Slurm task; Open MPI reads the allocation from Slurm's environment
-    launch=(mpirun "${root[@]}" -np "${SLURM_NTASKS:-1}" --bind-to none -x OMP_NUM_THREADS -x NCCL_NVLS_ENABLE)
+    launch=(mpirun "${root[@]}" -np "${SLURM_NTASKS:-1}" --bind-to none "${xomp[@]}" -x NCCL_NVLS_ENABLE)
 fi
 check=(); [ "$CHECK_ROWS" != 0 ] && check=(--check "$CHECK_ROWS")
 
