@@ -228,23 +228,25 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
         if (verbose) print_result("cand", &c, j->gpu);
         if (beats(best, t)) *best = c;
     }
-    if (j->gpu && timed > 1) {
-        /* GPU times vary by a few percent from one timing to the next (paged ones by up to 9%:
-         * bench/NOTES_TUNE.md run 7): the three fastest candidates and the defaults are timed
-         * again in FINAL_ROUNDS interleaved rounds (D A B C D A B C ...), 2x longer each, and
-         * each keeps the best of all its timings; noise only ever adds time */
+    if (timed > 1) {
+        /* Times vary by a few percent from one timing to the next (GPU paged ones by up to 9%:
+         * bench/NOTES_TUNE.md run 7; on a shared CPU a slow spell can cover all of one
+         * configuration's timings, the defaults' first of all): the three fastest candidates
+         * and the defaults are timed again in FINAL_ROUNDS interleaved rounds (D A B C D A B C
+         * ...; GPU: 2x longer each, CPU: one whole job each), and each keeps the best of all
+         * its timings; noise only ever adds time */
         enum { FINAL_ROUNDS = 3 };
         qsort(done, (size_t)timed, sizeof *done, by_measured);
         int fin = timed < 3 ? timed : 3;
         for (int r = 0; r < FINAL_ROUNDS; r++) {
             cm_choice d = def;
-            double t = time_gpu_memo(j, m, &d, reps * 2, 0);
+            double t = j->gpu ? time_gpu_memo(j, m, &d, reps * 2, 0) : cm_time_cpu(j, &d, 1);
             d.measured_s = t;
             if (verbose && t > 0) print_result("default_final", &d, j->gpu);
             if (t > 0 && (def.measured_s < 0 || t < def.measured_s)) def.measured_s = t;
             for (int i = 0; i < fin; i++) {
                 cm_choice c = done[i];
-                t = time_gpu_memo(j, m, &c, reps * 2, 0);
+                t = j->gpu ? time_gpu_memo(j, m, &c, reps * 2, 0) : cm_time_cpu(j, &c, 1);
                 c.measured_s = t;
                 if (verbose && t > 0) print_result("final", &c, j->gpu);
                 if (t > 0 && t < done[i].measured_s) done[i].measured_s = t;
