@@ -8,6 +8,7 @@
  * Exit status: 0 success; 1 a check above tolerance or an internal failure; 2 bad usage or bad
  * input (one line on stderr naming the file, dataset and what was expected). */
 #include <mpi.h>
+#include <stdlib.h>
 #include <string.h>
 #include "runner/cli.h"
 #include "runner/common.h"
@@ -17,8 +18,14 @@ int main(int argc, char **argv) {
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &fa_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &fa_nranks);
-    /* before any OpenMP region: ranks sharing a node share its CPUs unless told otherwise */
-    fa_threads_setup(0);
+    /* before any OpenMP region: ranks sharing a node share its CPUs unless told otherwise
+     * (--threads N, looked for here so that the oversubscription check sees it) */
+    int threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[i + 1]);
+        else if (!strncmp(argv[i], "--threads=", 10)) threads = atoi(argv[i] + 10);
+    }
+    fa_threads_setup(threads > 0 ? threads : 0);
     int rc;
     if (argc > 1 && !strcmp(argv[1], "gen")) rc = cmd_gen(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "check")) rc = cmd_check(argc - 1, argv + 1);

@@ -144,5 +144,6 @@ def test_threads_share_the_node(tmp_path):
     assert (c["threads_per_rank"], c["threads_from"]) == (ncpu + 1, "OMP_NUM_THREADS")
     warn = [l for l in err.splitlines() if "oversubscribed" in l]
     assert len(warn) == 1 and "OMP_NUM_THREADS" in warn[0] and f"{ncpu} CPUs" in warn[0], err
-    c, err = job(2, ["--threads", "1"], omp=3)
+    c, err = job(2, ["--threads", "1"], omp=ncpu + 1)
     assert (c["threads_per_rank"], c["threads_from"]) == (1, "--threads")
+    assert "oversubscribed" not in err, err
