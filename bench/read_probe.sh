@@ -10,7 +10,8 @@
 #   qonly    fa_long --backend cpu on a file with 512 keys: the query reads, widening and the
 #            per-chunk agreements of the pipeline (the report's sync phase), no GPU
 #   gpu      the whole GPU job (N keys), when there is a GPU
-#   *_node   the same with FA_Q_READ=node (one reader per node, a shared-memory window)
+#   *_rank   the same with FA_Q_READ=rank (every rank reads every query chunk; the default reads
+#            once per node into a shared-memory window)
 # each from the input under /tmp (TMPDIR) and, when it has room, under /dev/shm.
 # Out: bench/results/read_probe_<machine>.csv (date, machine, rev, row kind, where, ranks, elapsed,
 # read phase of the slowest rank and of it the keys, per-rank read range, finalize, write, sync,
@@ -76,18 +77,18 @@ for P in $PLACES; do
             --report "$W/r.json"
         row qonly "$where" "$np" "$W/r.json"
         if [ "$np" -gt 1 ]; then
-            FA_Q_READ=node $MPI -np "$np" -x FA_Q_READ "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q \
+            FA_Q_READ=rank $MPI -np "$np" -x FA_Q_READ "$FA" -i "$P/q.h5" -o "$W/o.h5" -f -q \
                 --backend cpu --chunk 8192 --report "$W/r.json"
-            row qonly_node "$where" "$np" "$W/r.json"
+            row qonly_rank "$where" "$np" "$W/r.json"
         fi
         if [ "${NG:-0}" -ge "$np" ]; then
             $MPI -np "$np" -x NCCL_NVLS_ENABLE "$FA" -i "$P/full.h5" -o "$W/o.h5" -f -q \
                 --backend cuda --chunk 8192 --report "$W/r.json"
             row gpu "$where" "$np" "$W/r.json"
             if [ "$np" -gt 1 ]; then
-                FA_Q_READ=node $MPI -np "$np" -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$P/full.h5" \
+                FA_Q_READ=rank $MPI -np "$np" -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$P/full.h5" \
                     -o "$W/o.h5" -f -q --backend cuda --chunk 8192 --report "$W/r.json"
-                row gpu_node "$where" "$np" "$W/r.json"
+                row gpu_rank "$where" "$np" "$W/r.json"
             fi
         fi
     done

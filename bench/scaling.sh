@@ -142,22 +142,23 @@ IN=$WORK/in_$N.h5
 $FA gen --output "$IN" -n "$N" --heads $H --kv-heads $HKV -d $D --dtype $DT --force > /dev/null
 echo "date,device,rev,ranks,causal,shard,n,h,hkv,d,dtype,chunk,threads_per_rank,load1,elapsed_s,read_s,compute_max_s,compute_mean_s,compute_min_s,merge_wait_max_s,write_s,imbalance_max_over_mean,merge_bytes,merge_bytes_model,merge_comm_s,hidden_fraction,check_rel_err,check_pass,eff_compute_merge,eff_job,q_read,merge_exposed_s,compute_idle_s,merge_fastest_chunk_s,merge_busbw_gbps,finalize_s,hdf5" > "$OUT"
 # GPU: the largest rank count once more with FA_Q_READ=shared (each rank reads 1/P of every
-# query chunk, then an all-gather) and FA_Q_READ=node (one reader per node, a shared-memory
-# window), which the model and the 2-GPU runs say matter for the whole job
+# query chunk, then an all-gather) and FA_Q_READ=rank (every rank reads every chunk: the default
+# before session 4; the default now reads once per node into a shared-memory window)
 PMAX=$(echo $RANKS | awk '{print $NF}')
 RUNS=""
 for C in 0 1; do for P in $RANKS; do RUNS="$RUNS $C:$P:default"; done; done
-[ $MODE = gpu ] && [ "$PMAX" -gt 1 ] && RUNS="$RUNS 0:$PMAX:shared 1:$PMAX:shared 0:$PMAX:node 1:$PMAX:node"
+[ $MODE = gpu ] && [ "$PMAX" -gt 1 ] && RUNS="$RUNS 0:$PMAX:shared 1:$PMAX:shared 0:$PMAX:rank 1:$PMAX:rank"
 for RUN in $RUNS; do
         C=${RUN%%:*}; P=$(echo "$RUN" | cut -d: -f2); QR=${RUN##*:}
-        export FA_Q_READ=$QR
+        # default: FA_Q_READ empty, fa_long's own choice (once per node)
+        if [ "$QR" = default ]; then export FA_Q_READ=; else export FA_Q_READ=$QR; fi
         CA=""; [ $C = 1 ] && CA="--causal"
         R=$WORK/r_${C}_${P}_$QR.json
         LOAD=$(cut -d' ' -f1 /proc/loadavg)
         # shellcheck disable=SC2086
         $MPI -np "$P" -x NCCL_NVLS_ENABLE -x FA_Q_READ "$FA" -i "$IN" -o "$WORK/out.h5" --force -q \
             $EXTRA $CA --report "$R" --check 8 --tune-cache "$WORK/none.txt"
-        SUF=""; [ "$QR" = shared ] && SUF=_qshared; [ "$QR" = node ] && SUF=_qnode
+        SUF=""; [ "$QR" = shared ] && SUF=_qshared; [ "$QR" = node ] && SUF=_qnode; [ "$QR" = rank ] && SUF=_qrank
         cp "$R" "bench/results/scaling_${MODE}_${TAG}${SUFFIX}_c${C}_p$P$SUF.json"
         python3 - "$R" "$OUT" "$DATE" "$DEV" "$REV" "$LOAD" "$C" "${OMP_NUM_THREADS:-}" "$QR" "$H5MODE" <<'EOF'
 import json, sys, csv

@@ -88,8 +88,9 @@ typedef struct {
     progress *pg;
     const fa_job *job;
     int stopping;              /* the ranks agreed to stop after the chunks in flight */
-    /* FA_Q_READ=node: one query chunk per node, read by the node's first rank into memory every
-     * rank of the node maps (MPI shared window) */
+    /* several ranks on a node (the default, unless FA_Q_READ=rank|shared): one query chunk per
+     * node, read by the node's first rank into memory every rank of the node maps (MPI shared
+     * window) */
     MPI_Comm node;
     int node_rank, node_size;
     MPI_Win qwin;
@@ -197,13 +198,13 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     return 0;
 }
 
-/* COLLECTIVE. Every rank needs the whole chunk of queries [r0, r0+n). By default each rank reads
- * it (one collective read of the same rows). FA_Q_READ=shared: each rank reads one slice and the
- * slices are shared (MPI_Allgatherv): the file is read once per chunk instead of once per rank.
- * FA_Q_READ=node: the first rank of each node reads the chunk into a shared-memory window the
- * node's ranks all read from (no copies): the file is read once per node, and a node's ranks
- * wait for one reader (bench/NOTES_SCALING.md: on a 2-GPU node the HDF5 reads ran at one fixed
- * rate for one reader or two). Neither is the default until benchmarked where it should pay.
+/* COLLECTIVE. Every rank needs the whole chunk of queries [r0, r0+n). Where a node holds several
+ * ranks (the default; FA_Q_READ=node asks for it by name) the node's first rank reads the chunk
+ * into a shared-memory window the node's ranks all read from (no copies): the file is read once
+ * per node (bench/NOTES_SCALING.md, session 4: faster than every rank reading in all six 2-GPU
+ * pairs measured, 5-25% of the whole job). FA_Q_READ=rank: each rank reads the chunk itself (one
+ * collective read of the same rows), as on a node of one rank. FA_Q_READ=shared: each rank reads
+ * one slice and the slices are shared (MPI_Allgatherv).
  * *qout: where the chunk is (q, or the node's window). */
 static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t n, float *q,
                         const float **qout, int check_finite) {
@@ -322,10 +323,13 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     float *qbuf = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "query chunk");
     p.node = MPI_COMM_NULL;
     const char *qmode = getenv("FA_Q_READ");
-    if (p.nranks > 1 && qmode && !strcmp(qmode, "node")) {
+    if (p.nranks > 1 && (!qmode || !*qmode || !strcmp(qmode, "node"))) {
         MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p.rank, MPI_INFO_NULL, &p.node);
         MPI_Comm_rank(p.node, &p.node_rank);
         MPI_Comm_size(p.node, &p.node_size);
+        if (p.node_size == 1) MPI_Comm_free(&p.node);   /* alone on its node: it reads itself */
+    }
+    if (p.node != MPI_COMM_NULL) {
         float *mine = NULL;
         MPI_Aint bytes = p.node_rank == 0 ? (MPI_Aint)(p.chunk * H * D) * (MPI_Aint)sizeof(float) : 0;
         if (MPI_Win_allocate_shared(bytes, sizeof(float), MPI_INFO_NULL, p.node, &mine, &p.qwin) != MPI_SUCCESS)
@@ -334,7 +338,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         int disp;
         MPI_Win_shared_query(p.qwin, 0, &size, &disp, &p.qnode);
         MPI_Win_lock_all(MPI_MODE_NOCHECK, p.qwin);
-        fa_log(2, "fa_long: queries read once per node (FA_Q_READ=node): %d rank(s) share rank %d's reads",
+        fa_log(2, "fa_long: queries read once per node: %d ranks share rank %d's reads (FA_Q_READ=rank: each its own)",
                p.node_size, p.rank - p.node_rank);
     }
     p.rec = fa_calloc((size_t)p.window, sizeof(float *), "record slots");

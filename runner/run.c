@@ -195,6 +195,11 @@ int cmd_run(int argc, char **argv) {
         fa_threads.threads = job.threads;
         fa_threads.why = "--threads";
     }
+    const char *qr = getenv("FA_Q_READ");
+    if (qr && *qr && strcmp(qr, "node") && strcmp(qr, "rank") && strcmp(qr, "shared")) {
+        fa_seterr("FA_Q_READ=%s: expected node (the default), rank or shared", qr);
+        return fa_report_error();
+    }
     fa_log(2, "fa_long: %d OpenMP threads a rank (%s; rank 0's node: %d ranks, %d CPUs)",
            fa_threads.threads, fa_threads.why, fa_threads.node_ranks, fa_threads.node_cpus);
 

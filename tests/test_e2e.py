@@ -14,13 +14,13 @@ from reference import attention_f64, random_inputs, rel_err, write_inputs
 TOL = 1e-5
 
 
-def run_job(tmp_path, q, k, v, nranks, causal, extra=(), dtype="float32", name="out"):
+def run_job(tmp_path, q, k, v, nranks, causal, extra=(), dtype="float32", name="out", env=None):
     inp = tmp_path / "in.h5"
     if not inp.exists():
         write_inputs(inp, q, k, v, dtype)
     out = tmp_path / f"{name}_{nranks}.h5"
     args = ["--input", inp, "--output", out, "--lse", "--quiet"] + (["--causal"] if causal else [])
-    p = run_fa(args + list(extra), nranks=nranks)
+    p = run_fa(args + list(extra), nranks=nranks, env=env)
     assert p.returncode == 0, p.stderr
     with h5py.File(out, "r") as f:
         return f["o"][...], f["lse"][...], dict(f.attrs)
@@ -150,24 +150,41 @@ def test_help_and_version(fa):
     assert "HDF5" in fa(["--version"]).stdout
 
 
-@pytest.mark.parametrize("nranks,mode", [(2, "shared"), (3, "shared"), (2, "node"), (4, "node")])
+@pytest.mark.parametrize("nranks,mode", [(2, "shared"), (3, "shared"), (2, "node"), (4, "node"),
+                                         (3, "")])
 def test_shared_query_reads(tmp_path, nranks, mode):
-    """FA_Q_READ=shared (each rank reads a slice of the chunk, MPI_Allgatherv shares them) and
-    FA_Q_READ=node (the node's first rank reads the chunk into a shared-memory window the others
-    map) give the same bytes as every rank reading the whole chunk, and stay exact against fp64.
+    """FA_Q_READ=shared (each rank reads a slice of the chunk, MPI_Allgatherv shares them),
+    FA_Q_READ=node and the default (the node's first rank reads the chunk into a shared-memory
+    window the others map) give the same bytes as every rank reading the whole chunk
+    (FA_Q_READ=rank), and stay exact against fp64.
     The 4-rank node case has a chunk size that does not divide Nq and two batch elements, so the
     window is rewritten while other ranks of the node have just used it."""
     rng = np.random.default_rng()
     q, k, v = random_inputs(rng, 2, 101, 131, 6, 2, 40)
-    a, _, _ = run_job(tmp_path, q, k, v, nranks, True, ["--chunk", "30"], name="all")
-    inp, out = tmp_path / "in.h5", tmp_path / f"{mode}.h5"
-    p = run_fa(["--input", inp, "--output", out, "--causal", "--chunk", "30", "-q"], nranks=nranks,
-               env={"FA_Q_READ": mode})
+    a, _, _ = run_job(tmp_path, q, k, v, nranks, True, ["--chunk", "30"], name="all",
+                      env={"FA_Q_READ": "rank"})
+    inp, out = tmp_path / "in.h5", tmp_path / f"{mode or 'default'}.h5"
+    p = run_fa(["--input", inp, "--output", out, "--causal", "--chunk", "30", "--verbose"],
+               nranks=nranks, env={"FA_Q_READ": mode})
     assert p.returncode == 0, p.stderr
+    assert ("read once per node" in p.stderr) == (mode != "shared"), p.stderr
     with h5py.File(out, "r") as f:
         b = f["o"][...]
     assert np.array_equal(a, b)
     assert rel_err(b, attention_f64(q, k, v, True)[0]) <= TOL
+
+
+def test_query_read_mode_unknown(tmp_path):
+    """An FA_Q_READ value that is none of node, rank, shared: one line naming it, exit 2, no output."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 40, 40, 2, 1, 16)
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    write_inputs(inp, q, k, v)
+    p = run_fa(["--input", inp, "--output", out, "-q"], nranks=2, env={"FA_Q_READ": "nodes"})
+    assert p.returncode == 2
+    lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long")]
+    assert len(lines) == 1 and "FA_Q_READ=nodes" in lines[0], p.stderr
+    assert not out.exists()
 
 
 def test_node_query_reads_bad_input(tmp_path):
