@@ -190,7 +190,7 @@ int cmd_run(int argc, char **argv) {
     if (rc) return fa_report_error();
     fa_verbosity = job.quiet ? 0 : job.verbose ? 2 : 1;
     double t0 = fa_now();
-    if (job.threads > 0) {
+    if (job.threads > 0) {   /* main() saw "--threads N"; this catches getopt's abbreviations */
         omp_set_num_threads(job.threads);
         fa_threads.threads = job.threads;
         fa_threads.why = "--threads";
