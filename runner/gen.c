@@ -2,7 +2,10 @@
  *
  * Values are a function of (seed, dataset, element index) only — a counter-based generator
  * (splitmix64 + Box-Muller) — so a file is the same whatever the slab size or rank count. */
+#include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -62,6 +65,19 @@ static void gen_usage(void) {
            "  -f, --force         replace an existing file\n");
 }
 
+/* A size option (K/M/G suffixes) within [lo, hi] (hi 0: no upper bound); the message names the option and the range. */
+static int gen_size(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    int64_t v = fa_parse_size(s);
+    if (hi > 0 && (v < lo || v > hi))
+        return fa_seterr("gen: option %s: '%s' is not an integer in [%lld, %lld] (see fa_long gen "
+                         "--help)", opt, s, (long long)lo, (long long)hi);
+    if (v < lo)
+        return fa_seterr("gen: option %s: '%s' is not a count >= %lld (K/M/G suffixes allowed; "
+                         "see fa_long gen --help)", opt, s, (long long)lo);
+    *out = v;
+    return 0;
+}
+
 int cmd_gen(int argc, char **argv) {
     static const struct option opts[] = {
         {"output", required_argument, 0, 'o'}, {"batch", required_argument, 0, 'b'},
@@ -78,21 +94,49 @@ int cmd_gen(int argc, char **argv) {
     int force = 0, c;
     opterr = 0;
     optind = 1;
-    int err = 0;
-    while (!err && (c = getopt_long(argc, argv, ":o:b:n:d:t:fhV", opts, NULL)) != -1) {
-        int64_t v = optarg ? fa_parse_size(optarg) : 0;
+    while ((c = getopt_long(argc, argv, ":o:b:n:d:t:fhV", opts, NULL)) != -1) {
+        int64_t v = 0;
         switch (c) {
         case 'o': out = optarg; break;
-        case 'b': g.s.B = v; err = v < 1; break;
-        case 'n': g.s.Nq = g.s.Nk = v; err = v < 1; break;
-        case 'Q': g.s.Nq = v; err = v < 1; break;
-        case 'K': g.s.Nk = v; err = v < 1; break;
-        case 'H': g.s.H = v; err = v < 1; break;
-        case 'G': g.s.Hkv = v; err = v < 1; break;
-        case 'd': g.s.D = v; err = v < 1 || v > FA_MAX_HEAD_DIM; break;
-        case 't': err = fa_dtype_parse(optarg, &t) != 0 || t == FA_F64; break;
-        case 'S': g.seed = (uint64_t)strtoull(optarg, NULL, 0); break;
-        case 'M': g.magnitude = strtod(optarg, NULL); err = !(g.magnitude > 0); break;
+        case 'b': if (gen_size("-b/--batch", optarg, 1, INT32_MAX, &v)) return fa_report_error();
+                  g.s.B = v; break;
+        case 'n': if (gen_size("-n/--n", optarg, 1, 0, &v)) return fa_report_error();
+                  g.s.Nq = g.s.Nk = v; break;
+        case 'Q': if (gen_size("--nq", optarg, 1, 0, &v)) return fa_report_error();
+                  g.s.Nq = v; break;
+        case 'K': if (gen_size("--nk", optarg, 1, 0, &v)) return fa_report_error();
+                  g.s.Nk = v; break;
+        case 'H': if (gen_size("--heads", optarg, 1, 65536, &v)) return fa_report_error();
+                  g.s.H = v; break;
+        case 'G': if (gen_size("--kv-heads", optarg, 1, 65536, &v)) return fa_report_error();
+                  g.s.Hkv = v; break;
+        case 'd': if (gen_size("-d/--dim", optarg, 1, FA_MAX_HEAD_DIM, &v)) return fa_report_error();
+                  g.s.D = v; break;
+        case 't':
+            if (fa_dtype_parse(optarg, &t) != 0 || t == FA_F64) {
+                fa_seterr("gen: option --dtype: '%s' is not float32, float16 or bfloat16", optarg);
+                return fa_report_error();
+            }
+            break;
+        case 'S': {
+            char *end;
+            errno = 0;
+            g.seed = (uint64_t)strtoull(optarg, &end, 0);
+            if (!*optarg || *end || errno || optarg[0] == '-') {
+                fa_seterr("gen: option --seed: '%s' is not an integer in [0, 2^64)", optarg);
+                return fa_report_error();
+            }
+            break;
+        }
+        case 'M': {
+            char *end;
+            g.magnitude = strtod(optarg, &end);
+            if (*end || !(g.magnitude > 0) || !isfinite(g.magnitude) || g.magnitude > 1e300) {
+                fa_seterr("gen: option --magnitude: '%s' is not a finite number > 0", optarg);
+                return fa_report_error();
+            }
+            break;
+        }
         case 'f': force = 1; break;
         case 'h': gen_usage(); return 0;
         case 'V': cli_print_version(); return 0;
@@ -103,8 +147,12 @@ int cmd_gen(int argc, char **argv) {
             fa_seterr("gen: unknown option '%s' (see fa_long gen --help)", argv[optind - 1]);
             return fa_report_error();
         }
-        if (err) fa_seterr("gen: bad value '%s' for %s (see fa_long gen --help)", optarg, argv[optind - 1]);
     }
+    if (optind < argc) {
+        fa_seterr("gen: unexpected argument '%s' (see fa_long gen --help)", argv[optind]);
+        return fa_report_error();
+    }
+    int err = 0;
     if (g.s.Hkv == 0) g.s.Hkv = g.s.H;
     if (!err && !out) err = 1, fa_seterr("gen: no output file: give --output FILE");
     if (!err && g.s.H % g.s.Hkv) err = 1, fa_seterr("gen: heads (%lld) must be a multiple of kv-heads (%lld)", (long long)g.s.H, (long long)g.s.Hkv);
