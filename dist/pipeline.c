@@ -17,6 +17,7 @@
 #include "runner/common.h"
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,6 +97,14 @@ typedef struct {
     MPI_Win qwin;
     float *qnode;
     double checkpoint_s, last_checkpoint;
+    /* exact mode with finite inputs: a row that sees a key must come out finite, else its
+     * scores (or its sum of weighted values) overflowed float32 (note_overflow) */
+    int check_overflow;
+    float *qmax_chunk;         /* [nchunks] largest |q| this rank read for each chunk */
+    float *kmax_b;             /* [B] largest |k| of this rank's keys of each batch element */
+    double vmax_all;           /* largest |v| of the current batch element, over every rank */
+    int64_t ovf_chunk, ovf_b, ovf_row, ovf_head;   /* the first such row this rank owns (-1) */
+    float ovf_lse;
 } pipe_state;
 
 static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, int64_t *n) {
@@ -133,6 +142,59 @@ static void drive_merges(void *arg) {
     MPI_Testall(p->window, p->req, &flag, MPI_STATUSES_IGNORE);
 }
 
+/* The owner of chunk i, rows [r0, r0+n) of batch b finalized into o_out/lse_out: notes the first
+ * (row, head) that sees a key and still has a non-finite lse (its scores overflowed float32) or,
+ * where the values are large enough for it, a non-finite o. Finite inputs never give either
+ * otherwise: a finite score maximum makes the softmax sum >= 1. */
+static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64_t n) {
+    if (!p->check_overflow || p->ovf_chunk >= 0) return;
+    const int64_t H = p->s->H, D = p->s->D, diag = p->s->Nk - p->s->Nq;
+    /* o = sum p_j v_j / sum p_j stays within max |v|; its running sums within Nk max |v| */
+    const int scan_o = p->vmax_all * (double)p->s->Nk > 1e38;
+    const int causal = p->job->causal;
+    int64_t bad = INT64_MAX;
+#pragma omp parallel for reduction(min : bad) schedule(static) if (n * H >= 4096)
+    for (int64_t x = 0; x < n * H; x++) {
+        if (causal && r0 + x / H + diag < 0) continue;    /* sees no key: o = 0, lse = -inf */
+        int ok = isfinite(p->lse_out[x]);
+        for (int64_t d = 0; ok && scan_o && d < D; d++) ok = isfinite(p->o_out[x * D + d]);
+        if (!ok && x < bad) bad = x;
+    }
+    if (bad == INT64_MAX) return;
+    p->ovf_chunk = i;
+    p->ovf_b = b;
+    p->ovf_row = r0 + bad / H;
+    p->ovf_head = bad % H;
+    p->ovf_lse = p->lse_out[bad];
+}
+
+/* COLLECTIVE, once some rank noted an overflow: -1 on every rank, with one line from the rank
+ * that owns the first such chunk, naming the row and how far the inputs reach past float32. */
+static int overflow_error(pipe_state *p) {
+    int64_t mine = p->ovf_chunk >= 0 ? p->ovf_chunk : INT64_MAX, first;
+    MPI_Allreduce(&mine, &first, 1, MPI_INT64_T, MPI_MIN, p->comm);
+    float m[3] = {p->qmax_chunk[first], p->kmax_b[first / p->nchunks_per_b], (float)p->vmax_all}, g[3];
+    MPI_Allreduce(m, g, 3, MPI_FLOAT, MPI_MAX, p->comm);
+    const int here = mine == first;
+    if (here) {
+        const double sc = p->job->scale > 0 ? p->job->scale : 1.0 / sqrt((double)p->s->D);
+        const double reach = sc * (double)p->s->D * (double)g[0] * (double)g[1];
+        if (!isfinite(p->ovf_lse) || reach > 3.0e38)
+            fa_seterr("input '%s': the scores of query row %lld (batch %lld, head %lld) overflow "
+                      "float32 (lse %g): |q| reaches %.3g and |k| %.3g, so |scale q.k| can reach "
+                      "%.3g (scale %.3g, D %lld), past float32's 3.4e+38; scale q or k down or "
+                      "pass a smaller --scale", p->job->input, (long long)p->ovf_row,
+                      (long long)p->ovf_b, (long long)p->ovf_head, p->ovf_lse, g[0], g[1], reach,
+                      sc, (long long)p->s->D);
+        else
+            fa_seterr("input '%s': o of query row %lld (batch %lld, head %lld) overflows float32: "
+                      "|v| reaches %.3g over %lld keys, past float32's 3.4e+38 in the weighted "
+                      "sums; scale v down", p->job->input, (long long)p->ovf_row,
+                      (long long)p->ovf_b, (long long)p->ovf_head, g[2], (long long)p->s->Nk);
+    }
+    return agree_status(p->comm, here ? -1 : 0);
+}
+
 /* COLLECTIVE. Every rank writes the chunk it owns in the current group (or nothing); chunks
  * [0, done) are then complete. Then the ranks agree whether to stop early (a signal reached any
  * rank) and whether a checkpoint is due (rank 0's clock), and make a checkpoint durable. */
@@ -145,9 +207,11 @@ static int write_group(pipe_state *p, int64_t done) {
     int flags = fa_stop_requested ? 1 : 0, all;
     if (p->rank == 0 && p->checkpoint_s > 0 && fa_now() - p->last_checkpoint >= p->checkpoint_s)
         flags |= 2;
+    if (p->ovf_chunk >= 0) flags |= 4;
     const double ta = MPI_Wtime();
     MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, p->comm);
     h5io_sync_s += MPI_Wtime() - ta;
+    if (all & 4) return overflow_error(p);
     if (all & 1) p->stopping = 1;
     if ((all & 2) && done < p->nchunks && !p->stopping) {
         rc = h5out_checkpoint(p->out, done);
@@ -191,6 +255,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
         p->pend_r0 = r0;
         p->pend_n = n;
     }
+    if (owner(p, i) == p->rank) note_overflow(p, i, b, r0, n);
     p->st->t_final += fa_now() - t0;
     progress_chunk(p->pg, pipeline_flops(p->job, p->s, r0, n));
     int64_t G = group_size(p);
@@ -311,6 +376,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         return -1;
     }
     st->nccl = gc.nccl;
+    snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
     p.eng = &eng;
     st->used_gpu = gpu;
     int64_t R = eng.rec_len;
@@ -351,6 +417,10 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.lse_out = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
     int rc = 0;
     float scale = (float)(job->scale > 0 ? job->scale : 1.0 / sqrt((double)D));
+    p.check_overflow = job->mode == MODE_EXACT && !job->allow_nonfinite;
+    p.qmax_chunk = fa_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
+    p.kmax_b = fa_calloc((size_t)s->B, sizeof(float), "key magnitudes");
+    p.ovf_chunk = -1;
 
     st->t_setup = fa_now() - t_start;
     const char *cp = getenv("FA_CHECKPOINT_SECONDS");
@@ -371,11 +441,17 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
             if (rc) break;
             if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
             cur_b = b;
+            if (p.check_overflow) {             /* same point on every rank: collective */
+                p.kmax_b[b] = h5in_last_absmax(in, "k");
+                double vm = h5in_last_absmax(in, "v");
+                MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
+            }
             st->t_kv += fa_now() - t0 - (h5io_sync_s - s0);
         }
         const float *qchunk = qbuf;
         rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !job->allow_nonfinite);
         if (rc) break;
+        p.qmax_chunk[i] = h5in_last_absmax(in, "q");
         double t1 = fa_now();
         st->t_read += t1 - t0 - (h5io_sync_s - s0);
         st->t_sync += h5io_sync_s - s0;
@@ -429,6 +505,8 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     free(p.req);
     free(p.o_out);
     free(p.lse_out);
+    free(p.qmax_chunk);
+    free(p.kmax_b);
     free(qbuf);
     if (p.qnode) {
         MPI_Win_unlock_all(p.qwin);

@@ -78,6 +78,8 @@ typedef struct pipeline_stats {
     int nccl;                /* merged on the device through NCCL */
     int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
     int64_t chunks_done;
+    char compute[16];        /* what the engine computed in (its pipe_engine.compute): the
+                                output's compute attribute and the check's tolerance follow it */
 } pipeline_stats;
 
 /* COLLECTIVE. Runs the job from `in` to `out` (both open), from chunk first_chunk on (chunks

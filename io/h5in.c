@@ -21,6 +21,7 @@ struct h5in {
     int swap[3];
     int64_t dims[3][4];
     int64_t cap_bytes;              /* rank 0's, broadcast: the same loop counts everywhere */
+    float absmax[3];                /* largest |x| of this rank's last checked read of q, k, v */
 };
 
 /* ---- rank 0's check ----------------------------------------------------------------------------- */
@@ -159,6 +160,12 @@ int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
     return 0;
 }
 
+float h5in_last_absmax(const h5in *f, const char *name) {
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, NAMES[i])) return f->absmax[i];
+    return 0;
+}
+
 void h5in_close(h5in *f) {
     if (!f) return;
     close_handles(f);
@@ -241,36 +248,47 @@ static hid_t select_pieces(hid_t fspace, const int64_t dims[4], int64_t b, const
 }
 
 /* First non-finite value of dst ([rows, heads, D] in range order) as a global linear index of
- * the dataset, or -1; *what gets "NaN", "+Inf" or "-Inf". */
+ * the dataset, or -1; *what gets "NaN", "+Inf" or "-Inf"; *absmax the largest |x| of the finite
+ * values (the same pass: the pipeline's overflow diagnosis uses it). */
 static int64_t first_nonfinite(const h5in *f, int idx, int64_t b, const row_range *r, int nr,
-                               const float *dst, const char **what) {
+                               const float *dst, const char **what, float *absmax) {
     const int64_t N = f->dims[idx][1], row_el = f->dims[idx][2] * f->dims[idx][3];
     int64_t best = -1, at = 0;
+    uint32_t amax = 0;                       /* |x| as bits: ordered like |x| for finite x */
     for (int i = 0; i < nr; at += r[i].n * row_el, i++) {
         const float *x = dst + at;
         const int64_t len = r[i].n * row_el;
         int64_t first = len;                 /* the range's first non-finite element, in parallel */
-#pragma omp parallel for reduction(min : first) schedule(static) if (len > 65536)
+#pragma omp parallel for reduction(min : first) reduction(max : amax) schedule(static) if (len > 65536)
         for (int64_t e0 = 0; e0 < len; e0 += 16384) {
             const int64_t e1 = e0 + 16384 < len ? e0 + 16384 : len;
-            for (int64_t e = e0; e < e1; e++)
-                if ((fa_f32_bits(x[e]) & 0x7f800000u) == 0x7f800000u) {
-                    if (e < first) first = e;
-                    break;
-                }
+            uint32_t m = 0, bad = 0;
+            for (int64_t e = e0; e < e1; e++) {
+                const uint32_t a = fa_f32_bits(x[e]) & 0x7fffffffu;
+                bad |= a >= 0x7f800000u;
+                m = a > m && a < 0x7f800000u ? a : m;
+            }
+            if (m > amax) amax = m;
+            if (bad)
+                for (int64_t e = e0; e < e1; e++)
+                    if ((fa_f32_bits(x[e]) & 0x7f800000u) == 0x7f800000u) {
+                        if (e < first) first = e;
+                        break;
+                    }
         }
         if (first < len) {
             const int64_t e = first, g = (b * N + r[i].start) * row_el + e;
             if (best < 0 || g < best) best = g, *what = x[e] != x[e] ? "NaN" : x[e] > 0 ? "+Inf" : "-Inf";
         }
     }
+    *absmax = fa_bits_f32(amax);
     return best;
 }
 
 static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int nr,
                             const float *dst) {
     const char *what = "";
-    int64_t g = first_nonfinite(f, idx, b, r, nr, dst, &what);
+    int64_t g = first_nonfinite(f, idx, b, r, nr, dst, &what, &f->absmax[idx]);
     if (g >= 0) {
         const int64_t *d = f->dims[idx];
         const char *as = f->dtype[idx] == FA_F64 && what[0] != 'N' ? " (in float32)" : "";

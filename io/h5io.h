@@ -52,6 +52,10 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
 
 void h5in_close(h5in *f);   /* COLLECTIVE */
 
+/* The largest |x| this rank read in its last h5in_read_rows of dataset `name` with check_finite
+ * set (its finite values; 0 before any). */
+float h5in_last_absmax(const h5in *f, const char *name);
+
 /* ---- output --------------------------------------------------------------------------------- */
 typedef struct h5out h5out;
 

@@ -29,14 +29,31 @@ static int cmp_sample(const void *a, const void *b) {
     return (x->i > y->i) - (x->i < y->i);
 }
 
-/* Default tolerance from the output's element type and the engine's compute type. */
-static double default_tol(fa_dtype ot, const char *compute) {
+/* Unit roundoff of the type the engine computed the scores in ("float32", "bfloat16", ...). */
+static double unit_roundoff(const char *compute) {
+    if (!strcmp(compute, "bfloat16")) return 0x1p-8;
+    if (!strcmp(compute, "float16")) return 0x1p-11;
+    return 0x1p-24;
+}
+
+/* Default tolerance: the larger of the output type's and the compute type's floor, and of what
+ * the rows' conditioning allows. A score s is computed with an absolute error of a few units of
+ * roundoff of |s| (the dot product, then s - max inside exp), and exp turns that into a relative
+ * error of the weights, hence of o: about u * kappa, kappa the largest |score| of the sampled rows.
+ * CHECK_COND_FACTOR covers the constant (measured: tests/test_check_tolerance.py). */
+#define CHECK_COND_FACTOR 8.0
+static double floor_tol(fa_dtype ot, const char *compute) {
     double t = 1e-4;                                   /* fp32 engine, fp32 output */
     if (ot == FA_F16) t = 2e-3;
     if (ot == FA_BF16) t = 1.6e-2;
     if (!strcmp(compute, "float16") && t < 4e-3) t = 4e-3;
     if (!strcmp(compute, "bfloat16") && t < 2e-2) t = 2e-2;
     return t;
+}
+static double default_tol(fa_dtype ot, const char *compute, double kappa) {
+    double t = floor_tol(ot, compute), c = CHECK_COND_FACTOR * unit_roundoff(compute) * kappa;
+    if (c > 1.0) c = 1.0;     /* o is a convex combination of v: past 1 nothing is promised */
+    return c > t ? c : t;
 }
 
 static void check_usage(void) {
@@ -53,7 +70,7 @@ static void check_usage(void) {
  * sampled rows `rows` (query rows q: [ns, H, D]). acc [ns, H, D], m and l [ns, H]. */
 static int reference_rows(const char *in, const fa_shape *s, int64_t b, const int64_t *rows,
                           const float *q, int ns, int causal, double scale, double *acc,
-                          double *m, double *l) {
+                          double *m, double *l, double *kappa) {
     int64_t H = s->H, Hkv = s->Hkv, D = s->D, G = H / Hkv, diag = s->Nk - s->Nq;
     int64_t blk = (int64_t)(32 << 20) / (Hkv * D * 4) + 1;  /* ~32 MB of keys per block */
     if (blk > s->Nk) blk = s->Nk;
@@ -75,11 +92,13 @@ static int reference_rows(const char *in, const fa_shape *s, int64_t b, const in
                 const float *qv = q + ((int64_t)si * H + h) * D;
                 double *a = acc + ((int64_t)si * H + h) * D;
                 double *mm = m + (int64_t)si * H + h, *ll = l + (int64_t)si * H + h;
+                double *kk = kappa + (int64_t)si * H + h;
                 for (int64_t j = 0; j < jend; j++) {
                     const float *kr = k + (j * Hkv + h / G) * D, *vr = v + (j * Hkv + h / G) * D;
                     double dot = 0;
                     for (int64_t e = 0; e < D; e++) dot += (double)qv[e] * (double)kr[e];
                     double sc = dot * scale;
+                    if (fabs(sc) > *kk) *kk = fabs(sc);
                     if (sc > *mm) {                         /* rescale the running state */
                         double f = *mm == -INFINITY ? 0.0 : exp(*mm - sc);
                         *ll *= f;
@@ -299,11 +318,11 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
     if (h5_attr_double(out, "scale", &scale) || h5_attr_double(out, "causal", &causal_d))
         return fa_seterr("%s: attributes 'scale' and 'causal' missing: not an output of fa_long", out);
     h5_attr_str(out, "compute", r->compute, sizeof r->compute);
-    r->tol = tol > 0 ? tol : default_tol(ot, r->compute);
     r->causal = causal_d != 0;
     r->scale = scale;
     r->heads = (int)s.H;
     r->has_lse = has_lse;
+    r->otype = ot;
     if (nrows <= 0 || nrows > s.B * s.Nq) nrows = s.B * s.Nq;
     sample *sm = fa_malloc((size_t)nrows * sizeof *sm, "check samples");
     int ns = pick_rows(&s, nrows, seed, sm);
@@ -319,6 +338,7 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
         double *m = fa_malloc((size_t)(n * H) * sizeof(double), "check state");
         double *l = fa_calloc((size_t)(n * H), sizeof(double), "check state");
         double *tacc = taylor ? fa_calloc((size_t)(n * H * R), sizeof(double), "check state") : NULL;
+        double *kappa = fa_calloc((size_t)(n * H), sizeof(double), "check conditioning");
         int64_t *rows = fa_malloc((size_t)n * sizeof(int64_t), "check rows");
         for (int64_t x = 0; x < n * H; x++) m[x] = -INFINITY;
         for (int x = 0; x < n && !rc; x++) {
@@ -326,11 +346,14 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
             rows[x] = sm[a + x].i;
             rc = h5_read_block(in, "q", 4, st, ct, q + (int64_t)x * H * D);
         }
-        if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l);
+        if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l,
+                                     kappa);
+        for (int64_t x = 0; !rc && x < n * H; x++)
+            if (kappa[x] > r->kappa) r->kappa = kappa[x];
         if (!rc && taylor) rc = taylor_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, tacc);
         if (!rc) rc = taylor ? taylor_compare_rows(out, &s, sm + a, n, has_lse, tacc, acc, m, l, &e)
                              : compare_rows(out, &s, sm + a, n, has_lse, acc, m, l, &e);
-        free(q); free(acc); free(m); free(l); free(tacc); free(rows);
+        free(q); free(acc); free(m); free(l); free(tacc); free(rows); free(kappa);
         a = z;
     }
     free(sm);
@@ -341,6 +364,11 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
     r->rel_err = e.ref_max > 0 ? e.abs / e.ref_max : e.abs;
     r->lse_err = e.lse_err;
     r->nonfinite = e.nonfinite;
+    r->tol_floor = floor_tol(ot, r->compute);
+    r->tol_given = tol > 0;
+    /* the Taylor formula is computed in fp32 whatever the engine: its floor, no conditioning
+     * term (its error does not grow with |score| the way exp's does) */
+    r->tol = tol > 0 ? tol : taylor ? r->tol_floor : default_tol(ot, r->compute, r->kappa);
     r->pass = r->rel_err <= r->tol && e.lse_err <= r->tol && e.nonfinite == 0;
     return 0;
 }
@@ -385,6 +413,18 @@ void check_print(const check_result *r, const char *out) {
     printf("check: o   max abs err %.3e, max rel err %.3e (max |ref| %.3e)%s\n", r->abs_err,
            r->rel_err, r->ref_max, r->nonfinite ? ", NON-FINITE VALUES" : "");
     if (r->has_lse) printf("check: lse max rel err %.3e\n", r->lse_err);
+    if (r->tol_given)
+        printf("check: tolerance %.1e (--tol); largest |score| of the sampled rows %.3e\n", r->tol,
+               r->kappa);
+    else
+        printf("check: tolerance %.1e = max(%.1e for %s output and %s compute, %g x %s's unit "
+               "roundoff %.2e x the largest |score| of the sampled rows %.3e, at most 1)\n", r->tol,
+               r->tol_floor, fa_dtype_name(r->otype), r->compute, CHECK_COND_FACTOR, r->compute,
+               unit_roundoff(r->compute), r->kappa);
+    if (!r->tol_given && r->tol >= 1.0)
+        printf("check: warning: at this conditioning %s compute promises no digit of o; the "
+               "check only catches gross errors (scale the inputs down to check more)\n",
+               r->compute);
     printf("check: %s (tolerance %.1e)\n", r->pass ? "PASS" : "FAIL", r->tol);
     fflush(stdout);
 }

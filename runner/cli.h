@@ -11,6 +11,10 @@ void cli_print_version(void);
 typedef struct {
     int rows, heads, causal, has_lse, nonfinite, pass;
     double scale, tol, abs_err, rel_err, ref_max, lse_err;
+    double kappa;            /* conditioning: the largest |scale q.k| of the sampled rows (fp64) */
+    double tol_floor;        /* the output and compute types' own floor of the tolerance */
+    int tol_given;           /* tol came from --tol */
+    fa_dtype otype;
     char compute[32];
 } check_result;
 int check_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,

@@ -170,6 +170,8 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
         put_num(&b, check->has_lse ? check->lse_err : NAN);
         put(&b, ", \"tolerance\": ");
         put_num(&b, check->tol);
+        put(&b, ", \"largest_abs_score\": ");
+        put_num(&b, check->kappa);
         put(&b, ", \"pass\": %s}", check->pass ? "true" : "false");
     }
     if (compare_rel) {

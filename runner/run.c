@@ -58,10 +58,7 @@ static int write_attrs(h5out *out, const fa_job *job, const fa_shape *s, fa_back
     rc |= h5out_attr_int(out, "ranks", fa_nranks);
     rc |= h5out_attr_int(out, "chunk", chunk);
     rc |= h5out_attr_str(out, "backend", fa_backend_name(be));
-    if (be == BACKEND_CUDA)
-        rc |= h5out_attr_str(out, "compute", job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16");
-    else
-        rc |= h5out_attr_str(out, "compute", "float32");
+    rc |= h5out_attr_str(out, "compute", st->compute);   /* the engine's own word */
     rc |= h5out_attr_str(out, "shard", shard_layout_name((shard_layout)st->layout));
     rc |= h5out_attr_str(out, "version", "fa_long " FA_VERSION);
     rc |= h5out_attr_str(out, "input", job->input);
@@ -267,8 +264,7 @@ int cmd_run(int argc, char **argv) {
     }
     double elapsed = fa_now() - t0;
     MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-    const char *compute = be != BACKEND_CUDA ? "float32"
-                        : job.compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
+    const char *compute = st.compute;
     report rep;
     report_build(&rep, &job, &s, &st, fa_backend_name(be), compute, chunk, elapsed, NULL, NULL);
     /* attributes are collective with the same value everywhere: rank 0's report travels */
