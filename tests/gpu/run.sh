@@ -57,6 +57,8 @@ if [ -x ./fa_long ]; then
     sh tests/gpu/job_paging.sh || { echo "FAIL: paging / shared-GPU jobs"; fail=1; }
     echo "== the tuner with a device budget that pages (./fa_long tune)"
     sh tests/gpu/tune_paged.sh || { echo "FAIL: tune with paging"; fail=1; }
+    echo "== overflowing inputs refused on the GPU, compute labels (./fa_long)"
+    sh tests/gpu/overflow.sh || { echo "FAIL: overflow / compute label on the GPU"; fail=1; }
     if [ -f tests/gpu/taylor.sh ]; then
         echo "== --mode taylor on the GPU (./fa_long)"
         sh tests/gpu/taylor.sh || { echo "FAIL: taylor on the GPU"; fail=1; }
