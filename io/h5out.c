@@ -31,6 +31,7 @@ struct h5out {
     int durable;                /* a checkpoint made progress durable: abort keeps the file */
     int locked;                 /* rank 0: this h5out holds one hold of the output's lock */
     int64_t min_bytes;          /* the file's size can be no less (o and lse data) */
+    int64_t reserved;           /* rank 0: bytes reserved with fallocate (0: none) */
     void *ostage;               /* conversion staging of o and lse, kept between writes (a fresh */
     float *lstage;              /* 64 MB buffer per chunk cost its page faults every time) */
     size_t ostage_bytes, lstage_bytes;
@@ -66,6 +67,24 @@ static void lock_release_all(void) {          /* at exit: what commit/abort did 
             close(locks[i].fd);
             locks[i].holds = 0;
         }
+}
+
+/* Called when MPI_Finalize deletes MPI_COMM_SELF's attributes, which it does first, before the
+ * ranks' final synchronization: the lock file is gone before any rank of a failed job exits and
+ * mpirun tears the others down (atexit alone could come too late for rank 0). */
+static int lock_release_cb(MPI_Comm c, int key, void *v, void *extra) {
+    lock_release_all();
+    return MPI_SUCCESS;
+}
+
+static void lock_release_at_end(void) {
+    atexit(lock_release_all);
+    int up = 0, down = 0, key;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    if (up && !down &&
+        MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, lock_release_cb, &key, NULL) == MPI_SUCCESS)
+        MPI_Comm_set_attr(MPI_COMM_SELF, key, NULL);
 }
 
 void h5out_lock_path(const char *path, char *buf, int len) {
@@ -132,7 +151,7 @@ static int lock_take(const char *path) {
             snprintf(locks[slot].path, sizeof locks[slot].path, "%s", lp);
             locks[slot].fd = fd, locks[slot].holds = 1;
             locks[slot].dev = a.st_dev, locks[slot].ino = a.st_ino;
-            if (!nlocks_registered) atexit(lock_release_all), nlocks_registered = 1;
+            if (!nlocks_registered) lock_release_at_end(), nlocks_registered = 1;
             return 0;
         }
         close(fd);                                      /* releases the stale lock; retry */
@@ -188,7 +207,7 @@ static int64_t avail_bytes(const char *dir) {
 /* Rank 0: reserves `bytes` for the file at `file` (blocks only, its size unchanged), so that no
  * write of the job can meet a full disk. Where the file system has no fallocate, the free space
  * is checked instead. */
-static int reserve_space(const char *out, const char *file, int64_t bytes) {
+static int reserve_space(const char *out, const char *file, int64_t bytes, int64_t *done) {
     char d[FA_PATH_MAX];
     snprintf(d, sizeof d, "%s", file);
     const char *dir = dirname(d);
@@ -199,7 +218,7 @@ static int reserve_space(const char *out, const char *file, int64_t bytes) {
     struct stat sb;
     int64_t held = fstat(fd, &sb) == 0 ? (int64_t)sb.st_blocks * 512 : 0;
     close(fd);
-    if (e == 0) return 0;
+    if (e == 0) return *done = bytes, 0;
     int64_t avail = avail_bytes(dir);
     if (e == EOPNOTSUPP || e == ENOSYS || e == EINVAL) {    /* no fallocate here: statvfs */
         if (avail < 0 || avail + held >= bytes) return 0;
@@ -226,7 +245,7 @@ static int reserve_file(h5out *f) {
     hsize_t size = 0;
     if (H5Fget_filesize(f->file, &size) < 0) size = 0;
     int64_t bytes = (int64_t)size > f->min_bytes ? (int64_t)size : f->min_bytes;
-    return reserve_space(f->path, f->tmp, bytes + (256 << 10));
+    return reserve_space(f->path, f->tmp, bytes + (256 << 10), &f->reserved);
 }
 
 /* ---- rank 0's checks: final path, folder, temporary name ---------------------------------------- */
@@ -542,12 +561,15 @@ int h5out_attr_str(h5out *f, const char *name, const char *v) {
  * anything. Durable on disk (fsync), no shorter than its data, and readable by a fresh serial
  * open: o (and lse) open with their shapes and their last elements read back. */
 static int verify_file(h5out *f) {
-    int fd = open(f->tmp, O_RDONLY | O_CLOEXEC);
+    int fd = open(f->tmp, O_RDWR | O_CLOEXEC);
     if (fd < 0) return fa_seterr("output '%s': cannot rename '%s' to it: %s", f->path, f->tmp,
                                  strerror(errno));
     struct stat sb;
-    int e = fsync(fd) != 0 && errno != EINVAL ? errno : 0;
-    if (!e && fstat(fd, &sb) != 0) e = errno;
+    int e = fstat(fd, &sb) != 0 ? errno : 0;
+    if (!e && sb.st_size < f->reserved &&        /* the unused reserve past the end, given back */
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sb.st_size,
+                  (off_t)(f->reserved - sb.st_size)) != 0) { /* only space: nothing lost */ }
+    if (!e && fsync(fd) != 0 && errno != EINVAL) e = errno;
     close(fd);
     if (e) return fa_seterr("output '%s': flushing '%s' to disk failed: %s; nothing was "
                             "committed", f->path, f->tmp, strerror(e));
