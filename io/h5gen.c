@@ -7,8 +7,42 @@
 #include <hdf5.h>
 #include <libgen.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
+
+/* Bytes of q, k and v of element type t (INT64_MAX when that overflows). */
+static int64_t input_bytes(const fa_shape *s, fa_dtype t) {
+    int64_t q, kv, all, e = fa_dtype_size(t);
+    if (__builtin_mul_overflow(s->B, s->Nq, &q) || __builtin_mul_overflow(q, s->H, &q) ||
+        __builtin_mul_overflow(q, s->D, &q) || __builtin_mul_overflow(q, e, &q) ||
+        __builtin_mul_overflow(s->B, s->Nk, &kv) || __builtin_mul_overflow(kv, s->Hkv, &kv) ||
+        __builtin_mul_overflow(kv, s->D, &kv) || __builtin_mul_overflow(kv, 2 * e, &kv) ||
+        __builtin_add_overflow(q, kv, &all) || __builtin_add_overflow(all, 64 << 10, &all))
+        return INT64_MAX;
+    return all;                         /* with 64 KiB for HDF5's metadata */
+}
+
+/* Refuses a file that cannot fit the free space of `dir`; with fd >= 0 also reserves its blocks
+ * (fallocate, the file's size unchanged), where the file system supports that. */
+static int check_space(const char *path, const char *dir, int fd, int64_t need) {
+    struct statvfs v;
+    int64_t avail = statvfs(dir, &v) == 0 ? (int64_t)v.f_bavail * (int64_t)v.f_frsize : -1;
+    int e = 0;
+    if (avail >= 0 && need > avail) e = ENOSPC;
+    else if (fd >= 0 && fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)need) != 0 &&
+             (errno == ENOSPC || errno == EDQUOT || errno == EFBIG))
+        e = errno;
+    if (!e) return 0;
+    if (need == INT64_MAX)
+        return fa_seterr("output '%s': not enough space in folder '%s': needs more than %lld "
+                         "bytes, %lld available", path, dir, (long long)INT64_MAX,
+                         (long long)avail);
+    return fa_seterr("output '%s': not enough space in folder '%s': needs %lld bytes, %lld "
+                     "available%s", path, dir, (long long)need, (long long)(avail < 0 ? 0 : avail),
+                     e == EDQUOT ? " (disk quota)" : e == EFBIG ? " (file size limit)" : "");
+}
 
 static int write_dataset(hid_t file, const char *path, const char *name, const fa_shape *s,
                          int64_t n, int64_t heads, fa_dtype t, fa_fill_fn fill, void *arg) {
@@ -68,15 +102,29 @@ int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, 
     char tmp[4096], dir[4096], base[4096];
     snprintf(dir, sizeof dir, "%s", path);
     snprintf(base, sizeof base, "%s", path);
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%d", dirname(dir), basename(base), (int)getpid());
+    const char *folder = dirname(dir);
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%d", folder, basename(base), (int)getpid());
+    const int64_t need = input_bytes(s, t);
+    if (check_space(path, folder, -1, need)) return -1;          /* before any file is made */
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) return fa_seterr("%s: cannot create file (%s)", path, strerror(errno ? errno : EACCES));
     fa_set_cleanup_path(tmp);
-    int rc = write_dataset(f, path, "q", s, s->Nq, s->H, t, fill, arg);
+    int fd = open(tmp, O_WRONLY | O_CLOEXEC), rc = check_space(path, folder, fd, need);
+    if (fd >= 0) close(fd);
+    if (!rc) rc = write_dataset(f, path, "q", s, s->Nq, s->H, t, fill, arg);
     if (!rc) rc = write_dataset(f, path, "k", s, s->Nk, s->Hkv, t, fill, arg);
     if (!rc) rc = write_dataset(f, path, "v", s, s->Nk, s->Hkv, t, fill, arg);
     if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close file", path);
+    struct stat fs;
+    if (!rc && (fd = open(tmp, O_WRONLY | O_CLOEXEC)) >= 0) {   /* the reserve past its end back */
+        if (fstat(fd, &fs) == 0 && fs.st_size < need &&
+            fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, fs.st_size,
+                      (off_t)(need - fs.st_size)) != 0) { /* nothing was reserved there */ }
+        if (fsync(fd) != 0 && errno != EINVAL)
+            rc = fa_seterr("%s: writing the file to disk failed (%s)", path, strerror(errno));
+        close(fd);
+    }
     if (!rc && rename(tmp, path) != 0)
         rc = fa_seterr("%s: cannot rename the finished file into place (%s)", path, strerror(errno));
     if (rc) unlink(tmp);

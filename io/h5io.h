@@ -59,9 +59,25 @@ float h5in_last_absmax(const h5in *f, const char *name);
 /* ---- output --------------------------------------------------------------------------------- */
 typedef struct h5out h5out;
 
+/* Whether `path` can name an output file: -1 with fa_seterr for an empty path, one ending in '/'
+ * or naming "." or "..", or an existing folder. Local (no MPI). */
+int h5out_path_ok(const char *path);
+
+/* COLLECTIVE. Takes the lock that keeps every other job off the output `path`: rank 0 of comm
+ * holds a POSIX record lock (fcntl F_SETLK, also on NFS) on "<folder>/.<name>.lock", which the
+ * kernel releases whenever the process ends, kill -9 included. -1 on every rank with "output
+ * 'X': another job is writing it ..." when another process holds it. Nests within a process:
+ * h5out_create and h5out_reopen take it too, and release their hold when they end (commit,
+ * suspend, abort). The last release unlinks the lock file; holds left at exit are released then. */
+int h5out_lock(const char *path, MPI_Comm comm);
+void h5out_unlock(const char *path);                 /* one hold; a no-op where none is held */
+void h5out_lock_path(const char *path, char *buf, int len);   /* "<folder>/.<name>.lock" */
+
 /* COLLECTIVE. Creates the output under a temporary name next to `path` (renamed on commit).
- * Fails cleanly if `path` exists and !force, or if the folder is not writable. Datasets:
- * "o" [B, Nq, H, D] of o_type; with with_lse, "lse" [B, H, Nq] float32. */
+ * Fails cleanly if `path` exists and !force, if the folder is not writable, if another job holds
+ * the output's lock, or if the folder lacks the space for the whole file (rank 0 reserves it with
+ * fallocate before any row is computed; a statvfs check where fallocate is not supported).
+ * Datasets: "o" [B, Nq, H, D] of o_type; with with_lse, "lse" [B, H, Nq] float32. */
 int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *shape,
                  fa_dtype o_type, int with_lse, h5out **out);
 
@@ -75,7 +91,10 @@ int h5out_attr_int(h5out *f, const char *name, int64_t v);
 int h5out_attr_double(h5out *f, const char *name, double v);
 int h5out_attr_str(h5out *f, const char *name, const char *v);
 
-/* COLLECTIVE. Closes the file and renames it to its final name. */
+/* COLLECTIVE. Closes the file on every rank; rank 0 fsyncs it, checks its size and reopens it
+ * serially (o and lse readable), then renames it to its final name. Any failure: -1 on every
+ * rank, the temporary file removed, an existing output untouched. Frees f whatever happens (do
+ * not h5out_abort it afterwards). */
 int h5out_commit(h5out *f);
 /* COLLECTIVE or alone (after an error): closes and removes the temporary file. */
 void h5out_abort(h5out *f);

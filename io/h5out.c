@@ -15,6 +15,7 @@
 #include <libgen.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 struct h5out {
@@ -28,6 +29,9 @@ struct h5out {
     hid_t file, o, lse, ftype;  /* ftype: o's file element type, also the memory type */
     int64_t cap_bytes;          /* rank 0's, broadcast */
     int durable;                /* a checkpoint made progress durable: abort keeps the file */
+    int locked;                 /* rank 0: this h5out holds one hold of the output's lock */
+    int64_t min_bytes;          /* the file's size can be no less (o and lse data) */
+    int64_t reserved;           /* rank 0: bytes reserved with fallocate (0: none) */
     void *ostage;               /* conversion staging of o and lse, kept between writes (a fresh */
     float *lstage;              /* 64 MB buffer per chunk cost its page faults every time) */
     size_t ostage_bytes, lstage_bytes;
@@ -47,8 +51,206 @@ static void stage_reserve(h5out *f, size_t obytes, size_t lbytes) {
     }
 }
 
+/* ---- the output's lock ---------------------------------------------------------------------------
+ * One POSIX record lock per output, on "<folder>/.<name>.lock", held by rank 0. POSIX locks belong
+ * to the process and are dropped when it closes ANY descriptor of the file, so the file is opened
+ * once per process and nested holds are counted here (matched by path, and by device and inode
+ * so that another spelling of the same file never opens it twice). */
+#define FA_MAX_LOCKS 8
+static struct { char path[FA_PATH_MAX]; int fd, holds; dev_t dev; ino_t ino; } locks[FA_MAX_LOCKS];
+static int nlocks_registered;
+
+static void lock_release_all(void) {          /* at exit: what commit/abort did not release */
+    for (int i = 0; i < FA_MAX_LOCKS; i++)
+        if (locks[i].holds > 0) {
+            unlink(locks[i].path);            /* while holding it: see lock_take */
+            close(locks[i].fd);
+            locks[i].holds = 0;
+        }
+}
+
+/* Called when MPI_Finalize deletes MPI_COMM_SELF's attributes, which it does first, before the
+ * ranks' final synchronization: the lock file is gone before any rank of a failed job exits and
+ * mpirun tears the others down (atexit alone could come too late for rank 0). */
+static int lock_release_cb(MPI_Comm c, int key, void *v, void *extra) {
+    lock_release_all();
+    return MPI_SUCCESS;
+}
+
+static void lock_release_at_end(void) {
+    atexit(lock_release_all);
+    int up = 0, down = 0, key;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    if (up && !down &&
+        MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, lock_release_cb, &key, NULL) == MPI_SUCCESS)
+        MPI_Comm_set_attr(MPI_COMM_SELF, key, NULL);
+}
+
+void h5out_lock_path(const char *path, char *buf, int len) {
+    char d[FA_PATH_MAX], b[FA_PATH_MAX];
+    snprintf(d, sizeof d, "%s", path);
+    snprintf(b, sizeof b, "%s", path);
+    snprintf(buf, (size_t)len, "%s/.%s.lock", dirname(d), basename(b));
+}
+
+/* This process takes one hold of path's lock, or fails (another job holds it, or the folder
+ * cannot hold the lock file). */
+static int lock_take(const char *path) {
+    char lp[FA_PATH_MAX], d[FA_PATH_MAX];
+    h5out_lock_path(path, lp, sizeof lp);
+    snprintf(d, sizeof d, "%s", path);
+    struct stat ps;
+    int have = stat(lp, &ps) == 0;
+    for (int i = 0; i < FA_MAX_LOCKS; i++)
+        if (locks[i].holds > 0 && (!strcmp(locks[i].path, lp) ||
+                                   (have && locks[i].dev == ps.st_dev && locks[i].ino == ps.st_ino))) {
+            locks[i].holds++;
+            return 0;
+        }
+    int slot = -1;
+    for (int i = 0; i < FA_MAX_LOCKS && slot < 0; i++)
+        if (locks[i].holds == 0) slot = i;
+    if (slot < 0) return fa_seterr("output '%s': more than %d outputs locked at once", path,
+                                   FA_MAX_LOCKS);
+    /* A holder unlinks the lock file while it still holds the lock, so a job that locked a file
+     * which is no longer at lp (unlinked, or replaced by a newer one) must try again: only the
+     * file at lp counts. */
+    for (int tries = 0; tries < 100; tries++) {
+        int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return fa_seterr("output '%s': cannot create a file in folder '%s': %s", path,
+                             dirname(d), strerror(errno));
+        struct flock fl;
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;                         /* l_start = l_len = 0: the whole file */
+        if (fcntl(fd, F_SETLK, &fl) != 0) {
+            int e = errno;
+            struct flock who;
+            memset(&who, 0, sizeof who);
+            who.l_type = F_WRLCK;
+            who.l_whence = SEEK_SET;
+            char by[64] = "";
+            if ((e == EACCES || e == EAGAIN) && fcntl(fd, F_GETLK, &who) == 0 &&
+                who.l_type != F_UNLCK && who.l_pid > 0)
+                snprintf(by, sizeof by, " (process %d)", (int)who.l_pid);
+            close(fd);
+            if (e == EACCES || e == EAGAIN)
+                return fa_seterr("output '%s': another job%s is writing it (it holds the lock "
+                                 "'%s'); wait for it to end or choose another output", path, by,
+                                 lp);
+            return fa_seterr("output '%s': cannot lock '%s': %s", path, lp, strerror(e));
+        }
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(lp, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino) {
+            char who[64];
+            int n = snprintf(who, sizeof who, "%d\n", (int)getpid());   /* for people only */
+            if (ftruncate(fd, 0) == 0 && write(fd, who, (size_t)n) < 0) { /* not needed */ }
+            snprintf(locks[slot].path, sizeof locks[slot].path, "%s", lp);
+            locks[slot].fd = fd, locks[slot].holds = 1;
+            locks[slot].dev = a.st_dev, locks[slot].ino = a.st_ino;
+            if (!nlocks_registered) lock_release_at_end(), nlocks_registered = 1;
+            return 0;
+        }
+        close(fd);                                      /* releases the stale lock; retry */
+    }
+    return fa_seterr("output '%s': cannot lock '%s': it keeps being replaced", path, lp);
+}
+
+void h5out_unlock(const char *path) {
+    char lp[FA_PATH_MAX];
+    h5out_lock_path(path, lp, sizeof lp);
+    for (int i = 0; i < FA_MAX_LOCKS; i++)
+        if (locks[i].holds > 0 && !strcmp(locks[i].path, lp)) {
+            if (--locks[i].holds == 0) {
+                unlink(lp);                             /* before the lock goes */
+                close(locks[i].fd);
+            }
+            return;
+        }
+}
+
+int h5out_lock(const char *path, MPI_Comm comm) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    int st = 0;
+    if (rank == 0) st = h5out_path_ok(path) ? -1 : lock_take(path);
+    st = h5io_agree(comm, st, 0);
+    return st;
+}
+
+int h5out_path_ok(const char *path) {
+    size_t n = path ? strlen(path) : 0;
+    if (n == 0) return fa_seterr("output '': empty path; expected a file path");
+    if (path[n - 1] == '/') return fa_seterr("output '%s' ends in '/'; expected a file path, not "
+                                             "a folder", path);
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (!strcmp(base, ".") || !strcmp(base, ".."))
+        return fa_seterr("output '%s' is a folder; expected a file path", path);
+    if (n >= FA_PATH_MAX - 32) return fa_seterr("output '%s': path too long", path);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return fa_seterr("output '%s' is a folder; expected a file path", path);
+    return 0;
+}
+
+/* ---- space: reserved before any row is computed ----------------------------------------------- */
+static int64_t avail_bytes(const char *dir) {
+    struct statvfs v;
+    if (statvfs(dir, &v) != 0) return -1;
+    return (int64_t)v.f_bavail * (int64_t)v.f_frsize;
+}
+
+/* Rank 0: reserves `bytes` for the file at `file` (blocks only, its size unchanged), so that no
+ * write of the job can meet a full disk. Where the file system has no fallocate, the free space
+ * is checked instead. */
+static int reserve_space(const char *out, const char *file, int64_t bytes, int64_t *done) {
+    char d[FA_PATH_MAX];
+    snprintf(d, sizeof d, "%s", file);
+    const char *dir = dirname(d);
+    int fd = open(file, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return fa_seterr("output '%s': cannot open '%s' to reserve its space: %s", out,
+                                 file, strerror(errno));
+    int e = fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes) == 0 ? 0 : errno;
+    struct stat sb;
+    int64_t held = fstat(fd, &sb) == 0 ? (int64_t)sb.st_blocks * 512 : 0;
+    close(fd);
+    if (e == 0) return *done = bytes, 0;
+    int64_t avail = avail_bytes(dir);
+    if (e == EOPNOTSUPP || e == ENOSYS || e == EINVAL) {    /* no fallocate here: statvfs */
+        if (avail < 0 || avail + held >= bytes) return 0;
+        e = ENOSPC;
+    }
+    if (e == ENOSPC || e == EDQUOT || e == EFBIG)
+        return fa_seterr("output '%s': not enough space in folder '%s': needs %lld bytes, %lld "
+                         "available%s", out, dir, (long long)bytes,
+                         (long long)(avail < 0 ? 0 : avail + held),
+                         e == EDQUOT ? " (disk quota)" : e == EFBIG ? " (file size limit)" : "");
+    return fa_seterr("output '%s': reserving %lld bytes for '%s' failed: %s", out,
+                     (long long)bytes, file, strerror(e));
+}
+
+/* Bytes of o and lse in the file. */
+static int64_t data_bytes(const fa_shape *s, fa_dtype t, int with_lse) {
+    int64_t o = s->B * s->Nq * s->H * s->D * fa_dtype_size(t);
+    return o + (with_lse ? s->B * s->H * s->Nq * 4 : 0);
+}
+
+/* Rank 0, after the datasets are created: the whole file's size, with room for the root
+ * attributes written later (a job report of a few KB, a resume key). */
+static int reserve_file(h5out *f) {
+    hsize_t size = 0;
+    if (H5Fget_filesize(f->file, &size) < 0) size = 0;
+    int64_t bytes = (int64_t)size > f->min_bytes ? (int64_t)size : f->min_bytes;
+    return reserve_space(f->path, f->tmp, bytes + (256 << 10), &f->reserved);
+}
+
 /* ---- rank 0's checks: final path, folder, temporary name ---------------------------------------- */
 static int check_output(const char *path, int force, char *tmp, int len) {
+    if (h5out_path_ok(path)) return -1;
     struct stat st;
     if (stat(path, &st) == 0) {
         if (S_ISDIR(st.st_mode)) return fa_seterr("output '%s' is a folder; expected a file path",
@@ -130,15 +332,22 @@ static int create_contents(h5out *f) {
     return 0;
 }
 
-static void close_contents(h5out *f) {
-    if (f->lse >= 0) HDF5_CHECK(H5Dclose(f->lse), "H5Dclose(lse)");
-    if (f->o >= 0) HDF5_CHECK(H5Dclose(f->o), "H5Dclose(o)");
+/* Closes what is open (collective in a parallel build: every rank calls it); -1 with a message
+ * when a close fails: the last writes, flushed there, did not land. */
+static int close_contents(h5out *f) {
+    const char *bad = NULL;
+    if (f->lse >= 0 && H5Dclose(f->lse) < 0) bad = "closing dataset 'lse'";
+    if (f->o >= 0 && H5Dclose(f->o) < 0) bad = "closing dataset 'o'";
     if (f->ftype >= 0) H5Tclose(f->ftype);
-    if (f->file >= 0) HDF5_CHECK(H5Fclose(f->file), "H5Fclose(output)");
+    if (f->file >= 0 && H5Fclose(f->file) < 0) bad = "closing the file";
     f->file = f->o = f->lse = f->ftype = -1;
+    if (bad) return fa_seterr("output '%s': %s '%s' failed (disk full or I/O error?); nothing "
+                              "was committed", f->path, bad, f->tmp);
+    return 0;
 }
 
 static void out_free(h5out *f) {
+    if (f->locked) h5out_unlock(f->path);
     MPI_Comm_free(&f->comm);
     free(f->ostage);
     free(f->lstage);
@@ -154,16 +363,19 @@ int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *sha
     MPI_Comm_rank(f->comm, &f->rank);
     MPI_Comm_size(f->comm, &f->nranks);
     struct { int st; int64_t cap; char tmp[FA_PATH_MAX]; } v = {0, 0, ""};
+    snprintf(f->path, sizeof f->path, "%s", path);
     if (f->rank == 0) {
         v.st = check_shape(path, shape, o_type);
         if (v.st == 0) v.st = check_output(path, force, v.tmp, sizeof v.tmp);
+        if (v.st == 0) v.st = lock_take(path);       /* before the partial file is touched */
+        f->locked = v.st == 0;
         v.cap = h5io_cap_bytes();
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, f->comm);
     if (h5io_agree(f->comm, v.st, 0) < 0) return out_free(f), -1;
-    snprintf(f->path, sizeof f->path, "%s", path);
     snprintf(f->tmp, sizeof f->tmp, "%s", v.tmp);
     f->shape = *shape, f->otype = o_type, f->with_lse = with_lse, f->cap_bytes = v.cap;
+    f->min_bytes = data_bytes(shape, o_type, with_lse);
     f->file = f->o = f->lse = f->ftype = -1;
     f->holder = h5io_parallel() || f->rank == 0;
     char d[FA_PATH_MAX];
@@ -172,7 +384,9 @@ int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *sha
         return out_free(f), -1;
     fa_set_cleanup_path(f->tmp);
     int st = f->holder ? create_contents(f) : 0;
-    if (h5io_agree(f->comm, st, f->rank) < 0) {
+    st = h5io_agree(f->comm, st, f->rank);
+    if (st == 0) st = h5io_agree(f->comm, f->rank == 0 ? reserve_file(f) : 0, 0);
+    if (st < 0) {
         if (f->holder) close_contents(f);
         if (f->rank == 0) unlink(f->tmp);
         fa_set_cleanup_path(NULL);
@@ -192,10 +406,24 @@ static hid_t transfer_plist(void) {
     return dxpl;
 }
 
+/* A failed H5Dwrite. With several ranks in one collective MPI-IO transfer a rank may meet it
+ * alone, and the others may still wait inside that transfer: then fa_fail (every rank brought
+ * down, the temporary removed, nothing committed). Where this rank writes alone (one rank, or
+ * rank 0 of a serial build), the error is recorded and agreed at the end of the call. */
+static int write_failed(h5out *f, const char *name, int64_t b, int64_t r, int64_t rows) {
+    fa_seterr("output '%s': writing dataset '%s' failed (rows [%lld, %lld) of batch %lld, into "
+              "'%s'; disk full or I/O error?); nothing was committed", f->path, name,
+              (long long)r, (long long)(r + rows), (long long)b, f->tmp);
+    if (h5io_parallel() && f->nranks > 1) fa_fail("%s", fa_errmsg());
+    return -1;
+}
+
 /* Writes (or, rows 0, takes part with an empty selection in) one transfer: rows [r, r+rows) of
- * batch b, o_buf [rows, H, D] in the file type, lse_buf [H, rows]. */
-static void write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows,
-                        const void *o_buf, const float *lse_buf) {
+ * batch b, o_buf [rows, H, D] in the file type, lse_buf [H, rows]. -1 with a message when a
+ * write failed (the transfer is still complete on every rank). */
+static int write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows,
+                       const void *o_buf, const float *lse_buf) {
+    int st = 0;
     const int64_t H = f->shape.H, D = f->shape.D;
     for (int k = 0; k < (f->with_lse ? 2 : 1); k++) {
         hid_t ds = k ? f->lse : f->o, fsp = H5Dget_space(ds);
@@ -213,8 +441,8 @@ static void write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows
             HDF5_CHECK(H5Sselect_none(mem), "H5Sselect_none");
         }
         const void *buf = k ? (const void *)lse_buf : o_buf;
-        HDF5_CHECK(H5Dwrite(ds, k ? H5T_IEEE_F32LE : f->ftype, mem, fsp, dxpl, buf),
-                   k ? "H5Dwrite(lse)" : "H5Dwrite(o)");
+        if (H5Dwrite(ds, k ? H5T_IEEE_F32LE : f->ftype, mem, fsp, dxpl, buf) < 0 && st == 0)
+            st = write_failed(f, k ? "lse" : "o", b, r, rows);
         h5io_ntransfers++;
 #ifdef H5_HAVE_PARALLEL
         H5D_mpio_actual_io_mode_t mode;
@@ -224,11 +452,13 @@ static void write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows
         H5Sclose(mem);
         H5Sclose(fsp);
     }
+    return st;
 }
 
-/* Serial HDF5: rank 0 writes its own block, then each other rank's, received in rank order. */
-static void gather_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows,
-                         void *o_buf, float *lse_buf) {
+/* Serial HDF5: rank 0 writes its own block, then each other rank's, received in rank order
+ * (all of them, even after a failed write, so that every send is matched). */
+static int gather_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows,
+                        void *o_buf, float *lse_buf) {
     const int64_t row_el = f->shape.H * f->shape.D, obytes = row_el * fa_dtype_size(f->otype);
     int64_t mine[3] = {b, r, rows}, *all = NULL;
     if (f->rank == 0) all = fa_malloc(sizeof(int64_t) * 3 * f->nranks, "row gather");
@@ -237,18 +467,19 @@ static void gather_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t row
         if (rows) MPI_Send(o_buf, (int)(rows * obytes), MPI_BYTE, 0, 1, f->comm);
         if (rows && f->with_lse) MPI_Send(lse_buf, (int)(rows * f->shape.H), MPI_FLOAT, 0, 2,
                                           f->comm);
-        return;
+        return 0;
     }
-    if (rows) write_block(f, dxpl, b, r, rows, o_buf, lse_buf);
+    int st = rows ? write_block(f, dxpl, b, r, rows, o_buf, lse_buf) : 0;
     for (int k = 1; k < f->nranks; k++) {
         int64_t *a = all + 3 * k;
         if (a[2] == 0) continue;
         MPI_Recv(o_buf, (int)(a[2] * obytes), MPI_BYTE, k, 1, f->comm, MPI_STATUS_IGNORE);
         if (f->with_lse) MPI_Recv(lse_buf, (int)(a[2] * f->shape.H), MPI_FLOAT, k, 2, f->comm,
                                   MPI_STATUS_IGNORE);
-        write_block(f, dxpl, a[0], a[1], a[2], o_buf, lse_buf);
+        if (st == 0) st = write_block(f, dxpl, a[0], a[1], a[2], o_buf, lse_buf);
     }
     free(all);
+    return st;
 }
 
 static int check_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
@@ -280,6 +511,7 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
     void *ostage = direct ? NULL : f->ostage;
     float *lstage = f->lstage;
     hid_t dxpl = transfer_plist();
+    int st = 0;
     for (int64_t it = 0; it < nb; it++) {
         static const float none;             /* a buffer for ranks with nothing to write */
         int64_t r = it * cap_rows, rows = n - r < 0 ? 0 : n - r < cap_rows ? n - r : cap_rows;
@@ -287,11 +519,12 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
         if (rows && !direct) fa_from_f32(f->otype, o + r * row_el, ostage, rows * row_el);
         for (int64_t i = 0; f->with_lse && i < rows; i++)       /* [rows, H] -> [H, rows] */
             for (int64_t h = 0; h < H; h++) lstage[h * rows + i] = lse[(r + i) * H + h];
-        if (h5io_parallel()) write_block(f, dxpl, b, r0 + r, rows, obuf, lstage);
-        else gather_block(f, dxpl, b, r0 + r, rows, ostage, lstage);
+        int w = h5io_parallel() ? write_block(f, dxpl, b, r0 + r, rows, obuf, lstage)
+                                : gather_block(f, dxpl, b, r0 + r, rows, ostage, lstage);
+        if (st == 0) st = w;
     }
     H5Pclose(dxpl);
-    return 0;
+    return h5io_agree(f->comm, st, f->rank);
 }
 
 /* ---- attributes, commit, abort ----------------------------------------------------------------- */
@@ -324,17 +557,76 @@ int h5out_attr_str(h5out *f, const char *name, const char *v) {
     return h5io_agree(f->comm, st, f->rank);
 }
 
+/* Rank 0, every rank's handle closed: proves the temporary file complete before it may replace
+ * anything. Durable on disk (fsync), no shorter than its data, and readable by a fresh serial
+ * open: o (and lse) open with their shapes and their last elements read back. */
+static int verify_file(h5out *f) {
+    int fd = open(f->tmp, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return fa_seterr("output '%s': cannot rename '%s' to it: %s", f->path, f->tmp,
+                                 strerror(errno));
+    struct stat sb;
+    int e = fstat(fd, &sb) != 0 ? errno : 0;
+    if (!e && sb.st_size < f->reserved &&        /* the unused reserve past the end, given back */
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sb.st_size,
+                  (off_t)(f->reserved - sb.st_size)) != 0) { /* only space: nothing lost */ }
+    if (!e && fsync(fd) != 0 && errno != EINVAL) e = errno;
+    close(fd);
+    if (e) return fa_seterr("output '%s': flushing '%s' to disk failed: %s; nothing was "
+                            "committed", f->path, f->tmp, strerror(e));
+    if ((int64_t)sb.st_size < f->min_bytes)
+        return fa_seterr("output '%s': '%s' holds %lld bytes, expected at least %lld (writes "
+                         "were lost: disk full?); nothing was committed", f->path, f->tmp,
+                         (long long)sb.st_size, (long long)f->min_bytes);
+    hid_t file = H5Fopen(f->tmp, H5F_ACC_RDONLY, H5P_DEFAULT);
+    int ok = file >= 0;
+    const fa_shape *s = &f->shape;
+    for (int k = 0; ok && k < (f->with_lse ? 2 : 1); k++) {
+        hid_t ds = H5Dopen2(file, k ? "lse" : "o", H5P_DEFAULT);
+        hid_t sp = ds < 0 ? -1 : H5Dget_space(ds), ty = ds < 0 ? -1 : H5Dget_type(ds), mem = -1;
+        hsize_t dims[4] = {0}, want[4] = {s->B, s->Nq, s->H, s->D}, one = 1;
+        if (k) want[1] = s->H, want[2] = s->Nq;
+        int nd = k ? 3 : 4;
+        ok = sp >= 0 && ty >= 0 && H5Tget_size(ty) <= 8 && H5Sget_simple_extent_ndims(sp) == nd &&
+             H5Sget_simple_extent_dims(sp, dims, NULL) == nd;
+        for (int i = 0; ok && i < nd; i++) ok = dims[i] == want[i];
+        if (ok) {
+            hsize_t last[4], cnt[4] = {1, 1, 1, 1};
+            for (int i = 0; i < nd; i++) last[i] = want[i] - 1;
+            unsigned char buf[8];
+            mem = H5Screate_simple(1, &one, NULL);
+            ok = H5Sselect_hyperslab(sp, H5S_SELECT_SET, last, NULL, cnt, NULL) >= 0 &&
+                 H5Dread(ds, ty, mem, sp, H5P_DEFAULT, buf) >= 0;     /* the file's bytes */
+        }
+        if (mem >= 0) H5Sclose(mem);
+        if (ty >= 0) H5Tclose(ty);
+        if (sp >= 0) H5Sclose(sp);
+        if (ds >= 0) H5Dclose(ds);
+    }
+    if (file >= 0 && H5Fclose(file) < 0) ok = 0;
+    if (!ok) return fa_seterr("output '%s': the written file '%s' cannot be read back (HDF5 "
+                              "cannot open it or its datasets); nothing was committed", f->path,
+                              f->tmp);
+    return 0;
+}
+
 /* Frees f whatever happens: after commit the file is either in place or gone. */
 int h5out_commit(h5out *f) {
-    if (f->holder) close_contents(f);          /* collective close: every write has landed */
-    MPI_Barrier(f->comm);
-    int st = 0;
-    if (f->rank == 0 && rename(f->tmp, f->path) != 0) {
-        st = fa_seterr("output '%s': cannot rename '%s' to it: %s", f->path, f->tmp,
-                       strerror(errno));
-        unlink(f->tmp);
-    }
+    int st = f->holder ? close_contents(f) : 0;   /* collective close: every write has landed */
     st = h5io_agree(f->comm, st, f->rank);
+    if (st == 0 && f->rank == 0) {
+        st = verify_file(f);
+        if (st == 0 && rename(f->tmp, f->path) != 0)
+            st = fa_seterr("output '%s': cannot rename '%s' to it: %s", f->path, f->tmp,
+                           strerror(errno));
+        if (st == 0) {                            /* the rename itself, durable (best effort) */
+            char d[FA_PATH_MAX];
+            snprintf(d, sizeof d, "%s", f->path);
+            int dfd = open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd >= 0) fsync(dfd), close(dfd);
+        }
+    }
+    st = h5io_agree(f->comm, st, 0);
+    if (st && f->rank == 0) unlink(f->tmp);      /* a file that failed here is never resumed */
     fa_set_cleanup_path(NULL);
     out_free(f);
     return st;
@@ -349,6 +641,8 @@ void h5out_abort(h5out *f) {
     if (f->holder && (!h5io_parallel() || f->nranks == 1)) close_contents(f);
     if (!f->durable) unlink(f->tmp);
     fa_set_cleanup_path(NULL);
+    /* handles left open to MPI_Finalize may still write: the lock then stays until exit */
+    if (f->locked && (!h5io_parallel() || f->nranks == 1)) h5out_unlock(f->path);
     if (!h5io_parallel() || f->nranks == 1) MPI_Comm_free(&f->comm);
     free(f->ostage);
     free(f->lstage);
@@ -376,8 +670,9 @@ int h5out_checkpoint(h5out *f, int64_t done) {
 
 int h5out_suspend(h5out *f, int64_t done) {
     int st = h5out_attr_int(f, "chunks_done", done);
-    if (f->holder) close_contents(f);   /* collective close: every write has landed */
-    MPI_Barrier(f->comm);
+    int cl = f->holder ? close_contents(f) : 0;   /* collective close: every write has landed */
+    cl = h5io_agree(f->comm, cl, f->rank);
+    if (st == 0) st = cl;
     fa_set_cleanup_path(NULL);
     out_free(f);
     return st;
@@ -440,11 +735,17 @@ int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtyp
     snprintf(f->path, sizeof f->path, "%s", path);
     h5out_partial_path(path, f->tmp, sizeof f->tmp);
     f->shape = *shape, f->otype = o_type, f->with_lse = with_lse, f->cap_bytes = cap;
+    f->min_bytes = data_bytes(shape, o_type, with_lse);
     f->file = f->o = f->lse = f->ftype = -1;
     f->holder = h5io_parallel() || f->rank == 0;
     f->durable = 1;                                   /* the partial file is not a cleanup path */
-    int st = f->holder ? reopen_contents(f) : 0;
-    if (h5io_agree(f->comm, st, f->rank) < 0) {
+    int st = f->rank == 0 ? lock_take(path) : 0;      /* before the partial file is opened */
+    f->locked = f->rank == 0 && st == 0;
+    if (h5io_agree(f->comm, st, 0) < 0) return out_free(f), -1;
+    st = f->holder ? reopen_contents(f) : 0;
+    st = h5io_agree(f->comm, st, f->rank);
+    if (st == 0) st = h5io_agree(f->comm, f->rank == 0 ? reserve_file(f) : 0, 0);
+    if (st < 0) {
         if (f->holder) close_contents(f);
         return out_free(f), -1;
     }

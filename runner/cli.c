@@ -226,5 +226,6 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
     if (optind < argc) return fa_seterr("unexpected argument '%s' (see --help)", argv[optind]);
     if (!job->input) return fa_seterr("no input file: give --input FILE (see --help)");
     if (!job->output) return fa_seterr("no output file: give --output FILE (see --help)");
+    if (h5out_path_ok(job->output)) return -1;      /* "", "dir/", a folder: before any work */
     return 0;
 }

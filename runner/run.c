@@ -180,6 +180,15 @@ static int resume_plan(const fa_job *job, const char *key, int64_t *first) {
     return agree(v.st) ? -1 : v.plan;
 }
 
+/* Rank 0: -1 when the output names the input file itself (same device and inode). */
+static int output_not_input(const char *in, const char *out) {
+    struct stat a, b;
+    if (stat(in, &a) != 0 || stat(out, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        return 0;
+    return fa_seterr("output '%s' is the input file '%s'%s; expected another path (even with "
+                     "--force)", out, in, strcmp(in, out) ? " (through a link)" : "");
+}
+
 int cmd_run(int argc, char **argv) {
     fa_job job;
     int rc = cli_parse_run(argc, argv, &job);
@@ -199,6 +208,11 @@ int cmd_run(int argc, char **argv) {
     }
     fa_log(2, "fa_long: %d OpenMP threads a rank (%s; rank 0's node: %d ranks, %d CPUs)",
            fa_threads.threads, fa_threads.why, fa_threads.node_ranks, fa_threads.node_cpus);
+    /* the output: never the input (through links too), and no other job's: its lock is held
+     * from here to exit, before --resume looks at the partial file */
+    if (agree(fa_rank == 0 ? output_not_input(job.input, job.output) : 0) ||
+        h5out_lock(job.output, MPI_COMM_WORLD))
+        return fa_report_error();
 
     fa_backend be = choose_backend(&job);
     if (be == BACKEND_AUTO) return fa_report_error();
@@ -275,9 +289,14 @@ int cmd_run(int argc, char **argv) {
     if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed, &st)) ||
         agree(mode_attrs(out, &job)) ||
         agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
-        agree(h5out_attr_str(out, "report", rep.json)) || agree(h5out_commit(out))) {
+        agree(h5out_attr_str(out, "report", rep.json))) {
         report_free(&rep);
         h5out_abort(out);
+        h5in_close(in);
+        return fa_report_error();
+    }
+    if (agree(h5out_commit(out))) {             /* commit frees out, whatever happens */
+        report_free(&rep);
         h5in_close(in);
         return fa_report_error();
     }
