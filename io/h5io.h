@@ -53,7 +53,8 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
 /* The input's identity for --resume: its size in bytes and modification time in ns (rank 0's
  * stat at open, the same on every rank). */
 void h5in_identity(const h5in *f, int64_t *size, int64_t *mtime_ns);
-/* This rank's digests of the rows it read of q, k, v (d[0..2]) since the last call, then reset:
+/* This rank's digests of the rows it read of k and v (d[1], d[2]; d[0], q, is not hashed: 0)
+ * since the last call, then reset:
  * sums mod 2^64 of a per-row hash of the raw bytes keyed by the row's position (io/h5in.c), so
  * the ranks' sums (MPI_UINT64_T, MPI_SUM) are the digest of all their rows however they were
  * split. */

@@ -72,7 +72,8 @@ def stop_with_usr1(args, nranks, env=None):
 
 # ---- item 4: a partial with nothing to resume is set aside; another job's is refused ----------
 @pytest.mark.parametrize("content,why", [(b"", "empty"), (b"not an HDF5 file at all\n" * 50,
-                                                           "not an HDF5 file")])
+                                                           "not an HDF5 file")],
+                         ids=["empty", "not-hdf5"])
 def test_unusable_partial_is_set_aside(tmp_path, content, why):
     inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
     q, k, v = make_input(inp)
@@ -257,3 +258,22 @@ def test_virtual_dataset_input(tmp_path, nranks):
         assert rel_err(fb["lse"][...], fa_["lse"][...]) <= 1e-6
         assert rel_err(fb["o"][...], ref_o) <= 1e-5
         assert rel_err(fb["lse"][...], ref_lse) <= 1e-5
+
+
+def test_read_failure_names_file_dataset_rows(tmp_path):
+    """A read HDF5 cannot serve (here: k compressed with h5py's own lzf filter, which libhdf5
+    does not have) names the file, the dataset and the rows instead of a bare HDF5 failure."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 200, 300, 4, 2, 32)
+    inp = tmp_path / "lzf.h5"
+    with h5py.File(inp, "w") as f:
+        f["q"], f["v"] = q, v
+        f.create_dataset("k", data=k, chunks=(1, 50, 2, 32), compression="lzf")
+    out = tmp_path / "out.h5"
+    p = run_fa(["-i", inp, "-o", out], nranks=1)
+    assert p.returncode != 0 and not out.exists(), p.stderr
+    lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long:")]
+    assert len(lines) == 1, p.stderr
+    assert f"input '{inp}'" in lines[0] and "dataset 'k'" in lines[0], lines[0]
+    assert "rows [0, 300) of batch 0" in lines[0], lines[0]
+    assert not [x for x in os.listdir(tmp_path) if x.startswith(".out.h5")]
