@@ -35,9 +35,49 @@ struct h5in {
 /* ---- rank 0's check ----------------------------------------------------------------------------- */
 typedef struct { int ndims; int64_t dims[8]; fa_dtype t; } ds_desc;
 
+/* A virtual dataset reads its missing source files as fill values, silently: each mapping's
+ * source must be found where HDF5 looks (HDF5_VDS_PREFIX, the VDS file's folder, the name as it
+ * is). Names with printf-style patterns (%b) are left to HDF5. */
+static int check_vds_sources(hid_t ds, const char *path, const char *name) {
+    hid_t dcpl = H5Dget_create_plist(ds);
+    size_t count = 0;
+    int st = 0;
+    if (dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL && H5Pget_virtual_count(dcpl, &count) >= 0) {
+        char dir[FA_PATH_MAX], src[FA_PATH_MAX], at[2 * FA_PATH_MAX + 2];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0; else snprintf(dir, sizeof dir, ".");
+        const char *prefix = getenv("HDF5_VDS_PREFIX");
+        for (size_t i = 0; i < count && st == 0; i++) {
+            if (H5Pget_virtual_filename(dcpl, i, src, sizeof src) < 0) continue;
+            if (!strcmp(src, ".") || strchr(src, '%')) continue;     /* this file; patterns */
+            int found = access(src, R_OK) == 0 && src[0] == '/';
+            if (!found && src[0] != '/') {
+                if (prefix && *prefix) {
+                    snprintf(at, sizeof at, "%s/%s", prefix, src);
+                    found = access(at, R_OK) == 0;
+                }
+                snprintf(at, sizeof at, "%s/%s", dir, src);
+                found = found || access(at, R_OK) == 0 || access(src, R_OK) == 0;
+            }
+            if (!found)
+                st = fa_seterr("input '%s': virtual dataset '%s' maps rows to source file '%s', "
+                               "which cannot be read (HDF5 would give fill values for them); "
+                               "expected every source file of a virtual dataset in place", path,
+                               name, src);
+        }
+    }
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return st;
+}
+
 static int describe(hid_t file, const char *path, const char *name, ds_desc *d) {
     hid_t ds = h5io_open_dataset(file, path, name, EXPECT_QKV);
     if (ds < 0) return -1;
+    if (check_vds_sources(ds, path, name)) {
+        H5Dclose(ds);
+        return -1;
+    }
     hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
     d->ndims = H5Sget_simple_extent_ndims(sp);
     hsize_t hd[8] = {0};

@@ -216,6 +216,9 @@ def test_resume_with_another_rank_count_default_chunk(tmp_path):
         o = f["o"][...]
         assert int(f.attrs["chunk"]) == c1 and int(f.attrs["ranks"]) == 3
     assert rel_err(o, o1) <= 1e-6
+    # done: --resume at 3 ranks finds it complete (its job key has the 1-rank chunk)
+    p = run_fa(["-i", inp, "-o", out, "--resume"], nranks=3)
+    assert p.returncode == 0 and "nothing to resume" in p.stderr, p.stderr
     at = (done % per_b) * c1                 # the first row the resumed run computed
     rows = np.unique(np.r_[0:64, max(at - 32, 0):min(at + 32, Nq), Nq - 64:Nq])
     ref = attention_f64(q[:, rows], k, v)[0]
@@ -224,7 +227,8 @@ def test_resume_with_another_rank_count_default_chunk(tmp_path):
 
 # ---- item 9: virtual datasets --------------------------------------------------------------------
 def write_vds(path, tensors, src_dir):
-    """q, k, v as virtual datasets, each over two source files holding halves of the rows."""
+    """q, k, v as virtual datasets, each over two source files holding a third and two thirds of
+    the rows; k's sources are named relative to the VDS file's folder, the others absolute."""
     with h5py.File(path, "w") as f:
         for name, x in tensors.items():
             n = x.shape[1]
@@ -233,7 +237,7 @@ def write_vds(path, tensors, src_dir):
                 src = src_dir / f"{name}{part}.h5"
                 with h5py.File(src, "w") as s:
                     s.create_dataset(name, data=x[:, a:b])
-                lay[:, a:b] = h5py.VirtualSource(str(src), name, shape=(x.shape[0], b - a) + x.shape[2:])
+                lay[:, a:b] = h5py.VirtualSource(src.name if name == "k" else str(src), name, shape=(x.shape[0], b - a) + x.shape[2:])
             f.create_virtual_dataset(name, lay)
 
 
@@ -277,3 +281,21 @@ def test_read_failure_names_file_dataset_rows(tmp_path):
     assert f"input '{inp}'" in lines[0] and "dataset 'k'" in lines[0], lines[0]
     assert "rows [0, 300) of batch 0" in lines[0], lines[0]
     assert not [x for x in os.listdir(tmp_path) if x.startswith(".out.h5")]
+
+
+def test_virtual_dataset_missing_source_is_refused(tmp_path):
+    """A VDS whose source file is gone reads as fill values in HDF5 (silently): refused with one
+    line naming the file, the dataset and the missing source (exit 2), no output."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 100, 120, 2, 1, 16)
+    vds = tmp_path / "vds.h5"
+    write_vds(vds, {"q": q, "k": k, "v": v}, tmp_path)
+    (tmp_path / "v1.h5").unlink()
+    out = tmp_path / "out.h5"
+    p = run_fa(["-i", vds, "-o", out], nranks=2)
+    assert p.returncode == 2, p.stderr
+    lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long:")]
+    assert len(lines) == 1, p.stderr
+    assert f"input '{vds}'" in lines[0] and "virtual dataset 'v'" in lines[0], lines[0]
+    assert str(tmp_path / "v1.h5") in lines[0], lines[0]
+    assert not out.exists() and not [x for x in os.listdir(tmp_path) if x.startswith(".out")]
