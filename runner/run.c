@@ -202,7 +202,9 @@ static int set_aside(const char *partial, const struct stat *sb, int has_key) {
     size_t n = fp ? fread(head, 1, sizeof head, fp) : 0;
     if (fp) fclose(fp);
     const char *why = sb->st_size == 0 ? "it is empty"
-                    : n < sizeof head || memcmp(head, sig, sizeof sig) ? "it is not an HDF5 file"
+                    : n < sizeof head || memcmp(head, sig, sizeof sig)
+                        ? "it has no HDF5 signature: not HDF5, damaged, or its job was killed "
+                          "before its first checkpoint"
                     : !has_key ? "it has no job key: damaged, or its job was killed before "
                                  "its first checkpoint"
                                : "it records no finished chunks: its job was killed before its "

@@ -72,7 +72,7 @@ def stop_with_usr1(args, nranks, env=None):
 
 # ---- item 4: a partial with nothing to resume is set aside; another job's is refused ----------
 @pytest.mark.parametrize("content,why", [(b"", "empty"), (b"not an HDF5 file at all\n" * 50,
-                                                           "not an HDF5 file")],
+                                                           "no HDF5 signature")],
                          ids=["empty", "not-hdf5"])
 def test_unusable_partial_is_set_aside(tmp_path, content, why):
     inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
@@ -112,6 +112,7 @@ def test_resume_after_kill_before_first_checkpoint(tmp_path):
     warn = [l for l in p.stderr.splitlines() if "warning" in l]
     aside = tmp_path / ".out.h5.partial.damaged"
     assert len(warn) == 1 and str(aside) in warn[0] and "starting afresh" in warn[0], p.stderr
+    assert "killed before its first checkpoint" in warn[0], warn[0]
     assert aside.read_bytes() == left and not partial.exists()
     with h5py.File(out, "r") as f:
         o = f["o"][...]
