@@ -109,9 +109,9 @@ int h5out_checkpoint(h5out *f, int64_t done);
  * place for --resume (the final path is not touched). Frees f. */
 int h5out_suspend(h5out *f, int64_t done);
 /* What the partial records of the input (written by every checkpoint and by suspend, as root
- * attributes "input_identity" = "size=BYTES mtime_ns=NS" and "input_kv_digest" uint64 [B, 3]
- * = {known, k digest, v digest} per batch element): the input's size and mtime, and batch
- * element b's digests (the same on every rank). h5out_recorded_kv gives b's digests recorded by
+ * attributes "input_identity" = "size=BYTES mtime_ns=NS" and "input_kv_digest" uint64 [n, 3]
+ * = {b, k digest, v digest} for the last n <= 1024 batch elements loaded): the input's size and
+ * mtime, and batch element b's digests (the same on every rank). h5out_recorded_kv gives b's digests recorded by
  * the partial h5out_reopen opened (or noted since), returning 1 when known, 0 when not. */
 void h5out_note_input(h5out *f, int64_t size, int64_t mtime_ns);
 void h5out_note_kv(h5out *f, int64_t b, uint64_t k, uint64_t v);

@@ -388,20 +388,31 @@ int h5out_recorded_kv(h5out *f, int64_t b, uint64_t *k, uint64_t *v) {
     return t[0] != 0;
 }
 
+/* Rows {b, k digest, v digest} of at most this many batch elements (the last loaded, the one in
+ * progress among them) are kept: an attribute stays below HDF5's 64 KiB in the object header. */
+#define KV_ROWS_MAX 1024
+
 /* COLLECTIVE. The input's identity and the digests of the batch elements loaded so far, as
- * root attributes "input_identity" and "input_kv_digest" (uint64 [B, 3]). */
+ * root attributes "input_identity" and "input_kv_digest" (uint64 [n, 3]: b, k, v). */
 static int write_identity(h5out *f) {
     if (f->ident[0] && h5out_attr_str(f, "input_identity", f->ident)) return -1;
     int st = 0;
     if (f->holder) {
-        hsize_t d[2] = {(hsize_t)f->shape.B, 3};
-        hid_t sp = H5Screate_simple(2, d, NULL), a;
+        const uint64_t *t = kv_table(f);
+        uint64_t *rows = fa_malloc(sizeof(uint64_t) * 3 * KV_ROWS_MAX, "input digests");
+        int64_t n = 0;
+        for (int64_t b = f->shape.B - 1; b >= 0 && n < KV_ROWS_MAX; b--)
+            if (t[3 * b]) rows[3 * n] = (uint64_t)b, rows[3 * n + 1] = t[3 * b + 1],
+                          rows[3 * n + 2] = t[3 * b + 2], n++;
+        hsize_t d[2] = {(hsize_t)n, 3};
+        hid_t sp = n ? H5Screate_simple(2, d, NULL) : H5Screate(H5S_NULL), a;
         if (H5Aexists(f->file, "input_kv_digest") > 0) H5Adelete(f->file, "input_kv_digest");
         st = (a = H5Acreate2(f->file, "input_kv_digest", H5T_STD_U64LE, sp, H5P_DEFAULT,
-                             H5P_DEFAULT)) >= 0 && H5Awrite(a, H5T_NATIVE_UINT64, kv_table(f)) >= 0
+                             H5P_DEFAULT)) >= 0 && (!n || H5Awrite(a, H5T_NATIVE_UINT64, rows) >= 0)
                  ? 0 : -1;
         if (a >= 0) H5Aclose(a);
         H5Sclose(sp);
+        free(rows);
         if (st) fa_seterr("output '%s': writing attribute 'input_kv_digest' failed", f->path);
     }
     return h5io_agree(f->comm, st, f->rank);
@@ -416,10 +427,17 @@ static void read_identity(h5out *f) {
                       ? H5Aopen(f->file, "input_kv_digest", H5P_DEFAULT) : -1;
         hid_t sp = a >= 0 ? H5Aget_space(a) : -1;
         hsize_t d[2] = {0, 0};
-        if (sp < 0 || H5Sget_simple_extent_ndims(sp) != 2 ||
-            H5Sget_simple_extent_dims(sp, d, NULL) != 2 || d[0] != (hsize_t)f->shape.B ||
-            d[1] != 3 || H5Aread(a, H5T_NATIVE_UINT64, t) < 0)
-            memset(t, 0, (size_t)f->shape.B * 3 * sizeof *t);
+        if (sp >= 0 && H5Sget_simple_extent_ndims(sp) == 2 &&
+            H5Sget_simple_extent_dims(sp, d, NULL) == 2 && d[1] == 3 && d[0] <= KV_ROWS_MAX) {
+            uint64_t *rows = fa_malloc(sizeof(uint64_t) * 3 * (d[0] + 1), "input digests");
+            if (H5Aread(a, H5T_NATIVE_UINT64, rows) >= 0)
+                for (hsize_t i = 0; i < d[0]; i++)
+                    if (rows[3 * i] < (uint64_t)f->shape.B) {
+                        uint64_t *e = t + 3 * rows[3 * i];
+                        e[0] = 1, e[1] = rows[3 * i + 1], e[2] = rows[3 * i + 2];
+                    }
+            free(rows);
+        }
         if (sp >= 0) H5Sclose(sp);
         if (a >= 0) H5Aclose(a);
     }
