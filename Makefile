@@ -25,7 +25,7 @@ else
 endif
 CFLAGS   ?= $(OPT)
 CFLAGS   += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -I. -MMD -MP
-LDLIBS   += -fopenmp -lm
+LDLIBS   += -fopenmp -lm -lz
 
 # ---- HDF5: prefer the parallel (Open MPI) build, fall back to serial -----------------------------
 HDF5_PC := $(shell for p in hdf5-openmpi hdf5-mpi hdf5-serial hdf5; do pkg-config --exists $$p 2>/dev/null && echo $$p && break; done)

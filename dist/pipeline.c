@@ -331,6 +331,29 @@ static int load_kv(const fa_job *job, h5in *in, const fa_shape *s, const kv_shar
     return 0;
 }
 
+/* COLLECTIVE, after load_kv of batch element b: the digests of all ranks' k and v rows of b
+ * (the same on every rank, whatever the rank count). On --resume, b's digests recorded in the
+ * partial must match before anything is computed or written; else -1 on every rank. */
+static int note_kv_digest(const fa_job *job, h5in *in, h5out *out, MPI_Comm comm, int64_t b) {
+    uint64_t d[3], rk, rv;
+    h5in_take_digests(in, d);
+    uint64_t kv[2] = {d[1], d[2]};
+    MPI_Allreduce(MPI_IN_PLACE, kv, 2, MPI_UINT64_T, MPI_SUM, comm);
+    if (h5out_recorded_kv(out, b, &rk, &rv) && (rk != kv[0] || rv != kv[1])) {
+        char partial[4096];
+        h5out_partial_path(job->output, partial, sizeof partial);
+        const char *which = rk != kv[0] && rv != kv[1] ? "'k' and 'v'" : rk != kv[0] ? "'k'" : "'v'";
+        return fa_seterr("--resume: input '%s' changed since partial output '%s' was written: "
+                         "the data of dataset %s of batch element %lld differ (checksum "
+                         "%016llx, recorded %016llx); expected the same input: restore it, or "
+                         "remove the partial to start over", job->input, partial, which,
+                         (long long)b, (unsigned long long)(rk != kv[0] ? kv[0] : kv[1]),
+                         (unsigned long long)(rk != kv[0] ? rk : rv));
+    }
+    h5out_note_kv(out, b, kv[0], kv[1]);
+    return 0;
+}
+
 int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
                  fa_backend backend, int64_t first_chunk, progress *pg,
                  pipeline_stats *st) {
@@ -427,6 +450,13 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.checkpoint_s = cp ? atof(cp) : 60.0;
     p.last_checkpoint = fa_now();
     int64_t first = first_chunk > 0 ? first_chunk : 0;
+    {   /* what a checkpoint records of the input, for --resume */
+        int64_t isz, imt;
+        uint64_t d[3];
+        h5in_identity(in, &isz, &imt);
+        h5out_note_input(out, isz, imt);
+        h5in_take_digests(in, d);
+    }
     int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
         if (i - first >= p.window) {
@@ -438,6 +468,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         double t0 = fa_now(), s0 = h5io_sync_s;
         if (b != cur_b) {
             rc = load_kv(job, in, s, &sh, b, kbuf, vbuf, segs);
+            if (rc == 0) rc = note_kv_digest(job, in, out, comm, b);
             if (rc) break;
             if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
             cur_b = b;

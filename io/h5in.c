@@ -8,7 +8,10 @@
 #include "io/h5priv.h"
 #include "io/convert.h"
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <omp.h>
+#include <zlib.h>
 
 static const char *const NAMES[3] = {"q", "k", "v"};
 #define EXPECT_QKV "q [B, Nq, H, D], k and v [B, Nk, Hkv, D]"
@@ -22,14 +25,60 @@ struct h5in {
     int64_t dims[3][4];
     int64_t cap_bytes;              /* rank 0's, broadcast: the same loop counts everywhere */
     float absmax[3];                /* largest |x| of this rank's last checked read of q, k, v */
+    /* a virtual dataset (VDS) is read through a second, serial open of the file (sfile), each
+     * rank independently: MPI-IO's collective transfers cannot serve one */
+    hid_t sfile, sdset[3];
+    int virt[3];
+    int64_t size, mtime_ns;         /* rank 0's stat at open, broadcast */
+    uint64_t digest[3];             /* sums of the rows' hashes read since the last take */
 };
 
 /* ---- rank 0's check ----------------------------------------------------------------------------- */
 typedef struct { int ndims; int64_t dims[8]; fa_dtype t; } ds_desc;
 
+/* A virtual dataset reads its missing source files as fill values, silently: each mapping's
+ * source must be found where HDF5 looks (HDF5_VDS_PREFIX, the VDS file's folder, the name as it
+ * is). Names with printf-style patterns (%b) are left to HDF5. */
+static int check_vds_sources(hid_t ds, const char *path, const char *name) {
+    hid_t dcpl = H5Dget_create_plist(ds);
+    size_t count = 0;
+    int st = 0;
+    if (dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL && H5Pget_virtual_count(dcpl, &count) >= 0) {
+        char dir[FA_PATH_MAX], src[FA_PATH_MAX], at[2 * FA_PATH_MAX + 2];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0; else snprintf(dir, sizeof dir, ".");
+        const char *prefix = getenv("HDF5_VDS_PREFIX");
+        for (size_t i = 0; i < count && st == 0; i++) {
+            if (H5Pget_virtual_filename(dcpl, i, src, sizeof src) < 0) continue;
+            if (!strcmp(src, ".") || strchr(src, '%')) continue;     /* this file; patterns */
+            int found = access(src, R_OK) == 0 && src[0] == '/';
+            if (!found && src[0] != '/') {
+                if (prefix && *prefix) {
+                    snprintf(at, sizeof at, "%s/%s", prefix, src);
+                    found = access(at, R_OK) == 0;
+                }
+                snprintf(at, sizeof at, "%s/%s", dir, src);
+                found = found || access(at, R_OK) == 0 || access(src, R_OK) == 0;
+            }
+            if (!found)
+                st = fa_seterr("input '%s': virtual dataset '%s' maps rows to source file '%s', "
+                               "which cannot be read (HDF5 would give fill values for them); "
+                               "expected every source file of a virtual dataset in place", path,
+                               name, src);
+        }
+    }
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return st;
+}
+
 static int describe(hid_t file, const char *path, const char *name, ds_desc *d) {
     hid_t ds = h5io_open_dataset(file, path, name, EXPECT_QKV);
     if (ds < 0) return -1;
+    if (check_vds_sources(ds, path, name)) {
+        H5Dclose(ds);
+        return -1;
+    }
     hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
     d->ndims = H5Sget_simple_extent_ndims(sp);
     hsize_t hd[8] = {0};
@@ -116,10 +165,19 @@ static int open_datasets(h5in *f) {
             (f->type[i] = H5Dget_type(f->dset[i])) < 0 ||
             h5io_classify(f->type[i], &f->dtype[i], &f->swap[i], why, sizeof why) < 0)
             return fa_seterr("input '%s': dataset '%s' changed while opening", f->path, NAMES[i]);
-        hid_t sp = H5Dget_space(f->dset[i]);
+        hid_t sp = H5Dget_space(f->dset[i]), dcpl = H5Dget_create_plist(f->dset[i]);
         H5Sget_simple_extent_dims(sp, d, NULL);
         H5Sclose(sp);
         for (int j = 0; j < 4; j++) f->dims[i][j] = (int64_t)d[j];
+        f->virt[i] = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL;
+        if (dcpl >= 0) H5Pclose(dcpl);
+        if (!f->virt[i] || !h5io_parallel()) continue;
+        if (f->sfile < 0 && (f->sfile = H5Fopen(f->path, H5F_ACC_RDONLY, H5P_DEFAULT)) < 0)
+            return fa_seterr("input '%s': dataset '%s' is a virtual dataset; HDF5 cannot open "
+                             "the file through its serial driver to read it", f->path, NAMES[i]);
+        if ((f->sdset[i] = H5Dopen2(f->sfile, NAMES[i], H5P_DEFAULT)) < 0)
+            return fa_seterr("input '%s': virtual dataset '%s' cannot be opened through HDF5's "
+                             "serial driver", f->path, NAMES[i]);
     }
     return 0;
 }
@@ -128,7 +186,9 @@ static void close_handles(h5in *f) {
     for (int i = 0; i < 3; i++) {
         if (f->type[i] >= 0) H5Tclose(f->type[i]);
         if (f->dset[i] >= 0) H5Dclose(f->dset[i]);
+        if (f->sdset[i] >= 0) H5Dclose(f->sdset[i]);
     }
+    if (f->sfile >= 0) H5Fclose(f->sfile);
     if (f->file >= 0) H5Fclose(f->file);
 }
 
@@ -137,10 +197,14 @@ int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
     *out = NULL;
     int rank;
     MPI_Comm_rank(comm, &rank);
-    struct { int st; fa_shape s; int64_t cap; } v = {0, {0}, 0};
+    struct { int st; fa_shape s; int64_t cap, size, mtime_ns; } v = {0, {0}, 0, 0, 0};
     if (rank == 0) {
+        struct stat sb;
         v.st = check_input(path, &v.s);
         v.cap = h5io_cap_bytes();
+        if (v.st == 0 && stat(path, &sb) == 0)
+            v.size = (int64_t)sb.st_size,
+            v.mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, comm);
     if (h5io_agree(comm, v.st, 0) < 0 || h5io_visible(comm, path, R_OK, "input") < 0) return -1;
@@ -148,7 +212,8 @@ int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
     snprintf(f->path, sizeof f->path, "%s", path);
     MPI_Comm_dup(comm, &f->comm);
     f->file = f->dset[0] = f->dset[1] = f->dset[2] = f->type[0] = f->type[1] = f->type[2] = -1;
-    f->cap_bytes = v.cap;
+    f->sfile = f->sdset[0] = f->sdset[1] = f->sdset[2] = -1;
+    f->cap_bytes = v.cap, f->size = v.size, f->mtime_ns = v.mtime_ns;
     if (h5io_agree(f->comm, open_datasets(f), rank) < 0) {
         close_handles(f);        /* collective: every rank gets here */
         MPI_Comm_free(&f->comm);
@@ -164,6 +229,15 @@ float h5in_last_absmax(const h5in *f, const char *name) {
     for (int i = 0; i < 3; i++)
         if (!strcmp(name, NAMES[i])) return f->absmax[i];
     return 0;
+}
+
+void h5in_identity(const h5in *f, int64_t *size, int64_t *mtime_ns) {
+    *size = f->size;
+    *mtime_ns = f->mtime_ns;
+}
+
+void h5in_take_digests(h5in *f, uint64_t d[3]) {
+    for (int i = 0; i < 3; i++) d[i] = f->digest[i], f->digest[i] = 0;
 }
 
 void h5in_close(h5in *f) {
@@ -300,6 +374,35 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
     return h5io_agree(f->comm, g >= 0, g);
 }
 
+/* Adds the hashes of the rows of one transfer (buf: the pieces' rows as the file holds them,
+ * before any byte swap or conversion) to f->digest[idx]. A row's hash is zlib's crc32 of its
+ * bytes seeded with the crc32 of its position (dataset, batch, row), in the high half, and that
+ * seed in the low half; the digest is their sum mod 2^64, so it does not depend on how rows are
+ * split across transfers, reads or ranks, and a change within 32 bits of any one row always
+ * shows. Threads hash disjoint runs of rows (crc32 is serial within a row). Only k and v are
+ * hashed: --resume checks the keys and values of the batch element it resumes in, while the
+ * queries of the chunks done are not read again (a q digest would cost as much as k's and v's,
+ * re-read every chunk, and nothing could compare it). */
+static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const void *buf,
+                      int64_t rows, int64_t row_bytes) {
+    uint64_t sum = 0;
+#pragma omp parallel reduction(+ : sum) if (rows * row_bytes >= (1 << 20))
+    {
+        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+        int j = 0;
+        int64_t base = 0;                        /* rows of the pieces before piece j */
+        for (int64_t r = r0; r < r1; r++) {
+            while (j < np && r - base >= p[j].n) base += p[j++].n;
+            const int64_t pos[3] = {idx, b, p[j].start + (r - base)};
+            const uLong seed = crc32(0L, (const Bytef *)pos, (uInt)sizeof pos);
+            const uLong c = crc32(seed, (const Bytef *)buf + r * row_bytes, (uInt)row_bytes);
+            sum += ((uint64_t)c << 32) | (uint64_t)seed;
+        }
+    }
+    f->digest[idx] += sum;
+}
+
 static int name_index(const char *name) {
     for (int i = 0; i < 3; i++)
         if (name && !strcmp(name, NAMES[i])) return i;
@@ -329,6 +432,7 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
      * of their fp32 destination and widened in place (front to back, never overtaking) */
     void *stage = esize > 4 ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) * row_el *
                                                  esize), "read staging") : NULL;
+    const int virt = f->sdset[idx] >= 0;    /* a VDS in a parallel build: serial handle */
     hid_t fspace = H5Dget_space(f->dset[idx]), dxpl = transfer_plist();
     HDF5_CHECK(fspace, "H5Dget_space");
     c = (cursor){0, 0, 0};
@@ -341,11 +445,26 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         float *out = np ? dst + p[0].dst_row * row_el : NULL;
         void *buf = !np ? (void *)&none : stage ? stage : (char *)out + n_el * (4 - esize);
         hid_t mem = select_pieces(fspace, dims, b, p, np);
-        HDF5_CHECK(H5Dread(f->dset[idx], f->type[idx], mem, fspace, dxpl, buf), "H5Dread");
-        note_io_mode(dxpl);
+        if (virt && !np) {                   /* independent reads: nothing to take part in */
+            H5Sclose(mem);
+            continue;
+        }
+        if (H5Dread(virt ? f->sdset[idx] : f->dset[idx], f->type[idx], mem, fspace,
+                    virt ? H5P_DEFAULT : dxpl, buf) < 0) {
+            if (np)
+                fa_fail("input '%s': reading dataset '%s'%s, rows [%lld, %lld) of batch %lld, "
+                        "failed in HDF5 (H5Dread)", f->path, NAMES[idx],
+                        f->virt[idx] ? " (a virtual dataset)" : "", (long long)p[0].start,
+                        (long long)(p[np - 1].start + p[np - 1].n), (long long)b);
+            fa_fail("input '%s': reading dataset '%s'%s (batch %lld, no rows on this rank) "
+                    "failed in HDF5 (H5Dread)", f->path, NAMES[idx],
+                    f->virt[idx] ? " (a virtual dataset)" : "", (long long)b);
+        }
+        if (!virt) note_io_mode(dxpl);
         h5io_ntransfers++;
         H5Sclose(mem);
         if (!np) continue;
+        if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, (int64_t)row_el * esize);
         if (f->swap[idx]) fa_byteswap(buf, esize, n_el);
         fa_to_f32(f->dtype[idx], buf, out, n_el);
     }

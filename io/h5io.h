@@ -50,6 +50,16 @@ int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape);
 int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
                    float *dst, int check_finite);
 
+/* The input's identity for --resume: its size in bytes and modification time in ns (rank 0's
+ * stat at open, the same on every rank). */
+void h5in_identity(const h5in *f, int64_t *size, int64_t *mtime_ns);
+/* This rank's digests of the rows it read of k and v (d[1], d[2]; d[0], q, is not hashed: 0)
+ * since the last call, then reset:
+ * sums mod 2^64 of a per-row hash of the raw bytes keyed by the row's position (io/h5in.c), so
+ * the ranks' sums (MPI_UINT64_T, MPI_SUM) are the digest of all their rows however they were
+ * split. */
+void h5in_take_digests(h5in *f, uint64_t d[3]);
+
 void h5in_close(h5in *f);   /* COLLECTIVE */
 
 /* The largest |x| this rank read in its last h5in_read_rows of dataset `name` with check_finite
@@ -121,6 +131,14 @@ int h5out_checkpoint(h5out *f, int64_t done);
 /* COLLECTIVE. Records chunks [0, done) as complete, closes the partial file and leaves it in
  * place for --resume (the final path is not touched). Frees f. */
 int h5out_suspend(h5out *f, int64_t done);
+/* What the partial records of the input (written by every checkpoint and by suspend, as root
+ * attributes "input_identity" = "size=BYTES mtime_ns=NS" and "input_kv_digest" uint64 [n, 3]
+ * = {b, k digest, v digest} for the last n <= 1024 batch elements loaded): the input's size and
+ * mtime, and batch element b's digests (the same on every rank). h5out_recorded_kv gives b's digests recorded by
+ * the partial h5out_reopen opened (or noted since), returning 1 when known, 0 when not. */
+void h5out_note_input(h5out *f, int64_t size, int64_t mtime_ns);
+void h5out_note_kv(h5out *f, int64_t b, uint64_t k, uint64_t v);
+int h5out_recorded_kv(h5out *f, int64_t b, uint64_t *k, uint64_t *v);
 /* COLLECTIVE. Opens the partial file of `path` left by an earlier run for writing, checking its
  * datasets against shape/o_type/with_lse; -1 with fa_seterr when it does not fit. */
 int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,

@@ -35,6 +35,8 @@ struct h5out {
     void *ostage;               /* conversion staging of o and lse, kept between writes (a fresh */
     float *lstage;              /* 64 MB buffer per chunk cost its page faults every time) */
     size_t ostage_bytes, lstage_bytes;
+    uint64_t *kvd;              /* --resume: [B][3] {known, k digest, v digest}, the partial's */
+    char ident[96];             /* and the input's "size=... mtime_ns=...", both kept on write */
 };
 
 /* f's staging buffers, grown to at least the sizes asked for */
@@ -348,6 +350,7 @@ static int close_contents(h5out *f) {
 
 static void out_free(h5out *f) {
     if (f->locked) h5out_unlock(f->path);
+    free(f->kvd);
     MPI_Comm_free(&f->comm);
     free(f->ostage);
     free(f->lstage);
@@ -646,6 +649,7 @@ void h5out_abort(h5out *f) {
     if (!h5io_parallel() || f->nranks == 1) MPI_Comm_free(&f->comm);
     free(f->ostage);
     free(f->lstage);
+    free(f->kvd);
     free(f);
 }
 
@@ -657,8 +661,85 @@ void h5out_partial_path(const char *path, char *buf, int len) {
     snprintf(buf, (size_t)len, "%s/.%s.partial", dirname(d), basename(b));
 }
 
+static uint64_t *kv_table(h5out *f) {
+    if (!f->kvd) f->kvd = fa_calloc((size_t)f->shape.B * 3, sizeof(uint64_t), "input digests");
+    return f->kvd;
+}
+
+void h5out_note_input(h5out *f, int64_t size, int64_t mtime_ns) {
+    snprintf(f->ident, sizeof f->ident, "size=%lld mtime_ns=%lld", (long long)size,
+             (long long)mtime_ns);
+}
+
+void h5out_note_kv(h5out *f, int64_t b, uint64_t k, uint64_t v) {
+    uint64_t *t = kv_table(f) + 3 * b;
+    t[0] = 1, t[1] = k, t[2] = v;
+}
+
+int h5out_recorded_kv(h5out *f, int64_t b, uint64_t *k, uint64_t *v) {
+    const uint64_t *t = kv_table(f) + 3 * b;
+    *k = t[1], *v = t[2];
+    return t[0] != 0;
+}
+
+/* Rows {b, k digest, v digest} of at most this many batch elements (the last loaded, the one in
+ * progress among them) are kept: an attribute stays below HDF5's 64 KiB in the object header. */
+#define KV_ROWS_MAX 1024
+
+/* COLLECTIVE. The input's identity and the digests of the batch elements loaded so far, as
+ * root attributes "input_identity" and "input_kv_digest" (uint64 [n, 3]: b, k, v). */
+static int write_identity(h5out *f) {
+    if (f->ident[0] && h5out_attr_str(f, "input_identity", f->ident)) return -1;
+    int st = 0;
+    if (f->holder) {
+        const uint64_t *t = kv_table(f);
+        uint64_t *rows = fa_malloc(sizeof(uint64_t) * 3 * KV_ROWS_MAX, "input digests");
+        int64_t n = 0;
+        for (int64_t b = f->shape.B - 1; b >= 0 && n < KV_ROWS_MAX; b--)
+            if (t[3 * b]) rows[3 * n] = (uint64_t)b, rows[3 * n + 1] = t[3 * b + 1],
+                          rows[3 * n + 2] = t[3 * b + 2], n++;
+        hsize_t d[2] = {(hsize_t)n, 3};
+        hid_t sp = n ? H5Screate_simple(2, d, NULL) : H5Screate(H5S_NULL), a;
+        if (H5Aexists(f->file, "input_kv_digest") > 0) H5Adelete(f->file, "input_kv_digest");
+        st = (a = H5Acreate2(f->file, "input_kv_digest", H5T_STD_U64LE, sp, H5P_DEFAULT,
+                             H5P_DEFAULT)) >= 0 && (!n || H5Awrite(a, H5T_NATIVE_UINT64, rows) >= 0)
+                 ? 0 : -1;
+        if (a >= 0) H5Aclose(a);
+        H5Sclose(sp);
+        free(rows);
+        if (st) fa_seterr("output '%s': writing attribute 'input_kv_digest' failed", f->path);
+    }
+    return h5io_agree(f->comm, st, f->rank);
+}
+
+/* COLLECTIVE. Reads the partial's digests (absent: none known) where the file is open (every
+ * rank of a parallel build: metadata reads are collective), rank 0's for every rank. */
+static void read_identity(h5out *f) {
+    uint64_t *t = kv_table(f);
+    if (f->holder) {
+        hid_t a = H5Aexists(f->file, "input_kv_digest") > 0
+                      ? H5Aopen(f->file, "input_kv_digest", H5P_DEFAULT) : -1;
+        hid_t sp = a >= 0 ? H5Aget_space(a) : -1;
+        hsize_t d[2] = {0, 0};
+        if (sp >= 0 && H5Sget_simple_extent_ndims(sp) == 2 &&
+            H5Sget_simple_extent_dims(sp, d, NULL) == 2 && d[1] == 3 && d[0] <= KV_ROWS_MAX) {
+            uint64_t *rows = fa_malloc(sizeof(uint64_t) * 3 * (d[0] + 1), "input digests");
+            if (H5Aread(a, H5T_NATIVE_UINT64, rows) >= 0)
+                for (hsize_t i = 0; i < d[0]; i++)
+                    if (rows[3 * i] < (uint64_t)f->shape.B) {
+                        uint64_t *e = t + 3 * rows[3 * i];
+                        e[0] = 1, e[1] = rows[3 * i + 1], e[2] = rows[3 * i + 2];
+                    }
+            free(rows);
+        }
+        if (sp >= 0) H5Sclose(sp);
+        if (a >= 0) H5Aclose(a);
+    }
+    MPI_Bcast(t, (int)(f->shape.B * 3), MPI_UINT64_T, 0, f->comm);
+}
+
 int h5out_checkpoint(h5out *f, int64_t done) {
-    if (h5out_attr_int(f, "chunks_done", done)) return -1;
+    if (write_identity(f) || h5out_attr_int(f, "chunks_done", done)) return -1;
     int st = 0;
     if (f->holder && H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
         st = fa_seterr("output '%s': flushing '%s' failed", f->path, f->tmp);
@@ -669,7 +750,8 @@ int h5out_checkpoint(h5out *f, int64_t done) {
 }
 
 int h5out_suspend(h5out *f, int64_t done) {
-    int st = h5out_attr_int(f, "chunks_done", done);
+    int st = write_identity(f);
+    if (st == 0) st = h5out_attr_int(f, "chunks_done", done);
     int cl = f->holder ? close_contents(f) : 0;   /* collective close: every write has landed */
     cl = h5io_agree(f->comm, cl, f->rank);
     if (st == 0) st = cl;
@@ -749,6 +831,7 @@ int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtyp
         if (f->holder) close_contents(f);
         return out_free(f), -1;
     }
+    read_identity(f);
     *out = f;
     return 0;
 }

@@ -1,5 +1,6 @@
 /* run.c — one attention job from HDF5 to HDF5: check the input, create the output under a
  * temporary name, run the pipeline, record the job in attributes, commit, summarize. */
+#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <omp.h>
@@ -8,6 +9,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 #include "dist/pipeline.h"
 #include "kernels/gpu.h"
 #include "runner/cli.h"
@@ -153,6 +156,110 @@ static void job_key(const fa_job *job, const fa_shape *s, fa_dtype ot, int64_t c
 
 enum { RESUME_FRESH = 0, RESUME_PARTIAL = 1, RESUME_COMPLETE = 2 };
 
+/* Rank 0: the last " chunk=N" of a job key, or 0. */
+static int64_t key_chunk(const char *key) {
+    const char *at = NULL;
+    for (const char *x = strstr(key, " chunk="); x; x = strstr(x + 1, " chunk=")) at = x;
+    return at ? (int64_t)atoll(at + 7) : 0;
+}
+
+/* --resume without --chunk: the chunk the partial output (or, without one, the finished output)
+ * was made with, since the default chunk depends on the rank count; 0 when there is nothing to
+ * resume from (a partial that resume_plan will set aside counts as nothing). The same on every
+ * rank. */
+static int64_t resume_chunk(const fa_job *job) {
+    int64_t c = 0;
+    if (fa_rank == 0 && job->resume && job->chunk <= 0) {
+        char partial[4096], got[8192];
+        double done;
+        struct stat sb;
+        h5out_partial_path(job->output, partial, sizeof partial);
+        if (stat(partial, &sb) == 0) {
+            if (sb.st_size > 0 && h5_attr_str(partial, "resume_key", got, sizeof got) == 0 &&
+                h5_attr_double(partial, "chunks_done", &done) == 0)
+                c = key_chunk(got);
+        } else if (stat(job->output, &sb) == 0 &&
+                   h5_attr_str(job->output, "resume_key", got, sizeof got) == 0) {
+            c = key_chunk(got);
+        }
+        if (c > 0) fa_log(2, "fa_long: --resume: chunk %lld, as the earlier run's", (long long)c);
+    }
+    MPI_Bcast(&c, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    return c;
+}
+
+/* Rank 0: a partial output that holds nothing resumable (empty, not HDF5, damaged, no job key,
+ * or never checkpointed: a job killed before its first checkpoint) is moved aside to
+ * ".OUT.partial.damaged" (or .damaged.2, ... when that is taken), with one warning, and the
+ * job starts afresh. -1 with fa_seterr when it cannot be moved. */
+static int set_aside(const char *partial, const struct stat *sb, int has_key) {
+    static const char sig[8] = {'\211', 'H', 'D', 'F', '\r', '\n', '\032', '\n'};
+    char head[8] = {0}, dst[4200];
+    FILE *fp = fopen(partial, "rb");
+    size_t n = fp ? fread(head, 1, sizeof head, fp) : 0;
+    if (fp) fclose(fp);
+    const char *why = sb->st_size == 0 ? "it is empty"
+                    : n < sizeof head || memcmp(head, sig, sizeof sig)
+                        ? "it has no HDF5 signature: not HDF5, damaged, or its job was killed "
+                          "before its first checkpoint"
+                    : !has_key ? "it has no job key: damaged, or its job was killed before "
+                                 "its first checkpoint"
+                               : "it records no finished chunks: its job was killed before its "
+                                 "first checkpoint";
+    for (int i = 1; i <= 1000; i++) {
+        snprintf(dst, sizeof dst, i == 1 ? "%s.damaged" : "%s.damaged.%d", partial, i);
+        if (access(dst, F_OK) != 0) break;
+    }
+    if (rename(partial, dst) != 0)
+        return fa_seterr("--resume: partial output '%s' cannot be resumed (%s) and cannot be "
+                         "moved aside to '%s': %s", partial, why, dst, strerror(errno));
+    fa_warn("--resume: partial output '%s' cannot be resumed (%s); moved it to '%s' and "
+            "starting afresh", partial, why, dst);
+    return 0;
+}
+
+static void fmt_mtime(char *buf, size_t len, long long ns) {
+    time_t t = (time_t)(ns / 1000000000);
+    struct tm tm;
+    char day[64];
+    gmtime_r(&t, &tm);
+    strftime(day, sizeof day, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(buf, len, "%s.%09lld UTC", day, ns % 1000000000);
+}
+
+/* Rank 0: the input must be the one the partial was made from (size and modification time as
+ * recorded by its checkpoints; the data of each batch element are compared when loaded, in the
+ * pipeline). -1 with fa_seterr naming what changed. */
+static int check_input_identity(const fa_job *job, const char *partial) {
+    char id[128], what[400];
+    long long rs, rm;
+    struct stat sb;
+    if (h5_attr_str(partial, "input_identity", id, sizeof id) != 0 ||
+        sscanf(id, "size=%lld mtime_ns=%lld", &rs, &rm) != 2) {
+        fa_warn("--resume: partial output '%s' records no input identity (an older fa_long "
+                "made it): input '%s' is not checked against it", partial, job->input);
+        return 0;
+    }
+    if (stat(job->input, &sb) != 0)
+        return fa_seterr("--resume: input '%s': %s", job->input, strerror(errno));
+    long long cs = (long long)sb.st_size,
+              cm = (long long)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+    if (cs == rs && cm == rm) return 0;
+    char a[80], b[80];
+    fmt_mtime(a, sizeof a, rm);
+    fmt_mtime(b, sizeof b, cm);
+    if (cs != rs && cm != rm)
+        snprintf(what, sizeof what, "size %lld -> %lld bytes, modification time %s -> %s", rs,
+                 cs, a, b);
+    else if (cs != rs)
+        snprintf(what, sizeof what, "size %lld -> %lld bytes", rs, cs);
+    else
+        snprintf(what, sizeof what, "modification time %s -> %s, same size", a, b);
+    return fa_seterr("--resume: input '%s' changed since partial output '%s' was written (%s); "
+                     "expected the same input: restore it, or remove the partial to start over",
+                     job->input, partial, what);
+}
+
 /* Rank 0 decides how a --resume run starts; the others follow. *first: chunks already done. */
 static int resume_plan(const fa_job *job, const char *key, int64_t *first) {
     struct { int st, plan; int64_t first; } v = {0, RESUME_FRESH, 0};
@@ -162,18 +269,24 @@ static int resume_plan(const fa_job *job, const char *key, int64_t *first) {
         struct stat sb;
         h5out_partial_path(job->output, partial, sizeof partial);
         if (stat(partial, &sb) == 0) {
-            int has_key = h5_attr_str(partial, "resume_key", got, sizeof got) == 0;
-            if (h5_attr_double(partial, "chunks_done", &done) == 0) v.first = (int64_t)done;
-            v.plan = RESUME_PARTIAL;
-            if (!has_key || strcmp(got, key))
+            int has_key = sb.st_size > 0 &&
+                          h5_attr_str(partial, "resume_key", got, sizeof got) == 0;
+            int has_done = has_key && h5_attr_double(partial, "chunks_done", &done) == 0;
+            if (!has_done) {            /* nothing resumable in it: keep it aside, start afresh */
+                v.st = set_aside(partial, &sb, has_key);
+            } else if (strcmp(got, key)) {
                 v.st = fa_seterr("--resume: partial output '%s' was made by another job (%s); "
-                                 "expected %s; remove it or run without --resume", partial,
-                                 has_key ? got : "no job key", key);
-        } else if (stat(job->output, &sb) == 0 &&
-                   h5_attr_str(job->output, "resume_key", got, sizeof got) == 0 &&
-                   !strcmp(got, key)) {
-            v.plan = RESUME_COMPLETE;
+                                 "expected %s; remove it or run without --resume", partial, got,
+                                 key);
+            } else {
+                v.plan = RESUME_PARTIAL;
+                v.first = (int64_t)done;
+                v.st = check_input_identity(job, partial);
+            }
         }
+        if (v.plan == RESUME_FRESH && !v.st && stat(job->output, &sb) == 0 &&
+            h5_attr_str(job->output, "resume_key", got, sizeof got) == 0 && !strcmp(got, key))
+            v.plan = RESUME_COMPLETE;
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, MPI_COMM_WORLD);
     *first = v.first;
@@ -221,6 +334,8 @@ int cmd_run(int argc, char **argv) {
     fa_shape s;
     if (agree(h5in_open(job.input, MPI_COMM_WORLD, &in, &s))) return fa_report_error();
     fa_dtype ot = job.out_dtype_set ? job.out_dtype : (s.q_type == FA_F64 ? FA_F32 : s.q_type);
+    int64_t resumed_chunk = resume_chunk(&job);   /* --resume, no --chunk: the earlier run's */
+    if (resumed_chunk > 0) job.chunk = resumed_chunk;
     int64_t chunk = pipeline_chunk(&job, &s, fa_nranks, be == BACKEND_CUDA);
     double scale = job.scale > 0 ? job.scale : 1.0 / sqrt((double)s.D);
     char key[8192];

@@ -75,7 +75,7 @@ def build_variants():
 def serial_exe(tmp_path_factory):
     out = tmp_path_factory.mktemp("serial") / "test_h5io"
     cmd = ["mpicc", "-O2", "-std=gnu11", "-march=native", "-fopenmp", "-I.", f"-I{SERIAL_INC}",
-           "tests/test_h5io.c", *IO_SRCS, "-o", str(out), f"-L{SERIAL_LIB}", "-lhdf5", "-lm"]
+           "tests/test_h5io.c", *IO_SRCS, "-o", str(out), f"-L{SERIAL_LIB}", "-lhdf5", "-lz", "-lm"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return out
