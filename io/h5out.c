@@ -81,6 +81,7 @@ static int lock_release_cb(MPI_Comm c, int key, void *v, void *extra) {
 
 static void lock_release_at_end(void) {
     atexit(lock_release_all);
+    fa_on_fail(lock_release_all);             /* MPI_Abort runs no atexit handler */
     int up = 0, down = 0, key;
     MPI_Initialized(&up);
     MPI_Finalized(&down);

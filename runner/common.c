@@ -28,6 +28,12 @@ int fa_seterr(const char *fmt, ...) {
 const char *fa_errmsg(void) { return errbuf; }
 void fa_clearerr(void) { errbuf[0] = 0; }
 
+static void (*fail_hooks[8])(void);
+static int nfail_hooks;
+void fa_on_fail(void (*fn)(void)) {
+    if (nfail_hooks < 8) fail_hooks[nfail_hooks++] = fn;
+}
+
 void fa_set_cleanup_path(const char *path) {
     if (path) snprintf(cleanup_path, sizeof cleanup_path, "%s", path);
     else cleanup_path[0] = 0;
@@ -42,6 +48,7 @@ void fa_fail(const char *fmt, ...) {
     fprintf(stderr, "fa_long: rank %d: %s\n", fa_rank, msg);
     fflush(stderr);
     if (cleanup_path[0]) unlink(cleanup_path);
+    for (int i = 0; i < nfail_hooks; i++) fail_hooks[i]();   /* e.g. the output's lock file */
     int up = 0, down = 0;
     MPI_Initialized(&up);
     MPI_Finalized(&down);

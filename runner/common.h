@@ -33,6 +33,9 @@ int fa_report_error(void);
 void fa_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The temporary output path that fa_fail() unlinks before aborting (NULL to clear). */
 void fa_set_cleanup_path(const char *path);
+/* fn runs in fa_fail() before the abort (at most 8; registered once by their owners): what
+ * MPI_Abort would otherwise leave behind, such as an output's lock file. */
+void fa_on_fail(void (*fn)(void));
 
 /* Verbosity: 0 quiet, 1 normal, 2 verbose. fa_log prints on rank 0 only, to stderr. */
 extern int fa_verbosity;
