@@ -7,7 +7,7 @@
 set -e
 MODE=${1:-test}
 PKGS="make gcc pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev libhdf5-dev hdf5-tools \
-libopenblas-dev python3-h5py python3-numpy python3-pytest slurmctld slurmd slurm-client munge"
+libopenblas-dev zlib1g-dev python3-h5py python3-numpy python3-pytest slurmctld slurmd slurm-client munge"
 
 have_hdf5() {
     for p in hdf5-openmpi hdf5-mpi hdf5-serial hdf5; do pkg-config --exists $p 2>/dev/null && return 0; done
