@@ -11,7 +11,7 @@
  * for causal, for both methods (the baseline computes the masked half anyway). B = 1. */
 #include "kernels/attn.h"
 #include "dist/costmodel.h"   /* cm_measure_cpu_peak */
-#include "runner/common.h"
+#include "base/common.h"
 #include <omp.h>
 #include <string.h>
 #include <sys/mman.h>

@@ -27,7 +27,7 @@
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
 #include "kernels/taylor.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <math.h>
 #include <omp.h>
 #include <string.h>

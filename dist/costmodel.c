@@ -30,7 +30,7 @@
 #include "dist/costmodel.h"
 #include "dist/paging.h"
 #include "kernels/gpu.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <errno.h>
 #include <mpi.h>
 #include <math.h>

@@ -7,7 +7,7 @@
 #include "dist/taylor_engine.h"
 #include "kernels/gpu.h"
 #include "kernels/gpu_job.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <stdlib.h>
 #include <string.h>
 

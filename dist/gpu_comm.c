@@ -2,7 +2,7 @@
 #include "dist/gpu_comm.h"
 #include "kernels/gpu.h"
 #include "kernels/gpu_job.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <stdlib.h>
 #include <string.h>
 #ifdef FA_HAVE_NCCL

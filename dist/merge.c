@@ -1,7 +1,7 @@
 /* merge.c — the MPI datatype and reduction operator for partial attention records. */
 #include "dist/merge.h"
 #include "kernels/attn.h"
-#include "runner/common.h"
+#include "base/common.h"
 
 /* MPI calls this with whole records (the datatype is one record); D follows from its size. */
 static void rec_merge_fn(void *in, void *inout, int *len, MPI_Datatype *dt) {

@@ -1,6 +1,6 @@
 /* paging.c — see paging.h. */
 #include "dist/paging.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <math.h>
 
 /* Resident and block boundaries fall on multiples of ALIGN keys, so they coincide with the

@@ -14,7 +14,8 @@
 #include "kernels/gpu_job.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
-#include "runner/common.h"
+#include "base/agree.h"
+#include "base/common.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -119,22 +120,6 @@ static int owner(const pipe_state *p, int64_t i) {
 
 static int64_t group_size(const pipe_state *p) { return p->serial_io ? 1 : p->nranks; }
 
-/* COLLECTIVE: -1 on every rank when any rank's rc != 0, with the lowest failing rank's message
- * everywhere. */
-static int agree_status(MPI_Comm comm, int rc) {
-    int rank, size, bad, first;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    bad = rc ? rank : size;
-    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, comm);
-    if (first == size) return 0;
-    char msg[1024] = {0};
-    if (rank == first) snprintf(msg, sizeof msg, "%s", fa_errmsg());
-    MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, comm);
-    fa_seterr("%s", msg);
-    return -1;
-}
-
 /* Called by the engine from the master thread: lets MPI move the merges in flight. */
 static void drive_merges(void *arg) {
     pipe_state *p = arg;
@@ -192,14 +177,14 @@ static int overflow_error(pipe_state *p) {
                       "sums; scale v down", p->job->input, (long long)p->ovf_row,
                       (long long)p->ovf_b, (long long)p->ovf_head, g[2], (long long)p->s->Nk);
     }
-    return agree_status(p->comm, here ? -1 : 0);
+    return fa_agree(p->comm, here ? -1 : 0, -1);
 }
 
 /* COLLECTIVE. Every rank writes the chunk it owns in the current group (or nothing); chunks
  * [0, done) are then complete. Then the ranks agree whether to stop early (a signal reached any
  * rank) and whether a checkpoint is due (rank 0's clock), and make a checkpoint durable. */
 static int write_group(pipe_state *p, int64_t done) {
-    double t0 = fa_now(), s0 = h5io_sync_s;
+    double t0 = fa_now(), s0 = fa_sync_s;
     int rc = h5out_write_rows(p->out, p->pend_n ? p->pend_b : 0, p->pend_n ? p->pend_r0 : 0,
                               p->pend_n, p->o_out, p->lse_out);
     p->pend_n = 0;
@@ -210,14 +195,14 @@ static int write_group(pipe_state *p, int64_t done) {
     if (p->ovf_chunk >= 0) flags |= 4;
     const double ta = MPI_Wtime();
     MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, p->comm);
-    h5io_sync_s += MPI_Wtime() - ta;
+    fa_sync_s += MPI_Wtime() - ta;
     if (all & 4) return overflow_error(p);
     if (all & 1) p->stopping = 1;
     if ((all & 2) && done < p->nchunks && !p->stopping) {
         rc = h5out_checkpoint(p->out, done);
         p->last_checkpoint = fa_now();
     }
-    const double ds = h5io_sync_s - s0;
+    const double ds = fa_sync_s - s0;
     p->st->t_write += fa_now() - t0 - ds;
     p->st->t_sync += ds;
     return rc;
@@ -282,14 +267,14 @@ static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t 
          * before returning), so the reader may overwrite it */
         double tb = MPI_Wtime();              /* barriers are waits: the report's sync phase */
         MPI_Barrier(p->node);
-        h5io_sync_s += MPI_Wtime() - tb;
+        fa_sync_s += MPI_Wtime() - tb;
         row_range qr = {r0, n};
         int rc = h5in_read_rows(in, "q", b, &qr, p->node_rank == 0 ? 1 : 0, p->qnode, check_finite);
         if (rc == 0) {            /* the same status on every rank (h5in_read_rows agrees) */
             MPI_Win_sync(p->qwin);
             tb = MPI_Wtime();
             MPI_Barrier(p->node);
-            h5io_sync_s += MPI_Wtime() - tb;
+            fa_sync_s += MPI_Wtime() - tb;
             MPI_Win_sync(p->qwin);
             *qout = p->qnode;
         }
@@ -393,7 +378,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     pipe_engine eng;
     rc_engine = engine_create(job, s, backend, gc.device, sh.total, p.chunk, p.window,
                               gc.nccl ? gc.comm : NULL, p.nranks, &eng);
-    if (agree_status(comm, rc_engine)) {
+    if (fa_agree(comm, rc_engine, -1)) {
         shard_free(&sh);
         gpu_comm_free(&gc);
         return -1;
@@ -465,7 +450,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         }
         int64_t b, r0, n;
         chunk_rows(&p, i, &b, &r0, &n);
-        double t0 = fa_now(), s0 = h5io_sync_s;
+        double t0 = fa_now(), s0 = fa_sync_s;
         if (b != cur_b) {
             rc = load_kv(job, in, s, &sh, b, kbuf, vbuf, segs);
             if (rc == 0) rc = note_kv_digest(job, in, out, comm, b);
@@ -477,15 +462,15 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
                 double vm = h5in_last_absmax(in, "v");
                 MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
             }
-            st->t_kv += fa_now() - t0 - (h5io_sync_s - s0);
+            st->t_kv += fa_now() - t0 - (fa_sync_s - s0);
         }
         const float *qchunk = qbuf;
         rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !job->allow_nonfinite);
         if (rc) break;
         p.qmax_chunk[i] = h5in_last_absmax(in, "q");
         double t1 = fa_now();
-        st->t_read += t1 - t0 - (h5io_sync_s - s0);
-        st->t_sync += h5io_sync_s - s0;
+        st->t_read += t1 - t0 - (fa_sync_s - s0);
+        st->t_sync += fa_sync_s - s0;
 
         int slot = (int)(i % p.window);
         attn_queries q = {.q = qchunk, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,

@@ -9,7 +9,7 @@
 #include "runner/job.h"
 #include "kernels/attn.h"
 #include "dist/shard.h"
-#include "runner/progress.h"
+#include "base/progress.h"
 
 struct pipeline_stats;
 

@@ -1,6 +1,6 @@
 /* shard.c — the sharding plan (see shard.h). */
 #include "dist/shard.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <string.h>
 #include <strings.h>
 

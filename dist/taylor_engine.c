@@ -17,7 +17,7 @@
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
 #include "kernels/taylor.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <string.h>
 
 static taylor_row_counts_t counts;   /* this process's finalized rows since the last create */

@@ -4,7 +4,7 @@
  * in tests/test_h5io.c. */
 #include "io/h5io.h"
 #include "io/convert.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <string.h>
 #include <strings.h>
 #ifdef __F16C__

@@ -2,7 +2,7 @@
 #define _GNU_SOURCE
 #include "io/h5gen.h"
 #include "io/h5priv.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <errno.h>
 #include <hdf5.h>
 #include <libgen.h>

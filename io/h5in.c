@@ -207,14 +207,14 @@ int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
             v.mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, comm);
-    if (h5io_agree(comm, v.st, 0) < 0 || h5io_visible(comm, path, R_OK, "input") < 0) return -1;
+    if (fa_agree(comm, v.st, 0) < 0 || h5io_visible(comm, path, R_OK, "input") < 0) return -1;
     h5in *f = fa_calloc(1, sizeof *f, "h5in");
     snprintf(f->path, sizeof f->path, "%s", path);
     MPI_Comm_dup(comm, &f->comm);
     f->file = f->dset[0] = f->dset[1] = f->dset[2] = f->type[0] = f->type[1] = f->type[2] = -1;
     f->sfile = f->sdset[0] = f->sdset[1] = f->sdset[2] = -1;
     f->cap_bytes = v.cap, f->size = v.size, f->mtime_ns = v.mtime_ns;
-    if (h5io_agree(f->comm, open_datasets(f), rank) < 0) {
+    if (fa_agree(f->comm, open_datasets(f), rank) < 0) {
         close_handles(f);        /* collective: every rank gets here */
         MPI_Comm_free(&f->comm);
         free(f);
@@ -371,7 +371,7 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
                   (long long)(g / (d[1] * d[2] * d[3])), (long long)(g / (d[2] * d[3]) % d[1]),
                   (long long)(g / d[3] % d[2]), (long long)(g % d[3]));
     }
-    return h5io_agree(f->comm, g >= 0, g);
+    return fa_agree(f->comm, g >= 0, g);
 }
 
 /* Adds the hashes of the rows of one transfer (buf: the pieces' rows as the file holds them,
@@ -415,7 +415,7 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     if (idx < 0) st = fa_seterr("input '%s': no dataset '%s' to read (q, k or v)", f->path,
                                 name ? name : "(null)");
     if (st == 0) st = check_ranges(f, idx, b, ranges, nranges);
-    if (h5io_agree(f->comm, st, 0) < 0) return -1;
+    if (fa_agree(f->comm, st, 0) < 0) return -1;
     const int64_t *dims = f->dims[idx];
     const int esize = fa_dtype_size(f->dtype[idx]), row_el = (int)(dims[2] * dims[3]);
     int64_t cap_rows = f->cap_bytes / ((int64_t)row_el * esize), total = 0;
@@ -427,7 +427,7 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     for (int i = 0; i < nranges; i++) total += ranges[i].n;
     const double t_sync = MPI_Wtime();
     MPI_Allreduce(MPI_IN_PLACE, &nb, 1, MPI_INT64_T, MPI_MAX, f->comm);
-    h5io_sync_s += MPI_Wtime() - t_sync;
+    fa_sync_s += MPI_Wtime() - t_sync;
     /* float64 goes through a staging buffer; narrower types are read straight into the tail
      * of their fp32 destination and widened in place (front to back, never overtaking) */
     void *stage = esize > 4 ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) * row_el *

@@ -12,7 +12,6 @@
 
 int h5io_last_collective = -1;
 int64_t h5io_ntransfers = 0;
-double h5io_sync_s = 0;
 
 int h5io_parallel(void) {
 #ifdef H5_HAVE_PARALLEL
@@ -202,20 +201,6 @@ int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len) {
 }
 
 /* ---- across ranks ------------------------------------------------------------------------------ */
-int h5io_agree(MPI_Comm comm, int st, int64_t key) {
-    struct { long v; int r; } in, out;
-    MPI_Comm_rank(comm, &in.r);
-    in.v = st ? (long)key : LONG_MAX;
-    const double t0 = MPI_Wtime();
-    MPI_Allreduce(&in, &out, 1, MPI_LONG_INT, MPI_MINLOC, comm);
-    h5io_sync_s += MPI_Wtime() - t0;
-    if (out.v == LONG_MAX) return 0;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", fa_errmsg());
-    MPI_Bcast(msg, sizeof msg, MPI_CHAR, out.r, comm);
-    return fa_seterr("%s", msg);
-}
-
 int h5io_visible(MPI_Comm comm, const char *path, int mode, const char *role) {
     int rank, st = 0;
     MPI_Comm_rank(comm, &rank);
@@ -227,7 +212,7 @@ int h5io_visible(MPI_Comm comm, const char *path, int mode, const char *role) {
                        "every rank sees", role, path, mode == R_OK ? "read" : "written", rank,
                        host, strerror(errno));
     }
-    return h5io_agree(comm, st, rank);
+    return fa_agree(comm, st, rank);
 }
 
 int64_t h5io_cap_bytes(void) {

@@ -27,9 +27,6 @@ typedef struct {
 /* Whether this build's HDF5 is parallel (for the build line and --version). */
 int h5io_parallel(void);
 
-/* Seconds this rank has spent in the reads' and writes' agreement collectives (where a rank waits
- * for the others: the report's "sync" phase, kept out of read and write). */
-extern double h5io_sync_s;
 
 /* A row range of a [B, N, heads, D] dataset: rows [start, start+n) of batch b. */
 typedef struct { int64_t start, n; } row_range;

@@ -180,7 +180,7 @@ int h5out_lock(const char *path, MPI_Comm comm) {
     MPI_Comm_rank(comm, &rank);
     int st = 0;
     if (rank == 0) st = h5out_path_ok(path) ? -1 : lock_take(path);
-    st = h5io_agree(comm, st, 0);
+    st = fa_agree(comm, st, 0);
     return st;
 }
 
@@ -376,7 +376,7 @@ int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *sha
         v.cap = h5io_cap_bytes();
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, f->comm);
-    if (h5io_agree(f->comm, v.st, 0) < 0) return out_free(f), -1;
+    if (fa_agree(f->comm, v.st, 0) < 0) return out_free(f), -1;
     snprintf(f->tmp, sizeof f->tmp, "%s", v.tmp);
     f->shape = *shape, f->otype = o_type, f->with_lse = with_lse, f->cap_bytes = v.cap;
     f->min_bytes = data_bytes(shape, o_type, with_lse);
@@ -388,8 +388,8 @@ int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *sha
         return out_free(f), -1;
     fa_set_cleanup_path(f->tmp);
     int st = f->holder ? create_contents(f) : 0;
-    st = h5io_agree(f->comm, st, f->rank);
-    if (st == 0) st = h5io_agree(f->comm, f->rank == 0 ? reserve_file(f) : 0, 0);
+    st = fa_agree(f->comm, st, f->rank);
+    if (st == 0) st = fa_agree(f->comm, f->rank == 0 ? reserve_file(f) : 0, 0);
     if (st < 0) {
         if (f->holder) close_contents(f);
         if (f->rank == 0) unlink(f->tmp);
@@ -499,7 +499,7 @@ static int check_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o
 
 int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
                      const float *lse) {
-    if (h5io_agree(f->comm, check_rows(f, b, r0, n, o, lse), f->rank) < 0) return -1;
+    if (fa_agree(f->comm, check_rows(f, b, r0, n, o, lse), f->rank) < 0) return -1;
     const int64_t H = f->shape.H, row_el = H * f->shape.D;
     const int esize = fa_dtype_size(f->otype);
     int64_t cap_rows = f->cap_bytes / (row_el * esize);
@@ -528,7 +528,7 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
         if (st == 0) st = w;
     }
     H5Pclose(dxpl);
-    return h5io_agree(f->comm, st, f->rank);
+    return fa_agree(f->comm, st, f->rank);
 }
 
 /* ---- attributes, commit, abort ----------------------------------------------------------------- */
@@ -543,7 +543,7 @@ static int write_root_attr(h5out *f, const char *name, hid_t type, const void *v
         H5Sclose(sp);
         if (st) fa_seterr("output '%s': writing attribute '%s' failed", f->path, name);
     }
-    return h5io_agree(f->comm, st, f->rank);
+    return fa_agree(f->comm, st, f->rank);
 }
 
 int h5out_attr_int(h5out *f, const char *name, int64_t v) {
@@ -558,7 +558,7 @@ int h5out_attr_str(h5out *f, const char *name, const char *v) {
     int st = 0;
     if (f->holder && write_str_attr(f->file, name, v) < 0)
         st = fa_seterr("output '%s': writing attribute '%s' failed", f->path, name);
-    return h5io_agree(f->comm, st, f->rank);
+    return fa_agree(f->comm, st, f->rank);
 }
 
 /* Rank 0, every rank's handle closed: proves the temporary file complete before it may replace
@@ -616,7 +616,7 @@ static int verify_file(h5out *f) {
 /* Frees f whatever happens: after commit the file is either in place or gone. */
 int h5out_commit(h5out *f) {
     int st = f->holder ? close_contents(f) : 0;   /* collective close: every write has landed */
-    st = h5io_agree(f->comm, st, f->rank);
+    st = fa_agree(f->comm, st, f->rank);
     if (st == 0 && f->rank == 0) {
         st = verify_file(f);
         if (st == 0 && rename(f->tmp, f->path) != 0)
@@ -629,7 +629,7 @@ int h5out_commit(h5out *f) {
             if (dfd >= 0) fsync(dfd), close(dfd);
         }
     }
-    st = h5io_agree(f->comm, st, 0);
+    st = fa_agree(f->comm, st, 0);
     if (st && f->rank == 0) unlink(f->tmp);      /* a file that failed here is never resumed */
     fa_set_cleanup_path(NULL);
     out_free(f);
@@ -710,7 +710,7 @@ static int write_identity(h5out *f) {
         free(rows);
         if (st) fa_seterr("output '%s': writing attribute 'input_kv_digest' failed", f->path);
     }
-    return h5io_agree(f->comm, st, f->rank);
+    return fa_agree(f->comm, st, f->rank);
 }
 
 /* COLLECTIVE. Reads the partial's digests (absent: none known) where the file is open (every
@@ -744,7 +744,7 @@ int h5out_checkpoint(h5out *f, int64_t done) {
     int st = 0;
     if (f->holder && H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
         st = fa_seterr("output '%s': flushing '%s' failed", f->path, f->tmp);
-    if (h5io_agree(f->comm, st, f->rank)) return -1;
+    if (fa_agree(f->comm, st, f->rank)) return -1;
     fa_set_cleanup_path(NULL);          /* durable progress: keep the partial file from now on */
     f->durable = 1;
     return 0;
@@ -754,7 +754,7 @@ int h5out_suspend(h5out *f, int64_t done) {
     int st = write_identity(f);
     if (st == 0) st = h5out_attr_int(f, "chunks_done", done);
     int cl = f->holder ? close_contents(f) : 0;   /* collective close: every write has landed */
-    cl = h5io_agree(f->comm, cl, f->rank);
+    cl = fa_agree(f->comm, cl, f->rank);
     if (st == 0) st = cl;
     fa_set_cleanup_path(NULL);
     out_free(f);
@@ -824,10 +824,10 @@ int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtyp
     f->durable = 1;                                   /* the partial file is not a cleanup path */
     int st = f->rank == 0 ? lock_take(path) : 0;      /* before the partial file is opened */
     f->locked = f->rank == 0 && st == 0;
-    if (h5io_agree(f->comm, st, 0) < 0) return out_free(f), -1;
+    if (fa_agree(f->comm, st, 0) < 0) return out_free(f), -1;
     st = f->holder ? reopen_contents(f) : 0;
-    st = h5io_agree(f->comm, st, f->rank);
-    if (st == 0) st = h5io_agree(f->comm, f->rank == 0 ? reserve_file(f) : 0, 0);
+    st = fa_agree(f->comm, st, f->rank);
+    if (st == 0) st = fa_agree(f->comm, f->rank == 0 ? reserve_file(f) : 0, 0);
     if (st < 0) {
         if (f->holder) close_contents(f);
         return out_free(f), -1;

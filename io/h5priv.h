@@ -2,7 +2,8 @@
  * recognition, the cross-rank status agreement and the per-transfer cap. Not for other folders. */
 #pragma once
 #include "io/h5io.h"
-#include "runner/common.h"
+#include "base/agree.h"
+#include "base/common.h"
 #include <hdf5.h>
 #include <mpi.h>
 
@@ -38,9 +39,6 @@ hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const ch
  * -1 when absent or not a string (no message). */
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);
 
-/* COLLECTIVE. Returns 0 when st == 0 on every rank; otherwise -1 on every rank, with the
- * message of the failing rank of smallest key (default: its rank) copied everywhere. */
-int h5io_agree(MPI_Comm comm, int st, int64_t key);
 
 /* COLLECTIVE. Checks that `path` can be read (mode R_OK) or written (W_OK) on every rank: a
  * file on one node's local disk fails here with a message naming the rank and host, instead of

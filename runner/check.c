@@ -19,7 +19,7 @@
 #include "io/h5io.h"
 #include "kernels/taylor.h"
 #include "runner/cli.h"
-#include "runner/common.h"
+#include "base/common.h"
 
 typedef struct { int64_t b, i; } sample;
 

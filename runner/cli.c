@@ -6,7 +6,7 @@
 #include <string.h>
 #include <strings.h>
 #include "runner/cli.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include "kernels/gpu.h"
 
 const char *fa_backend_name(fa_backend b) {

@@ -16,9 +16,10 @@
 #include "io/h5gen.h"
 #include "dist/taylor_engine.h"
 #include "kernels/taylor.h"
-#include "runner/common.h"
+#include "base/agree.h"
+#include "base/common.h"
 #include "runner/compare.h"
-#include "runner/progress.h"
+#include "base/progress.h"
 
 static const char *mode_name(fa_mode m) { return m == MODE_TAYLOR ? "taylor" : "exact"; }
 
@@ -79,17 +80,7 @@ static int head_errors(const char *pa, const char *pb, int b_is_ref, const fa_sh
     return rc;
 }
 
-/* Every rank's status agreed; the lowest failing rank's message reaches rank 0. */
-static int agree_rc(int rc) {
-    int bad = rc ? fa_rank : fa_nranks, first;
-    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (first == fa_nranks) return 0;
-    char msg[1024] = {0};
-    if (fa_rank == first) snprintf(msg, sizeof msg, "%s", fa_errmsg());
-    MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD);
-    if (fa_rank == 0) fa_seterr("%s", msg);
-    return -1;
-}
+static int agree_rc(int rc) { return fa_agree(MPI_COMM_WORLD, rc, -1); }
 
 int compare_run(const fa_job *job, fa_backend be, double **rel_out) {
     *rel_out = NULL;

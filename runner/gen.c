@@ -12,7 +12,7 @@
 #include <strings.h>
 #include "io/h5gen.h"
 #include "runner/cli.h"
-#include "runner/common.h"
+#include "base/common.h"
 
 typedef struct {
     uint64_t seed;

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "runner/cli.h"
-#include "runner/common.h"
+#include "base/common.h"
 
 int main(int argc, char **argv) {
     int provided;

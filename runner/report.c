@@ -2,7 +2,7 @@
  * library: the GPU nodes we run on have none installed and no network to fetch one). */
 #define _GNU_SOURCE
 #include "runner/report.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>

@@ -14,26 +14,14 @@
 #include "dist/pipeline.h"
 #include "kernels/gpu.h"
 #include "runner/cli.h"
-#include "runner/common.h"
+#include "base/agree.h"
+#include "base/common.h"
 #include "runner/compare.h"
-#include "runner/progress.h"
+#include "base/progress.h"
 #include "runner/report.h"
 #include "io/h5gen.h"
 
-/* Agree across ranks: returns -1 on every rank if any rank had rc != 0. The message set on the
- * lowest failing rank is moved to rank 0 so that rank 0 prints it. */
-static int agree(int rc) {
-    int bad = rc ? fa_rank : fa_nranks, first;
-    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (first == fa_nranks) return 0;
-    if (first != 0) {
-        char msg[1024] = {0};
-        if (fa_rank == first) snprintf(msg, sizeof msg, "%s", fa_errmsg());
-        MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD);
-        if (fa_rank == 0) fa_seterr("%s", msg);
-    }
-    return -1;
-}
+static int agree(int rc) { return fa_agree(MPI_COMM_WORLD, rc, -1); }
 
 static fa_backend choose_backend(const fa_job *job) {
     int ngpu = gpu_count(), min_gpu;

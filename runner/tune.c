@@ -24,7 +24,7 @@
 #include "kernels/gpu.h"
 #include "kernels/gpu_job.h"
 #include "runner/cli.h"
-#include "runner/common.h"
+#include "base/common.h"
 
 /* ---- timing on the real CPU engine ------------------------------------------------------------ */
 static float frand(uint64_t *s) {

@@ -10,7 +10,7 @@
  *     named critical when the link or network is made slow). */
 #include "dist/costmodel.h"
 #include "dist/paging.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include "tests/testing.h"
 #include <math.h>
 #include <stdio.h>

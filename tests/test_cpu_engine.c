@@ -8,7 +8,7 @@
  *                               |lse1 - lse2| <= 2e-6 (1 + |lse1|).
  * One line per check, then "N passed, N failed"; exit 1 on any failure. */
 #include "kernels/attn.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <omp.h>
 #include <pthread.h>
 #include <stdarg.h>

@@ -17,7 +17,7 @@
 #include "io/h5io.h"
 #include "io/convert.h"
 #include "io/h5priv.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <hdf5.h>
 #include <math.h>
 #include <stdarg.h>
@@ -249,7 +249,7 @@ static void test_in_place_widening(fa_dtype t) {
     }
 }
 
-/* fa_copy_floats (runner/common.c), the parallel host copy of whole chunks: copy and add, a size
+/* fa_copy_floats (base/common.c), the parallel host copy of whole chunks: copy and add, a size
  * that ends inside a piece, equal to the serial loop element by element. */
 static void test_copy_floats(void) {
     const int64_t n = 3 * 262144 + 12345;

@@ -3,7 +3,7 @@
  * buffers within the budget, boundaries on 256-key multiples; a budget too small is refused;
  * the model's minimum chunk hides the copies. */
 #include "dist/paging.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include "tests/testing.h"
 #include <stdio.h>
 

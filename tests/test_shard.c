@@ -2,7 +2,7 @@
  * force, and the causal balance of zigzag and striped layouts (max/mean work <= 1.1, and for
  * striped also within each query chunk). */
 #include "dist/shard.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include "tests/testing.h"
 #include <stdio.h>
 #include <stdlib.h>

@@ -12,7 +12,7 @@
  *   threads 1 vs 2, in-order vs out-of-order chunks: <= 1e-6 relative.
  * One line per check, then "N passed, N failed"; exit 1 on any failure. */
 #include "kernels/taylor.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>

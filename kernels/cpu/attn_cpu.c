@@ -19,7 +19,7 @@
  *
  * Sections: vector exp | tile products | softmax stream | one work item | driver. */
 #include "kernels/attn.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <omp.h>
 #include <sched.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* gpu_none.c — the GPU engine in a build without CUDA: no devices, every call refuses. */
 #ifndef FA_HAVE_CUDA
 #include "kernels/gpu.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <stdio.h>
 
 int gpu_count(void) { return 0; }

@@ -1,7 +1,7 @@
 /* ref.c — the fp64 reference: exact attention, one query row and head at a time, in double.
  * Slow and obviously right; every engine is checked against it (see kernels/attn.h). */
 #include "kernels/attn.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <math.h>
 
 static double dot_f64(const float *a, const float *b, int d) {

@@ -17,7 +17,7 @@
  *
  * Sections: products | key gathering and counting | engine | no-CUDA stubs. */
 #include "kernels/taylor.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <omp.h>
 #include <string.h>
 #ifdef FA_HAVE_CBLAS

@@ -2,7 +2,7 @@
  * key, in double, with no tiles and no prefix states. Used by the unit tests and `fa_long check
  * --mode taylor`. O(rows * Nk * D): for sampled rows and small problems only. */
 #include "kernels/taylor.h"
-#include "runner/common.h"
+#include "base/common.h"
 #include <string.h>
 
 void taylor_ref_key_mean(const float *k, int64_t nk, int hkv, int d, double *mu) {

@@ -1,12 +1,12 @@
 /* checks.h — the one checker per GPU library (CUDA runtime, NCCL), usable from C and CUDA C++.
  * A failure is one a rank meets alone: fa_fail() names file, line and rank, removes the temporary
- * output and brings every rank down (runner/common.h). */
+ * output and brings every rank down (base/common.h). */
 #pragma once
 #include <cuda_runtime.h>
 #ifdef FA_HAVE_NCCL
 #include <nccl.h>
 #endif
-#include "runner/common.h"
+#include "base/common.h"
 
 #define cudaCheck(call)                                                                        \
     do {                                                                                       \

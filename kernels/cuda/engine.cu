@@ -23,7 +23,7 @@
 #include <math.h>
 extern "C" {
 #include "kernels/gpu.h"
-#include "runner/common.h"
+#include "base/common.h"
 }
 #include "kernels/cuda/checks.h"
 

@@ -28,7 +28,7 @@ extern "C" {
 #include "kernels/gpu_job.h"
 extern int cm_flash_variant;   /* dist/costmodel.h: the tune cache's flash variant, 0 = auto */
 #include "io/convert.h"
-#include "runner/common.h"
+#include "base/common.h"
 }
 #include "kernels/cuda/checks.h"
 

@@ -27,7 +27,7 @@
 #include <vector>
 extern "C" {
 #include "kernels/taylor.h"
-#include "runner/common.h"
+#include "base/common.h"
 }
 
 #define TT 32                 /* query rows per tile */

@@ -41,7 +41,7 @@ __global__ void tune_fill(uint16_t *x, int64_t n, uint32_t seed, int fp16) {
 
 /* seconds of untimed work before each timing */
 #define WARM_S 0.1
-extern "C" double fa_now(void);   /* runner/common.h: monotonic seconds */
+extern "C" double fa_now(void);   /* base/common.h: monotonic seconds */
 
 #define TRY(call) do { if ((call) != cudaSuccess) { cudaGetLastError(); goto out; } } while (0)
 

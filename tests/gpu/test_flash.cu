@@ -34,7 +34,7 @@
 #include "kernels/cuda/flash.h"
 extern "C" {
 #include "kernels/gpu.h"
-#include "runner/common.h"
+#include "base/common.h"
 }
 
 #define cudaCheck(call)                                                                                    \
@@ -46,7 +46,7 @@ extern "C" {
         }                                                                                                  \
     } while (0)
 
-/* ---- the few runner/common.h helpers engine.cu uses (the real ones need MPI) ----------------- */
+/* ---- the few base/common.h helpers engine.cu uses (the real ones need MPI) ----------------- */
 int fa_rank = 0, fa_nranks = 1, fa_verbosity = 1;
 static char errbuf[1024];
 extern "C" int fa_seterr(const char *fmt, ...) {

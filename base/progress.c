@@ -1,6 +1,6 @@
 /* progress.c — see progress.h. */
-#include "runner/progress.h"
-#include "runner/common.h"
+#include "base/progress.h"
+#include "base/common.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>

@@ -1,0 +1,21 @@
+/* agree.c — see agree.h. */
+#include "base/agree.h"
+#include "base/common.h"
+#include <limits.h>
+#include <stdio.h>
+
+double fa_sync_s = 0;
+
+int fa_agree(MPI_Comm comm, int st, int64_t key) {
+    struct { long v; int r; } in, out;
+    MPI_Comm_rank(comm, &in.r);
+    in.v = st ? (long)(key < 0 ? in.r : key) : LONG_MAX;
+    const double t0 = MPI_Wtime();
+    MPI_Allreduce(&in, &out, 1, MPI_LONG_INT, MPI_MINLOC, comm);
+    fa_sync_s += MPI_Wtime() - t0;
+    if (out.v == LONG_MAX) return 0;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", fa_errmsg());
+    MPI_Bcast(msg, sizeof msg, MPI_CHAR, out.r, comm);
+    return fa_seterr("%s", msg);
+}
