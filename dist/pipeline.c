@@ -159,6 +159,17 @@ static int write_group(pipe_state *p, int64_t done) {
     return rc;
 }
 
+/* COLLECTIVE, between the groups' writes: a stop is taken at the next chunk rather than at the
+ * next group of P chunks (with many ranks and long chunks a group can outlast Slurm's KillWait). */
+static int stop_agreed(pipe_state *p) {
+    int mine = fa_stop_requested ? 1 : 0, all;
+    const double ta = MPI_Wtime();
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_BOR, p->comm);
+    p->st->t_sync += MPI_Wtime() - ta;
+    if (all) p->stopping = 1;
+    return all;
+}
+
 /* Waits for chunk i's merge; the owner finalizes it; at the end of a group every rank writes. */
 static int finish_chunk(pipe_state *p, int64_t i) {
     int slot = (int)(i % p->window);
@@ -359,10 +370,13 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     int64_t first = first_chunk > 0 ? first_chunk : 0;
     int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
+        int wrote = 0;                       /* a group's write (and its stop check) just ran */
         if (i - first >= p.window) {
             rc = finish_chunk(&p, next_finish++);
             if (rc || p.stopping) break;     /* chunk i is not posted */
+            wrote = next_finish % group_size(&p) == 0;
         }
+        if (group_size(&p) > 1 && i > first && !wrote && stop_agreed(&p)) break;
         int64_t b, r0, n;
         chunk_rows(&p, i, &b, &r0, &n);
         double t0 = fa_now(), s0 = h5io_sync_s;
