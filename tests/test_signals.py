@@ -86,8 +86,8 @@ def assert_kept(out, text, want_msg=True):
     return done
 
 
-def resume_and_compare(inp, out, ref, done, nranks, singleton=False):
-    cmd = ["-i", inp, "-o", out, "--resume"] + ARGS
+def resume_and_compare(inp, out, ref, done, nranks, singleton=False, args=ARGS):
+    cmd = ["-i", inp, "-o", out, "--resume"] + args
     if singleton:
         p = subprocess.run([str(FA_LONG)] + [str(c) for c in cmd], capture_output=True,
                            text=True, timeout=300, env=ENV)
@@ -200,3 +200,31 @@ def test_plain_mpirun_term(job, tmp_path, nranks, kill_timeout):
     assert rc == 1, text                       # mpirun's own status: not the ranks'
     done = assert_kept(out, text)
     resume_and_compare(inp, out, refs[nranks], done, nranks)
+
+
+def test_killed_mid_chunk_leaves_usable_partial(tmp_path):
+    """1 rank under a plain mpirun, chunks of seconds: mpirun's SIGKILL (1 s after its TERM)
+    comes in the middle of a chunk, before the stop can finish. The partial must still be usable:
+    the first group's write is a checkpoint, so --resume continues from it into the same bytes."""
+    inp, out, ref, log = (tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "ref.h5",
+                          tmp_path / "log")
+    p = run_fa(["gen", "--output", inp, "-n", "32000", "--heads", "4", "--kv-heads", "2",
+                "-d", "64", "--seed", "13"])
+    assert p.returncode == 0, p.stderr
+    args = ["--causal", "--lse", "--chunk", "8000"]        # 4 chunks, each longer than the last
+    p = run_fa(["-i", inp, "-o", ref, "-q"] + args, nranks=1, env={"OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    p = start(mpirun_cmd(1) + [FA_LONG, "-i", inp, "-o", out] + args, log)
+    wait_progress(p, log)                                 # chunk 1 is written
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    rc = finish(p)
+    text = log.read_text()
+    assert rc == 1 and time.time() - t0 < 10, text
+    assert "stopped on a signal" not in text, text          # killed in chunk 2, as meant
+    partial = tmp_path / ".out.h5.partial"
+    assert partial.exists() and not out.exists(), text
+    with h5py.File(partial, "r") as f:
+        done = int(f.attrs["chunks_done"])
+    assert done == 1, text
+    resume_and_compare(inp, out, ref, done, 1, args=args)
