@@ -90,6 +90,7 @@ typedef struct {
     progress *pg;
     const fa_job *job;
     int stopping;              /* the ranks agreed to stop after the chunks in flight */
+    int64_t written;           /* chunks [0, written) are in the file (the last group's write) */
     /* several ranks on a node (the default, unless FA_Q_READ=rank|shared): one query chunk per
      * node, read by the node's first rank into memory every rank of the node maps (MPI shared
      * window) */
@@ -189,6 +190,7 @@ static int write_group(pipe_state *p, int64_t done) {
                               p->pend_n, p->o_out, p->lse_out);
     p->pend_n = 0;
     if (rc) return -1;
+    p->written = done;
     int flags = fa_stop_requested ? 1 : 0, all;
     if (p->rank == 0 && p->checkpoint_s > 0 && fa_now() - p->last_checkpoint >= p->checkpoint_s)
         flags |= 2;
@@ -197,8 +199,10 @@ static int write_group(pipe_state *p, int64_t done) {
     MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, p->comm);
     fa_sync_s += MPI_Wtime() - ta;
     if (all & 4) return overflow_error(p);
-    if (all & 1) p->stopping = 1;
-    if ((all & 2) && done < p->nchunks && !p->stopping) {
+    if ((all & 1) && !p->stopping) {  /* durable at once: the chunks in flight may take long */
+        p->stopping = 1;
+        if (done < p->nchunks) rc = h5out_checkpoint(p->out, done);
+    } else if ((all & 2) && done < p->nchunks && !p->stopping) {
         rc = h5out_checkpoint(p->out, done);
         p->last_checkpoint = fa_now();
     }
@@ -206,6 +210,20 @@ static int write_group(pipe_state *p, int64_t done) {
     p->st->t_write += fa_now() - t0 - ds;
     p->st->t_sync += ds;
     return rc;
+}
+
+/* COLLECTIVE, between the groups' writes: a stop is taken at the next chunk rather than at the
+ * next group of P chunks (with many ranks and long chunks a group can outlast Slurm's KillWait). */
+static int stop_agreed(pipe_state *p, int *rc) {
+    int mine = fa_stop_requested ? 1 : 0, all;
+    const double ta = MPI_Wtime();
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_BOR, p->comm);
+    p->st->t_sync += MPI_Wtime() - ta;
+    if (all) {                   /* what is written is durable at once, as in write_group */
+        p->stopping = 1;
+        if (p->written > 0) *rc = h5out_checkpoint(p->out, p->written);
+    }
+    return all;
 }
 
 /* Waits for chunk i's merge; the owner finalizes it; at the end of a group every rank writes. */
@@ -433,7 +451,8 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     st->t_setup = fa_now() - t_start;
     const char *cp = getenv("FA_CHECKPOINT_SECONDS");
     p.checkpoint_s = cp ? atof(cp) : 60.0;
-    p.last_checkpoint = fa_now();
+    p.last_checkpoint = fa_now() - p.checkpoint_s;   /* the first group's write: a checkpoint,
+                                                       so a killed job leaves a usable partial */
     int64_t first = first_chunk > 0 ? first_chunk : 0;
     {   /* what a checkpoint records of the input, for --resume */
         int64_t isz, imt;
@@ -442,12 +461,16 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         h5out_note_input(out, isz, imt);
         h5in_take_digests(in, d);
     }
+    p.written = first;
     int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
+        int wrote = 0;                       /* a group's write (and its stop check) just ran */
         if (i - first >= p.window) {
             rc = finish_chunk(&p, next_finish++);
             if (rc || p.stopping) break;     /* chunk i is not posted */
+            wrote = next_finish % group_size(&p) == 0;
         }
+        if (group_size(&p) > 1 && i > first && !wrote && stop_agreed(&p, &rc)) break;
         int64_t b, r0, n;
         chunk_rows(&p, i, &b, &r0, &n);
         double t0 = fa_now(), s0 = fa_sync_s;

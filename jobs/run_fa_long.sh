@@ -12,11 +12,24 @@
 #   CHECK_ROWS      rows re-checked in fp64 after the run (default 16; 0 skips)
 #   FA_NO_REQUEUE=1 exit 75 instead of requeueing after an early stop
 #
+#   OMPI_MCA_odls_base_sigkill_timeout  see below (default here 15)
+#
 # Preemption: the scripts ask for SIGUSR1 before the time limit (#SBATCH --signal=B:USR1@...);
 # `scancel --signal=USR1 --batch JOBID` sends the same at any time. The trap below passes it to
 # the launcher, which passes it to every rank: fa_long finishes the chunks in flight, keeps every
 # finished chunk in OUTPUT's partial file (.OUTPUT.partial) and exits with status 75. The job is
 # then requeued, and the requeued run, the same command with --resume, continues from there.
+#
+# SIGTERM and SIGINT (a plain scancel, the time limit, Ctrl-C) stop fa_long the same way. Slurm
+# sends TERM to every process of the job at once (this script, mpirun, the ranks) and KILL
+# KillWait seconds later (default 30). mpirun cannot forward TERM: it aborts the job instead
+# (SIGCONT to the ranks, odls_base_sigkill_timeout seconds, TERM, as long again, KILL) and exits
+# non-zero whatever the ranks return. So this script raises that timeout to 15 s (mpirun's KILL
+# then comes after Slurm's default KillWait), passes the stop on to mpirun (USR1) and to the
+# local ranks itself, and takes the outcome from fa_long: after a stop rank 0 writes
+# FA_STOP_FILE (a file beside OUTPUT) once the partial file is closed on every rank. The script
+# then exits 75, or requeues the job where Slurm allows it (a job being cancelled or timed out
+# cannot be requeued: submit the same script again, it continues from the partial file).
 set -u
 : "${INPUT:?set INPUT=the input .h5 (sbatch --export=ALL,INPUT=...,OUTPUT=...)}"
 : "${OUTPUT:?set OUTPUT=the output .h5}"
@@ -38,21 +51,74 @@ if [ "$LAUNCHER" = srun ]; then
 else
     root=(); [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)
     # one rank per Slurm task; Open MPI reads the allocation from Slurm's environment
-    launch=(mpirun "${root[@]}" -np "${SLURM_NTASKS:-1}" --bind-to none "${xomp[@]}" -x NCCL_NVLS_ENABLE)
+    # on TERM/INT mpirun gives the ranks this long (twice) before it kills them: see above
+    export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-15}
+    launch=(mpirun "${root[@]}" -np "${SLURM_NTASKS:-1}" --bind-to none "${xomp[@]}" -x NCCL_NVLS_ENABLE
+            -x FA_STOP_FILE)
 fi
+# where fa_long's rank 0 says it stopped with its progress kept (beside OUTPUT: rank 0 may run
+# on another node)
+out_dir=$(dirname "$OUTPUT")
+export FA_STOP_FILE="$out_dir/.$(basename "$OUTPUT").stopped.${SLURM_JOB_ID:-$$}"
+rm -f "$FA_STOP_FILE"
 check=(); [ "$CHECK_ROWS" != 0 ] && check=(--check "$CHECK_ROWS")
 
 echo "fa_long job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: ${launch[*]}"
 # shellcheck disable=SC2086  # FA_ARGS is a list of options
 "${launch[@]}" "$FA_LONG" --input "$INPUT" --output "$OUTPUT" --resume "${check[@]}" ${FA_ARGS:-} &
 pid=$!
-trap 'echo "fa_long job: SIGUSR1: asking fa_long to stop after the chunks in flight"; kill -USR1 $pid 2>/dev/null' USR1
-trap 'kill -TERM $pid 2>/dev/null' TERM
+stopping=
+# TERM, INT or USR1: ask fa_long to stop after the chunks in flight. mpirun forwards USR1 to
+# every rank (when mpirun itself got TERM/INT it is aborting and forwards nothing: the local
+# ranks get USR1 from here too; elsewhere Slurm signals them)
+local_ranks() {   # the fa_long processes mpirun started on this node
+    [ "$LAUNCHER" = srun ] && return
+    ps -o pid=,comm= --ppid $pid 2>/dev/null |
+        awk -v n="$(basename "$FA_LONG" | cut -c1-15)" '$2 == n {print $1}'
+}
+stop_fa() {
+    echo "fa_long job: SIG$1: asking fa_long to stop after the chunks in flight"
+    stopping=${stopping:-$1}
+    kill -USR1 $pid 2>/dev/null
+    for c in $(local_ranks); do kill -USR1 "$c" 2>/dev/null; done
+}
+trap 'stop_fa USR1' USR1
+trap 'stop_fa TERM' TERM
+trap 'stop_fa INT' INT
+rc=
 while :; do
-    wait $pid
-    rc=$?
-    kill -0 $pid 2>/dev/null || break      # wait returned because a trap ran: wait again
+    if [ -z "$stopping" ]; then
+        wait $pid; r=$?                     # returns when the launcher ends or a trap ran
+    else
+        sleep 0.2; r=
+    fi
+    if ! kill -0 $pid 2>/dev/null; then     # ended: its status (once; 127 if wait had it)
+        wait $pid 2>/dev/null; r2=$?
+        [ $r2 != 127 ] && r=$r2
+        rc=${r:-1}
+        break
+    fi
+    # stopped with its progress kept while mpirun is still aborting (or its ranks wait in
+    # MPI_Finalize for it): that is the outcome. Every rank has closed the partial file, so what
+    # is left of the launch may go.
+    if [ -n "$stopping" ] && [ -s "$FA_STOP_FILE" ]; then
+        for _ in $(seq 1 10); do kill -0 $pid 2>/dev/null || break; sleep 0.2; done
+        if kill -0 $pid 2>/dev/null; then
+            for c in $(local_ranks); do kill -KILL "$c" 2>/dev/null; done
+            kill -KILL $pid 2>/dev/null
+        fi
+        wait $pid 2>/dev/null; rc=$?
+        break
+    fi
 done
+if [ -s "$FA_STOP_FILE" ]; then
+    read -r _ ndone total partial < "$FA_STOP_FILE"
+    echo "fa_long job: fa_long stopped after $ndone of $total chunks, kept in $partial (launcher status $rc)"
+    rm -f "$FA_STOP_FILE"
+    rc=75
+elif [ -n "$stopping" ] && [ "$rc" != 0 ]; then
+    echo "fa_long job: fa_long did not stop cleanly (status $rc): the partial output keeps the chunks of its last checkpoint, if any"
+fi
 if [ $rc = 75 ]; then
     echo "fa_long job: stopped early with its progress kept"
     if [ -n "${SLURM_JOB_ID:-}" ] && [ "${FA_NO_REQUEUE:-0}" != 1 ]; then

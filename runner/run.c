@@ -115,18 +115,38 @@ static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st
     return pass ? 0 : 1;
 }
 
-/* Exit status of a run stopped early on SIGUSR1/SIGTERM with its progress kept (EX_TEMPFAIL). */
+/* Exit status of a run stopped early on SIGUSR1/SIGTERM/SIGINT with its progress kept
+ * (EX_TEMPFAIL). */
 #define FA_EXIT_STOPPED 75
 
 static void on_stop_signal(int sig) { fa_stop_requested = 1; }
 
+/* SIGUSR1 (Slurm's warning, forwarded by mpirun), SIGTERM (scancel, a time limit, mpirun's abort,
+ * kill) and SIGINT (Ctrl-C) all ask for the same thing: stop at the next chunk, keep what is done,
+ * exit 75. A second signal changes nothing (Slurm and mpirun may each send TERM). */
 static void install_stop_handlers(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+/* FA_STOP_FILE=PATH: after a stop, rank 0 writes "stopped DONE TOTAL PARTIAL" there (whole, by a
+ * rename) once every rank has closed the partial file: jobs/run_fa_long.sh reads the outcome from
+ * it when mpirun's own exit status cannot say 75 (mpirun aborts the job on TERM/INT). */
+static void write_stop_file(int64_t done, int64_t total, const char *partial) {
+    const char *path = getenv("FA_STOP_FILE");
+    if (fa_rank != 0 || !path || !*path) return;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "stopped %lld %lld %s\n", (long long)done, (long long)total, partial) < 0 ||
+        fclose(f) != 0 || rename(tmp, path) != 0)
+        fprintf(stderr, "fa_long: warning: cannot write FA_STOP_FILE=%s\n", path);
 }
 
 /* What must match for rows of an earlier run to be reused by --resume. */
@@ -371,6 +391,7 @@ int cmd_run(int argc, char **argv) {
         fa_log(1, "fa_long: stopped on a signal after %lld of %lld chunks; they are kept in %s; "
                   "run the same command with --resume to continue", (long long)st.chunks_done,
                (long long)nchunks, partial);
+        write_stop_file(st.chunks_done, nchunks, partial);
         h5in_close(in);
         return FA_EXIT_STOPPED;
     }

@@ -1,7 +1,9 @@
 """A real single-node Slurm (munged, slurmctld, slurmd from Debian's packages, started and
-stopped by these tests): the jobs/ CPU script submitted with sbatch, under mpirun and srun; and a
-job stopped with SIGUSR1, requeued by its script, resumed, and equal to an uninterrupted run.
-`make test-slurm` runs these alone."""
+stopped by these tests): the jobs/ CPU script submitted with sbatch, under mpirun and srun; a
+job stopped with SIGUSR1, requeued by its script, resumed, and equal to an uninterrupted run; and
+the same after a plain scancel and after the job's time limit (SIGTERM to every process of the
+job, SIGKILL KillWait later: 10 s here, 30 s by Slurm's default). `make test-slurm` runs these
+alone."""
 import os
 import pathlib
 import re
@@ -57,11 +59,11 @@ def wait_state(env, jid, want, timeout=180, release=False):
     raise AssertionError(f"job {jid} did not reach {want}: {job_state(env, jid)[1]}")
 
 
-def submit(env, tmp, inp, out, log, args, extra_env=""):
+def submit(env, tmp, inp, out, log, args, extra_env="", script=None):
     exports = (f"ALL,INPUT={inp},OUTPUT={out},FA_HOME={ROOT},FA_LONG={FA_LONG},"
                f"FA_ARGS={args}{extra_env}")
     p = sh(["sbatch", "--parsable", f"--export={exports}", "-o", str(log), "-D", str(tmp),
-            str(ROOT / "jobs" / "fa_long_cpu.sbatch")], env)
+            str(script or ROOT / "jobs" / "fa_long_cpu.sbatch")], env)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().split(";")[0]
 
@@ -128,3 +130,117 @@ def test_preempt_requeue_resume(slurm, tmp_path):
     with h5py.File(out, "r") as a, h5py.File(ref, "r") as b:
         assert np.array_equal(a["o"][...], b["o"][...])
         assert np.array_equal(a["lse"][...], b["lse"][...])
+
+
+def wait_log(log, text, timeout, what):
+    t0 = time.time()
+    while text not in (log.read_text() if log.exists() else ""):
+        assert time.time() - t0 < timeout, f"{what}:\n" + (log.read_text() if log.exists() else "")
+        time.sleep(0.2)
+    return time.time()
+
+
+def assert_stopped_on_term(log, out, t_signal=None):
+    """The script's account of a stop on SIGTERM: it asked fa_long to stop, fa_long kept N > 0
+    chunks in the partial file (and says so in its attribute), no OUT, a requeue."""
+    text = log.read_text()
+    assert "fa_long job: SIGTERM: asking fa_long to stop after the chunks in flight" in text, text
+    m = re.search(r"fa_long job: fa_long stopped after (\d+) of (\d+) chunks, kept in (\S+) ", text)
+    assert m and 0 < int(m.group(1)) < int(m.group(2)), text
+    partial = out.parent / f".{out.name}.partial"
+    assert m.group(3) == str(partial), text
+    assert "fa_long job: stopped early with its progress kept" in text, text
+    assert "requeueing" in text, text
+    assert not out.exists(), text
+    with h5py.File(partial, "r") as f:
+        assert int(f.attrs["chunks_done"]) == int(m.group(1))
+    assert not list(out.parent.glob(f".{out.name}.stopped*"))
+    return int(m.group(1))
+
+
+def assert_resumed(slurm, jid, log, inp, out, ref, done):
+    # the requeue is done when Slurm counts a restart; then the second run's end
+    t0 = time.time()
+    while "Restarts=1" not in job_state(slurm, jid)[1]:
+        assert time.time() - t0 < 60, job_state(slurm, jid)[1]
+        time.sleep(0.2)
+    st, info = wait_state(slurm, jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"},
+                          timeout=300, release=True)
+    text = log.read_text()
+    assert st == "COMPLETED", text + info
+    assert f"resuming {out} from chunk {done}" in text, text
+    assert "check: PASS" in text
+    assert not (out.parent / f".{out.name}.partial").exists()
+    with h5py.File(out, "r") as a, h5py.File(ref, "r") as b:
+        assert np.array_equal(a["o"][...], b["o"][...])
+        assert np.array_equal(a["lse"][...], b["lse"][...])
+
+
+def test_scancel_stops_keeps_requeues(slurm, tmp_path):
+    """A plain scancel (SIGTERM to the script, mpirun and the ranks at once; mpirun then aborts
+    the job): the chunks done are kept within KillWait, the script requeues the job (Slurm allows
+    it while the job is being cancelled) and the requeued run (--resume) completes into the same
+    bytes as an uninterrupted run."""
+    inp, out, log = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "job.log"
+    p = run_fa(["gen", "--output", inp, "-n", "24K", "--heads", "4", "--kv-heads", "2",
+                "-d", "64", "--seed", "9"])
+    assert p.returncode == 0, p.stderr
+    args = "--causal --lse --chunk 192"
+    jid = submit(slurm, tmp_path, inp, out, log, args,
+                 ",FA_PROGRESS_INTERVAL=0.3,FA_CHECKPOINT_SECONDS=1000")
+    wait_log(log, "fa_long: chunk", 120, "the job never reported progress")
+    t_cancel = time.time()
+    p = sh(["scancel", jid], slurm)
+    assert p.returncode == 0, p.stderr
+    t_kept = wait_log(log, "fa_long job: fa_long stopped after", 60, "no stop reported")
+    assert t_kept - t_cancel < 10, (t_kept - t_cancel, log.read_text())   # KillWait=10
+    wait_log(log, "requeueing", 30, "no requeue")
+    done = assert_stopped_on_term(log, out)
+    ref = tmp_path / "ref.h5"
+    p = run_fa(["--input", inp, "--output", ref, "-q"] + args.split(), nranks=2)
+    assert p.returncode == 0, p.stderr
+    assert_resumed(slurm, jid, log, inp, out, ref, done)
+
+
+TIME_LIMIT_JOB = """#!/bin/bash
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=1
+#SBATCH --time=1
+#SBATCH --requeue
+#SBATCH --open-mode=append
+# no --signal: the time limit's SIGTERM is the only warning. The first run idles most of its
+# minute so that fa_long is mid-job when Slurm ends it (time limits are enforced every 30 s)
+[ "${SLURM_RESTART_COUNT:-0}" = 0 ] && sleep 50
+source "$FA_HOME/jobs/run_fa_long.sh"
+"""
+
+
+def test_time_limit_stops_keeps_requeues(slurm, tmp_path):
+    """A job that reaches its time limit (SIGTERM to all its processes, then KillWait): the
+    chunks done are kept, the job is requeued, and the requeued run completes bit-identically."""
+    inp, out, log = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "job.log"
+    p = run_fa(["gen", "--output", inp, "-n", "96K", "--heads", "2", "--kv-heads", "1",
+                "-d", "64", "--seed", "11"])
+    assert p.returncode == 0, p.stderr
+    script = tmp_path / "limit.sbatch"
+    script.write_text(TIME_LIMIT_JOB)
+    args = "--lse --chunk 192"
+    jid = submit(slurm, tmp_path, inp, out, log, args,
+                 ",FA_PROGRESS_INTERVAL=1,FA_CHECKPOINT_SECONDS=1000", script=script)
+    ref = tmp_path / "ref.h5"                # while the job idles
+    p = run_fa(["--input", inp, "--output", ref, "-q"] + args.split(), nranks=2)
+    assert p.returncode == 0, p.stderr
+    wait_log(log, "fa_long job: SIGTERM", 200, "the time limit never came")
+    text = log.read_text()
+    assert "fa_long: chunk" in text and "DUE TO TIME LIMIT" in text, text
+    wait_log(log, "requeueing", 30, "no requeue")
+    done = assert_stopped_on_term(log, out)
+    # the requeued run gets the time it needs
+    t0 = time.time()
+    while "Restarts=1" not in job_state(slurm, jid)[1]:
+        assert time.time() - t0 < 60, job_state(slurm, jid)[1]
+        time.sleep(0.2)
+    p = sh(["scontrol", "update", f"JobId={jid}", "TimeLimit=10"], slurm)
+    assert p.returncode == 0, p.stderr
+    assert_resumed(slurm, jid, log, inp, out, ref, done)
