@@ -176,19 +176,21 @@ def assert_resumed(slurm, jid, log, inp, out, ref, done):
         assert np.array_equal(a["lse"][...], b["lse"][...])
 
 
-def test_scancel_stops_keeps_requeues(slurm, tmp_path):
-    """A plain scancel (SIGTERM to the script, mpirun and the ranks at once; mpirun then aborts
-    the job): the chunks done are kept within KillWait, the script requeues the job (Slurm allows
-    it while the job is being cancelled) and the requeued run (--resume) completes into the same
-    bytes as an uninterrupted run."""
+@pytest.mark.parametrize("launcher", ["mpirun", "srun"])
+def test_scancel_stops_keeps_requeues(slurm, tmp_path, launcher):
+    """A plain scancel (SIGTERM to the script, the launcher and the ranks at once; mpirun then
+    aborts the job, srun passes the ranks' 75 on): the chunks done are kept within KillWait, the
+    script requeues the job (Slurm allows it while the job is being cancelled) and the requeued
+    run (--resume) completes into the same bytes as an uninterrupted run."""
     inp, out, log = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "job.log"
     p = run_fa(["gen", "--output", inp, "-n", "24K", "--heads", "4", "--kv-heads", "2",
                 "-d", "64", "--seed", "9"])
     assert p.returncode == 0, p.stderr
     args = "--causal --lse --chunk 192"
     jid = submit(slurm, tmp_path, inp, out, log, args,
-                 ",FA_PROGRESS_INTERVAL=0.3,FA_CHECKPOINT_SECONDS=1000")
+                 f",FA_PROGRESS_INTERVAL=0.3,FA_CHECKPOINT_SECONDS=1000,LAUNCHER={launcher}")
     wait_log(log, "fa_long: chunk", 120, "the job never reported progress")
+    assert launcher in log.read_text()
     t_cancel = time.time()
     p = sh(["scancel", jid], slurm)
     assert p.returncode == 0, p.stderr
