@@ -113,7 +113,7 @@ void fa_copy_floats(float *dst, const float *src, int64_t n, int add) {
 /* One rank's fair share of the CPUs it may run on: each CPU in its affinity mask counts 1/k, k
  * the node's ranks whose masks hold it. Unbound ranks (mpirun --bind-to none) split the node
  * evenly; ranks bound to their own cores keep them. */
-int fa_threads_setup(int requested) {
+int fa_threads_setup(int requested, const char *omp_env) {
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, fa_rank, MPI_INFO_NULL, &node);
     int nr, me;
@@ -134,7 +134,7 @@ int fa_threads_setup(int requested) {
         if (CPU_ISSET(c, &mine)) share += 1.0 / k;
     }
     free(all);
-    const char *env = getenv("OMP_NUM_THREADS");
+    const char *env = omp_env;
     const char *why = requested > 0 ? "--threads" : env && *env ? "OMP_NUM_THREADS" : "node share";
     int t = requested > 0 ? requested : env && *env ? omp_get_max_threads() : (int)(share + 1e-9);
     if (t < 1) t = 1;

@@ -51,14 +51,14 @@ void fa_copy_floats(float *dst, const float *src, int64_t n, int add);
 double fa_now(void);   /* monotonic seconds */
 
 /* OpenMP threads for this rank, set with omp_set_num_threads: `requested` (--threads) if > 0,
- * else OMP_NUM_THREADS if set, else this rank's share of its node's CPUs. Collective over
+ * else OMP_NUM_THREADS if set (main passes its value), else this rank's share of its node's CPUs. Collective over
  * MPI_COMM_WORLD; fills fa_threads. Node rank 0 warns when several threads a rank oversubscribe
  * the node. */
 typedef struct {
     int threads, node_ranks, node_cpus;
     const char *why;   /* "--threads", "OMP_NUM_THREADS" or "node share" */
 } fa_threads_info;
-int fa_threads_setup(int requested);
+int fa_threads_setup(int requested, const char *omp_num_threads);
 extern fa_threads_info fa_threads;
 
 /* "4K" -> 4096, "1.5M" -> 1572864, "2G" -> 2^31. Returns -1 on a malformed size. */

@@ -5,13 +5,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-void progress_init(progress *p, int enabled, int64_t chunks_total, double flops_total) {
+void progress_init(progress *p, int enabled, int64_t chunks_total, double flops_total,
+                   double interval) {
     *p = (progress){0};
     p->enabled = enabled && fa_rank == 0;
     p->tty = isatty(2);
-    const char *iv = getenv("FA_PROGRESS_INTERVAL");
-    p->interval = iv ? atof(iv) : 10.0;
-    if (!(p->interval > 0)) p->interval = 10.0;
+    p->interval = interval > 0 ? interval : 10.0;
     p->t0 = p->last = fa_now();
     p->chunks_total = chunks_total;
     p->flops_total = flops_total;

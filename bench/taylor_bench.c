@@ -121,7 +121,7 @@ static int eng_create(engine *e, int cuda, int taylor, int64_t n, int h, int d, 
     if (e->chunk > n) e->chunk = n;
     if (!cuda && taylor) e->tc = taylor_cpu_create(h, h, d, 0, 0);
     if (cuda && taylor && taylor_gpu_create(0, n, e->chunk, h, h, d, &e->tg)) return -1;
-    if (cuda && !taylor && gpu_engine_create(0, n, e->chunk, h, h, d, FA_COMPUTE_BF16, &e->eg)) return -1;
+    if (cuda && !taylor && gpu_engine_create(0, n, e->chunk, h, h, d, FA_COMPUTE_BF16, 0, &e->eg)) return -1;
     return 0;
 }
 

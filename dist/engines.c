@@ -1,7 +1,7 @@
 /* engines.c — the exact-attention engines as the pipeline sees them (pipe_engine, pipeline.h):
  * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_job_*: keys resident
  * or paged, device state per pipeline slot, merge through NCCL or the host). */
-#include "dist/costmodel.h"
+#include "dist/costmodel.h"   /* cm_flash_variant, until gpu_job_cfg carries it */
 #include "dist/merge.h"
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
@@ -64,15 +64,10 @@ static void exact_common(const fa_shape *s, exact_ctx *c, pipe_engine *e) {
     e->destroy = exact_destroy;
 }
 
-static int engine_exact_cpu(const fa_job *job, const fa_shape *s, pipe_engine *e) {
+static int engine_exact_cpu(const run_plan *pl, pipe_engine *e) {
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
-    c->tiling = (cpu_tiling){.br = job->br, .bc = job->bc, .threads = job->threads};
-    if (!job->br && !job->bc) {     /* no --tile: the tune cache's tile, else the cost model's */
-        const cm_choice *t = cm_run_choice(job, s, fa_nranks, 0);
-        c->tiling.br = t->br;
-        c->tiling.bc = t->bc;
-    }
-    exact_common(s, c, e);
+    c->tiling = pl->tiling;                 /* the planner's tile, threads and tile products */
+    exact_common(&pl->s, c, e);
     e->name = "cpu";
     e->compute = "float32";
     e->load_kv = cpu_load_kv;
@@ -114,32 +109,13 @@ static void job_stats(void *ctx, pipeline_stats *st) {
     st->bytes_paged = g.bytes_paged;
 }
 
-static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, int64_t kv_rows,
-                             int64_t max_rows, int window, void *nccl, int nranks,
-                             pipe_engine *e) {
+static int engine_exact_cuda(const run_plan *pl, int device, void *nccl, pipe_engine *e) {
+    const fa_shape *s = &pl->s;
     gpu_job_cfg cfg = {.device = device, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
-                       .ct = job->compute, .slots = window, .max_rows = max_rows,
-                       .nccl_comm = nccl, .nccl_size = nccl ? nranks : 1};
-    kv_plan *pl = &cfg.plan;
-    *pl = (kv_plan){.kv_rows = kv_rows, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
-                    .elem = 2, .chunk_rows = max_rows, .slots = window, .budget = job->device_mem,
-                    .device_free = gpu_free_bytes(device)};
-    const char *br = getenv("FA_PAGE_BLOCK_ROWS"), *rg = getenv("FA_PAGE_RING");
-    const char *mr = getenv("FA_PAGE_MAX_RESIDENT");
-    pl->max_resident = mr ? atoll(mr) : -1;
-    const cm_choice *t = cm_run_choice(job, s, nranks, 1);   /* tune cache, else the model */
-    cm_flash_variant = t->variant;
-    pl->block_rows = t->block_rows;
-    pl->ring = t->ring;
-    if (br) pl->block_rows = atoll(br);
-    if (rg) pl->ring = atoi(rg);
-    if (kv_plan_make(pl)) return -1;
-    if (pl->paged_rows > 0 || fa_verbosity > 1)
-        fa_log(1, "fa_long: rank 0 keys: %lld resident on GPU, %lld paged from pinned host memory "
-                  "in blocks of %lld keys (ring of %d, %.2f GiB) under a %.2f GiB budget",
-               (long long)pl->resident_rows, (long long)pl->paged_rows, (long long)pl->block_rows,
-               pl->ring, pl->ring_bytes / 1073741824.0,
-               (pl->budget > 0 ? pl->budget : pl->device_free) / 1073741824.0);
+                       .ct = pl->compute, .slots = pl->window, .max_rows = pl->chunk,
+                       .nccl_comm = nccl, .nccl_size = nccl ? pl->nranks : 1,
+                       .plan = pl->kv};        /* the planner's key plan for this rank */
+    cm_flash_variant = pl->variant;
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     if (gpu_job_create(&cfg, &c->job)) {
         free(c);
@@ -147,11 +123,11 @@ static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, i
     }
     exact_common(s, c, e);
     e->name = "cuda";
-    e->compute = job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
+    e->compute = pl->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
     e->load_kv = job_load_kv;
     e->partial_slot = job_partial;
     e->to_host = job_to_host;
-    e->device_merge = nccl != NULL || nranks == 1;   /* else: states to the host, MPI merge */
+    e->device_merge = nccl != NULL || pl->nranks == 1;   /* else: states to the host, MPI merge */
     e->merge_start = job_merge_start;
     e->merge_wait = job_merge_wait;
     e->fetch = job_fetch;
@@ -159,14 +135,12 @@ static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, i
     return 0;
 }
 
-int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nranks,
+int engine_create(const run_plan *pl, int device, int64_t kv_rows, void *nccl_comm,
                   pipe_engine *e) {
-    if (job->mode == MODE_TAYLOR)   /* first-order Taylor linear attention: dist/taylor_engine.c */
-        return taylor_engine_create(job, s, backend, device, kv_rows, max_rows, e);
-    if (backend == BACKEND_CUDA)
-        return engine_exact_cuda(job, s, device, kv_rows, max_rows, window, nccl_comm, nranks, e);
-    return engine_exact_cpu(job, s, e);
+    if (pl->mode == MODE_TAYLOR)   /* first-order Taylor linear attention: dist/taylor_engine.c */
+        return taylor_engine_create(pl, device, kv_rows, e);
+    if (pl->backend == BACKEND_CUDA) return engine_exact_cuda(pl, device, nccl_comm, e);
+    return engine_exact_cpu(pl, e);
 }
 
 void engine_free(pipe_engine *e) {

@@ -9,8 +9,6 @@
 #include "dist/merge.h"
 #include "dist/shard.h"
 #include "dist/gpu_comm.h"
-#include "dist/paging.h"
-#include "dist/costmodel.h"
 #include "kernels/gpu_job.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
@@ -24,54 +22,11 @@
 
 volatile sig_atomic_t fa_stop_requested = 0;
 
-int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu) {
-    int64_t c = gpu ? 8192 : 1024;
-    return c < s->Nq ? c : s->Nq;
-}
-
-/* COLLECTIVE for GPU jobs without --chunk: when this rank's keys will not all fit its device
- * budget, the chunk grows until its compute hides the copies of the keys streamed for it
- * (dist/paging.h). Rank 0 measures and decides; the answer is kept for later calls. */
-int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu) {
-    static int64_t cached = -1;
-    int64_t c = job->chunk > 0 ? job->chunk : pipeline_default_chunk(s, nranks, gpu);
-    if (job->chunk <= 0 && job->mode == MODE_EXACT)   /* tune cache, else the cost model */
-        c = cm_run_choice(job, s, nranks, gpu)->chunk;
-    if (job->chunk > 0 || !gpu) return c < s->Nq ? c : s->Nq;
-    if (cached > 0) return cached;
-    if (fa_rank == 0) {
-        kv_plan pl = {.kv_rows = (s->Nk + nranks - 1) / nranks, .h = (int)s->H, .hkv = (int)s->Hkv,
-                      .d = (int)s->D, .elem = 2, .chunk_rows = c, .slots = job->window,
-                      .budget = job->device_mem, .device_free = gpu_free_bytes(0),
-                      .max_resident = -1};
-        if (kv_plan_make(&pl) == 0 && pl.paged_rows > 0) {
-            double link = job->link_gbps > 0 ? job->link_gbps : gpu_link_gbps(0);
-            double tf = job->kernel_tflops > 0 ? job->kernel_tflops : 500.0;
-            int64_t need = kv_plan_min_rows((int)s->H, (int)s->Hkv, 2, tf, link, 1.5);
-            fa_log(2, "fa_long: paging model: link %.1f GB/s (%s), kernel %.0f TFLOP/s (%s): a chunk "
-                      "hides its key copies from %lld rows (x1.5 margin); chunk %lld rows",
-                   link, job->link_gbps > 0 ? "--link-gbps" : "measured", tf,
-                   job->kernel_tflops > 0 ? "--kernel-tflops" : "H100 kernel, bench/results",
-                   (long long)need, (long long)(need > c ? need : c));
-            if (need > c) c = need;
-        }
-    }
-    MPI_Bcast(&c, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
-    cached = c < s->Nq ? c : s->Nq;
-    return cached;
-}
-
-double pipeline_flops(const fa_job *job, const fa_shape *s, int64_t r0, int64_t n) {
+double pipeline_flops(const fa_shape *s, int causal, int64_t r0, int64_t n) {
     row_range all = {0, s->Nk};
     kv_shard whole = {1, &all, s->Nk};
     return 4.0 * (double)s->D * (double)s->H *
-           shard_work(&whole, r0, r0 + n, job->causal, s->Nk - s->Nq);
-}
-
-shard_layout pipeline_layout(const fa_job *job, fa_backend backend) {
-    if (job->shard_set) return job->shard;
-    if (!job->causal) return SHARD_CONTIGUOUS;
-    return backend == BACKEND_CUDA ? SHARD_ZIGZAG : SHARD_STRIPED;
+           shard_work(&whole, r0, r0 + n, causal, s->Nk - s->Nq);
 }
 
 typedef struct {
@@ -88,7 +43,7 @@ typedef struct {
     h5out *out;
     pipeline_stats *st;
     progress *pg;
-    const fa_job *job;
+    const run_plan *plan;
     int stopping;              /* the ranks agreed to stop after the chunks in flight */
     int64_t written;           /* chunks [0, written) are in the file (the last group's write) */
     /* several ranks on a node (the default, unless FA_Q_READ=rank|shared): one query chunk per
@@ -137,7 +92,7 @@ static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64
     const int64_t H = p->s->H, D = p->s->D, diag = p->s->Nk - p->s->Nq;
     /* o = sum p_j v_j / sum p_j stays within max |v|; its running sums within Nk max |v| */
     const int scan_o = p->vmax_all * (double)p->s->Nk > 1e38;
-    const int causal = p->job->causal;
+    const int causal = p->plan->causal;
     int64_t bad = INT64_MAX;
 #pragma omp parallel for reduction(min : bad) schedule(static) if (n * H >= 4096)
     for (int64_t x = 0; x < n * H; x++) {
@@ -163,19 +118,19 @@ static int overflow_error(pipe_state *p) {
     MPI_Allreduce(m, g, 3, MPI_FLOAT, MPI_MAX, p->comm);
     const int here = mine == first;
     if (here) {
-        const double sc = p->job->scale > 0 ? p->job->scale : 1.0 / sqrt((double)p->s->D);
+        const double sc = p->plan->scale;
         const double reach = sc * (double)p->s->D * (double)g[0] * (double)g[1];
         if (!isfinite(p->ovf_lse) || reach > 3.0e38)
             fa_seterr("input '%s': the scores of query row %lld (batch %lld, head %lld) overflow "
                       "float32 (lse %g): |q| reaches %.3g and |k| %.3g, so |scale q.k| can reach "
                       "%.3g (scale %.3g, D %lld), past float32's 3.4e+38; scale q or k down or "
-                      "pass a smaller --scale", p->job->input, (long long)p->ovf_row,
+                      "pass a smaller --scale", p->plan->input, (long long)p->ovf_row,
                       (long long)p->ovf_b, (long long)p->ovf_head, p->ovf_lse, g[0], g[1], reach,
                       sc, (long long)p->s->D);
         else
             fa_seterr("input '%s': o of query row %lld (batch %lld, head %lld) overflows float32: "
                       "|v| reaches %.3g over %lld keys, past float32's 3.4e+38 in the weighted "
-                      "sums; scale v down", p->job->input, (long long)p->ovf_row,
+                      "sums; scale v down", p->plan->input, (long long)p->ovf_row,
                       (long long)p->ovf_b, (long long)p->ovf_head, g[2], (long long)p->s->Nk);
     }
     return fa_agree(p->comm, here ? -1 : 0, -1);
@@ -260,7 +215,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     }
     if (owner(p, i) == p->rank) note_overflow(p, i, b, r0, n);
     p->st->t_final += fa_now() - t0;
-    progress_chunk(p->pg, pipeline_flops(p->job, p->s, r0, n));
+    progress_chunk(p->pg, pipeline_flops(p->s, p->plan->causal, r0, n));
     int64_t G = group_size(p);
     if (i % G == G - 1 || i == p->nchunks - 1) return write_group(p, i + 1);
     return 0;
@@ -278,7 +233,6 @@ static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t 
                         const float **qout, int check_finite) {
     const int P = p->nranks;
     const int64_t row = p->s->H * p->s->D;
-    const char *mode = getenv("FA_Q_READ");
     *qout = q;
     if (p->qnode) {
         /* every rank of the node is done with the last chunk (its engine copied or used it
@@ -298,7 +252,7 @@ static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t 
         }
         return rc;
     }
-    if (P == 1 || n * row > INT32_MAX || !mode || strcmp(mode, "shared")) {
+    if (P == 1 || n * row > INT32_MAX || p->plan->q_read != Q_READ_SHARED) {
         row_range qr = {r0, n};
         return h5in_read_rows(in, "q", b, &qr, 1, q, check_finite);
     }
@@ -318,9 +272,9 @@ static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t 
 }
 
 /* Reads this rank's keys and values of batch element b into kbuf/vbuf; fills segs. */
-static int load_kv(const fa_job *job, h5in *in, const fa_shape *s, const kv_shard *sh, int64_t b,
+static int load_kv(const run_plan *plan, h5in *in, const fa_shape *s, const kv_shard *sh, int64_t b,
                    float *kbuf, float *vbuf, attn_kv_segment *segs) {
-    int fin = !job->allow_nonfinite;
+    int fin = !plan->allow_nonfinite;
     if (h5in_read_rows(in, "k", b, sh->r, sh->n, kbuf, fin)) return -1;
     if (h5in_read_rows(in, "v", b, sh->r, sh->n, vbuf, fin)) return -1;
     int64_t off = 0, row = s->Hkv * s->D;
@@ -337,19 +291,19 @@ static int load_kv(const fa_job *job, h5in *in, const fa_shape *s, const kv_shar
 /* COLLECTIVE, after load_kv of batch element b: the digests of all ranks' k and v rows of b
  * (the same on every rank, whatever the rank count). On --resume, b's digests recorded in the
  * partial must match before anything is computed or written; else -1 on every rank. */
-static int note_kv_digest(const fa_job *job, h5in *in, h5out *out, MPI_Comm comm, int64_t b) {
+static int note_kv_digest(const run_plan *plan, h5in *in, h5out *out, MPI_Comm comm, int64_t b) {
     uint64_t d[3], rk, rv;
     h5in_take_digests(in, d);
     uint64_t kv[2] = {d[1], d[2]};
     MPI_Allreduce(MPI_IN_PLACE, kv, 2, MPI_UINT64_T, MPI_SUM, comm);
     if (h5out_recorded_kv(out, b, &rk, &rv) && (rk != kv[0] || rv != kv[1])) {
         char partial[4096];
-        h5out_partial_path(job->output, partial, sizeof partial);
+        h5out_partial_path(plan->output, partial, sizeof partial);
         const char *which = rk != kv[0] && rv != kv[1] ? "'k' and 'v'" : rk != kv[0] ? "'k'" : "'v'";
         return fa_seterr("--resume: input '%s' changed since partial output '%s' was written: "
                          "the data of dataset %s of batch element %lld differ (checksum "
                          "%016llx, recorded %016llx); expected the same input: restore it, or "
-                         "remove the partial to start over", job->input, partial, which,
+                         "remove the partial to start over", plan->input, partial, which,
                          (long long)b, (unsigned long long)(rk != kv[0] ? kv[0] : kv[1]),
                          (unsigned long long)(rk != kv[0] ? rk : rv));
     }
@@ -357,13 +311,14 @@ static int note_kv_digest(const fa_job *job, h5in *in, h5out *out, MPI_Comm comm
     return 0;
 }
 
-int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
-                 fa_backend backend, int64_t first_chunk, progress *pg,
+int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
+                 const gpu_comm *gcp, int64_t first_chunk, progress *pg,
                  pipeline_stats *st) {
     pipe_state p = {0};
     int rc_engine;
     p.pg = pg;
-    p.job = job;
+    p.plan = plan;
+    const fa_shape *s = &plan->s;
     memset(st, 0, sizeof *st);
     double t_start = fa_now();
     p.comm = comm;
@@ -373,35 +328,29 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.s = s;
     p.out = out;
     p.st = st;
-    int gpu = backend == BACKEND_CUDA;
-    p.chunk = pipeline_chunk(job, s, p.nranks, gpu);
+    int gpu = plan->backend == BACKEND_CUDA;
+    p.chunk = plan->chunk;
     p.nchunks_per_b = (s->Nq + p.chunk - 1) / p.chunk;
     p.nchunks = p.nchunks_per_b * s->B;
-    p.window = job->window > 0 ? job->window : 3;
-    if (!job->window_set && job->mode == MODE_EXACT) p.window = cm_run_choice(job, s, p.nranks, gpu)->window;
+    p.window = plan->window;
     st->window = p.window;
     int64_t H = s->H, D = s->D, Hkv = s->Hkv;
 
     /* the sharding plan */
     kv_shard sh;
-    st->layout = pipeline_layout(job, backend);
-    shard_plan(s->Nk, p.nranks, p.rank, (shard_layout)st->layout, job->stripe, &sh);
+    st->layout = plan->layout;
+    shard_plan(s->Nk, p.nranks, p.rank, plan->layout, plan->stripe, &sh);
 
-    /* the engine: on GPUs, bound to this rank's device, merging through NCCL when it can */
-    gpu_comm gc = {0};
-    if (gpu && gpu_comm_init(comm, !job->no_nccl, &gc)) {
-        shard_free(&sh);
-        return -1;
-    }
+    /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging through
+     * NCCL when it can */
+    const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
     pipe_engine eng;
-    rc_engine = engine_create(job, s, backend, gc.device, sh.total, p.chunk, p.window,
-                              gc.nccl ? gc.comm : NULL, p.nranks, &eng);
+    rc_engine = engine_create(plan, gc->device, sh.total, gc->nccl ? gc->comm : NULL, &eng);
     if (fa_agree(comm, rc_engine, -1)) {
         shard_free(&sh);
-        gpu_comm_free(&gc);
         return -1;
     }
-    st->nccl = gc.nccl;
+    st->nccl = gc->nccl;
     snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
     p.eng = &eng;
     st->used_gpu = gpu;
@@ -414,8 +363,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     attn_kv_segment *segs = fa_calloc((size_t)sh.n + 1, sizeof *segs, "key segments");
     float *qbuf = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "query chunk");
     p.node = MPI_COMM_NULL;
-    const char *qmode = getenv("FA_Q_READ");
-    if (p.nranks > 1 && (!qmode || !*qmode || !strcmp(qmode, "node"))) {
+    if (p.nranks > 1 && plan->q_read == Q_READ_NODE) {
         MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p.rank, MPI_INFO_NULL, &p.node);
         MPI_Comm_rank(p.node, &p.node_rank);
         MPI_Comm_size(p.node, &p.node_size);
@@ -442,15 +390,14 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
     p.o_out = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "output chunk");
     p.lse_out = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
     int rc = 0;
-    float scale = (float)(job->scale > 0 ? job->scale : 1.0 / sqrt((double)D));
-    p.check_overflow = job->mode == MODE_EXACT && !job->allow_nonfinite;
+    float scale = (float)plan->scale;
+    p.check_overflow = plan->mode == MODE_EXACT && !plan->allow_nonfinite;
     p.qmax_chunk = fa_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
     p.kmax_b = fa_calloc((size_t)s->B, sizeof(float), "key magnitudes");
     p.ovf_chunk = -1;
 
     st->t_setup = fa_now() - t_start;
-    const char *cp = getenv("FA_CHECKPOINT_SECONDS");
-    p.checkpoint_s = cp ? atof(cp) : 60.0;
+    p.checkpoint_s = plan->checkpoint_s;
     p.last_checkpoint = fa_now() - p.checkpoint_s;   /* the first group's write: a checkpoint,
                                                        so a killed job leaves a usable partial */
     int64_t first = first_chunk > 0 ? first_chunk : 0;
@@ -475,8 +422,8 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
         chunk_rows(&p, i, &b, &r0, &n);
         double t0 = fa_now(), s0 = fa_sync_s;
         if (b != cur_b) {
-            rc = load_kv(job, in, s, &sh, b, kbuf, vbuf, segs);
-            if (rc == 0) rc = note_kv_digest(job, in, out, comm, b);
+            rc = load_kv(plan, in, s, &sh, b, kbuf, vbuf, segs);
+            if (rc == 0) rc = note_kv_digest(plan, in, out, comm, b);
             if (rc) break;
             if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
             cur_b = b;
@@ -488,7 +435,7 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
             st->t_kv += fa_now() - t0 - (fa_sync_s - s0);
         }
         const float *qchunk = qbuf;
-        rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !job->allow_nonfinite);
+        rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !plan->allow_nonfinite);
         if (rc) break;
         p.qmax_chunk[i] = h5in_last_absmax(in, "q");
         double t1 = fa_now();
@@ -497,10 +444,10 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
 
         int slot = (int)(i % p.window);
         attn_queries q = {.q = qchunk, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
-                          .d = (int)D, .scale = scale, .causal = job->causal,
+                          .d = (int)D, .scale = scale, .causal = plan->causal,
                           .diag = s->Nk - s->Nq};
         int root = owner(&p, i);
-        st->work_pairs += shard_work(&sh, r0, r0 + n, job->causal, s->Nk - s->Nq) * (double)H;
+        st->work_pairs += shard_work(&sh, r0, r0 + n, plan->causal, s->Nk - s->Nq) * (double)H;
         if (eng.partial_slot) {                    /* device state: asynchronous compute */
             if (eng.partial_slot(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
             if (eng.device_merge) {
@@ -538,7 +485,6 @@ int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, 
 
     if (eng.stats) eng.stats(eng.ctx, st);
     engine_free(&eng);
-    gpu_comm_free(&gc);
     for (int w = 0; w < p.window; w++) free(p.rec[w]);
     free(p.rec);
     free(p.req);

@@ -6,8 +6,9 @@
 #include <mpi.h>
 #include <signal.h>
 #include "io/h5io.h"
-#include "runner/job.h"
 #include "kernels/attn.h"
+#include "dist/gpu_comm.h"
+#include "dist/plan.h"
 #include "dist/shard.h"
 #include "base/progress.h"
 
@@ -46,11 +47,10 @@ typedef struct pipe_engine {
     void (*stats)(void *ctx, struct pipeline_stats *st);
 } pipe_engine;
 
-/* Builds the engine for the job's mode and backend (dist/engines.c). Returns -1 with fa_seterr
+/* Builds the engine of the plan's mode and backend (dist/engines.c). Returns -1 with fa_seterr
  * when it cannot start. device: the CUDA device of this rank; kv_rows: keys this rank holds;
- * max_rows: the chunk size; nccl_comm: the NCCL communicator of all nranks ranks, or NULL. */
-int engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                  int64_t kv_rows, int64_t max_rows, int window, void *nccl_comm, int nranks,
+ * nccl_comm: the NCCL communicator of all ranks, or NULL. */
+int engine_create(const run_plan *plan, int device, int64_t kv_rows, void *nccl_comm,
                   pipe_engine *e);
 void engine_free(pipe_engine *e);
 
@@ -82,29 +82,19 @@ typedef struct pipeline_stats {
                                 output's compute attribute and the check's tolerance follow it */
 } pipeline_stats;
 
-/* COLLECTIVE. Runs the job from `in` to `out` (both open), from chunk first_chunk on (chunks
- * before it are in the output already: --resume). Chunk i covers rows [r0, r0+chunk) of batch
- * element i / ceil(Nq/chunk). Returns 0, or -1 with fa_seterr (the same on every rank) on a
- * user-facing error found while reading (non-finite input). */
-int pipeline_run(const fa_job *job, MPI_Comm comm, h5in *in, const fa_shape *s, h5out *out,
-                 fa_backend backend, int64_t first_chunk, progress *pg, pipeline_stats *st);
+/* COLLECTIVE. Runs the planned job from `in` to `out` (both open), from chunk first_chunk on
+ * (chunks before it are in the output already: --resume). Chunk i covers rows [r0, r0+chunk) of
+ * batch element i / ceil(Nq/chunk). gc: the ranks' GPUs and NCCL communicator (GPU plans), or
+ * NULL. Returns 0, or -1 with fa_seterr (the same on every rank) on a user-facing error found
+ * while reading (non-finite input) or computing (float32 overflow). */
+int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out, const gpu_comm *gc,
+                 int64_t first_chunk, progress *pg, pipeline_stats *st);
 
 /* Set by the runner's SIGUSR1/SIGTERM handler. The pipeline checks it at every group write: once
  * any rank has it, all ranks finish the chunks in flight, write them, and return with
  * st->stopped set and st->chunks_done = the complete prefix of chunks. */
 extern volatile sig_atomic_t fa_stop_requested;
 
-/* Floating-point operations of the whole job (4 per visible (query, key) pair per unit of D,
- * per head: two products), and of rows [r0, r0+n) of one batch element. */
-double pipeline_flops(const fa_job *job, const fa_shape *s, int64_t r0, int64_t n);
-
-/* Chunk size actually used for a job. */
-int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu);
-/* The shard layout actually used for a job: --shard, else contiguous, or for causal jobs striped
- * on CPUs and zigzag on GPUs (two key runs per rank: two kernel launches per chunk, and paged
- * blocks stay whole). */
-shard_layout pipeline_layout(const fa_job *job, fa_backend backend);
-
-/* Chunk size used when the job gives none: large enough to amortize per-chunk costs, small enough
- * that a few chunks' records stay far below the rank's key shard in memory. */
-int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu);
+/* Floating-point operations of rows [r0, r0+n) of one batch element (4 per visible (query, key)
+ * pair per unit of D, per head: two products). */
+double pipeline_flops(const fa_shape *s, int causal, int64_t r0, int64_t n);

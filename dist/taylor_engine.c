@@ -162,15 +162,16 @@ static void t_destroy(void *ctx) {
     free(c);
 }
 
-int taylor_engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                         int64_t kv_rows, int64_t max_rows, pipe_engine *e) {
+int taylor_engine_create(const run_plan *pl, int device, int64_t kv_rows, pipe_engine *e) {
+    const fa_shape *s = &pl->s;
+    const int64_t max_rows = pl->chunk;
     taylor_ctx *c = fa_calloc(1, sizeof *c, "taylor engine");
     c->h = (int)s->H;
     c->hkv = (int)s->Hkv;
     c->d = (int)s->D;
-    c->causal = job->causal;
+    c->causal = pl->causal;
     memset(e, 0, sizeof *e);
-    if (backend == BACKEND_CUDA) {
+    if (pl->backend == BACKEND_CUDA) {
         if (taylor_gpu_create(device, kv_rows, max_rows, c->h, c->hkv, c->d, &c->gpu)) {
             if (c->gpu) taylor_gpu_destroy(c->gpu);
             free(c);
@@ -180,7 +181,7 @@ int taylor_engine_create(const fa_job *job, const fa_shape *s, fa_backend backen
         e->load_kv = t_gpu_load_kv;
         e->partial = t_gpu_partial;
     } else {
-        c->cpu = taylor_cpu_create(c->h, c->hkv, c->d, job->threads, job->br);
+        c->cpu = taylor_cpu_create(c->h, c->hkv, c->d, pl->tiling.threads, pl->tiling.br);
         e->name = "cpu";
         e->load_kv = t_cpu_load_kv;
         e->partial = t_cpu_partial;

@@ -12,8 +12,7 @@ typedef struct {
     int64_t empty;       /* no key visible: o = 0, lse = -inf */
 } taylor_row_counts_t;
 
-/* CPU (job->threads; job->br = query rows per tile, 0: 64) or CUDA engine of the Taylor mode.
- * Returns -1 with fa_seterr when it cannot start (no GPU). */
-int taylor_engine_create(const fa_job *job, const fa_shape *s, fa_backend backend, int device,
-                         int64_t kv_rows, int64_t max_rows, pipe_engine *e);
+/* CPU (plan->tiling.threads; tiling.br = query rows per tile, 0: 64) or CUDA engine of the Taylor
+ * mode, chunks of plan->chunk rows. Returns -1 with fa_seterr when it cannot start (no GPU). */
+int taylor_engine_create(const run_plan *plan, int device, int64_t kv_rows, pipe_engine *e);
 void taylor_engine_counts(taylor_row_counts_t *out);

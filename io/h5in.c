@@ -48,13 +48,19 @@ static int check_vds_sources(hid_t ds, const char *path, const char *name) {
         snprintf(dir, sizeof dir, "%s", path);
         char *slash = strrchr(dir, '/');
         if (slash) *slash = 0; else snprintf(dir, sizeof dir, ".");
-        const char *prefix = getenv("HDF5_VDS_PREFIX");
+        /* the prefix HDF5 itself uses: the access list's, which HDF5 fills from HDF5_VDS_PREFIX */
+        char prefix[FA_PATH_MAX] = "";
+        hid_t dapl = H5Dget_access_plist(ds);
+        if (dapl >= 0) {
+            if (H5Pget_virtual_prefix(dapl, prefix, sizeof prefix) < 0) prefix[0] = 0;
+            H5Pclose(dapl);
+        }
         for (size_t i = 0; i < count && st == 0; i++) {
             if (H5Pget_virtual_filename(dcpl, i, src, sizeof src) < 0) continue;
             if (!strcmp(src, ".") || strchr(src, '%')) continue;     /* this file; patterns */
             int found = access(src, R_OK) == 0 && src[0] == '/';
             if (!found && src[0] != '/') {
-                if (prefix && *prefix) {
+                if (prefix[0]) {
                     snprintf(at, sizeof at, "%s/%s", prefix, src);
                     found = access(at, R_OK) == 0;
                 }
@@ -192,7 +198,7 @@ static void close_handles(h5in *f) {
     if (f->file >= 0) H5Fclose(f->file);
 }
 
-int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
+int h5in_open(const char *path, MPI_Comm comm, int64_t cap_bytes, h5in **out, fa_shape *shape) {
     h5io_init();
     *out = NULL;
     int rank;
@@ -201,7 +207,7 @@ int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape) {
     if (rank == 0) {
         struct stat sb;
         v.st = check_input(path, &v.s);
-        v.cap = h5io_cap_bytes();
+        v.cap = h5io_cap(cap_bytes);
         if (v.st == 0 && stat(path, &sb) == 0)
             v.size = (int64_t)sb.st_size,
             v.mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;

@@ -215,16 +215,9 @@ int h5io_visible(MPI_Comm comm, const char *path, int mode, const char *role) {
     return fa_agree(comm, st, rank);
 }
 
-int64_t h5io_cap_bytes(void) {
-    const char *s = getenv("FA_IO_CAP_BYTES");
-    int64_t cap = s && *s ? fa_parse_size(s) : FA_IO_CAP_DEFAULT;
-    if (cap < 0) {
-        fa_warn("FA_IO_CAP_BYTES='%s' is not a size; using 1G", s);
-        cap = FA_IO_CAP_DEFAULT;
-    }
-    if (cap < 1) cap = 1;
-    if (cap > INT_MAX - 4095) cap = INT_MAX - 4095;
-    return cap;
+int64_t h5io_cap(int64_t cap_bytes) {
+    int64_t cap = cap_bytes > 0 ? cap_bytes : FA_IO_CAP_DEFAULT;
+    return cap > INT_MAX - 4095 ? INT_MAX - 4095 : cap;
 }
 
 void h5io_fmt_dims(char *buf, int len, int ndims, const int64_t *dims) {

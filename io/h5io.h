@@ -36,12 +36,13 @@ typedef struct h5in h5in;
 
 /* COLLECTIVE. Opens `path` read-only and checks q, k, v: each rank-4, floating type (float32,
  * float16, bfloat16 as described in the README, float64), non-empty, same B and D, same Nk and Hkv
- * for k and v, H a multiple of Hkv, D <= FA_MAX_HEAD_DIM. */
-int h5in_open(const char *path, MPI_Comm comm, h5in **out, fa_shape *shape);
+ * for k and v, H a multiple of Hkv, D <= FA_MAX_HEAD_DIM. cap_bytes: bytes per rank per HDF5
+ * transfer (the run plan's; 0: 1 GiB). */
+int h5in_open(const char *path, MPI_Comm comm, int64_t cap_bytes, h5in **out, fa_shape *shape);
 
 /* COLLECTIVE. Reads the rows of `ranges` (in order, concatenated) of batch element b of dataset
  * `name` ("q", "k" or "v") into dst as fp32 [sum n, heads, D]. Ranks may pass different ranges
- * (their own shard) or none (nranges 0). Each transfer is capped (about 1 GiB per rank) and
+ * (their own shard) or none (nranges 0). Each transfer is capped (cap_bytes per rank) and
  * looped, every rank making the same number of collective calls. When check_finite is set, a
  * NaN/Inf is reported with its index [b, row, head, d] as an error (same status on all ranks). */
 int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
@@ -86,7 +87,7 @@ void h5out_lock_path(const char *path, char *buf, int len);   /* "<folder>/.<nam
  * fallocate before any row is computed; a statvfs check where fallocate is not supported).
  * Datasets: "o" [B, Nq, H, D] of o_type; with with_lse, "lse" [B, H, Nq] float32. */
 int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *shape,
-                 fa_dtype o_type, int with_lse, h5out **out);
+                 fa_dtype o_type, int with_lse, int64_t cap_bytes, h5out **out);
 
 /* COLLECTIVE (every rank calls it the same number of times; a rank with nothing to write passes
  * n = 0). Writes rows [r0, r0+n) of batch b: o from fp32 [n, H, D]; lse from fp32 [n, H]
@@ -139,4 +140,4 @@ int h5out_recorded_kv(h5out *f, int64_t b, uint64_t *k, uint64_t *v);
 /* COLLECTIVE. Opens the partial file of `path` left by an earlier run for writing, checking its
  * datasets against shape/o_type/with_lse; -1 with fa_seterr when it does not fit. */
 int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
-                 int with_lse, h5out **out);
+                 int with_lse, int64_t cap_bytes, h5out **out);

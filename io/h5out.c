@@ -359,7 +359,7 @@ static void out_free(h5out *f) {
 }
 
 int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *shape,
-                 fa_dtype o_type, int with_lse, h5out **out) {
+                 fa_dtype o_type, int with_lse, int64_t cap_bytes, h5out **out) {
     h5io_init();
     *out = NULL;
     h5out *f = fa_calloc(1, sizeof *f, "h5out");
@@ -373,7 +373,7 @@ int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *sha
         if (v.st == 0) v.st = check_output(path, force, v.tmp, sizeof v.tmp);
         if (v.st == 0) v.st = lock_take(path);       /* before the partial file is touched */
         f->locked = v.st == 0;
-        v.cap = h5io_cap_bytes();
+        v.cap = h5io_cap(cap_bytes);
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, f->comm);
     if (fa_agree(f->comm, v.st, 0) < 0) return out_free(f), -1;
@@ -806,14 +806,14 @@ static int reopen_contents(h5out *f) {
 }
 
 int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
-                 int with_lse, h5out **out) {
+                 int with_lse, int64_t cap_bytes, h5out **out) {
     h5io_init();
     *out = NULL;
     h5out *f = fa_calloc(1, sizeof *f, "h5out");
     MPI_Comm_dup(comm, &f->comm);
     MPI_Comm_rank(f->comm, &f->rank);
     MPI_Comm_size(f->comm, &f->nranks);
-    int64_t cap = h5io_cap_bytes();
+    int64_t cap = h5io_cap(cap_bytes);
     MPI_Bcast(&cap, 1, MPI_INT64_T, 0, f->comm);
     snprintf(f->path, sizeof f->path, "%s", path);
     h5out_partial_path(path, f->tmp, sizeof f->tmp);

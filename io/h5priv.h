@@ -16,7 +16,7 @@
     } while (0)
 
 #define FA_PATH_MAX 4096
-#define FA_IO_CAP_DEFAULT (1LL << 30)   /* bytes per rank per transfer (env FA_IO_CAP_BYTES) */
+#define FA_IO_CAP_DEFAULT (1LL << 30)   /* bytes per rank per transfer (the plan's: FA_IO_CAP_BYTES) */
 
 void h5io_init(void);
 
@@ -45,7 +45,7 @@ int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);
  * hanging or failing deep inside MPI-IO. */
 int h5io_visible(MPI_Comm comm, const char *path, int mode, const char *role);
 
-int64_t h5io_cap_bytes(void);           /* FA_IO_CAP_BYTES or 1 GiB, within [1, 2^31 - 4096] */
+int64_t h5io_cap(int64_t cap_bytes);    /* cap_bytes (0: 1 GiB), within [1, 2^31 - 4096] */
 void h5io_fmt_dims(char *buf, int len, int ndims, const int64_t *dims);   /* "[2, 64, 8, 128]" */
 
 /* For tests: whether the last parallel transfer ran collectively (1), independently (0), or

@@ -45,6 +45,7 @@ typedef struct {
     int br;             /* query rows per tile */
     int bc;             /* keys per tile */
     int threads;        /* OpenMP threads; 0 = all available */
+    int blas;           /* tile products through OpenBLAS (builds with it), else the built-in ones */
 } cpu_tiling;
 
 /* Start a partial state: every record m=-inf, l=0, o=0. rec: [nq*H] records of D+2 floats. */

@@ -19,10 +19,11 @@ void gpu_describe(int dev, char *buf, int len);
 typedef struct gpu_engine gpu_engine;
 
 /* Binds `device`, allocates room for up to kv_rows keys (all segments together) of Hkv heads of
- * head dim d, and for query chunks of up to max_rows rows of h heads. Returns -1 with fa_seterr
- * on failure (unsupported d, out of device memory). */
+ * head dim d, and for query chunks of up to max_rows rows of h heads. sub_rows: rows of the
+ * copy/compute sub-chunks (0: enough for ~4 waves, at least 2048; -1: one sub-chunk, no overlap).
+ * Returns -1 with fa_seterr on failure (unsupported d, out of device memory). */
 int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv, int d,
-                      fa_compute ct, gpu_engine **out);
+                      fa_compute ct, int64_t sub_rows, gpu_engine **out);
 /* Uploads (and converts) this rank's keys/values for one batch element; replaces earlier ones. */
 int gpu_engine_load_kv(gpu_engine *e, const attn_kv_segment *segs, int nsegs);
 /* Folds the loaded keys into rec for a chunk of queries (rec holds the running state on entry). */

@@ -9,10 +9,6 @@
 #include "base/common.h"
 #include "kernels/gpu.h"
 
-const char *fa_backend_name(fa_backend b) {
-    return b == BACKEND_CPU ? "cpu" : b == BACKEND_CUDA ? "cuda" : "auto";
-}
-
 void cli_print_version(void) {
     if (fa_rank) return;
     printf("fa_long %s\n", FA_VERSION);
@@ -161,6 +157,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             else return fa_seterr("option --backend: '%s' is not cpu, cuda or auto", optarg);
             break;
         case OPT_COMPUTE:
+            job->compute_set = 1;
             if (!strcasecmp(optarg, "bf16") || !strcasecmp(optarg, "bfloat16")) job->compute = FA_COMPUTE_BF16;
             else if (!strcasecmp(optarg, "fp16") || !strcasecmp(optarg, "float16") || !strcasecmp(optarg, "f16"))
                 job->compute = FA_COMPUTE_FP16;

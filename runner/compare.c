@@ -82,7 +82,8 @@ static int head_errors(const char *pa, const char *pb, int b_is_ref, const fa_sh
 
 static int agree_rc(int rc) { return fa_agree(MPI_COMM_WORLD, rc, -1); }
 
-int compare_run(const fa_job *job, fa_backend be, double **rel_out) {
+int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu_comm *gc,
+                double **rel_out) {
     *rel_out = NULL;
     fa_job other = *job;
     other.mode = job->mode == MODE_TAYLOR ? MODE_EXACT : MODE_TAYLOR;
@@ -94,16 +95,21 @@ int compare_run(const fa_job *job, fa_backend be, double **rel_out) {
     double t0 = fa_now();
     h5in *in = NULL;
     fa_shape s;
-    if (agree_rc(h5in_open(job->input, MPI_COMM_WORLD, &in, &s))) return -1;
+    if (agree_rc(h5in_open(job->input, MPI_COMM_WORLD, env->io_cap_bytes, &in, &s))) return -1;
+    run_plan pl;                         /* the other mode's own plan */
+    if (plan_make(&other, env, &s, be, gc, 0, &pl)) {
+        h5in_close(in);
+        return -1;
+    }
     h5out *out = NULL;
-    if (agree_rc(h5out_create(tmp, 1, MPI_COMM_WORLD, &s, FA_F32, 0, &out))) {
+    if (agree_rc(h5out_create(tmp, 1, MPI_COMM_WORLD, &s, FA_F32, 0, pl.io_cap_bytes, &out))) {
         h5in_close(in);
         return -1;
     }
     progress pg;
-    progress_init(&pg, 0, 1, 1.0);
+    progress_init(&pg, 0, 1, 1.0, pl.progress_interval_s);
     pipeline_stats st;
-    int rc = pipeline_run(&other, MPI_COMM_WORLD, in, &s, out, be, 0, &pg, &st);
+    int rc = pipeline_run(&pl, MPI_COMM_WORLD, in, out, gc, 0, &pg, &st);
     if (agree_rc(rc)) {
         h5out_abort(out);
         h5in_close(in);

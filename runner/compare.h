@@ -1,5 +1,6 @@
 /* compare.h — the run's mode bookkeeping (runner/compare.c), called from cmd_run (runner/run.c). */
 #pragma once
+#include "runner/plan.h"
 #include "io/h5io.h"
 #include "runner/job.h"
 
@@ -12,4 +13,5 @@ int mode_attrs(h5out *out, const fa_job *job);
  * per-head relative error as attribute 'compare_rel_err' [H] onto job->output, prints it and
  * hands it back in *rel (H values, malloc'd; for the report). Returns 0, or -1 (the same on every
  * rank) with the message set on rank 0. */
-int compare_run(const fa_job *job, fa_backend be, double **rel);
+int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu_comm *gc,
+                double **rel);

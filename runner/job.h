@@ -1,13 +1,11 @@
-/* job.h — one job's configuration, as the command line sets it (runner/cli.c). */
+/* job.h — one job's options, as the command line sets them (runner/cli.c); the planner
+ * (runner/plan.c) turns them into the run plan (dist/plan.h). */
 #pragma once
 #include <stdint.h>
 #include "io/h5io.h"
+#include "dist/plan.h"          /* fa_backend, fa_mode */
 #include "dist/shard.h"
 #include "kernels/gpu.h"
-
-typedef enum { BACKEND_AUTO = 0, BACKEND_CPU = 1, BACKEND_CUDA = 2 } fa_backend;
-/* exact softmax attention, or the first-order Taylor approximation (ViTALiTy) */
-typedef enum { MODE_EXACT = 0, MODE_TAYLOR = 1 } fa_mode;
 
 typedef struct {
     const char *input, *output;
@@ -18,6 +16,7 @@ typedef struct {
     int window;              /* chunks whose merge may be in flight at once */
     fa_backend backend;
     fa_compute compute;      /* GPU compute type */
+    int compute_set;         /* --compute given */
     int threads;             /* CPU engine threads (0: OMP default) */
     int br, bc;              /* CPU engine tile sizes (0: engine default) */
     int force;
@@ -42,4 +41,3 @@ typedef struct {
     int quiet, verbose;
 } fa_job;
 
-const char *fa_backend_name(fa_backend b);

@@ -25,7 +25,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[i + 1]);
         else if (!strncmp(argv[i], "--threads=", 10)) threads = atoi(argv[i] + 10);
     }
-    fa_threads_setup(threads > 0 ? threads : 0);
+    fa_threads_setup(threads > 0 ? threads : 0, getenv("OMP_NUM_THREADS"));
     int rc;
     if (argc > 1 && !strcmp(argv[1], "gen")) rc = cmd_gen(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "check")) rc = cmd_check(argc - 1, argv + 1);

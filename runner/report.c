@@ -2,6 +2,7 @@
  * library: the GPU nodes we run on have none installed and no network to fetch one). */
 #define _GNU_SOURCE
 #include "runner/report.h"
+#include "runner/plan.h"
 #include "base/common.h"
 #include <errno.h>
 #include <math.h>
@@ -51,9 +52,12 @@ static double maxrss_mib(void) {      /* this process's peak resident memory */
     return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
 }
 
-void report_build(report *r, const fa_job *job, const fa_shape *s, const pipeline_stats *st,
-                  const char *backend, const char *compute, int64_t chunk, double elapsed,
-                  const check_result *check, const double *compare_rel) {
+void report_build(report *r, const fa_job *job, const run_plan *plan, const pipeline_stats *st,
+                  const char *compute, double elapsed, const check_result *check,
+                  const double *compare_rel) {
+    const fa_shape *s = &plan->s;
+    const char *backend = fa_backend_name(plan->backend);
+    const int64_t chunk = plan->chunk;
     double mine[S_N] = {st->t_read, st->t_compute, st->t_wait, st->t_write, st->work_pairs,
                         (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
@@ -86,7 +90,7 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
             "\"D\": %lld, \"causal\": %s, \"scale\": ", (long long)s->B, (long long)s->Nq,
         (long long)s->Nk, (long long)s->H, (long long)s->Hkv, (long long)s->D,
         job->causal ? "true" : "false");
-    put_num(&b, job->scale > 0 ? job->scale : 1.0 / sqrt((double)s->D));
+    put_num(&b, plan->scale);
     put(&b, ", \"mode\": \"%s\", \"ranks\": %d, \"backend\": \"%s\", \"compute\": \"%s\", "
             "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\", "
             "\"threads_per_rank\": %d, \"threads_from\": \"%s\", \"node_ranks\": %d, "
@@ -95,6 +99,11 @@ void report_build(report *r, const fa_job *job, const fa_shape *s, const pipelin
         (long long)chunk, st->window, shard_layout_name((shard_layout)st->layout),
         fa_dtype_name(s->q_type), fa_threads.threads, fa_threads.why, fa_threads.node_ranks,
         fa_threads.node_cpus);
+    {   /* the run plan: every setting and where it came from (runner/plan.c) */
+        char pj[4096];
+        plan_json(plan, pj, sizeof pj);
+        put(&b, "  \"plan\": %s,\n", pj);
+    }
     put(&b, "  \"elapsed_s\": ");
     put_num(&b, elapsed);
     /* the slowest rank's time in each phase; read_kv is the part of read spent on this rank's

@@ -12,9 +12,9 @@ typedef struct {
 
 /* COLLECTIVE: gathers every rank's stats and builds the JSON on rank 0. `check` may be NULL;
  * compare_rel (H values, may be NULL): --compare's per-head relative error against the other mode. */
-void report_build(report *r, const fa_job *job, const fa_shape *s, const pipeline_stats *st,
-                  const char *backend, const char *compute, int64_t chunk, double elapsed,
-                  const check_result *check, const double *compare_rel);
+void report_build(report *r, const fa_job *job, const run_plan *plan, const pipeline_stats *st,
+                  const char *compute, double elapsed, const check_result *check,
+                  const double *compare_rel);
 /* Rank 0: writes the JSON to path (via a temporary file, renamed). -1 with fa_seterr on error. */
 int report_write(const report *r, const char *path);
 void report_free(report *r);

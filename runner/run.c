@@ -17,40 +17,26 @@
 #include "base/agree.h"
 #include "base/common.h"
 #include "runner/compare.h"
+#include "runner/plan.h"
 #include "base/progress.h"
 #include "runner/report.h"
 #include "io/h5gen.h"
 
 static int agree(int rc) { return fa_agree(MPI_COMM_WORLD, rc, -1); }
 
-static fa_backend choose_backend(const fa_job *job) {
-    int ngpu = gpu_count(), min_gpu;
-    MPI_Allreduce(&ngpu, &min_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (job->backend == BACKEND_CPU) return BACKEND_CPU;
-    if (job->backend == BACKEND_CUDA) {
-        if (min_gpu == 0) {
-#ifdef FA_HAVE_CUDA
-            fa_seterr("--backend cuda: no CUDA device is visible on %s", ngpu ? "some rank" : "this node");
-#else
-            fa_seterr("--backend cuda: this fa_long was built without CUDA (nvcc not found at build time)");
-#endif
-            return BACKEND_AUTO;
-        }
-        return BACKEND_CUDA;
-    }
-    return min_gpu > 0 ? BACKEND_CUDA : BACKEND_CPU;
-}
-
-static int write_attrs(h5out *out, const fa_job *job, const fa_shape *s, fa_backend be,
-                       int64_t chunk, double scale, double elapsed, const pipeline_stats *st) {
+static int write_attrs(h5out *out, const fa_job *job, const run_plan *pl, double elapsed,
+                       const pipeline_stats *st) {
     int rc = 0;
-    rc |= h5out_attr_int(out, "causal", job->causal);
-    rc |= h5out_attr_double(out, "scale", scale);
+    char planj[4096];
+    plan_json(pl, planj, sizeof planj);
+    rc |= h5out_attr_int(out, "causal", pl->causal);
+    rc |= h5out_attr_double(out, "scale", pl->scale);
     rc |= h5out_attr_int(out, "ranks", fa_nranks);
-    rc |= h5out_attr_int(out, "chunk", chunk);
-    rc |= h5out_attr_str(out, "backend", fa_backend_name(be));
+    rc |= h5out_attr_int(out, "chunk", pl->chunk);
+    rc |= h5out_attr_str(out, "backend", fa_backend_name(pl->backend));
     rc |= h5out_attr_str(out, "compute", st->compute);   /* the engine's own word */
     rc |= h5out_attr_str(out, "shard", shard_layout_name((shard_layout)st->layout));
+    rc |= h5out_attr_str(out, "plan", planj);           /* every setting and its source */
     rc |= h5out_attr_str(out, "version", "fa_long " FA_VERSION);
     rc |= h5out_attr_str(out, "input", job->input);
     rc |= h5out_attr_double(out, "elapsed_seconds", elapsed);
@@ -83,15 +69,15 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
 /* Flops of chunks [0, first) (rows of the batch elements they cover). */
 static double done_flops(const fa_job *job, const fa_shape *s, int64_t chunk, int64_t first) {
     int64_t per_b = (s->Nq + chunk - 1) / chunk, full_b = first / per_b;
-    double f = (double)full_b * pipeline_flops(job, s, 0, s->Nq);
+    double f = (double)full_b * pipeline_flops(s, job->causal, 0, s->Nq);
     int64_t rows = (first % per_b) * chunk;
-    return f + pipeline_flops(job, s, 0, rows < s->Nq ? rows : s->Nq);
+    return f + pipeline_flops(s, job->causal, 0, rows < s->Nq ? rows : s->Nq);
 }
 
 /* After the output is in place: the optional fp64 check of sampled rows, and the report file.
  * A check result goes into the report and the output's attributes too. */
-static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st, fa_backend be,
-                  const char *compute, int64_t chunk, double elapsed, const double *compare_rel) {
+static int finish(const fa_job *job, const run_plan *pl, const pipeline_stats *st,
+                  const char *compute, double elapsed, const double *compare_rel) {
     check_result cr;
     int rc = 0, checked = job->check_rows != 0;
     if (checked && fa_rank == 0) {
@@ -101,8 +87,7 @@ static int finish(const fa_job *job, const fa_shape *s, const pipeline_stats *st
     if (agree(rc)) return fa_report_error();
     if (!checked && !job->report && !compare_rel) return 0;
     report rep;
-    report_build(&rep, job, s, st, fa_backend_name(be), compute, chunk, elapsed,
-                 checked ? &cr : NULL, compare_rel);
+    report_build(&rep, job, pl, st, compute, elapsed, checked ? &cr : NULL, compare_rel);
     if (fa_rank == 0 && (checked || compare_rel)) {
         rc = h5_set_attr_str(job->output, "report", rep.json);
         if (!rc && checked) rc = h5_set_attr_double(job->output, "check_rel_err", cr.rel_err);
@@ -138,8 +123,7 @@ static void install_stop_handlers(void) {
 /* FA_STOP_FILE=PATH: after a stop, rank 0 writes "stopped DONE TOTAL PARTIAL" there (whole, by a
  * rename) once every rank has closed the partial file: jobs/run_fa_long.sh reads the outcome from
  * it when mpirun's own exit status cannot say 75 (mpirun aborts the job on TERM/INT). */
-static void write_stop_file(int64_t done, int64_t total, const char *partial) {
-    const char *path = getenv("FA_STOP_FILE");
+static void write_stop_file(const char *path, int64_t done, int64_t total, const char *partial) {
     if (fa_rank != 0 || !path || !*path) return;
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -322,11 +306,8 @@ int cmd_run(int argc, char **argv) {
         fa_threads.threads = job.threads;
         fa_threads.why = "--threads";
     }
-    const char *qr = getenv("FA_Q_READ");
-    if (qr && *qr && strcmp(qr, "node") && strcmp(qr, "rank") && strcmp(qr, "shared")) {
-        fa_seterr("FA_Q_READ=%s: expected node (the default), rank or shared", qr);
-        return fa_report_error();
-    }
+    plan_env env;                   /* every FA_* variable, read and checked once */
+    if (agree(plan_env_read(&env))) return fa_report_error();
     fa_log(2, "fa_long: %d OpenMP threads a rank (%s; rank 0's node: %d ranks, %d CPUs)",
            fa_threads.threads, fa_threads.why, fa_threads.node_ranks, fa_threads.node_cpus);
     /* the output: never the input (through links too), and no other job's: its lock is held
@@ -335,36 +316,55 @@ int cmd_run(int argc, char **argv) {
         h5out_lock(job.output, MPI_COMM_WORLD))
         return fa_report_error();
 
-    fa_backend be = choose_backend(&job);
-    if (be == BACKEND_AUTO) return fa_report_error();
+    fa_backend be;
+    if (plan_backend(&job, &be)) return fa_report_error();
 
     h5in *in = NULL;
     fa_shape s;
-    if (agree(h5in_open(job.input, MPI_COMM_WORLD, &in, &s))) return fa_report_error();
+    if (agree(h5in_open(job.input, MPI_COMM_WORLD, env.io_cap_bytes, &in, &s)))
+        return fa_report_error();
     fa_dtype ot = job.out_dtype_set ? job.out_dtype : (s.q_type == FA_F64 ? FA_F32 : s.q_type);
+    /* GPUs: each rank bound to its device, NCCL up where it can serve the merge (the planner
+     * sizes the keys against what the device has left) */
+    gpu_comm gc = {0};
+    const gpu_comm *gcp = be == BACKEND_CUDA ? &gc : NULL;
+    if (gcp && gpu_comm_init(MPI_COMM_WORLD, !job.no_nccl, &gc)) {
+        h5in_close(in);
+        return fa_report_error();
+    }
+    run_plan pl;
     int64_t resumed_chunk = resume_chunk(&job);   /* --resume, no --chunk: the earlier run's */
-    if (resumed_chunk > 0) job.chunk = resumed_chunk;
-    int64_t chunk = pipeline_chunk(&job, &s, fa_nranks, be == BACKEND_CUDA);
-    double scale = job.scale > 0 ? job.scale : 1.0 / sqrt((double)s.D);
+    if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &pl)) {
+        gpu_comm_free(&gc);
+        h5in_close(in);
+        return fa_report_error();
+    }
+    plan_print(&pl);
+    const int64_t chunk = pl.chunk;
+    const double scale = pl.scale;
     char key[8192];
     job_key(&job, &s, ot, chunk, scale, key, sizeof key);
     int64_t first = 0;
     int plan = resume_plan(&job, key, &first);
     if (plan < 0) {
+        gpu_comm_free(&gc);
         h5in_close(in);
         return fa_report_error();
     }
     if (plan == RESUME_COMPLETE) {
         fa_log(1, "fa_long: %s is complete; nothing to resume", job.output);
+        gpu_comm_free(&gc);
         h5in_close(in);
         return 0;
     }
     h5out *out = NULL;
-    rc = plan == RESUME_PARTIAL ? h5out_reopen(job.output, MPI_COMM_WORLD, &s, ot, job.lse, &out)
+    rc = plan == RESUME_PARTIAL ? h5out_reopen(job.output, MPI_COMM_WORLD, &s, ot, job.lse,
+                                               pl.io_cap_bytes, &out)
                                 : h5out_create(job.output, job.force, MPI_COMM_WORLD, &s, ot,
-                                               job.lse, &out);
+                                               job.lse, pl.io_cap_bytes, &out);
     if (agree(rc) || (plan == RESUME_FRESH && agree(h5out_attr_str(out, "resume_key", key)))) {
         if (out) h5out_abort(out);
+        gpu_comm_free(&gc);
         h5in_close(in);
         return fa_report_error();
     }
@@ -376,12 +376,14 @@ int cmd_run(int argc, char **argv) {
 
     int64_t nchunks = s.B * ((s.Nq + chunk - 1) / chunk);
     progress pg;
-    progress_init(&pg, !job.quiet, nchunks, (double)s.B * pipeline_flops(&job, &s, 0, s.Nq));
+    progress_init(&pg, !job.quiet, nchunks, (double)s.B * pipeline_flops(&s, pl.causal, 0, s.Nq),
+                  pl.progress_interval_s);
     progress_skip(&pg, first, done_flops(&job, &s, chunk, first));
     pipeline_stats st;
-    rc = pipeline_run(&job, MPI_COMM_WORLD, in, &s, out, be, first, &pg, &st);
+    rc = pipeline_run(&pl, MPI_COMM_WORLD, in, out, gcp, first, &pg, &st);
     progress_end(&pg);
     if (rc == 0 && st.stopped) {
+        gpu_comm_free(&gc);
         if (agree(h5out_suspend(out, st.chunks_done))) {
             h5in_close(in);
             return fa_report_error();
@@ -391,12 +393,13 @@ int cmd_run(int argc, char **argv) {
         fa_log(1, "fa_long: stopped on a signal after %lld of %lld chunks; they are kept in %s; "
                   "run the same command with --resume to continue", (long long)st.chunks_done,
                (long long)nchunks, partial);
-        write_stop_file(st.chunks_done, nchunks, partial);
+        write_stop_file(env.stop_file, st.chunks_done, nchunks, partial);
         h5in_close(in);
         return FA_EXIT_STOPPED;
     }
     if (agree(rc)) {
         h5out_abort(out);
+        gpu_comm_free(&gc);
         h5in_close(in);
         return fa_report_error();
     }
@@ -404,23 +407,25 @@ int cmd_run(int argc, char **argv) {
     MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     const char *compute = st.compute;
     report rep;
-    report_build(&rep, &job, &s, &st, fa_backend_name(be), compute, chunk, elapsed, NULL, NULL);
+    report_build(&rep, &job, &pl, &st, compute, elapsed, NULL, NULL);
     /* attributes are collective with the same value everywhere: rank 0's report travels */
     int64_t len = rep.json ? (int64_t)strlen(rep.json) + 1 : 0;
     MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
     if (fa_rank != 0) rep.json = fa_calloc((size_t)len, 1, "report");
     MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
-    if (agree(write_attrs(out, &job, &s, be, chunk, scale, elapsed, &st)) ||
+    if (agree(write_attrs(out, &job, &pl, elapsed, &st)) ||
         agree(mode_attrs(out, &job)) ||
         agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
         agree(h5out_attr_str(out, "report", rep.json))) {
         report_free(&rep);
         h5out_abort(out);
+        gpu_comm_free(&gc);
         h5in_close(in);
         return fa_report_error();
     }
     if (agree(h5out_commit(out))) {             /* commit frees out, whatever happens */
         report_free(&rep);
+        gpu_comm_free(&gc);
         h5in_close(in);
         return fa_report_error();
     }
@@ -428,8 +433,10 @@ int cmd_run(int argc, char **argv) {
     report_free(&rep);
     summarize(&job, &s, &st, be, fa_now() - t0);
     double *compare_rel = NULL;
-    if (job.compare && compare_run(&job, be, &compare_rel)) return fa_report_error();
-    rc = finish(&job, &s, &st, be, compute, chunk, elapsed, compare_rel);
+    rc = job.compare ? compare_run(&job, &env, be, gcp, &compare_rel) : 0;
+    gpu_comm_free(&gc);
+    if (rc) return fa_report_error();
+    rc = finish(&job, &pl, &st, compute, elapsed, compare_rel);
     free(compare_rel);
     return rc;
 }

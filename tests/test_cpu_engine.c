@@ -228,13 +228,13 @@ static void test_chunked_rows(void) {
 
 static void test_tilings(void) {
     shape s = { 259, 301, 6, 2, 64, 1, 2.0f, 0 };
-    cpu_tiling t1 = { 5, 7, 2 }, t2 = { 13, 100, 1 }, t3 = { 1, 1, 2 }, t4 = { 64, 512, 2 };
+    cpu_tiling t1 = { 5, 7, 2, 0 }, t2 = { 13, 100, 1, 0 }, t3 = { 1, 1, 2, 0 }, t4 = { 64, 512, 2, 0 };
     vs_ref("tiling br=5 bc=7", s, 259, &t1);
     vs_ref("tiling br=13 bc=100 1t", s, 259, &t2);
     vs_ref("tiling br=1 bc=1", s, 259, &t3);
     vs_ref("tiling br=64 bc=512", s, 100, &t4);
     shape s2 = { 97, 97, 3, 3, 72, 1, 2.0f, 0 };
-    cpu_tiling t5 = { 3, 33, 0 };
+    cpu_tiling t5 = { 3, 33, 0, 0 };
     vs_ref("tiling br=3 bc=33 D=72", s2, 97, &t5);
 }
 
@@ -426,7 +426,7 @@ static void progress_case(int threads) {
     attn_kv_segment seg = segment_of(&s, &in, 0, s.nk);
     progress_log p = { pthread_self(), 0, 0, fa_now(), fa_malloc(sizeof(double) * MAX_GAPS, "gaps") };
     double t0 = fa_now();
-    cpu_tiling t = { 0, 0, threads };
+    cpu_tiling t = { 0, 0, threads, 0 };
     cpu_attn_partial(&q, &seg, 1, rec, &t, on_progress, &p);
     double took = fa_now() - t0;
     int64_t n = p.calls < MAX_GAPS ? p.calls : MAX_GAPS;
@@ -445,18 +445,18 @@ static void test_progress(void) {
     progress_case(2);
 }
 
-/* The OpenBLAS tile products (FA_CPU_PRODUCTS=blas, kept for comparison) on the same checks. */
+/* The OpenBLAS tile products (the plan's tiling.blas: FA_CPU_PRODUCTS=blas, kept for
+ * comparison) on the same checks; tiles 0 x 0 are the engine's defaults. */
 static void test_blas_products(void) {
 #ifdef FA_HAVE_CBLAS
-    setenv("FA_CPU_PRODUCTS", "blas", 1);
+    cpu_tiling tb = { 0, 0, 0, 1 };
     shape s;
-    s = (shape){ 257, 257, 6, 2, 128, 1, 2.0f, 0 }; vs_ref("blas: GQA causal", s, 100, NULL);
-    s = (shape){ 199, 230, 6, 2, 33, 1, 2.0f, 0 };  vs_ref("blas: D=33 causal", s, 199, NULL);
-    s = (shape){ 300, 120, 4, 1, 64, 1, 2.0f, 0 };  vs_ref("blas: MQA Nq>Nk", s, 300, NULL);
-    cpu_tiling t = { 5, 7, 2 };
+    s = (shape){ 257, 257, 6, 2, 128, 1, 2.0f, 0 }; vs_ref("blas: GQA causal", s, 100, &tb);
+    s = (shape){ 199, 230, 6, 2, 33, 1, 2.0f, 0 };  vs_ref("blas: D=33 causal", s, 199, &tb);
+    s = (shape){ 300, 120, 4, 1, 64, 1, 2.0f, 0 };  vs_ref("blas: MQA Nq>Nk", s, 300, &tb);
+    cpu_tiling t = { 5, 7, 2, 1 };
     s = (shape){ 211, 190, 3, 1, 40, 0, 2.0f, 0 };  vs_ref("blas: br=5 bc=7 full", s, 211, &t);
     merge_identity((shape){ 250, 250, 6, 2, 64, 1, 2.0f, 0 });
-    unsetenv("FA_CPU_PRODUCTS");
 #else
     printf("# built without OpenBLAS: blas tile products not tested\n");
 #endif

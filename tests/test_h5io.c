@@ -26,6 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* bytes per HDF5 transfer, as the run plan passes it (0: the 1 GiB default); the echo and open
+ * modes take FA_IO_CAP_BYTES, as fa_long's planner does */
+static int64_t test_cap = 0;
+
 static int npass, nfail, me, np_;
 
 static int check(int ok, const char *fmt, ...) {
@@ -394,7 +398,7 @@ static void test_read_types(const char *dir) {
             make_file(path, &s[0], &s[1], &s[2], NULL);
             h5in *in;
             fa_shape sh;
-            int st = h5in_open(path, MPI_COMM_SELF, &in, &sh), rst = -1;
+            int st = h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh), rst = -1;
             if (!check(st == 0, "open %s", path)) { printf("   %s\n", fa_errmsg()); continue; }
             check(sh.B == 2 && sh.Nq == 19 && sh.Nk == 23 && sh.H == 4 && sh.Hkv == 2 && sh.D == 6
                   && sh.q_type == want[i] && sh.k_type == want[i] && sh.v_type == want[(i + 1) % 4],
@@ -431,10 +435,10 @@ static void test_read_capped(const char *dir) {
     make_file(path, &s[0], &s[1], &s[2], NULL);
     const char *caps[] = {"1", "100", "200", "1000000"};
     for (int c = 0; c < 4; c++) {
-        setenv("FA_IO_CAP_BYTES", caps[c], 1);
+        test_cap = fa_parse_size(caps[c]);
         h5in *in;
         fa_shape sh;
-        if (!check(h5in_open(path, MPI_COMM_SELF, &in, &sh) == 0, "open %s", path)) continue;
+        if (!check(h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh) == 0, "open %s", path)) continue;
         row_range r[5] = {{10, 13}, {5, 10}, {0, 0}, {30, 10}, {31, 2}};
         int st;
         int64_t bad = read_and_compare(in, "q", 0, r, 5, 2, 8, &st);
@@ -442,14 +446,14 @@ static void test_read_capped(const char *dir) {
               "right (%lld wrong)", caps[c], (long long)bad);
         h5in_close(in);
     }
-    unsetenv("FA_IO_CAP_BYTES");
+    test_cap = 0;
 }
 
 /* ============================ input errors ================================================ */
 static int open_err_on(const char *path, MPI_Comm comm) {
     h5in *in = NULL;
     fa_shape sh;
-    int st = h5in_open(path, comm, &in, &sh);
+    int st = h5in_open(path, comm, test_cap, &in, &sh);
     if (st == 0) h5in_close(in);
     return st;
 }
@@ -523,7 +527,7 @@ static void test_read_errors(const char *dir) {
     make_file(path, &g[0], &g[1], &g[2], nf);
     h5in *in;
     fa_shape sh;
-    if (!check(h5in_open(path, MPI_COMM_SELF, &in, &sh) == 0, "open %s", path)) return;
+    if (!check(h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh) == 0, "open %s", path)) return;
     float *x = fa_malloc(12 * 2 * 16 * 4, "k");
     row_range all = {0, 12}, late = {6, 6}, early = {0, 5};
     check_err(h5in_read_rows(in, "k", 1, &all, 1, x, 1), "NaN in k found with its index",
@@ -554,7 +558,7 @@ static void test_read_errors(const char *dir) {
     big[((0 * 12 + 2) * 2 + 0) * 16 + 1] = -1e300;
     H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, big);
     H5Dclose(ds), H5Sclose(sp), H5Fclose(file), free(big);
-    check(h5in_open(path, MPI_COMM_SELF, &in, &sh) == 0 && sh.v_type == FA_F64, "reopen with f64 v");
+    check(h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh) == 0 && sh.v_type == FA_F64, "reopen with f64 v");
     check_err(h5in_read_rows(in, "v", 0, &all, 1, x, 1), "float64 overflow refused",
               "'v'", "-Inf (in float32) at [0, 2, 0, 1]", NULL);
     h5in_close(in);
@@ -615,11 +619,11 @@ static void test_output_types(const char *dir) {
     const fa_dtype types[] = {FA_F32, FA_F16, FA_BF16, FA_F64};
     fa_shape s = {2, 37, 37, 3, 1, 5, FA_F32, FA_F32, FA_F32};
     char path[512];
-    setenv("FA_IO_CAP_BYTES", "333", 1);
+    test_cap = fa_parse_size("333");
     for (int i = 0; i < 4; i++) {
         snprintf(path, sizeof path, "%s/out_%s.h5", dir, fa_dtype_name(types[i]));
         h5out *out;
-        if (!check(h5out_create(path, 0, MPI_COMM_SELF, &s, types[i], 1, &out) == 0,
+        if (!check(h5out_create(path, 0, MPI_COMM_SELF, &s, types[i], 1, test_cap, &out) == 0,
                    "create %s", path)) { printf("   %s\n", fa_errmsg()); continue; }
         int st = write_all(out, &s, 10);
         st |= h5out_attr_int(out, "causal", 1) | h5out_attr_double(out, "scale", 0.125) |
@@ -648,7 +652,7 @@ static void test_output_types(const char *dir) {
               "%s: root attributes read back", fa_dtype_name(types[i]));
     }
     check_err(h5_attr_double(path, "nope", &(double){0}), "absent attribute", "'nope'", NULL);
-    unsetenv("FA_IO_CAP_BYTES");
+    test_cap = 0;
 }
 
 static void write_file(const char *p, const char *text) {
@@ -673,39 +677,39 @@ static void test_output_errors(const char *dir) {
     h5out *out;
     snprintf(path, sizeof path, "%s/precious.h5", dir);
     write_file(path, "precious");
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out),
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
               "existing output without force", path, "exists", "--force", NULL);
     check(same_text(path, "precious") && tmp_files(dir) == 0, "existing output untouched");
     /* with force: still untouched until commit; abort leaves it as it was */
-    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, &out) == 0 &&
+    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, test_cap, &out) == 0 &&
           write_all(out, &s, 16) == 0 && same_text(path, "precious"),
           "--force: existing output untouched while writing");
     h5out_abort(out);
     check(same_text(path, "precious") && tmp_files(dir) == 0,
           "--force then abort: output untouched, temporary removed");
-    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, &out) == 0 &&
+    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, test_cap, &out) == 0 &&
           write_all(out, &s, 7) == 0 && h5out_commit(out) == 0 &&
           verify_output(path, &s, FA_BF16, 0) == 0 && tmp_files(dir) == 0,
           "--force then commit: output replaced by the new file");
     check(h5_dataset_info(path, "lse", NULL, NULL, NULL) == -1, "without lse: no lse dataset");
     fa_clearerr();
     snprintf(path, sizeof path, "%s/no_such_dir/out.h5", dir);
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out), "missing folder",
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out), "missing folder",
               path, "no_such_dir", "No such file or directory", NULL);
-    check_err(h5out_create("/proc/fa_long_out.h5", 0, MPI_COMM_SELF, &s, FA_F32, 1, &out),
+    check_err(h5out_create("/proc/fa_long_out.h5", 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
               "unwritable folder (/proc, even for root)", "/proc/fa_long_out.h5", "cannot create",
               NULL);
     snprintf(path, sizeof path, "%s/text.h5/out.h5", dir);
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out),
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
               "a file where the folder should be", "Not a directory", NULL);
-    check_err(h5out_create(dir, 1, MPI_COMM_SELF, &s, FA_F32, 1, &out), "folder as output",
+    check_err(h5out_create(dir, 1, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out), "folder as output",
               "is a folder", NULL);
     fa_shape e = s;
     e.Nq = 0;
     snprintf(path, sizeof path, "%s/empty_out.h5", dir);
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &e, FA_F32, 1, &out), "empty output shape",
+    check_err(h5out_create(path, 0, MPI_COMM_SELF, &e, FA_F32, 1, test_cap, &out), "empty output shape",
               "Nq=0", NULL);
-    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, &out) == 0, "create %s", path);
+    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out) == 0, "create %s", path);
     float o[2 * 2 * 4] = {0}, l[4] = {0};
     check_err(h5out_write_rows(out, 0, 15, 2, o, l), "rows past Nq refused", "[15, 17)",
               "Nq=16", NULL);
@@ -724,7 +728,7 @@ static void test_resume(const char *dir) {
     h5out_partial_path(path, part, sizeof part);
     h5out *out;
     float o[21 * 8], l[21 * 2];
-    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F16, 1, &out) == 0, "create %s", path);
+    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "create %s", path);
     fill_rows(o, l, 0, 0, 21, 2, 4);
     check(h5out_write_rows(out, 0, 0, 21, o, l) == 0 && h5out_checkpoint(out, 1) == 0,
           "batch 0 written, checkpoint");
@@ -732,17 +736,17 @@ static void test_resume(const char *dir) {
     check(exists(part) && !exists(path), "abort after a checkpoint keeps %s, no final file", part);
     fa_shape wrong = s;
     wrong.D = 8;
-    check_err(h5out_reopen(path, MPI_COMM_SELF, &wrong, FA_F16, 1, &out),
+    check_err(h5out_reopen(path, MPI_COMM_SELF, &wrong, FA_F16, 1, test_cap, &out),
               "reopen with another shape refused", "does not fit", NULL);
-    check_err(h5out_reopen(path, MPI_COMM_SELF, &s, FA_BF16, 1, &out),
+    check_err(h5out_reopen(path, MPI_COMM_SELF, &s, FA_BF16, 1, test_cap, &out),
               "reopen with another type refused", "does not fit", NULL);
-    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, &out) == 0, "reopen the partial file");
+    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "reopen the partial file");
     fill_rows(o, l, 1, 0, 10, 2, 4);
     check(h5out_write_rows(out, 1, 0, 10, o, l) == 0 && h5out_suspend(out, 1) == 0 &&
           exists(part), "suspend keeps the partial file");
     double done = 0;
     check(h5_attr_double(part, "chunks_done", &done) == 0 && done == 1, "chunks_done recorded");
-    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, &out) == 0, "reopen again");
+    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "reopen again");
     fill_rows(o, l, 1, 10, 11, 2, 4);
     check(h5out_write_rows(out, 1, 10, 11, o, l) == 0 && h5out_commit(out) == 0 && !exists(part)
           && verify_output(path, &s, FA_F16, 1) == 0, "resumed output complete and exact");
@@ -782,10 +786,10 @@ static void mpi_reads(const char *dir) {
     int64_t nf[2] = {((1 * 61 + 40) * 2 + 1) * 8 + 2, ((1 * 61 + 45) * 2) * 8};
     if (me == 0) make_file(path, &g[0], &g[1], &g[2], nf);
     MPI_Barrier(MPI_COMM_WORLD);
-    setenv("FA_IO_CAP_BYTES", "150", 1);               /* ~2 rows of q per transfer */
+    test_cap = fa_parse_size("150");               /* ~2 rows of q per transfer */
     h5in *in;
     fa_shape sh;
-    if (!check(h5in_open(path, MPI_COMM_WORLD, &in, &sh) == 0, "open %s on %d ranks", path, np_))
+    if (!check(h5in_open(path, MPI_COMM_WORLD, test_cap, &in, &sh) == 0, "open %s on %d ranks", path, np_))
         return;
     row_range r[4];
     int nr = shard(me, np_, 50, r), st;
@@ -820,7 +824,7 @@ static void mpi_reads(const char *dir) {
           "one rank's bad range: every rank fails with its message -> \"%s\"", fa_errmsg());
     free(x);
     h5in_close(in);
-    unsetenv("FA_IO_CAP_BYTES");
+    test_cap = 0;
     /* a file only some ranks see (here: the last rank is given another path) */
     snprintf(path, sizeof path, "%s/mpi_in.h5", dir);
     if (me == np_ - 1) snprintf(path, sizeof path, "%s/elsewhere/mpi_in.h5", dir);
@@ -846,9 +850,9 @@ static void mpi_writes(const char *dir, fa_dtype t) {
     fa_shape s = {2, 50, 50, 3, 1, 4, FA_F32, FA_F32, FA_F32};
     if (me == 0) unlink(path);                         /* from an earlier run in DIR */
     MPI_Barrier(MPI_COMM_WORLD);
-    setenv("FA_IO_CAP_BYTES", "70", 1);                /* a few rows per collective transfer */
+    test_cap = fa_parse_size("70");                /* a few rows per collective transfer */
     h5out *out;
-    if (!check(h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, &out) == 0, "create %s", path))
+    if (!check(h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, test_cap, &out) == 0, "create %s", path))
         return;
     /* each rank writes its shard of each batch in calls of different sizes; rank 1 writes
      * nothing but still calls */
@@ -874,12 +878,12 @@ static void mpi_writes(const char *dir, fa_dtype t) {
                        "(%lld wrong), attributes, no temporary", fa_dtype_name(t), (long long)bad);
     free(o), free(l);
     fa_clearerr();
-    st = h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, &out);
+    st = h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, test_cap, &out);
     int same = same_msg_everywhere();
     check(st == -1 && same &&
           strstr(fa_errmsg(), "--force"), "existing output: every rank refuses -> \"%s\"",
           fa_errmsg());
-    check(h5out_create(path, 1, MPI_COMM_WORLD, &s, t, 0, &out) == 0, "--force create");
+    check(h5out_create(path, 1, MPI_COMM_WORLD, &s, t, 0, test_cap, &out) == 0, "--force create");
     float z[4 * 12] = {0};
     fa_clearerr();
     st = h5out_write_rows(out, 0, me == np_ - 1 ? 48 : 0, 4, z, z);
@@ -890,7 +894,7 @@ static void mpi_writes(const char *dir, fa_dtype t) {
     MPI_Barrier(MPI_COMM_WORLD);
     if (me == 0) check(tmp_files(dir) == 0 && verify_output(path, &s, t, 1) == 0,
                        "abort on every rank: temporary gone, old output intact");
-    unsetenv("FA_IO_CAP_BYTES");
+    test_cap = 0;
 }
 
 /* ============================ modes ====================================================== */
@@ -900,10 +904,10 @@ static int mode_echo(const char *in_path, const char *out_path, const char *otyp
     h5out *out;
     fa_shape s;
     fa_dtype t;
-    if (fa_dtype_parse(otype, &t) || h5in_open(in_path, MPI_COMM_WORLD, &in, &s)) goto fail;
+    if (fa_dtype_parse(otype, &t) || h5in_open(in_path, MPI_COMM_WORLD, test_cap, &in, &s)) goto fail;
     int kv = strcmp(name, "q") != 0;
     fa_shape o = {s.B, kv ? s.Nk : s.Nq, 0, kv ? s.Hkv : s.H, 0, s.D, t, t, t};
-    if (h5out_create(out_path, 1, MPI_COMM_WORLD, &o, t, 1, &out)) goto fail;
+    if (h5out_create(out_path, 1, MPI_COMM_WORLD, &o, t, 1, test_cap, &out)) goto fail;
     row_range r[4];
     int nr = shard(me, np_, o.Nq, r);
     int64_t rows = 0, row = o.H * o.D;
@@ -928,7 +932,7 @@ fail:
 static int mode_open(const char *path) {
     h5in *in;
     fa_shape s;
-    if (h5in_open(path, MPI_COMM_WORLD, &in, &s)) {
+    if (h5in_open(path, MPI_COMM_WORLD, test_cap, &in, &s)) {
         if (me == 0) printf("ERR %s\n", fa_errmsg());
         return 3;
     }
@@ -953,6 +957,8 @@ int main(int argc, char **argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &np_);
     fa_rank = me, fa_nranks = np_;
     int rc;
+    const char *cap_env = getenv("FA_IO_CAP_BYTES");
+    if (cap_env && *cap_env) test_cap = fa_parse_size(cap_env);
     if (argc == 6 && !strcmp(argv[1], "echo")) {
         rc = mode_echo(argv[2], argv[3], argv[4], argv[5]);
     } else if (argc == 3 && !strcmp(argv[1], "open")) {

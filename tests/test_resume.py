@@ -36,7 +36,8 @@ def fa_lines(err):
 
 
 def start(args, nranks, env=None, new_session=False):
-    e = dict(os.environ, **STOP_ENV, **(env or {}))
+    e = dict(os.environ, **STOP_ENV)
+    e.update(env or {})
     cmd = mpirun_cmd(nranks) + [str(FA_LONG)] + [str(a) for a in args]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=e, start_new_session=new_session)
@@ -93,9 +94,58 @@ def test_unusable_partial_is_set_aside(tmp_path, content, why):
         assert rel_err(f["o"][...], attention_f64(q, k, v, True)[0]) <= 1e-5
 
 
+def fp64_rows(q, k, v, rows, D):
+    """fp64 causal attention of the given query rows (Nq = Nk, causal row i sees keys [0, i])."""
+    G = q.shape[2] // k.shape[2]
+    s = np.einsum("bnhd,bmhd->bhnm", q[:, rows].astype(np.float64),
+                  np.repeat(k, G, axis=2).astype(np.float64)) / np.sqrt(D)
+    s = np.where(np.arange(k.shape[1])[None, None, None, :] <= rows[None, None, :, None], s, -np.inf)
+    pr = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum("bhnm,bmhd->bnhd", pr / pr.sum(-1, keepdims=True),
+                     np.repeat(v, G, axis=2).astype(np.float64))
+
+
 def test_resume_after_kill_before_first_checkpoint(tmp_path):
-    """kill -9 of a 1-rank job (mpirun and fa_long) before any checkpoint: --resume starts
-    afresh instead of refusing forever, and keeps the dead job's partial aside."""
+    """kill -9 of a 1-rank job (mpirun and fa_long) before its first checkpoint (here: inside its
+    first, only, chunk, once the partial file exists): --resume starts afresh instead of
+    refusing forever, and keeps the dead job's partial aside."""
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    N = 24000
+    q, k, v = make_input(inp, Nq=N, H=2, Hkv=1, D=32)
+    args = ["-i", inp, "-o", out, "--causal", "--chunk", str(N), "--resume"]
+    partial = tmp_path / ".out.h5.partial"
+    proc = start(args, 1, {"FA_CHECKPOINT_SECONDS": "100000", "OMP_NUM_THREADS": "1"},
+                 new_session=True)
+    t0 = time.time()
+    while not partial.exists() and proc.poll() is None and time.time() - t0 < 60:
+        time.sleep(0.01)
+    time.sleep(0.2)                     # created and reserved; the one chunk computes (seconds)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)       # mpirun (and its group)
+    subprocess.run(["pkill", "-9", "-f", str(out)])   # the rank: Open MPI gives it its own group
+    proc.wait(timeout=60)
+    t0 = time.time()
+    while subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 0:
+        assert time.time() - t0 < 30, "the killed rank is still running"
+        time.sleep(0.05)
+    assert proc.returncode == -signal.SIGKILL and partial.exists() and not out.exists()
+    left = partial.read_bytes()
+    p = run_fa(args, nranks=1)
+    assert p.returncode == 0, p.stderr
+    warn = [l for l in p.stderr.splitlines() if "warning" in l]
+    aside = tmp_path / ".out.h5.partial.damaged"
+    assert len(warn) == 1 and str(aside) in warn[0] and "starting afresh" in warn[0], p.stderr
+    assert "resuming" not in p.stderr, p.stderr
+    assert aside.read_bytes() == left and not partial.exists()
+    with h5py.File(out, "r") as f:
+        o = f["o"][...]
+    rows = np.r_[0:50, 11950:12000, N - 50:N]
+    assert rel_err(o[:, rows], fp64_rows(q, k, v, rows, 32)) <= 1e-5
+
+
+def test_resume_after_kill_after_first_chunk(tmp_path):
+    """kill -9 after the first chunk was written: that first write was a checkpoint, so --resume
+    continues from it (no restart) and the result matches fp64."""
     inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
     q, k, v = make_input(inp, Nq=6000, H=2, Hkv=1, D=32)
     args = ["-i", inp, "-o", out, "--causal", "--chunk", "50", "--resume"]
@@ -106,25 +156,15 @@ def test_resume_after_kill_before_first_checkpoint(tmp_path):
     proc.wait(timeout=60)
     partial = tmp_path / ".out.h5.partial"
     assert proc.returncode == -signal.SIGKILL and partial.exists() and not out.exists()
-    left = partial.read_bytes()
+    with h5py.File(partial, "r") as f:
+        assert f.attrs["chunks_done"] >= 1
     p = run_fa(args, nranks=1)
-    assert p.returncode == 0, p.stderr
-    warn = [l for l in p.stderr.splitlines() if "warning" in l]
-    aside = tmp_path / ".out.h5.partial.damaged"
-    assert len(warn) == 1 and str(aside) in warn[0] and "starting afresh" in warn[0], p.stderr
-    assert "killed before its first checkpoint" in warn[0], warn[0]
-    assert aside.read_bytes() == left and not partial.exists()
+    assert p.returncode == 0 and "resuming" in p.stderr and "warning" not in p.stderr, p.stderr
+    assert not partial.exists() and not (tmp_path / ".out.h5.partial.damaged").exists()
     with h5py.File(out, "r") as f:
         o = f["o"][...]
-    rows = np.r_[0:50, 2950:3000, 5950:6000]      # fp64 rows: causal needs the keys before them
-    # fp64 of those rows: causal row i sees keys [0, i]
-    s = np.einsum("bnhd,bmhd->bhnm", q[:, rows].astype(np.float64),
-                  np.repeat(k, 2, axis=2).astype(np.float64)) / np.sqrt(32)
-    s = np.where(np.arange(6000)[None, None, None, :] <= rows[None, None, :, None], s, -np.inf)
-    pr = np.exp(s - s.max(-1, keepdims=True))
-    ref = np.einsum("bhnm,bmhd->bnhd", pr / pr.sum(-1, keepdims=True),
-                    np.repeat(v, 2, axis=2).astype(np.float64))
-    assert rel_err(o[:, rows], ref) <= 1e-5
+    rows = np.r_[0:50, 2950:3000, 5950:6000]
+    assert rel_err(o[:, rows], fp64_rows(q, k, v, rows, 32)) <= 1e-5
 
 
 def test_other_jobs_partial_is_refused(tmp_path):

@@ -565,13 +565,12 @@ static void pick_tiling(const attn_queries *q, const cpu_tiling *t, int g, int *
     if (*br > q->nq && q->nq > 0) *br = (int)q->nq;
 }
 
-/* Returns 1 when the OpenBLAS products were picked (FA_CPU_PRODUCTS=blas). */
-static int pick_products(engine_call *c) {
+/* Returns 1 when the OpenBLAS products were picked (the plan's tiling.blas: FA_CPU_PRODUCTS=blas). */
+static int pick_products(engine_call *c, const cpu_tiling *t) {
     c->qk = qk_builtin;
     c->pv = pv_builtin;
 #ifdef FA_HAVE_CBLAS
-    const char *e = getenv("FA_CPU_PRODUCTS");
-    if (e && strcmp(e, "blas") == 0) {
+    if (t && t->blas) {
         c->qk = qk_blas;
         c->pv = pv_blas;
         return 1;
@@ -636,7 +635,7 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
     pick_tiling(q, tiling, g, &br, &bc, &threads);
     engine_call c = { q, segs, nsegs, rec, g, br, bc, (int64_t)q->hkv * q->d, NULL, NULL,
                       progress, arg };
-    int use_blas = pick_products(&c);
+    int use_blas = pick_products(&c, tiling);
     int64_t ntiles = (q->nq + br - 1) / br, nitems = ntiles * q->hkv;
     int mp = (int)round_up((int64_t)br * g, LANES);
 #ifdef FA_HAVE_CBLAS

@@ -7,7 +7,7 @@
 int gpu_count(void) { return 0; }
 void gpu_describe(int dev, char *buf, int len) { snprintf(buf, (size_t)len, "none"); }
 int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv, int d,
-                      fa_compute ct, gpu_engine **out) {
+                      fa_compute ct, int64_t sub_rows, gpu_engine **out) {
     *out = NULL;
     return fa_seterr("this fa_long was built without CUDA (nvcc was not found at build time)");
 }

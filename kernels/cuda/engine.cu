@@ -98,7 +98,7 @@ static int alloc_kv(gpu_engine *e, int64_t cap) {
 }
 
 extern "C" int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv, int d,
-                                 fa_compute ct, gpu_engine **out) {
+                                 fa_compute ct, int64_t sub_rows, gpu_engine **out) {
     *out = NULL;
     if (d != 64 && d != 128) return fa_seterr("the CUDA engine supports head dims 64 and 128, not %d", d);
     if (h <= 0 || hkv <= 0 || h % hkv) return fa_seterr("CUDA engine: H=%d is not a multiple of Hkv=%d", h, hkv);
@@ -122,14 +122,12 @@ extern "C" int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, 
         return -1;
     }
     /* Sub-chunks: enough 128-row blocks x heads for ~4 waves on a 132-SM card, at least 2048
-     * rows; FA_GPU_SUB_ROWS overrides (the tests use small ones), FA_GPU_SYNC=1 turns the
-     * pipeline off (one sub-chunk, the lab's A/B). */
+     * rows; the caller's sub_rows overrides (the tests use small ones; -1 turns the pipeline
+     * off: one sub-chunk, the lab's A/B). */
     e->sub_rows = (4 * 132 * 128 / h + 127) / 128 * 128;
     if (e->sub_rows < 2048) e->sub_rows = 2048;
-    const char *env = getenv("FA_GPU_SUB_ROWS");
-    if (env && atoll(env) > 0) e->sub_rows = atoll(env);
-    env = getenv("FA_GPU_SYNC");
-    if (env && atoi(env) == 1) e->sub_rows = e->max_rows;
+    if (sub_rows > 0) e->sub_rows = sub_rows;
+    if (sub_rows < 0) e->sub_rows = e->max_rows;
     if (e->sub_rows > e->max_rows) e->sub_rows = e->max_rows;
     /* two halves, each one sub-chunk of fp32 queries; the K/V uploads use the whole buffer */
     e->stage_floats = 2 * e->sub_rows * h * (int64_t)d;

@@ -419,9 +419,8 @@ static void case_engine(const dev_inputs &in, int causal, const std::vector<doub
         gpu_engine *e;
         /* causal cases: sub-chunks of 96 rows, so the engine's copy/compute pipeline runs with
          * several sub-chunks, tails and row offsets; full cases: the default size (one here) */
-        if (causal) setenv("FA_GPU_SUB_ROWS", "96", 1);
-        else unsetenv("FA_GPU_SUB_ROWS");
-        if (gpu_engine_create(0, nk, chunk, h, hkv, d, in.bf16 ? FA_COMPUTE_BF16 : FA_COMPUTE_FP16, &e)) {
+        if (gpu_engine_create(0, nk, chunk, h, hkv, d, in.bf16 ? FA_COMPUTE_BF16 : FA_COMPUTE_FP16,
+                              causal ? 96 : 0, &e)) {
             fprintf(stderr, "gpu_engine_create: %s\n", fa_errmsg());
             exit(2);
         }
@@ -454,7 +453,6 @@ static void case_engine(const dev_inputs &in, int causal, const std::vector<doub
         }
         gpu_engine_destroy(e);
     }
-    unsetenv("FA_GPU_SUB_ROWS");
     std::vector<float> ho((size_t)nq * h * d), hl((size_t)nq * h);
     for (int64_t r = 0; r < nq * h; r++) {
         float *a = &rec[0][(size_t)r * (d + 2)];
@@ -549,7 +547,7 @@ static void case_large(int variant, uint64_t seed) {
     free_inputs(in);
 }
 
-/* ---- engine throughput: the pipelined partial() against one sub-chunk (FA_GPU_SYNC=1) -------
+/* ---- engine throughput: the pipelined partial() against one sub-chunk (sub_rows -1) ----------
  * 16K query rows x 128K keys x 16 heads x D=128, full attention, fresh state, host fp32 in and out
  * (what fa_long --backend cuda does per chunk). Both must give bit-identical states (same kernels,
  * same per-row arithmetic; only the copy schedule differs). */
@@ -568,9 +566,9 @@ static void case_engine_speed(uint64_t seed) {
     std::vector<float> rec[2];
     double best[2] = {1e30, 1e30};
     for (int mode = 0; mode < 2; mode++) {
-        if (mode == 1) setenv("FA_GPU_SYNC", "1", 1);
-        gpu_engine *e;
-        if (gpu_engine_create(0, nk, nq, h, hkv, d, FA_COMPUTE_BF16, &e) || gpu_engine_load_kv(e, &sg, 1)) {
+        gpu_engine *e;   /* mode 1: one sub-chunk, no copy/compute overlap */
+        if (gpu_engine_create(0, nk, nq, h, hkv, d, FA_COMPUTE_BF16, mode == 1 ? -1 : 0, &e) ||
+            gpu_engine_load_kv(e, &sg, 1)) {
             fprintf(stderr, "engine: %s\n", fa_errmsg());
             exit(2);
         }
@@ -588,7 +586,6 @@ static void case_engine_speed(uint64_t seed) {
             best[mode] = std::min(best[mode], (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
         }
         gpu_engine_destroy(e);
-        unsetenv("FA_GPU_SYNC");
     }
     int64_t diff = 0;
     for (size_t i = 0; i < rec[0].size(); i++) diff += memcmp(&rec[0][i], &rec[1][i], 4) != 0;

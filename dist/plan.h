@@ -1,0 +1,83 @@
+/* plan.h — the run plan: every setting of one run, decided once, before any data moves, by the
+ * planner (runner/plan.c: the one file where a run setting is decided), the same on every rank
+ * except where marked "this rank". The pipeline (dist/pipeline.c) and the engines (dist/engines.c,
+ * dist/taylor_engine.c) take a plan and read nothing else: no environment, no tune cache, no
+ * static decision. `--verbose` prints it with where each value came from (plan_print), and the
+ * report and the output's attributes record it.
+ *
+ * A new run setting: a field here, its decision (and its source) in runner/plan.c, its line in
+ * plan_print, and its use below. */
+#pragma once
+#include <stdint.h>
+#include "io/h5io.h"
+#include "dist/shard.h"
+#include "kernels/attn.h"
+#include "kernels/gpu.h"
+#include "dist/paging.h"   /* kernels/paging.h once it moves there */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { BACKEND_AUTO = 0, BACKEND_CPU = 1, BACKEND_CUDA = 2 } fa_backend;
+/* exact softmax attention, or the first-order Taylor approximation (ViTALiTy) */
+typedef enum { MODE_EXACT = 0, MODE_TAYLOR = 1 } fa_mode;
+/* how ranks get each query chunk: the node's first rank reads it into shared memory (node), every
+ * rank reads it (rank), or each reads a slice and the slices are shared (shared) */
+typedef enum { Q_READ_NODE = 0, Q_READ_RANK = 1, Q_READ_SHARED = 2 } q_read_mode;
+
+const char *fa_backend_name(fa_backend b);
+const char *fa_mode_name(fa_mode m);
+const char *q_read_name(q_read_mode m);
+
+/* Where a value came from, for --verbose and the report. */
+typedef enum {
+    SRC_DEFAULT = 0, SRC_OPTION, SRC_ENV, SRC_CACHE, SRC_MODEL, SRC_TUNED, SRC_PARTIAL, SRC_INPUT,
+    SRC_MEASURED
+} plan_source;
+const char *plan_source_name(plan_source s);
+
+/* The fields whose source is kept (plan.src[...]). */
+enum {
+    PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_WINDOW, PS_LAYOUT, PS_TILE, PS_THREADS,
+    PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_NCCL, PS_Q_READ, PS_CHECKPOINT,
+    PS_PROGRESS, PS_IO_CAP, PS_COUNT
+};
+
+typedef struct {
+    /* the job */
+    fa_shape s;
+    const char *input, *output;  /* paths, for messages (the job's strings) */
+    fa_mode mode;
+    fa_backend backend;          /* cpu or cuda (never auto) */
+    fa_compute compute;          /* GPU compute type of the exact engine */
+    const char *compute_name;    /* what the engine computes in: "float32", "bfloat16", "float16" */
+    int causal, lse, allow_nonfinite;
+    double scale;                /* resolved: --scale or 1/sqrt(D) */
+    int nranks;
+    /* the pipeline */
+    int64_t chunk;               /* query rows per chunk */
+    int window;                  /* chunks whose merge may be in flight */
+    shard_layout layout;
+    int64_t stripe;              /* keys per stripe (striped layout; 0 automatic) */
+    q_read_mode q_read;
+    double checkpoint_s;         /* seconds between checkpoints of the partial output (<= 0 never) */
+    double progress_interval_s;  /* seconds between progress lines in a batch log */
+    int64_t io_cap_bytes;        /* bytes per rank per HDF5 transfer */
+    /* the CPU engine */
+    cpu_tiling tiling;           /* br x bc, threads, tile products */
+    /* the GPU engine */
+    int variant;                 /* flash kernel variant (0: auto) */
+    int use_nccl;                /* merge on the device through NCCL where every GPU has one rank */
+    int64_t device_mem;          /* --device-mem budget per rank (0: what the device has free) */
+    kv_plan kv;                  /* this rank: its keys resident and paged (GPU, exact mode) */
+    double link_gbps, kernel_tflops;   /* the paging model's figures (chunk sizing) */
+    /* the choice's prediction, for the report (0 when none) */
+    double predicted_s;
+    const char *critical;        /* the model's critical resource, or "" */
+    plan_source src[PS_COUNT];
+} run_plan;
+
+#ifdef __cplusplus
+}
+#endif

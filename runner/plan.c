@@ -1,0 +1,367 @@
+/* plan.c — the planner (see plan.h and dist/plan.h): every setting of a run decided in one place,
+ * each with where it came from. Order of precedence for each value: the command line, then (for
+ * the test-and-tuning variables) the environment, then the tune cache or a tuning run, then the
+ * cost model, then the documented default. */
+#include "runner/plan.h"
+#include "base/agree.h"
+#include "base/common.h"
+#include "dist/costmodel.h"
+#include "kernels/gpu_job.h"
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IO_CAP_DEFAULT (1LL << 30)       /* bytes per rank per HDF5 transfer */
+#define CHECKPOINT_DEFAULT_S 60.0
+#define PROGRESS_DEFAULT_S 10.0
+#define WINDOW_DEFAULT 3
+
+const char *fa_backend_name(fa_backend b) {
+    return b == BACKEND_CPU ? "cpu" : b == BACKEND_CUDA ? "cuda" : "auto";
+}
+const char *fa_mode_name(fa_mode m) { return m == MODE_TAYLOR ? "taylor" : "exact"; }
+const char *q_read_name(q_read_mode m) {
+    return m == Q_READ_RANK ? "rank" : m == Q_READ_SHARED ? "shared" : "node";
+}
+const char *plan_source_name(plan_source s) {
+    static const char *const n[] = {"default", "option", "environment", "tune cache", "model",
+                                    "tuned", "partial output", "input", "measured"};
+    return s <= SRC_MEASURED ? n[s] : "?";
+}
+
+/* ---- the environment --------------------------------------------------------------------------- */
+static int env_number(const char *name, double lo, double *out, int *set) {
+    const char *v = getenv(name);
+    *set = 0;
+    if (!v || !*v) return 0;
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (*end || errno || !(x >= lo) || !isfinite(x))
+        return fa_seterr("%s='%s': expected a number >= %g", name, v, lo);
+    *out = x;
+    *set = 1;
+    return 0;
+}
+
+static int env_size(const char *name, int64_t lo, int64_t *out, int *set) {
+    const char *v = getenv(name);
+    *set = 0;
+    if (!v || !*v) return 0;
+    int64_t x = fa_parse_size(v);
+    if (x < lo) return fa_seterr("%s='%s': expected a size >= %lld (K/M/G suffixes allowed)", name,
+                                 v, (long long)lo);
+    *out = x;
+    *set = 1;
+    return 0;
+}
+
+int plan_env_read(plan_env *e) {
+    memset(e, 0, sizeof *e);
+    e->q_read = Q_READ_NODE;
+    e->checkpoint_s = CHECKPOINT_DEFAULT_S;
+    e->progress_s = PROGRESS_DEFAULT_S;
+    e->io_cap_bytes = IO_CAP_DEFAULT;
+    e->page_max_resident = -1;
+    const char *qr = getenv("FA_Q_READ");
+    if (qr && *qr) {
+        if (!strcmp(qr, "node")) e->q_read = Q_READ_NODE;
+        else if (!strcmp(qr, "rank")) e->q_read = Q_READ_RANK;
+        else if (!strcmp(qr, "shared")) e->q_read = Q_READ_SHARED;
+        else return fa_seterr("FA_Q_READ=%s: expected node (the default), rank or shared", qr);
+        e->q_read_set = 1;
+    }
+    if (env_number("FA_CHECKPOINT_SECONDS", 0, &e->checkpoint_s, &e->checkpoint_set) ||
+        env_number("FA_PROGRESS_INTERVAL", 1e-9, &e->progress_s, &e->progress_set) ||
+        env_size("FA_IO_CAP_BYTES", 1, &e->io_cap_bytes, &e->io_cap_set))
+        return -1;
+    if (e->io_cap_bytes > INT_MAX - 4095) e->io_cap_bytes = INT_MAX - 4095;   /* one MPI count */
+    int set;
+    int64_t x;
+    if (env_size("FA_PAGE_BLOCK_ROWS", 1, &x, &set)) return -1;
+    if (set) e->page_block_rows = x;
+    if (env_size("FA_PAGE_RING", 1, &x, &set)) return -1;
+    if (set) e->page_ring = (int)(x > 64 ? 64 : x);
+    if (env_size("FA_PAGE_MAX_RESIDENT", 0, &x, &set)) return -1;
+    if (set) e->page_max_resident = x;
+    const char *cp = getenv("FA_CPU_PRODUCTS");
+    if (cp && *cp) {
+        if (!strcmp(cp, "blas")) e->cpu_blas = 1;
+        else if (strcmp(cp, "builtin")) return fa_seterr("FA_CPU_PRODUCTS=%s: expected blas or builtin", cp);
+        e->cpu_blas_set = 1;
+    }
+    e->stop_file = getenv("FA_STOP_FILE");
+    e->tune_cache = getenv("FA_TUNE_CACHE");
+    e->home = getenv("HOME");
+    return 0;
+}
+
+const char *plan_tune_cache_path(const char *opt, const plan_env *env, char *buf, int len) {
+    if (opt && *opt) return opt;
+    if (env->tune_cache && *env->tune_cache) return env->tune_cache;
+    snprintf(buf, (size_t)len, "%s/.cache/fa_long/tune.txt",
+             env->home && *env->home ? env->home : ".");
+    return buf;
+}
+
+/* ---- the backend ------------------------------------------------------------------------------- */
+int plan_backend(const fa_job *job, fa_backend *out) {
+    int ngpu = gpu_count(), min_gpu;
+    MPI_Allreduce(&ngpu, &min_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    *out = job->backend == BACKEND_CPU ? BACKEND_CPU : min_gpu > 0 ? BACKEND_CUDA : BACKEND_CPU;
+    if (job->backend != BACKEND_CUDA || min_gpu > 0) return 0;
+#ifdef FA_HAVE_CUDA
+    return fa_seterr("--backend cuda: no CUDA device is visible on %s", ngpu ? "some rank" : "this node");
+#else
+    return fa_seterr("--backend cuda: this fa_long was built without CUDA (nvcc not found at build time)");
+#endif
+}
+
+/* ---- the plan ---------------------------------------------------------------------------------- */
+/* Rows per chunk when nothing else says: large enough to amortize per-chunk costs, small enough
+ * that a few chunks' records stay far below the rank's key shard in memory. */
+static int64_t default_chunk(const fa_shape *s, int gpu) {
+    int64_t c = gpu ? 8192 : 1024;
+    return c < s->Nq ? c : s->Nq;
+}
+
+static plan_source choice_source(const cm_choice *c) {
+    if (!c->source) return SRC_MODEL;
+    if (!strcmp(c->source, "cache")) return SRC_CACHE;
+    if (!strcmp(c->source, "measured")) return SRC_TUNED;
+    if (!strcmp(c->source, "defaults")) return SRC_DEFAULT;
+    return SRC_MODEL;
+}
+
+/* COLLECTIVE. GPU jobs without --chunk whose keys will not all fit the device budget: the chunk
+ * grows until its compute hides the copies of the keys streamed for it (kernels/paging.h).
+ * Rank 0 measures the link and decides; every rank gets its answer. */
+static int64_t paged_chunk(const fa_job *job, const fa_shape *s, const gpu_comm *gc, int window,
+                           int64_t c, run_plan *p) {
+    if (fa_rank == 0) {
+        kv_plan pl = {.kv_rows = (s->Nk + fa_nranks - 1) / fa_nranks, .h = (int)s->H,
+                      .hkv = (int)s->Hkv, .d = (int)s->D, .elem = 2, .chunk_rows = c,
+                      .slots = window, .budget = job->device_mem,
+                      .device_free = gpu_free_bytes(gc ? gc->device : 0), .max_resident = -1};
+        if (kv_plan_make(&pl) == 0 && pl.paged_rows > 0) {
+            double link = job->link_gbps > 0 ? job->link_gbps : gpu_link_gbps(gc ? gc->device : 0);
+            double tf = job->kernel_tflops > 0 ? job->kernel_tflops : 500.0;
+            int64_t need = kv_plan_min_rows((int)s->H, (int)s->Hkv, 2, tf, link, 1.5);
+            fa_log(2, "fa_long: paging model: link %.1f GB/s (%s), kernel %.0f TFLOP/s (%s): a chunk "
+                      "hides its key copies from %lld rows (x1.5 margin); chunk %lld rows",
+                   link, job->link_gbps > 0 ? "--link-gbps" : "measured", tf,
+                   job->kernel_tflops > 0 ? "--kernel-tflops" : "H100 kernel, bench/results",
+                   (long long)need, (long long)(need > c ? need : c));
+            p->link_gbps = link;
+            p->kernel_tflops = tf;
+            if (need > c) {
+                c = need;
+                p->src[PS_CHUNK] = SRC_MODEL;
+            }
+        }
+    }
+    int64_t v[2] = {c, p->src[PS_CHUNK]};
+    MPI_Bcast(v, 2, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    double f[2] = {p->link_gbps, p->kernel_tflops};
+    MPI_Bcast(f, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    p->src[PS_CHUNK] = (plan_source)v[1];
+    p->link_gbps = f[0];
+    p->kernel_tflops = f[1];
+    return v[0];
+}
+
+int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend,
+              const gpu_comm *gc, int64_t resume_chunk, run_plan *p) {
+    memset(p, 0, sizeof *p);
+    const int gpu = backend == BACKEND_CUDA, exact = job->mode == MODE_EXACT;
+    p->s = *s;
+    p->input = job->input;
+    p->output = job->output;
+    p->mode = job->mode;
+    p->backend = backend;
+    p->src[PS_BACKEND] = job->backend == BACKEND_AUTO ? SRC_DEFAULT : SRC_OPTION;
+    p->compute = job->compute;
+    p->src[PS_COMPUTE] = job->compute_set ? SRC_OPTION : SRC_DEFAULT;
+    p->compute_name = !exact || !gpu ? "float32"
+                    : job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
+    p->causal = job->causal;
+    p->lse = job->lse;
+    p->allow_nonfinite = job->allow_nonfinite;
+    p->scale = job->scale > 0 ? job->scale : 1.0 / sqrt((double)s->D);
+    p->src[PS_SCALE] = job->scale > 0 ? SRC_OPTION : SRC_DEFAULT;
+    p->nranks = fa_nranks;
+    p->critical = "";
+
+    /* the key layout across ranks: --shard, else contiguous, or for causal jobs striped on CPUs
+     * (every rank the same share of visible keys in every chunk) and zigzag on GPUs (two key runs
+     * per rank: two kernel launches per chunk, and paged blocks stay whole) */
+    p->layout = job->shard_set ? job->shard : !job->causal ? SHARD_CONTIGUOUS
+              : gpu ? SHARD_ZIGZAG : SHARD_STRIPED;
+    p->src[PS_LAYOUT] = job->shard_set ? SRC_OPTION : SRC_DEFAULT;
+    p->stripe = job->stripe;
+
+    /* the tune cache's or the model's choice (or a tuning run's, with --tune): only where the
+     * exact engine needs a value the command line did not give */
+    const int64_t given_chunk = job->chunk > 0 ? job->chunk : resume_chunk;
+    const int need_choice = exact && (given_chunk <= 0 || !job->window_set || gpu ||
+                                      (!job->br && !job->bc));
+    cm_choice choice = {0};
+    if (need_choice) {
+        choice = *cm_run_choice(job, s, fa_nranks, gpu);
+        p->predicted_s = choice.t_total;
+        p->critical = choice.critical ? choice.critical : "";
+    }
+    const plan_source csrc = choice_source(&choice);
+
+    /* rows per chunk */
+    int64_t c;
+    if (given_chunk > 0) {
+        c = given_chunk;
+        p->src[PS_CHUNK] = job->chunk > 0 ? SRC_OPTION : SRC_PARTIAL;
+    } else if (exact) {
+        c = choice.chunk;
+        p->src[PS_CHUNK] = csrc;
+    } else {
+        c = default_chunk(s, gpu);
+        p->src[PS_CHUNK] = SRC_DEFAULT;
+    }
+    /* merges in flight */
+    p->window = job->window > 0 ? job->window : WINDOW_DEFAULT;
+    p->src[PS_WINDOW] = job->window_set ? SRC_OPTION : SRC_DEFAULT;
+    if (!job->window_set && exact) {
+        p->window = choice.window;
+        p->src[PS_WINDOW] = csrc;
+    }
+    if (given_chunk <= 0 && gpu) c = paged_chunk(job, s, gc, job->window, c, p);
+    p->chunk = c < s->Nq ? c : s->Nq;
+
+    /* the CPU engine: --tile, else the choice's; the threads the rank runs; the tile products */
+    p->tiling = (cpu_tiling){.br = job->br, .bc = job->bc, .threads = job->threads};
+    p->src[PS_TILE] = job->br || job->bc ? SRC_OPTION : SRC_DEFAULT;
+    if (exact && !gpu && !job->br && !job->bc) {
+        p->tiling.br = choice.br;
+        p->tiling.bc = choice.bc;
+        p->src[PS_TILE] = csrc;
+    }
+    p->src[PS_THREADS] = job->threads > 0 ? SRC_OPTION : SRC_DEFAULT;
+    p->tiling.blas = env->cpu_blas;
+    p->src[PS_PRODUCTS] = env->cpu_blas_set ? SRC_ENV : SRC_DEFAULT;
+#ifndef FA_HAVE_CBLAS
+    if (env->cpu_blas) fa_log(1, "fa_long: FA_CPU_PRODUCTS=blas: this build has no OpenBLAS; "
+                                 "the built-in tile products run");
+    p->tiling.blas = 0;
+#endif
+
+    /* the GPU engine: kernel variant, key blocks, merge path, this rank's key plan */
+    p->use_nccl = !job->no_nccl;
+    p->src[PS_NCCL] = job->no_nccl ? SRC_OPTION : SRC_DEFAULT;
+    p->device_mem = job->device_mem;
+    p->src[PS_BUDGET] = job->device_mem > 0 ? SRC_OPTION : SRC_DEFAULT;
+    int st = 0;
+    if (gpu && exact) {
+        p->variant = choice.variant;
+        p->src[PS_VARIANT] = csrc;
+        kv_shard sh;
+        shard_plan(s->Nk, fa_nranks, fa_rank, p->layout, p->stripe, &sh);
+        p->kv = (kv_plan){.kv_rows = sh.total, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
+                          .elem = 2, .chunk_rows = p->chunk, .slots = p->window,
+                          .budget = job->device_mem,
+                          .device_free = gpu_free_bytes(gc ? gc->device : 0),
+                          .block_rows = choice.block_rows, .ring = choice.ring,
+                          .max_resident = env->page_max_resident};
+        shard_free(&sh);
+        p->src[PS_BLOCKS] = csrc;
+        if (env->page_block_rows > 0) p->kv.block_rows = env->page_block_rows, p->src[PS_BLOCKS] = SRC_ENV;
+        if (env->page_ring > 0) p->kv.ring = env->page_ring, p->src[PS_BLOCKS] = SRC_ENV;
+        st = kv_plan_make(&p->kv);
+        if (st == 0 && fa_rank == 0 && (p->kv.paged_rows > 0 || fa_verbosity > 1))
+            fa_log(1, "fa_long: rank 0 keys: %lld resident on GPU, %lld paged from pinned host "
+                      "memory in blocks of %lld keys (ring of %d, %.2f GiB) under a %.2f GiB budget",
+                   (long long)p->kv.resident_rows, (long long)p->kv.paged_rows,
+                   (long long)p->kv.block_rows, p->kv.ring, p->kv.ring_bytes / 1073741824.0,
+                   (p->kv.budget > 0 ? p->kv.budget : p->kv.device_free) / 1073741824.0);
+    }
+    if (fa_agree(MPI_COMM_WORLD, st, -1)) return -1;
+
+    /* how the ranks read, and the long-run periods */
+    p->q_read = env->q_read;
+    p->src[PS_Q_READ] = env->q_read_set ? SRC_ENV : SRC_DEFAULT;
+    p->checkpoint_s = env->checkpoint_s;
+    p->src[PS_CHECKPOINT] = env->checkpoint_set ? SRC_ENV : SRC_DEFAULT;
+    p->progress_interval_s = env->progress_s;
+    p->src[PS_PROGRESS] = env->progress_set ? SRC_ENV : SRC_DEFAULT;
+    p->io_cap_bytes = env->io_cap_bytes;
+    p->src[PS_IO_CAP] = env->io_cap_set ? SRC_ENV : SRC_DEFAULT;
+    return 0;
+}
+
+void plan_print(const run_plan *p) {
+    if (fa_rank != 0 || fa_verbosity < 2) return;
+#define SRC(i) plan_source_name(p->src[i])
+    fa_log(2, "fa_long: plan: %s mode on %s (%s), compute %s (%s), scale %.6g (%s)",
+           fa_mode_name(p->mode), fa_backend_name(p->backend), SRC(PS_BACKEND), p->compute_name,
+           SRC(PS_COMPUTE), p->scale, SRC(PS_SCALE));
+    fa_log(2, "fa_long: plan: chunk %lld rows (%s), %d merges in flight (%s), shard %s (%s), "
+              "queries read per %s (%s)", (long long)p->chunk, SRC(PS_CHUNK), p->window,
+           SRC(PS_WINDOW), shard_layout_name(p->layout), SRC(PS_LAYOUT), q_read_name(p->q_read),
+           SRC(PS_Q_READ));
+    if (p->backend == BACKEND_CPU)
+        fa_log(2, "fa_long: plan: CPU tile %dx%d (%s; 0 = the engine's own), %d threads a rank "
+                  "(%s), %s tile products (%s)", p->tiling.br, p->tiling.bc, SRC(PS_TILE),
+               p->tiling.threads > 0 ? p->tiling.threads : fa_threads.threads,
+               p->tiling.threads > 0 ? SRC(PS_THREADS) : fa_threads.why,
+               p->tiling.blas ? "OpenBLAS" : "built-in", SRC(PS_PRODUCTS));
+    else
+        fa_log(2, "fa_long: plan: flash variant %d (%s; 0 = auto), key blocks of %lld rows x %d "
+                  "(%s), device budget %.2f GiB (%s), merge %s (%s)", p->variant, SRC(PS_VARIANT),
+               (long long)p->kv.block_rows, p->kv.ring, SRC(PS_BLOCKS),
+               (p->device_mem > 0 ? p->device_mem : p->kv.device_free) / 1073741824.0,
+               SRC(PS_BUDGET), p->use_nccl ? "through NCCL where it can" : "through MPI",
+               SRC(PS_NCCL));
+    fa_log(2, "fa_long: plan: checkpoint every %g s (%s), progress every %g s (%s), HDF5 transfers "
+              "of at most %lld bytes (%s)%s%s", p->checkpoint_s, SRC(PS_CHECKPOINT),
+           p->progress_interval_s, SRC(PS_PROGRESS), (long long)p->io_cap_bytes, SRC(PS_IO_CAP),
+           p->critical[0] ? "; predicted critical resource: " : "", p->critical);
+#undef SRC
+}
+
+void plan_json(const run_plan *p, char *buf, int len) {
+    int k = 0;
+#define PUT(...) do { if (k < len) k += snprintf(buf + k, (size_t)(len - k), __VA_ARGS__); } while (0)
+#define NUM(name, fmt, v, i) PUT("%s\"%s\": {\"value\": " fmt ", \"from\": \"%s\"}", k > 1 ? ", " : "", \
+                                 name, v, plan_source_name(p->src[i]))
+#define STR(name, v, i) PUT("%s\"%s\": {\"value\": \"%s\", \"from\": \"%s\"}", k > 1 ? ", " : "", \
+                            name, v, plan_source_name(p->src[i]))
+    PUT("{");
+    STR("backend", fa_backend_name(p->backend), PS_BACKEND);
+    STR("compute", p->compute_name, PS_COMPUTE);
+    NUM("scale", "%.17g", p->scale, PS_SCALE);
+    NUM("chunk", "%lld", (long long)p->chunk, PS_CHUNK);
+    NUM("window", "%d", p->window, PS_WINDOW);
+    STR("shard", shard_layout_name(p->layout), PS_LAYOUT);
+    STR("q_read", q_read_name(p->q_read), PS_Q_READ);
+    if (p->backend == BACKEND_CPU) {
+        NUM("tile_rows", "%d", p->tiling.br, PS_TILE);
+        NUM("tile_keys", "%d", p->tiling.bc, PS_TILE);
+        STR("tile_products", p->tiling.blas ? "openblas" : "builtin", PS_PRODUCTS);
+    } else {
+        NUM("flash_variant", "%d", p->variant, PS_VARIANT);
+        NUM("key_block_rows", "%lld", (long long)p->kv.block_rows, PS_BLOCKS);
+        NUM("key_ring", "%d", p->kv.ring, PS_BLOCKS);
+        NUM("keys_resident_rank0", "%lld", (long long)p->kv.resident_rows, PS_BUDGET);
+        NUM("keys_paged_rank0", "%lld", (long long)p->kv.paged_rows, PS_BUDGET);
+        NUM("device_mem", "%lld", (long long)p->device_mem, PS_BUDGET);
+        STR("merge", p->use_nccl ? "nccl" : "mpi", PS_NCCL);
+    }
+    NUM("checkpoint_s", "%g", p->checkpoint_s, PS_CHECKPOINT);
+    NUM("progress_interval_s", "%g", p->progress_interval_s, PS_PROGRESS);
+    NUM("io_cap_bytes", "%lld", (long long)p->io_cap_bytes, PS_IO_CAP);
+    PUT("}");
+#undef STR
+#undef NUM
+#undef PUT
+}

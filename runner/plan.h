@@ -1,0 +1,51 @@
+/* plan.h — the planner: the one place where a run's settings are decided (dist/plan.h holds
+ * what it decides). It reads the environment (plan_env_read: every FA_* variable fa_long knows,
+ * once, validated), then, collectively and before any data moves, combines the command line, the
+ * input's shape, the tune cache (or a tuning run, with --tune), the cost model and the machine
+ * into the run plan. Nothing below the runner reads the environment or keeps a decision. */
+#pragma once
+#include <stdint.h>
+#include "dist/plan.h"
+#include "dist/gpu_comm.h"
+#include "runner/job.h"
+
+/* The environment, read once (the only getenv calls besides main's). *_set: the variable was
+ * given (its value then wins over the default, and the plan says "environment"). */
+typedef struct {
+    q_read_mode q_read;            int q_read_set;          /* FA_Q_READ */
+    double checkpoint_s;           int checkpoint_set;      /* FA_CHECKPOINT_SECONDS */
+    double progress_s;             int progress_set;        /* FA_PROGRESS_INTERVAL */
+    int64_t io_cap_bytes;          int io_cap_set;          /* FA_IO_CAP_BYTES */
+    int64_t page_block_rows;       /* FA_PAGE_BLOCK_ROWS (0: not set) */
+    int page_ring;                 /* FA_PAGE_RING (0: not set) */
+    int64_t page_max_resident;     /* FA_PAGE_MAX_RESIDENT (-1: not set) */
+    int cpu_blas;                  int cpu_blas_set;        /* FA_CPU_PRODUCTS=blas|builtin */
+    const char *stop_file;         /* FA_STOP_FILE: where a stopped run says so, or NULL */
+    const char *tune_cache;        /* FA_TUNE_CACHE, or NULL */
+    const char *home;              /* HOME, or NULL */
+} plan_env;
+
+/* Reads and checks the environment; -1 with fa_seterr naming the variable on a bad value. Not
+ * collective (every rank reads its own environment; mpirun gives them the same). */
+int plan_env_read(plan_env *env);
+
+/* The tune cache file: --tune-cache, else FA_TUNE_CACHE, else ~/.cache/fa_long/tune.txt. */
+const char *plan_tune_cache_path(const char *opt, const plan_env *env, char *buf, int len);
+
+/* COLLECTIVE over MPI_COMM_WORLD. The backend the job runs on (--backend, else CUDA when every
+ * rank sees a GPU); -1 with fa_seterr when --backend cuda cannot be served. */
+int plan_backend(const fa_job *job, fa_backend *out);
+
+/* COLLECTIVE over MPI_COMM_WORLD, after the input is open and, on GPUs, the ranks are bound to
+ * their devices (gc; NULL for the CPU). resume_chunk > 0: the chunk of the partial output being
+ * resumed (when --chunk is not given). Fills *p; -1 with fa_seterr (the same on every rank) when
+ * the job cannot be planned (keys that do not fit the device budget, say). */
+int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend,
+              const gpu_comm *gc, int64_t resume_chunk, run_plan *p);
+
+/* Rank 0, to stderr with --verbose: the plan, a line per group of settings, each value with its
+ * source. */
+void plan_print(const run_plan *p);
+/* The plan as one JSON object {"chunk": {"value": 1024, "from": "model"}, ...} into buf (the
+ * report's "plan" and the output's "plan" attribute). */
+void plan_json(const run_plan *p, char *buf, int len);
