@@ -13,6 +13,8 @@
 # FA_* variables (none), so any difference is the change's.
 #
 #   bash tests/bitident.sh 926b06d            # against the revision before the change
+#   bash tests/bitident.sh base.tar           # against `git archive REV` (a copy without .git,
+#                                             # such as a lent GPU machine's)
 #   KEEP=1 bash tests/bitident.sh             # keep the temporary folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,11 @@ BASE=${1:-HEAD~1}
 T=$(mktemp -d)
 [ "${KEEP:-0}" = 1 ] || trap 'git worktree remove --force "$T/base" >/dev/null 2>&1 || true; rm -rf "$T"' EXIT
 echo "== building $BASE in $T/base"
-git worktree add -q --detach "$T/base" "$BASE"
+if [ -f "$BASE" ]; then
+  mkdir -p "$T/base" && tar -xf "$BASE" -C "$T/base"
+else
+  git worktree add -q --detach "$T/base" "$BASE"
+fi
 make -C "$T/base" -j"$(nproc)" fa_long > "$T/base_build.log" 2>&1 || { tail -20 "$T/base_build.log"; exit 1; }
 make -j"$(nproc)" fa_long > "$T/new_build.log" 2>&1 || { tail -20 "$T/new_build.log"; exit 1; }
 OLD=$T/base/fa_long
