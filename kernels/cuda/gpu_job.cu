@@ -632,14 +632,13 @@ extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, 
  * late, copies, merges: any cause). */
 extern "C" void gpu_job_get_stats(gpu_job *g, gpu_job_stats *s) {
     cudaSetDevice(g->c.device);
+    for (int slot = 0; slot < g->c.slots; slot++) account_compute(g, slot);
     if (g->started) {
         cudaCheck(cudaEventSynchronize(g->c1[g->last_slot]));
         float span = 0;
         cudaCheck(cudaEventElapsedTime(&span, g->first_c0, g->c1[g->last_slot]));
-        for (int slot = 0; slot < g->c.slots; slot++) account_compute(g, slot);
         g->st.idle_ms = span > g->st.compute_ms ? span - g->st.compute_ms : 0;
     }
-    for (int slot = 0; slot < g->c.slots; slot++) account_compute(g, slot);
     for (int r = 0; r < RING_MAX; r++) account_copy(g, r);
     *s = g->st;
 }
