@@ -17,7 +17,7 @@ Timing: CUDA events, median of `reps` runs after a warm-up; two rounds with ever
 in turn, the better round's median kept for each (the card's clock drifts between runs).
 Exit status 1 when any of our variants gave a wrong result on any row.
 
-  python3 bench/gpu/bench.py --lib build/tests/gpu/libflash.so --csv /tmp/k.csv --smoke
+  python3 bench/gpu/bench.py --lib build/tests/gpu/libflash.so --csv build/tests/gpu/bench_smoke.csv --smoke
       two small shapes per (d, causal), a few seconds: what `make test-gpu` runs (tests/gpu/run.sh)
 """
 import argparse, ctypes, json, math, os, sys, time
