@@ -1,9 +1,10 @@
 #!/bin/sh
 # host_io.sh — the host side of a job: reading the keys (HDF5 -> fp32) and writing o, against a
-# baseline build of an earlier revision measured in the same run (issue 4: the GPU job was
-# host-bound, so these phases set its whole-job time).
+# baseline build of an earlier revision measured in the same run (a GPU job is host-bound when
+# these phases outlast the device's compute, so they set its whole-job time).
 #
-#   sh bench/host_io.sh [BASE_REV]      (default b782d32: before the session-2 host changes)
+#   sh bench/host_io.sh [BASE_REV]      (default b782d32, the baseline of bench/NOTES_GPU_JOB.md's
+#                                        host read/write figures)
 #
 # Both builds are CPU-only here (USE_CUDA=0; the host code is the same). Two jobs from bf16 files,
 # each run REPS times (default 3) per build, alternating, best of REPS, warm page cache:

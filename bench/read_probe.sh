@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/read_probe.sh — where a multi-rank job's host time goes when several ranks of one node
-# read the same input (issue 6: on 2 H100s the whole job took twice as long as on one, each
-# rank's read phase doubling; bench/NOTES_SCALING.md).
+# read the same input: each rank's read phase, against the storage alone, to tell contention
+# from the pipeline's own waits (bench/NOTES_SCALING.md).
 #
 #   sh bench/read_probe.sh            N = 262144 queries, H 32, Hkv 8, D 128, bf16 (N=... smaller)
 #
@@ -15,7 +15,7 @@
 # each from the input under /tmp (TMPDIR) and, when it has room, under /dev/shm.
 # Out: bench/results/read_probe_<machine>.csv (date, machine, rev, row kind, where, ranks, elapsed,
 # read phase of the slowest rank and of it the keys, per-rank read range, finalize, write, sync,
-# GPU idle). The next multi-GPU session: `sh bench/gpu_session.sh build probe`.
+# GPU idle). On a lent GPU machine: `sh bench/gpu_session.sh build probe`.
 set -eu
 cd "$(dirname "$0")/.."
 FA=${FA_LONG:-$PWD/fa_long}

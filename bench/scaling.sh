@@ -34,11 +34,11 @@ export NCCL_NVLS_ENABLE=0        # NVLink multicast off in every run (KINDS.md)
 if [ $MODE = predict ]; then
     # Figures and their sources (NOTES_SCALING.md), all from the one-GPU job kept in
     # bench/results/paging_h100_res_c0.json (256K, H 32, Hkv 8, D 128, bf16 file, one rank):
-    #  kernel rate: that job's compute-phase TFLOP/s (causal: the same rate; kernel_h100.csv has
-    #    causal within 1-4% of non-causal at 256K)
+    #  kernel rate: that job's compute-phase TFLOP/s (causal: the same rate, as kernel_h100.csv
+    #    has it at 256K)
     #  HDF5 and host: its phases (setup, read of the queries, read of the keys, finalize, write)
     #    and the rest of its elapsed time
-    #  NCCL bus bandwidth: 361 GB/s, 1 GiB all-reduce on nvidia-h100-x8 (/work/.library/device/KINDS.md)
+    #  NCCL bus bandwidth: the 1 GiB all-reduce of an 8-GPU H100 node (NOTES_SCALING.md)
     JOB1=${JOB1:-bench/results/paging_h100_res_c0.json}
     R=${KERNEL_TFLOPS:-$(python3 -c "import json; print(round(json.load(open('$JOB1'))['compute_tflops']))")}
     NET=${NET_GBPS:-361}
@@ -142,8 +142,8 @@ IN=$WORK/in_$N.h5
 $FA gen --output "$IN" -n "$N" --heads $H --kv-heads $HKV -d $D --dtype $DT --force > /dev/null
 echo "date,device,rev,ranks,causal,shard,n,h,hkv,d,dtype,chunk,threads_per_rank,load1,elapsed_s,read_s,compute_max_s,compute_mean_s,compute_min_s,merge_wait_max_s,write_s,imbalance_max_over_mean,merge_bytes,merge_bytes_model,merge_comm_s,hidden_fraction,check_rel_err,check_pass,eff_compute_merge,eff_job,q_read,merge_exposed_s,compute_idle_s,merge_fastest_chunk_s,merge_busbw_gbps,finalize_s,hdf5" > "$OUT"
 # GPU: the largest rank count once more with FA_Q_READ=shared (each rank reads 1/P of every
-# query chunk, then an all-gather) and FA_Q_READ=rank (every rank reads every chunk: the default
-# before session 4; the default now reads once per node into a shared-memory window)
+# query chunk, then an all-gather) and FA_Q_READ=rank (every rank reads every chunk), against the
+# default, FA_Q_READ=node (read once per node into a shared-memory window)
 PMAX=$(echo $RANKS | awk '{print $NF}')
 RUNS=""
 for C in 0 1; do for P in $RANKS; do RUNS="$RUNS $C:$P:default"; done; done

@@ -3,6 +3,7 @@
 #include "kernels/gpu.h"
 #include "kernels/gpu_job.h"
 #include "base/common.h"
+#include "base/agree.h"
 #include <stdlib.h>
 #include <string.h>
 #ifdef FA_HAVE_NCCL
@@ -53,12 +54,25 @@ int gpu_comm_init(MPI_Comm comm, int want_nccl, gpu_comm *g) {
     if (!nccl_ok) return 0;
 #ifdef FA_HAVE_NCCL
     setenv("NCCL_NVLS_ENABLE", "0", 1);    /* never NVLink multicast (see README) */
+    /* the bootstrap's failures are agreed, so every rank returns -1 with the same line instead of
+     * waiting in the broadcast or in ncclCommInitRank for a rank that is not coming */
     ncclUniqueId id;
-    if (g->rank == 0) ncclCheck(ncclGetUniqueId(&id));
+    memset(&id, 0, sizeof id);
+    ncclResult_t r;
+    int st = 0;
+    if (g->rank == 0 && (r = ncclGetUniqueId(&id)) != ncclSuccess)
+        st = fa_seterr("NCCL: ncclGetUniqueId failed on rank 0: %s (--no-nccl merges through MPI)", ncclGetErrorString(r));
+    if (fa_agree(comm, st, -1)) return -1;
     MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm);
     if (cudaSetDevice(g->device) != cudaSuccess) fa_fail("cannot use CUDA device %d", g->device);
-    ncclComm_t c;
-    ncclCheck(ncclCommInitRank(&c, g->size, id, g->rank));
+    ncclComm_t c = NULL;
+    if ((r = ncclCommInitRank(&c, g->size, id, g->rank)) != ncclSuccess)
+        st = fa_seterr("NCCL: ncclCommInitRank of %d ranks failed on rank %d: %s (--no-nccl merges through MPI)", g->size,
+                       g->rank, ncclGetErrorString(r));
+    if (fa_agree(comm, st, -1)) {
+        if (!st) ncclCommAbort(c);    /* this rank's end of a communicator that another rank lacks */
+        return -1;
+    }
     g->comm = c;
     g->nccl = 1;
     fa_log(2, "fa_long: NCCL communicator of %d ranks up; merging on the GPUs", g->size);

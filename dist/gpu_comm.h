@@ -17,6 +17,9 @@ typedef struct {
     int rank, size;
 } gpu_comm;
 
-/* COLLECTIVE. want_nccl 0 forces the MPI merge. Returns 0, or -1 with fa_seterr (same on all). */
+/* COLLECTIVE. want_nccl 0 forces the MPI merge. Returns 0, or -1 with fa_seterr (same on all)
+ * when the NCCL bootstrap fails (ncclGetUniqueId on rank 0, ncclCommInitRank on any rank): the
+ * lowest failing rank's line. A rank that NCCL leaves blocked inside ncclCommInitRank cannot
+ * report; a rank that cannot select its CUDA device fa_fail()s. */
 int gpu_comm_init(MPI_Comm comm, int want_nccl, gpu_comm *g);
 void gpu_comm_free(gpu_comm *g);

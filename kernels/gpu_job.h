@@ -19,7 +19,7 @@ typedef struct {
     int slots;              /* pipeline slots (chunks in flight) */
     int64_t max_rows;       /* rows per chunk */
     void *nccl_comm;        /* ncclComm_t of all ranks, or NULL: states go to the host (MPI) */
-    int nccl_rank, nccl_size;
+    int nccl_size;          /* ranks of nccl_comm; 1 without it (> 1 only in NCCL builds) */
 } gpu_job_cfg;
 
 typedef struct {

@@ -31,7 +31,7 @@ typedef struct {
     const char *report;      /* --report FILE.json */
     int64_t device_mem;      /* --device-mem: this rank's device-memory budget, bytes (0: all) */
     int no_nccl;             /* --no-nccl: merge through MPI even where NCCL could */
-    double kernel_tflops;    /* --kernel-tflops: the paging model's kernel rate (0: per card) */
+    double kernel_tflops;    /* --kernel-tflops: the paging model's kernel rate (0: 500, the H100 kernel's) */
     double link_gbps;        /* --link-gbps: the paging model's host link (0: measured) */
     int resume;              /* --resume: continue from the partial output of an earlier run */
     int64_t check_rows;      /* --check ROWS: fp64 check of sampled rows after the run (-1: all) */

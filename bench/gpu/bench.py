@@ -3,38 +3,29 @@
 (flash backend and cuDNN backend) on the same tensors in the same process, and the card's bf16
 GEMM rate as the ceiling. Called by bench/gpu.sh; prints a '#'-headed table last.
 
-  python3 bench/gpu/bench.py --lib build/libflash.so --csv bench/results/kernel_h100.csv [--quick]
+  python3 bench/gpu/bench.py --lib build/bench/gpu/libflash.so --csv bench/results/kernel_h100.csv [--quick]
 
-Our kernel is loaded with ctypes (kernels/cuda/flash.h, built as a shared library by gpu.sh) and
-called on torch's own buffers: q, k [H][N][D] are the tensors SDPA gets ([1,H,N,D] contiguous);
-V is given to our kernel transposed ([H][D][N], keys contiguous: the layout our engine keeps,
-made once at load time, outside the timing). Output bf16 [H][N][D] and lse, final mode.
+Our kernel is loaded with ctypes (kernels/cuda/flash.h, built as a shared library by gpu.sh; its
+flash_params struct is read from that header, bench/gpu/flash_params.py, and checked against the
+library's size of it) and called on torch's own buffers: q, k [H][N][D] are the tensors SDPA gets
+([1,H,N,D] contiguous); V is given to our kernel transposed ([H][D][N], keys contiguous: the
+layout our engine keeps, made once at load time, outside the timing). Output bf16 [H][N][D] and
+lse, final mode.
 TFLOP/s = 4*B*H*Nq*Nk*D / t, halved for causal. Before timing, each of our variants' output is
 compared with the cuDNN output on the same inputs (max abs difference over max |ref|).
 Timing: CUDA events, median of `reps` runs after a warm-up; two rounds with every implementation
 in turn, the better round's median kept for each (the card's clock drifts between runs).
+Exit status 1 when any of our variants gave a wrong result on any row.
+
+  python3 bench/gpu/bench.py --lib build/tests/gpu/libflash.so --csv build/tests/gpu/bench_smoke.csv --smoke
+      two small shapes per (d, causal), a few seconds: what `make test-gpu` runs (tests/gpu/run.sh)
 """
 import argparse, ctypes, json, math, os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flash_params import load_flash_params, make  # flash_params as kernels/cuda/flash.h has it
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
-
-
-class FlashParams(ctypes.Structure):
-    _fields_ = [
-        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("vt", ctypes.c_void_p),
-        ("q_head_stride", ctypes.c_int64), ("q_row_stride", ctypes.c_int64),
-        ("k_head_stride", ctypes.c_int64), ("k_row_stride", ctypes.c_int64),
-        ("vt_head_stride", ctypes.c_int64), ("vt_row_stride", ctypes.c_int64),
-        ("nq", ctypes.c_int64), ("nk", ctypes.c_int64),
-        ("h", ctypes.c_int), ("hkv", ctypes.c_int), ("d", ctypes.c_int),
-        ("dtype", ctypes.c_int), ("scale", ctypes.c_float), ("causal", ctypes.c_int),
-        ("q_pos0", ctypes.c_int64), ("k_pos0", ctypes.c_int64), ("diag", ctypes.c_int64),
-        ("rec_in", ctypes.c_void_p), ("rec_out", ctypes.c_void_p), ("out_mode", ctypes.c_int),
-        ("o", ctypes.c_void_p), ("o_dtype", ctypes.c_int),
-        ("o_head_stride", ctypes.c_int64), ("o_row_stride", ctypes.c_int64),
-        ("lse", ctypes.c_void_p), ("lse_head_stride", ctypes.c_int64), ("lse_row_stride", ctypes.c_int64),
-    ]
 
 
 def median_ms(fn, reps, warm=1):
@@ -53,8 +44,7 @@ def median_ms(fn, reps, warm=1):
     return ts[len(ts) // 2], ts
 
 
-def gemm_tflops():
-    n = 8192
+def gemm_tflops(n):
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     ms, _ = median_ms(lambda: a @ b, 30, warm=5)
@@ -67,11 +57,13 @@ def main():
     ap.add_argument("--csv", required=True)
     ap.add_argument("--raw", default=None, help="JSON file with every timing")
     ap.add_argument("--quick", action="store_true", help="8K and 32K only")
+    ap.add_argument("--smoke", action="store_true", help="1K and 4K, 4 heads, 3 reps: a few seconds (make test-gpu)")
     ap.add_argument("--variants", default="1,2,3,4")
     ap.add_argument("--ab", default=None, help="second build of the library (lab A/B): its variants are timed too, as NAME_b")
     args = ap.parse_args()
 
     lib = ctypes.CDLL(args.lib)
+    FlashParams = load_flash_params(lib=lib)
     lib.flash_forward.argtypes = [ctypes.POINTER(FlashParams), ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     lib.flash_variant_available.argtypes = [ctypes.c_int]
     lib.flash_variant_name.restype = ctypes.c_char_p
@@ -80,17 +72,19 @@ def main():
     libs = [(lib, "")]
     if args.ab:
         lib_b = ctypes.CDLL(args.ab)
+        load_flash_params(lib=lib_b)
         lib_b.flash_forward.argtypes = lib.flash_forward.argtypes
         libs.append((lib_b, "_b"))
     dev = torch.cuda.get_device_properties(0)
     card = dev.name
     print(f"# card: {card}, {dev.multi_processor_count} SMs; torch {torch.__version__}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# our variants here: {[lib.flash_variant_name(v).decode() for v in variants]}")
-    gemm = gemm_tflops()
-    print(f"# bf16 GEMM 8192^3 (torch.matmul): {gemm:.0f} TFLOP/s  (the ceiling)", flush=True)
+    gemm = gemm_tflops(4096 if args.smoke else 8192)
+    print(f"# bf16 GEMM {4096 if args.smoke else 8192}^3 (torch.matmul): {gemm:.0f} TFLOP/s  (the ceiling)", flush=True)
 
-    ns = [8192, 32768] if args.quick else [8192, 32768, 131072, 262144]
-    heads_for = {8192: 32, 32768: 16, 131072: 4, 262144: 2}
+    ns = [1024, 4096] if args.smoke else [8192, 32768] if args.quick else [8192, 32768, 131072, 262144]
+    heads_for = {1024: 4, 4096: 4, 8192: 32, 32768: 16, 131072: 4, 262144: 2}
+    wrong = 0
     rows, raw = [], {"card": card, "date": time.strftime("%Y-%m-%d", time.gmtime()), "gemm_tflops": gemm, "rows": []}
     msg = ctypes.create_string_buffer(256)
     for d in (64, 128):
@@ -106,7 +100,7 @@ def main():
                 lse = torch.empty(h, n, device="cuda", dtype=torch.float32)
                 flops = 4.0 * h * n * n * d / (2 if causal else 1)
                 est = flops / 300e12
-                reps = max(3, min(20, int(1.0 / max(est, 1e-4))))
+                reps = 3 if args.smoke else max(3, min(20, int(1.0 / max(est, 1e-4))))
 
                 def sdpa(backend):
                     def f():
@@ -121,21 +115,13 @@ def main():
                          (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))]
                 stream = torch.cuda.current_stream().cuda_stream
                 for var, (lb, sfx) in [(v_, l_) for v_ in variants for l_ in libs]:
-                    p = FlashParams()
-                    p.q, p.k, p.vt = q.data_ptr(), k.data_ptr(), vt.data_ptr()
-                    p.q_head_stride, p.q_row_stride = n * d, d
-                    p.k_head_stride, p.k_row_stride = n * d, d
-                    p.vt_head_stride, p.vt_row_stride = d * n, n
-                    p.nq = p.nk = n
-                    p.h = p.hkv = h
-                    p.d = d
-                    p.dtype = 0
-                    p.scale = 1.0 / math.sqrt(d)
-                    p.causal = causal
-                    p.out_mode = 1
-                    p.o, p.o_dtype = o.data_ptr(), 0
-                    p.o_head_stride, p.o_row_stride = n * d, d
-                    p.lse, p.lse_head_stride, p.lse_row_stride = lse.data_ptr(), n, 1
+                    p = make(FlashParams, q=q.data_ptr(), k=k.data_ptr(), vt=vt.data_ptr(),
+                             q_head_stride=n * d, q_row_stride=d, k_head_stride=n * d, k_row_stride=d,
+                             vt_head_stride=d * n, vt_row_stride=n, nq=n, nk=n, h=h, hkv=h, d=d,
+                             dtype=0, scale=1.0 / math.sqrt(d), causal=causal,  # FLASH_BF16
+                             out_mode=1, o=o.data_ptr(), o_dtype=0,            # FLASH_OUT_FINAL, bf16
+                             o_head_stride=n * d, o_row_stride=d,
+                             lse=lse.data_ptr(), lse_head_stride=n, lse_row_stride=1)
 
                     def ours(p=p, var=var, lb=lb):
                         if lb.flash_forward(ctypes.byref(p), var, ctypes.c_void_p(stream), msg, 256):
@@ -150,6 +136,7 @@ def main():
                     if not ok:
                         print(f"# {vn} n={n} d={d} causal={causal}: WRONG (max err {err:.3g} of scale vs cuDNN); not counted", flush=True)
                         res[vn + "_tflops"] = 0.0
+                        wrong += 1
                     else:
                         impls.append((vn, ours))
                 # two rounds, every implementation in turn within a round (clock drift hits all
@@ -190,6 +177,9 @@ def main():
     must = all(r["ours_tflops"] >= r["flash_tflops"] for r in d128)
     target = all(r["ours_tflops"] >= 0.9 * r["cudnn_tflops"] for r in d128)
     print(f"# D=128: >= 1.0x flash on every row: {'yes' if must else 'NO'};  >= 0.9x cuDNN on every row: {'yes' if target else 'no'}")
+    if wrong:
+        print(f"# FAIL: {wrong} (variant, row) results of ours were wrong against cuDNN (see above)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -550,9 +550,9 @@ void attn_state_init(float *rec, int64_t nq, int h, int d) {
 
 /* Defaults: br*G ~ 64 stacked rows = 4 vectors, the width of the register blocks, and bc = 128
  * keys: St (128 x 64) and the Qt, Ot tiles (D x 64) stay in L1/L2, and the per-tile softmax
- * bookkeeping (alpha, the Ot rescale) is spread over 128 keys. Measured on Zen 4, one thread
- * (bench/NOTES_CPU.md): bc 64 -> 128 gains ~5-10%, 256 no more; br*G = 32 loses ~8%, 128 equal.
- * Fewer rows when the chunk is too small to give every thread a few items. */
+ * bookkeeping (alpha, the Ot rescale) is spread over 128 keys: the fastest of the sizes in
+ * bench/NOTES_CPU.md's tile table. Fewer rows when the chunk is too small to give every thread a
+ * few items. */
 static void pick_tiling(const attn_queries *q, const cpu_tiling *t, int g, int *br, int *bc,
                         int *threads) {
     *threads = t && t->threads > 0 ? t->threads : omp_get_max_threads();

@@ -26,6 +26,7 @@
  * diagonal or the key tail. All index arithmetic is 64-bit.
  */
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -71,6 +72,9 @@ enum {
     FLASH_SM90_PINGPONG = 4 /* variant 3 + the two consumer warpgroups take turns issuing (named barriers) */
 };
 
+/* sizeof(flash_params) as the library was built: callers that take the struct from this header
+ * by other means check theirs against it (bench/gpu/flash_params.py parses it for ctypes). */
+size_t flash_params_sizeof(void);
 /* Checks the parameters; returns 0 or -1 with a message in buf (when buf != NULL). */
 int flash_check(const flash_params *p, char *buf, int len);
 /* Whether `variant` can run on the current device (compiled in and the right arch). */

@@ -34,7 +34,7 @@ template <> struct flash_type<__half> {
 /* 2^x on the MUFU with denormal results flushed to zero (a p under 2^-126 is 0 at bf16/fp16
  * precision anyway): one MUFU.EX2, where exp2f's non-ftz form adds range fix-ups around it. */
 static __device__ __forceinline__ float flash_exp2(float x) {
-#ifdef FLASH_PRECISE_EXP2 /* the form used up to run 9 (exp2f), kept for A/B timing in the lab */
+#ifdef FLASH_PRECISE_EXP2 /* exp2f, the form before variant 4b (bench/NOTES_GPU.md), for A/B timing */
     return exp2f(x);
 #else
     float y;

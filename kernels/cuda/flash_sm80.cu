@@ -176,6 +176,8 @@ template <int D, typename T> static cudaError_t launch(const flash_params &p, cu
 extern "C" int flash_sm90_launch(const flash_params *p, int variant, void *stream, char *buf, int len);
 extern "C" int flash_sm90_compiled(void);
 
+extern "C" size_t flash_params_sizeof(void) { return sizeof(flash_params); }
+
 extern "C" int flash_check(const flash_params *p, char *buf, int len) {
     const char *why = NULL;
     if (p->d != 64 && p->d != 128) why = "head dim must be 64 or 128";

@@ -186,6 +186,9 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
         return fa_seterr("cannot use CUDA device %d", cfg->device);
     }
     if (!flash_variant_available(FLASH_AUTO)) return fa_seterr("CUDA device %d is older than sm_80", cfg->device);
+#ifndef FA_HAVE_NCCL
+    if (cfg->nccl_size > 1) return fa_seterr("this fa_long was built without NCCL");
+#endif
     gpu_job *g = (gpu_job *)fa_calloc(1, sizeof *g, "gpu job");
     g->c = *cfg;
     g->D = cfg->d;
@@ -563,22 +566,18 @@ extern "C" int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) {
     const int d = (int)g->D;
     rec_max<<<grid_for(rows, 256), 256, 0, g->comm>>>(g->rec[slot], g->mbuf[slot], rows, d);
     cudaCheck(cudaGetLastError());
-    if (g->c.nccl_size > 1) {
-#ifdef FA_HAVE_NCCL
-        ncclComm_t comm = (ncclComm_t)g->c.nccl_comm;
-        ncclCheck(ncclAllReduce(g->mbuf[slot], g->mbuf[slot], (size_t)rows, ncclFloat, ncclMax, comm, g->comm));
-        dim3 blk(32, 8);
-        rec_rescale<<<grid_for(rows, 8), blk, 0, g->comm>>>(g->rec[slot], g->mbuf[slot], rows, d);
-        cudaCheck(cudaGetLastError());
-        ncclCheck(ncclReduce(g->rec[slot], g->rec[slot], (size_t)(rows * (d + 2)), ncclFloat, ncclSum, root, comm, g->comm));
-        g->st.bytes_nccl += rows * 4 + rows * (d + 2) * 4;
-        g->merge_bytes[slot] = rows * 4 + rows * (d + 2) * 4;
-#else
-        return fa_seterr("this fa_long was built without NCCL");
+#ifdef FA_HAVE_NCCL   /* nccl_size > 1 only in NCCL builds: gpu_job_create refuses it otherwise */
+    ncclComm_t comm = (ncclComm_t)g->c.nccl_comm;
+    ncclCheck(ncclAllReduce(g->mbuf[slot], g->mbuf[slot], (size_t)rows, ncclFloat, ncclMax, comm, g->comm));
+    dim3 blk(32, 8);
+    rec_rescale<<<grid_for(rows, 8), blk, 0, g->comm>>>(g->rec[slot], g->mbuf[slot], rows, d);
+    cudaCheck(cudaGetLastError());
+    ncclCheck(ncclReduce(g->rec[slot], g->rec[slot], (size_t)(rows * (d + 2)), ncclFloat, ncclSum, root, comm, g->comm));
+    g->st.bytes_nccl += rows * 4 + rows * (d + 2) * 4;
+    g->merge_bytes[slot] = rows * 4 + rows * (d + 2) * 4;
 #endif
-    }
     cudaCheck(cudaEventRecord(g->m1[slot], g->comm));
-    if (g->c.nccl_size > 1 && root == g->nccl_rank) {   /* the owner finalizes right behind it */
+    if (root == g->nccl_rank) {                          /* the owner finalizes right behind it */
         rec_final<<<grid_for(rows, 8), dim3(32, 8), 0, g->comm>>>(g->rec[slot], g->mbuf[slot], g->o_fin[slot], g->lse_fin[slot], rows, d);
         cudaCheck(cudaGetLastError());
         g->finalized[slot] = 1;
@@ -633,14 +632,13 @@ extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, 
  * late, copies, merges: any cause). */
 extern "C" void gpu_job_get_stats(gpu_job *g, gpu_job_stats *s) {
     cudaSetDevice(g->c.device);
+    for (int slot = 0; slot < g->c.slots; slot++) account_compute(g, slot);
     if (g->started) {
         cudaCheck(cudaEventSynchronize(g->c1[g->last_slot]));
         float span = 0;
         cudaCheck(cudaEventElapsedTime(&span, g->first_c0, g->c1[g->last_slot]));
-        for (int slot = 0; slot < g->c.slots; slot++) account_compute(g, slot);
         g->st.idle_ms = span > g->st.compute_ms ? span - g->st.compute_ms : 0;
     }
-    for (int slot = 0; slot < g->c.slots; slot++) account_compute(g, slot);
     for (int r = 0; r < RING_MAX; r++) account_copy(g, r);
     *s = g->st;
 }

@@ -163,8 +163,8 @@ __global__ void prefix_kernel(double *__restrict__ run, const float *__restrict_
 /* One block per (query head hh = blockIdx.x, tile = blockIdx.y) of rows [r0 + tile*TT, ...).
  * Dynamic shared memory: qs [TT][d+1] (scaled queries), x [TT][TT+1], kt [TT][d+1], vt [TT][d].
  * The +1 pads keep the loops where a warp's threads walk rows (x = q k^T, lin) on 32 different
- * banks: unpadded, a row stride of d (a multiple of 32) put all 32 threads on one bank, and that
- * 32-way conflict was most of the kernel's time (0.6 us per row and head on the H100). */
+ * banks: unpadded, a row stride of d (a multiple of 32) puts all 32 threads on one bank, a 32-way
+ * conflict that dominates the kernel's time (the padding row of bench/NOTES_TAYLOR.md's GPU table). */
 __global__ void out_kernel(const float *__restrict__ q, const float *__restrict__ kh,
                            const float *__restrict__ v, const float *__restrict__ st,
                            const int64_t *__restrict__ cnt, float *__restrict__ rec, int64_t cap,

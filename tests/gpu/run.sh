@@ -5,8 +5,11 @@
 #                                  fp64 reference (tests/gpu/test_flash.cu), compute-sanitizer
 #                                  memcheck + racecheck on a small case, and the CPU engine vs the
 #                                  GPU engine on one HDF5 job through ./fa_long, paged keys and
-#                                  ranks sharing the GPU (job_paging.sh), --mode taylor (taylor.sh).
-# Overridable: NVCC, NVCC_GENCODE, BUILD. Exit status non-zero when any step failed.
+#                                  ranks sharing the GPU (job_paging.sh), --mode taylor (taylor.sh),
+#                                  and a few seconds of bench/gpu/bench.py --smoke (the kernel
+#                                  through ctypes against torch SDPA: needs python3 with torch).
+# Overridable: NVCC, NVCC_GENCODE, BUILD; BENCH_SMOKE=0 leaves the bench smoke out (no torch).
+# Exit status non-zero when any step failed.
 set -u
 NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
 CUDA_BIN=$(dirname "$NVCC")
@@ -31,6 +34,7 @@ for f in $SRCS; do
 done
 "$NVCC" -O2 -std=c++17 $NVCC_GENCODE -I. -DFA_HAVE_CUDA -Xcompiler -fopenmp tests/gpu/test_flash.cu \
     "$OBJ"/flash_sm80.o "$OBJ"/flash_sm90.o "$OBJ"/engine.o -o "$OBJ/test_flash" || { echo "FAIL: compiling the test"; exit 1; }
+"$NVCC" -shared $NVCC_GENCODE "$OBJ"/flash_sm80.o "$OBJ"/flash_sm90.o -o "$OBJ/libflash.so" || { echo "FAIL: linking libflash.so"; exit 1; }
 echo "== resource usage (ptxas, sm_90a) per kernel"
 grep -h -A2 "Compiling entry function '_Z.*flash_fwd.*sm_90a" "$OBJ"/flash_sm*.ptxas.txt | grep -E "entry|Used|spill" | sed 's/ptxas info *: //' || true
 
@@ -48,6 +52,23 @@ if [ -x "$CUDA_BIN/compute-sanitizer" ] || command -v compute-sanitizer >/dev/nu
     done
 else
     echo "FAIL: compute-sanitizer not found"; fail=1
+fi
+
+if [ "${BENCH_SMOKE:-1}" != 0 ]; then
+    # bench/gpu.sh's timing step on small shapes, so that its ctypes call of the kernel cannot rot
+    echo "== kernel timing smoke: bench/gpu/bench.py --smoke ($OBJ/libflash.so, results under $OBJ)"
+    PYTHONUNBUFFERED=1 timeout 300 python3 bench/gpu/bench.py --lib "$OBJ/libflash.so" --csv "$OBJ/bench_smoke.csv" \
+        --smoke > "$OBJ/bench_smoke.txt" 2>&1
+    rc=$?
+    # the final table: one row per (d, causal, n), ours/flash/cudnn TFLOP/s, ratios, variant
+    nrows=$(grep -cE '^ +[0-9]+ +[0-9]+ +(64|128) +[01] +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+  v[0-9]' "$OBJ/bench_smoke.txt")
+    sed -n '/^$/,$p' "$OBJ/bench_smoke.txt"
+    if [ $rc -eq 0 ] && [ "$nrows" -eq 8 ]; then
+        echo "ok: bench smoke (8 table rows)"
+    else
+        tail -n 20 "$OBJ/bench_smoke.txt"
+        echo "FAIL: bench smoke (rc $rc, $nrows of 8 table rows, $OBJ/bench_smoke.txt)"; fail=1
+    fi
 fi
 
 echo "== CPU engine vs GPU engine on one HDF5 job (./fa_long)"
