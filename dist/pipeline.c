@@ -221,13 +221,12 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     return 0;
 }
 
-/* COLLECTIVE. Every rank needs the whole chunk of queries [r0, r0+n). Where a node holds several
- * ranks (the default; FA_Q_READ=node asks for it by name) the node's first rank reads the chunk
- * into a shared-memory window the node's ranks all read from (no copies): the file is read once
- * per node (bench/NOTES_SCALING.md, session 4: faster than every rank reading in all six 2-GPU
- * pairs measured, 5-25% of the whole job). FA_Q_READ=rank: each rank reads the chunk itself (one
- * collective read of the same rows), as on a node of one rank. FA_Q_READ=shared: each rank reads
- * one slice and the slices are shared (MPI_Allgatherv).
+/* COLLECTIVE. Every rank needs the whole chunk of queries [r0, r0+n); the plan's q_read says how.
+ * node (the default), where a node holds several ranks: the node's first rank reads the chunk
+ * into a shared-memory window the node's ranks all read from (no copies), so the file is read
+ * once per node (measured against `rank`: bench/NOTES_SCALING.md). rank: each rank reads the
+ * chunk itself (one collective read of the same rows), as on a node of one rank. shared: each
+ * rank reads one slice and the slices are shared (MPI_Allgatherv).
  * *qout: where the chunk is (q, or the node's window). */
 static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t n, float *q,
                         const float **qout, int check_finite) {

@@ -149,12 +149,14 @@ static int64_t paged_chunk(const fa_job *job, const fa_shape *s, const gpu_comm 
                       .device_free = gpu_free_bytes(gc ? gc->device : 0), .max_resident = -1};
         if (kv_plan_make(&pl) == 0 && pl.paged_rows > 0) {
             double link = job->link_gbps > 0 ? job->link_gbps : gpu_link_gbps(gc ? gc->device : 0);
+            /* the kernel's rate when --kernel-tflops does not say: the flash kernel's bf16 rate in
+             * the 256K job, rounded down (bench/results: 640-680 on the H100 and H200) */
             double tf = job->kernel_tflops > 0 ? job->kernel_tflops : 500.0;
             int64_t need = kv_plan_min_rows((int)s->H, (int)s->Hkv, 2, tf, link, 1.5);
             fa_log(2, "fa_long: paging model: link %.1f GB/s (%s), kernel %.0f TFLOP/s (%s): a chunk "
                       "hides its key copies from %lld rows (x1.5 margin); chunk %lld rows",
                    link, job->link_gbps > 0 ? "--link-gbps" : "measured", tf,
-                   job->kernel_tflops > 0 ? "--kernel-tflops" : "H100 kernel, bench/results",
+                   job->kernel_tflops > 0 ? "--kernel-tflops" : "default",
                    (long long)need, (long long)(need > c ? need : c));
             p->link_gbps = link;
             p->kernel_tflops = tf;
