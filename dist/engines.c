@@ -1,7 +1,7 @@
 /* engines.c — the exact-attention engines as the pipeline sees them (pipe_engine, pipeline.h):
  * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_job_*: keys resident
  * or paged, device state per pipeline slot, merge through NCCL or the host). */
-#include "dist/costmodel.h"
+#include "dist/choice.h"
 #include "dist/merge.h"
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
@@ -128,7 +128,7 @@ static int engine_exact_cuda(const fa_job *job, const fa_shape *s, int device, i
     const char *mr = getenv("FA_PAGE_MAX_RESIDENT");
     pl->max_resident = mr ? atoll(mr) : -1;
     const cm_choice *t = cm_run_choice(job, s, nranks, 1);   /* tune cache, else the model */
-    cm_flash_variant = t->variant;
+    cfg.variant = t->variant;
     pl->block_rows = t->block_rows;
     pl->ring = t->ring;
     if (br) pl->block_rows = atoll(br);

@@ -9,8 +9,8 @@
 #include "dist/merge.h"
 #include "dist/shard.h"
 #include "dist/gpu_comm.h"
-#include "dist/paging.h"
-#include "dist/costmodel.h"
+#include "dist/choice.h"
+#include "kernels/paging.h"
 #include "kernels/gpu_job.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
@@ -31,7 +31,7 @@ int64_t pipeline_default_chunk(const fa_shape *s, int nranks, int gpu) {
 
 /* COLLECTIVE for GPU jobs without --chunk: when this rank's keys will not all fit its device
  * budget, the chunk grows until its compute hides the copies of the keys streamed for it
- * (dist/paging.h). Rank 0 measures and decides; the answer is kept for later calls. */
+ * (kernels/paging.h). Rank 0 measures and decides; the answer is kept for later calls. */
 int64_t pipeline_chunk(const fa_job *job, const fa_shape *s, int nranks, int gpu) {
     static int64_t cached = -1;
     int64_t c = job->chunk > 0 ? job->chunk : pipeline_default_chunk(s, nranks, gpu);
