@@ -28,7 +28,7 @@
 #include "runner/cli.h"
 #include "base/common.h"
 
-/* the GPU sweep's order: one plan's variants in a row */
+/* the GPU sweep's order: one plan's configurations in a row */
 static int by_plan(const void *a, const void *b) {
     const cm_choice *x = a, *y = b;
     int64_t k[2][5] = {{x->chunk, x->block_rows, x->ring, x->window, x->variant},
@@ -234,7 +234,8 @@ int cmd_tune(int argc, char **argv) {
     if (sweep && gpu) {             /* every candidate of the model's GPU space */
         cm_choice *cand = fa_malloc(sizeof(cm_choice) * 2048, "candidates");
         int n = cm_candidates(&m, &j, cand, 2048);
-        /* one plan's variants in a row: a paged plan's keys are loaded once for all of them */
+        /* one plan's configurations in a row (cm_gpu_time_paged keeps a paged plan's engine, keys
+         * loaded, for the next call of the same plan and variant) */
         qsort(cand, (size_t)n, sizeof *cand, by_plan);
         cm_choice fin[3];
         fin[0] = best;

@@ -1,8 +1,9 @@
 /* model.c — see model.h. Sections: machine figures | CPU model | GPU model | search.
  *
  * Where each figure comes from:
- *   cpu_gflops   measured: cm_measure_cpu_peak, independent FMA chains in registers on every
- *                thread (the loop bench/cpu_bench.c's `peak` reports). Default 100 GFLOP/s.
+ *   cpu_gflops   measured: cm_measure_cpu_peak (tune/measure.c), independent FMA chains in
+ *                registers on every thread (the loop bench/cpu_bench.c's `peak` reports).
+ *                Default 100 GFLOP/s.
  *   cpu_eff      the engine's tile products' fraction of that peak. Default 0.65: the engine ran
  *                at 53-76% of measured peak on the 2-core EPYC (bench/NOTES_CPU.md); `fa_long
  *                tune` calibrates it on the tuned job (measured / predicted at efficiency 1).
