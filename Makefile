@@ -78,7 +78,7 @@ ALL_CFLAGS = $(CFLAGS) $(HDF5_CFLAGS) $(BLAS_CFLAGS) $(CUDA_CFLAGS)
 ALL_LIBS   = $(HDF5_LIBS) $(BLAS_LIBS) $(CUDA_LIBS) $(LDLIBS)
 
 # ---- sources: every .c of the program's folders; CUDA sources only with nvcc -------------------
-C_SRCS  := $(wildcard base/*.c runner/*.c dist/*.c io/*.c kernels/cpu/*.c)
+C_SRCS  := $(wildcard base/*.c runner/*.c dist/*.c tune/*.c io/*.c kernels/*.c kernels/cpu/*.c)
 CU_SRCS := $(if $(filter 1,$(USE_CUDA)),$(wildcard kernels/cuda/*.cu dist/*.cu))
 OBJS    := $(C_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.cu.o)
 LIB_OBJS := $(filter-out $(BUILD)/runner/main.o,$(OBJS))

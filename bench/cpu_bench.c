@@ -10,7 +10,7 @@
  * fp64 reference (validated before timing; exit 1 above 1e-5). FLOPs are 4*B*H*Nq*Nk*D, halved
  * for causal, for both methods (the baseline computes the masked half anyway). B = 1. */
 #include "kernels/attn.h"
-#include "dist/costmodel.h"   /* cm_measure_cpu_peak */
+#include "tune/measure.h"     /* cm_measure_cpu_peak */
 #include "base/common.h"
 #include <omp.h>
 #include <string.h>
@@ -28,7 +28,7 @@ float expf(float);
 #define TOL 1e-5
 
 /* ---- peak: independent FMA chains in registers on every core -------------------------------
- * The loop lives in dist/costmodel.c (cm_measure_cpu_peak), shared with `fa_long tune`. */
+ * The loop lives in tune/measure.c (cm_measure_cpu_peak), shared with `fa_long tune`. */
 static int run_peak(void) {
     double gflops = cm_measure_cpu_peak(0);
 #if defined(__AVX512F__)

@@ -4,7 +4,7 @@
 #   bench/scaling.sh             CPU matrix: 1/2/4/8 ranks (oversubscribed on a small machine:
 #                                the code paths and the merge bytes, not speed), causal (default
 #                                striped shards) and not -> bench/results/scaling_cpu_<machine>.csv
-#   bench/scaling.sh --predict   the cost model's figures for the 8-GPU run (dist/costmodel.c via
+#   bench/scaling.sh --predict   the cost model's figures for the 8-GPU run (tune/model.c via
 #                                `fa_long tune --predict`) -> bench/results/scaling_prediction.csv
 #   bench/scaling.sh --gpu       the real run on a multi-GPU node: the NCCL baseline (one chunk's
 #                                merge bytes, build/bench/nccl_baseline), then N = 256K, H = 32,

@@ -1,7 +1,6 @@
 /* engines.c — the exact-attention engines as the pipeline sees them (pipe_engine, pipeline.h):
  * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_job_*: keys resident
  * or paged, device state per pipeline slot, merge through NCCL or the host). */
-#include "dist/costmodel.h"   /* cm_flash_variant, until gpu_job_cfg carries it */
 #include "dist/merge.h"
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
@@ -114,8 +113,8 @@ static int engine_exact_cuda(const run_plan *pl, int device, void *nccl, pipe_en
     gpu_job_cfg cfg = {.device = device, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
                        .ct = pl->compute, .slots = pl->window, .max_rows = pl->chunk,
                        .nccl_comm = nccl, .nccl_size = nccl ? pl->nranks : 1,
-                       .plan = pl->kv};        /* the planner's key plan for this rank */
-    cm_flash_variant = pl->variant;
+                       .plan = pl->kv,        /* the planner's key plan for this rank */
+                       .variant = pl->variant};
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     if (gpu_job_create(&cfg, &c->job)) {
         free(c);

@@ -13,7 +13,7 @@
 #include "dist/shard.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
-#include "dist/paging.h"   /* kernels/paging.h once it moves there */
+#include "kernels/paging.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -74,7 +74,7 @@ typedef struct {
     double link_gbps, kernel_tflops;   /* the paging model's figures (chunk sizing) */
     /* the choice's prediction, for the report (0 when none) */
     double predicted_s;
-    const char *critical;        /* the model's critical resource, or "" */
+    char critical[16];           /* the model's critical resource, or "" */
     plan_source src[PS_COUNT];
 } run_plan;
 

@@ -1,5 +1,5 @@
 /* gpu_job.h — one rank's GPU side of a multi-rank job (kernels/cuda/gpu_job.cu): the rank's keys
- * resident on the device or paged from pinned host memory (dist/paging.h), one device state per
+ * resident on the device or paged from pinned host memory (kernels/paging.h), one device state per
  * pipeline slot, and the cross-rank merge of a chunk either on the device through NCCL (on a
  * communication stream, ordered by events after the chunk's compute) or through host records
  * for the MPI merge. kernels/cpu/gpu_none.c answers for builds without CUDA. */
@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
-#include "dist/paging.h"
+#include "kernels/paging.h"
 
 typedef struct gpu_job gpu_job;
 
@@ -20,6 +20,7 @@ typedef struct {
     int64_t max_rows;       /* rows per chunk */
     void *nccl_comm;        /* ncclComm_t of all ranks, or NULL: states go to the host (MPI) */
     int nccl_size;          /* ranks of nccl_comm; 1 without it (> 1 only in NCCL builds) */
+    int variant;            /* flash kernel variant (FLASH_*; the plan's), 0 = auto */
 } gpu_job_cfg;
 
 typedef struct {

@@ -5,8 +5,12 @@
 #include "runner/plan.h"
 #include "base/agree.h"
 #include "base/common.h"
-#include "dist/costmodel.h"
 #include "kernels/gpu_job.h"
+#include "kernels/paging.h"
+#include "tune/cache.h"
+#include "tune/choose.h"
+#include "tune/tuner.h"
+#include <omp.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -101,11 +105,7 @@ int plan_env_read(plan_env *e) {
 }
 
 const char *plan_tune_cache_path(const char *opt, const plan_env *env, char *buf, int len) {
-    if (opt && *opt) return opt;
-    if (env->tune_cache && *env->tune_cache) return env->tune_cache;
-    snprintf(buf, (size_t)len, "%s/.cache/fa_long/tune.txt",
-             env->home && *env->home ? env->home : ".");
-    return buf;
+    return cm_cache_path(opt, env->tune_cache, env->home, buf, len);
 }
 
 /* ---- the backend ------------------------------------------------------------------------------- */
@@ -127,6 +127,68 @@ int plan_backend(const fa_job *job, fa_backend *out) {
 static int64_t default_chunk(const fa_shape *s, int gpu) {
     int64_t c = gpu ? 8192 : 1024;
     return c < s->Nq ? c : s->Nq;
+}
+
+/* The job as the cost model sees it (one rank's share: keys / nranks). */
+static void model_job(const fa_job *job, const fa_shape *s, int gpu, cm_job *j) {
+    memset(j, 0, sizeof *j);
+    j->nq = s->Nq;
+    j->nk = s->Nk;
+    j->h = (int)s->H;
+    j->hkv = (int)s->Hkv;
+    j->d = (int)s->D;
+    j->causal = job->causal;
+    j->gpu = gpu;
+    j->elem = gpu ? 2 : 4;
+    j->nranks = fa_nranks;
+    j->budget = job->device_mem;
+    j->dtype = gpu ? (int)job->compute : -1;
+    j->threads = job->threads;
+}
+
+/* --tune: when the cache has no entry for the job, tune it and store the winner (the choice
+ * that follows then reads it from the cache, as every later run does). Rank 0 alone. */
+static void tune_first(const cm_job *j, const char *path, int verbose) {
+    cm_machine m;
+    memset(&m, 0, sizeof m);
+    m.threads = j->threads > 0 ? j->threads : omp_get_max_threads();
+    cm_device_name(j->gpu, m.threads, m.device, sizeof m.device);
+    char key[512];
+    cm_cache_key(m.device, j, key, sizeof key);
+    cm_cache_machine(path, m.device, &m);
+    cm_machine_defaults(&m, j->gpu);
+    cm_choice entry;
+    if (cm_cache_lookup(path, key, m.device, &entry, 0)) return;
+    fa_log(1, "fa_long: --tune: no entry for [%s] in %s: tuning first", key, path);
+    cm_choice best;
+    if (cm_tune_job(j, &m, 8, 3, verbose, &best) == 0 && !cm_cache_store(path, key, &best, &m))
+        fa_log(1, "fa_long: --tune: stored in %s", path);
+    else
+        fa_warn("--tune: tuning failed (%s); the model's choice", fa_errmsg());
+}
+
+/* COLLECTIVE. Rank 0 tunes first (--tune), then takes the tune cache's entry, else the model's
+ * choice (tune/choose.c); every rank gets its answer. The strings come back as names[] copies. */
+static void agreed_choice(const fa_job *job, const plan_env *env, const fa_shape *s, int gpu,
+                          cm_choice *c, char names[3][96]) {
+    memset(c, 0, sizeof *c);
+    memset(names, 0, 3 * 96);
+    if (fa_rank == 0) {
+        cm_job j;
+        model_job(job, s, gpu, &j);
+        char path[4096];
+        plan_tune_cache_path(job->tune_cache, env, path, sizeof path);
+        if (job->tune) tune_first(&j, path, job->verbose);
+        cm_choose(&j, path, 1, c);
+        snprintf(names[0], 96, "%s", c->critical ? c->critical : "");
+        snprintf(names[1], 96, "%s", c->source ? c->source : "");
+        snprintf(names[2], 96, "%s", c->why ? c->why : "");
+    }
+    MPI_Bcast(c, (int)sizeof *c, MPI_BYTE, 0, MPI_COMM_WORLD);
+    MPI_Bcast(names, 3 * 96, MPI_CHAR, 0, MPI_COMM_WORLD);
+    c->critical = names[0];
+    c->source = names[1];
+    c->why = names[2];
 }
 
 static plan_source choice_source(const cm_choice *c) {
@@ -196,7 +258,6 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->scale = job->scale > 0 ? job->scale : 1.0 / sqrt((double)s->D);
     p->src[PS_SCALE] = job->scale > 0 ? SRC_OPTION : SRC_DEFAULT;
     p->nranks = fa_nranks;
-    p->critical = "";
 
     /* the key layout across ranks: --shard, else contiguous, or for causal jobs striped on CPUs
      * (every rank the same share of visible keys in every chunk) and zigzag on GPUs (two key runs
@@ -212,10 +273,11 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     const int need_choice = exact && (given_chunk <= 0 || !job->window_set || gpu ||
                                       (!job->br && !job->bc));
     cm_choice choice = {0};
+    char names[3][96];
     if (need_choice) {
-        choice = *cm_run_choice(job, s, fa_nranks, gpu);
+        agreed_choice(job, env, s, gpu, &choice, names);
         p->predicted_s = choice.t_total;
-        p->critical = choice.critical ? choice.critical : "";
+        snprintf(p->critical, sizeof p->critical, "%.15s", choice.critical);
     }
     const plan_source csrc = choice_source(&choice);
 

@@ -1,4 +1,4 @@
-/* test_costmodel.c — the cost model and the tune cache (dist/costmodel.c), without a GPU:
+/* test_costmodel.c — the cost model and the tune cache (tune/model.c, tune/cache.c), without a GPU:
  *   - the cache round-trips; corrupt, truncated (at every byte), foreign-version, bad-value and
  *     other-device files are ignored (lookup finds nothing), never a crash; a store keeps the
  *     other entries and replaces its own;
@@ -8,8 +8,9 @@
  *     slower than the fixed defaults;
  *   - the model's terms move the right way (N^2 scaling, causal about half, paging and merge
  *     named critical when the link or network is made slow). */
-#include "dist/costmodel.h"
-#include "dist/paging.h"
+#include "tune/cache.h"
+#include "tune/model.h"
+#include "kernels/paging.h"
 #include "base/common.h"
 #include "tests/testing.h"
 #include <math.h>

@@ -1,8 +1,8 @@
-/* test_paging.c — the paging plan (dist/paging.c) and the chunk-size model, without a GPU:
+/* test_paging.c — the paging plan (kernels/paging.c) and the chunk-size model, without a GPU:
  * everything resident when it fits; otherwise resident + paged = all keys, the ring and the chunk
  * buffers within the budget, boundaries on 256-key multiples; a budget too small is refused;
  * the model's minimum chunk hides the copies. */
-#include "dist/paging.h"
+#include "kernels/paging.h"
 #include "base/common.h"
 #include "tests/testing.h"
 #include <stdio.h>

@@ -236,7 +236,7 @@ def test_resume_with_another_rank_count_default_chunk(tmp_path):
     """Stopped at 1 rank with no --chunk, resumed at 3 ranks with no --chunk: the default chunk
     differs between the two rank counts, yet the resume takes the partial's and goes on."""
     inp = tmp_path / "in.h5"
-    # 3 ranks want at least 6 chunks of a batch element (dist/costmodel.c), 1 rank does not
+    # 3 ranks want at least 6 chunks of a batch element (tune/model.c), 1 rank does not
     B, Nq, Nk, D = 2, 20480, 1024, 32
     q, k, v = make_input(inp, B=B, Nq=Nq, Nk=Nk, H=2, Hkv=1, D=D)
     plain1, plain3 = tmp_path / "p1.h5", tmp_path / "p3.h5"

@@ -1,4 +1,4 @@
-"""fa_long tune and the tune cache end to end (dist/costmodel.c, runner/tune.c), CPU only:
+"""fa_long tune and the tune cache end to end (tune/, runner/tune.c), CPU only:
 corrupt / foreign / other-device caches are ignored with one warning line and the run is still
 right; with no cache a run uses exactly the model's choice (--verbose, and the output's chunk
 attribute); tune on a tiny job stores a configuration no slower than the defaults it timed, and a

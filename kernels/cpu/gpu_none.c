@@ -36,7 +36,7 @@ int gpu_uuid(int device, unsigned char uuid[16]) { return -1; }
 #endif
 
 #ifndef FA_HAVE_CUDA
-#include "dist/costmodel.h"
+#include "kernels/gpu_tune.h"
 /* the tuner's GPU timing (kernels/cuda/tune.cu): no GPU in this build */
 double cm_gpu_time_variant(int variant, int64_t nq, int64_t nk, int h, int hkv, int d,
                            int causal, int dtype, int reps) { return -1; }

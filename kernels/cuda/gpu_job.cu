@@ -26,7 +26,6 @@
 #include "kernels/cuda/flash.h"
 extern "C" {
 #include "kernels/gpu_job.h"
-extern int cm_flash_variant;   /* dist/costmodel.h: the tune cache's flash variant, 0 = auto */
 #include "io/convert.h"
 #include "base/common.h"
 }
@@ -456,8 +455,8 @@ static void launch(gpu_job *g, int slot, const attn_queries *q, const void *k, i
     p.rec_log2 = 1;                   /* device states keep the kernel's base-2 max: exact hand-over */
     p.out_mode = FLASH_OUT_STATE;
     char msg[256];
-    /* the tune cache's variant (dist/costmodel.h), when this device runs it; else the best */
-    const int variant = cm_flash_variant > 0 && flash_variant_available(cm_flash_variant) ? cm_flash_variant : FLASH_AUTO;
+    /* the configured variant (gpu_job_cfg.variant), when this device runs it; else the best */
+    const int variant = g->c.variant > 0 && flash_variant_available(g->c.variant) ? g->c.variant : FLASH_AUTO;
     if (flash_forward(&p, variant, g->compute, msg, sizeof msg)) fa_fail("GPU %d: %s", g->c.device, msg);
 }
 

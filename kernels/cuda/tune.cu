@@ -1,4 +1,4 @@
-/* tune.cu — timing helper for the autotuner (dist/costmodel.h, runner/tune.c): one flash kernel
+/* tune.cu — timing helper for the autotuner (kernels/gpu_tune.h, tune/tuner.c): one flash kernel
  * variant on random inputs of one chunk, so `fa_long tune --backend cuda` can rank variants and
  * chunk sizes by measurement. Graceful without a GPU: every call returns -1 (or 0), no abort.
  *
@@ -15,12 +15,7 @@
 #include <algorithm>
 #include <cuda_fp16.h>
 #include "kernels/cuda/flash.h"
-
-extern "C" {
-double cm_gpu_time_variant(int variant, int64_t nq, int64_t nk, int h, int hkv, int d, int causal,
-                           int dtype, int reps);
-int64_t cm_gpu_smem_per_block(void);
-}
+#include "kernels/gpu_tune.h"
 
 /* random 16-bit values in [-1, 1): bf16 or fp16 bit patterns from a hash */
 __global__ void tune_fill(uint16_t *x, int64_t n, uint32_t seed, int fp16) {
@@ -147,11 +142,6 @@ out:
 /* ---- a paged configuration on the real engine ------------------------------------------------ */
 extern "C" {
 #include "kernels/gpu_job.h"
-#include "dist/paging.h"
-extern int cm_flash_variant;
-double cm_gpu_time_paged(int variant, int64_t chunk, int window, int64_t nq, int64_t kv_rows, int64_t nk_total,
-                         int h, int hkv, int d, int causal, int dtype, int64_t budget, int64_t block_rows,
-                         int ring, int reps);
 }
 
 /* uniform [-1, 1) from a hash of the index: the same values every call */
@@ -187,6 +177,7 @@ extern "C" double cm_gpu_time_paged(int variant, int64_t chunk, int window, int6
     cfg.slots = window;
     cfg.max_rows = chunk;
     cfg.nccl_size = 1;
+    cfg.variant = variant;
     kv_plan *pl = &cfg.plan;
     pl->kv_rows = kv_rows; pl->h = h; pl->hkv = hkv; pl->d = d; pl->elem = 2;
     pl->chunk_rows = chunk; pl->slots = window; pl->budget = budget;
@@ -213,12 +204,12 @@ extern "C" double cm_gpu_time_paged(int variant, int64_t chunk, int window, int6
         if (!q_cap) return -1;
         host_fill(q, nqe, 13u);
     }
-    /* the engine with its keys loaded is kept for the next call of the same plan (the sweep
-     * times the variants of one plan in a row): loading is most of a call's time */
+    /* the engine with its keys loaded is kept for the next call of the same plan and variant
+     * (the variant is the engine's, gpu_job_cfg.variant): loading is most of a call's time */
     static gpu_job *g = NULL;
-    static int64_t key[12];
-    const int64_t want[12] = {chunk, window, kv_rows, h, hkv, d, dtype, budget, pl->block_rows, pl->ring,
-                              pl->resident_rows, nk_total};
+    static int64_t key[13];
+    const int64_t want[13] = {chunk, window, kv_rows, h, hkv, d, dtype, budget, pl->block_rows, pl->ring,
+                              pl->resident_rows, nk_total, variant};
     int reuse = g && !memcmp(key, want, sizeof key);
     if (!reuse) {
         if (g) gpu_job_destroy(g);
@@ -228,8 +219,6 @@ extern "C" double cm_gpu_time_paged(int variant, int64_t chunk, int window, int6
     }
     attn_kv_segment seg = {k, v, kv_rows, 0};
     double result = -1;
-    const int saved = cm_flash_variant;
-    cm_flash_variant = variant;
     attn_queries aq;
     memset(&aq, 0, sizeof aq);
     aq.q = q; aq.nq = chunk < nq ? chunk : nq; aq.h = h; aq.hkv = hkv; aq.d = d;
@@ -264,7 +253,6 @@ extern "C" double cm_gpu_time_paged(int variant, int64_t chunk, int window, int6
             result = ((s1.compute_ms + s1.idle_ms) - (s0.compute_ms + s0.idle_ms)) * 1e-3 / n;
         }
     }
-    cm_flash_variant = saved;
     if (result < 0) {
         gpu_job_destroy(g);
         g = NULL;

@@ -1,5 +1,5 @@
 /* paging.c — see paging.h. */
-#include "dist/paging.h"
+#include "kernels/paging.h"
 #include "base/common.h"
 #include <math.h>
 

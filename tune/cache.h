@@ -1,0 +1,41 @@
+/* cache.h — the tune cache: a text file that remembers what `fa_long tune` measured, one section
+ * per (device, D, dtype, causal, GQA ratio), plus one [machine DEVICE] section of measured figures:
+ *   # fa_long tune cache
+ *   version = 1
+ *   [machine cpu AMD EPYC 7R13 x2]
+ *   cpu_gflops = 120.50
+ *   ...
+ *   [cpu AMD EPYC 7R13 x2 | d=128 dtype=float32 causal=1 gqa=4]
+ *   br = 16
+ *   ...
+ * Reading never fails a run: a missing file is silent, anything else that does not parse is
+ * ignored with one warning line. Reads no environment (cm_cache_path takes its values). */
+#pragma once
+#include "tune/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CM_CACHE_VERSION 1
+
+/* The file: opt (--tune-cache) when given, else env_fa_tune_cache ($FA_TUNE_CACHE), else
+ * env_home/.cache/fa_long/tune.txt ($HOME; "." when unset). Written into buf; returns buf. */
+const char *cm_cache_path(const char *opt, const char *env_fa_tune_cache, const char *env_home,
+                          char *buf, int len);
+/* The section name of a job on a device: "DEVICE | d=128 dtype=float32 causal=1 gqa=4". */
+void cm_cache_key(const char *device, const cm_job *j, char *buf, int len);
+/* Returns 1 and fills c (source "cache") when the file holds a valid entry for key, 0 otherwise.
+ * A missing file is silent; a corrupt, truncated or foreign-version file, a bad entry, or entries
+ * only for other devices give one warning line (to stderr, when warn) and are ignored. */
+int cm_cache_lookup(const char *path, const char *key, const char *device, cm_choice *c, int warn);
+/* The machine figures `fa_long tune` stored for device ([machine DEVICE]) into m; 1 when found
+ * (m unchanged otherwise). */
+int cm_cache_machine(const char *path, const char *device, cm_machine *m);
+/* Adds or replaces key's entry and m's [machine] section (written to a temporary file, then
+ * renamed). Returns 0 or -1 (fa_seterr). */
+int cm_cache_store(const char *path, const char *key, const cm_choice *c, const cm_machine *m);
+
+#ifdef __cplusplus
+}
+#endif
