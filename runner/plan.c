@@ -155,8 +155,10 @@ static void tune_first(const cm_job *j, const char *path, int verbose) {
     cm_device_name(j->gpu, m.threads, m.device, sizeof m.device);
     char key[512];
     cm_cache_key(m.device, j, key, sizeof key);
-    cm_cache_machine(path, m.device, &m);
+    /* as the tune subcommand: figures the cache measured, else measure them (not the defaults) */
+    int have = !j->gpu && cm_cache_machine(path, m.device, &m) && m.cpu_gflops > 0;
     cm_machine_defaults(&m, j->gpu);
+    if (!have) m.cpu_gflops = 0;
     cm_choice entry;
     if (cm_cache_lookup(path, key, m.device, &entry, 0)) return;
     fa_log(1, "fa_long: --tune: no entry for [%s] in %s: tuning first", key, path);
