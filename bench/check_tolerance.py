@@ -22,7 +22,7 @@ inp, out = os.path.join(tmp, "in.h5"), os.path.join(tmp, "out.h5")
 rows = []
 print(f"# check tolerance vs conditioning, backend {backend}, {date}, rev {rev}, N 300, H 2, Hkv 1")
 print(f"# {'D':>4} {'mag':>5} {'causal':>6} {'compute':>9} {'rel_err':>10} {'kappa':>10} {'err/(u*kappa)':>14} {'tol':>9} {'verdict':>7}")
-for D in (16, 64, 128):
+for D in ((16, 64, 128) if backend == "cpu" else (64, 128)):   # the GPU engine's head dims
     for mag in (1, 3, 8, 12, 30, 100, 300):
         for causal in (0, 1):
             q, k, v = random_inputs(rng, 1, 300, 300, 2, 1, D, magnitude=mag)
