@@ -169,8 +169,8 @@ static void tune_first(const cm_job *j, const char *path, int verbose) {
         fa_warn("--tune: tuning failed (%s); the model's choice", fa_errmsg());
 }
 
-/* COLLECTIVE. Rank 0 tunes first (--tune), then takes the tune cache's entry, else the model's
- * choice (tune/choose.c); every rank gets its answer. The strings come back as names[] copies. */
+/* COLLECTIVE. Rank 0 takes the tune cache's entry, else the model's choice (tune/choose.c);
+ * every rank gets its answer. The strings come back as names[] copies. */
 static void agreed_choice(const fa_job *job, const plan_env *env, const fa_shape *s, int gpu,
                           cm_choice *c, char names[3][96]) {
     memset(c, 0, sizeof *c);
@@ -180,7 +180,6 @@ static void agreed_choice(const fa_job *job, const plan_env *env, const fa_shape
         model_job(job, s, gpu, &j);
         char path[4096];
         plan_tune_cache_path(job->tune_cache, env, path, sizeof path);
-        if (job->tune) tune_first(&j, path, job->verbose);
         cm_choose(&j, path, 1, c);
         snprintf(names[0], 96, "%s", c->critical ? c->critical : "");
         snprintf(names[1], 96, "%s", c->source ? c->source : "");
@@ -191,6 +190,18 @@ static void agreed_choice(const fa_job *job, const plan_env *env, const fa_shape
     c->critical = names[0];
     c->source = names[1];
     c->why = names[2];
+}
+
+int plan_tune(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend) {
+    if (job->tune && job->mode == MODE_EXACT && fa_rank == 0) {
+        cm_job j;
+        model_job(job, s, backend == BACKEND_CUDA, &j);
+        char path[4096];
+        plan_tune_cache_path(job->tune_cache, env, path, sizeof path);
+        tune_first(&j, path, job->verbose);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);          /* the others wait while rank 0 tunes */
+    return 0;
 }
 
 static plan_source choice_source(const cm_choice *c) {

@@ -36,6 +36,11 @@ const char *plan_tune_cache_path(const char *opt, const plan_env *env, char *buf
  * rank sees a GPU); -1 with fa_seterr when --backend cuda cannot be served. */
 int plan_backend(const fa_job *job, fa_backend *out);
 
+/* COLLECTIVE over MPI_COMM_WORLD. --tune (exact mode): when the tune cache has no entry for the
+ * job, rank 0 tunes it (tune/tuner.c) and stores the winner, which plan_make then reads from the
+ * cache as every later run does. Run by cmd_run before plan_make; returns 0. */
+int plan_tune(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend);
+
 /* COLLECTIVE over MPI_COMM_WORLD, after the input is open and, on GPUs, the ranks are bound to
  * their devices (gc; NULL for the CPU). resume_chunk > 0: the chunk of the partial output being
  * resumed (when --chunk is not given). Fills *p; -1 with fa_seterr (the same on every rank) when

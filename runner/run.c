@@ -332,6 +332,7 @@ int cmd_run(int argc, char **argv) {
         h5in_close(in);
         return fa_report_error();
     }
+    if (job.tune) plan_tune(&job, &env, &s, be);   /* --tune: tune and cache first, explicitly */
     run_plan pl;
     int64_t resumed_chunk = resume_chunk(&job);   /* --resume, no --chunk: the earlier run's */
     if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &pl)) {

@@ -20,8 +20,8 @@
  *   hbm_gbps     default 3350 GB/s (H100 SXM data sheet); enters only the state read/write term.
  *   smem         cudaDevAttrMaxSharedMemoryPerBlockOptin; default 227 KiB (sm_90).
  *   net_gbps     CPU: 5 GB/s, assumed shared-memory MPI between ranks of one node (not measured
- *                here); GPU: 361 GB/s NCCL bus bandwidth, the 1 GiB all-reduce measured on
- *                nvidia-h100-x8 (/work/.library/device/KINDS.md).
+ *                here); GPU: 361 GB/s NCCL bus bandwidth, a 1 GiB all-reduce on 8 H100s
+ *                (bench/NOTES_SCALING.md).
  *   net_latency  CPU 20 us, GPU 30 us per merge (one reduce + one all-reduce): assumed.
  * Overheads (assumed, order of magnitude; the tune bench reports how far predictions land):
  *   CPU: 0.3 us per key tile of a work item, 2 us per work item, 30 us per chunk (parallel

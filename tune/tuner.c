@@ -121,7 +121,7 @@ double cm_time_gpu(const cm_job *j, const cm_machine *m, const cm_choice *c, int
     if (t == -2) {
         /* the timed chunk ends at the last key (its rows see every key). Causal: a chunk in the
          * middle of the queries stands for the average one, so it sees the keys up to the middle
-         * row (the first H100 table timed the last chunk: causal jobs came out twice too slow) */
+         * row (timing the last chunk made causal jobs come out twice too slow: bench/NOTES_TUNE.md) */
         int64_t nk = j->nk;
         if (j->causal) {
             nk = j->nk - j->nq + j->nq / 2 + n / 2;
@@ -207,8 +207,8 @@ int cm_tune_job(const cm_job *j, cm_machine *m, int top, int reps, int verbose, 
         if (beats(best, t)) *best = c;
     }
     if (timed > 1) {
-        /* Times vary by a few percent from one timing to the next (GPU paged ones by up to 9%:
-         * bench/NOTES_TUNE.md run 7; on a shared CPU a slow spell can cover all of one
+        /* Times vary by a few percent from one timing to the next (GPU paged ones by up to 9%,
+         * bench/NOTES_TUNE.md; on a shared CPU a slow spell can cover all of one
          * configuration's timings, the defaults' first of all): the three fastest candidates
          * and the defaults are timed again in FINAL_ROUNDS interleaved rounds (D A B C D A B C
          * ...; GPU: 2x longer each, CPU: one whole job each), and each keeps the best of all

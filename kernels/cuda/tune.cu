@@ -109,8 +109,7 @@ extern "C" double cm_gpu_time_variant(int variant, int64_t nq, int64_t nk, int h
     TRY(cudaEventCreate(&e0));
     TRY(cudaEventCreate(&e1));
     /* timed at the sustained clock a long job runs at: launches back to back for WARM_S first
-     * (the first H100 table with budgets timed a 2048-row chunk 15% faster in 3 launches after
-     * an idle gap than in 12 launches right after other work) */
+     * (a few launches after an idle gap run faster than a long job's: bench/NOTES_TUNE.md) */
     {
         const double t0 = fa_now();
         int w = 0;
@@ -248,7 +247,7 @@ extern "C" double cm_gpu_time_paged(int variant, int64_t chunk, int window, int6
             /* waits for every chunk. Device time from the end of the warm-up to the end of the
              * last chunk (compute + idle = the span): the chunks' compute events alone miss the
              * waits that fall before a chunk starts (its query upload queued behind key copies
-             * on the link: the first H100 table measured 13 ms a chunk for 16 ms of copies) */
+             * on the link: bench/NOTES_TUNE.md) */
             gpu_job_get_stats(g, &s1);
             result = ((s1.compute_ms + s1.idle_ms) - (s0.compute_ms + s0.idle_ms)) * 1e-3 / n;
         }
