@@ -150,11 +150,8 @@ static void model_job(const fa_job *job, const fa_shape *s, int gpu, cm_job *j) 
  * that follows then reads it from the cache, as every later run does). Rank 0 alone. */
 static void tune_first(const cm_job *j, const char *path, int verbose) {
     cm_machine m;
-    memset(&m, 0, sizeof m);
-    m.threads = j->threads > 0 ? j->threads : omp_get_max_threads();
-    cm_device_name(j->gpu, m.threads, m.device, sizeof m.device);
     char key[512];
-    cm_cache_key(m.device, j, key, sizeof key);
+    cm_job_machine_key(j, &m, key, sizeof key);
     /* as the tune subcommand: figures the cache measured, else measure them (not the defaults) */
     int have = !j->gpu && cm_cache_machine(path, m.device, &m) && m.cpu_gflops > 0;
     cm_machine_defaults(&m, j->gpu);

@@ -1,5 +1,6 @@
 /* cache.c — see cache.h. */
 #include "tune/cache.h"
+#include <omp.h>
 #include "base/common.h"
 #include <errno.h>
 #include <math.h>
@@ -22,6 +23,13 @@ void cm_cache_key(const char *device, const cm_job *j, char *buf, int len) {
     snprintf(buf, (size_t)len, "%s | d=%d dtype=%s causal=%d gqa=%d", device, j->d,
              j->dtype < 0 ? "float32" : j->dtype == 1 ? "float16" : "bfloat16", j->causal ? 1 : 0,
              j->h / (j->hkv > 0 ? j->hkv : 1));
+}
+
+void cm_job_machine_key(const cm_job *j, cm_machine *m, char *key, int len) {
+    memset(m, 0, sizeof *m);
+    m->threads = j->threads > 0 ? j->threads : omp_get_max_threads();
+    cm_device_name(j->gpu, m->threads, m->device, sizeof m->device);
+    cm_cache_key(m->device, j, key, len);
 }
 
 static void trim(char *s) {

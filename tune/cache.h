@@ -25,6 +25,9 @@ const char *cm_cache_path(const char *opt, const char *env_fa_tune_cache, const 
                           char *buf, int len);
 /* The section name of a job on a device: "DEVICE | d=128 dtype=float32 causal=1 gqa=4". */
 void cm_cache_key(const char *device, const cm_job *j, char *buf, int len);
+/* m zeroed, with this machine's thread count and device name for the job (its GPU, or the CPU
+ * and j->threads, else all threads), and the job's cache key in key[len]. */
+void cm_job_machine_key(const cm_job *j, cm_machine *m, char *key, int len);
 /* Returns 1 and fills c (source "cache") when the file holds a valid entry for key, 0 otherwise.
  * A missing file is silent; a corrupt, truncated or foreign-version file, a bad entry, or entries
  * only for other devices give one warning line (to stderr, when warn) and are ignored. */

@@ -26,11 +26,8 @@ int cm_choose(const cm_job *j, const char *cache_path, int warn, cm_choice *out)
     cm_choice chosen;
     memset(&chosen, 0, sizeof chosen);
     cm_machine m;
-    memset(&m, 0, sizeof m);
-    m.threads = j->threads > 0 ? j->threads : omp_get_max_threads();
-    cm_device_name(j->gpu, m.threads, m.device, sizeof m.device);
     char key[512];
-    cm_cache_key(m.device, j, key, sizeof key);
+    cm_job_machine_key(j, &m, key, sizeof key);
     const int have_machine = cm_cache_machine(cache_path, m.device, &m);
     int rejected = 0;                   /* a cache entry the model found invalid for this job */
     cm_machine_defaults(&m, j->gpu);
