@@ -67,7 +67,6 @@ static int engine_exact_cpu(const run_plan *pl, pipe_engine *e) {
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     c->tiling = pl->tiling;                 /* the planner's tile, threads and tile products */
     exact_common(&pl->s, c, e);
-    e->name = "cpu";
     e->compute = "float32";
     e->load_kv = cpu_load_kv;
     e->partial = cpu_partial;
@@ -121,7 +120,6 @@ static int engine_exact_cuda(const run_plan *pl, int device, void *nccl, pipe_en
         return -1;
     }
     exact_common(s, c, e);
-    e->name = "cuda";
     e->compute = pl->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
     e->load_kv = job_load_kv;
     e->partial_slot = job_partial;

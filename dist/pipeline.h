@@ -17,8 +17,8 @@ struct pipeline_stats;
 /* What the pipeline needs of an engine (dist/engines.c builds them). A record is rec_len floats
  * per (query row, head); partials over disjoint key sets merge with `op` on `rec_type`. */
 typedef struct pipe_engine {
-    const char *name;           /* "cpu", "cuda", ... (the output's backend attribute) */
-    const char *compute;        /* "float32", "bfloat16", ... (the output's compute attribute) */
+    const char *compute;        /* what it computes in: "float32", "bfloat16", ... (the output's
+                                   compute attribute, through pipeline_stats.compute) */
     int rec_len;
     MPI_Datatype rec_type;
     MPI_Op op;

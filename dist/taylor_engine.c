@@ -177,12 +177,10 @@ int taylor_engine_create(const run_plan *pl, int device, int64_t kv_rows, pipe_e
             free(c);
             return -1;
         }
-        e->name = "cuda";
         e->load_kv = t_gpu_load_kv;
         e->partial = t_gpu_partial;
     } else {
         c->cpu = taylor_cpu_create(c->h, c->hkv, c->d, pl->tiling.threads, pl->tiling.br);
-        e->name = "cpu";
         e->load_kv = t_cpu_load_kv;
         e->partial = t_cpu_partial;
     }
