@@ -1,4 +1,5 @@
-/* cli.c — run options (getopt_long), --help and --version. */
+/* cli.c — run options (getopt_long), --help and --version, and the "did you mean" of every
+ * command's unknown options. */
 #include <getopt.h>
 #include <stdlib.h>
 #include <math.h>
@@ -31,12 +32,61 @@ void cli_print_version(void) {
 #endif
 }
 
+/* Optimal string alignment distance of a[0..n) and b[0..m) (both cut at 63 characters). */
+static int osa_distance(const char *a, size_t n, const char *b, size_t m) {
+    enum { L = 64 };
+    int d[L][L];
+    if (n >= L) n = L - 1;
+    if (m >= L) m = L - 1;
+    for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int cost = a[i - 1] != b[j - 1], v = d[i - 1][j - 1] + cost;
+            if (d[i - 1][j] + 1 < v) v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    return d[n][m];
+}
+
+const char *cli_closest(const char *word, size_t len, const char *const *names, int n) {
+    int limit = (int)(len / 3) < 1 ? 1 : (int)(len / 3) > 2 ? 2 : (int)(len / 3);
+    int best = limit + 1, ties = 0;
+    const char *pick = NULL;
+    for (int i = 0; i < n; i++) {
+        size_t nl = strlen(names[i]);
+        int d = osa_distance(word, len, names[i], nl);
+        if (d >= (int)nl) continue;              /* "--x" is not a typo of "-n" */
+        if (d < best) best = d, pick = names[i], ties = 0;
+        else if (d == best) ties++;
+    }
+    return ties ? NULL : pick;
+}
+
+int cli_unknown_option(const char *who, const char *arg, const struct option *opts,
+                       const char *help) {
+    const char *names[128], *hit = NULL;
+    int n = 0;
+    for (; opts[n].name && n < 128; n++) names[n] = opts[n].name;
+    if (!strncmp(arg, "--", 2) && arg[2]) {
+        const char *w = arg + 2, *eq = strchr(w, '=');
+        hit = cli_closest(w, eq ? (size_t)(eq - w) : strlen(w), names, n);
+    }
+    if (hit) return fa_seterr("%sunknown option '%s' (did you mean --%s? see %s)", who, arg, hit, help);
+    return fa_seterr("%sunknown option '%s' (see %s)", who, arg, help);
+}
+
 static void usage(void) {
     if (fa_rank) return;
     printf(
         "usage: fa_long --input IN.h5 --output OUT.h5 [options]\n"
         "       fa_long gen --output IN.h5 [shape options]     (fa_long gen --help)\n"
         "       fa_long check --input IN.h5 --output OUT.h5     (fa_long check --help)\n"
+        "       fa_long tune [job shape]                        (fa_long tune --help)\n"
         "\n"
         "Exact attention o = softmax(q k^T * scale) v from HDF5 datasets q [B,Nq,H,D] and\n"
         "k, v [B,Nk,Hkv,D] to o [B,Nq,H,D] (and lse [B,H,Nq]), across the ranks of mpirun.\n"
@@ -82,7 +132,9 @@ static void usage(void) {
         "                          to do when OUT is already complete\n"
         "  -f, --force             replace an existing output file\n"
         "  -q, --quiet             no progress line and no summary\n"
-        "  -v, --verbose           more detail (plan, per-rank times)\n"
+        "  -v, --verbose           also the plan (each setting and where it came from), the\n"
+        "                          threads a rank, and every rank's read, compute, merge wait and\n"
+        "                          write seconds as one '#'-headed table (one row per rank)\n"
         "  -h, --help              this help\n"
         "  -V, --version           version and build features\n");
 }
@@ -222,8 +274,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             else if (parse_int("--check", optarg, 1, &job->check_rows)) return -1;
             break;
         case ':': return fa_seterr("option %s needs a value (see --help)", argv[optind - 1]);
-        default:
-            return fa_seterr("unknown option '%s' (see --help)", argv[optind - 1]);
+        default: return cli_unknown_option("", argv[optind - 1], opts, "--help");
         }
     }
     if (optind < argc) return fa_seterr("unexpected argument '%s' (see --help)", argv[optind]);

@@ -1,6 +1,18 @@
-/* cli.h — the command line: `fa_long [run options]`, `fa_long gen ...`, `fa_long check ...`. */
+/* cli.h — the command line: `fa_long [run options]`, `fa_long gen|check|tune ...`. */
 #pragma once
+#include <getopt.h>
+#include <stddef.h>
 #include "runner/job.h"
+
+/* "Did you mean": the name among names[0..n) closest to word[0..len) by edit distance (optimal
+ * string alignment: insertions, deletions, substitutions, adjacent transpositions), or NULL when
+ * none is within max(1, len/3) edits (at most 2), or two are equally close. */
+const char *cli_closest(const char *word, size_t len, const char *const *names, int n);
+/* fa_seterr for the unknown option `arg` ("--casual", "--chnk=64") of a command whose getopt table
+ * is opts: "<who>unknown option '--casual' (did you mean --causal? see <help>)"; who is "" or
+ * "gen: ". Returns -1. */
+int cli_unknown_option(const char *who, const char *arg, const struct option *opts,
+                       const char *help);
 
 /* Parses the run options into *job. Returns 0, 1 when --help/--version was handled (exit 0), or
  * -1 with fa_seterr on a usage error. */

@@ -144,7 +144,7 @@ int cmd_gen(int argc, char **argv) {
             fa_seterr("gen: option %s needs a value (see fa_long gen --help)", argv[optind - 1]);
             return fa_report_error();
         default:
-            fa_seterr("gen: unknown option '%s' (see fa_long gen --help)", argv[optind - 1]);
+            cli_unknown_option("gen: ", argv[optind - 1], opts, "fa_long gen --help");
             return fa_report_error();
         }
     }

@@ -5,6 +5,9 @@
  *   fa_long check --input in.h5 --output out.h5        fp64 recomputation of sampled rows
  *   fa_long tune [job shape]                            measure and cache the best tiles/chunks
  *
+ * A first word that is no command but close to one ("tun", "chek") is refused with a suggestion;
+ * any other stray word goes to the run parser, which calls it an unexpected argument.
+ *
  * Exit status: 0 success; 1 a check above tolerance or an internal failure; 2 bad usage or bad
  * input (one line on stderr naming the file, dataset and what was expected). */
 #include <mpi.h>
@@ -26,12 +29,19 @@ int main(int argc, char **argv) {
         else if (!strncmp(argv[i], "--threads=", 10)) threads = atoi(argv[i] + 10);
     }
     fa_threads_setup(threads > 0 ? threads : 0, getenv("OMP_NUM_THREADS"));
+    static const char *const commands[] = {"gen", "check", "tune"};
+    const char *hit = NULL;
     int rc;
     if (argc > 1 && !strcmp(argv[1], "gen")) rc = cmd_gen(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "check")) rc = cmd_check(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "run")) rc = cmd_run(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "tune")) rc = cmd_tune(argc - 1, argv + 1);
-    else rc = cmd_run(argc, argv);
+    else if (argc > 1 && argv[1][0] != '-' &&
+             (hit = cli_closest(argv[1], strlen(argv[1]), commands, 3))) {
+        fa_seterr("unknown command '%s' (did you mean %s? commands: gen, check, tune; or run "
+                  "options, see --help)", argv[1], hit);
+        rc = fa_report_error();
+    } else rc = cmd_run(argc, argv);
     MPI_Finalize();
     return rc;
 }

@@ -43,13 +43,20 @@ static int write_attrs(h5out *out, const fa_job *job, const run_plan *pl, double
     return rc ? -1 : 0;
 }
 
-/* Rank 0 prints where the time went; per-rank compute shows the balance. */
+/* Rank 0 prints where the time went; per-rank compute shows the balance, and --verbose every
+ * rank's times, one row each. */
 static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats *st,
                       fa_backend be, double elapsed) {
     double mine[4] = {st->t_compute, st->t_wait, st->work_pairs, (double)st->bytes_reduced};
     double mx[4], sum[4];
     MPI_Reduce(mine, mx, 4, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     MPI_Reduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    int table = job->verbose && !job->quiet;         /* the same on every rank: same arguments */
+    double times[4] = {st->t_read, st->t_compute, st->t_wait, st->t_write}, *all = NULL;
+    if (table) {
+        if (fa_rank == 0) all = fa_malloc((size_t)fa_nranks * sizeof times, "per-rank times");
+        MPI_Gather(times, 4, MPI_DOUBLE, all, 4, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    }
     if (fa_rank != 0 || job->quiet) return;
     double flops = 4.0 * sum[2] * (double)s->D;     /* 2 products x 2 flops per visible pair */
     fprintf(stderr,
@@ -64,6 +71,12 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
             "wait %.3f s, finalize %.3f s, write %.3f s; compute max/mean %.3f; merged %.1f MB\n",
             st->t_setup, st->t_read, st->t_kv, st->t_compute, st->t_wait, st->t_final, st->t_write,
             sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
+    if (!table) return;
+    fprintf(stderr, "# rank   read_s  compute_s  merge_wait_s  write_s\n");
+    for (int r = 0; r < fa_nranks; r++)
+        fprintf(stderr, "%6d %8.3f %10.3f %13.3f %8.3f\n", r, all[4 * r], all[4 * r + 1],
+                all[4 * r + 2], all[4 * r + 3]);
+    free(all);
 }
 
 /* Flops of chunks [0, first) (rows of the batch elements they cover). */

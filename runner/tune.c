@@ -118,7 +118,9 @@ int cmd_tune(int argc, char **argv) {
         case 'v': verbose = 1; break;
         case 'h': usage(); return 0;
         case ':': fa_seterr("tune: option %s needs a value", argv[optind - 1]); return fa_report_error();
-        default: fa_seterr("tune: unknown option '%s' (see fa_long tune --help)", argv[optind - 1]); return fa_report_error();
+        default:
+            cli_unknown_option("tune: ", argv[optind - 1], opts, "fa_long tune --help");
+            return fa_report_error();
         }
     }
     if (j.h % j.hkv) { fa_seterr("tune: --heads must be a multiple of --kv-heads"); return fa_report_error(); }
