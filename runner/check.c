@@ -12,10 +12,12 @@
  * for the pass/fail at the fp32 tolerance, and with exact attention for the approximation error,
  * which is printed (not judged). Rows whose fp64 den/N_i is within 1e-3 of the denominator floor
  * are left out of the formula comparison (fp32 may take the other side of the policy there). */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include "io/h5io.h"
 #include "kernels/taylor.h"
 #include "runner/cli.h"
@@ -62,8 +64,9 @@ static double default_tol(fa_dtype ot, const char *compute, double kappa) {
 }
 
 static void check_usage(void) {
-    printf("usage: fa_long check --input IN.h5 --output OUT.h5 [--rows K|all] [--tol T] [--seed S]\n"
+    printf("usage: fa_long check [--input IN.h5] --output OUT.h5 [--rows K|all] [--tol T] [--seed S]\n"
            "                     [--mode exact|taylor]\n"
+           "Without --input, the input is the one OUT.h5 records (its attribute 'input').\n"
            "Recomputes K sampled output rows (default 64; 'all' for every row) in fp64 and prints\n"
            "the max absolute and relative error of o (and of lse when present). Exits 1 above\n"
            "the tolerance (default from the output and compute types: 1e-4 for float32).\n"
@@ -446,6 +449,25 @@ static int check_main(const char *in, const char *out, int64_t nrows, double tol
     return r.pass ? 0 : 1;
 }
 
+/* --output without --input: the input the output records in its root attribute 'input' (the
+ * path as the run was given it), said in the first line. */
+static int check_recorded_input(const char *out, int64_t nrows, double tol, uint64_t seed,
+                                int mode) {
+    char in[4096] = "";
+    if (access(out, R_OK) != 0) {
+        fa_seterr("check: output %s: %s (and no --input given)", out, strerror(errno));
+        return fa_report_error();
+    }
+    if (h5_attr_str(out, "input", in, sizeof in) || !*in) {
+        fa_seterr("check: no --input given, and %s records no input (root attribute 'input', "
+                  "written by fa_long); give --input IN.h5", out);
+        return fa_report_error();
+    }
+    printf("check: input %s, from %s's attribute 'input' (no --input given)\n", in, out);
+    fflush(stdout);
+    return check_main(in, out, nrows, tol, seed, mode);
+}
+
 int cmd_check(int argc, char **argv) {
     static const struct option opts[] = {
         {"input", required_argument, 0, 'i'}, {"output", required_argument, 0, 'o'},
@@ -484,17 +506,21 @@ int cmd_check(int argc, char **argv) {
             break;
         case 'h': if (fa_rank == 0) check_usage(); return 0;
         case 'V': cli_print_version(); return 0;
+        case ':':
+            fa_seterr("check: option %s needs a value (see fa_long check --help)", argv[optind - 1]);
+            return fa_report_error();
         default:
-            fa_seterr("check: bad option '%s' (see fa_long check --help)", argv[optind - 1]);
+            cli_unknown_option("check: ", argv[optind - 1], opts, "fa_long check --help");
             return fa_report_error();
         }
     }
-    if (!in || !out) {
+    if (!out) {
         fa_seterr("check: give --input IN.h5 and --output OUT.h5");
         return fa_report_error();
     }
     int rc = 0;
-    if (fa_rank == 0) rc = check_main(in, out, rows, tol, seed, mode);
+    if (fa_rank == 0) rc = in ? check_main(in, out, rows, tol, seed, mode)
+                              : check_recorded_input(out, rows, tol, seed, mode);
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
     return rc;
 }
