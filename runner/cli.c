@@ -99,8 +99,8 @@ static void usage(void) {
         "      --chunk ROWS        query rows per pipeline chunk (K/M suffixes; default: the tune cache's\n"
         "                          or the cost model's choice, --verbose says which; with --resume,\n"
         "                          the chunk of the run being resumed)\n"
-        "      --window N          chunks whose cross-rank merge may be in flight (default: the tune\n"
-        "                          cache's or the cost model's choice; 3 with --mode taylor)\n"
+        "      --merges-in-flight N  chunks whose cross-rank merge may be in flight (default: the\n"
+        "                          tune cache's or the cost model's choice; 3 with --mode taylor)\n"
         "      --backend B         cpu, cuda or auto (default auto: cuda when every rank has a GPU)\n"
         "      --compute T         GPU compute type: bf16 (default) or fp16\n"
         "      --device-mem SIZE   GPU memory this rank may use (e.g. 10G); keys and values past it\n"
@@ -139,7 +139,7 @@ static void usage(void) {
         "  -V, --version           version and build features\n");
 }
 
-enum { OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
+enum { OPT_OLD_WINDOW = 255, OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
        OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME, OPT_DEVMEM, OPT_NONCCL, OPT_KTFLOPS,
        OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE };
 
@@ -155,7 +155,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"input", required_argument, 0, 'i'},   {"output", required_argument, 0, 'o'},
         {"causal", no_argument, 0, 'c'},        {"scale", required_argument, 0, OPT_SCALE},
         {"lse", no_argument, 0, OPT_LSE},       {"chunk", required_argument, 0, OPT_CHUNK},
-        {"window", required_argument, 0, OPT_WINDOW},
+        {"merges-in-flight", required_argument, 0, OPT_WINDOW},
+        {"window", required_argument, 0, OPT_OLD_WINDOW},
         {"backend", required_argument, 0, OPT_BACKEND},
         {"compute", required_argument, 0, OPT_COMPUTE},
         {"threads", required_argument, 0, OPT_THREADS},
@@ -203,8 +204,11 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         }
         case OPT_LSE: job->lse = 1; break;
         case OPT_CHUNK: if (parse_int("--chunk", optarg, 1, &job->chunk)) return -1; break;
+        case OPT_OLD_WINDOW:   /* not the mask: refused, so no job runs with the wrong meaning */
+            return fa_seterr("option --window was renamed --merges-in-flight (chunks whose merge "
+                             "may be in flight); a sliding-window mask will be --window-size");
         case OPT_WINDOW:
-            if (parse_int("--window", optarg, 1, &v)) return -1;
+            if (parse_int("--merges-in-flight", optarg, 1, &v)) return -1;
             job->window = (int)(v > 64 ? 64 : v);
             job->window_set = 1;
             break;

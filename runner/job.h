@@ -35,7 +35,7 @@ typedef struct {
     double link_gbps;        /* --link-gbps: the paging model's host link (0: measured) */
     int resume;              /* --resume: continue from the partial output of an earlier run */
     int64_t check_rows;      /* --check ROWS: fp64 check of sampled rows after the run (-1: all) */
-    int window_set;          /* --window given (else the tune cache's or the model's) */
+    int window_set;          /* --merges-in-flight given (else the tune cache's or the model's) */
     int tune;                /* --tune: measure and cache this job's configuration first */
     const char *tune_cache;  /* --tune-cache FILE (else $FA_TUNE_CACHE, ~/.cache/fa_long/tune.txt) */
     int quiet, verbose;

@@ -121,3 +121,20 @@ def test_bad_options(tmp_path, args, word):
     assert p.returncode == 2
     lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long:")]
     assert len(lines) == 1 and word in lines[0], p.stderr
+
+
+def test_old_window_option_is_refused(tmp_path):
+    """--window (merges in flight) was renamed --merges-in-flight: refused with one line that says
+    so, so that no job takes a sliding-window size for a merge count; the new name works."""
+    rng = np.random.default_rng()
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    write_inputs(inp, *good(rng).values())
+    p = run_fa(["--input", inp, "--output", out, "--window", "3"], nranks=2)
+    lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long:")]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "--merges-in-flight" in lines[0] and "--window-size" in lines[0], lines[0]
+    assert not out.exists()
+    p = run_fa(["--input", inp, "--output", out, "--merges-in-flight", "1", "-q"], nranks=2)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        assert f["o"].shape == (1, 20, 4, 16)

@@ -81,7 +81,7 @@ def test_shard_layouts(tmp_path, shard):
     assert attrs["shard"] == shard
 
 
-@pytest.mark.parametrize("extra", [["--window", "1"], ["--chunk", "1"], ["--chunk", "1000"],
+@pytest.mark.parametrize("extra", [["--merges-in-flight", "1"], ["--chunk", "1"], ["--chunk", "1000"],
                                    ["--tile", "7x13"], ["--threads", "2"]])
 def test_pipeline_settings(tmp_path, extra):
     rng = np.random.default_rng()
