@@ -752,6 +752,79 @@ static void test_resume(const char *dir) {
           && verify_output(path, &s, FA_F16, 1) == 0, "resumed output complete and exact");
 }
 
+/* --q/--k/--v and --out-group: datasets under groups, in and out. */
+static void test_paths(const char *dir) {
+    char path[512], out_path[512];
+    snprintf(path, sizeof path, "%s/in_groups.h5", dir);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Gclose(H5Gcreate2(f, "layer3", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    ds_spec s[3] = {QKV(2, 9, 13, 4, 2, 6, T_F32, T_F16, T_F64, 0)};
+    s[0].name = "layer3/q", s[1].name = "layer3/k", s[2].name = "layer3/v";
+    for (int i = 0; i < 3; i++) write_ds(f, &s[i], NULL);
+    H5Fclose(f);
+    h5in *in;
+    fa_shape sh;
+    const char *paths[3] = {"/layer3/q", "layer3/k", "/layer3/v"};
+    if (check(h5in_open(path, paths, MPI_COMM_SELF, test_cap, &in, &sh) == 0 && sh.Nq == 9 &&
+              sh.Nk == 13 && sh.H == 4 && sh.Hkv == 2 && sh.k_type == FA_F16 &&
+              sh.v_type == FA_F64, "open q, k, v under /layer3 (absolute and relative paths)")) {
+        float k[13 * 2 * 6];
+        row_range r = {0, 13};
+        int bad = h5in_read_rows(in, "k", 1, &r, 1, k, 1) != 0;
+        for (int64_t i = 0; i < 13 * 2 * 6; i++)
+            bad += k[i] != grid(1, i / 12, i / 6 % 2, i % 6);
+        check(bad == 0, "read rows of 'k' (logical name) from layer3/k");
+        h5in_close(in);
+    }
+    check_err(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh), "root q absent",
+              path, "dataset 'q' not found; expected", NULL);
+    const char *missing[3] = {"/layer3/q", "/nope/k", "layer3/v"};
+    check_err(h5in_open(path, missing, MPI_COMM_SELF, test_cap, &in, &sh),
+              "a missing group on the path", path, "dataset '/nope/k' not found", NULL);
+    const char *through[3] = {"layer3/q/x", "layer3/k", "layer3/v"};
+    check_err(h5in_open(path, through, MPI_COMM_SELF, test_cap, &in, &sh),
+              "a dataset on the way of the path", "dataset 'layer3/q/x' not found", NULL);
+    const char *group[3] = {"layer3", "layer3/k", "layer3/v"};
+    check_err(h5in_open(path, group, MPI_COMM_SELF, test_cap, &in, &sh),
+              "a group given as q", "'layer3' is not a dataset", NULL);
+
+    fa_shape os = {2, 21, 21, 2, 1, 4, FA_F32, FA_F32, FA_F32};
+    snprintf(out_path, sizeof out_path, "%s/out_group.h5", dir);
+    h5out *out;
+    int nd;
+    int64_t dims[8];
+    fa_dtype t;
+    if (check(h5out_create(out_path, "/layers/3/", 0, MPI_COMM_SELF, &os, FA_F32, 1, test_cap,
+                           &out) == 0, "create with group /layers/3/")) {
+        int st = write_all(out, &os, 5) | h5out_attr_int(out, "causal", 0);
+        check(st == 0 && h5out_commit(out) == 0, "rows written and committed");
+        check(h5_dataset_info(out_path, "layers/3/o", &nd, dims, &t) == 0 && nd == 4 &&
+              dims[1] == 21 && h5_dataset_info(out_path, "/layers/3/lse", &nd, dims, &t) == 0 &&
+              nd == 3 && h5_dataset_info(out_path, "o", &nd, dims, &t) != 0,
+              "o and lse at /layers/3, none at the root");
+        fa_clearerr();
+        double c = 1;
+        check(h5_attr_double(out_path, "causal", &c) == 0 && c == 0, "attributes on the root");
+    }
+    snprintf(out_path, sizeof out_path, "%s/out_group_resume.h5", dir);
+    float o[21 * 8], l[21 * 2];
+    check(h5out_create(out_path, "g2", 0, MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out) == 0,
+          "create with group g2");
+    fill_rows(o, l, 0, 0, 21, 2, 4);
+    check(h5out_write_rows(out, 0, 0, 21, o, l) == 0 && h5out_checkpoint(out, 1) == 0,
+          "g2: batch 0 written, checkpoint");
+    h5out_abort(out);
+    check_err(h5out_reopen(out_path, NULL, MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out),
+              "reopen at the root refused", "no dataset 'o'", NULL);
+    check_err(h5out_reopen(out_path, "g3", MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out),
+              "reopen in another group refused", "no dataset 'g3/o'", NULL);
+    check(h5out_reopen(out_path, "/g2", MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out) == 0,
+          "reopen in group /g2");
+    fill_rows(o, l, 1, 0, 21, 2, 4);
+    check(h5out_write_rows(out, 1, 0, 21, o, l) == 0 && h5out_commit(out) == 0 &&
+          h5_dataset_info(out_path, "g2/lse", &nd, dims, &t) == 0, "resumed in g2, committed");
+}
+
 /* ============================ several ranks ============================================== */
 /* Rank r's uneven shard of [0, N), a list of ranges: with 3 ranks, rank 0 gets
  * [0, N/5) + [N/2, N/2 + N/10), rank 1 nothing, rank 2 the rest; with 2 ranks, ranks 0 and 1
@@ -988,6 +1061,7 @@ int main(int argc, char **argv) {
             test_in_place_widening(FA_BF16);
             test_copy_floats();
             test_f64_and_swap();
+            test_paths(dir);
             test_read_types(dir);
             test_read_capped(dir);
             test_input_errors(dir);
