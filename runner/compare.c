@@ -122,7 +122,8 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
     double *rel = fa_calloc((size_t)H, sizeof(double), "compare");
     /* the exact mode's output is the reference */
     char oa[1100];
-    rc = head_errors(job->output, fa_out_dset(job->out_group, "o", oa, sizeof oa), tmp, other.mode == MODE_EXACT, &s, dmax, rmax);
+    rc = head_errors(job->output, fa_out_dset(job->out_group, "o", oa, sizeof oa), tmp,
+                     other.mode == MODE_EXACT, &s, dmax, rmax);
     if (agree_rc(rc)) goto done;
     MPI_Allreduce(MPI_IN_PLACE, dmax, (int)H, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, rmax, (int)H, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);

@@ -150,7 +150,6 @@ static void write_stop_file(const char *path, int64_t done, int64_t total, const
         fprintf(stderr, "fa_long: warning: cannot write FA_STOP_FILE=%s\n", path);
 }
 
-/* What must match for rows of an earlier run to be reused by --resume. */
 /* A dataset or group path as the job key spells it: leading and trailing '/' dropped. */
 static const char *key_path(const char *p, const char *dflt, char *buf, int len) {
     if (!p || !*p) p = dflt;
@@ -161,6 +160,7 @@ static const char *key_path(const char *p, const char *dflt, char *buf, int len)
     return buf;
 }
 
+/* What must match for rows of an earlier run to be reused by --resume. */
 static void job_key(const fa_job *job, const fa_shape *s, fa_dtype ot, int64_t chunk,
                     double scale, char *buf, int len) {
     char in[4096], pq[1024], pk[1024], pv[1024], pg[1024], paths[4200] = "";
