@@ -13,11 +13,13 @@
 #include <omp.h>
 #include <zlib.h>
 
+/* the logical names callers pass to h5in_read_rows; f->name[i] is the dataset path in the file */
 static const char *const NAMES[3] = {"q", "k", "v"};
 #define EXPECT_QKV "q [B, Nq, H, D], k and v [B, Nk, Hkv, D]"
 
 struct h5in {
     char path[FA_PATH_MAX];
+    char name[3][FA_PATH_MAX];      /* the dataset paths of q, k, v in the file (--q/--k/--v) */
     MPI_Comm comm;
     hid_t file, dset[3], type[3];   /* type: the file's element type, used as memory type */
     fa_dtype dtype[3];
@@ -112,43 +114,43 @@ static int describe(hid_t file, const char *path, const char *name, ds_desc *d) 
     return st;
 }
 
-static int check_shapes(const char *path, const ds_desc d[3], fa_shape *s) {
+static int check_shapes(const char *path, const char *const nm[3], const ds_desc d[3], fa_shape *s) {
     char q[200], kv[200];
     h5io_fmt_dims(q, sizeof q, 4, d[0].dims);
     for (int i = 1; i < 3; i++) {               /* k and v against q: B (dim 0) and D (dim 3) */
         h5io_fmt_dims(kv, sizeof kv, 4, d[i].dims);
         for (int j = 0; j < 4; j += 3)
             if (d[i].dims[j] != d[0].dims[j])
-                return fa_seterr("input '%s': dataset '%s' %s has %s=%lld but 'q' %s has "
-                                 "%s=%lld; expected the same %s in q, k and v", path, NAMES[i],
-                                 kv, j ? "D" : "B", (long long)d[i].dims[j], q, j ? "D" : "B",
+                return fa_seterr("input '%s': dataset '%s' %s has %s=%lld but '%s' %s has "
+                                 "%s=%lld; expected the same %s in q, k and v", path, nm[i],
+                                 kv, j ? "D" : "B", (long long)d[i].dims[j], nm[0], q, j ? "D" : "B",
                                  (long long)d[0].dims[j], j ? "head dim D" : "batch B");
     }
     if (d[1].dims[1] != d[2].dims[1] || d[1].dims[2] != d[2].dims[2]) {
         char k[200];
         h5io_fmt_dims(k, sizeof k, 4, d[1].dims);
-        return fa_seterr("input '%s': dataset 'v' %s differs from 'k' %s in Nk or Hkv; expected "
-                         "the same [B, Nk, Hkv, D]", path, kv, k);
+        return fa_seterr("input '%s': dataset '%s' %s differs from '%s' %s in Nk or Hkv; expected "
+                         "the same [B, Nk, Hkv, D]", path, nm[2], kv, nm[1], k);
     }
     if (d[0].dims[2] % d[1].dims[2] != 0)
-        return fa_seterr("input '%s': dataset 'q' has H=%lld heads, 'k' and 'v' Hkv=%lld; "
-                         "expected H a multiple of Hkv", path, (long long)d[0].dims[2],
-                         (long long)d[1].dims[2]);
+        return fa_seterr("input '%s': dataset '%s' has H=%lld heads, '%s' and '%s' Hkv=%lld; "
+                         "expected H a multiple of Hkv", path, nm[0], (long long)d[0].dims[2], nm[1],
+                         nm[2], (long long)d[1].dims[2]);
     if (d[0].dims[3] > FA_MAX_HEAD_DIM)
-        return fa_seterr("input '%s': dataset 'q' has head dim D=%lld; expected at most %d", path,
+        return fa_seterr("input '%s': dataset '%s' has head dim D=%lld; expected at most %d", path, nm[0],
                          (long long)d[0].dims[3], FA_MAX_HEAD_DIM);
     *s = (fa_shape){d[0].dims[0], d[0].dims[1], d[1].dims[1], d[0].dims[2], d[1].dims[2],
                     d[0].dims[3], d[0].t, d[1].t, d[2].t};
     return 0;
 }
 
-static int check_input(const char *path, fa_shape *s) {
+static int check_input(const char *path, const char *const nm[3], fa_shape *s) {
     hid_t file = h5io_open_serial(path, "input");
     if (file < 0) return -1;
     ds_desc d[3];
     int st = 0;
-    for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, NAMES[i], &d[i]);
-    if (st == 0) st = check_shapes(path, d, s);
+    for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, nm[i], &d[i]);
+    if (st == 0) st = check_shapes(path, nm, d, s);
     H5Fclose(file);
     return st;
 }
@@ -167,10 +169,10 @@ static int open_datasets(h5in *f) {
     for (int i = 0; i < 3; i++) {
         char why[256];
         hsize_t d[4];
-        if ((f->dset[i] = H5Dopen2(f->file, NAMES[i], H5P_DEFAULT)) < 0 ||
+        if ((f->dset[i] = H5Dopen2(f->file, f->name[i], H5P_DEFAULT)) < 0 ||
             (f->type[i] = H5Dget_type(f->dset[i])) < 0 ||
             h5io_classify(f->type[i], &f->dtype[i], &f->swap[i], why, sizeof why) < 0)
-            return fa_seterr("input '%s': dataset '%s' changed while opening", f->path, NAMES[i]);
+            return fa_seterr("input '%s': dataset '%s' changed while opening", f->path, f->name[i]);
         hid_t sp = H5Dget_space(f->dset[i]), dcpl = H5Dget_create_plist(f->dset[i]);
         H5Sget_simple_extent_dims(sp, d, NULL);
         H5Sclose(sp);
@@ -180,10 +182,10 @@ static int open_datasets(h5in *f) {
         if (!f->virt[i] || !h5io_parallel()) continue;
         if (f->sfile < 0 && (f->sfile = H5Fopen(f->path, H5F_ACC_RDONLY, H5P_DEFAULT)) < 0)
             return fa_seterr("input '%s': dataset '%s' is a virtual dataset; HDF5 cannot open "
-                             "the file through its serial driver to read it", f->path, NAMES[i]);
-        if ((f->sdset[i] = H5Dopen2(f->sfile, NAMES[i], H5P_DEFAULT)) < 0)
+                             "the file through its serial driver to read it", f->path, f->name[i]);
+        if ((f->sdset[i] = H5Dopen2(f->sfile, f->name[i], H5P_DEFAULT)) < 0)
             return fa_seterr("input '%s': virtual dataset '%s' cannot be opened through HDF5's "
-                             "serial driver", f->path, NAMES[i]);
+                             "serial driver", f->path, f->name[i]);
     }
     return 0;
 }
@@ -198,15 +200,18 @@ static void close_handles(h5in *f) {
     if (f->file >= 0) H5Fclose(f->file);
 }
 
-int h5in_open(const char *path, MPI_Comm comm, int64_t cap_bytes, h5in **out, fa_shape *shape) {
+int h5in_open(const char *path, const char *const dsets[3], MPI_Comm comm, int64_t cap_bytes,
+              h5in **out, fa_shape *shape) {
     h5io_init();
     *out = NULL;
+    const char *nm[3];
+    for (int i = 0; i < 3; i++) nm[i] = dsets && dsets[i] && *dsets[i] ? dsets[i] : NAMES[i];
     int rank;
     MPI_Comm_rank(comm, &rank);
     struct { int st; fa_shape s; int64_t cap, size, mtime_ns; } v = {0, {0}, 0, 0, 0};
     if (rank == 0) {
         struct stat sb;
-        v.st = check_input(path, &v.s);
+        v.st = check_input(path, nm, &v.s);
         v.cap = h5io_cap(cap_bytes);
         if (v.st == 0 && stat(path, &sb) == 0)
             v.size = (int64_t)sb.st_size,
@@ -216,6 +221,7 @@ int h5in_open(const char *path, MPI_Comm comm, int64_t cap_bytes, h5in **out, fa
     if (fa_agree(comm, v.st, 0) < 0 || h5io_visible(comm, path, R_OK, "input") < 0) return -1;
     h5in *f = fa_calloc(1, sizeof *f, "h5in");
     snprintf(f->path, sizeof f->path, "%s", path);
+    for (int i = 0; i < 3; i++) snprintf(f->name[i], sizeof f->name[i], "%s", nm[i]);
     MPI_Comm_dup(comm, &f->comm);
     f->file = f->dset[0] = f->dset[1] = f->dset[2] = f->type[0] = f->type[1] = f->type[2] = -1;
     f->sfile = f->sdset[0] = f->sdset[1] = f->sdset[2] = -1;
@@ -278,12 +284,12 @@ static int check_ranges(h5in *f, int idx, int64_t b, const row_range *r, int nr)
     const int64_t B = f->dims[idx][0], N = f->dims[idx][1];
     if (b < 0 || b >= B)
         return fa_seterr("input '%s': batch %lld out of range for '%s' (B=%lld)", f->path,
-                         (long long)b, NAMES[idx], (long long)B);
+                         (long long)b, f->name[idx], (long long)B);
     for (int i = 0; i < nr; i++)
         if (r[i].start < 0 || r[i].n < 0 || r[i].start + r[i].n > N)
             return fa_seterr("input '%s': rows [%lld, %lld) out of range for '%s' (N=%lld)",
                              f->path, (long long)r[i].start, (long long)(r[i].start + r[i].n),
-                             NAMES[idx], (long long)N);
+                             f->name[idx], (long long)N);
     return 0;
 }
 
@@ -373,7 +379,7 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
         const int64_t *d = f->dims[idx];
         const char *as = f->dtype[idx] == FA_F64 && what[0] != 'N' ? " (in float32)" : "";
         fa_seterr("input '%s': dataset '%s' has %s%s at [%lld, %lld, %lld, %lld]; expected "
-                  "finite values (--allow-nonfinite accepts them)", f->path, NAMES[idx], what, as,
+                  "finite values (--allow-nonfinite accepts them)", f->path, f->name[idx], what, as,
                   (long long)(g / (d[1] * d[2] * d[3])), (long long)(g / (d[2] * d[3]) % d[1]),
                   (long long)(g / d[3] % d[2]), (long long)(g % d[3]));
     }
@@ -459,11 +465,11 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
                     virt ? H5P_DEFAULT : dxpl, buf) < 0) {
             if (np)
                 fa_fail("input '%s': reading dataset '%s'%s, rows [%lld, %lld) of batch %lld, "
-                        "failed in HDF5 (H5Dread)", f->path, NAMES[idx],
+                        "failed in HDF5 (H5Dread)", f->path, f->name[idx],
                         f->virt[idx] ? " (a virtual dataset)" : "", (long long)p[0].start,
                         (long long)(p[np - 1].start + p[np - 1].n), (long long)b);
             fa_fail("input '%s': reading dataset '%s'%s (batch %lld, no rows on this rank) "
-                    "failed in HDF5 (H5Dread)", f->path, NAMES[idx],
+                    "failed in HDF5 (H5Dread)", f->path, f->name[idx],
                     f->virt[idx] ? " (a virtual dataset)" : "", (long long)b);
         }
         if (!virt) note_io_mode(dxpl);

@@ -155,10 +155,29 @@ hid_t h5io_open_serial(const char *path, const char *role) {
     return f;
 }
 
+int h5io_link_exists(hid_t loc, const char *name) {
+    char buf[FA_PATH_MAX];
+    size_t n = strlen(name);
+    if (n == 0 || n >= sizeof buf) return 0;
+    memcpy(buf, name, n + 1);
+    /* every prefix ending before a '/', then the whole path: H5Lexists fails (rather than saying
+     * no) when a group on the way is missing, or is a dataset */
+    for (size_t i = 1; i <= n; i++) {
+        if (i < n && buf[i] != '/') continue;
+        if (i < n && buf[i - 1] == '/') continue;        /* "//" or a leading "/" */
+        char c = buf[i];
+        buf[i] = 0;
+        htri_t e = H5Lexists(loc, buf, H5P_DEFAULT);
+        buf[i] = c;
+        if (e <= 0) return 0;
+    }
+    return 1;
+}
+
 hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const char *expect) {
     const char *sep = expect ? "; expected " : "", *ex = expect ? expect : "";
     const char *role = expect ? "input" : "file";
-    if (H5Lexists(file, name, H5P_DEFAULT) <= 0) {
+    if (h5io_link_exists(file, name) <= 0) {
         fa_seterr("%s '%s': dataset '%s' not found%s%s", role, path, name, sep, ex);
         return -1;
     }

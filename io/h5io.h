@@ -34,14 +34,17 @@ typedef struct { int64_t start, n; } row_range;
 /* ---- input ---------------------------------------------------------------------------------- */
 typedef struct h5in h5in;
 
-/* COLLECTIVE. Opens `path` read-only and checks q, k, v: each rank-4, floating type (float32,
+/* COLLECTIVE. Opens `path` read-only and checks q, k, v (the datasets at paths dsets[0..3), e.g.
+ * "/layer3/q" or "layer3/q"; NULL, or a NULL/empty entry: "q", "k", "v"; HDF5 links are followed;
+ * every message names the path): each rank-4, floating type (float32,
  * float16, bfloat16 as described in the README, float64), non-empty, same B and D, same Nk and Hkv
  * for k and v, H a multiple of Hkv, D <= FA_MAX_HEAD_DIM. cap_bytes: bytes per rank per HDF5
  * transfer (the run plan's; 0: 1 GiB). */
-int h5in_open(const char *path, MPI_Comm comm, int64_t cap_bytes, h5in **out, fa_shape *shape);
+int h5in_open(const char *path, const char *const dsets[3], MPI_Comm comm, int64_t cap_bytes,
+              h5in **out, fa_shape *shape);
 
 /* COLLECTIVE. Reads the rows of `ranges` (in order, concatenated) of batch element b of dataset
- * `name` ("q", "k" or "v") into dst as fp32 [sum n, heads, D]. Ranks may pass different ranges
+ * `name` ("q", "k" or "v": the logical names, whatever paths h5in_open was given) into dst as fp32 [sum n, heads, D]. Ranks may pass different ranges
  * (their own shard) or none (nranges 0). Each transfer is capped (cap_bytes per rank) and
  * looped, every rank making the same number of collective calls. When check_finite is set, a
  * NaN/Inf is reported with its index [b, row, head, d] as an error (same status on all ranks). */
@@ -85,8 +88,10 @@ void h5out_lock_path(const char *path, char *buf, int len);   /* "<folder>/.<nam
  * Fails cleanly if `path` exists and !force, if the folder is not writable, if another job holds
  * the output's lock, or if the folder lacks the space for the whole file (rank 0 reserves it with
  * fallocate before any row is computed; a statvfs check where fallocate is not supported).
- * Datasets: "o" [B, Nq, H, D] of o_type; with with_lse, "lse" [B, H, Nq] float32. */
-int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *shape,
+ * Datasets: "o" [B, Nq, H, D] of o_type; with with_lse, "lse" [B, H, Nq] float32; both in group
+ * `group` ("layers/3", "/layers/3", created with its parents; NULL, "" or "/": the root).
+ * Attributes stay on the root. */
+int h5out_create(const char *path, const char *group, int force, MPI_Comm comm, const fa_shape *shape,
                  fa_dtype o_type, int with_lse, int64_t cap_bytes, h5out **out);
 
 /* COLLECTIVE (every rank calls it the same number of times; a rank with nothing to write passes
@@ -139,5 +144,5 @@ void h5out_note_kv(h5out *f, int64_t b, uint64_t k, uint64_t v);
 int h5out_recorded_kv(h5out *f, int64_t b, uint64_t *k, uint64_t *v);
 /* COLLECTIVE. Opens the partial file of `path` left by an earlier run for writing, checking its
  * datasets against shape/o_type/with_lse; -1 with fa_seterr when it does not fit. */
-int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
+int h5out_reopen(const char *path, const char *group, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
                  int with_lse, int64_t cap_bytes, h5out **out);

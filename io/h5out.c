@@ -37,7 +37,22 @@ struct h5out {
     size_t ostage_bytes, lstage_bytes;
     uint64_t *kvd;              /* --resume: [B][3] {known, k digest, v digest}, the partial's */
     char ident[96];             /* and the input's "size=... mtime_ns=...", both kept on write */
+    char oname[FA_PATH_MAX], lname[FA_PATH_MAX];   /* o's and lse's paths: "o" or "G/o" */
 };
+
+/* o's and lse's paths in group g (NULL, "", "/": the root; leading and trailing '/' dropped) */
+static void set_names(h5out *f, const char *g) {
+    while (g && *g == '/') g++;
+    int n = g ? (int)strlen(g) : 0;
+    while (n > 0 && g[n - 1] == '/') n--;
+    if (n == 0) {
+        snprintf(f->oname, sizeof f->oname, "o");
+        snprintf(f->lname, sizeof f->lname, "lse");
+    } else {
+        snprintf(f->oname, sizeof f->oname, "%.*s/o", n, g);
+        snprintf(f->lname, sizeof f->lname, "%.*s/lse", n, g);
+    }
+}
 
 /* f's staging buffers, grown to at least the sizes asked for */
 static void stage_reserve(h5out *f, size_t obytes, size_t lbytes) {
@@ -314,7 +329,10 @@ static hid_t create_dataset(hid_t file, const char *name, hid_t type, int nd, co
     H5Pset_layout(dcpl, H5D_CONTIGUOUS);
     H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-    hid_t ds = H5Dcreate2(file, name, type, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);      /* the group and its parents, as needed */
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t ds = H5Dcreate2(file, name, type, sp, lcpl, dcpl, H5P_DEFAULT);
+    H5Pclose(lcpl);
     H5Pclose(dcpl);
     H5Sclose(sp);
     return ds;
@@ -326,11 +344,12 @@ static int create_contents(h5out *f) {
         return fa_seterr("output '%s': HDF5 cannot create '%s'", f->path, f->tmp);
     int64_t od[4] = {s->B, s->Nq, s->H, s->D}, ld[3] = {s->B, s->H, s->Nq};
     HDF5_CHECK(f->ftype = h5io_file_type(f->otype), "creating the output element type");
-    if ((f->o = create_dataset(f->file, "o", f->ftype, 4, od)) < 0 ||
+    if ((f->o = create_dataset(f->file, f->oname, f->ftype, 4, od)) < 0 ||
         (f->otype == FA_BF16 && write_str_attr(f->o, "dtype", "bfloat16") < 0) ||
-        (f->with_lse && (f->lse = create_dataset(f->file, "lse", H5T_IEEE_F32LE, 3, ld)) < 0))
-        return fa_seterr("output '%s': creating datasets o%s in '%s' failed (%lld bytes)",
-                         f->path, f->with_lse ? " and lse" : "", f->tmp,
+        (f->with_lse && (f->lse = create_dataset(f->file, f->lname, H5T_IEEE_F32LE, 3, ld)) < 0))
+        return fa_seterr("output '%s': creating datasets '%s'%s%s in '%s' failed (%lld bytes)",
+                         f->path, f->oname, f->with_lse ? " and " : "",
+                         f->with_lse ? f->lname : "", f->tmp,
                          (long long)(od[0] * od[1] * od[2] * od[3] * fa_dtype_size(f->otype)));
     return 0;
 }
@@ -358,7 +377,7 @@ static void out_free(h5out *f) {
     free(f);
 }
 
-int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *shape,
+int h5out_create(const char *path, const char *group, int force, MPI_Comm comm, const fa_shape *shape,
                  fa_dtype o_type, int with_lse, int64_t cap_bytes, h5out **out) {
     h5io_init();
     *out = NULL;
@@ -366,6 +385,7 @@ int h5out_create(const char *path, int force, MPI_Comm comm, const fa_shape *sha
     MPI_Comm_dup(comm, &f->comm);
     MPI_Comm_rank(f->comm, &f->rank);
     MPI_Comm_size(f->comm, &f->nranks);
+    set_names(f, group);
     struct { int st; int64_t cap; char tmp[FA_PATH_MAX]; } v = {0, 0, ""};
     snprintf(f->path, sizeof f->path, "%s", path);
     if (f->rank == 0) {
@@ -446,7 +466,7 @@ static int write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows,
         }
         const void *buf = k ? (const void *)lse_buf : o_buf;
         if (H5Dwrite(ds, k ? H5T_IEEE_F32LE : f->ftype, mem, fsp, dxpl, buf) < 0 && st == 0)
-            st = write_failed(f, k ? "lse" : "o", b, r, rows);
+            st = write_failed(f, k ? f->lname : f->oname, b, r, rows);
         h5io_ntransfers++;
 #ifdef H5_HAVE_PARALLEL
         H5D_mpio_actual_io_mode_t mode;
@@ -585,7 +605,7 @@ static int verify_file(h5out *f) {
     int ok = file >= 0;
     const fa_shape *s = &f->shape;
     for (int k = 0; ok && k < (f->with_lse ? 2 : 1); k++) {
-        hid_t ds = H5Dopen2(file, k ? "lse" : "o", H5P_DEFAULT);
+        hid_t ds = H5Dopen2(file, k ? f->lname : f->oname, H5P_DEFAULT);
         hid_t sp = ds < 0 ? -1 : H5Dget_space(ds), ty = ds < 0 ? -1 : H5Dget_type(ds), mem = -1;
         hsize_t dims[4] = {0}, want[4] = {s->B, s->Nq, s->H, s->D}, one = 1;
         if (k) want[1] = s->H, want[2] = s->Nq;
@@ -800,12 +820,12 @@ static int reopen_contents(h5out *f) {
         return fa_seterr("--resume: cannot open partial output '%s' for writing", f->tmp);
     int64_t od[4] = {s->B, s->Nq, s->H, s->D}, ld[3] = {s->B, s->H, s->Nq};
     HDF5_CHECK(f->ftype = h5io_file_type(f->otype), "creating the output element type");
-    if ((f->o = reopen_dataset(f, "o", f->otype, 4, od)) < 0) return -1;
-    if (f->with_lse && (f->lse = reopen_dataset(f, "lse", FA_F32, 3, ld)) < 0) return -1;
+    if ((f->o = reopen_dataset(f, f->oname, f->otype, 4, od)) < 0) return -1;
+    if (f->with_lse && (f->lse = reopen_dataset(f, f->lname, FA_F32, 3, ld)) < 0) return -1;
     return 0;
 }
 
-int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
+int h5out_reopen(const char *path, const char *group, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
                  int with_lse, int64_t cap_bytes, h5out **out) {
     h5io_init();
     *out = NULL;
@@ -813,6 +833,7 @@ int h5out_reopen(const char *path, MPI_Comm comm, const fa_shape *shape, fa_dtyp
     MPI_Comm_dup(comm, &f->comm);
     MPI_Comm_rank(f->comm, &f->rank);
     MPI_Comm_size(f->comm, &f->nranks);
+    set_names(f, group);
     int64_t cap = h5io_cap(cap_bytes);
     MPI_Bcast(&cap, 1, MPI_INT64_T, 0, f->comm);
     snprintf(f->path, sizeof f->path, "%s", path);

@@ -32,6 +32,9 @@ hid_t h5io_file_type(fa_dtype t);       /* little-endian file type of t; H5Tclos
 /* Opens `path` read-only through the default (serial) driver, with the user-facing messages for
  * a missing file or one that is not HDF5; `role` ("input", "file") starts them. */
 hid_t h5io_open_serial(const char *path, const char *role);
+/* 1 when the link path `name` ("a/b/c", "/a/b/c") exists under loc, every group on the way
+ * included (0 otherwise, no HDF5 error). */
+int h5io_link_exists(hid_t loc, const char *name);
 /* Opens dataset `name` of `file` with a message naming both (and `expect`, may be NULL) when it
  * is absent or not a dataset. */
 hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const char *expect);

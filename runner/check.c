@@ -21,9 +21,39 @@
 #include "io/h5io.h"
 #include "kernels/taylor.h"
 #include "runner/cli.h"
+#include "runner/job.h"
 #include "base/common.h"
 
 typedef struct { int64_t b, i; } sample;
+
+/* The datasets compared: q, k, v in the input and o, lse in the output. --q/--k/--v/--out-group
+ * of `fa_long check` (opt), else the output's root attributes q_path, k_path, v_path, out_group
+ * (written by the run), else q, k, v and the root (outputs made before these options). */
+static const char *opt_path[4];
+static char dpath[5][4200];     /* group + "/lse" fits */
+#define P_Q dpath[0]
+#define P_K dpath[1]
+#define P_V dpath[2]
+#define P_O dpath[3]
+#define P_L dpath[4]
+static int paths_from_attrs;     /* some path came from the output's attributes */
+
+static void resolve_paths(const char *out) {
+    static const char *const attr[4] = {"q_path", "k_path", "v_path", "out_group"};
+    static const char *const dflt[4] = {"q", "k", "v", "/"};
+    char got[4][4096 - 8];
+    paths_from_attrs = 0;
+    for (int i = 0; i < 4; i++) {
+        if (opt_path[i]) snprintf(got[i], sizeof got[i], "%s", opt_path[i]);
+        else if (h5_attr_str(out, attr[i], got[i], sizeof got[i]) == 0 && got[i][0])
+            paths_from_attrs = 1;
+        else snprintf(got[i], sizeof got[i], "%s", dflt[i]);
+    }
+    fa_clearerr();
+    for (int i = 0; i < 3; i++) snprintf(dpath[i], sizeof dpath[i], "%.4000s", got[i]);
+    fa_out_dset(got[3], "o", P_O, sizeof P_O);
+    fa_out_dset(got[3], "lse", P_L, sizeof P_L);
+}
 
 static int cmp_sample(const void *a, const void *b) {
     const sample *x = a, *y = b;
@@ -65,7 +95,9 @@ static double default_tol(fa_dtype ot, const char *compute, double kappa) {
 
 static void check_usage(void) {
     printf("usage: fa_long check [--input IN.h5] --output OUT.h5 [--rows K|all] [--tol T] [--seed S]\n"
-           "                     [--mode exact|taylor]\n"
+           "                     [--mode exact|taylor] [--q PATH] [--k PATH] [--v PATH] [--out-group G]\n"
+           "--q/--k/--v/--out-group: the datasets' paths, as for the run (default: what OUT.h5\n"
+           "records in its attributes q_path, k_path, v_path, out_group; else q, k, v, the root).\n"
            "Without --input, the input is the one OUT.h5 records (its attribute 'input').\n"
            "Recomputes K sampled output rows (default 64; 'all' for every row) in fp64 and prints\n"
            "the max absolute and relative error of o (and of lse when present). Exits 1 above\n"
@@ -88,7 +120,7 @@ static int reference_rows(const char *in, const fa_shape *s, int64_t b, const in
     for (int64_t j0 = 0; j0 < s->Nk && !rc; j0 += blk) {
         int64_t n = s->Nk - j0 < blk ? s->Nk - j0 : blk;
         int64_t st[4] = {b, j0, 0, 0}, ct[4] = {1, n, Hkv, D};
-        if (h5_read_block(in, "k", 4, st, ct, k) || h5_read_block(in, "v", 4, st, ct, v)) {
+        if (h5_read_block(in, P_K, 4, st, ct, k) || h5_read_block(in, P_V, 4, st, ct, v)) {
             rc = -1;
             break;
         }
@@ -130,20 +162,20 @@ static int read_shapes(const char *in, const char *out, fa_shape *s, fa_dtype *o
     int nd;
     int64_t dq[8], dk[8], dout[8];
     fa_dtype t;
-    if (h5_dataset_info(in, "q", &nd, dq, &s->q_type) || h5_dataset_info(in, "k", &nd, dk, &t))
+    if (h5_dataset_info(in, P_Q, &nd, dq, &s->q_type) || h5_dataset_info(in, P_K, &nd, dk, &t))
         return -1;
-    if (h5_dataset_info(out, "o", &nd, dout, ot)) return -1;
+    if (h5_dataset_info(out, P_O, &nd, dout, ot)) return -1;
     s->B = dq[0]; s->Nq = dq[1]; s->H = dq[2]; s->D = dq[3];
     s->Nk = dk[1]; s->Hkv = dk[2];
     for (int i = 0; i < 4; i++)
         if (dout[i] != dq[i])
-            return fa_seterr("%s: dataset 'o' has shape [%lld, %lld, %lld, %lld], expected q's shape "
-                             "[%lld, %lld, %lld, %lld] from %s", out, (long long)dout[0],
+            return fa_seterr("%s: dataset '%s' has shape [%lld, %lld, %lld, %lld], expected the shape "
+                             "[%lld, %lld, %lld, %lld] of '%s' in %s", out, P_O, (long long)dout[0],
                              (long long)dout[1], (long long)dout[2], (long long)dout[3],
-                             (long long)dq[0], (long long)dq[1], (long long)dq[2], (long long)dq[3], in);
+                             (long long)dq[0], (long long)dq[1], (long long)dq[2], (long long)dq[3], P_Q, in);
     int64_t dl[8];
     fa_dtype lt;
-    *has_lse = h5_dataset_info(out, "lse", &nd, dl, &lt) == 0;
+    *has_lse = h5_dataset_info(out, P_L, &nd, dl, &lt) == 0;
     fa_clearerr();
     return 0;
 }
@@ -181,10 +213,10 @@ static int compare_rows(const char *out, const fa_shape *s, const sample *sm, in
     float *lse = fa_malloc((size_t)H * sizeof(float), "check lse");
     for (int si = 0; si < ns; si++) {
         int64_t st[4] = {sm[si].b, sm[si].i, 0, 0}, ct[4] = {1, 1, H, D};
-        if (h5_read_block(out, "o", 4, st, ct, o)) goto fail;
+        if (h5_read_block(out, P_O, 4, st, ct, o)) goto fail;
         if (has_lse) {
             int64_t s3[3] = {sm[si].b, 0, sm[si].i}, c3[3] = {1, H, 1};
-            if (h5_read_block(out, "lse", 3, s3, c3, lse)) goto fail;
+            if (h5_read_block(out, P_L, 3, s3, c3, lse)) goto fail;
         }
         for (int64_t h = 0; h < H; h++) {
             double ll = l[(int64_t)si * H + h], mm = m[(int64_t)si * H + h];
@@ -241,7 +273,7 @@ static int taylor_rows(const char *in, const fa_shape *s, int64_t b, const int64
         for (int64_t j0 = 0; j0 < s->Nk && !rc; j0 += blk) {
             int64_t n = s->Nk - j0 < blk ? s->Nk - j0 : blk;
             int64_t st[4] = {b, j0, 0, 0}, ct[4] = {1, n, Hkv, D};
-            if (h5_read_block(in, "k", 4, st, ct, k) || (pass && h5_read_block(in, "v", 4, st, ct, v))) {
+            if (h5_read_block(in, P_K, 4, st, ct, k) || (pass && h5_read_block(in, P_V, 4, st, ct, v))) {
                 rc = -1;
                 break;
             }
@@ -270,10 +302,10 @@ static int taylor_compare_rows(const char *out, const fa_shape *s, const sample 
     int rc = 0;
     for (int si = 0; si < ns && !rc; si++) {
         int64_t st[4] = {sm[si].b, sm[si].i, 0, 0}, ct[4] = {1, 1, H, D};
-        if (h5_read_block(out, "o", 4, st, ct, o)) { rc = -1; break; }
+        if (h5_read_block(out, P_O, 4, st, ct, o)) { rc = -1; break; }
         if (has_lse) {
             int64_t s3[3] = {sm[si].b, 0, sm[si].i}, c3[3] = {1, H, 1};
-            if (h5_read_block(out, "lse", 3, s3, c3, lse)) { rc = -1; break; }
+            if (h5_read_block(out, P_L, 3, s3, c3, lse)) { rc = -1; break; }
         }
         for (int64_t h = 0; h < H; h++) {
             int64_t x = (int64_t)si * H + h;
@@ -320,6 +352,7 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
     int has_lse = 0;
     memset(r, 0, sizeof *r);
     memset(&tx, 0, sizeof tx);
+    resolve_paths(out);
     if (read_shapes(in, out, &s, &ot, &has_lse)) return -1;
     double scale, causal_d;
     snprintf(r->compute, sizeof r->compute, "float32");
@@ -352,7 +385,7 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
         for (int x = 0; x < n && !rc; x++) {
             int64_t st[4] = {sm[a + x].b, sm[a + x].i, 0, 0}, ct[4] = {1, 1, H, D};
             rows[x] = sm[a + x].i;
-            rc = h5_read_block(in, "q", 4, st, ct, q + (int64_t)x * H * D);
+            rc = h5_read_block(in, P_Q, 4, st, ct, q + (int64_t)x * H * D);
         }
         if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l,
                                      kappa);
@@ -444,6 +477,10 @@ static int check_main(const char *in, const char *out, int64_t nrows, double tol
     int taylor = mode == 2 || (mode == 0 && output_is_taylor(out));
     int rc = sampled(in, out, nrows, tol, seed, taylor, &r);
     if (rc) return fa_report_error();
+    if (strcmp(P_Q, "q") || strcmp(P_K, "k") || strcmp(P_V, "v") || strcmp(P_O, "o"))
+        printf("check: datasets %s, %s, %s of %s against %s%s of %s%s\n", P_Q, P_K, P_V, in, P_O,
+               r.has_lse ? " and lse" : "", out,
+               paths_from_attrs ? " (paths not given taken from the output's attributes)" : "");
     if (taylor) taylor_print(&r, out);
     else check_print(&r, out);
     return r.pass ? 0 : 1;
@@ -474,6 +511,8 @@ int cmd_check(int argc, char **argv) {
         {"rows", required_argument, 0, 'r'},  {"tol", required_argument, 0, 't'},
         {"seed", required_argument, 0, 's'},  {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},     {"mode", required_argument, 0, 'm'},
+        {"q", required_argument, 0, 'Q'},     {"k", required_argument, 0, 'K'},
+        {"v", required_argument, 0, 'W'},     {"out-group", required_argument, 0, 'G'},
         {0, 0, 0, 0}};
     const char *in = NULL, *out = NULL;
     int mode = 0;
@@ -487,6 +526,15 @@ int cmd_check(int argc, char **argv) {
         switch (c) {
         case 'i': in = optarg; break;
         case 'o': out = optarg; break;
+        case 'Q': case 'K': case 'W':
+            if (!*optarg || !strcmp(optarg, "/")) {
+                fa_seterr("check: --%s '%s' is not a dataset path", c == 'Q' ? "q" : c == 'K' ? "k" : "v",
+                          optarg);
+                return fa_report_error();
+            }
+            opt_path[c == 'Q' ? 0 : c == 'K' ? 1 : 2] = optarg;
+            break;
+        case 'G': opt_path[3] = optarg; break;
         case 'r':
             rows = !strcmp(optarg, "all") ? -1 : fa_parse_size(optarg);
             if (rows == 0 || (rows < 0 && strcmp(optarg, "all"))) {

@@ -93,6 +93,11 @@ static void usage(void) {
         "\n"
         "  -i, --input FILE        input HDF5 file with datasets q, k, v\n"
         "  -o, --output FILE       output HDF5 file (written under a temporary name, renamed at the end)\n"
+        "      --q PATH, --k PATH, --v PATH\n"
+        "                          HDF5 paths of q, k, v in the input (default q, k, v; e.g.\n"
+        "                          /layer3/q or layer3/q; links are followed)\n"
+        "      --out-group G       write o and lse in group G of the output (created with its\n"
+        "                          parents, e.g. layers/3; default: the root)\n"
         "  -c, --causal            causal mask, aligned bottom-right: query i sees key j <= i + Nk - Nq\n"
         "      --scale S           softmax scale (default 1/sqrt(D))\n"
         "      --lse               also write lse [B,H,Nq] (float32, natural log)\n"
@@ -141,7 +146,7 @@ static void usage(void) {
 
 enum { OPT_OLD_WINDOW = 255, OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
        OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME, OPT_DEVMEM, OPT_NONCCL, OPT_KTFLOPS,
-       OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE };
+       OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE, OPT_DQ, OPT_DK, OPT_DV, OPT_OUT_GROUP };
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
@@ -176,6 +181,9 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"link-gbps", required_argument, 0, OPT_LINK},
         {"tune", no_argument, 0, OPT_TUNE},
         {"tune-cache", required_argument, 0, OPT_TUNE_CACHE},
+        {"q", required_argument, 0, OPT_DQ},    {"k", required_argument, 0, OPT_DK},
+        {"v", required_argument, 0, OPT_DV},
+        {"out-group", required_argument, 0, OPT_OUT_GROUP},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -262,6 +270,14 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         case OPT_NONCCL: job->no_nccl = 1; break;
         case OPT_TUNE: job->tune = 1; break;
         case OPT_TUNE_CACHE: job->tune_cache = optarg; break;
+        case OPT_DQ: case OPT_DK: case OPT_DV:
+            if (!*optarg || !strcmp(optarg, "/"))
+                return fa_seterr("option --%s: '%s' is not a dataset path (e.g. /layer3/%s)",
+                                 c == OPT_DQ ? "q" : c == OPT_DK ? "k" : "v", optarg,
+                                 c == OPT_DQ ? "q" : c == OPT_DK ? "k" : "v");
+            job->dset[c - OPT_DQ] = optarg;
+            break;
+        case OPT_OUT_GROUP: job->out_group = optarg; break;
         case OPT_KTFLOPS:
         case OPT_LINK: {
             char *end;

@@ -50,7 +50,7 @@ static int write_compare_attrs(const char *path, const double *rel, int64_t h, c
 }
 
 /* Per-head max |a - b| and max |ref| over this rank's share of rows; ref is file `ref`. */
-static int head_errors(const char *pa, const char *pb, int b_is_ref, const fa_shape *s,
+static int head_errors(const char *pa, const char *oa, const char *pb, int b_is_ref, const fa_shape *s,
                        double *dmax, double *rmax) {
     int64_t H = s->H, D = s->D, total = s->B * s->Nq;
     int64_t lo = total * fa_rank / fa_nranks, hi = total * (fa_rank + 1) / fa_nranks;
@@ -63,7 +63,7 @@ static int head_errors(const char *pa, const char *pb, int b_is_ref, const fa_sh
         if (n > blk) n = blk;
         if (n > hi - r) n = hi - r;
         int64_t st[4] = {bb, i, 0, 0}, ct[4] = {1, n, H, D};
-        if (h5_read_block(pa, "o", 4, st, ct, a) || h5_read_block(pb, "o", 4, st, ct, b)) {
+        if (h5_read_block(pa, oa, 4, st, ct, a) || h5_read_block(pb, "o", 4, st, ct, b)) {
             rc = -1;
             break;
         }
@@ -95,14 +95,14 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
     double t0 = fa_now();
     h5in *in = NULL;
     fa_shape s;
-    if (agree_rc(h5in_open(job->input, MPI_COMM_WORLD, env->io_cap_bytes, &in, &s))) return -1;
+    if (agree_rc(h5in_open(job->input, job->dset, MPI_COMM_WORLD, env->io_cap_bytes, &in, &s))) return -1;
     run_plan pl;                         /* the other mode's own plan */
     if (plan_make(&other, env, &s, be, gc, 0, &pl)) {
         h5in_close(in);
         return -1;
     }
     h5out *out = NULL;
-    if (agree_rc(h5out_create(tmp, 1, MPI_COMM_WORLD, &s, FA_F32, 0, pl.io_cap_bytes, &out))) {
+    if (agree_rc(h5out_create(tmp, NULL, 1, MPI_COMM_WORLD, &s, FA_F32, 0, pl.io_cap_bytes, &out))) {
         h5in_close(in);
         return -1;
     }
@@ -121,7 +121,9 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
     double *dmax = fa_calloc((size_t)H, sizeof(double), "compare"), *rmax = fa_calloc((size_t)H, sizeof(double), "compare");
     double *rel = fa_calloc((size_t)H, sizeof(double), "compare");
     /* the exact mode's output is the reference */
-    rc = head_errors(job->output, tmp, other.mode == MODE_EXACT, &s, dmax, rmax);
+    char oa[1100];
+    rc = head_errors(job->output, fa_out_dset(job->out_group, "o", oa, sizeof oa), tmp,
+                     other.mode == MODE_EXACT, &s, dmax, rmax);
     if (agree_rc(rc)) goto done;
     MPI_Allreduce(MPI_IN_PLACE, dmax, (int)H, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, rmax, (int)H, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);

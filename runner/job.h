@@ -2,6 +2,7 @@
  * (runner/plan.c) turns them into the run plan (dist/plan.h). */
 #pragma once
 #include <stdint.h>
+#include <string.h>
 #include "io/h5io.h"
 #include "dist/plan.h"          /* fa_backend, fa_mode */
 #include "dist/shard.h"
@@ -9,6 +10,8 @@
 
 typedef struct {
     const char *input, *output;
+    const char *dset[3];     /* --q/--k/--v: dataset paths of q, k, v in the input (NULL: "q", "k", "v") */
+    const char *out_group;   /* --out-group: group of o and lse in the output (NULL: the root) */
     int causal;
     double scale;            /* 0: 1/sqrt(D) */
     int lse;                 /* write lse */
@@ -41,3 +44,15 @@ typedef struct {
     int quiet, verbose;
 } fa_job;
 
+
+#include <stdio.h>
+/* The path of dataset `name` ("o", "lse") in output group `group` (NULL, "", "/": the root):
+ * "o" or "layers/3/o", leading and trailing '/' of the group dropped. */
+static inline const char *fa_out_dset(const char *group, const char *name, char *buf, int len) {
+    while (group && *group == '/') group++;
+    int n = group ? (int)strlen(group) : 0;
+    while (n > 0 && group[n - 1] == '/') n--;
+    if (n) snprintf(buf, (size_t)len, "%.*s/%s", n, group, name);
+    else snprintf(buf, (size_t)len, "%s", name);
+    return buf;
+}

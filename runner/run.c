@@ -39,6 +39,10 @@ static int write_attrs(h5out *out, const fa_job *job, const run_plan *pl, double
     rc |= h5out_attr_str(out, "plan", planj);           /* every setting and its source */
     rc |= h5out_attr_str(out, "version", "fa_long " FA_VERSION);
     rc |= h5out_attr_str(out, "input", job->input);
+    rc |= h5out_attr_str(out, "q_path", job->dset[0] ? job->dset[0] : "q");
+    rc |= h5out_attr_str(out, "k_path", job->dset[1] ? job->dset[1] : "k");
+    rc |= h5out_attr_str(out, "v_path", job->dset[2] ? job->dset[2] : "v");
+    rc |= h5out_attr_str(out, "out_group", job->out_group && *job->out_group ? job->out_group : "/");
     rc |= h5out_attr_double(out, "elapsed_seconds", elapsed);
     return rc ? -1 : 0;
 }
@@ -146,14 +150,29 @@ static void write_stop_file(const char *path, int64_t done, int64_t total, const
         fprintf(stderr, "fa_long: warning: cannot write FA_STOP_FILE=%s\n", path);
 }
 
+/* A dataset or group path as the job key spells it: leading and trailing '/' dropped. */
+static const char *key_path(const char *p, const char *dflt, char *buf, int len) {
+    if (!p || !*p) p = dflt;
+    while (*p == '/') p++;
+    int n = (int)strlen(p);
+    while (n > 0 && p[n - 1] == '/') n--;
+    snprintf(buf, (size_t)len, "/%.*s", n, p);
+    return buf;
+}
+
 /* What must match for rows of an earlier run to be reused by --resume. */
 static void job_key(const fa_job *job, const fa_shape *s, fa_dtype ot, int64_t chunk,
                     double scale, char *buf, int len) {
-    char in[4096];
+    char in[4096], pq[1024], pk[1024], pv[1024], pg[1024], paths[4200] = "";
     if (!realpath(job->input, in)) snprintf(in, sizeof in, "%s", job->input);
+    key_path(job->dset[0], "q", pq, sizeof pq), key_path(job->dset[1], "k", pk, sizeof pk);
+    key_path(job->dset[2], "v", pv, sizeof pv), key_path(job->out_group, "", pg, sizeof pg);
+    /* the default paths leave the key as it was before --q/--k/--v/--out-group existed */
+    if (strcmp(pq, "/q") || strcmp(pk, "/k") || strcmp(pv, "/v") || strcmp(pg, "/"))
+        snprintf(paths, sizeof paths, " q=%s k=%s v=%s out_group=%s", pq, pk, pv, pg);
     snprintf(buf, (size_t)len,
-             "input=%s B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld causal=%d scale=%.17g "
-             "chunk=%lld mode=%s o=%s lse=%d", in, (long long)s->B, (long long)s->Nq,
+             "input=%s%s B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld causal=%d scale=%.17g "
+             "chunk=%lld mode=%s o=%s lse=%d", in, paths, (long long)s->B, (long long)s->Nq,
              (long long)s->Nk, (long long)s->H, (long long)s->Hkv, (long long)s->D, job->causal,
              scale, (long long)chunk, job->mode == MODE_TAYLOR ? "taylor" : "exact",
              fa_dtype_name(ot), job->lse);
@@ -334,7 +353,7 @@ int cmd_run(int argc, char **argv) {
 
     h5in *in = NULL;
     fa_shape s;
-    if (agree(h5in_open(job.input, MPI_COMM_WORLD, env.io_cap_bytes, &in, &s)))
+    if (agree(h5in_open(job.input, job.dset, MPI_COMM_WORLD, env.io_cap_bytes, &in, &s)))
         return fa_report_error();
     fa_dtype ot = job.out_dtype_set ? job.out_dtype : (s.q_type == FA_F64 ? FA_F32 : s.q_type);
     /* GPUs: each rank bound to its device, NCCL up where it can serve the merge (the planner
@@ -372,9 +391,9 @@ int cmd_run(int argc, char **argv) {
         return 0;
     }
     h5out *out = NULL;
-    rc = plan == RESUME_PARTIAL ? h5out_reopen(job.output, MPI_COMM_WORLD, &s, ot, job.lse,
+    rc = plan == RESUME_PARTIAL ? h5out_reopen(job.output, job.out_group, MPI_COMM_WORLD, &s, ot, job.lse,
                                                pl.io_cap_bytes, &out)
-                                : h5out_create(job.output, job.force, MPI_COMM_WORLD, &s, ot,
+                                : h5out_create(job.output, job.out_group, job.force, MPI_COMM_WORLD, &s, ot,
                                                job.lse, pl.io_cap_bytes, &out);
     if (agree(rc) || (plan == RESUME_FRESH && agree(h5out_attr_str(out, "resume_key", key)))) {
         if (out) h5out_abort(out);

@@ -398,7 +398,7 @@ static void test_read_types(const char *dir) {
             make_file(path, &s[0], &s[1], &s[2], NULL);
             h5in *in;
             fa_shape sh;
-            int st = h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh), rst = -1;
+            int st = h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh), rst = -1;
             if (!check(st == 0, "open %s", path)) { printf("   %s\n", fa_errmsg()); continue; }
             check(sh.B == 2 && sh.Nq == 19 && sh.Nk == 23 && sh.H == 4 && sh.Hkv == 2 && sh.D == 6
                   && sh.q_type == want[i] && sh.k_type == want[i] && sh.v_type == want[(i + 1) % 4],
@@ -438,7 +438,7 @@ static void test_read_capped(const char *dir) {
         test_cap = fa_parse_size(caps[c]);
         h5in *in;
         fa_shape sh;
-        if (!check(h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh) == 0, "open %s", path)) continue;
+        if (!check(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh) == 0, "open %s", path)) continue;
         row_range r[5] = {{10, 13}, {5, 10}, {0, 0}, {30, 10}, {31, 2}};
         int st;
         int64_t bad = read_and_compare(in, "q", 0, r, 5, 2, 8, &st);
@@ -453,7 +453,7 @@ static void test_read_capped(const char *dir) {
 static int open_err_on(const char *path, MPI_Comm comm) {
     h5in *in = NULL;
     fa_shape sh;
-    int st = h5in_open(path, comm, test_cap, &in, &sh);
+    int st = h5in_open(path, NULL, comm, test_cap, &in, &sh);
     if (st == 0) h5in_close(in);
     return st;
 }
@@ -527,7 +527,7 @@ static void test_read_errors(const char *dir) {
     make_file(path, &g[0], &g[1], &g[2], nf);
     h5in *in;
     fa_shape sh;
-    if (!check(h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh) == 0, "open %s", path)) return;
+    if (!check(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh) == 0, "open %s", path)) return;
     float *x = fa_malloc(12 * 2 * 16 * 4, "k");
     row_range all = {0, 12}, late = {6, 6}, early = {0, 5};
     check_err(h5in_read_rows(in, "k", 1, &all, 1, x, 1), "NaN in k found with its index",
@@ -558,7 +558,7 @@ static void test_read_errors(const char *dir) {
     big[((0 * 12 + 2) * 2 + 0) * 16 + 1] = -1e300;
     H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, big);
     H5Dclose(ds), H5Sclose(sp), H5Fclose(file), free(big);
-    check(h5in_open(path, MPI_COMM_SELF, test_cap, &in, &sh) == 0 && sh.v_type == FA_F64, "reopen with f64 v");
+    check(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh) == 0 && sh.v_type == FA_F64, "reopen with f64 v");
     check_err(h5in_read_rows(in, "v", 0, &all, 1, x, 1), "float64 overflow refused",
               "'v'", "-Inf (in float32) at [0, 2, 0, 1]", NULL);
     h5in_close(in);
@@ -623,7 +623,7 @@ static void test_output_types(const char *dir) {
     for (int i = 0; i < 4; i++) {
         snprintf(path, sizeof path, "%s/out_%s.h5", dir, fa_dtype_name(types[i]));
         h5out *out;
-        if (!check(h5out_create(path, 0, MPI_COMM_SELF, &s, types[i], 1, test_cap, &out) == 0,
+        if (!check(h5out_create(path, NULL, 0, MPI_COMM_SELF, &s, types[i], 1, test_cap, &out) == 0,
                    "create %s", path)) { printf("   %s\n", fa_errmsg()); continue; }
         int st = write_all(out, &s, 10);
         st |= h5out_attr_int(out, "causal", 1) | h5out_attr_double(out, "scale", 0.125) |
@@ -677,39 +677,39 @@ static void test_output_errors(const char *dir) {
     h5out *out;
     snprintf(path, sizeof path, "%s/precious.h5", dir);
     write_file(path, "precious");
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
+    check_err(h5out_create(path, NULL, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
               "existing output without force", path, "exists", "--force", NULL);
     check(same_text(path, "precious") && tmp_files(dir) == 0, "existing output untouched");
     /* with force: still untouched until commit; abort leaves it as it was */
-    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, test_cap, &out) == 0 &&
+    check(h5out_create(path, NULL, 1, MPI_COMM_SELF, &s, FA_BF16, 0, test_cap, &out) == 0 &&
           write_all(out, &s, 16) == 0 && same_text(path, "precious"),
           "--force: existing output untouched while writing");
     h5out_abort(out);
     check(same_text(path, "precious") && tmp_files(dir) == 0,
           "--force then abort: output untouched, temporary removed");
-    check(h5out_create(path, 1, MPI_COMM_SELF, &s, FA_BF16, 0, test_cap, &out) == 0 &&
+    check(h5out_create(path, NULL, 1, MPI_COMM_SELF, &s, FA_BF16, 0, test_cap, &out) == 0 &&
           write_all(out, &s, 7) == 0 && h5out_commit(out) == 0 &&
           verify_output(path, &s, FA_BF16, 0) == 0 && tmp_files(dir) == 0,
           "--force then commit: output replaced by the new file");
     check(h5_dataset_info(path, "lse", NULL, NULL, NULL) == -1, "without lse: no lse dataset");
     fa_clearerr();
     snprintf(path, sizeof path, "%s/no_such_dir/out.h5", dir);
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out), "missing folder",
+    check_err(h5out_create(path, NULL, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out), "missing folder",
               path, "no_such_dir", "No such file or directory", NULL);
-    check_err(h5out_create("/proc/fa_long_out.h5", 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
+    check_err(h5out_create("/proc/fa_long_out.h5", NULL, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
               "unwritable folder (/proc, even for root)", "/proc/fa_long_out.h5", "cannot create",
               NULL);
     snprintf(path, sizeof path, "%s/text.h5/out.h5", dir);
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
+    check_err(h5out_create(path, NULL, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out),
               "a file where the folder should be", "Not a directory", NULL);
-    check_err(h5out_create(dir, 1, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out), "folder as output",
+    check_err(h5out_create(dir, NULL, 1, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out), "folder as output",
               "is a folder", NULL);
     fa_shape e = s;
     e.Nq = 0;
     snprintf(path, sizeof path, "%s/empty_out.h5", dir);
-    check_err(h5out_create(path, 0, MPI_COMM_SELF, &e, FA_F32, 1, test_cap, &out), "empty output shape",
+    check_err(h5out_create(path, NULL, 0, MPI_COMM_SELF, &e, FA_F32, 1, test_cap, &out), "empty output shape",
               "Nq=0", NULL);
-    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out) == 0, "create %s", path);
+    check(h5out_create(path, NULL, 0, MPI_COMM_SELF, &s, FA_F32, 1, test_cap, &out) == 0, "create %s", path);
     float o[2 * 2 * 4] = {0}, l[4] = {0};
     check_err(h5out_write_rows(out, 0, 15, 2, o, l), "rows past Nq refused", "[15, 17)",
               "Nq=16", NULL);
@@ -728,7 +728,7 @@ static void test_resume(const char *dir) {
     h5out_partial_path(path, part, sizeof part);
     h5out *out;
     float o[21 * 8], l[21 * 2];
-    check(h5out_create(path, 0, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "create %s", path);
+    check(h5out_create(path, NULL, 0, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "create %s", path);
     fill_rows(o, l, 0, 0, 21, 2, 4);
     check(h5out_write_rows(out, 0, 0, 21, o, l) == 0 && h5out_checkpoint(out, 1) == 0,
           "batch 0 written, checkpoint");
@@ -736,20 +736,93 @@ static void test_resume(const char *dir) {
     check(exists(part) && !exists(path), "abort after a checkpoint keeps %s, no final file", part);
     fa_shape wrong = s;
     wrong.D = 8;
-    check_err(h5out_reopen(path, MPI_COMM_SELF, &wrong, FA_F16, 1, test_cap, &out),
+    check_err(h5out_reopen(path, NULL, MPI_COMM_SELF, &wrong, FA_F16, 1, test_cap, &out),
               "reopen with another shape refused", "does not fit", NULL);
-    check_err(h5out_reopen(path, MPI_COMM_SELF, &s, FA_BF16, 1, test_cap, &out),
+    check_err(h5out_reopen(path, NULL, MPI_COMM_SELF, &s, FA_BF16, 1, test_cap, &out),
               "reopen with another type refused", "does not fit", NULL);
-    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "reopen the partial file");
+    check(h5out_reopen(path, NULL, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "reopen the partial file");
     fill_rows(o, l, 1, 0, 10, 2, 4);
     check(h5out_write_rows(out, 1, 0, 10, o, l) == 0 && h5out_suspend(out, 1) == 0 &&
           exists(part), "suspend keeps the partial file");
     double done = 0;
     check(h5_attr_double(part, "chunks_done", &done) == 0 && done == 1, "chunks_done recorded");
-    check(h5out_reopen(path, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "reopen again");
+    check(h5out_reopen(path, NULL, MPI_COMM_SELF, &s, FA_F16, 1, test_cap, &out) == 0, "reopen again");
     fill_rows(o, l, 1, 10, 11, 2, 4);
     check(h5out_write_rows(out, 1, 10, 11, o, l) == 0 && h5out_commit(out) == 0 && !exists(part)
           && verify_output(path, &s, FA_F16, 1) == 0, "resumed output complete and exact");
+}
+
+/* --q/--k/--v and --out-group: datasets under groups, in and out. */
+static void test_paths(const char *dir) {
+    char path[512], out_path[512];
+    snprintf(path, sizeof path, "%s/in_groups.h5", dir);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Gclose(H5Gcreate2(f, "layer3", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    ds_spec s[3] = {QKV(2, 9, 13, 4, 2, 6, T_F32, T_F16, T_F64, 0)};
+    s[0].name = "layer3/q", s[1].name = "layer3/k", s[2].name = "layer3/v";
+    for (int i = 0; i < 3; i++) write_ds(f, &s[i], NULL);
+    H5Fclose(f);
+    h5in *in;
+    fa_shape sh;
+    const char *paths[3] = {"/layer3/q", "layer3/k", "/layer3/v"};
+    if (check(h5in_open(path, paths, MPI_COMM_SELF, test_cap, &in, &sh) == 0 && sh.Nq == 9 &&
+              sh.Nk == 13 && sh.H == 4 && sh.Hkv == 2 && sh.k_type == FA_F16 &&
+              sh.v_type == FA_F64, "open q, k, v under /layer3 (absolute and relative paths)")) {
+        float k[13 * 2 * 6];
+        row_range r = {0, 13};
+        int bad = h5in_read_rows(in, "k", 1, &r, 1, k, 1) != 0;
+        for (int64_t i = 0; i < 13 * 2 * 6; i++)
+            bad += k[i] != grid(1, i / 12, i / 6 % 2, i % 6);
+        check(bad == 0, "read rows of 'k' (logical name) from layer3/k");
+        h5in_close(in);
+    }
+    check_err(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh), "root q absent",
+              path, "dataset 'q' not found; expected", NULL);
+    const char *missing[3] = {"/layer3/q", "/nope/k", "layer3/v"};
+    check_err(h5in_open(path, missing, MPI_COMM_SELF, test_cap, &in, &sh),
+              "a missing group on the path", path, "dataset '/nope/k' not found", NULL);
+    const char *through[3] = {"layer3/q/x", "layer3/k", "layer3/v"};
+    check_err(h5in_open(path, through, MPI_COMM_SELF, test_cap, &in, &sh),
+              "a dataset on the way of the path", "dataset 'layer3/q/x' not found", NULL);
+    const char *group[3] = {"layer3", "layer3/k", "layer3/v"};
+    check_err(h5in_open(path, group, MPI_COMM_SELF, test_cap, &in, &sh),
+              "a group given as q", "'layer3' is not a dataset", NULL);
+
+    fa_shape os = {2, 21, 21, 2, 1, 4, FA_F32, FA_F32, FA_F32};
+    snprintf(out_path, sizeof out_path, "%s/out_group.h5", dir);
+    h5out *out;
+    int nd;
+    int64_t dims[8];
+    fa_dtype t;
+    if (check(h5out_create(out_path, "/layers/3/", 0, MPI_COMM_SELF, &os, FA_F32, 1, test_cap,
+                           &out) == 0, "create with group /layers/3/")) {
+        int st = write_all(out, &os, 5) | h5out_attr_int(out, "causal", 0);
+        check(st == 0 && h5out_commit(out) == 0, "rows written and committed");
+        check(h5_dataset_info(out_path, "layers/3/o", &nd, dims, &t) == 0 && nd == 4 &&
+              dims[1] == 21 && h5_dataset_info(out_path, "/layers/3/lse", &nd, dims, &t) == 0 &&
+              nd == 3 && h5_dataset_info(out_path, "o", &nd, dims, &t) != 0,
+              "o and lse at /layers/3, none at the root");
+        fa_clearerr();
+        double c = 1;
+        check(h5_attr_double(out_path, "causal", &c) == 0 && c == 0, "attributes on the root");
+    }
+    snprintf(out_path, sizeof out_path, "%s/out_group_resume.h5", dir);
+    float o[21 * 8], l[21 * 2];
+    check(h5out_create(out_path, "g2", 0, MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out) == 0,
+          "create with group g2");
+    fill_rows(o, l, 0, 0, 21, 2, 4);
+    check(h5out_write_rows(out, 0, 0, 21, o, l) == 0 && h5out_checkpoint(out, 1) == 0,
+          "g2: batch 0 written, checkpoint");
+    h5out_abort(out);
+    check_err(h5out_reopen(out_path, NULL, MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out),
+              "reopen at the root refused", "no dataset 'o'", NULL);
+    check_err(h5out_reopen(out_path, "g3", MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out),
+              "reopen in another group refused", "no dataset 'g3/o'", NULL);
+    check(h5out_reopen(out_path, "/g2", MPI_COMM_SELF, &os, FA_F32, 1, test_cap, &out) == 0,
+          "reopen in group /g2");
+    fill_rows(o, l, 1, 0, 21, 2, 4);
+    check(h5out_write_rows(out, 1, 0, 21, o, l) == 0 && h5out_commit(out) == 0 &&
+          h5_dataset_info(out_path, "g2/lse", &nd, dims, &t) == 0, "resumed in g2, committed");
 }
 
 /* ============================ several ranks ============================================== */
@@ -789,7 +862,7 @@ static void mpi_reads(const char *dir) {
     test_cap = fa_parse_size("150");               /* ~2 rows of q per transfer */
     h5in *in;
     fa_shape sh;
-    if (!check(h5in_open(path, MPI_COMM_WORLD, test_cap, &in, &sh) == 0, "open %s on %d ranks", path, np_))
+    if (!check(h5in_open(path, NULL, MPI_COMM_WORLD, test_cap, &in, &sh) == 0, "open %s on %d ranks", path, np_))
         return;
     row_range r[4];
     int nr = shard(me, np_, 50, r), st;
@@ -852,7 +925,7 @@ static void mpi_writes(const char *dir, fa_dtype t) {
     MPI_Barrier(MPI_COMM_WORLD);
     test_cap = fa_parse_size("70");                /* a few rows per collective transfer */
     h5out *out;
-    if (!check(h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, test_cap, &out) == 0, "create %s", path))
+    if (!check(h5out_create(path, NULL, 0, MPI_COMM_WORLD, &s, t, 1, test_cap, &out) == 0, "create %s", path))
         return;
     /* each rank writes its shard of each batch in calls of different sizes; rank 1 writes
      * nothing but still calls */
@@ -878,12 +951,12 @@ static void mpi_writes(const char *dir, fa_dtype t) {
                        "(%lld wrong), attributes, no temporary", fa_dtype_name(t), (long long)bad);
     free(o), free(l);
     fa_clearerr();
-    st = h5out_create(path, 0, MPI_COMM_WORLD, &s, t, 1, test_cap, &out);
+    st = h5out_create(path, NULL, 0, MPI_COMM_WORLD, &s, t, 1, test_cap, &out);
     int same = same_msg_everywhere();
     check(st == -1 && same &&
           strstr(fa_errmsg(), "--force"), "existing output: every rank refuses -> \"%s\"",
           fa_errmsg());
-    check(h5out_create(path, 1, MPI_COMM_WORLD, &s, t, 0, test_cap, &out) == 0, "--force create");
+    check(h5out_create(path, NULL, 1, MPI_COMM_WORLD, &s, t, 0, test_cap, &out) == 0, "--force create");
     float z[4 * 12] = {0};
     fa_clearerr();
     st = h5out_write_rows(out, 0, me == np_ - 1 ? 48 : 0, 4, z, z);
@@ -904,10 +977,10 @@ static int mode_echo(const char *in_path, const char *out_path, const char *otyp
     h5out *out;
     fa_shape s;
     fa_dtype t;
-    if (fa_dtype_parse(otype, &t) || h5in_open(in_path, MPI_COMM_WORLD, test_cap, &in, &s)) goto fail;
+    if (fa_dtype_parse(otype, &t) || h5in_open(in_path, NULL, MPI_COMM_WORLD, test_cap, &in, &s)) goto fail;
     int kv = strcmp(name, "q") != 0;
     fa_shape o = {s.B, kv ? s.Nk : s.Nq, 0, kv ? s.Hkv : s.H, 0, s.D, t, t, t};
-    if (h5out_create(out_path, 1, MPI_COMM_WORLD, &o, t, 1, test_cap, &out)) goto fail;
+    if (h5out_create(out_path, NULL, 1, MPI_COMM_WORLD, &o, t, 1, test_cap, &out)) goto fail;
     row_range r[4];
     int nr = shard(me, np_, o.Nq, r);
     int64_t rows = 0, row = o.H * o.D;
@@ -932,7 +1005,7 @@ fail:
 static int mode_open(const char *path) {
     h5in *in;
     fa_shape s;
-    if (h5in_open(path, MPI_COMM_WORLD, test_cap, &in, &s)) {
+    if (h5in_open(path, NULL, MPI_COMM_WORLD, test_cap, &in, &s)) {
         if (me == 0) printf("ERR %s\n", fa_errmsg());
         return 3;
     }
@@ -988,6 +1061,7 @@ int main(int argc, char **argv) {
             test_in_place_widening(FA_BF16);
             test_copy_floats();
             test_f64_and_swap();
+            test_paths(dir);
             test_read_types(dir);
             test_read_capped(dir);
             test_input_errors(dir);
