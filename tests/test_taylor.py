@@ -139,13 +139,58 @@ def test_denominator_policy(tmp_path):
     assert f"{got} (row, head) pairs" in err
 
 
+def order_bound(q, k, v, causal, c=8.0):
+    """Per element, how far two fp32 evaluations may lie apart when they add the same terms in
+    another order. The engine keeps the states z = sum_j kc_j and S = sum_j kc_j (x) v_j
+    (kc = k - mu) beside sum_j v_j and the count; the output is
+    (sum v + scale q.S) / (cnt + scale q.z). A reordered sum moves by at most ~c*u*sum of the
+    absolute terms, so the bound is c*u*(A_num + |o| A_den) / den with
+    A_num = sum_j |v_j| + scale sum_d |q_d| sum_j |kc_jd| |v_j| and
+    A_den = cnt + scale sum_d |q_d| sum_j |kc_jd| (fp64). Rows near the denominator floor are
+    masked (fp32 may take the other side of it), as are rows with no visible key."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    B, Nq, H, D = q.shape
+    Nk, Hkv = k.shape[1], k.shape[2]
+    G = H // Hkv
+    scale = 1.0 / np.sqrt(D)
+    W = (np.arange(Nk)[None, :] <= (np.arange(Nq)[:, None] + Nk - Nq)).astype(np.float64) \
+        if causal else np.ones((Nq, Nk))
+    cnt = W.sum(axis=1)
+    u = 2.0 ** -24
+    bound = np.zeros((B, Nq, H, D))
+    keep = np.zeros((B, Nq, H), dtype=bool)
+    for b in range(B):
+        for h in range(H):
+            kk, vv = k[b, :, h // G, :], v[b, :, h // G, :]
+            kc = kk - kk.mean(axis=0)
+            qq = q[b, :, h, :]
+            x = scale * (qq @ kc.T) * W
+            den = cnt + x.sum(axis=1)
+            ok = (den > FLOOR * cnt * (1 + 1e-3)) & (cnt > 0)
+            d = np.where(ok, den, 1.0)[:, None]
+            o = (W @ vv + x @ vv) / d
+            akc = np.abs(kc)
+            a_num = W @ np.abs(vv) + scale * np.einsum("id,ij,jd,je->ie", np.abs(qq), W, akc,
+                                                       np.abs(vv))
+            a_den = cnt + scale * np.einsum("id,ij,jd->i", np.abs(qq), W, akc)
+            bound[b, :, h, :] = c * u * (a_num + np.abs(o) * a_den[:, None]) / d
+            keep[b, :, h] = ok
+    return bound, keep
+
+
 def test_ranks_agree(tmp_path):
-    """1 and 4 ranks give the same output to 1e-6 (plain-sum merge of the ranks' states)."""
+    """1 and 4 ranks agree to rounding: the plain-sum merge of the ranks' states only reorders
+    the terms, so each element lies within order_bound of the other run's."""
     rng = np.random.default_rng()
     q, k, v = random_inputs(rng, 1, 180, 180, 4, 2, 32)
     o1, _, _, _ = run_taylor(tmp_path, q, k, v, 1, True, ["--chunk", "37"])
     o4, _, _, _ = run_taylor(tmp_path, q, k, v, 4, True, ["--chunk", "37"])
-    assert np.max(np.abs(o1 - o4)) / np.max(np.abs(o1)) <= 1e-6
+    bound, keep = order_bound(q, k, v, True)
+    assert keep.mean() > 0.9
+    diff = np.abs(o1.astype(np.float64) - o4)
+    bad = keep[..., None] & (diff > bound)
+    assert not bad.any(), (f"{bad.sum()} elements apart by more than the reordering bound; "
+                           f"worst ratio {np.max(np.where(keep[..., None], diff / bound, 0)):.2f}")
 
 
 def test_check_taylor(tmp_path):
