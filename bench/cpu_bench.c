@@ -93,7 +93,7 @@ static void run_engine(problem *p) {
     for (int64_t r0 = 0; r0 < p->n; r0 += p->chunk) {
         int64_t nr = p->n - r0 < p->chunk ? p->n - r0 : p->chunk;
         attn_queries q = { p->q + r0 * p->h * p->d, nr, r0, p->h, p->hkv, p->d, scale_of(p),
-                           p->causal, 0 };
+                           p->causal, 0, NULL, 0 };
         attn_state_init(rec, nr, p->h, p->d);
         cpu_attn_partial(&q, &seg, 1, rec, &p->tiling, NULL, NULL);
         for (int64_t i = 0; i < nr * p->h; i++)

@@ -22,11 +22,10 @@
 
 volatile sig_atomic_t fa_stop_requested = 0;
 
-double pipeline_flops(const fa_shape *s, int causal, int64_t r0, int64_t n) {
-    row_range all = {0, s->Nk};
-    kv_shard whole = {1, &all, s->Nk};
-    return 4.0 * (double)s->D * (double)s->H *
-           shard_work(&whole, r0, r0 + n, causal, s->Nk - s->Nq);
+double pipeline_flops(const fa_shape *s, const attn_mask *m, int64_t b, int64_t r0, int64_t n) {
+    int64_t pairs = b >= 0 ? mask_pairs(m, b, r0, r0 + n, 0, s->Nk)
+                           : mask_pairs_batch(m, s->B, r0, r0 + n, 0, s->Nk);
+    return 4.0 * (double)s->D * (double)s->H * (double)pairs;
 }
 
 typedef struct {
@@ -89,14 +88,15 @@ static void drive_merges(void *arg) {
  * otherwise: a finite score maximum makes the softmax sum >= 1. */
 static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64_t n) {
     if (!p->check_overflow || p->ovf_chunk >= 0) return;
-    const int64_t H = p->s->H, D = p->s->D, diag = p->s->Nk - p->s->Nq;
+    const int64_t H = p->s->H, D = p->s->D;
     /* o = sum p_j v_j / sum p_j stays within max |v|; its running sums within Nk max |v| */
     const int scan_o = p->vmax_all * (double)p->s->Nk > 1e38;
-    const int causal = p->plan->causal;
+    const attn_mask *mask = &p->plan->mask;
     int64_t bad = INT64_MAX;
 #pragma omp parallel for reduction(min : bad) schedule(static) if (n * H >= 4096)
     for (int64_t x = 0; x < n * H; x++) {
-        if (causal && r0 + x / H + diag < 0) continue;    /* sees no key: o = 0, lse = -inf */
+        mask_run run = mask_row(mask, b, r0 + x / H);
+        if (run.hi <= run.lo) continue;                   /* sees no key: o = 0, lse = -inf */
         int ok = isfinite(p->lse_out[x]);
         for (int64_t d = 0; ok && scan_o && d < D; d++) ok = isfinite(p->o_out[x * D + d]);
         if (!ok && x < bad) bad = x;
@@ -215,7 +215,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     }
     if (owner(p, i) == p->rank) note_overflow(p, i, b, r0, n);
     p->st->t_final += fa_now() - t0;
-    progress_chunk(p->pg, pipeline_flops(p->s, p->plan->causal, r0, n));
+    progress_chunk(p->pg, pipeline_flops(p->s, &p->plan->mask, b, r0, n));
     int64_t G = group_size(p);
     if (i % G == G - 1 || i == p->nchunks - 1) return write_group(p, i + 1);
     return 0;
@@ -444,9 +444,9 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         int slot = (int)(i % p.window);
         attn_queries q = {.q = qchunk, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
                           .d = (int)D, .scale = scale, .causal = plan->causal,
-                          .diag = s->Nk - s->Nq};
+                          .diag = s->Nk - s->Nq, .mask = &plan->mask, .b = b};
         int root = owner(&p, i);
-        st->work_pairs += shard_work(&sh, r0, r0 + n, plan->causal, s->Nk - s->Nq) * (double)H;
+        st->work_pairs += shard_work(&sh, &plan->mask, b, r0, r0 + n) * (double)H;
         if (eng.partial_slot) {                    /* device state: asynchronous compute */
             if (eng.partial_slot(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
             if (eng.device_merge) {

@@ -95,6 +95,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out, cons
  * st->stopped set and st->chunks_done = the complete prefix of chunks. */
 extern volatile sig_atomic_t fa_stop_requested;
 
-/* Floating-point operations of rows [r0, r0+n) of one batch element (4 per visible (query, key)
- * pair per unit of D, per head: two products). */
-double pipeline_flops(const fa_shape *s, int causal, int64_t r0, int64_t n);
+/* Floating-point operations of rows [r0, r0+n) of batch element b (b < 0: of every batch
+ * element) under mask m: 4 per visible (query, key) pair per unit of D, per head (two products). */
+double pipeline_flops(const fa_shape *s, const attn_mask *m, int64_t b, int64_t r0, int64_t n);

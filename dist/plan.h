@@ -52,7 +52,9 @@ typedef struct {
     fa_backend backend;          /* cpu or cuda (never auto) */
     fa_compute compute;          /* GPU compute type of the exact engine */
     const char *compute_name;    /* what the engine computes in: "float32", "bfloat16", "float16" */
-    int causal, lse, allow_nonfinite;
+    int causal, lse, allow_nonfinite;   /* causal: the mask's right side is 0 */
+    attn_mask mask;              /* which pairs are visible, what is added to scores (its tables
+                                  * belong to the caller's plan_mask, runner/plan.h) */
     double scale;                /* resolved: --scale or 1/sqrt(D) */
     int nranks;
     /* the pipeline */

@@ -79,31 +79,9 @@ void shard_free(kv_shard *s) {
     memset(s, 0, sizeof *s);
 }
 
-/* Visible pairs between query rows [q0,q1) and keys [k0,k1): query i sees key j iff j <= i+diag.
- * For key j the visible queries are i in [max(q0, j-diag), q1). Sum over j in closed form. */
-static double range_work(int64_t q0, int64_t q1, int64_t k0, int64_t k1, int64_t diag) {
-    if (q1 <= q0 || k1 <= k0) return 0;
+double shard_work(const kv_shard *s, const attn_mask *m, int64_t b, int64_t q0, int64_t q1) {
     double w = 0;
-    /* keys j <= q0 + diag see all rows */
-    int64_t full_end = q0 + diag + 1;                  /* keys [k0, full_end) see q1-q0 rows */
-    int64_t a = k0, b = full_end < k1 ? full_end : k1;
-    if (b > a) w += (double)(b - a) * (double)(q1 - q0);
-    /* keys j in [max(k0, full_end), min(k1, q1+diag)) see q1 - (j - diag) rows */
-    int64_t c = full_end > k0 ? full_end : k0;
-    int64_t d = q1 + diag < k1 ? q1 + diag : k1;
-    if (d > c) {
-        /* sum_{j=c}^{d-1} (q1 + diag - j) = n*(q1+diag) - (c+d-1)*n/2 */
-        double n = (double)(d - c);
-        w += n * (double)(q1 + diag) - n * ((double)c + (double)d - 1) / 2.0;
-    }
-    return w;
-}
-
-double shard_work(const kv_shard *s, int64_t q0, int64_t q1, int causal, int64_t diag) {
-    double w = 0;
-    for (int i = 0; i < s->n; i++) {
-        if (causal) w += range_work(q0, q1, s->r[i].start, s->r[i].start + s->r[i].n, diag);
-        else w += (double)s->r[i].n * (double)(q1 - q0);
-    }
+    for (int i = 0; i < s->n; i++)
+        w += (double)mask_pairs(m, b, q0, q1, s->r[i].start, s->r[i].start + s->r[i].n);
     return w;
 }

@@ -6,10 +6,11 @@
  *   zigzag      2P equal stripes; rank r holds stripes r and 2P-1-r      (balanced in total)
  *   striped     stripes of `stripe` keys dealt in snake order (0..P-1, P-1..0) (causal default: balanced
  *               in total AND within every query chunk, so the chunked merge never waits on one rank)
- * Work is counted in visible (query, key) pairs under the bottom-right causal mask. */
+ * Work is counted in visible (query, key) pairs under the job's mask (kernels/mask.h). */
 #pragma once
 #include <stdint.h>
 #include "io/h5io.h"   /* row_range */
+#include "kernels/mask.h"
 
 typedef enum { SHARD_CONTIGUOUS = 0, SHARD_ZIGZAG = 1, SHARD_STRIPED = 2 } shard_layout;
 
@@ -32,6 +33,6 @@ void shard_plan(int64_t nk, int nranks, int rank, shard_layout layout, int64_t s
                 kv_shard *out);
 void shard_free(kv_shard *s);
 
-/* Visible (query, key) pairs between query rows [q0, q1) and the keys of `s` (causal with
- * diag = Nk - Nq when causal, else all pairs). */
-double shard_work(const kv_shard *s, int64_t q0, int64_t q1, int causal, int64_t diag);
+/* Visible (query, key) pairs between query rows [q0, q1) of batch element b and the keys of `s`
+ * under mask m. */
+double shard_work(const kv_shard *s, const attn_mask *m, int64_t b, int64_t q0, int64_t q1);

@@ -112,6 +112,24 @@ int h5out_commit(h5out *f);
 /* COLLECTIVE or alone (after an error): closes and removes the temporary file. */
 void h5out_abort(h5out *f);
 
+/* ---- mask tables (io/h5mask.c): serial, one process ------------------------------------------
+ * Packed documents: integer datasets cu_seqlens_q and cu_seqlens_k (or cu_seqlens for both), in
+ * the group of q's dataset, shape [ndocs+1] (every batch element) or [B, ndocs+1], offsets from 0
+ * to Nq (Nk), never decreasing. ALiBi: float dataset alibi_slopes [H] there, read when `alibi`
+ * (else a warning that it is not used). Absent datasets: ndocs 0, alibi NULL. Every message
+ * names the file and the dataset. */
+typedef struct {
+    int64_t ndocs, doc_rows;   /* documents per row of the tables; rows: 1 or B */
+    int64_t *cu_q, *cu_k;      /* [doc_rows][ndocs+1], or NULL */
+    float *alibi;              /* [H], or NULL */
+} h5_mask_tables;
+int h5_read_mask_tables(const char *path, const char *qpath, const fa_shape *s, int alibi,
+                        h5_mask_tables *t);
+void h5_mask_tables_free(h5_mask_tables *t);
+/* Checks one table of offsets ([rows][ndocs+1]): starts at 0, never decreases, ends at n. 0 when
+ * good; else -1 with fa_seterr starting with `what` (file and dataset). */
+int h5_check_offsets(const int64_t *cu, int64_t rows, int64_t ndocs, int64_t n, const char *what);
+
 /* ---- small independent reads (fa_long check, tests) ----------------------------------------- */
 /* Serial (one process, no MPI-IO): reads a hyperslab start/count (rank-ndims) of dataset `name`
  * in `path` as fp32 into dst; returns -1 with fa_seterr on error. dims/ndims/type out optional. */

@@ -5,8 +5,8 @@
  *   query head h reads kv head h / (H / Hkv)), D head dim.
  *   q: [B, Nq, H, D]   k, v: [B, Nk, Hkv, D]   o: [B, Nq, H, D]   lse: [B, H, Nq]
  *
- * Causal masking is aligned bottom-right: query i (0-based, of Nq) sees key j (of Nk) iff
- *   j <= i + diag,  diag = Nk - Nq.
+ * Masks (kernels/mask.h): full, bottom-right causal (query i sees key j iff j <= i + Nk - Nq),
+ * windows, packed documents, and the score modifiers softcap and ALiBi.
  * A query row that sees no key has o = 0 and lse = -inf.
  *
  * A *partial* result over a subset of the keys is, per (query row, head), the record
@@ -19,6 +19,7 @@
 #pragma once
 #include <stdint.h>
 #include <math.h>
+#include "kernels/mask.h"
 
 static inline int64_t attn_rec_len(int d) { return (int64_t)d + 2; }
 
@@ -29,9 +30,20 @@ typedef struct {
     int64_t q_pos0;     /* global index (0..Nq-1) of the chunk's first row */
     int h, hkv, d;
     float scale;        /* softmax scale applied to q.k */
-    int causal;
+    int causal;         /* plain bottom-right causal (what the GPU and Taylor engines take) */
     int64_t diag;       /* Nk - Nq (causal only) */
+    const attn_mask *mask;   /* the mask; NULL: the plain one that causal/diag describe. When set
+                              * it is the truth (causal and diag then agree with it) */
+    int64_t b;          /* batch element of the chunk (documents may differ between them) */
 } attn_queries;
+
+/* The mask of a chunk: q->mask, or the plain one of causal/diag built in *local. */
+static inline const attn_mask *attn_queries_mask(const attn_queries *q, attn_mask *local) {
+    if (q->mask) return q->mask;
+    const int64_t nk = (int64_t)1 << 60;            /* no key beyond: only the diagonal matters */
+    *local = mask_plain(nk - (q->causal ? q->diag : 0), nk, q->causal);
+    return local;
+}
 
 /* A contiguous run of keys held in memory (one rank's shard is a list of these). */
 typedef struct {
@@ -52,8 +64,8 @@ typedef struct {
 void attn_state_init(float *rec, int64_t nq, int h, int d);
 
 /* Fold the keys of segs[0..nsegs) into the running state rec ([nq][H] records), exactly as if
- * they had been seen together with the keys already folded in. Tiles that the causal mask hides
- * entirely are skipped; the mask is applied only on tiles that cross the diagonal.
+ * they had been seen together with the keys already folded in. Tiles that the mask hides
+ * entirely are skipped; the mask is applied only on tiles that some row sees in part.
  * Thread-parallel (OpenMP) inside. `progress`, when not NULL, is called now and then from the
  * calling thread (the runner uses it to drive MPI progress of earlier chunks' merges). */
 void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int nsegs,
@@ -95,3 +107,7 @@ void attn_reference_f64(const float *q, const float *k, const float *v,
                         int64_t nq, int64_t nk, int h, int hkv, int d,
                         double scale, int causal, int64_t row0, int64_t nrows,
                         double *o, double *lse);
+/* The same under mask m (m->nq, m->nk are the job's), batch element b. */
+void attn_reference_f64_mask(const float *q, const float *k, const float *v, int h, int hkv,
+                             int d, double scale, const attn_mask *m, int64_t b, int64_t row0,
+                             int64_t nrows, double *o, double *lse);

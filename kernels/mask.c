@@ -79,26 +79,6 @@ void mask_alibi_standard(int h, float *slopes) {
     free(twice);
 }
 
-int mask_check_offsets(const int64_t *cu, int64_t rows, int64_t ndocs, int64_t n, const char *what) {
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t *c = cu + r * (ndocs + 1);
-        const char *row = rows > 1 ? " of batch element " : "";
-        char rb[32] = "";
-        if (rows > 1) snprintf(rb, sizeof rb, "%lld", (long long)r);
-        if (c[0] != 0)
-            return fa_seterr("%s%s%s starts at %lld, expected 0", what, row, rb, (long long)c[0]);
-        for (int64_t d = 0; d < ndocs; d++)
-            if (c[d + 1] < c[d])
-                return fa_seterr("%s%s%s decreases at index %lld (%lld after %lld): offsets must "
-                                 "not decrease", what, row, rb, (long long)(d + 1),
-                                 (long long)c[d + 1], (long long)c[d]);
-        if (c[ndocs] != n)
-            return fa_seterr("%s%s%s ends at %lld, expected %lld (the sequence length)", what, row,
-                             rb, (long long)c[ndocs], (long long)n);
-    }
-    return 0;
-}
-
 const char *mask_describe(const attn_mask *m, char *buf, int len) {
     int n = 0;
     if (m->left < 0 && m->right < 0) n = snprintf(buf, (size_t)len, "full");

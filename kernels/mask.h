@@ -124,10 +124,6 @@ int64_t mask_pairs_batch(const attn_mask *m, int64_t nb, int64_t q0, int64_t q1,
  * power of two, else those of the power of two n below H followed by every other slope of 2n. */
 void mask_alibi_standard(int h, float *slopes);
 
-/* Checks one table of document offsets ([rows][ndocs+1], int64): starts at 0, never decreases,
- * ends at n. 0 when good; else -1 with fa_seterr naming `what` (file and dataset). */
-int mask_check_offsets(const int64_t *cu, int64_t rows, int64_t ndocs, int64_t n, const char *what);
-
 /* One line describing the mask ("full", "causal", "window 128,0, 3 documents, softcap 30, alibi"). */
 const char *mask_describe(const attn_mask *m, char *buf, int len);
 

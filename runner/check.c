@@ -106,19 +106,29 @@ static void check_usage(void) {
            "the fp64 Taylor formula, and the approximation error against exact attention.\n");
 }
 
-/* Streams keys [0, Nk) of batch element b and folds them into fp64 softmax states for the ns
- * sampled rows `rows` (query rows q: [ns, H, D]). acc [ns, H, D], m and l [ns, H]. */
-static int reference_rows(const char *in, const fa_shape *s, int64_t b, const int64_t *rows,
-                          const float *q, int ns, int causal, double scale, double *acc,
+/* Streams the keys of batch element b that the sampled rows see and folds them into fp64 softmax
+ * states for the ns sampled rows `rows` (query rows q: [ns, H, D]) under mask mk (the score
+ * modifiers included). acc [ns, H, D], m and l [ns, H]; kappa [ns, H]: the largest |score| of
+ * the row (the conditioning of its weights; with ALiBi at most |max score| + 60, as scores
+ * further below the maximum carry no weight). */
+static int reference_rows(const char *in, const fa_shape *s, const attn_mask *mk, int64_t b,
+                          const int64_t *rows, const float *q, int ns, double scale, double *acc,
                           double *m, double *l, double *kappa) {
-    int64_t H = s->H, Hkv = s->Hkv, D = s->D, G = H / Hkv, diag = s->Nk - s->Nq;
+    int64_t H = s->H, Hkv = s->Hkv, D = s->D, G = H / Hkv;
     int64_t blk = (int64_t)(32 << 20) / (Hkv * D * 4) + 1;  /* ~32 MB of keys per block */
     if (blk > s->Nk) blk = s->Nk;
+    mask_run *run = fa_malloc((size_t)ns * sizeof *run, "check rows");
+    int64_t klo = s->Nk, khi = 0;                           /* keys some sampled row sees */
+    for (int si = 0; si < ns; si++) {
+        run[si] = mask_row(mk, b, rows[si]);
+        if (run[si].hi > run[si].lo && run[si].lo < klo) klo = run[si].lo;
+        if (run[si].hi > run[si].lo && run[si].hi > khi) khi = run[si].hi;
+    }
     float *k = fa_malloc((size_t)(blk * Hkv * D) * sizeof(float), "check keys");
     float *v = fa_malloc((size_t)(blk * Hkv * D) * sizeof(float), "check values");
     int rc = 0;
-    for (int64_t j0 = 0; j0 < s->Nk && !rc; j0 += blk) {
-        int64_t n = s->Nk - j0 < blk ? s->Nk - j0 : blk;
+    for (int64_t j0 = klo; j0 < khi && !rc; j0 += blk) {
+        int64_t n = khi - j0 < blk ? khi - j0 : blk;
         int64_t st[4] = {b, j0, 0, 0}, ct[4] = {1, n, Hkv, D};
         if (h5_read_block(in, P_K, 4, st, ct, k) || h5_read_block(in, P_V, 4, st, ct, v)) {
             rc = -1;
@@ -127,17 +137,17 @@ static int reference_rows(const char *in, const fa_shape *s, int64_t b, const in
 #pragma omp parallel for collapse(2) schedule(dynamic)
         for (int si = 0; si < ns; si++) {
             for (int64_t h = 0; h < H; h++) {
-                int64_t last = causal ? rows[si] + diag : s->Nk - 1;   /* last visible key */
-                int64_t jend = last - j0 + 1 < n ? last - j0 + 1 : n;
+                const mask_run *r = &run[si];
+                int64_t ja = r->lo > j0 ? r->lo - j0 : 0, jz = r->hi - j0 < n ? r->hi - j0 : n;
                 const float *qv = q + ((int64_t)si * H + h) * D;
                 double *a = acc + ((int64_t)si * H + h) * D;
                 double *mm = m + (int64_t)si * H + h, *ll = l + (int64_t)si * H + h;
                 double *kk = kappa + (int64_t)si * H + h;
-                for (int64_t j = 0; j < jend; j++) {
+                for (int64_t j = ja; j < jz; j++) {
                     const float *kr = k + (j * Hkv + h / G) * D, *vr = v + (j * Hkv + h / G) * D;
                     double dot = 0;
                     for (int64_t e = 0; e < D; e++) dot += (double)qv[e] * (double)kr[e];
-                    double sc = dot * scale;
+                    double sc = mask_score_f64(mk, dot * scale, (int)h, r, j0 + j);
                     if (fabs(sc) > *kk) *kk = fabs(sc);
                     if (sc > *mm) {                         /* rescale the running state */
                         double f = *mm == -INFINITY ? 0.0 : exp(*mm - sc);
@@ -152,8 +162,12 @@ static int reference_rows(const char *in, const fa_shape *s, int64_t b, const in
             }
         }
     }
+    if (mk->alibi)
+        for (int64_t x = 0; x < ns * H; x++)
+            if (m[x] > -INFINITY && kappa[x] > fabs(m[x]) + 60) kappa[x] = fabs(m[x]) + 60;
     free(k);
     free(v);
+    free(run);
     return rc;
 }
 
@@ -342,6 +356,47 @@ static int taylor_compare_rows(const char *out, const fa_shape *s, const sample 
     return rc;
 }
 
+/* The mask the output was made with, from its attributes (window_left/right, softcap, alibi,
+ * documents; an output without them: full or causal) and, for documents and the input's ALiBi
+ * slopes, the input's tables. *t owns what mk points to (h5_mask_tables_free). */
+static int output_mask(const char *in, const char *out, const fa_shape *s, int causal,
+                       attn_mask *mk, h5_mask_tables *t) {
+    memset(t, 0, sizeof *t);
+    *mk = mask_plain(s->Nq, s->Nk, causal);
+    double l, r, cap = 0, alibi = 0, docs = 0;
+    if (h5_attr_double(out, "window_left", &l) == 0 && h5_attr_double(out, "window_right", &r) == 0) {
+        mk->left = (int64_t)l;
+        mk->right = (int64_t)r;
+    }
+    h5_attr_double(out, "softcap", &cap);
+    h5_attr_double(out, "alibi", &alibi);
+    h5_attr_double(out, "documents", &docs);
+    fa_clearerr();
+    mk->softcap = cap;
+    if (docs > 0 || alibi == 2) {
+        if (h5_read_mask_tables(in, P_Q, s, alibi == 2, t)) return -1;
+        if (docs > 0 && t->ndocs != (int64_t)docs)
+            return fa_seterr("%s: the output records %lld packed documents, the input '%s' has %lld",
+                             out, (long long)docs, in, (long long)t->ndocs);
+        if (alibi == 2 && !t->alibi)
+            return fa_seterr("%s: the output was made with the input's alibi_slopes, which input "
+                             "'%s' no longer has", out, in);
+        mk->ndocs = docs > 0 ? t->ndocs : 0;
+        mk->doc_rows = t->doc_rows > 0 ? t->doc_rows : 1;
+        mk->cu_q = t->cu_q;
+        mk->cu_k = t->cu_k;
+    }
+    if (alibi == 2) {
+        mk->alibi = t->alibi;
+    } else if (alibi == 1) {
+        t->alibi = fa_malloc(sizeof(float) * (size_t)s->H, "alibi slopes");
+        mask_alibi_standard((int)s->H, t->alibi);
+        mk->alibi = t->alibi;
+        mk->alibi_standard = 1;
+    }
+    return 0;
+}
+
 /* Recomputes sampled rows and fills *r: against exact fp64 attention, or (taylor) against the
  * fp64 Taylor formula with the approximation error against exact attention beside it (in tx).
  * Returns 0, or -1 with fa_seterr on bad input. */
@@ -361,6 +416,11 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
     h5_attr_str(out, "compute", r->compute, sizeof r->compute);
     r->causal = causal_d != 0;
     r->scale = scale;
+    attn_mask mk;
+    h5_mask_tables mt;
+    if (output_mask(in, out, &s, r->causal, &mk, &mt)) return -1;
+    if (mask_is_plain(&mk)) snprintf(r->mask, sizeof r->mask, "%s", r->causal ? "causal" : "non-causal");
+    else mask_describe(&mk, r->mask, sizeof r->mask);
     r->heads = (int)s.H;
     r->has_lse = has_lse;
     r->otype = ot;
@@ -387,8 +447,7 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
             rows[x] = sm[a + x].i;
             rc = h5_read_block(in, P_Q, 4, st, ct, q + (int64_t)x * H * D);
         }
-        if (!rc) rc = reference_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, acc, m, l,
-                                     kappa);
+        if (!rc) rc = reference_rows(in, &s, &mk, sm[a].b, rows, q, n, scale, acc, m, l, kappa);
         for (int64_t x = 0; !rc && x < n * H; x++)
             if (kappa[x] > r->kappa) r->kappa = kappa[x];
         if (!rc && taylor) rc = taylor_rows(in, &s, sm[a].b, rows, q, n, r->causal, scale, tacc);
@@ -398,6 +457,7 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
         a = z;
     }
     free(sm);
+    h5_mask_tables_free(&mt);
     if (rc) return -1;
     r->rows = ns;
     r->abs_err = e.abs;
@@ -433,7 +493,7 @@ static void taylor_print(const check_result *r, const char *out) {
     double arel = tx.approx_ref_max > 0 ? tx.approx_abs / tx.approx_ref_max : tx.approx_abs;
     double frel = tx.approx_ref_max > 0 ? tx.formula_abs / tx.approx_ref_max : tx.formula_abs;
     printf("check: %d row%s x %d heads of %s, taylor mode (%s, scale %.6g, compute %s)\n", r->rows,
-           r->rows == 1 ? "" : "s", r->heads, out, r->causal ? "causal" : "non-causal", r->scale,
+           r->rows == 1 ? "" : "s", r->heads, out, r->mask, r->scale,
            r->compute);
     printf("check: approximation error against exact attention (fp64): max abs err %.3e, "
            "rel err %.3e (fp64 Taylor formula: %.3e)\n", tx.approx_abs, arel, frel);
@@ -449,7 +509,7 @@ static void taylor_print(const check_result *r, const char *out) {
 
 void check_print(const check_result *r, const char *out) {
     printf("check: %d row%s x %d heads of %s against fp64 (%s, scale %.6g, compute %s)\n", r->rows,
-           r->rows == 1 ? "" : "s", r->heads, out, r->causal ? "causal" : "non-causal", r->scale,
+           r->rows == 1 ? "" : "s", r->heads, out, r->mask, r->scale,
            r->compute);
     printf("check: o   max abs err %.3e, max rel err %.3e (max |ref| %.3e)%s\n", r->abs_err,
            r->rel_err, r->ref_max, r->nonfinite ? ", NON-FINITE VALUES" : "");

@@ -99,6 +99,14 @@ static void usage(void) {
         "      --out-group G       write o and lse in group G of the output (created with its\n"
         "                          parents, e.g. layers/3; default: the root)\n"
         "  -c, --causal            causal mask, aligned bottom-right: query i sees key j <= i + Nk - Nq\n"
+        "      --window-size L,R   sliding window (flash-attn's): query i, at key position\n"
+        "                          p = i + Nk - Nq, sees keys p-L <= j <= p+R; -1 unbounded;\n"
+        "                          --causal is -1,0 (with --causal, R must be 0)\n"
+        "      --softcap C         scores s become C*tanh(s/C) before the softmax (Gemma 2)\n"
+        "      --alibi             ALiBi: -slope_h*|p - j| added to the scores; slopes from the\n"
+        "                          input's alibi_slopes [H], else the standard ones\n"
+        "                          (packed documents: datasets cu_seqlens_q/_k or cu_seqlens in\n"
+        "                          the input, see README: Masks)\n"
         "      --scale S           softmax scale (default 1/sqrt(D))\n"
         "      --lse               also write lse [B,H,Nq] (float32, natural log)\n"
         "      --chunk ROWS        query rows per pipeline chunk (K/M suffixes; default: the tune cache's\n"
@@ -146,7 +154,29 @@ static void usage(void) {
 
 enum { OPT_OLD_WINDOW = 255, OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
        OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME, OPT_DEVMEM, OPT_NONCCL, OPT_KTFLOPS,
-       OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE, OPT_DQ, OPT_DK, OPT_DV, OPT_OUT_GROUP };
+       OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE, OPT_DQ, OPT_DK, OPT_DV, OPT_OUT_GROUP, OPT_WINDOW_SIZE,
+       OPT_SOFTCAP, OPT_ALIBI };
+
+/* --window-size L,R: two integers >= -1 */
+static int parse_window(const char *s, fa_job *job) {
+    char *end;
+    long long l = strtoll(s, &end, 10), r = 0;
+    int ok = end != s && *end == ',';
+    if (ok) {
+        const char *b = end + 1;
+        r = strtoll(b, &end, 10);
+        ok = end != b && !*end;
+    }
+    if (!ok) return fa_seterr("option --window-size: '%s' is not LEFT,RIGHT (two integers, -1 "
+                              "for unbounded, e.g. 4096,0)", s);
+    if (l < -1 || r < -1)
+        return fa_seterr("option --window-size: '%s': a side is %lld; expected >= 0, or -1 for "
+                         "unbounded", s, l < -1 ? l : r);
+    job->win_left = l;
+    job->win_right = r;
+    job->window_size_set = 1;
+    return 0;
+}
 
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
@@ -184,6 +214,9 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"q", required_argument, 0, OPT_DQ},    {"k", required_argument, 0, OPT_DK},
         {"v", required_argument, 0, OPT_DV},
         {"out-group", required_argument, 0, OPT_OUT_GROUP},
+        {"window-size", required_argument, 0, OPT_WINDOW_SIZE},
+        {"softcap", required_argument, 0, OPT_SOFTCAP},
+        {"alibi", no_argument, 0, OPT_ALIBI},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -278,6 +311,16 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             job->dset[c - OPT_DQ] = optarg;
             break;
         case OPT_OUT_GROUP: job->out_group = optarg; break;
+        case OPT_WINDOW_SIZE: if (parse_window(optarg, job)) return -1; break;
+        case OPT_SOFTCAP: {
+            char *end;
+            double x = strtod(optarg, &end);
+            if (end == optarg || *end || !(x > 0) || !isfinite(x))
+                return fa_seterr("option --softcap: '%s' is not a number > 0", optarg);
+            job->softcap = x;
+            break;
+        }
+        case OPT_ALIBI: job->alibi = 1; break;
         case OPT_KTFLOPS:
         case OPT_LINK: {
             char *end;
@@ -301,5 +344,9 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
     if (!job->input) return fa_seterr("no input file: give --input FILE (see --help)");
     if (!job->output) return fa_seterr("no output file: give --output FILE (see --help)");
     if (h5out_path_ok(job->output)) return -1;      /* "", "dir/", a folder: before any work */
+    if (job->causal && job->window_size_set && job->win_right != 0)
+        return fa_seterr("--causal with --window-size %lld,%lld: causal means RIGHT = 0; give "
+                         "--window-size %lld,0, or drop --causal", (long long)job->win_left,
+                         (long long)job->win_right, (long long)job->win_left);
     return 0;
 }

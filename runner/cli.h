@@ -28,6 +28,7 @@ typedef struct {
     int tol_given;           /* tol came from --tol */
     fa_dtype otype;
     char compute[32];
+    char mask[256];          /* the output's mask: "causal", "non-causal", "window 128,0, ..." */
 } check_result;
 int check_sampled(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
                   check_result *r);

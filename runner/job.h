@@ -13,6 +13,10 @@ typedef struct {
     const char *dset[3];     /* --q/--k/--v: dataset paths of q, k, v in the input (NULL: "q", "k", "v") */
     const char *out_group;   /* --out-group: group of o and lse in the output (NULL: the root) */
     int causal;
+    int window_size_set;     /* --window-size LEFT,RIGHT given */
+    int64_t win_left, win_right;   /* its sides (-1 unbounded) */
+    double softcap;          /* --softcap C (0: none) */
+    int alibi;               /* --alibi */
     double scale;            /* 0: 1/sqrt(D) */
     int lse;                 /* write lse */
     int64_t chunk;           /* query rows per pipeline chunk (0: default) */

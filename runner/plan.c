@@ -121,6 +121,95 @@ int plan_backend(const fa_job *job, fa_backend *out) {
 #endif
 }
 
+/* ---- the mask ---------------------------------------------------------------------------------- */
+int plan_mask_make(const fa_job *job, const fa_shape *s, plan_mask *pm) {
+    memset(pm, 0, sizeof *pm);
+    int rc = 0;
+    if (fa_rank == 0)
+        rc = h5_read_mask_tables(job->input, job->dset[0] && *job->dset[0] ? job->dset[0] : "q", s,
+                                 job->alibi, &pm->t);
+    if (fa_agree(MPI_COMM_WORLD, rc, -1)) {
+        h5_mask_tables_free(&pm->t);
+        return -1;
+    }
+    int64_t hdr[3] = {pm->t.ndocs, pm->t.doc_rows, pm->t.alibi != NULL};
+    MPI_Bcast(hdr, 3, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    const int64_t n = hdr[0] ? hdr[1] * (hdr[0] + 1) : 0;
+    if (fa_rank != 0) {
+        pm->t.ndocs = hdr[0];
+        pm->t.doc_rows = hdr[1];
+        if (n) {
+            pm->t.cu_q = fa_malloc(sizeof(int64_t) * (size_t)n, "document offsets");
+            pm->t.cu_k = fa_malloc(sizeof(int64_t) * (size_t)n, "document offsets");
+        }
+        if (hdr[2]) pm->t.alibi = fa_malloc(sizeof(float) * (size_t)s->H, "alibi slopes");
+    }
+    if (n) {
+        MPI_Bcast(pm->t.cu_q, (int)n, MPI_INT64_T, 0, MPI_COMM_WORLD);
+        MPI_Bcast(pm->t.cu_k, (int)n, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    }
+    if (hdr[2]) MPI_Bcast(pm->t.alibi, (int)s->H, MPI_FLOAT, 0, MPI_COMM_WORLD);
+
+    attn_mask *m = &pm->mask;
+    *m = mask_plain(s->Nq, s->Nk, job->causal);
+    if (job->window_size_set) {
+        m->left = job->win_left;
+        m->right = job->win_right;
+    }
+    m->softcap = job->softcap;
+    m->ndocs = pm->t.ndocs;
+    m->doc_rows = pm->t.ndocs ? pm->t.doc_rows : 1;
+    m->cu_q = pm->t.cu_q;
+    m->cu_k = pm->t.cu_k;
+    if (job->alibi && pm->t.alibi) {
+        m->alibi = pm->t.alibi;
+    } else if (job->alibi) {
+        pm->slopes = fa_malloc(sizeof(float) * (size_t)s->H, "alibi slopes");
+        mask_alibi_standard((int)s->H, pm->slopes);
+        m->alibi = pm->slopes;
+        m->alibi_standard = 1;
+    }
+    return 0;
+}
+
+void plan_mask_free(plan_mask *pm) {
+    h5_mask_tables_free(&pm->t);
+    free(pm->slopes);
+    memset(pm, 0, sizeof *pm);
+}
+
+/* The parts of a mask that are more than full or causal attention, for messages. */
+static const char *mask_extras(const attn_mask *m, char *buf, int len) {
+    int n = 0;
+    buf[0] = 0;
+    if (m->left >= 0 || m->right > 0)
+        n += snprintf(buf + n, (size_t)(len - n), "%s--window-size", n ? ", " : "");
+    if (m->ndocs > 0) n += snprintf(buf + n, (size_t)(len - n), "%spacked documents (cu_seqlens)", n ? ", " : "");
+    if (m->softcap > 0) n += snprintf(buf + n, (size_t)(len - n), "%s--softcap", n ? ", " : "");
+    if (m->alibi) n += snprintf(buf + n, (size_t)(len - n), "%s--alibi", n ? ", " : "");
+    return buf;
+}
+
+int plan_backend_mask(const fa_job *job, const attn_mask *m, fa_backend *be) {
+    if (mask_is_plain(m)) return 0;
+    char what[200];
+    mask_extras(m, what, sizeof what);
+    if (job->mode == MODE_TAYLOR)
+        return fa_seterr("--mode taylor computes full or causal attention only; this job has %s: "
+                         "run it with --mode exact", what);
+    if (job->compare)
+        return fa_seterr("--compare runs --mode taylor beside the job, which computes full or "
+                         "causal attention only; this job has %s: drop --compare", what);
+    if (*be != BACKEND_CUDA) return 0;
+    if (job->backend == BACKEND_CUDA)
+        return fa_seterr("--backend cuda: the CUDA engine computes full and causal attention "
+                         "only so far; this job has %s: run it with --backend cpu", what);
+    fa_log(1, "fa_long: the CUDA engine computes full and causal attention only so far; this job "
+              "has %s: running it on the CPU engine", what);
+    *be = BACKEND_CPU;
+    return 0;
+}
+
 /* ---- the plan ---------------------------------------------------------------------------------- */
 /* Rows per chunk when nothing else says: large enough to amortize per-chunk costs, small enough
  * that a few chunks' records stay far below the rank's key shard in memory. */
@@ -130,14 +219,16 @@ static int64_t default_chunk(const fa_shape *s, int gpu) {
 }
 
 /* The job as the cost model sees it (one rank's share: keys / nranks). */
-static void model_job(const fa_job *job, const fa_shape *s, int gpu, cm_job *j) {
+static void model_job(const fa_job *job, const fa_shape *s, int gpu, const attn_mask *mask,
+                      cm_job *j) {
     memset(j, 0, sizeof *j);
     j->nq = s->Nq;
     j->nk = s->Nk;
     j->h = (int)s->H;
     j->hkv = (int)s->Hkv;
     j->d = (int)s->D;
-    j->causal = job->causal;
+    j->causal = mask ? mask_is_causal(mask) : job->causal;
+    j->mask = mask;
     j->gpu = gpu;
     j->elem = gpu ? 2 : 4;
     j->nranks = fa_nranks;
@@ -169,12 +260,12 @@ static void tune_first(const cm_job *j, const char *path, int verbose) {
 /* COLLECTIVE. Rank 0 takes the tune cache's entry, else the model's choice (tune/choose.c);
  * every rank gets its answer. The strings come back as names[] copies. */
 static void agreed_choice(const fa_job *job, const plan_env *env, const fa_shape *s, int gpu,
-                          cm_choice *c, char names[3][96]) {
+                          const attn_mask *mask, cm_choice *c, char names[3][96]) {
     memset(c, 0, sizeof *c);
     memset(names, 0, 3 * 96);
     if (fa_rank == 0) {
         cm_job j;
-        model_job(job, s, gpu, &j);
+        model_job(job, s, gpu, mask, &j);
         char path[4096];
         plan_tune_cache_path(job->tune_cache, env, path, sizeof path);
         cm_choose(&j, path, 1, c);
@@ -192,7 +283,7 @@ static void agreed_choice(const fa_job *job, const plan_env *env, const fa_shape
 int plan_tune(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend) {
     if (job->tune && job->mode == MODE_EXACT && fa_rank == 0) {
         cm_job j;
-        model_job(job, s, backend == BACKEND_CUDA, &j);
+        model_job(job, s, backend == BACKEND_CUDA, NULL, &j);   /* the tuner's jobs are plain */
         char path[4096];
         plan_tune_cache_path(job->tune_cache, env, path, sizeof path);
         tune_first(&j, path, job->verbose);
@@ -249,7 +340,7 @@ static int64_t paged_chunk(const fa_job *job, const fa_shape *s, const gpu_comm 
 }
 
 int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend,
-              const gpu_comm *gc, int64_t resume_chunk, run_plan *p) {
+              const gpu_comm *gc, int64_t resume_chunk, const attn_mask *mask, run_plan *p) {
     memset(p, 0, sizeof *p);
     const int gpu = backend == BACKEND_CUDA, exact = job->mode == MODE_EXACT;
     p->s = *s;
@@ -262,17 +353,20 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->src[PS_COMPUTE] = job->compute_set ? SRC_OPTION : SRC_DEFAULT;
     p->compute_name = !exact || !gpu ? "float32"
                     : job->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
-    p->causal = job->causal;
+    p->mask = *mask;
+    p->causal = mask_is_causal(mask);
     p->lse = job->lse;
     p->allow_nonfinite = job->allow_nonfinite;
     p->scale = job->scale > 0 ? job->scale : 1.0 / sqrt((double)s->D);
     p->src[PS_SCALE] = job->scale > 0 ? SRC_OPTION : SRC_DEFAULT;
     p->nranks = fa_nranks;
 
-    /* the key layout across ranks: --shard, else contiguous, or for causal jobs striped on CPUs
-     * (every rank the same share of visible keys in every chunk) and zigzag on GPUs (two key runs
-     * per rank: two kernel launches per chunk, and paged blocks stay whole) */
-    p->layout = job->shard_set ? job->shard : !job->causal ? SHARD_CONTIGUOUS
+    /* the key layout across ranks: --shard, else contiguous for full attention, or for every
+     * other mask (causal, windows, documents) striped on CPUs (every rank the same share of
+     * visible keys in every chunk) and zigzag on GPUs (two key runs per rank: two kernel launches
+     * per chunk, and paged blocks stay whole) */
+    const int full = mask->left < 0 && mask->right < 0 && mask->ndocs == 0;
+    p->layout = job->shard_set ? job->shard : full ? SHARD_CONTIGUOUS
               : gpu ? SHARD_ZIGZAG : SHARD_STRIPED;
     p->src[PS_LAYOUT] = job->shard_set ? SRC_OPTION : SRC_DEFAULT;
     p->stripe = job->stripe;
@@ -285,7 +379,7 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     cm_choice choice = {0};
     char names[3][96];
     if (need_choice) {
-        agreed_choice(job, env, s, gpu, &choice, names);
+        agreed_choice(job, env, s, gpu, mask, &choice, names);
         p->predicted_s = choice.t_total;
         snprintf(p->critical, sizeof p->critical, "%.15s", choice.critical);
     }
@@ -379,6 +473,8 @@ void plan_print(const run_plan *p) {
     fa_log(2, "fa_long: plan: %s mode on %s (%s), compute %s (%s), scale %.6g (%s)",
            fa_mode_name(p->mode), fa_backend_name(p->backend), SRC(PS_BACKEND), p->compute_name,
            SRC(PS_COMPUTE), p->scale, SRC(PS_SCALE));
+    char mdesc[256];
+    fa_log(2, "fa_long: plan: mask %s (options and input)", mask_describe(&p->mask, mdesc, sizeof mdesc));
     fa_log(2, "fa_long: plan: chunk %lld rows (%s), %d merges in flight (%s), shard %s (%s), "
               "queries read per %s (%s)", (long long)p->chunk, SRC(PS_CHUNK), p->window,
            SRC(PS_WINDOW), shard_layout_name(p->layout), SRC(PS_LAYOUT), q_read_name(p->q_read),

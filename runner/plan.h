@@ -36,6 +36,24 @@ const char *plan_tune_cache_path(const char *opt, const plan_env *env, char *buf
  * rank sees a GPU); -1 with fa_seterr when --backend cuda cannot be served. */
 int plan_backend(const fa_job *job, fa_backend *out);
 
+/* The job's mask (kernels/mask.h) with the tables it points to: --causal, --window-size,
+ * --softcap, --alibi and the input's document offsets and slopes. */
+typedef struct {
+    attn_mask mask;
+    h5_mask_tables t;             /* as read from the input (rank 0) or received (the others) */
+    float *slopes;                /* the standard ALiBi slopes, when the input has none */
+} plan_mask;
+
+/* COLLECTIVE over MPI_COMM_WORLD, once the input's shape is known: rank 0 reads the mask
+ * tables, every rank gets them. -1 with fa_seterr (every rank) on a bad table. */
+int plan_mask_make(const fa_job *job, const fa_shape *s, plan_mask *pm);
+void plan_mask_free(plan_mask *pm);
+/* What the engines can serve of the mask: --mode taylor and --compare take full and causal
+ * attention only (-1 with a line saying what to drop); the CUDA engine takes full and causal
+ * (backend auto: one line, and the CPU runs the job; --backend cuda: -1). Local, the same
+ * result on every rank (same job, same tables). */
+int plan_backend_mask(const fa_job *job, const attn_mask *m, fa_backend *be);
+
 /* COLLECTIVE over MPI_COMM_WORLD. --tune (exact mode): when the tune cache has no entry for the
  * job, rank 0 tunes it (tune/tuner.c) and stores the winner, which plan_make then reads from the
  * cache as every later run does. Run by cmd_run before plan_make; returns 0. */
@@ -46,7 +64,7 @@ int plan_tune(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
  * resumed (when --chunk is not given). Fills *p; -1 with fa_seterr (the same on every rank) when
  * the job cannot be planned (keys that do not fit the device budget, say). */
 int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend,
-              const gpu_comm *gc, int64_t resume_chunk, run_plan *p);
+              const gpu_comm *gc, int64_t resume_chunk, const attn_mask *mask, run_plan *p);
 
 /* Rank 0, to stderr with --verbose: the plan, a line per group of settings, each value with its
  * source. */

@@ -24,12 +24,27 @@
 
 static int agree(int rc) { return fa_agree(MPI_COMM_WORLD, rc, -1); }
 
+/* The mask as `fa_long check` reads it back: window sides, softcap, alibi (and whether its
+ * slopes were the standard ones), the document count, and the one-line description. */
+static int mask_attrs(h5out *out, const attn_mask *m) {
+    char d[256];
+    int rc = 0;
+    rc |= h5out_attr_int(out, "window_left", m->left);
+    rc |= h5out_attr_int(out, "window_right", m->right);
+    rc |= h5out_attr_double(out, "softcap", m->softcap);
+    rc |= h5out_attr_int(out, "alibi", m->alibi ? (m->alibi_standard ? 1 : 2) : 0);
+    rc |= h5out_attr_int(out, "documents", m->ndocs);
+    rc |= h5out_attr_str(out, "mask", mask_describe(m, d, sizeof d));
+    return rc;
+}
+
 static int write_attrs(h5out *out, const fa_job *job, const run_plan *pl, double elapsed,
                        const pipeline_stats *st) {
     int rc = 0;
     char planj[4096];
     plan_json(pl, planj, sizeof planj);
     rc |= h5out_attr_int(out, "causal", pl->causal);
+    rc |= mask_attrs(out, &pl->mask);
     rc |= h5out_attr_double(out, "scale", pl->scale);
     rc |= h5out_attr_int(out, "ranks", fa_nranks);
     rc |= h5out_attr_int(out, "chunk", pl->chunk);
@@ -49,8 +64,12 @@ static int write_attrs(h5out *out, const fa_job *job, const run_plan *pl, double
 
 /* Rank 0 prints where the time went; per-rank compute shows the balance, and --verbose every
  * rank's times, one row each. */
-static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats *st,
+static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stats *st,
                       fa_backend be, double elapsed) {
+    const fa_shape *s = &pl->s;
+    char mdesc[256];
+    const char *mname = mask_is_plain(&pl->mask) && pl->mask.right < 0 ? "non-causal"
+                      : mask_describe(&pl->mask, mdesc, sizeof mdesc);
     double mine[4] = {st->t_compute, st->t_wait, st->work_pairs, (double)st->bytes_reduced};
     double mx[4], sum[4];
     MPI_Reduce(mine, mx, 4, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
@@ -67,7 +86,7 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
             "fa_long: B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld %s on %d rank%s (%s): %.3f s, "
             "%.2f GFLOP/s%s\n",
             (long long)s->B, (long long)s->Nq, (long long)s->Nk, (long long)s->H,
-            (long long)s->Hkv, (long long)s->D, job->causal ? "causal" : "non-causal", fa_nranks,
+            (long long)s->Hkv, (long long)s->D, mname, fa_nranks,
             fa_nranks == 1 ? "" : "s", fa_backend_name(be), elapsed, flops / elapsed * 1e-9,
             job->mode == MODE_TAYLOR ? " (exact attention's FLOPs, for comparison)" : "");
     fprintf(stderr,
@@ -84,11 +103,12 @@ static void summarize(const fa_job *job, const fa_shape *s, const pipeline_stats
 }
 
 /* Flops of chunks [0, first) (rows of the batch elements they cover). */
-static double done_flops(const fa_job *job, const fa_shape *s, int64_t chunk, int64_t first) {
+static double done_flops(const attn_mask *m, const fa_shape *s, int64_t chunk, int64_t first) {
     int64_t per_b = (s->Nq + chunk - 1) / chunk, full_b = first / per_b;
-    double f = (double)full_b * pipeline_flops(s, job->causal, 0, s->Nq);
+    double f = 0;
+    for (int64_t b = 0; b < full_b; b++) f += pipeline_flops(s, m, b, 0, s->Nq);
     int64_t rows = (first % per_b) * chunk;
-    return f + pipeline_flops(s, job->causal, 0, rows < s->Nq ? rows : s->Nq);
+    return f + (full_b < s->B ? pipeline_flops(s, m, full_b, 0, rows < s->Nq ? rows : s->Nq) : 0);
 }
 
 /* After the output is in place: the optional fp64 check of sampled rows, and the report file.
@@ -161,21 +181,40 @@ static const char *key_path(const char *p, const char *dflt, char *buf, int len)
 }
 
 /* What must match for rows of an earlier run to be reused by --resume. */
-static void job_key(const fa_job *job, const fa_shape *s, fa_dtype ot, int64_t chunk,
-                    double scale, char *buf, int len) {
-    char in[4096], pq[1024], pk[1024], pv[1024], pg[1024], paths[4200] = "";
+/* FNV-1a of n bytes, continuing from h */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+static void job_key(const fa_job *job, const fa_shape *s, const attn_mask *m, fa_dtype ot,
+                    int64_t chunk, double scale, char *buf, int len) {
+    char in[4096], pq[1024], pk[1024], pv[1024], pg[1024], paths[4200] = "", mk[512] = "";
     if (!realpath(job->input, in)) snprintf(in, sizeof in, "%s", job->input);
     key_path(job->dset[0], "q", pq, sizeof pq), key_path(job->dset[1], "k", pk, sizeof pk);
     key_path(job->dset[2], "v", pv, sizeof pv), key_path(job->out_group, "", pg, sizeof pg);
     /* the default paths leave the key as it was before --q/--k/--v/--out-group existed */
     if (strcmp(pq, "/q") || strcmp(pk, "/k") || strcmp(pv, "/v") || strcmp(pg, "/"))
         snprintf(paths, sizeof paths, " q=%s k=%s v=%s out_group=%s", pq, pk, pv, pg);
+    /* a mask beyond full and causal: its parameters and a digest of its tables (the plain ones
+     * leave the key as it was before masks existed) */
+    if (!mask_is_plain(m)) {
+        uint64_t h = 1469598103934665603ull;
+        int64_t rows = m->ndocs ? m->doc_rows * (m->ndocs + 1) : 0;
+        if (rows) h = fnv1a(fnv1a(h, m->cu_q, sizeof(int64_t) * (size_t)rows), m->cu_k,
+                            sizeof(int64_t) * (size_t)rows);
+        if (m->alibi) h = fnv1a(h, m->alibi, sizeof(float) * (size_t)s->H);
+        snprintf(mk, sizeof mk, " window=%lld,%lld softcap=%.17g alibi=%d documents=%lld "
+                 "tables=%016llx", (long long)m->left, (long long)m->right, m->softcap,
+                 m->alibi != NULL, (long long)m->ndocs, (unsigned long long)h);
+    }
     snprintf(buf, (size_t)len,
-             "input=%s%s B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld causal=%d scale=%.17g "
+             "input=%s%s B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld causal=%d%s scale=%.17g "
              "chunk=%lld mode=%s o=%s lse=%d", in, paths, (long long)s->B, (long long)s->Nq,
-             (long long)s->Nk, (long long)s->H, (long long)s->Hkv, (long long)s->D, job->causal,
-             scale, (long long)chunk, job->mode == MODE_TAYLOR ? "taylor" : "exact",
-             fa_dtype_name(ot), job->lse);
+             (long long)s->Nk, (long long)s->H, (long long)s->Hkv, (long long)s->D,
+             mask_is_causal(m), mk, scale, (long long)chunk,
+             job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_dtype_name(ot), job->lse);
 }
 
 enum { RESUME_FRESH = 0, RESUME_PARTIAL = 1, RESUME_COMPLETE = 2 };
@@ -356,38 +395,52 @@ int cmd_run(int argc, char **argv) {
     if (agree(h5in_open(job.input, job.dset, MPI_COMM_WORLD, env.io_cap_bytes, &in, &s)))
         return fa_report_error();
     fa_dtype ot = job.out_dtype_set ? job.out_dtype : (s.q_type == FA_F64 ? FA_F32 : s.q_type);
+    plan_mask pm;                   /* the mask: options and the input's tables */
+    if (plan_mask_make(&job, &s, &pm)) {
+        h5in_close(in);
+        return fa_report_error();
+    }
+    if (plan_backend_mask(&job, &pm.mask, &be)) {
+        plan_mask_free(&pm);
+        h5in_close(in);
+        return fa_report_error();
+    }
     /* GPUs: each rank bound to its device, NCCL up where it can serve the merge (the planner
      * sizes the keys against what the device has left) */
     gpu_comm gc = {0};
     const gpu_comm *gcp = be == BACKEND_CUDA ? &gc : NULL;
     if (gcp && gpu_comm_init(MPI_COMM_WORLD, !job.no_nccl, &gc)) {
         h5in_close(in);
+        plan_mask_free(&pm);
         return fa_report_error();
     }
     if (job.tune) plan_tune(&job, &env, &s, be);   /* --tune: tune and cache first, explicitly */
     run_plan pl;
     int64_t resumed_chunk = resume_chunk(&job);   /* --resume, no --chunk: the earlier run's */
-    if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &pl)) {
+    if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &pm.mask, &pl)) {
         gpu_comm_free(&gc);
         h5in_close(in);
+        plan_mask_free(&pm);
         return fa_report_error();
     }
     plan_print(&pl);
     const int64_t chunk = pl.chunk;
     const double scale = pl.scale;
     char key[8192];
-    job_key(&job, &s, ot, chunk, scale, key, sizeof key);
+    job_key(&job, &s, &pm.mask, ot, chunk, scale, key, sizeof key);
     int64_t first = 0;
     int plan = resume_plan(&job, key, &first);
     if (plan < 0) {
         gpu_comm_free(&gc);
         h5in_close(in);
+        plan_mask_free(&pm);
         return fa_report_error();
     }
     if (plan == RESUME_COMPLETE) {
         fa_log(1, "fa_long: %s is complete; nothing to resume", job.output);
         gpu_comm_free(&gc);
         h5in_close(in);
+        plan_mask_free(&pm);
         return 0;
     }
     h5out *out = NULL;
@@ -399,19 +452,21 @@ int cmd_run(int argc, char **argv) {
         if (out) h5out_abort(out);
         gpu_comm_free(&gc);
         h5in_close(in);
+        plan_mask_free(&pm);
         return fa_report_error();
     }
     if (plan == RESUME_PARTIAL)
         fa_log(1, "fa_long: resuming %s from chunk %lld", job.output, (long long)first);
     install_stop_handlers();
-    fa_log(2, "fa_long: %s backend, %s keys across %d ranks", fa_backend_name(be),
-           job.causal ? "causal" : "non-causal", fa_nranks);
+    char mdesc[256];
+    fa_log(2, "fa_long: %s backend, %s mask, keys across %d ranks", fa_backend_name(be),
+           mask_describe(&pl.mask, mdesc, sizeof mdesc), fa_nranks);
 
     int64_t nchunks = s.B * ((s.Nq + chunk - 1) / chunk);
     progress pg;
-    progress_init(&pg, !job.quiet, nchunks, (double)s.B * pipeline_flops(&s, pl.causal, 0, s.Nq),
+    progress_init(&pg, !job.quiet, nchunks, pipeline_flops(&s, &pl.mask, -1, 0, s.Nq),
                   pl.progress_interval_s);
-    progress_skip(&pg, first, done_flops(&job, &s, chunk, first));
+    progress_skip(&pg, first, done_flops(&pl.mask, &s, chunk, first));
     pipeline_stats st;
     rc = pipeline_run(&pl, MPI_COMM_WORLD, in, out, gcp, first, &pg, &st);
     progress_end(&pg);
@@ -419,6 +474,7 @@ int cmd_run(int argc, char **argv) {
         gpu_comm_free(&gc);
         if (agree(h5out_suspend(out, st.chunks_done))) {
             h5in_close(in);
+            plan_mask_free(&pm);
             return fa_report_error();
         }
         char partial[4096];
@@ -428,12 +484,14 @@ int cmd_run(int argc, char **argv) {
                (long long)nchunks, partial);
         write_stop_file(env.stop_file, st.chunks_done, nchunks, partial);
         h5in_close(in);
+        plan_mask_free(&pm);
         return FA_EXIT_STOPPED;
     }
     if (agree(rc)) {
         h5out_abort(out);
         gpu_comm_free(&gc);
         h5in_close(in);
+        plan_mask_free(&pm);
         return fa_report_error();
     }
     double elapsed = fa_now() - t0;
@@ -454,22 +512,28 @@ int cmd_run(int argc, char **argv) {
         h5out_abort(out);
         gpu_comm_free(&gc);
         h5in_close(in);
+        plan_mask_free(&pm);
         return fa_report_error();
     }
     if (agree(h5out_commit(out))) {             /* commit frees out, whatever happens */
         report_free(&rep);
         gpu_comm_free(&gc);
         h5in_close(in);
+        plan_mask_free(&pm);
         return fa_report_error();
     }
     h5in_close(in);
     report_free(&rep);
-    summarize(&job, &s, &st, be, fa_now() - t0);
+    summarize(&job, &pl, &st, be, fa_now() - t0);
     double *compare_rel = NULL;
     rc = job.compare ? compare_run(&job, &env, be, gcp, &compare_rel) : 0;
     gpu_comm_free(&gc);
-    if (rc) return fa_report_error();
+    if (rc) {
+        plan_mask_free(&pm);
+        return fa_report_error();
+    }
     rc = finish(&job, &pl, &st, compute, elapsed, compare_rel);
     free(compare_rel);
+    plan_mask_free(&pm);
     return rc;
 }

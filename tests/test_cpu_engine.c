@@ -62,7 +62,7 @@ static float scale_of(const shape *s) { return 1.0f / sqrtf((float)s->d); }
 
 static attn_queries queries_of(const shape *s, const inputs *in, int64_t r0, int64_t nr) {
     attn_queries q = { in->q + r0 * s->h * s->d, nr, r0, s->h, s->hkv, s->d, scale_of(s),
-                       s->causal, s->nk - s->nq };
+                       s->causal, s->nk - s->nq, NULL, 0 };
     return q;
 }
 

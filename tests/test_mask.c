@@ -4,6 +4,7 @@
  * standard ALiBi slopes, and the offset checks. Random masks: documents of length 0 and 1,
  * Nq != Nk inside documents, windows of -1, 0, 1 and wider than N. */
 #include "kernels/mask.h"
+#include "io/h5io.h"
 #include "base/common.h"
 #include "tests/testing.h"
 #include <math.h>
@@ -129,12 +130,12 @@ static void test_alibi(void) {
 static void test_offsets(void) {
     int64_t good[5] = {0, 3, 3, 7, 10}, down[5] = {0, 4, 3, 7, 10}, start[5] = {1, 3, 3, 7, 10},
             end[5] = {0, 3, 3, 7, 9};
-    check(mask_check_offsets(good, 1, 4, 10, "in.h5: cu_seqlens") == 0, "good offsets pass");
-    check(mask_check_offsets(down, 1, 4, 10, "in.h5: cu_seqlens") != 0 &&
+    check(h5_check_offsets(good, 1, 4, 10, "in.h5: cu_seqlens") == 0, "good offsets pass");
+    check(h5_check_offsets(down, 1, 4, 10, "in.h5: cu_seqlens") != 0 &&
           strstr(fa_errmsg(), "decreases at index 2"), "decreasing offsets: %s", fa_errmsg());
-    check(mask_check_offsets(start, 1, 4, 10, "in.h5: cu_seqlens") != 0 &&
+    check(h5_check_offsets(start, 1, 4, 10, "in.h5: cu_seqlens") != 0 &&
           strstr(fa_errmsg(), "expected 0"), "offsets not from 0: %s", fa_errmsg());
-    check(mask_check_offsets(end, 1, 4, 10, "in.h5: cu_seqlens") != 0 &&
+    check(h5_check_offsets(end, 1, 4, 10, "in.h5: cu_seqlens") != 0 &&
           strstr(fa_errmsg(), "expected 10"), "offsets not ending at N: %s", fa_errmsg());
 }
 

@@ -51,7 +51,8 @@ static void test_work_formula(void) {
                 shard_plan(nk, P, r, (shard_layout)lay, 0, &s);
                 for (int causal = 0; causal < 2; causal++) {
                     int64_t q0 = nq / 3, q1 = nq - nq / 4;
-                    double a = shard_work(&s, q0, q1, causal, nk - nq);
+                    attn_mask m = mask_plain(nq, nk, causal);
+                    double a = shard_work(&s, &m, 0, q0, q1);
                     double b = brute_work(&s, q0, q1, causal, nk - nq);
                     CHECK(a == b, "work Nq=%lld Nk=%lld %s r=%d causal=%d: %g vs brute %g",
                           (long long)nq, (long long)nk, shard_layout_name((shard_layout)lay), r, causal, a, b);
@@ -67,7 +68,8 @@ static double imbalance(int64_t nq, int64_t nk, int P, shard_layout lay, int64_t
     for (int r = 0; r < P; r++) {
         kv_shard s;
         shard_plan(nk, P, r, lay, 0, &s);
-        double w = shard_work(&s, q0, q1, 1, nk - nq);
+        attn_mask m = mask_plain(nq, nk, 1);
+        double w = shard_work(&s, &m, 0, q0, q1);
         sum += w;
         if (w > mx) mx = w;
         shard_free(&s);

@@ -140,6 +140,18 @@ static int cpu_valid(const cm_machine *m, const cm_job *j, const cm_choice *c) {
            mp <= 4096 && ws <= m->l2_bytes;
 }
 
+/* Keys that query rows [r0, r0+nr) span under the job's mask (batch element 0), whole tiles of
+ * bc keys, at most Nk: from the first row's first visible key to the last row's last. */
+static int64_t tile_keys(const cm_job *j, int64_t r0, int64_t nr, int64_t bc) {
+    attn_mask plain = mask_plain(j->nq, j->nk, j->causal);
+    const attn_mask *m = j->mask ? j->mask : &plain;
+    mask_run a = mask_row(m, 0, r0), e = mask_row(m, 0, r0 + nr - 1);
+    int64_t span = e.hi - a.lo;
+    if (span <= 0) return 0;
+    span = rup(span, bc);
+    return span < j->nk ? span : j->nk;
+}
+
 static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     int g = j->h / j->hkv, T = c->threads;
     double peak_t = m->cpu_gflops * 1e9 / m->threads;      /* one thread's peak */
@@ -152,7 +164,6 @@ static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     int nt = T < m->threads ? T : m->threads;
     double bw_item = head_bytes * 2 <= m->l2_bytes ? m->l2_gbps * 1e9 / nt
                    : head_bytes * nt * 2 <= m->l3_bytes ? m->l3_gbps * 1e9 / nt : bw_t;
-    int64_t diag = j->nk - j->nq;
     double comp_sum = 0, mem_sum = 0, total = 0;
     int64_t nchunks = ceil_div(j->nq, c->chunk);
     double merge_sum = 0, merge_last = 0, first_chunk = 0;
@@ -163,11 +174,7 @@ static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
         double sum = 0, big = 0, csum = 0, msum = 0;
         for (int64_t t0 = 0; t0 < n; t0 += br) {
             int64_t nr = n - t0 < br ? n - t0 : br;
-            int64_t keys = j->nk;
-            if (j->causal) {
-                int64_t last = r0 + t0 + nr - 1 + diag + 1;  /* keys the tile's last row sees */
-                keys = last <= 0 ? 0 : rup(last, c->bc) < j->nk ? rup(last, c->bc) : j->nk;
-            }
+            int64_t keys = tile_keys(j, r0 + t0, nr, c->bc);
             keys = ceil_div(keys, j->nranks);               /* the rank's share (balanced shards) */
             double ktiles = ceil_div(keys, c->bc);
             double comp = (4.0 * mp * j->d * keys) / (peak_t * m->cpu_eff) +
@@ -261,13 +268,11 @@ static void gpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
     double total = 0, comp_sum = 0, page_sum = 0, merge_sum = 0, merge_last = 0, first = 0;
     for (int64_t ci = 0; ci < nchunks; ci++) {
         int64_t r0 = ci * c->chunk, n = j->nq - r0 < c->chunk ? j->nq - r0 : c->chunk;
-        double pairs = j->causal ? 0 : (double)n * j->nk;
-        if (j->causal)
-            for (int64_t t = 0; t < n; t += GPU_BM) {          /* whole 128-row tiles */
-                int64_t last = r0 + t + (n - t < GPU_BM ? n - t : GPU_BM) - 1 + diag + 1;
-                pairs += (double)(n - t < GPU_BM ? n - t : GPU_BM) *
-                         (double)(last < 0 ? 0 : last < j->nk ? last : j->nk);
-            }
+        double pairs = 0;
+        for (int64_t t = 0; t < n; t += GPU_BM) {              /* whole 128-row tiles */
+            int64_t nr = n - t < GPU_BM ? n - t : GPU_BM;
+            pairs += (double)nr * (double)tile_keys(j, r0 + t, nr, 1);
+        }
         double flops = 4.0 * j->d * j->h * pairs / j->nranks;
         int64_t blocks = ceil_div(n, GPU_BM) * j->h;
         double wave = (double)blocks / (double)(ceil_div(blocks, GPU_SMS) * GPU_SMS);

@@ -20,6 +20,7 @@
  * real engine; `fa_long tune`), choose.h (what a run uses: cache, else model, else defaults).
  * tune/ includes base/, kernels/ and io/ only. */
 #pragma once
+#include "kernels/mask.h"
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -55,6 +56,7 @@ typedef struct {
     int64_t nq, nk;
     int h, hkv, d;
     int causal;
+    const attn_mask *mask;    /* the job's mask (kernels/mask.h); NULL: full or causal as above */
     int elem;                 /* bytes per element of the compute type (4 CPU, 2 GPU) */
     int nranks;
     int64_t budget;           /* device bytes per rank (GPU; 0 = free memory) */

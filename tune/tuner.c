@@ -42,7 +42,7 @@ double cm_time_cpu(const cm_job *j, const cm_choice *c, int reps) {
         for (int64_t r0 = 0; r0 < j->nq; r0 += c->chunk) {
             int64_t n = j->nq - r0 < c->chunk ? j->nq - r0 : c->chunk;
             attn_queries aq = {q + r0 * H * D, n, r0, j->h, j->hkv, j->d,
-                               (float)(1.0 / sqrt((double)D)), j->causal, j->nk - j->nq};
+                               (float)(1.0 / sqrt((double)D)), j->causal, j->nk - j->nq, NULL, 0};
             attn_state_init(rec, n, j->h, j->d);
             cpu_attn_partial(&aq, &seg, 1, rec, &t, NULL, NULL);
         }

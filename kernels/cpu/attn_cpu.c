@@ -337,13 +337,23 @@ static void pv_blas(const tile_bufs *t, const float *v, int64_t lk, int nc) {
 
 /* ---- softmax stream --------------------------------------------------------------------------- */
 
-/* Hide the keys of a tile crossing the diagonal: lane i may see tile key j only if
- * j <= rel[i] = (its global query row) + diag - (global position of key 0 of the tile). */
-static void mask_tile(float *st, int mp, int nc, const int64_t *lim, int64_t key_pos0) {
+/* Hide the keys of a tile that lane i does not see: key_pos0 + j outside [lo[i], hi[i]). */
+static void mask_tile(float *st, int mp, int nc, const int64_t *lo, const int64_t *hi,
+                      int64_t key_pos0) {
     for (int i = 0; i < mp; i++) {
-        int64_t rel = lim[i] - key_pos0;
-        for (int64_t j = rel + 1 < 0 ? 0 : rel + 1; j < nc; j++) st[j * mp + i] = -INFINITY;
+        int64_t a = lo[i] - key_pos0, e = hi[i] - key_pos0;
+        for (int64_t j = 0; j < nc; j++)
+            if (j < a || j >= e) st[j * mp + i] = -INFINITY;
     }
+}
+
+/* The score modifiers (softcap, ALiBi) of mask.h on a tile, lane by lane; masked keys are set
+ * to -inf afterwards by mask_tile, so they need no care here. */
+static void modify_tile(float *st, int mp, int nlive, int nc, const attn_mask *m, const int *head,
+                        const mask_run *run, int64_t key_pos0) {
+    for (int i = 0; i < nlive; i++)
+        for (int64_t j = 0; j < nc; j++)
+            st[j * mp + i] = mask_score(m, st[j * mp + i], head[i], &run[i], key_pos0 + j);
 }
 
 /* Online-softmax update, lane by lane: P = exp(S - m_new), l = l*alpha + sum P, m = m_new,
@@ -425,6 +435,7 @@ typedef void (*product_fn)(const tile_bufs *t, const float *kv, int64_t lk, int 
 
 typedef struct {               /* what every work item of a call shares */
     const attn_queries *q;
+    const attn_mask *mask;     /* q's mask (kernels/mask.h) */
     const attn_kv_segment *segs;
     int nsegs;
     float *rec;                /* [nq][H] records */
@@ -438,7 +449,11 @@ typedef struct {               /* what every work item of a call shares */
 typedef struct {               /* one thread's scratch, sized for the largest tile */
     tile_bufs t;
     float *m, *l, *alpha;      /* [Mp] */
-    int64_t *lim;              /* [Mp] last global key each lane may see (causal) */
+    int64_t *lo, *hi;          /* [Mp] the keys [lo, hi) each lane sees (mask.h's row run) */
+    mask_run *run;             /* [Mp] the same with the row's position (score modifiers) */
+    int *head;                 /* [Mp] query head of each lane */
+    int nlive;                 /* lanes of live stacked rows (the rest are pads) */
+    int64_t klo, khi;          /* the union of the live lanes' runs: keys [klo, khi) */
     double last_progress;      /* master thread only */
 } scratch;
 
@@ -449,7 +464,10 @@ static void scratch_alloc(scratch *w, int mp, int d, int bc) {
     w->m = fa_aligned_alloc(sizeof(float) * (size_t)mp, "cpu engine max");
     w->l = fa_aligned_alloc(sizeof(float) * (size_t)mp, "cpu engine sum");
     w->alpha = fa_aligned_alloc(sizeof(float) * (size_t)mp, "cpu engine rescale");
-    w->lim = fa_aligned_alloc(sizeof(int64_t) * (size_t)mp, "cpu engine causal limits");
+    w->lo = fa_aligned_alloc(sizeof(int64_t) * (size_t)mp, "cpu engine mask runs");
+    w->hi = fa_aligned_alloc(sizeof(int64_t) * (size_t)mp, "cpu engine mask runs");
+    w->run = fa_aligned_alloc(sizeof(mask_run) * (size_t)mp, "cpu engine mask runs");
+    w->head = fa_aligned_alloc(sizeof(int) * (size_t)mp, "cpu engine lane heads");
     w->t.alpha = w->alpha;
     w->t.d = d;
     w->last_progress = omp_get_wtime();
@@ -457,7 +475,7 @@ static void scratch_alloc(scratch *w, int mp, int d, int bc) {
 
 static void scratch_free(scratch *w) {
     free((void *)w->t.qt); free(w->t.st); free(w->t.ot);
-    free(w->m); free(w->l); free(w->alpha); free(w->lim);
+    free(w->m); free(w->l); free(w->alpha); free(w->lo); free(w->hi); free(w->run); free(w->head);
 }
 
 /* The runner drives MPI from the calling thread, which is thread 0 of our parallel region:
@@ -478,6 +496,9 @@ static void tile_load(const engine_call *c, scratch *w, int kvh, int64_t r0, int
     int64_t len = attn_rec_len(d);
     float *qt = (float *)w->t.qt;
     w->t.mp = mp;
+    w->nlive = m;
+    w->klo = INT64_MAX;
+    w->khi = INT64_MIN;
     for (int s = 0; s < mp; s++) {
         int live = s < m;
         int64_t row = r0 + s / c->g, head = (int64_t)kvh * c->g + s % c->g;
@@ -489,7 +510,18 @@ static void tile_load(const engine_call *c, scratch *w, int kvh, int64_t r0, int
         }
         w->m[s] = live ? rec[0] : -INFINITY;
         w->l[s] = live ? rec[1] : 0.0f;
-        w->lim[s] = live ? q->q_pos0 + row + q->diag : INT64_MAX / 2;   /* pads see all */
+        w->head[s] = (int)head;
+        if (live) {
+            mask_run r = mask_row(c->mask, q->b, q->q_pos0 + row);
+            w->run[s] = r;
+            w->lo[s] = r.lo;
+            w->hi[s] = r.hi;
+            if (r.hi > r.lo && r.lo < w->klo) w->klo = r.lo;
+            if (r.hi > r.lo && r.hi > w->khi) w->khi = r.hi;
+        } else {                                  /* pads see all: never a lane of -inf only */
+            w->lo[s] = INT64_MIN / 4;
+            w->hi[s] = INT64_MAX / 4;
+        }
     }
 }
 
@@ -505,24 +537,36 @@ static void tile_store(const engine_call *c, const scratch *w, int kvh, int64_t 
     }
 }
 
-/* Fold the keys of one segment into the loaded tile. Keys rise within a segment, so under the
- * causal mask the loop stops at the tile's last visible key, and the columns past it are cut. */
-static void tile_segment(const engine_call *c, scratch *w, int kvh, int64_t r0, int nr,
-                         const attn_kv_segment *seg) {
+/* How the live lanes see keys [k0, k1): 0 none, 1 some of them, 2 all of them every key. */
+static int tile_view(const scratch *w, int64_t k0, int64_t k1) {
+    int any = 0, all = 1;
+    for (int s = 0; s < w->nlive; s++) {
+        int64_t lo = w->lo[s], hi = w->hi[s];
+        any |= lo < k1 && hi > k0 && lo < hi;
+        all &= lo <= k0 && hi >= k1;
+    }
+    return all ? 2 : any;
+}
+
+/* Fold the keys of one segment into the loaded tile: only the keys inside the union of the
+ * lanes' runs, tiles that no lane sees skipped, the mask applied where a lane sees a tile in
+ * part, the score modifiers on every tile when the mask has them. */
+static void tile_segment(const engine_call *c, scratch *w, int kvh, const attn_kv_segment *seg) {
     const attn_queries *q = c->q;
-    int64_t row_pos0 = q->q_pos0 + r0;                 /* global index of the tile's first row */
-    int64_t last_key = row_pos0 + nr - 1 + q->diag;    /* causal: last key any row sees */
-    for (int64_t j0 = 0; j0 < seg->n; j0 += c->bc) {
+    int64_t j_begin = w->klo - seg->pos0, j_end = w->khi - seg->pos0;
+    if (j_begin < 0) j_begin = 0;
+    if (j_end > seg->n) j_end = seg->n;
+    const int modify = mask_has_modifiers(c->mask);
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += c->bc) {
         int64_t key_pos0 = seg->pos0 + j0;
-        if (q->causal && key_pos0 > last_key) break;   /* this and later tiles fully hidden */
-        int64_t nc64 = seg->n - j0 < c->bc ? seg->n - j0 : c->bc;
-        if (q->causal && nc64 > last_key - key_pos0 + 1) nc64 = last_key - key_pos0 + 1;
-        int nc = (int)nc64;
+        int nc = (int)(j_end - j0 < c->bc ? j_end - j0 : c->bc);
+        int view = tile_view(w, key_pos0, key_pos0 + nc);
+        if (view == 0) continue;                        /* no lane sees this tile */
         const float *k = seg->k + j0 * c->lk + (int64_t)kvh * q->d;
         const float *v = seg->v + j0 * c->lk + (int64_t)kvh * q->d;
         c->qk(&w->t, k, c->lk, nc);
-        if (q->causal && key_pos0 + nc - 1 > row_pos0 + q->diag)   /* crosses the diagonal */
-            mask_tile(w->t.st, w->t.mp, nc, w->lim, key_pos0);
+        if (modify) modify_tile(w->t.st, w->t.mp, w->nlive, nc, c->mask, w->head, w->run, key_pos0);
+        if (view == 1) mask_tile(w->t.st, w->t.mp, nc, w->lo, w->hi, key_pos0);
         softmax_update(w->t.st, w->t.mp, nc, w->m, w->l, w->alpha);
         c->pv(&w->t, v, c->lk, nc);
         maybe_progress(c, w);
@@ -531,7 +575,7 @@ static void tile_segment(const engine_call *c, scratch *w, int kvh, int64_t r0, 
 
 static void run_item(const engine_call *c, scratch *w, int kvh, int64_t r0, int nr) {
     tile_load(c, w, kvh, r0, nr);
-    for (int i = 0; i < c->nsegs; i++) tile_segment(c, w, kvh, r0, nr, &c->segs[i]);
+    for (int i = 0; i < c->nsegs; i++) tile_segment(c, w, kvh, &c->segs[i]);
     tile_store(c, w, kvh, r0, nr);
     maybe_progress(c, w);
 }
@@ -633,8 +677,9 @@ void cpu_attn_partial(const attn_queries *q, const attn_kv_segment *segs, int ns
     if (q->nq <= 0 || nsegs <= 0) return;
     int g = q->h / q->hkv, br, bc, threads;
     pick_tiling(q, tiling, g, &br, &bc, &threads);
-    engine_call c = { q, segs, nsegs, rec, g, br, bc, (int64_t)q->hkv * q->d, NULL, NULL,
-                      progress, arg };
+    attn_mask local;
+    engine_call c = { q, attn_queries_mask(q, &local), segs, nsegs, rec, g, br, bc,
+                      (int64_t)q->hkv * q->d, NULL, NULL, progress, arg };
     int use_blas = pick_products(&c, tiling);
     int64_t ntiles = (q->nq + br - 1) / br, nitems = ntiles * q->hkv;
     int mp = (int)round_up((int64_t)br * g, LANES);
