@@ -113,7 +113,8 @@ static int engine_exact_cuda(const run_plan *pl, int device, void *nccl, pipe_en
                        .ct = pl->compute, .slots = pl->window, .max_rows = pl->chunk,
                        .nccl_comm = nccl, .nccl_size = nccl ? pl->nranks : 1,
                        .plan = pl->kv,        /* the planner's key plan for this rank */
-                       .variant = pl->variant};
+                       .variant = pl->variant,
+                       .mask = &pl->mask};    /* windows, documents, softcap, ALiBi */
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     if (gpu_job_create(&cfg, &c->job)) {
         free(c);

@@ -21,6 +21,8 @@ typedef struct {
     void *nccl_comm;        /* ncclComm_t of all ranks, or NULL: states go to the host (MPI) */
     int nccl_size;          /* ranks of nccl_comm; 1 without it (> 1 only in NCCL builds) */
     int variant;            /* flash kernel variant (FLASH_*; the plan's), 0 = auto */
+    const attn_mask *mask;  /* the job's mask (host tables, copied to the device at create);
+                             * NULL or plain: the chunks' causal/diag */
 } gpu_job_cfg;
 
 typedef struct {

@@ -200,13 +200,7 @@ int plan_backend_mask(const fa_job *job, const attn_mask *m, fa_backend *be) {
     if (job->compare)
         return fa_seterr("--compare runs --mode taylor beside the job, which computes full or "
                          "causal attention only; this job has %s: drop --compare", what);
-    if (*be != BACKEND_CUDA) return 0;
-    if (job->backend == BACKEND_CUDA)
-        return fa_seterr("--backend cuda: the CUDA engine computes full and causal attention "
-                         "only so far; this job has %s: run it with --backend cpu", what);
-    fa_log(1, "fa_long: the CUDA engine computes full and causal attention only so far; this job "
-              "has %s: running it on the CPU engine", what);
-    *be = BACKEND_CPU;
+    (void)be;                             /* both engines take every mask */
     return 0;
 }
 

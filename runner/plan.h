@@ -49,9 +49,8 @@ typedef struct {
 int plan_mask_make(const fa_job *job, const fa_shape *s, plan_mask *pm);
 void plan_mask_free(plan_mask *pm);
 /* What the engines can serve of the mask: --mode taylor and --compare take full and causal
- * attention only (-1 with a line saying what to drop); the CUDA engine takes full and causal
- * (backend auto: one line, and the CPU runs the job; --backend cuda: -1). Local, the same
- * result on every rank (same job, same tables). */
+ * attention only (-1 with a line saying what to drop); the CPU and CUDA engines take every
+ * mask (be is left as it is). Local, the same result on every rank (same job, same tables). */
 int plan_backend_mask(const fa_job *job, const attn_mask *m, fa_backend *be);
 
 /* COLLECTIVE over MPI_COMM_WORLD. --tune (exact mode): when the tune cache has no entry for the

@@ -22,8 +22,11 @@
  * Masking uses global positions so that striped / zigzag shards work: local query row r is global
  * row q_pos0 + r, local key c is global key k_pos0 + c; with causal, key visible iff
  *   k_pos0 + c <= q_pos0 + r + diag     (diag = Nk - Nq of the whole job, kernels/attn.h).
- * Key tiles hidden entirely are skipped; the mask is evaluated only on tiles that cross the
- * diagonal or the key tail. All index arithmetic is 64-bit.
+ * Other masks (use_mask; kernels/mask.h, whose functions the kernels call): sliding windows,
+ * packed documents, softcap and ALiBi, from the flat fields below; with use_mask the causal and
+ * diag fields are not read.
+ * Key tiles hidden entirely are skipped; the mask is evaluated only on tiles that some row sees
+ * in part (and the score modifiers on every tile). All index arithmetic is 64-bit.
  */
 #pragma once
 #include <stddef.h>
@@ -61,6 +64,15 @@ typedef struct {
     int64_t o_head_stride, o_row_stride;
     float *lse;                    /* may be NULL */
     int64_t lse_head_stride, lse_row_stride;
+    /* use_mask: the job's mask (attn_mask of kernels/mask.h, flattened): window sides (-1
+     * unbounded), the job's whole Nq and Nk, packed documents (offset tables [doc_rows][ndocs+1]
+     * int64 in device memory; ndocs 0: none) and the chunk's batch element b, softcap (0: none),
+     * ALiBi slopes ([H] float in device memory, or NULL) */
+    int use_mask;
+    int64_t win_left, win_right, mask_nq, mask_nk, ndocs, doc_rows, b;
+    const void *cu_q, *cu_k;
+    double softcap;
+    const void *alibi;
 } flash_params;
 
 /* Kernel variants (kernels/cuda/lab/README.md tells their history). */

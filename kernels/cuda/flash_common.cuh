@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include "kernels/cuda/flash.h"
+#include "kernels/mask.h"
 
 #define FLASH_LOG2E 1.4426950408889634f
 #define FLASH_LN2 0.6931471805599453f
@@ -43,24 +44,51 @@ static __device__ __forceinline__ float flash_exp2(float x) {
 #endif
 }
 
-/* Key tiles [0, n_tiles) a block of query rows [r0, r0+rows) must visit, and the first tile from
- * which a mask is needed (causal diagonal or key tail). 64-bit throughout. */
+/* The mask of a use_mask launch, as kernels/mask.h's functions take it. */
+static __device__ __forceinline__ attn_mask flash_mask(const flash_params &p) {
+    attn_mask m = mask_plain(p.mask_nq, p.mask_nk, 0);
+    m.left = p.win_left;
+    m.right = p.win_right;
+    m.ndocs = p.ndocs;
+    m.doc_rows = p.doc_rows;
+    m.cu_q = (const int64_t *)p.cu_q;
+    m.cu_k = (const int64_t *)p.cu_k;
+    m.softcap = p.softcap;
+    m.alibi = (const float *)p.alibi;
+    return m;
+}
+
+/* Key tiles [begin, n_tiles) a block of query rows [r0, r0+rows) must visit; tiles in
+ * [full_begin, full_end) are visible to every row, the others need the mask (causal diagonal,
+ * window edges, documents, key tail). 64-bit throughout. */
 struct flash_tiles {
-    int64_t n_tiles, first_masked;
+    int64_t begin, n_tiles, full_begin, full_end;
+    __device__ __forceinline__ bool masked(int64_t j) const { return j < full_begin || j >= full_end; }
 };
 static __device__ __forceinline__ flash_tiles flash_tile_range(const flash_params &p, int64_t r0,
                                                                int64_t rows, int bn) {
-    int64_t kend = p.nk;                          /* keys [0, kend) may be visible */
-    int64_t kfull = p.nk;                         /* keys [0, kfull) visible to every row */
-    if (p.causal) {
+    int64_t kbeg = 0, kend = p.nk;                /* keys [kbeg, kend) may be visible */
+    int64_t fbeg = 0, kfull = p.nk;               /* keys [fbeg, kfull) visible to every row */
+    if (p.use_mask) {
+        /* runs only grow with the row (mask.h): the first row starts the union and bounds the
+         * common part above, the last row ends the union and bounds it below */
+        attn_mask m = flash_mask(p);
+        mask_run a = mask_row(&m, p.b, p.q_pos0 + r0), e = mask_row(&m, p.b, p.q_pos0 + r0 + rows - 1);
+        kbeg = max(kbeg, a.lo - p.k_pos0);
+        kend = min(kend, e.hi - p.k_pos0);
+        fbeg = e.lo - p.k_pos0;
+        kfull = min(kfull, a.hi - p.k_pos0);
+    } else if (p.causal) {
         int64_t last = p.q_pos0 + r0 + rows - 1 + p.diag - p.k_pos0; /* last visible local key */
         int64_t first = p.q_pos0 + r0 + p.diag - p.k_pos0;           /* row r0's last visible */
         kend = min(kend, last + 1);
         kfull = min(kfull, first + 1);
     }
     flash_tiles t;
-    t.n_tiles = kend <= 0 ? 0 : (kend + bn - 1) / bn;
-    t.first_masked = kfull <= 0 ? 0 : kfull / bn; /* tiles before this are fully visible */
+    t.begin = kbeg >= kend ? 0 : kbeg / bn;
+    t.n_tiles = kend <= kbeg ? 0 : (kend + bn - 1) / bn;
+    t.full_begin = fbeg <= 0 ? 0 : (fbeg + bn - 1) / bn;   /* tiles from here start past every lo */
+    t.full_end = kfull <= 0 ? 0 : kfull / bn;               /* tiles before this end before every hi */
     return t;
 }
 
@@ -104,13 +132,35 @@ static __device__ __forceinline__ void flash_state_load(const flash_params &p, i
  * (when `masked`), new max, p = exp2(s*sl2 - m2) in place, row sums. Returns in alpha[] the factor
  * the output accumulator must be multiplied by (flash_rescale), so that a caller may apply it
  * later (variant 3 does, once its in-flight P V product has landed).
- * Masking: column c (local key) hidden if c >= nk or (causal and k_pos0 + c > q_pos0 + r + diag). */
-template <int NB>
+ * Masking: column c (local key) hidden if c >= nk or (causal and k_pos0 + c > q_pos0 + r + diag);
+ * with MASK (the kernels' instances for use_mask launches), hidden outside the row's run of mask.h, and the score modifiers (softcap,
+ * ALiBi) applied to every score first: s becomes mask_score(scale s) / scale, so the base-2
+ * step below stays as it is. */
+template <int NB, bool MASK = false>
 static __device__ __forceinline__ void flash_softmax_scores(const flash_params &p, float *s, flash_row_state &st,
                                                             float sl2, bool masked, int64_t row, int64_t col0,
                                                             int lane, float *alpha) {
     const int t = lane & 3;
-    if (masked) {
+    if constexpr (MASK) {           /* use_mask launches: their own kernel instances */
+        const attn_mask m = flash_mask(p);
+        const bool mods = mask_has_modifiers(&m);
+        const int h = blockIdx.y;
+        const float inv_scale = 1.f / p.scale;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const mask_run r = mask_row(&m, p.b, p.q_pos0 + row + 8 * i);
+            const int64_t lo = r.lo - p.k_pos0, hi = min(r.hi - p.k_pos0, p.nk);
+#pragma unroll
+            for (int j = 0; j < NB; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int64_t c = col0 + 8 * j + 2 * t + e;
+                    float &x = s[4 * j + 2 * i + e];
+                    if (mods) x = mask_score(&m, x * p.scale, h, &r, p.k_pos0 + c) * inv_scale;
+                    if (masked && (c < lo || c >= hi)) x = -INFINITY;
+                }
+        }
+    } else if (masked) {
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             int64_t lim = p.nk; /* first hidden local key for this row */
@@ -163,12 +213,12 @@ template <int D> static __device__ __forceinline__ void flash_rescale(float *acc
 }
 
 /* Both at once: the softmax step of variants 1 and 2. */
-template <int NB, int D>
+template <int NB, int D, bool MASK = false>
 static __device__ __forceinline__ void flash_softmax_tile(const flash_params &p, float *s, float *acc_o,
                                                           flash_row_state &st, float sl2, bool masked,
                                                           int64_t row, int64_t col0, int lane) {
     float alpha[2];
-    flash_softmax_scores<NB>(p, s, st, sl2, masked, row, col0, lane, alpha);
+    flash_softmax_scores<NB, MASK>(p, s, st, sl2, masked, row, col0, lane, alpha);
     flash_rescale<D>(acc_o, alpha);
 }
 

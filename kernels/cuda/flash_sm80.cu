@@ -60,7 +60,7 @@ template <int RL> static __device__ __forceinline__ uint32_t swz(int row, int ch
     return (uint32_t)(row * RL * 2 + ((ch ^ (row & 7)) << 4));
 }
 
-template <int D, typename T>
+template <int D, typename T, bool MASK>
 __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params p) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int QB = BM * D * 2, KB = BN * D * 2, VB = D * BN * 2;
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params
             cp_async16(dv + swz<BN>(row, ch), src, bytes);
         }
     };
-    if (tiles.n_tiles > 0) load_kv(0, 0);
+    if (tiles.n_tiles > tiles.begin) load_kv(tiles.begin, (int)(tiles.begin & 1));
     cp_async_commit();
 
     float acc_o[D / 2];
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params
     const float sl2 = p.scale * FLASH_LOG2E;
 
     const uint32_t q_base = smem_u32(sQ);
-    for (int64_t n = 0; n < tiles.n_tiles; n++) {
+    for (int64_t n = tiles.begin; n < tiles.n_tiles; n++) {
         const int stage = (int)(n & 1);
         if (n + 1 < tiles.n_tiles) load_kv(n + 1, stage ^ 1);
         cp_async_commit();
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params
                 mma<T>::run(&s[8 * jb + 4], a, b2, b3);
             }
         }
-        flash_softmax_tile<BN / 8, D>(p, s, acc_o, st, sl2, n >= tiles.first_masked, row_g, n * BN, lane);
+        flash_softmax_tile<BN / 8, D, MASK>(p, s, acc_o, st, sl2, tiles.masked(n), row_g, n * BN, lane);
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             uint32_t a[4];
@@ -159,14 +159,17 @@ __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params
     flash_epilogue<D>(p, row_g, h, lane, acc_o, st);
 }
 
-template <int D, typename T> static cudaError_t launch(const flash_params &p, cudaStream_t stream) {
+template <int D, typename T, bool MASK> static cudaError_t launch_mask(const flash_params &p, cudaStream_t stream) {
     constexpr int smem = BM * D * 2 + 2 * BN * D * 2 + 2 * D * BN * 2;
-    auto kern = flash_fwd_sm80<D, T>;
+    auto kern = flash_fwd_sm80<D, T, MASK>;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
     dim3 grid((unsigned)((p.nq + BM - 1) / BM), (unsigned)p.h);
     kern<<<grid, NTHREADS, smem, stream>>>(p);
     return cudaGetLastError();
+}
+template <int D, typename T> static cudaError_t launch(const flash_params &p, cudaStream_t stream) {
+    return p.use_mask ? launch_mask<D, T, true>(p, stream) : launch_mask<D, T, false>(p, stream);
 }
 
 } // namespace sm80

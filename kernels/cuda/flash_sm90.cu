@@ -106,7 +106,7 @@ template <> struct ops<128, __half> {
 };
 #endif
 
-template <int D, typename T, int STAGES, bool PIPE, bool PINGPONG>
+template <int D, typename T, int STAGES, bool PIPE, bool PINGPONG, bool MASK>
 __global__ void __launch_bounds__(NTHREADS, 1)
     flash_fwd_sm90(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tq,
                    const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {
@@ -144,10 +144,11 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             mbar_expect_tx(fullQ, BM * D * 2);
 #pragma unroll
             for (int i = 0; i < D / 64; i++) tma_load_3d(sQ + i * BM * 128, &tq, fullQ, i * 64, (int)r0, h);
-            for (int64_t j = 0; j < tiles.n_tiles; j++) {
+            /* j counts the block's tiles (stages and phases follow it); tile begin + j is loaded */
+            for (int64_t j = 0; j < tiles.n_tiles - tiles.begin; j++) {
                 const int s = (int)(j % STAGES);
                 if (j >= STAGES) mbar_wait(EMPTY(s), (int)(((j / STAGES) & 1) ^ 1));
-                const int c0 = (int)(j * BN);
+                const int c0 = (int)((tiles.begin + j) * BN);
                 mbar_expect_tx(FULLK(s), BN * D * 2);
 #pragma unroll
                 for (int i = 0; i < D / 64; i++) tma_load_3d(sK + s * L::K + i * BN * 128, &tk, FULLK(s), i * 64, c0, g);
@@ -200,18 +201,19 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         };
         if constexpr (!PIPE) {
             /* variant 2: S_j, softmax_j, P_j V_j in turn */
-            for (int64_t j = 0; j < tiles.n_tiles; j++) {
+            for (int64_t j = 0; j < tiles.n_tiles - tiles.begin; j++) {
                 issue_qk(j);
                 wgmma_wait<0>();
                 fence_regs<BN / 2>(s);
-                flash_softmax_tile<BN / 8, D>(p, s, acc_o, st, sl2, j >= tiles.first_masked, row_g, j * BN, lane);
+                const int64_t tile = tiles.begin + j;
+                flash_softmax_tile<BN / 8, D, MASK>(p, s, acc_o, st, sl2, tiles.masked(tile), row_g, tile * BN, lane);
                 pack_p();
                 issue_pv(j);
                 wgmma_wait<0>();
                 fence_regs<D / 2>(acc_o);
                 if (lane == 0) mbar_arrive(EMPTY((int)(j % STAGES)));
             }
-        } else if (tiles.n_tiles > 0) {
+        } else if (tiles.n_tiles > tiles.begin) {
             /* variant 3: S_{j+1} = Q K_{j+1} and O += P_j V_j in flight while softmax runs on
              * S_{j+1}; O is rescaled once P_j V_j has landed.
              * variant 4 (PINGPONG) also takes turns between the two consumer warpgroups: each
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
              * barrier and then opens the other's, so one warpgroup's softmax runs while the
              * other's products run. Warpgroup 2 opens warpgroup 1's first turn and skips opening
              * after its last step, so arrivals and waits match (n+1 each way). */
-            const int64_t n = tiles.n_tiles;
+            const int64_t n = tiles.n_tiles - tiles.begin, t0 = tiles.begin;
             int64_t step = 0;
             auto turn_begin = [&]() {
                 if constexpr (PINGPONG) bar_sync(1 + w);
@@ -237,7 +239,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             turn_end();
             wgmma_wait<0>();
             fence_regs<BN / 2>(s);
-            flash_softmax_scores<BN / 8>(p, s, st, sl2, 0 >= tiles.first_masked, row_g, 0, lane, alpha);
+            flash_softmax_scores<BN / 8, MASK>(p, s, st, sl2, tiles.masked(t0), row_g, t0 * BN, lane, alpha);
             flash_rescale<D>(acc_o, alpha);
             pack_p();
             for (int64_t j = 1; j < n; j++) {
@@ -247,7 +249,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 turn_end();
                 wgmma_wait<1>(); /* S_j is in */
                 fence_regs<BN / 2>(s);
-                flash_softmax_scores<BN / 8>(p, s, st, sl2, j >= tiles.first_masked, row_g, j * BN, lane, alpha);
+                flash_softmax_scores<BN / 8, MASK>(p, s, st, sl2, tiles.masked(t0 + j), row_g, (t0 + j) * BN, lane, alpha);
                 wgmma_wait<0>(); /* P_{j-1} V_{j-1} is in */
                 fence_regs<D / 2>(acc_o);
                 if (lane == 0) mbar_arrive(EMPTY((int)((j - 1) % STAGES)));
@@ -314,7 +316,8 @@ static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len
         if (buf) snprintf(buf, (size_t)len, "flash: cuTensorMapEncodeTiled failed (strides or alignment)");
         return -1;
     }
-    auto kern = flash_fwd_sm90<D, T, STAGES, PIPE, PINGPONG>;
+    auto kern = p.use_mask ? flash_fwd_sm90<D, T, STAGES, PIPE, PINGPONG, true>
+                           : flash_fwd_sm90<D, T, STAGES, PIPE, PINGPONG, false>;
     const int smem = layout<D, STAGES>::bytes;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e == cudaSuccess) {
@@ -334,7 +337,7 @@ static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len
 /* Whether the sm_90a code of the kernel is what this device would run. */
 extern "C" int flash_sm90_compiled(void) {
     cudaFuncAttributes a;
-    if (cudaFuncGetAttributes(&a, sm90::flash_fwd_sm90<128, __nv_bfloat16, 2, false, false>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&a, sm90::flash_fwd_sm90<128, __nv_bfloat16, 2, false, false, false>) != cudaSuccess) {
         cudaGetLastError();
         return 0;
     }

@@ -41,6 +41,9 @@ struct piece {
 
 struct gpu_job {
     gpu_job_cfg c;
+    int use_mask;                     /* the job's mask is more than full or causal */
+    attn_mask dmask;                  /* it, with its tables in device memory */
+    void *d_cu, *d_alibi;             /* those tables */
     int64_t D;
     size_t es;                        /* bytes per element of T */
     cudaStream_t compute, copy, comm;
@@ -190,6 +193,7 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
 #endif
     gpu_job *g = (gpu_job *)fa_calloc(1, sizeof *g, "gpu job");
     g->c = *cfg;
+    g->c.mask = NULL;                 /* the host's mask is the caller's: only dmask is kept */
     g->D = cfg->d;
     g->es = 2;
     const kv_plan *pl = &g->c.plan;
@@ -267,6 +271,27 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     cudaCheck(cudaEventCreateWithFlags(&g->stage_free, cudaEventDisableTiming));
     cudaCheck(cudaEventCreate(&g->first_c0));
     cudaCheck(cudaEventRecord(g->stage_free, g->compute));
+    /* a mask beyond full and causal: its document offsets and ALiBi slopes on the device */
+    if (ok && cfg->mask && !mask_is_plain(cfg->mask)) {
+        const attn_mask *m = cfg->mask;
+        g->use_mask = 1;
+        g->dmask = *m;
+        const int64_t n = m->ndocs ? m->doc_rows * (m->ndocs + 1) : 0;
+        if (n) {
+            ok = (g->d_cu = dalloc((size_t)(2 * n) * sizeof(int64_t), "document offsets", cfg->device)) != NULL;
+            if (ok) {
+                cudaCheck(cudaMemcpy(g->d_cu, m->cu_q, (size_t)n * sizeof(int64_t), cudaMemcpyHostToDevice));
+                cudaCheck(cudaMemcpy((int64_t *)g->d_cu + n, m->cu_k, (size_t)n * sizeof(int64_t), cudaMemcpyHostToDevice));
+                g->dmask.cu_q = (const int64_t *)g->d_cu;
+                g->dmask.cu_k = (const int64_t *)g->d_cu + n;
+            }
+        }
+        if (ok && m->alibi) {
+            ok = (g->d_alibi = dalloc((size_t)H * sizeof(float), "alibi slopes", cfg->device)) != NULL;
+            if (ok) cudaCheck(cudaMemcpy(g->d_alibi, m->alibi, (size_t)H * sizeof(float), cudaMemcpyHostToDevice));
+            g->dmask.alibi = (const float *)g->d_alibi;
+        }
+    }
     if (!ok) {
         gpu_job_destroy(g);
         return -1;
@@ -298,6 +323,8 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
         if (g->copy0[r]) cudaEventDestroy(g->copy0[r]);
         if (g->copy1[r]) cudaEventDestroy(g->copy1[r]);
     }
+    cudaFree(g->d_cu);
+    cudaFree(g->d_alibi);
     free(g->q); free(g->rec); free(g->mbuf); free(g->o_fin); free(g->lse_fin);
     free(g->c0); free(g->c1); free(g->m0); free(g->m1); free(g->f1); free(g->computed); free(g->merging); free(g->finalized);
     free(g->merge_bytes);
@@ -450,6 +477,21 @@ static void launch(gpu_job *g, int slot, const attn_queries *q, const void *k, i
     p.q_pos0 = q->q_pos0;
     p.k_pos0 = pos0;
     p.diag = q->causal ? q->diag : 0;
+    if (g->use_mask) {                /* window, documents, softcap, ALiBi: the kernel's mask.h */
+        const attn_mask *m = &g->dmask;
+        p.use_mask = 1;
+        p.win_left = m->left;
+        p.win_right = m->right;
+        p.mask_nq = m->nq;
+        p.mask_nk = m->nk;
+        p.ndocs = m->ndocs;
+        p.doc_rows = m->doc_rows;
+        p.b = q->b;
+        p.cu_q = m->cu_q;
+        p.cu_k = m->cu_k;
+        p.softcap = m->softcap;
+        p.alibi = m->alibi;
+    }
     p.rec_in = fresh ? NULL : g->rec[slot];
     p.rec_out = g->rec[slot];
     p.rec_log2 = 1;                   /* device states keep the kernel's base-2 max: exact hand-over */
@@ -480,13 +522,20 @@ extern "C" int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) {
     if (!g->started) cudaCheck(cudaEventRecord(g->first_c0, g->compute));
     g->started = 1;
     g->last_slot = slot;
-    const int64_t D = g->D, last = q->q_pos0 + q->nq - 1 + q->diag;   /* last visible key (causal) */
+    const int64_t D = g->D;
+    /* the keys the chunk's rows see: [klo, khi) (mask.h: runs grow with the row); pieces
+     * (resident runs, paged blocks) outside it are neither launched nor copied */
+    attn_mask local;
+    const attn_mask *mk = attn_queries_mask(q, &local);
+    const mask_run ra = mask_row(mk, q->b, q->q_pos0), rz = mask_row(mk, q->b, q->q_pos0 + q->nq - 1);
+    const int64_t klo = ra.lo, khi = rz.hi;
     const kv_plan *pl = &g->c.plan;
     int fresh = 1;
     const int ring = pl->ring < RING_MAX ? pl->ring : RING_MAX;
     for (int i = 0; i < g->npieces; i++) {
         const piece *pc = &g->pieces[i];
-        if (q->causal && pc->pos0 > last) break;          /* positions rise: nothing later is visible */
+        if (pc->pos0 >= khi) break;                       /* positions rise: nothing later is visible */
+        if (pc->pos0 + pc->n <= klo) continue;            /* before every row's first visible key */
         if (!pc->paged) {
             launch(g, slot, q, (const char *)g->k_res + (size_t)(pc->off * D) * g->es, g->res_cap * D,
                    (const char *)g->vt_res + (size_t)pc->off * g->es, D * g->res_cap, g->res_cap, pc->n, pc->pos0, fresh);

@@ -5,7 +5,8 @@
 #                                  fp64 reference (tests/gpu/test_flash.cu), compute-sanitizer
 #                                  memcheck + racecheck on a small case, and the CPU engine vs the
 #                                  GPU engine on one HDF5 job through ./fa_long, paged keys and
-#                                  ranks sharing the GPU (job_paging.sh), --mode taylor (taylor.sh),
+#                                  ranks sharing the GPU (job_paging.sh), the masks (masks.py),
+#                                  --mode taylor (taylor.sh),
 #                                  and a few seconds of bench/gpu/bench.py --smoke (the kernel
 #                                  through ctypes against torch SDPA: needs python3 with torch).
 # Overridable: NVCC, NVCC_GENCODE, BUILD; BENCH_SMOKE=0 leaves the bench smoke out (no torch).
@@ -80,6 +81,8 @@ if [ -x ./fa_long ]; then
     sh tests/gpu/tune_paged.sh || { echo "FAIL: tune with paging"; fail=1; }
     echo "== overflowing inputs refused on the GPU, compute labels (./fa_long)"
     sh tests/gpu/overflow.sh || { echo "FAIL: overflow / compute label on the GPU"; fail=1; }
+    echo "== masks: windows, documents, softcap, ALiBi on the CUDA engine (./fa_long)"
+    timeout 900 python3 tests/gpu/masks.py || { echo "FAIL: masks on the GPU"; fail=1; }
     if [ -f tests/gpu/taylor.sh ]; then
         echo "== --mode taylor on the GPU (./fa_long)"
         sh tests/gpu/taylor.sh || { echo "FAIL: taylor on the GPU"; fail=1; }
