@@ -90,7 +90,7 @@ def main():
             def ours(p=p):
                 if lib.flash_forward(ctypes.byref(p), 0, ctypes.c_void_p(stream), msg, 256):
                     raise RuntimeError(msg.value.decode())
-            bm = create_block_mask(mask_mod, None, None, n, n, device="cuda")
+            bm = create_block_mask(mask_mod, None, None, n, n, device="cuda", _compile=True)
 
             def theirs(bm=bm, score_mod=score_mod):
                 return flex(q, k, v, score_mod=score_mod, block_mask=bm, enable_gqa=True)

@@ -144,21 +144,25 @@ static __device__ __forceinline__ void flash_softmax_scores(const flash_params &
     if constexpr (MASK) {           /* use_mask launches: their own kernel instances */
         const attn_mask m = flash_mask(p);
         const bool mods = mask_has_modifiers(&m);
-        const int h = blockIdx.y;
-        const float inv_scale = 1.f / p.scale;
+        if (mods || masked) {       /* a tile every row sees whole, without modifiers: nothing */
+            const int h = blockIdx.y;
+            const float inv_scale = 1.f / p.scale;
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const mask_run r = mask_row(&m, p.b, p.q_pos0 + row + 8 * i);
-            const int64_t lo = r.lo - p.k_pos0, hi = min(r.hi - p.k_pos0, p.nk);
+            for (int i = 0; i < 2; i++) {
+                const mask_run r = mask_row(&m, p.b, p.q_pos0 + row + 8 * i);
+                /* the row's run in this tile's columns, as small ints: [lo, hi) of 0..8*NB */
+                const int lo = (int)max((int64_t)-1, min((int64_t)(8 * NB + 1), r.lo - p.k_pos0 - col0));
+                const int hi = (int)max((int64_t)-1, min((int64_t)(8 * NB + 1), min(r.hi - p.k_pos0, p.nk) - col0));
 #pragma unroll
-            for (int j = 0; j < NB; j++)
+                for (int j = 0; j < NB; j++)
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    int64_t c = col0 + 8 * j + 2 * t + e;
-                    float &x = s[4 * j + 2 * i + e];
-                    if (mods) x = mask_score(&m, x * p.scale, h, &r, p.k_pos0 + c) * inv_scale;
-                    if (masked && (c < lo || c >= hi)) x = -INFINITY;
-                }
+                    for (int e = 0; e < 2; e++) {
+                        const int c = 8 * j + 2 * t + e;
+                        float &x = s[4 * j + 2 * i + e];
+                        if (mods) x = mask_score(&m, x * p.scale, h, &r, p.k_pos0 + col0 + c) * inv_scale;
+                        if (masked && (c < lo || c >= hi)) x = -INFINITY;
+                    }
+            }
         }
     } else if (masked) {
 #pragma unroll

@@ -37,12 +37,15 @@ def mpirun(n):
     return cmd + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
 
 
-def run(inp, out, args, nranks=1, backend=os.environ.get("FA_GPU_MASKS_BACKEND", "cuda")):
+def run(inp, out, args, nranks=1, backend=os.environ.get("FA_GPU_MASKS_BACKEND", "cuda"), expect=None):
     cmd = mpirun(nranks) + [str(FA), "--input", str(inp), "--output", str(out), "--lse", "--force",
-                            "--quiet", "--out-dtype", "float32", "--backend", backend] + [str(a) for a in args]
+                            "--out-dtype", "float32", "--backend", backend] + [str(a) for a in args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if p.returncode:
-        raise RuntimeError(f"fa_long failed ({p.returncode}): {p.stderr.strip()[-600:]}")
+        msg = [x for x in p.stderr.splitlines() if x.startswith("fa_long:")]
+        raise RuntimeError(f"fa_long failed ({p.returncode}): {msg[-1] if msg else p.stderr.strip()[-600:]}")
+    if expect and backend == "cuda" and expect not in p.stderr:
+        raise RuntimeError(f"'{expect}' not in fa_long's messages: {p.stderr.strip()[-600:]}")
     with h5py.File(out, "r") as f:
         return f["o"][...].astype(np.float64), f["lse"][...].astype(np.float64)
 
@@ -51,7 +54,7 @@ def bf16(x):
     return from_bf16_bits(to_bf16_bits(x))
 
 
-def case(tmp, name, B, Nq, Nk, H, Hkv, D, args, nranks=1, mag=1.0, tables=None, ref=None):
+def case(tmp, name, B, Nq, Nk, H, Hkv, D, args, nranks=1, mag=1.0, tables=None, ref=None, expect=None):
     rng = np.random.default_rng()
     q = bf16(rng.standard_normal((B, Nq, H, D)).astype(np.float32) * mag)
     k = bf16(rng.standard_normal((B, Nk, Hkv, D)).astype(np.float32) * mag)
@@ -61,7 +64,7 @@ def case(tmp, name, B, Nq, Nk, H, Hkv, D, args, nranks=1, mag=1.0, tables=None, 
     ro, rlse, kappa = masked_f64(q, k, v, **(ref or {}))
     tol = max(2e-2, 8 * 2.0 ** -24 * kappa)
     try:
-        o, lse = run(inp, tmp / "gpu.h5", args, nranks)
+        o, lse = run(inp, tmp / "gpu.h5", args, nranks, expect=expect)
         oc, _ = run(inp, tmp / "cpu.h5", args, 1, backend="cpu")
     except RuntimeError as e:
         print(f"FAIL  {name}: {e}")
@@ -110,8 +113,9 @@ def main():
     ok &= case(tmp, "everything at once", 1, 1000, 1000, 8, 2, 128, every, tables={"cu_seqlens": cu2}, ref=eref)
     ok &= case(tmp, "everything at once, 2 ranks sharing the GPU", 1, 1000, 1000, 8, 2, 128, every + ["--chunk", "300"],
                nranks=2, tables={"cu_seqlens": cu2}, ref=eref)
-    ok &= case(tmp, "window 200,0, keys paged (--device-mem 3M)", 1, 2000, 2000, 8, 2, 128,
-               ["--window-size", "200,0", "--device-mem", "3M", "--chunk", "256"], ref=dict(left=200, right=0))
+    ok &= case(tmp, "window 200,0, keys paged (--device-mem 101M, as job_paging.sh)", 1, 1000, 5003, 8, 2, 128,
+               ["--window-size", "200,0", "--device-mem", "101M", "--chunk", "500"], ref=dict(left=200, right=0),
+               expect="paged from pinned")
 
     cs = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
     if os.path.exists(cs):
