@@ -113,8 +113,8 @@ def main():
     ok &= case(tmp, "everything at once", 1, 1000, 1000, 8, 2, 128, every, tables={"cu_seqlens": cu2}, ref=eref)
     ok &= case(tmp, "everything at once, 2 ranks sharing the GPU", 1, 1000, 1000, 8, 2, 128, every + ["--chunk", "300"],
                nranks=2, tables={"cu_seqlens": cu2}, ref=eref)
-    ok &= case(tmp, "window 200,0, keys paged (--device-mem 101M, as job_paging.sh)", 1, 1000, 5003, 8, 2, 128,
-               ["--window-size", "200,0", "--device-mem", "101M", "--chunk", "500"], ref=dict(left=200, right=0),
+    ok &= case(tmp, "window 200,0, keys paged (--device-mem 101M, job_paging.sh's shape and chunk)", 1, 3001, 5003,
+               8, 2, 128, ["--window-size", "200,0", "--device-mem", "101M", "--chunk", "1000"], ref=dict(left=200, right=0),
                expect="paged from pinned")
 
     cs = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
