@@ -212,6 +212,11 @@ def test_check_taylor(tmp_path):
     approx = np.max(np.abs(o - ro)) / np.max(np.abs(ro))
     printed = float(line[0].split("rel err")[1].split()[0].rstrip(","))
     assert abs(printed - approx) <= 1e-3 * approx + 1e-6, (printed, approx)
+    # the verdict says what passed (the formula), and the approximation's error is a number
+    verdict = [l for l in p.stdout.splitlines() if l.startswith("check: PASS")]
+    assert len(verdict) == 1 and "against the fp64 Taylor formula" in verdict[0], p.stdout
+    said = float(verdict[0].split("approximation itself is")[1].split()[0])
+    assert abs(said - approx) <= 1e-3 * approx + 1e-6 and "which no tolerance judges" in verdict[0]
     # run --check on a taylor job checks against the formula (the output's 'mode' attribute)
     _, _, _, err = run_taylor(tmp_path, q, k, v, 1, True, ["--check", "16"], name="checked")
     p2 = run_fa(["check", "--input", inp, "--output", tmp_path / "checked_1.h5", "--rows", "16"])
