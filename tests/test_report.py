@@ -71,6 +71,25 @@ def test_progress_lines(tmp_path):
     assert p.returncode == 0 and "fa_long:" not in p.stderr, p.stderr
 
 
+def test_progress_live_under_mpirun(tmp_path):
+    """mpirun at a terminal (a pseudo-terminal from script(1)): rank 0's stderr is a pipe to
+    mpirun, yet the line is live, rewritten in place with \\r, from the first chunk on; the first
+    chunk's line has no ETA (its time holds the start-up); with mpirun's stderr a pipe, plain
+    lines."""
+    import shlex
+    inp, _ = make_input(tmp_path, N=1200)
+    cmd = mpirun_cmd(2) + [str(FA_LONG), "-i", str(inp), "-o", str(tmp_path / "o.h5"), "--causal",
+                           "--chunk", "40", "-f"]
+    p = subprocess.run(["script", "-qec", " ".join(shlex.quote(c) for c in cmd), "/dev/null"],
+                       capture_output=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    live = p.stdout.decode().replace("\r\n", "\n")       # bytes: \r kept as it is
+    assert "\rfa_long: chunk 1/30 (3.3%)" in live and "ETA --:--" in live, repr(live[:400])
+    assert "\rfa_long: chunk 30/30 (100.0%)" in live, repr(live[-600:])
+    q = subprocess.run(cmd[:-1] + ["-o", str(tmp_path / "p.h5")], capture_output=True, timeout=300)
+    assert q.returncode == 0 and b"\r" not in q.stderr and b"fa_long: chunk 1/30" in q.stderr, q.stderr
+
+
 def test_stop_and_resume_without_slurm(tmp_path):
     """SIGUSR1 to mpirun: fa_long stops after the chunks in flight (exit 75) and keeps them in
     .out.h5.partial; --resume finishes; the result equals an uninterrupted run bit for bit."""
