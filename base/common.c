@@ -156,6 +156,14 @@ int fa_threads_setup(int requested, const char *omp_env) {
     return t;
 }
 
+int fa_node_cpus(void) {
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0) return (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int n = CPU_COUNT(&mine);
+    return n > 0 ? n : 1;
+}
+
 double fa_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);

@@ -59,6 +59,8 @@ typedef struct {
     const char *why;   /* "--threads", "OMP_NUM_THREADS" or "node share" */
 } fa_threads_info;
 int fa_threads_setup(int requested, const char *omp_num_threads);
+/* CPUs this process may run on (its affinity mask; the online CPUs where it has none). Local. */
+int fa_node_cpus(void);
 extern fa_threads_info fa_threads;
 
 /* "4K" -> 4096, "1.5M" -> 1572864, "2G" -> 2^31. Returns -1 on a malformed size. */

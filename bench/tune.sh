@@ -54,14 +54,18 @@ table() {    # the CSV and the summary from the raw result lines (also: bench/tu
 python3 - "$1" "$2" "$DATE" "$DEV" "$REV" <<'PYEOF'
 import statistics, sys
 raw, csv_path, date, dev, rev = sys.argv[1:6]
-blocks, cur = [], None
+blocks, cur, cols = [], None, None
 for l in open(raw):
     if l.startswith("## "):
         f = l.split()
         cur = {"shape": f[1], "load": f[3], "rows": []}
         blocks.append(cur)
-    elif l.startswith("result ") and cur is not None:
+    elif l.startswith("#") and l[1:].split()[:2] == ["kind", "br"]:
+        cols = l[1:].split()                       # fa_long tune's table header
+    elif l.startswith("result ") and cur is not None:   # raw files of older revisions
         cur["rows"].append(dict(kv.split("=", 1) for kv in l.split()[1:]))
+    elif cols and cur is not None and l.strip() and not l.startswith("#") and len(l.split()) == len(cols):
+        cur["rows"].append(dict(zip(cols, l.split())))
 gpu = any(x in dev for x in ("NVIDIA", "H100", "H200", "A100", "GH200"))
 def cfg(r):
     if gpu:

@@ -10,8 +10,8 @@
  *                                   --small-grid br {4..32} x bc {64,128,256} x chunk 1K
  *   fa_long tune ... --predict      the model's ranking only, nothing timed or stored
  *
- * Output: `#`-headed lines, and one `result key=value ...` line per timed configuration:
- *   result kind=default|tuned|sweep|cand br= bc= threads= chunk= window= variant= predicted_s= measured_s=
+ * Output: `#`-headed lines, then a table: a `# kind br bc threads ...` header (cm_print_header)
+ * and one row per timed configuration (kind default|tuned|sweep|cand|...), as nccl-tests prints.
  * Without a GPU, --backend cuda says so and exits 2 (nothing is stored). */
 #include <getopt.h>
 #include <math.h>
@@ -45,10 +45,16 @@ static void usage(void) {
            "                    [--backend cpu|cuda] [--compute bf16|fp16] [--threads T] [--ranks P]\n"
            "                    [--device-mem SIZE] [--top K] [--reps R] [--tune-cache FILE]\n"
            "                    [--no-store] [--sweep [--small-grid]] [--predict] [--remeasure] [--verbose]\n"
+           "                    [--ranks-per-node N]\n"
            "Measures the machine, times the cost model's best K configurations (default 8) and the\n"
            "fixed defaults on the real engine, and stores the fastest in the tune cache (default\n"
            "$FA_TUNE_CACHE or ~/.cache/fa_long/tune.txt) for this device, D, dtype, causal, GQA.\n"
-           "--sweep also times every configuration of the sweep grid (bench/tune.sh).\n");
+           "--sweep also times every configuration of the sweep grid (bench/tune.sh).\n"
+           "--ranks-per-node N: tune for the share of this node's CPUs a rank gets when a later\n"
+           "mpirun runs N ranks a node (its threads; the run finds the entry). A run without an\n"
+           "entry for its share uses the entry of the nearest share and says so.\n"
+           "Output: '#' lines, then one row per timed configuration under a '# kind br bc ...'\n"
+           "header (as nccl-tests prints), the choice last.\n");
 }
 
 int cmd_tune(int argc, char **argv) {
@@ -66,11 +72,12 @@ int cmd_tune(int argc, char **argv) {
         {"chunk", required_argument, 0, 'u'}, {"variant", required_argument, 0, 'V'},
         {"kernel-tflops", required_argument, 0, 'T'}, {"link-gbps", required_argument, 0, 'L'},
         {"net-gbps", required_argument, 0, 'N'}, {"net-latency-us", required_argument, 0, 'Y'},
+        {"ranks-per-node", required_argument, 0, 'z'},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 8, .d = 128, .elem = 4, .nranks = 1,
                 .dtype = -1};
     int gpu = 0, threads = 0, top = 8, reps = 3, store = 1, sweep = 0, predict = 0, verbose = 0;
-    int small_grid = 0, remeasure = 0;
+    int small_grid = 0, remeasure = 0, per_node = 0, ranks_set = 0;
     int64_t given_chunk = 0;
     int given_variant = 0;
     double kernel_tflops = 0, link_gbps = 0, net_gbps = 0, net_lat_us = 0;
@@ -80,7 +87,7 @@ int cmd_tune(int argc, char **argv) {
     int c;
     while ((c = getopt_long(argc, argv, ":n:d:cvh", opts, NULL)) != -1) {
         int64_t v = 0;
-        if (optarg && strchr("nQKHGdtPMkru", c)) {
+        if (optarg && strchr("nQKHGdtPMkruz", c)) {
             v = fa_parse_size(optarg);
             if (v < 1) { fa_seterr("tune: option '%s' needs a positive size", argv[optind - 1]); return fa_report_error(); }
         }
@@ -99,7 +106,8 @@ int cmd_tune(int argc, char **argv) {
             break;
         case 'C': j.dtype = !strcasecmp(optarg, "fp16") || !strcasecmp(optarg, "float16"); break;
         case 't': threads = (int)v; break;
-        case 'P': j.nranks = (int)v; break;
+        case 'P': j.nranks = (int)v; ranks_set = 1; break;
+        case 'z': per_node = (int)v; break;
         case 'M': j.budget = v; break;
         case 'k': top = (int)v; break;
         case 'r': reps = (int)v; break;
@@ -125,6 +133,14 @@ int cmd_tune(int argc, char **argv) {
     }
     if (j.h % j.hkv) { fa_seterr("tune: --heads must be a multiple of --kv-heads"); return fa_report_error(); }
     if (j.d > FA_MAX_HEAD_DIM) { fa_seterr("tune: -d above %d", FA_MAX_HEAD_DIM); return fa_report_error(); }
+    if (per_node > 0 && threads <= 0 && !gpu) {
+        /* the share a run's rank gets when N ranks share this node (base/common.c's rule: the
+         * node's CPUs split evenly, OMP_NUM_THREADS unset) */
+        threads = fa_node_cpus() / per_node;
+        if (threads < 1) threads = 1;
+        omp_set_num_threads(threads);
+    }
+    if (per_node > 0 && !ranks_set) j.nranks = per_node;
     j.gpu = gpu;
     j.threads = threads;
     fa_verbosity = verbose ? 2 : 1;
@@ -150,6 +166,7 @@ int cmd_tune(int argc, char **argv) {
                (long long)j.nq, (long long)j.nk, j.h, j.hkv, j.d, j.causal, j.nranks,
                gpu ? m.gpu_tflops[given_variant] : m.cpu_gflops / 1e3,
                m.link_gbps, m.net_gbps);
+        cm_print_header();
         if (given_chunk > 0) {
             cm_choice c = {.br = gpu ? 0 : 16, .bc = gpu ? 0 : 128, .threads = m.threads,
                            .variant = given_variant, .chunk = given_chunk < j.nq ? given_chunk : j.nq,
@@ -193,6 +210,7 @@ int cmd_tune(int argc, char **argv) {
     printf("# fa_long tune: %s\n# job: nq=%lld nk=%lld H=%d Hkv=%d D=%d causal=%d ranks=%d\n", key,
            (long long)j.nq, (long long)j.nk, j.h, j.hkv, j.d, j.causal, j.nranks);
     cm_choice best;
+    cm_print_header();
     if (cm_tune_job(&j, &m, top, reps, 1, &best)) return fa_report_error();
     cm_print_result("tuned", &best);
     if (sweep && !gpu) {

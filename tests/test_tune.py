@@ -30,10 +30,15 @@ def tune(args, cache, timeout=300):
 
 
 def results(out):
-    rows = []
+    """The rows of fa_long tune's table, as dicts by the '#kind br bc ...' header's names."""
+    cols, rows = None, []
     for line in out.splitlines():
-        if line.startswith("result "):
-            rows.append(dict(kv.split("=", 1) for kv in line.split()[1:]))
+        if line.startswith("#") and line[1:].split()[:2] == ["kind", "br"]:
+            cols = line[1:].split()
+        elif cols and line.strip() and not line.startswith("#"):
+            f = line.split()
+            assert len(f) == len(cols), f"a table row with {len(f)} fields under {len(cols)} columns: {line}"
+            rows.append(dict(zip(cols, f)))
     return rows
 
 
@@ -175,3 +180,43 @@ def test_gpu_tune_without_gpu(tmp_path):
     assert t.returncode == 2, t.stdout + t.stderr
     assert "no CUDA device" in t.stderr
     assert not cache.exists()
+
+
+def test_ranks_per_node_and_nearest_share(tmp_path):
+    """Ranks that share a node get a share of its CPUs (fewer threads than fa_long tune ran
+    with): `tune --ranks-per-node 2` tunes for that share, which a 2-rank run then finds; without
+    it the run takes the entry of the nearest share and says which. The table has a header."""
+    inp = gen(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}   # the node share
+
+    def run2(cache, name):
+        p = subprocess.run(["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none"]
+                           + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+                           + [str(FA_LONG), "-i", str(inp), "-o", str(tmp_path / name), "--verbose"],
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(env, FA_TUNE_CACHE=str(cache)))
+        assert p.returncode == 0, p.stderr
+        return p.stderr
+
+    ncpu = len(os.sched_getaffinity(0))
+    share = max(1, ncpu // 2)
+    shared = tmp_path / "shared.txt"
+    t = subprocess.run([str(FA_LONG), "tune", "--tune-cache", str(shared), "--ranks-per-node", "2",
+                        "--top", "2", "--reps", "1"] + SHAPE, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert t.returncode == 0, t.stderr
+    rows = results(t.stdout)
+    assert rows and all(r["threads"] == str(share) for r in rows if r["kind"] == "tuned"), t.stdout
+    assert f" x{share} |" in shared.read_text()
+    err = run2(shared, "a.h5")
+    assert choice_line(err)[0] == "cache" and "nearest" not in err, err
+    # tuned with every CPU of the node: the 2-rank run has no entry of its own, takes this one
+    whole = tmp_path / "whole.txt"
+    t = subprocess.run([str(FA_LONG), "tune", "--tune-cache", str(whole), "--threads", str(2 * share),
+                        "--top", "2", "--reps", "1"] + SHAPE, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert t.returncode == 0, t.stderr
+    err = run2(whole, "b.h5")
+    near = [l for l in err.splitlines() if "using the nearest" in l]
+    assert len(near) == 1 and f"x{2 * share} |" in near[0] and f"no entry for {share} threads" in near[0], err
+    assert choice_line(err)[0] == "cache"

@@ -160,6 +160,50 @@ int cm_cache_lookup(const char *path, const char *key, const char *device, cm_ch
     return cache_read(path, key, device, c, NULL, warn) == 1;
 }
 
+/* "cpu MODEL x8 | tail" -> the thread count 8 and the device's length before " x8"; 0 when the
+ * device has no thread count (GPUs). */
+static int key_threads(const char *key, int *pre) {
+    const char *bar = strchr(key, '|');
+    if (!bar) return 0;
+    const char *x = NULL;
+    for (const char *p = key; p < bar; p++)
+        if (p[0] == ' ' && p[1] == 'x' && p[2] >= '0' && p[2] <= '9') x = p;
+    if (!x) return 0;
+    *pre = (int)(x - key);
+    return atoi(x + 2);
+}
+
+int cm_cache_nearest(const char *path, const char *key, char *near, int len) {
+    int pre = 0, want = key_threads(key, &pre);
+    if (want <= 0 || cache_read(path, NULL, "", NULL, NULL, 0) < 0) return 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    const char *tail = strchr(key, '|');
+    char line[1024];
+    double best = INFINITY;
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        trim(line);
+        char *e = strchr(line, ']');
+        if (line[0] != '[' || !e) continue;
+        *e = 0;
+        const char *sect = line + 1;
+        int spre = 0, have = key_threads(sect, &spre);
+        const char *st = strchr(sect, '|');
+        if (have <= 0 || have == want || spre != pre || strncmp(sect, key, (size_t)pre) || !st ||
+            strcmp(st, tail))
+            continue;
+        double d = fabs(log((double)have / want)) + (have < want ? 1e-9 : 0);   /* ties: more */
+        if (d < best) {
+            best = d;
+            snprintf(near, (size_t)len, "%s", sect);
+            found = 1;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
 int cm_cache_machine(const char *path, const char *device, cm_machine *m) {
     return cache_machine(path, device, m);
 }

@@ -32,6 +32,10 @@ void cm_job_machine_key(const cm_job *j, cm_machine *m, char *key, int len);
  * A missing file is silent; a corrupt, truncated or foreign-version file, a bad entry, or entries
  * only for other devices give one warning line (to stderr, when warn) and are ignored. */
 int cm_cache_lookup(const char *path, const char *key, const char *device, cm_choice *c, int warn);
+/* An entry for the same CPU, job kind and tail of `key` but another thread count: the one whose
+ * count is nearest (by ratio; ties: the larger); its section name into near. 1 when found. The
+ * device's thread count is a rank's share of its node, which changes with the ranks a node runs. */
+int cm_cache_nearest(const char *path, const char *key, char *near, int len);
 /* The machine figures `fa_long tune` stored for device ([machine DEVICE]) into m; 1 when found
  * (m unchanged otherwise). */
 int cm_cache_machine(const char *path, const char *device, cm_machine *m);

@@ -32,8 +32,20 @@ int cm_choose(const cm_job *j, const char *cache_path, int warn, cm_choice *out)
     int rejected = 0;                   /* a cache entry the model found invalid for this job */
     cm_machine_defaults(&m, j->gpu);
 
-    /* 1. the cache's entry, when the model finds it valid for this job */
-    if (cm_cache_lookup(cache_path, key, m.device, &chosen, warn)) {
+    /* 1. the cache's entry, when the model finds it valid for this job; for a CPU whose entry was
+     * tuned for another share of the node (another thread count a rank), the nearest share's */
+    char near[512] = "";
+    int hit = cm_cache_lookup(cache_path, key, m.device, &chosen, 0);
+    if (!hit && cm_cache_nearest(cache_path, key, near, sizeof near) &&
+        cm_cache_lookup(cache_path, near, m.device, &chosen, warn)) {
+        hit = 1;
+        chosen.threads = m.threads;     /* its tiles and chunk, this rank's own threads */
+        fa_log(1, "fa_long: tune cache: no entry for %d threads a rank; using the nearest, [%s] "
+                  "(fa_long tune --ranks-per-node N tunes for N ranks a node)", m.threads, near);
+    } else if (!hit) {
+        hit = cm_cache_lookup(cache_path, key, m.device, &chosen, warn);
+    }
+    if (hit) {
         if (!chosen.threads) chosen.threads = m.threads;
         if (chosen.chunk > j->nq) chosen.chunk = j->nq;
         if (chosen.br > chosen.chunk) chosen.br = (int)chosen.chunk;

@@ -76,13 +76,35 @@ static void calibrate_cpu(cm_machine *m, int verbose) {
                c.br, c.bc, meas, m->cpu_eff);
 }
 
+/* The table's columns: one format for the header and the rows (bench/tune.sh and the tests read
+ * the rows by the header's names). */
+#define ROW_FMT "%-14s %4s %5s %7s %8s %6s %7s %10s %4s %11s %11s %-8s %9s %9s %9s %9s %11s\n"
+void cm_print_header(void) {
+    printf("#" ROW_FMT, "kind", "br", "bc", "threads", "chunk", "window", "variant", "block_rows",
+           "ring", "predicted_s", "measured_s", "critical", "t_compute", "t_memory", "t_page",
+           "t_merge", "t_merge_all");
+}
+
 void cm_print_result(const char *kind, const cm_choice *c) {
-    printf("result kind=%s br=%d bc=%d threads=%d chunk=%lld window=%d variant=%d block_rows=%lld "
-           "ring=%d predicted_s=%.6f measured_s=%.6f critical=%s t_compute=%.6f t_memory=%.6f "
-           "t_page=%.6f t_merge=%.6f t_merge_all=%.6f\n", kind, c->br, c->bc, c->threads,
-           (long long)c->chunk, c->window, c->variant, (long long)c->block_rows, c->ring,
-           isfinite(c->t_total) ? c->t_total : -1.0, c->measured_s, c->critical ? c->critical : "-",
-           c->t_compute, c->t_memory, c->t_page, c->t_merge, c->t_merge_all);
+    char f[17][32];
+    snprintf(f[0], 32, "%d", c->br);
+    snprintf(f[1], 32, "%d", c->bc);
+    snprintf(f[2], 32, "%d", c->threads);
+    snprintf(f[3], 32, "%lld", (long long)c->chunk);
+    snprintf(f[4], 32, "%d", c->window);
+    snprintf(f[5], 32, "%d", c->variant);
+    snprintf(f[6], 32, "%lld", (long long)c->block_rows);
+    snprintf(f[7], 32, "%d", c->ring);
+    snprintf(f[8], 32, "%.6f", isfinite(c->t_total) ? c->t_total : -1.0);
+    snprintf(f[9], 32, "%.6f", c->measured_s);
+    snprintf(f[10], 32, "%s", c->critical && *c->critical ? c->critical : "-");
+    snprintf(f[11], 32, "%.6f", c->t_compute);
+    snprintf(f[12], 32, "%.6f", c->t_memory);
+    snprintf(f[13], 32, "%.6f", c->t_page);
+    snprintf(f[14], 32, "%.6f", c->t_merge);
+    snprintf(f[15], 32, "%.6f", c->t_merge_all);
+    printf(" " ROW_FMT, kind, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10],
+           f[11], f[12], f[13], f[14], f[15]);
 }
 
 /* ---- timing on the GPU ----------------------------------------------------------------------- */

@@ -24,6 +24,8 @@ double cm_time_cpu(const cm_job *j, const cm_choice *c, int reps);
  * this process (0: time again). */
 double cm_time_gpu(const cm_job *j, const cm_machine *m, const cm_choice *c, int reps, int memo_ok);
 /* One `result kind=KIND br= bc= ... t_merge_all=` line on stdout. */
+/* The tune table: a '#'-headed line of column names, then one row per configuration. */
+void cm_print_header(void);
 void cm_print_result(const char *kind, const cm_choice *c);
 
 #ifdef __cplusplus
