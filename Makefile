@@ -7,6 +7,8 @@
 #   make test-gpu   GPU tests (on a machine with an NVIDIA GPU)
 #   make test-slurm the Slurm tests alone (they start a single-node Slurm)
 #   make bench-cpu  CPU engine benchmark (bench/cpu.sh)
+#   make plot       install gnuplot where missing, plot bench/results (bench/plot.sh; --report
+#                   FILE... plots a run's own reports)
 #
 # Overridable: CUDA_HOME, NVCC, MPICC, HDF5_CFLAGS, HDF5_LIBS, BLAS_CFLAGS, BLAS_LIBS,
 #              NVCC_GENCODE, NCCL_HOME, DEBUG=1, USE_CUDA=0, USE_BLAS=0.
@@ -94,7 +96,7 @@ ifneq ($(and $(filter 1,$(USE_CUDA)),$(NCCL_INC),$(NCCL_LIB)),)
   BENCH_BINS += $(BUILD)/bench/nccl_baseline
 endif
 
-.PHONY: all deps run test test-gpu test-slurm bench-cpu clean features
+.PHONY: all deps run test test-gpu test-slurm bench-cpu plot clean features
 all: features $(BIN) $(TEST_BINS) $(BENCH_BINS)
 
 features:
@@ -157,6 +159,10 @@ test-gpu:
 
 bench-cpu: all
 	@sh ./bench/cpu.sh
+
+plot:
+	@sh ./deps.sh plot
+	@sh ./bench/plot.sh
 
 clean:
 	rm -rf $(BUILD) $(BIN)
