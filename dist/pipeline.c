@@ -432,6 +432,8 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                 MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
             }
             st->t_kv += fa_now() - t0 - (fa_sync_s - s0);
+            st->bytes_kv_read += sh.total * Hkv * D *
+                                 (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
         }
         const float *qchunk = qbuf;
         rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !plan->allow_nonfinite);

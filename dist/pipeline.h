@@ -58,6 +58,7 @@ typedef struct pipeline_stats {
     double t_read, t_compute, t_wait, t_write, t_total;
     double t_setup;          /* engine and buffers, before the first chunk */
     double t_kv;             /* of t_read: this rank's keys and values, read and loaded */
+    int64_t bytes_kv_read;   /* the file bytes of those keys and values */
     double t_final;          /* merged rows to the host and finalized (o/l, lse) */
     double t_sync;           /* waiting for the other ranks in the reads' and writes' agreements
                                 (kept out of t_read, t_kv and t_write) */

@@ -130,6 +130,12 @@ void h5_mask_tables_free(h5_mask_tables *t);
  * good; else -1 with fa_seterr starting with `what` (file and dataset). */
 int h5_check_offsets(const int64_t *cu, int64_t rows, int64_t ndocs, int64_t n, const char *what);
 
+/* How dataset `name` of `path` is stored: *chunked and its chunk shape (ndims, chunk[]), and its
+ * filters' names ("deflate, shuffle") into filters[flen]. Serial, one process; -1 with fa_seterr
+ * when the file or dataset cannot be opened. */
+int h5_dataset_storage(const char *path, const char *name, int *chunked, int *ndims,
+                       int64_t chunk[8], char *filters, int flen);
+
 /* ---- small independent reads (fa_long check, tests) ----------------------------------------- */
 /* Serial (one process, no MPI-IO): reads a hyperslab start/count (rank-ndims) of dataset `name`
  * in `path` as fp32 into dst; returns -1 with fa_seterr on error. dims/ndims/type out optional. */

@@ -102,6 +102,40 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
     free(all);
 }
 
+/* Rank 0, after a run: a warning when k or v is stored in chunks small enough to slow the read
+ * (under 256 KiB, and at least 16 of them: HDF5 then reads, and decompresses, many small pieces
+ * for every transfer), with the rate the keys were read at and how to rechunk. */
+#define SMALL_CHUNK_BYTES (256 << 10)
+static void chunk_warning(const fa_job *job, const fa_shape *s, const pipeline_stats *st) {
+    if (fa_rank != 0 || job->quiet) return;
+    const char *names[2] = {job->dset[1] && *job->dset[1] ? job->dset[1] : "k",
+                            job->dset[2] && *job->dset[2] ? job->dset[2] : "v"};
+    const fa_dtype types[2] = {s->k_type, s->v_type};
+    for (int i = 0; i < 2; i++) {
+        int chunked = 0, nd = 0;
+        int64_t c[8];
+        char filters[128];
+        if (h5_dataset_storage(job->input, names[i], &chunked, &nd, c, filters, sizeof filters)) {
+            fa_clearerr();
+            continue;
+        }
+        if (!chunked || nd != 4) continue;
+        int64_t bytes = c[0] * c[1] * c[2] * c[3] * fa_dtype_size(types[i]);
+        const int64_t dims[4] = {s->B, s->Nk, s->Hkv, s->D};
+        int64_t nchunks = 1;
+        for (int x = 0; x < 4; x++) nchunks *= (dims[x] + c[x] - 1) / (c[x] > 0 ? c[x] : 1);
+        if (bytes >= SMALL_CHUNK_BYTES || nchunks < 16) continue;
+        double rate = st->t_kv > 0 ? (double)st->bytes_kv_read / st->t_kv / 1e6 : 0;
+        fa_warn("input '%s': dataset '%s' is stored in chunks of [%lld, %lld, %lld, %lld] (%lld "
+                "bytes%s%s): rank 0 read its keys and values at %.0f MB/s; chunks of whole rows "
+                "read faster, e.g. h5repack -l %s:CHUNK=1x%lldx%lldx%lld %s OUT.h5",
+                job->input, names[i], (long long)c[0], (long long)c[1], (long long)c[2],
+                (long long)c[3], (long long)bytes, filters[0] ? ", " : "", filters, rate, names[i],
+                (long long)(s->Nk < 1024 ? s->Nk : 1024), (long long)s->Hkv, (long long)s->D,
+                job->input);
+    }
+}
+
 /* Flops of chunks [0, first) (rows of the batch elements they cover). */
 static double done_flops(const attn_mask *m, const fa_shape *s, int64_t chunk, int64_t first) {
     int64_t per_b = (s->Nq + chunk - 1) / chunk, full_b = first / per_b;
@@ -525,6 +559,7 @@ int cmd_run(int argc, char **argv) {
     h5in_close(in);
     report_free(&rep);
     summarize(&job, &pl, &st, be, fa_now() - t0);
+    chunk_warning(&job, &s, &st);
     double *compare_rel = NULL;
     rc = job.compare ? compare_run(&job, &env, be, gcp, &compare_rel) : 0;
     gpu_comm_free(&gc);

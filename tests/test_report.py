@@ -166,3 +166,30 @@ def test_threads_share_the_node(tmp_path):
     c, err = job(2, ["--threads", "1"], omp=ncpu + 1)
     assert (c["threads_per_rank"], c["threads_from"]) == (1, "--threads")
     assert "oversubscribed" not in err, err
+
+
+def test_small_chunks_warn_with_the_rate(tmp_path):
+    """k and v in h5py-style tiny gzip chunks: after the run, one warning each naming the file,
+    the dataset, the chunk shape and filter, the measured key-read rate, and an h5repack line;
+    the same data stored contiguous (or in large chunks) gives no warning."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 600, 900, 4, 2, 32)
+    small, big = tmp_path / "small.h5", tmp_path / "big.h5"
+    with h5py.File(small, "w") as f:
+        f["q"] = q
+        f.create_dataset("k", data=k, chunks=(1, 64, 1, 16), compression="gzip")
+        f.create_dataset("v", data=v, chunks=(1, 64, 1, 16), compression="gzip")
+    with h5py.File(big, "w") as f:
+        f["q"] = q
+        f["k"] = k
+        f.create_dataset("v", data=v, chunks=(1, 900, 2, 32))
+    p = run_fa(["-i", small, "-o", tmp_path / "o1.h5"], nranks=2)
+    assert p.returncode == 0, p.stderr
+    warn = [l for l in p.stderr.splitlines() if "stored in chunks" in l]
+    assert len(warn) == 2 and "dataset 'k'" in warn[0] and "dataset 'v'" in warn[1], p.stderr
+    assert all("[1, 64, 1, 16]" in w and "deflate" in w and " MB/s" in w and "h5repack" in w
+               and "small.h5" in w for w in warn), warn
+    p = run_fa(["-i", big, "-o", tmp_path / "o2.h5"], nranks=2)
+    assert p.returncode == 0 and "stored in chunks" not in p.stderr, p.stderr
+    with h5py.File(tmp_path / "o1.h5") as a, h5py.File(tmp_path / "o2.h5") as b:
+        assert np.array_equal(a["o"][...], b["o"][...])
