@@ -1,6 +1,8 @@
 # fa_long — exact attention for ultra-long sequences across MPI ranks and GPUs.
 #
-#   make            build ./fa_long (CUDA parts when nvcc is found, left out cleanly when not)
+#   make            build ./fa_long and the library build/libfa_long.{so,a} (lib/fa_long.h) (CUDA
+#                   parts when nvcc is found, left out cleanly when not)
+#   make install PREFIX=DIR   the command, the library, fa_long.h and a pkg-config file
 #   make deps       install the Debian packages the build and tests need (only those missing)
 #   make run        set up, build, and run a small default job end to end (GPU if present)
 #   make test       set up, build, and run the test suite (CPU; the README's test command)
@@ -26,7 +28,7 @@ else
   OPT = -O3 -g -march=native -fno-math-errno
 endif
 CFLAGS   ?= $(OPT)
-CFLAGS   += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -I. -MMD -MP
+CFLAGS   += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -fPIC -I. -MMD -MP
 LDLIBS   += -fopenmp -lm -lz
 
 # ---- HDF5: prefer the parallel (Open MPI) build, fall back to serial -----------------------------
@@ -80,10 +82,15 @@ ALL_CFLAGS = $(CFLAGS) $(HDF5_CFLAGS) $(BLAS_CFLAGS) $(CUDA_CFLAGS)
 ALL_LIBS   = $(HDF5_LIBS) $(BLAS_LIBS) $(CUDA_LIBS) $(LDLIBS)
 
 # ---- sources: every .c of the program's folders; CUDA sources only with nvcc -------------------
-C_SRCS  := $(wildcard base/*.c runner/*.c dist/*.c tune/*.c io/*.c kernels/*.c kernels/cpu/*.c)
+C_SRCS  := $(wildcard base/*.c runner/*.c dist/*.c tune/*.c io/*.c kernels/*.c kernels/cpu/*.c lib/*.c)
 CU_SRCS := $(if $(filter 1,$(USE_CUDA)),$(wildcard kernels/cuda/*.cu dist/*.cu))
 OBJS    := $(C_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.cu.o)
 LIB_OBJS := $(filter-out $(BUILD)/runner/main.o,$(OBJS))
+# the library (lib/fa_long.h): every object but main's; the command is main.o over it
+LIBA    := $(BUILD)/libfa_long.a
+LIBSO   := $(BUILD)/libfa_long.so
+PREFIX  ?= /usr/local
+FA_VERSION_STR := $(shell sed -n 's/^\#define FA_VERSION "\(.*\)"/\1/p' base/common.h)
 
 # C test programs: tests/*.c, each linked against the program's objects
 TEST_SRCS := $(wildcard tests/*.c)
@@ -96,8 +103,8 @@ ifneq ($(and $(filter 1,$(USE_CUDA)),$(NCCL_INC),$(NCCL_LIB)),)
   BENCH_BINS += $(BUILD)/bench/nccl_baseline
 endif
 
-.PHONY: all deps run test test-gpu test-slurm bench-cpu plot clean features
-all: features $(BIN) $(TEST_BINS) $(BENCH_BINS)
+.PHONY: all deps run test test-gpu test-slurm bench-cpu plot clean features install
+all: features $(BIN) $(LIBSO) $(TEST_BINS) $(BENCH_BINS)
 
 features:
 	@echo "fa_long build features:"
@@ -106,9 +113,29 @@ features:
 	@echo "  $(if $(HDF5_PARALLEL),✓ parallel HDF5 (MPI-IO),✗ parallel HDF5: serial HDF5 path) $(HDF5_PC)"
 	@echo "  $(if $(BLAS_LIBS),✓ OpenBLAS tile products,✗ OpenBLAS: built-in tile products)"
 
-$(BIN): $(OBJS)
+$(LIBA): $(LIB_OBJS)
+	@echo "Archiving $@"
+	@rm -f $@ && ar rcs $@ $^
+
+$(LIBSO): $(LIB_OBJS)
 	@echo "Linking $@"
-	@$(MPICC) $(CFLAGS) -o $@ $^ $(ALL_LIBS)
+	@$(MPICC) $(CFLAGS) -shared -Wl,-soname,libfa_long.so -o $@ $^ $(ALL_LIBS)
+
+$(BIN): $(BUILD)/runner/main.o $(LIBA)
+	@echo "Linking $@"
+	@$(MPICC) $(CFLAGS) -o $@ $(BUILD)/runner/main.o -Wl,--whole-archive $(LIBA) -Wl,--no-whole-archive $(ALL_LIBS)
+
+# make install PREFIX=DIR: the command, the library (shared and static), its header and a
+# pkg-config file (DIR/lib/pkgconfig/fa_long.pc: cflags and libs, MPI from mpicc)
+install: $(BIN) $(LIBA) $(LIBSO)
+	@install -d $(PREFIX)/bin $(PREFIX)/lib/pkgconfig $(PREFIX)/include
+	@install -m 755 $(BIN) $(PREFIX)/bin/fa_long
+	@install -m 644 $(LIBA) $(PREFIX)/lib/libfa_long.a
+	@install -m 755 $(LIBSO) $(PREFIX)/lib/libfa_long.so
+	@install -m 644 lib/fa_long.h $(PREFIX)/include/fa_long.h
+	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: fa_long\nDescription: exact attention for ultra-long sequences across MPI ranks (CPU engine library)\nVersion: %s\nCflags: -I$${includedir}\nLibs: -L$${libdir} -Wl,-rpath,$${libdir} -lfa_long\nLibs.private: %s\n' \
+		"$(abspath $(PREFIX))" "$(FA_VERSION_STR)" "$(ALL_LIBS)" > $(PREFIX)/lib/pkgconfig/fa_long.pc
+	@echo "installed fa_long, libfa_long.{so,a}, fa_long.h and fa_long.pc under $(PREFIX)"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
