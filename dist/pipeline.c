@@ -141,10 +141,18 @@ static int overflow_error(pipe_state *p) {
  * rank) and whether a checkpoint is due (rank 0's clock), and make a checkpoint durable. */
 static int write_group(pipe_state *p, int64_t done) {
     double t0 = fa_now(), s0 = fa_sync_s;
+    const int64_t rows = p->pend_n;
     int rc = h5out_write_rows(p->out, p->pend_n ? p->pend_b : 0, p->pend_n ? p->pend_r0 : 0,
                               p->pend_n, p->o_out, p->lse_out);
     p->pend_n = 0;
     if (rc) return -1;
+    {   /* o in its element type, lse in float32 */
+        const int64_t wb = rows * p->s->H *
+                           (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
+        const double tw = fa_now() - t0 - (fa_sync_s - s0);
+        p->st->bytes_written += wb;
+        if (wb > 0 && tw > 0 && wb / tw > p->st->write_best_bps) p->st->write_best_bps = wb / tw;
+    }
     p->written = done;
     int flags = fa_stop_requested ? 1 : 0, all;
     if (p->rank == 0 && p->checkpoint_s > 0 && fa_now() - p->last_checkpoint >= p->checkpoint_s)
@@ -431,16 +439,27 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                 double vm = h5in_last_absmax(in, "v");
                 MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
             }
-            st->t_kv += fa_now() - t0 - (fa_sync_s - s0);
-            st->bytes_kv_read += sh.total * Hkv * D *
-                                 (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
+            const double tkv = fa_now() - t0 - (fa_sync_s - s0);
+            const int64_t kvb = sh.total * Hkv * D *
+                                (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
+            st->t_kv += tkv;
+            st->bytes_kv_read += kvb;
+            st->bytes_read += kvb;
+            if (tkv > 0 && kvb / tkv > st->read_best_bps) st->read_best_bps = kvb / tkv;
         }
         const float *qchunk = qbuf;
+        const double tq0 = fa_now(), sq0 = fa_sync_s;
         rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !plan->allow_nonfinite);
         if (rc) break;
         p.qmax_chunk[i] = h5in_last_absmax(in, "q");
         double t1 = fa_now();
         st->t_read += t1 - t0 - (fa_sync_s - s0);
+        {   /* this chunk's queries (the keys' part of the read is counted above) */
+            const int64_t qb = n * H * D * (int64_t)fa_dtype_size(s->q_type);
+            const double tq = t1 - tq0 - (fa_sync_s - sq0);
+            st->bytes_read += qb;
+            if (tq > 0 && qb / tq > st->read_best_bps) st->read_best_bps = qb / tq;
+        }
         st->t_sync += fa_sync_s - s0;
 
         int slot = (int)(i % p.window);

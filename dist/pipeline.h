@@ -59,6 +59,9 @@ typedef struct pipeline_stats {
     double t_setup;          /* engine and buffers, before the first chunk */
     double t_kv;             /* of t_read: this rank's keys and values, read and loaded */
     int64_t bytes_kv_read;   /* the file bytes of those keys and values */
+    int64_t bytes_read, bytes_written;   /* file bytes this rank read (q chunks, k, v) and wrote (o, lse) */
+    double read_best_bps, write_best_bps;   /* the fastest of its reads and writes, bytes/s: the
+                                               rates the report's floor takes (its own figures) */
     double t_final;          /* merged rows to the host and finalized (o/l, lse) */
     double t_sync;           /* waiting for the other ranks in the reads' and writes' agreements
                                 (kept out of t_read, t_kv and t_write) */

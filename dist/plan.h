@@ -56,6 +56,7 @@ typedef struct {
     attn_mask mask;              /* which pairs are visible, what is added to scores (its tables
                                   * belong to the caller's plan_mask, runner/plan.h) */
     double scale;                /* resolved: --scale or 1/sqrt(D) */
+    fa_dtype o_type;             /* o's element type: --out-dtype, else q's (float32 for float64) */
     int nranks;
     /* the pipeline */
     int64_t chunk;               /* query rows per chunk */

@@ -352,6 +352,7 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->lse = job->lse;
     p->allow_nonfinite = job->allow_nonfinite;
     p->scale = job->scale > 0 ? job->scale : 1.0 / sqrt((double)s->D);
+    p->o_type = job->out_dtype_set ? job->out_dtype : s->q_type == FA_F64 ? FA_F32 : s->q_type;
     p->src[PS_SCALE] = job->scale > 0 ? SRC_OPTION : SRC_DEFAULT;
     p->nranks = fa_nranks;
 

@@ -45,16 +45,37 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 }
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
-       S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_SYNC, S_N };
+       S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_SYNC, S_BREAD,
+       S_BWRITE, S_N };
 
 static double maxrss_mib(void) {      /* this process's peak resident memory */
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
 }
 
+void report_floor(const pipeline_stats *st, job_floor *f) {
+    double t[3] = {st->t_compute,
+                   st->read_best_bps > 0 ? (double)st->bytes_read / st->read_best_bps : 0,
+                   st->write_best_bps > 0 ? (double)st->bytes_written / st->write_best_bps : 0}, m[3];
+    MPI_Allreduce(t, m, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double r[2] = {st->read_best_bps * 1e-9, st->write_best_bps * 1e-9};
+    MPI_Bcast(r, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    f->compute_s = m[0];
+    f->read_s = m[1];
+    f->write_s = m[2];
+    f->read_gbps = r[0];
+    f->write_gbps = r[1];
+    int k = m[1] > m[0] ? 1 : 0;
+    if (m[2] > m[k]) k = 2;
+    f->floor_s = m[k];
+    f->critical = k == 0 ? "compute" : k == 1 ? "read" : "write";
+}
+
 void report_build(report *r, const fa_job *job, const run_plan *plan, const pipeline_stats *st,
                   const char *compute, double elapsed, const check_result *check,
                   const double *compare_rel) {
+    job_floor fl;
+    report_floor(st, &fl);
     const fa_shape *s = &plan->s;
     const char *backend = fa_backend_name(plan->backend);
     const int64_t chunk = plan->chunk;
@@ -62,7 +83,8 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                         (double)st->bytes_reduced, (double)st->bytes_h2d, (double)st->bytes_d2h,
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
                         maxrss_mib(), st->t_setup, st->t_kv, st->t_final, st->t_idle, st->t_comm_min,
-                        (double)st->bytes_comm_min, st->t_sync};
+                        (double)st->bytes_comm_min, st->t_sync, (double)st->bytes_read,
+                        (double)st->bytes_written};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     r->json = NULL;
@@ -130,6 +152,22 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put_num(&b, elapsed > 0 ? flops / elapsed * 1e-12 : 0);
     put(&b, ",\n  \"compute_tflops\": ");
     put_num(&b, mx[S_COMPUTE] > 0 ? flops / mx[S_COMPUTE] * 1e-12 : 0);
+    /* the floor: what the job would take if it ran at its slowest part's best measured pace */
+    put(&b, ",\n  \"floor\": {\"s\": ");
+    put_num(&b, fl.floor_s);
+    put(&b, ", \"critical\": \"%s\", \"compute_s\": ", fl.critical);
+    put_num(&b, fl.compute_s);
+    put(&b, ", \"read_s\": ");
+    put_num(&b, fl.read_s);
+    put(&b, ", \"write_s\": ");
+    put_num(&b, fl.write_s);
+    put(&b, ", \"read_gbps\": ");
+    put_num(&b, fl.read_gbps);
+    put(&b, ", \"write_gbps\": ");
+    put_num(&b, fl.write_gbps);
+    put(&b, ", \"bytes_read\": %.0f, \"bytes_written\": %.0f, \"achieved\": ", sum[S_BREAD], sum[S_BWRITE]);
+    put_num(&b, elapsed > 0 ? fl.floor_s / elapsed : 0);
+    put(&b, "}");
     put(&b, ",\n  \"bytes\": {\"merge_network\": %.0f, \"host_to_device\": %.0f, "
             "\"device_to_host\": %.0f, \"paged\": %.0f},\n", sum[S_BYTES], sum[S_H2D], sum[S_D2H],
         sum[S_PAGED]);

@@ -72,6 +72,8 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
                       : mask_describe(&pl->mask, mdesc, sizeof mdesc);
     double mine[4] = {st->t_compute, st->t_wait, st->work_pairs, (double)st->bytes_reduced};
     double mx[4], sum[4];
+    job_floor fl;
+    report_floor(st, &fl);
     MPI_Reduce(mine, mx, 4, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     MPI_Reduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     int table = job->verbose && !job->quiet;         /* the same on every rank: same arguments */
@@ -94,6 +96,11 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
             "wait %.3f s, finalize %.3f s, write %.3f s; compute max/mean %.3f; merged %.1f MB\n",
             st->t_setup, st->t_read, st->t_kv, st->t_compute, st->t_wait, st->t_final, st->t_write,
             sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
+    fprintf(stderr,
+            "fa_long: floor %.3f s (%s: compute %.3f s, read %.3f s at %.2f GB/s, write %.3f s at "
+            "%.2f GB/s, the fastest rates this run's own reads and writes reached): %.0f%% of "
+            "the floor's pace\n", fl.floor_s, fl.critical, fl.compute_s, fl.read_s, fl.read_gbps,
+            fl.write_s, fl.write_gbps, elapsed > 0 ? 100.0 * fl.floor_s / elapsed : 0.0);
     if (!table) return;
     fprintf(stderr, "# rank   read_s  compute_s  merge_wait_s  write_s\n");
     for (int r = 0; r < fa_nranks; r++)
@@ -428,7 +435,6 @@ int cmd_run(int argc, char **argv) {
     fa_shape s;
     if (agree(h5in_open(job.input, job.dset, MPI_COMM_WORLD, env.io_cap_bytes, &in, &s)))
         return fa_report_error();
-    fa_dtype ot = job.out_dtype_set ? job.out_dtype : (s.q_type == FA_F64 ? FA_F32 : s.q_type);
     plan_mask pm;                   /* the mask: options and the input's tables */
     if (plan_mask_make(&job, &s, &pm)) {
         h5in_close(in);
@@ -460,6 +466,7 @@ int cmd_run(int argc, char **argv) {
     plan_print(&pl);
     const int64_t chunk = pl.chunk;
     const double scale = pl.scale;
+    const fa_dtype ot = pl.o_type;
     char key[8192];
     job_key(&job, &s, &pm.mask, ot, chunk, scale, key, sizeof key);
     int64_t first = 0;

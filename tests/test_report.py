@@ -51,6 +51,18 @@ def test_report_and_check(tmp_path):
     assert r["imbalance_compute_max_over_mean"] >= 1.0
     assert r["check"]["pass"] is True and r["check"]["rows"] == 25
     assert r["check"]["rel_err"] <= 1e-5
+    # the floor: the largest of the slowest rank's compute and its bytes over its best rates
+    fl = r["floor"]
+    terms = {"compute": fl["compute_s"], "read": fl["read_s"], "write": fl["write_s"]}
+    assert fl["s"] == max(terms.values()) and terms[fl["critical"]] == fl["s"]
+    assert fl["compute_s"] == max(x["compute_s"] for x in r["per_rank"]) or \
+        abs(fl["compute_s"] - max(x["compute_s"] for x in r["per_rank"])) <= 1e-6
+    assert abs(fl["achieved"] - fl["s"] / r["elapsed_s"]) <= 1e-6 and 0 < fl["achieved"] <= 1
+    assert fl["read_gbps"] > 0 and fl["write_gbps"] > 0
+    # o (float32, as q) and lse written once; every rank read its keys, and the query chunks
+    assert fl["bytes_written"] == 2 * 300 * 4 * (32 * 4 + 4)
+    assert fl["bytes_read"] >= 2 * 300 * 2 * 32 * 4 * 2 + 2 * 300 * 4 * 32 * 4
+    assert f"floor {fl['s']:.3f} s ({fl['critical']}" in p.stderr, p.stderr
     with h5py.File(out, "r") as f:
         assert json.loads(f.attrs["report"]) == r
         assert abs(f.attrs["check_rel_err"] - r["check"]["rel_err"]) <= 1e-8 * r["check"]["rel_err"]
