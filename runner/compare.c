@@ -97,7 +97,7 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
     fa_shape s;
     if (agree_rc(h5in_open(job->input, job->dset, MPI_COMM_WORLD, env->io_cap_bytes, &in, &s))) return -1;
     run_plan pl;                         /* the other mode's own plan (a plain mask: --compare
-                                          * takes no other, plan_backend_mask) */
+                                          * takes no other, plan_backend_job) */
     attn_mask plain = mask_plain(s.Nq, s.Nk, job->causal);
     if (plan_make(&other, env, &s, be, gc, 0, &plain, &pl)) {
         h5in_close(in);

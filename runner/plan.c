@@ -190,17 +190,25 @@ static const char *mask_extras(const attn_mask *m, char *buf, int len) {
     return buf;
 }
 
-int plan_backend_mask(const fa_job *job, const attn_mask *m, fa_backend *be) {
-    if (mask_is_plain(m)) return 0;
-    char what[200];
-    mask_extras(m, what, sizeof what);
-    if (job->mode == MODE_TAYLOR)
-        return fa_seterr("--mode taylor computes full or causal attention only; this job has %s: "
-                         "run it with --mode exact", what);
-    if (job->compare)
-        return fa_seterr("--compare runs --mode taylor beside the job, which computes full or "
-                         "causal attention only; this job has %s: drop --compare", what);
-    (void)be;                             /* both engines take every mask */
+int plan_backend_job(const fa_job *job, const fa_shape *s, const attn_mask *m, fa_backend *be) {
+    if (!mask_is_plain(m)) {
+        char what[200];
+        mask_extras(m, what, sizeof what);
+        if (job->mode == MODE_TAYLOR)
+            return fa_seterr("--mode taylor computes full or causal attention only; this job has %s: "
+                             "run it with --mode exact", what);
+        if (job->compare)
+            return fa_seterr("--compare runs --mode taylor beside the job, which computes full or "
+                             "causal attention only; this job has %s: drop --compare", what);
+    }
+    /* the exact CUDA engine's head dims (kernels/cuda: 64 and 128); the Taylor one takes any */
+    if (*be != BACKEND_CUDA || job->mode != MODE_EXACT || s->D == 64 || s->D == 128) return 0;
+    if (job->backend == BACKEND_CUDA)
+        return fa_seterr("--backend cuda: the CUDA engine computes head dims 64 and 128, not %lld; "
+                         "run it with --backend cpu (or the default --backend auto)", (long long)s->D);
+    fa_log(1, "fa_long: the CUDA engine computes head dims 64 and 128, not %lld: running this job "
+              "on the CPU engine", (long long)s->D);
+    *be = BACKEND_CPU;
     return 0;
 }
 

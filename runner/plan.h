@@ -48,10 +48,12 @@ typedef struct {
  * tables, every rank gets them. -1 with fa_seterr (every rank) on a bad table. */
 int plan_mask_make(const fa_job *job, const fa_shape *s, plan_mask *pm);
 void plan_mask_free(plan_mask *pm);
-/* What the engines can serve of the mask: --mode taylor and --compare take full and causal
+/* What the engines can serve of the job: --mode taylor and --compare take full and causal
  * attention only (-1 with a line saying what to drop); the CPU and CUDA engines take every
- * mask (be is left as it is). Local, the same result on every rank (same job, same tables). */
-int plan_backend_mask(const fa_job *job, const attn_mask *m, fa_backend *be);
+ * mask; the exact CUDA engine takes head dims 64 and 128: any other under --backend auto runs
+ * on the CPU with one line saying so (*be becomes cpu), under --backend cuda is refused (-1).
+ * Local, the same result on every rank (same job, same shape, same tables). */
+int plan_backend_job(const fa_job *job, const fa_shape *s, const attn_mask *m, fa_backend *be);
 
 /* COLLECTIVE over MPI_COMM_WORLD. --tune (exact mode): when the tune cache has no entry for the
  * job, rank 0 tunes it (tune/tuner.c) and stores the winner, which plan_make then reads from the

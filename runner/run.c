@@ -440,7 +440,7 @@ int cmd_run(int argc, char **argv) {
         h5in_close(in);
         return fa_report_error();
     }
-    if (plan_backend_mask(&job, &pm.mask, &be)) {
+    if (plan_backend_job(&job, &s, &pm.mask, &be)) {
         plan_mask_free(&pm);
         h5in_close(in);
         return fa_report_error();
