@@ -98,6 +98,10 @@ static void usage(void) {
         "                          /layer3/q or layer3/q; links are followed)\n"
         "      --out-group G       write o and lse in group G of the output (created with its\n"
         "                          parents, e.g. layers/3; default: the root)\n"
+        "      --layout L          q, k, v in the file: bnhd [B,N,H,D] or bhnd [B,H,N,D], torch's\n"
+        "                          (default: their attribute 'layout', else the root's, else bnhd)\n"
+        "      --out-layout L      o in the output: bnhd or bhnd (default: q's layout; lse is\n"
+        "                          [B,H,Nq] either way)\n"
         "  -c, --causal            causal mask, aligned bottom-right: query i sees key j <= i + Nk - Nq\n"
         "      --scale S           softmax scale (default 1/sqrt(D))\n"
         "      --lse               also write lse [B,H,Nq] (float32, natural log)\n"
@@ -148,6 +152,14 @@ enum { OPT_OLD_WINDOW = 255, OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OP
        OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME, OPT_DEVMEM, OPT_NONCCL, OPT_KTFLOPS,
        OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE, OPT_DQ, OPT_DK, OPT_DV, OPT_OUT_GROUP };
 
+enum { OPT_LAYOUT = 400, OPT_OUT_LAYOUT };          /* --layout, --out-layout (issue 19) */
+
+int cli_parse_layout(const char *who, const char *opt, const char *s, fa_layout *out) {
+    if (fa_layout_parse(s, out) == 0) return 0;
+    return fa_seterr("%soption %s: '%s' is not bnhd ([B, N, heads, D]) or bhnd ([B, heads, N, D], "
+                     "torch's)", who, opt, s);
+}
+
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
     if (v < lo) return fa_seterr("option %s: '%s' is not a size >= %lld", opt, s, (long long)lo);
@@ -184,6 +196,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"q", required_argument, 0, OPT_DQ},    {"k", required_argument, 0, OPT_DK},
         {"v", required_argument, 0, OPT_DV},
         {"out-group", required_argument, 0, OPT_OUT_GROUP},
+        {"layout", required_argument, 0, OPT_LAYOUT},
+        {"out-layout", required_argument, 0, OPT_OUT_LAYOUT},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -278,6 +292,10 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             job->dset[c - OPT_DQ] = optarg;
             break;
         case OPT_OUT_GROUP: job->out_group = optarg; break;
+        case OPT_LAYOUT: if (cli_parse_layout("", "--layout", optarg, &job->layout)) return -1; break;
+        case OPT_OUT_LAYOUT:
+            if (cli_parse_layout("", "--out-layout", optarg, &job->out_layout)) return -1;
+            break;
         case OPT_KTFLOPS:
         case OPT_LINK: {
             char *end;
