@@ -113,7 +113,7 @@ static int describe(hid_t file, const char *path, const char *name, ds_desc *d) 
         st = fa_seterr("input '%s': dataset '%s' %s has an empty dimension; expected every "
                        "dimension > 0", path, name, have);
     } else if (h5io_layout_attr(ds, &d->attr, attr, sizeof attr) < 0) {
-        st = fa_seterr("input '%s': dataset '%s' has attribute 'layout' = %s; expected \"bnhd\" "
+        st = fa_seterr("input '%s': dataset '%s': attribute 'layout' %s; expected \"bnhd\" "
                        "[B, N, heads, D] or \"bhnd\" [B, heads, N, D]", path, name, attr);
     }
     H5Tclose(ty);
@@ -188,7 +188,7 @@ static int settle_layouts(hid_t file, const char *path, const char *const nm[3],
     char bad[128];
     fa_layout root;
     if (h5io_layout_attr(file, &root, bad, sizeof bad) < 0)
-        return fa_seterr("input '%s': root attribute 'layout' holds %s; expected \"bnhd\" "
+        return fa_seterr("input '%s': root attribute 'layout' %s; expected \"bnhd\" "
                          "[B, N, heads, D] or \"bhnd\" [B, heads, N, D]", path, bad);
     int over = -1;
     for (int i = 0; i < 3; i++) {

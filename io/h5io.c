@@ -224,11 +224,11 @@ int h5io_layout_attr(hid_t obj, fa_layout *l, char *bad, int len) {
     *l = FA_LAYOUT_AUTO;
     if (H5Aexists(obj, "layout") <= 0) return 0;
     if (h5io_read_str_attr(obj, "layout", v, sizeof v) < 0) {
-        snprintf(bad, len, "a value that is not a string");
+        snprintf(bad, len, "is not a string");
         return -1;
     }
     if (fa_layout_parse(v, l) == 0) return 0;
-    snprintf(bad, len, "\"%s\"", v);
+    snprintf(bad, len, "holds \"%s\"", v);
     return -1;
 }
 
@@ -413,13 +413,13 @@ int h5_layout(const char *path, const char *name, fa_layout *out) {
     fa_layout root;
     int st = 0;
     if (h5io_layout_attr(g, &root, bad, sizeof bad) < 0)
-        st = fa_seterr("file '%s': root attribute 'layout' holds %s; expected \"bnhd\" or "
-                       "\"bhnd\"", path, bad);
+        st = fa_seterr("file '%s': root attribute 'layout' %s; expected \"bnhd\" or \"bhnd\"",
+                       path, bad);
     else if ((d = h5io_open_dataset(file, path, name, NULL)) < 0)
         st = -1;
     else if (h5io_layout_attr(d, out, bad, sizeof bad) < 0)
-        st = fa_seterr("file '%s': dataset '%s' has attribute 'layout' = %s; expected \"bnhd\" "
-                       "or \"bhnd\"", path, name, bad);
+        st = fa_seterr("file '%s': dataset '%s': attribute 'layout' %s; expected \"bnhd\" or "
+                       "\"bhnd\"", path, name, bad);
     else if (*out == FA_LAYOUT_AUTO)
         *out = root;
     if (d >= 0) H5Dclose(d);

@@ -46,7 +46,8 @@ hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const ch
  * -1 when absent or not a string (no message). */
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);
 /* Reads the attribute 'layout' of object obj: 0 when absent (*l = FA_LAYOUT_AUTO), 0 with *l set
- * when it names a layout, -1 when it is there but does not (what it holds in bad[len]). */
+ * when it names a layout, -1 when it is there but does not, with bad[len] saying so after
+ * "attribute 'layout' ": 'holds "torch"', 'is not a string'. */
 int h5io_layout_attr(hid_t obj, fa_layout *l, char *bad, int len);
 
 

@@ -267,7 +267,7 @@ def h5py_bad_files(tmp_path):
     case("scalar", ["'q'", "rank 0"], lambda f, d: f.create_dataset("q", data=1.0))
     case("group", ["'k'", "not a dataset"], lambda f, d: f.create_group("k"))
     case("empty", ["'k'", "empty"], lambda f, d: d.update(k=d["k"][:, :0], v=d["v"][:, :0]))
-    case("layout_attr", ["'k'", "'layout' = \"nhd\"", "bhnd"], lambda f, d: (
+    case("layout_attr", ["'k'", "'layout' holds \"nhd\"", "bhnd"], lambda f, d: (
         f.create_dataset("k", data=d["k"]), f["k"].attrs.__setitem__("layout", "nhd")))
     case("layout_root", ["root attribute 'layout'", "not a string", "bnhd"],
          lambda f, d: f.attrs.__setitem__("layout", 2))
