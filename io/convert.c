@@ -155,13 +155,20 @@ void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n) {
     for (int64_t x = 0; x < n; x += step) from_f32_range(t, src, dst, x, x + step < n ? x + step : n);
 }
 
-void fa_swap_axes(const void *src, void *dst, int64_t a, int64_t b, int64_t elem) {
-    const char *s = src;
-    char *d = dst;
-#pragma omp parallel for schedule(static) if (a * b * elem >= (1 << 20))
+void fa_to_f32_swap(fa_dtype t, const void *src, float *dst, int64_t a, int64_t b, int64_t d) {
+    const int64_t e = fa_dtype_size(t);
+#pragma omp parallel for schedule(static) if (a * b * d >= PAR_MIN)
     for (int64_t j = 0; j < b; j++)
         for (int64_t i = 0; i < a; i++)
-            memcpy(d + (j * a + i) * elem, s + (i * b + j) * elem, (size_t)elem);
+            to_f32_range(t, (const char *)src + (i * b + j) * d * e, dst + (j * a + i) * d, 0, d);
+}
+
+void fa_from_f32_swap(fa_dtype t, const float *src, void *dst, int64_t a, int64_t b, int64_t d) {
+    const int64_t e = fa_dtype_size(t);
+#pragma omp parallel for schedule(static) if (a * b * d >= PAR_MIN)
+    for (int64_t j = 0; j < b; j++)
+        for (int64_t i = 0; i < a; i++)
+            from_f32_range(t, src + (i * b + j) * d, (char *)dst + (j * a + i) * d * e, 0, d);
 }
 
 void fa_byteswap(void *buf, int size, int64_t n) {

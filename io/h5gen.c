@@ -83,30 +83,29 @@ static int write_dataset(hid_t file, const char *path, const char *name, const f
     int64_t slab = (int64_t)(8 << 20) / (row * 4) + 1;       /* ~8 MB of fp32 per slab */
     float *buf = fa_malloc((size_t)(slab * row) * sizeof(float), "gen slab");
     void *raw = fa_malloc((size_t)(slab * row) * (size_t)fa_dtype_size(t), "gen slab");
-    void *traw = bhnd ? fa_malloc((size_t)(slab * row) * (size_t)fa_dtype_size(t), "gen slab") : NULL;
     int rc = 0;
     for (int64_t b = 0; b < s->B && !rc; b++) {
         for (int64_t r0 = 0; r0 < n && !rc; r0 += slab) {
             int64_t m = n - r0 < slab ? n - r0 : slab;
             fill(arg, name, b, r0, m, heads, s->D, buf);
-            fa_from_f32(t, buf, raw, m * row);
             hsize_t start[4] = {(hsize_t)b, (hsize_t)r0, 0, 0};
             hsize_t count[4] = {1, (hsize_t)m, (hsize_t)heads, (hsize_t)s->D};
             if (bhnd) {                        /* the slab's rows as [heads][m][D] */
-                fa_swap_axes(raw, traw, m, heads, s->D * fa_dtype_size(t));
+                fa_from_f32_swap(t, buf, raw, m, heads, s->D);
                 start[1] = 0, start[2] = (hsize_t)r0, count[1] = (hsize_t)heads,
                 count[2] = (hsize_t)m;
+            } else {
+                fa_from_f32(t, buf, raw, m * row);
             }
             hid_t mem = H5Screate_simple(4, count, NULL);
             H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
-            if (H5Dwrite(ds, ft, mem, space, H5P_DEFAULT, bhnd ? traw : raw) < 0)
+            if (H5Dwrite(ds, ft, mem, space, H5P_DEFAULT, raw) < 0)
                 rc = fa_seterr("%s: cannot write dataset '%s' (disk full?)", path, name);
             H5Sclose(mem);
         }
     }
     free(buf);
     free(raw);
-    free(traw);
     H5Dclose(ds);
     H5Tclose(ft);
     H5Sclose(space);

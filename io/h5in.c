@@ -3,7 +3,9 @@
  * MPI-IO and collective metadata where HDF5 is parallel, read-only and independently where not.
  * Reads select a union of row ranges per rank and move at most a capped number of bytes per
  * call, with the file's own element type as the memory type (no conversion inside HDF5, which
- * would turn collective I/O independent); byte order and fp32 conversion are done here. */
+ * would turn collective I/O independent); byte order and fp32 conversion are done here. A bhnd
+ * dataset ([B, heads, N, D], torch's) is read the same way into a staging buffer in the file's
+ * order and converted into bnhd rows in one pass: callers only ever see [rows, heads, D]. */
 #define _GNU_SOURCE
 #include "io/h5priv.h"
 #include "io/convert.h"
@@ -500,7 +502,8 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
  * queries of the chunks done are not read again (a q digest would cost as much as k's and v's,
  * re-read every chunk, and nothing could compare it). */
 static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const void *buf,
-                      int64_t rows, int64_t row_bytes) {
+                      int64_t rows, int64_t heads, int64_t blk, int bhnd) {
+    const int64_t row_bytes = heads * blk;      /* blk: one head's D elements */
     uint64_t sum = 0;
 #pragma omp parallel reduction(+ : sum) if (rows * row_bytes >= (1 << 20))
     {
@@ -508,13 +511,20 @@ static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const
         const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
         int j = 0;
         int64_t base = 0;                        /* rows of the pieces before piece j */
+        /* bhnd: buf is [heads][rows][D]; a row's blocks gathered first (one crc32 call a row
+         * costs less than one a head), so its hash is the same as in bnhd */
+        Bytef *row = bhnd ? fa_malloc((size_t)row_bytes, "row hash") : NULL;
         for (int64_t r = r0; r < r1; r++) {
             while (j < np && r - base >= p[j].n) base += p[j++].n;
             const int64_t pos[3] = {idx, b, p[j].start + (r - base)};
             const uLong seed = crc32(0L, (const Bytef *)pos, (uInt)sizeof pos);
-            const uLong c = crc32(seed, (const Bytef *)buf + r * row_bytes, (uInt)row_bytes);
+            const Bytef *x = (const Bytef *)buf + r * row_bytes;
+            for (int64_t h = 0; bhnd && h < heads; h++)
+                memcpy(row + h * blk, (const Bytef *)buf + (h * rows + r) * blk, (size_t)blk);
+            const uLong c = crc32(seed, bhnd ? row : x, (uInt)row_bytes);
             sum += ((uint64_t)c << 32) | (uint64_t)seed;
         }
+        free(row);
     }
     f->digest[idx] += sum;
 }
@@ -549,8 +559,8 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     fa_sync_s += MPI_Wtime() - t_sync;
     /* float64 goes through a staging buffer; narrower types are read straight into the tail
      * of their fp32 destination and widened in place (front to back, never overtaking) */
-    void *stage = esize > 4 ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) * row_el *
-                                                 esize), "read staging") : NULL;
+    void *stage = esize > 4 && !bhnd ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) *
+                                                         row_el * esize), "read staging") : NULL;
     if (bhnd) {                              /* kept: a fresh buffer a chunk costs page faults */
         size_t need = (size_t)((total < cap_rows ? total : cap_rows) * row_el * esize);
         if (need > f->tstage_bytes) {
@@ -570,15 +580,15 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         for (int i = 0; i < np; i++) rows += p[i].n;
         const int64_t n_el = rows * row_el;  /* pieces of a batch are consecutive in dst */
         float *out = np ? dst + p[0].dst_row * row_el : NULL;
-        void *buf = !np ? (void *)&none : stage ? stage : (char *)out + n_el * (4 - esize);
-        void *rbuf = np && bhnd ? f->tstage : buf;   /* what H5Dread fills */
+        void *buf = !np ? (void *)&none : bhnd ? f->tstage : stage ? stage
+                                                           : (char *)out + n_el * (4 - esize);
         hid_t mem = select_pieces(fspace, dims, f->layout[idx], b, p, np);
         if (virt && !np) {                   /* independent reads: nothing to take part in */
             H5Sclose(mem);
             continue;
         }
         if (H5Dread(virt ? f->sdset[idx] : f->dset[idx], f->type[idx], mem, fspace,
-                    virt ? H5P_DEFAULT : dxpl, rbuf) < 0) {
+                    virt ? H5P_DEFAULT : dxpl, buf) < 0) {
             if (np)
                 fa_fail("input '%s': reading dataset '%s'%s, rows [%lld, %lld) of batch %lld, "
                         "failed in HDF5 (H5Dread)", f->path, f->name[idx],
@@ -592,10 +602,10 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         h5io_ntransfers++;
         H5Sclose(mem);
         if (!np) continue;
-        if (bhnd) fa_swap_axes(rbuf, buf, dims[2], rows, dims[3] * esize);  /* rows as bnhd */
-        if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, (int64_t)row_el * esize);
+        if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, dims[2], dims[3] * esize, bhnd);
         if (f->swap[idx]) fa_byteswap(buf, esize, n_el);
-        fa_to_f32(f->dtype[idx], buf, out, n_el);
+        if (bhnd) fa_to_f32_swap(f->dtype[idx], buf, out, dims[2], rows, dims[3]);  /* as bnhd */
+        else fa_to_f32(f->dtype[idx], buf, out, n_el);
     }
     H5Pclose(dxpl);
     H5Sclose(fspace);

@@ -362,8 +362,7 @@ int h5_read_block_as(const char *path, const char *name, fa_layout layout, const
     for (int64_t b = 0; b < count[0] && st_rc == 0; b++) {   /* [heads][rows] -> [rows][heads] */
         int64_t s1[4] = {st[0] + b, st[1], st[2], st[3]}, c1[4] = {1, ct[1], ct[2], ct[3]};
         st_rc = h5_read_block(path, name, 4, s1, c1, t);
-        if (st_rc == 0)
-            fa_swap_axes(t, dst + b * blk, count[2], count[1], count[3] * (int64_t)sizeof(float));
+        if (st_rc == 0) fa_to_f32_swap(FA_F32, t, dst + b * blk, count[2], count[1], count[3]);
     }
     free(t);
     return st_rc;

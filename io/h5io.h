@@ -27,9 +27,10 @@ int fa_layout_parse(const char *s, fa_layout *out); /* bnhd, bhnd (any case; als
 /* Element conversion (io/convert.c); n elements, vectorizable loops. */
 void fa_to_f32(fa_dtype t, const void *src, float *dst, int64_t n);
 void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n);  /* round to nearest even */
-/* dst [b][a][elem] from src [a][b][elem], elements of elem bytes: the bnhd <-> bhnd copy of a
- * block of rows ([heads][rows] <-> [rows][heads], elem = D elements). */
-void fa_swap_axes(const void *src, void *dst, int64_t a, int64_t b, int64_t elem);
+/* The same, swapping the two outer axes on the way: src [a][b][d] -> dst [b][a][d], the bnhd <->
+ * bhnd copy of a block of rows ([heads][rows][D] <-> [rows][heads][D]) in one pass. */
+void fa_to_f32_swap(fa_dtype t, const void *src, float *dst, int64_t a, int64_t b, int64_t d);
+void fa_from_f32_swap(fa_dtype t, const float *src, void *dst, int64_t a, int64_t b, int64_t d);
 
 typedef struct {
     int64_t B, Nq, Nk, H, Hkv, D;

@@ -553,12 +553,12 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
     int64_t nb = (n + cap_rows - 1) / cap_rows;
     MPI_Allreduce(MPI_IN_PLACE, &nb, 1, MPI_INT64_T, MPI_MAX, f->comm);
     /* rank 0 of a serial build receives up to cap_rows rows from the others; float32 rows go
-     * out of the caller's buffer as they are (parallel build, bnhd); bhnd rows are converted,
-     * then transposed, at most FA_BHND_STAGE_BYTES a transfer */
+     * out of the caller's buffer as they are (parallel build, bnhd); bhnd rows are converted
+     * and transposed in one pass, at most FA_BHND_STAGE_BYTES a transfer */
     const int bhnd = f->layout == FA_BHND;
     const int direct = f->otype == FA_F32 && h5io_parallel() && !bhnd;
     int64_t stage_rows = !f->holder || h5io_parallel() ? (n < cap_rows ? n : cap_rows) : cap_rows;
-    stage_reserve(f, direct || (bhnd && f->otype == FA_F32) ? 0 : (size_t)(stage_rows * row_el * esize),
+    stage_reserve(f, direct || bhnd ? 0 : (size_t)(stage_rows * row_el * esize),
                   (size_t)((stage_rows > 0 ? stage_rows : 1) * H) * sizeof(float),  /* never NULL */
                   bhnd ? (size_t)(stage_rows * row_el * esize) : 0);
     void *ostage = direct ? NULL : bhnd ? f->tstage : f->ostage;   /* what a transfer writes */
@@ -570,12 +570,8 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
         int64_t r = it * cap_rows, rows = n - r < 0 ? 0 : n - r < cap_rows ? n - r : cap_rows;
         const void *obuf = !rows ? (const void *)&none : direct ? o + r * row_el : ostage;
         if (rows && !direct && !bhnd) fa_from_f32(f->otype, o + r * row_el, ostage, rows * row_el);
-        if (rows && bhnd) {                  /* [rows][H][D] -> [H][rows][D], in the file's type */
-            const void *conv = o + r * row_el;
-            if (f->otype != FA_F32)
-                fa_from_f32(f->otype, o + r * row_el, f->ostage, rows * row_el), conv = f->ostage;
-            fa_swap_axes(conv, ostage, rows, H, f->shape.D * esize);
-        }
+        if (rows && bhnd)                    /* [rows][H][D] -> [H][rows][D], in the file's type */
+            fa_from_f32_swap(f->otype, o + r * row_el, ostage, rows, H, f->shape.D);
         for (int64_t i = 0; f->with_lse && i < rows; i++)       /* [rows, H] -> [H, rows] */
             for (int64_t h = 0; h < H; h++) lstage[h * rows + i] = lse[(r + i) * H + h];
         int w = h5io_parallel() ? write_block(f, dxpl, b, r0 + r, rows, obuf, lstage)

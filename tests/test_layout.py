@@ -403,3 +403,22 @@ def test_nonfinite_index_in_the_files_order(tmp_path):
     assert p.returncode == 2, p.stderr
     lines = fa_lines(p.stderr)
     assert len(lines) == 1 and "has NaN at [1, 3, 5, 2]" in lines[0], lines
+
+
+def test_check_and_compare_inside_the_run(tmp_path):
+    """--check ROWS and --compare read the bhnd output in its layout: the same figures as the
+    bnhd run of the same values (the engines saw the same rows)."""
+    q, k, v = small_inputs(12)
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    write_inputs(a, q, k, v)
+    torch_file(b, q, k, v, attr="root")
+    got = {}
+    for i in (a, b):
+        o = tmp_path / f"o_{i.name}"
+        p = run_fa(["-i", i, "-o", o, "--causal", "--compare", "--check", "all"] + BASE, nranks=2)
+        assert p.returncode == 0, p.stderr
+        assert "check: PASS" in p.stdout, p.stdout
+        with h5py.File(o, "r") as f:
+            got[i.name] = (f.attrs["compare_rel_err"], f.attrs["check_rel_err"])
+    assert len(got["a.h5"][0]) == SMALL[3]
+    assert np.array_equal(got["a.h5"][0], got["b.h5"][0]) and got["a.h5"][1] == got["b.h5"][1]
