@@ -6,7 +6,8 @@
 #   sh bench/layout_read.sh        N=131072 H=8 Hkv=8 D=128 bfloat16 (768 MB a file); N=... smaller
 # The files go to TMPDIR (default /tmp) and are removed; the page cache holds them, so this is
 # the transposing copy's cost where it shows most (a read from disk hides more of it).
-# Out: the table on stdout and in bench/results/layout_read_<cpu>.txt.
+# Out: the table on stdout, appended to bench/results/layout_read_<cpu>_<n>c.txt. REPS (7),
+# OMP_NUM_THREADS (2) as set.
 set -eu
 cd "$(dirname "$0")/.."
 N=${N:-131072}; H=${H:-8}; HKV=${HKV:-8}; D=${D:-128}; DTYPE=${DTYPE:-bfloat16}
@@ -16,7 +17,8 @@ for l in bnhd bhnd; do
     ./fa_long gen --output "$dir/$l.h5" -n "$N" --heads "$H" --kv-heads "$HKV" -d "$D" \
         --dtype "$DTYPE" --layout "$l" --seed 3
 done
-cpu=$(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1 | tr 'A-Z ' 'a-z_' | tr -cd 'a-z0-9_-' | cut -c1-24)
+cpu=$(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1 | tr 'A-Z' 'a-z' |
+      sed 's/[^a-z0-9][^a-z0-9]*/-/g; s/^-//; s/-$//' | cut -c1-32)
 out=bench/results/layout_read_${cpu}_$(nproc)c.txt
 { echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) rev $(git rev-parse --short HEAD 2>/dev/null || echo ?) OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} ./build/bench/layout_read "$dir/bnhd.h5" "$dir/bhnd.h5" 1024 5; } | tee "$out"
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} ./build/bench/layout_read "$dir/bnhd.h5" "$dir/bhnd.h5" 1024 "${REPS:-7}"; } | tee -a "$out"
