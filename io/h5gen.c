@@ -44,20 +44,6 @@ static int check_space(const char *path, const char *dir, int fd, int64_t need) 
                      e == EDQUOT ? " (disk quota)" : e == EFBIG ? " (file size limit)" : "");
 }
 
-/* A variable-length UTF-8 string attribute, as h5py writes a str. */
-static int str_attr(hid_t obj, const char *name, const char *v) {
-    hid_t st = H5Tcopy(H5T_C_S1);
-    H5Tset_size(st, H5T_VARIABLE);
-    H5Tset_cset(st, H5T_CSET_UTF8);
-    hid_t as = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, st, as, H5P_DEFAULT, H5P_DEFAULT);
-    int rc = a >= 0 && H5Awrite(a, st, &v) >= 0 ? 0 : -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(as);
-    H5Tclose(st);
-    return rc;
-}
-
 static int write_dataset(hid_t file, const char *path, const char *name, const fa_shape *s,
                          int64_t n, int64_t heads, fa_dtype t, fa_layout layout, fa_fill_fn fill,
                          void *arg) {
@@ -72,8 +58,8 @@ static int write_dataset(hid_t file, const char *path, const char *name, const f
         H5Sclose(space);
         return fa_seterr("%s: cannot create dataset '%s'", path, name);
     }
-    if ((t == FA_BF16 && str_attr(ds, "dtype", "bfloat16") < 0) ||
-        (layout != FA_LAYOUT_AUTO && str_attr(ds, "layout", fa_layout_name(layout)) < 0)) {
+    if ((t == FA_BF16 && h5io_write_str_attr(ds, "dtype", "bfloat16") < 0) ||
+        (layout != FA_LAYOUT_AUTO && h5io_write_str_attr(ds, "layout", fa_layout_name(layout)) < 0)) {
         H5Dclose(ds);
         H5Tclose(ft);
         H5Sclose(space);
@@ -160,15 +146,7 @@ static hid_t open_rw(const char *path) {
 int h5_set_attr_str(const char *path, const char *name, const char *value) {
     hid_t f = open_rw(path);
     if (f < 0) return -1;
-    if (H5Aexists(f, name) > 0) H5Adelete(f, name);
-    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    hid_t a = H5Acreate2(f, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int rc = (a < 0 || H5Awrite(a, t, &value) < 0) ? fa_seterr("%s: cannot write attribute '%s'", path, name) : 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
+    int rc = h5io_write_str_attr(f, name, value) ? fa_seterr("%s: cannot write attribute '%s'", path, name) : 0;
     if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close after update", path);
     return rc;
 }

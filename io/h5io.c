@@ -219,6 +219,19 @@ int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len) {
     return st;
 }
 
+int h5io_write_str_attr(hid_t obj, const char *name, const char *v) {
+    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR), a;
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
+    int st = (a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT)) >= 0 &&
+             H5Awrite(a, t, &v) >= 0 ? 0 : -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    return st;
+}
+
 int h5io_layout_attr(hid_t obj, fa_layout *l, char *bad, int len) {
     char v[64];
     *l = FA_LAYOUT_AUTO;

@@ -320,19 +320,6 @@ static hid_t create_file(h5out *f) {
     return file;
 }
 
-static int write_str_attr(hid_t obj, const char *name, const char *v) {
-    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR), a;
-    H5Tset_size(t, H5T_VARIABLE);                  /* as h5py writes a str: variable, UTF-8 */
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
-    int st = (a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT)) >= 0 &&
-             H5Awrite(a, t, &v) >= 0 ? 0 : -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return st;
-}
-
 /* Contiguous, allocated at creation, never filled: every element is written by some rank. */
 static hid_t create_dataset(hid_t file, const char *name, hid_t type, int nd, const int64_t *d) {
     hsize_t dims[4];
@@ -358,8 +345,8 @@ static int create_contents(h5out *f) {
     o_dims(f, od);
     HDF5_CHECK(f->ftype = h5io_file_type(f->otype), "creating the output element type");
     if ((f->o = create_dataset(f->file, f->oname, f->ftype, 4, od)) < 0 ||
-        (f->otype == FA_BF16 && write_str_attr(f->o, "dtype", "bfloat16") < 0) ||
-        write_str_attr(f->o, "layout", fa_layout_name(f->layout)) < 0 ||
+        (f->otype == FA_BF16 && h5io_write_str_attr(f->o, "dtype", "bfloat16") < 0) ||
+        h5io_write_str_attr(f->o, "layout", fa_layout_name(f->layout)) < 0 ||
         (f->with_lse && (f->lse = create_dataset(f->file, f->lname, H5T_IEEE_F32LE, 3, ld)) < 0))
         return fa_seterr("output '%s': creating datasets '%s'%s%s in '%s' failed (%lld bytes)",
                          f->path, f->oname, f->with_lse ? " and " : "",
@@ -607,7 +594,7 @@ int h5out_attr_double(h5out *f, const char *name, double v) {
 
 int h5out_attr_str(h5out *f, const char *name, const char *v) {
     int st = 0;
-    if (f->holder && write_str_attr(f->file, name, v) < 0)
+    if (f->holder && h5io_write_str_attr(f->file, name, v) < 0)
         st = fa_seterr("output '%s': writing attribute '%s' failed", f->path, name);
     return fa_agree(f->comm, st, f->rank);
 }

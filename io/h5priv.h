@@ -45,6 +45,9 @@ hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const ch
 /* Reads string attribute `name` of object `obj` (fixed or variable length) into buf[len];
  * -1 when absent or not a string (no message). */
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);
+/* Writes (creates or replaces) string attribute `name` of object obj as h5py writes a str:
+ * variable length, UTF-8. -1 on failure (no message). */
+int h5io_write_str_attr(hid_t obj, const char *name, const char *v);
 /* Reads the attribute 'layout' of object obj: 0 when absent (*l = FA_LAYOUT_AUTO), 0 with *l set
  * when it names a layout, -1 when it is there but does not, with bad[len] saying so after
  * "attribute 'layout' ": 'holds "torch"', 'is not a string'. */

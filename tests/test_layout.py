@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_fa
+from conftest import fa_lines, leftovers, run_fa
 from reference import (attention_f64, from_bf16_bits, random_inputs, rel_err, to_bf16_bits,
                        write_inputs)
 
@@ -19,15 +19,6 @@ from reference import (attention_f64, from_bf16_bits, random_inputs, rel_err, to
 def bhnd(x):
     """[B, N, heads, D] <-> [B, heads, N, D] (its own inverse)."""
     return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 1, 3))
-
-
-def fa_lines(err):
-    return [l for l in err.splitlines() if l.startswith("fa_long:")
-            and not l.startswith(("fa_long: chunk ", "fa_long: resuming "))]
-
-
-def leftovers(folder, out):
-    return [x for x in os.listdir(folder) if x.startswith("." + out.name) or x == out.name]
 
 
 def torch_file(path, q, k, v, dtype="float32", attr=None):
