@@ -19,6 +19,6 @@ for l in bnhd bhnd; do
 done
 cpu=$(sed -n 's/^model name[^:]*: *//p' /proc/cpuinfo | head -1 | tr 'A-Z' 'a-z' |
       sed 's/[^a-z0-9][^a-z0-9]*/-/g; s/^-//; s/-$//' | cut -c1-32)
-out=bench/results/layout_read_${cpu}_$(nproc)c.txt
+out=bench/results/layout_read_${cpu}_$(env -u OMP_NUM_THREADS nproc)c.txt   # nproc honours OMP_NUM_THREADS
 { echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) rev $(git rev-parse --short HEAD 2>/dev/null || echo ?) OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} ./build/bench/layout_read "$dir/bnhd.h5" "$dir/bhnd.h5" 1024 "${REPS:-7}"; } | tee -a "$out"

@@ -168,13 +168,12 @@ int cmd_gen(int argc, char **argv) {
     if (fa_rank == 0) rc = h5_write_inputs(out, force, &g.s, t, layout, fill, &g);
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
     if (rc) return fa_report_error();
+    const int x = layout == FA_BHND;           /* the dims as written: [B, H, N, D] in bhnd */
+    const long long qd[2] = {g.s.Nq, g.s.H}, kd[2] = {g.s.Nk, g.s.Hkv};
     if (fa_rank == 0 && fa_verbosity > 0)
         fprintf(stderr, "fa_long: wrote %s: q [%lld,%lld,%lld,%lld], k/v [%lld,%lld,%lld,%lld] %s, seed %llu%s\n",
-                out, (long long)g.s.B, layout == FA_BHND ? (long long)g.s.H : (long long)g.s.Nq,
-                layout == FA_BHND ? (long long)g.s.Nq : (long long)g.s.H, (long long)g.s.D,
-                (long long)g.s.B, layout == FA_BHND ? (long long)g.s.Hkv : (long long)g.s.Nk,
-                layout == FA_BHND ? (long long)g.s.Nk : (long long)g.s.Hkv, (long long)g.s.D,
-                fa_dtype_name(t), (unsigned long long)g.seed,
-                layout == FA_BHND ? ", layout bhnd" : "");
+                out, (long long)g.s.B, qd[x], qd[!x], (long long)g.s.D, (long long)g.s.B, kd[x],
+                kd[!x], (long long)g.s.D, fa_dtype_name(t), (unsigned long long)g.seed,
+                x ? ", layout bhnd" : "");
     return 0;
 }
