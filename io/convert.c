@@ -34,6 +34,20 @@ int fa_dtype_parse(const char *s, fa_dtype *out) {
                      s ? s : "(null)");
 }
 
+const char *fa_layout_name(fa_layout l) {
+    return l == FA_BHND ? "bhnd" : l == FA_BNHD ? "bnhd" : "auto";
+}
+
+int fa_layout_parse(const char *s, fa_layout *out) {
+    static const struct { const char *name; fa_layout l; } names[] = {
+        {"bnhd", FA_BNHD}, {"bshd", FA_BNHD},      /* flash-attn's (batch, seqlen, nheads, d) */
+        {"bhnd", FA_BHND}, {"bhsd", FA_BHND},      /* torch's scaled_dot_product_attention */
+    };
+    for (size_t i = 0; s && i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(s, names[i].name) == 0) { *out = names[i].l; return 0; }
+    return -1;
+}
+
 int fa_dtype_size(fa_dtype t) {
     switch (t) {
     case FA_F32: return 4;
@@ -139,6 +153,22 @@ void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n) {
     const int64_t step = 16384;
 #pragma omp parallel for schedule(static)
     for (int64_t x = 0; x < n; x += step) from_f32_range(t, src, dst, x, x + step < n ? x + step : n);
+}
+
+void fa_to_f32_swap(fa_dtype t, const void *src, float *dst, int64_t a, int64_t b, int64_t d) {
+    const int64_t e = fa_dtype_size(t);
+#pragma omp parallel for schedule(static) if (a * b * d >= PAR_MIN)
+    for (int64_t j = 0; j < b; j++)
+        for (int64_t i = 0; i < a; i++)
+            to_f32_range(t, (const char *)src + (i * b + j) * d * e, dst + (j * a + i) * d, 0, d);
+}
+
+void fa_from_f32_swap(fa_dtype t, const float *src, void *dst, int64_t a, int64_t b, int64_t d) {
+    const int64_t e = fa_dtype_size(t);
+#pragma omp parallel for schedule(static) if (a * b * d >= PAR_MIN)
+    for (int64_t j = 0; j < b; j++)
+        for (int64_t i = 0; i < a; i++)
+            from_f32_range(t, src + (i * b + j) * d, (char *)dst + (j * a + i) * d * e, 0, d);
 }
 
 void fa_byteswap(void *buf, int size, int64_t n) {

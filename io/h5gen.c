@@ -45,8 +45,11 @@ static int check_space(const char *path, const char *dir, int fd, int64_t need) 
 }
 
 static int write_dataset(hid_t file, const char *path, const char *name, const fa_shape *s,
-                         int64_t n, int64_t heads, fa_dtype t, fa_fill_fn fill, void *arg) {
+                         int64_t n, int64_t heads, fa_dtype t, fa_layout layout, fa_fill_fn fill,
+                         void *arg) {
+    const int bhnd = layout == FA_BHND;
     hsize_t dims[4] = {(hsize_t)s->B, (hsize_t)n, (hsize_t)heads, (hsize_t)s->D};
+    if (bhnd) dims[1] = (hsize_t)heads, dims[2] = (hsize_t)n;
     hid_t space = H5Screate_simple(4, dims, NULL);
     hid_t ft = h5io_file_type(t);          /* the element types fa_long reads (io/h5io.c) */
     hid_t ds = H5Dcreate2(file, name, ft, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -55,17 +58,12 @@ static int write_dataset(hid_t file, const char *path, const char *name, const f
         H5Sclose(space);
         return fa_seterr("%s: cannot create dataset '%s'", path, name);
     }
-    if (t == FA_BF16) {                        /* as h5py writes a str: variable, UTF-8 */
-        hid_t st = H5Tcopy(H5T_C_S1);
-        H5Tset_size(st, H5T_VARIABLE);
-        H5Tset_cset(st, H5T_CSET_UTF8);
-        hid_t as = H5Screate(H5S_SCALAR);
-        hid_t a = H5Acreate2(ds, "dtype", st, as, H5P_DEFAULT, H5P_DEFAULT);
-        const char *v = "bfloat16";
-        H5Awrite(a, st, &v);
-        H5Aclose(a);
-        H5Sclose(as);
-        H5Tclose(st);
+    if ((t == FA_BF16 && h5io_write_str_attr(ds, "dtype", "bfloat16") < 0) ||
+        (layout != FA_LAYOUT_AUTO && h5io_write_str_attr(ds, "layout", fa_layout_name(layout)) < 0)) {
+        H5Dclose(ds);
+        H5Tclose(ft);
+        H5Sclose(space);
+        return fa_seterr("%s: cannot write the attributes of dataset '%s'", path, name);
     }
     int64_t row = heads * s->D;
     int64_t slab = (int64_t)(8 << 20) / (row * 4) + 1;       /* ~8 MB of fp32 per slab */
@@ -76,9 +74,15 @@ static int write_dataset(hid_t file, const char *path, const char *name, const f
         for (int64_t r0 = 0; r0 < n && !rc; r0 += slab) {
             int64_t m = n - r0 < slab ? n - r0 : slab;
             fill(arg, name, b, r0, m, heads, s->D, buf);
-            fa_from_f32(t, buf, raw, m * row);
             hsize_t start[4] = {(hsize_t)b, (hsize_t)r0, 0, 0};
             hsize_t count[4] = {1, (hsize_t)m, (hsize_t)heads, (hsize_t)s->D};
+            if (bhnd) {                        /* the slab's rows as [heads][m][D] */
+                fa_from_f32_swap(t, buf, raw, m, heads, s->D);
+                start[1] = 0, start[2] = (hsize_t)r0, count[1] = (hsize_t)heads,
+                count[2] = (hsize_t)m;
+            } else {
+                fa_from_f32(t, buf, raw, m * row);
+            }
             hid_t mem = H5Screate_simple(4, count, NULL);
             H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
             if (H5Dwrite(ds, ft, mem, space, H5P_DEFAULT, raw) < 0)
@@ -94,8 +98,8 @@ static int write_dataset(hid_t file, const char *path, const char *name, const f
     return rc;
 }
 
-int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, fa_fill_fn fill,
-                    void *arg) {
+int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, fa_layout layout,
+                    fa_fill_fn fill, void *arg) {
     struct stat sb;
     if (!force && stat(path, &sb) == 0)
         return fa_seterr("%s: output exists (use --force to replace it)", path);
@@ -112,9 +116,9 @@ int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, 
     fa_set_cleanup_path(tmp);
     int fd = open(tmp, O_WRONLY | O_CLOEXEC), rc = check_space(path, folder, fd, need);
     if (fd >= 0) close(fd);
-    if (!rc) rc = write_dataset(f, path, "q", s, s->Nq, s->H, t, fill, arg);
-    if (!rc) rc = write_dataset(f, path, "k", s, s->Nk, s->Hkv, t, fill, arg);
-    if (!rc) rc = write_dataset(f, path, "v", s, s->Nk, s->Hkv, t, fill, arg);
+    if (!rc) rc = write_dataset(f, path, "q", s, s->Nq, s->H, t, layout, fill, arg);
+    if (!rc) rc = write_dataset(f, path, "k", s, s->Nk, s->Hkv, t, layout, fill, arg);
+    if (!rc) rc = write_dataset(f, path, "v", s, s->Nk, s->Hkv, t, layout, fill, arg);
     if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close file", path);
     struct stat fs;
     if (!rc && (fd = open(tmp, O_WRONLY | O_CLOEXEC)) >= 0) {   /* the reserve past its end back */
@@ -142,15 +146,7 @@ static hid_t open_rw(const char *path) {
 int h5_set_attr_str(const char *path, const char *name, const char *value) {
     hid_t f = open_rw(path);
     if (f < 0) return -1;
-    if (H5Aexists(f, name) > 0) H5Adelete(f, name);
-    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    hid_t a = H5Acreate2(f, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int rc = (a < 0 || H5Awrite(a, t, &value) < 0) ? fa_seterr("%s: cannot write attribute '%s'", path, name) : 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
+    int rc = h5io_write_str_attr(f, name, value) ? fa_seterr("%s: cannot write attribute '%s'", path, name) : 0;
     if (H5Fclose(f) < 0 && !rc) rc = fa_seterr("%s: cannot close after update", path);
     return rc;
 }

@@ -8,10 +8,12 @@ typedef void (*fa_fill_fn)(void *arg, const char *name, int64_t b, int64_t r0, i
                            int64_t heads, int64_t d, float *dst);
 
 /* Serial, one process. Writes q [B,Nq,H,D], k and v [B,Nk,Hkv,D] of element type t, slab by slab
- * (a few MB at a time, so any size fits in memory), under a temporary name renamed at the end.
+ * (a few MB at a time, so any size fits in memory), under a temporary name renamed at the end;
+ * in layout FA_BHND as [B,H,Nq,D] and [B,Hkv,Nk,D] (the same values: fill still gives rows).
+ * A layout other than FA_LAYOUT_AUTO is recorded in each dataset's attribute 'layout'.
  * Returns -1 with fa_seterr on failure (exists without force, unwritable). */
-int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, fa_fill_fn fill,
-                    void *arg);
+int h5_write_inputs(const char *path, int force, const fa_shape *s, fa_dtype t, fa_layout layout,
+                    fa_fill_fn fill, void *arg);
 
 /* Serial, one process, on a finished file: sets (creates or replaces) a root attribute. */
 int h5_set_attr_str(const char *path, const char *name, const char *value);

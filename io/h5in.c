@@ -3,7 +3,9 @@
  * MPI-IO and collective metadata where HDF5 is parallel, read-only and independently where not.
  * Reads select a union of row ranges per rank and move at most a capped number of bytes per
  * call, with the file's own element type as the memory type (no conversion inside HDF5, which
- * would turn collective I/O independent); byte order and fp32 conversion are done here. */
+ * would turn collective I/O independent); byte order and fp32 conversion are done here. A bhnd
+ * dataset ([B, heads, N, D], torch's) is read the same way into a staging buffer in the file's
+ * order and converted into bnhd rows in one pass: callers only ever see [rows, heads, D]. */
 #define _GNU_SOURCE
 #include "io/h5priv.h"
 #include "io/convert.h"
@@ -33,10 +35,15 @@ struct h5in {
     int virt[3];
     int64_t size, mtime_ns;         /* rank 0's stat at open, broadcast */
     uint64_t digest[3];             /* sums of the rows' hashes read since the last take */
+    fa_layout layout[3];            /* rank 0's settling, broadcast: dims[] are bnhd whatever */
+    void *tstage;                   /* a bhnd transfer as the file holds it, [heads][rows][D] */
+    size_t tstage_bytes;
 };
 
 /* ---- rank 0's check ----------------------------------------------------------------------------- */
-typedef struct { int ndims; int64_t dims[8]; fa_dtype t; } ds_desc;
+/* attr: the dataset's own attribute 'layout'; layout: the one it is read in; told: that came
+ * from the option or an attribute (not the default) */
+typedef struct { int ndims; int64_t dims[8]; fa_dtype t; fa_layout attr, layout; int told; } ds_desc;
 
 /* A virtual dataset reads its missing source files as fill values, silently: each mapping's
  * source must be found where HDF5 looks (HDF5_VDS_PREFIX, the VDS file's folder, the name as it
@@ -107,6 +114,9 @@ static int describe(hid_t file, const char *path, const char *name, ds_desc *d) 
     } else if (d->dims[0] * d->dims[1] * d->dims[2] * d->dims[3] == 0) {
         st = fa_seterr("input '%s': dataset '%s' %s has an empty dimension; expected every "
                        "dimension > 0", path, name, have);
+    } else if (h5io_layout_attr(ds, &d->attr, attr, sizeof attr) < 0) {
+        st = fa_seterr("input '%s': dataset '%s': attribute 'layout' %s; expected \"bnhd\" "
+                       "[B, N, heads, D] or \"bhnd\" [B, heads, N, D]", path, name, attr);
     }
     H5Tclose(ty);
     H5Sclose(sp);
@@ -114,43 +124,120 @@ static int describe(hid_t file, const char *path, const char *name, ds_desc *d) 
     return st;
 }
 
+/* ld[i]: dataset i's dims as bnhd [B, N, heads, D] when read in layout l[i]. */
+static void logical_dims(const ds_desc d[3], const fa_layout l[3], int64_t ld[3][4]) {
+    for (int i = 0; i < 3; i++) {
+        const int t = l[i] == FA_BHND;
+        ld[i][0] = d[i].dims[0], ld[i][1] = d[i].dims[1 + t], ld[i][2] = d[i].dims[2 - t],
+        ld[i][3] = d[i].dims[3];
+    }
+}
+
+/* Whether q, k, v read in layouts l fit together (the checks of check_shapes, no message). */
+static int shape_fits(const ds_desc d[3], const fa_layout l[3]) {
+    int64_t ld[3][4];
+    logical_dims(d, l, ld);
+    return ld[1][0] == ld[0][0] && ld[2][0] == ld[0][0] && ld[1][3] == ld[0][3] &&
+           ld[2][3] == ld[0][3] && ld[1][1] == ld[2][1] && ld[1][2] == ld[2][2] &&
+           ld[0][2] % ld[1][2] == 0;
+}
+
+/* The messages print the dims as the file holds them (what h5py shows); the comparisons are of
+ * the logical ones. */
 static int check_shapes(const char *path, const char *const nm[3], const ds_desc d[3], fa_shape *s) {
     char q[200], kv[200];
+    const fa_layout l[3] = {d[0].layout, d[1].layout, d[2].layout};
+    int64_t ld[3][4];
+    logical_dims(d, l, ld);
     h5io_fmt_dims(q, sizeof q, 4, d[0].dims);
     for (int i = 1; i < 3; i++) {               /* k and v against q: B (dim 0) and D (dim 3) */
         h5io_fmt_dims(kv, sizeof kv, 4, d[i].dims);
         for (int j = 0; j < 4; j += 3)
-            if (d[i].dims[j] != d[0].dims[j])
+            if (ld[i][j] != ld[0][j])
                 return fa_seterr("input '%s': dataset '%s' %s has %s=%lld but '%s' %s has "
                                  "%s=%lld; expected the same %s in q, k and v", path, nm[i],
-                                 kv, j ? "D" : "B", (long long)d[i].dims[j], nm[0], q, j ? "D" : "B",
-                                 (long long)d[0].dims[j], j ? "head dim D" : "batch B");
+                                 kv, j ? "D" : "B", (long long)ld[i][j], nm[0], q, j ? "D" : "B",
+                                 (long long)ld[0][j], j ? "head dim D" : "batch B");
     }
-    if (d[1].dims[1] != d[2].dims[1] || d[1].dims[2] != d[2].dims[2]) {
+    if (ld[1][1] != ld[2][1] || ld[1][2] != ld[2][2]) {
         char k[200];
         h5io_fmt_dims(k, sizeof k, 4, d[1].dims);
         return fa_seterr("input '%s': dataset '%s' %s differs from '%s' %s in Nk or Hkv; expected "
-                         "the same [B, Nk, Hkv, D]", path, nm[2], kv, nm[1], k);
+                         "the same Nk and Hkv", path, nm[2], kv, nm[1], k);
     }
-    if (d[0].dims[2] % d[1].dims[2] != 0)
+    if (ld[0][2] % ld[1][2] != 0) {
+        /* read as bnhd without being told: say so when torch's layout would fit */
+        const fa_layout bhnd[3] = {FA_BHND, FA_BHND, FA_BHND};
+        const int hint = !d[0].told && shape_fits(d, bhnd);
         return fa_seterr("input '%s': dataset '%s' has H=%lld heads, '%s' and '%s' Hkv=%lld; "
-                         "expected H a multiple of Hkv", path, nm[0], (long long)d[0].dims[2], nm[1],
-                         nm[2], (long long)d[1].dims[2]);
-    if (d[0].dims[3] > FA_MAX_HEAD_DIM)
+                         "expected H a multiple of Hkv%s", path, nm[0], (long long)ld[0][2], nm[1],
+                         nm[2], (long long)ld[1][2],
+                         hint ? " (read as [B, N, H, D]; for torch's [B, H, N, D] give --layout "
+                                "bhnd)" : "");
+    }
+    if (ld[0][3] > FA_MAX_HEAD_DIM)
         return fa_seterr("input '%s': dataset '%s' has head dim D=%lld; expected at most %d", path, nm[0],
-                         (long long)d[0].dims[3], FA_MAX_HEAD_DIM);
-    *s = (fa_shape){d[0].dims[0], d[0].dims[1], d[1].dims[1], d[0].dims[2], d[1].dims[2],
-                    d[0].dims[3], d[0].t, d[1].t, d[2].t};
+                         (long long)ld[0][3], FA_MAX_HEAD_DIM);
+    *s = (fa_shape){ld[0][0], ld[0][1], ld[1][1], ld[0][2], ld[1][2], ld[0][3], d[0].t, d[1].t,
+                    d[2].t};
     return 0;
 }
 
-static int check_input(const char *path, const char *const nm[3], fa_shape *s) {
+/* Rank 0: each dataset's layout — the option (a warning where an attribute says otherwise),
+ * else its attribute, else the root's, else bnhd. */
+static int settle_layouts(hid_t file, const char *path, const char *const nm[3], fa_layout opt,
+                          ds_desc d[3]) {
+    char bad[128];
+    fa_layout root;
+    if (h5io_layout_attr(file, &root, bad, sizeof bad) < 0)
+        return fa_seterr("input '%s': root attribute 'layout' %s; expected \"bnhd\" "
+                         "[B, N, heads, D] or \"bhnd\" [B, heads, N, D]", path, bad);
+    int over = -1;
+    for (int i = 0; i < 3; i++) {
+        const fa_layout attr = d[i].attr != FA_LAYOUT_AUTO ? d[i].attr : root;
+        if (opt != FA_LAYOUT_AUTO && attr != FA_LAYOUT_AUTO && attr != opt && over < 0) over = i;
+        d[i].layout = opt != FA_LAYOUT_AUTO ? opt : attr != FA_LAYOUT_AUTO ? attr : FA_BNHD;
+        d[i].told = opt != FA_LAYOUT_AUTO || attr != FA_LAYOUT_AUTO;
+    }
+    if (over >= 0) {
+        const int ds = d[over].attr != FA_LAYOUT_AUTO;
+        fa_warn("input '%s': --layout %s overrides the attribute layout = \"%s\" of %s%s%s",
+                path, fa_layout_name(opt), fa_layout_name(ds ? d[over].attr : root),
+                ds ? "dataset '" : "the file's root", ds ? nm[over] : "", ds ? "'" : "");
+    }
+    return 0;
+}
+
+/* Rank 0, for a file that says nothing of its layout, read as bnhd: a warning when the shape
+ * looks like torch's: q or k with more heads than rows, while as bhnd the shapes fit and k has
+ * no more heads than rows (a bnhd decode step, q [B, 1, H, D], does not fit as bhnd: none). */
+static void warn_if_bhnd(const char *path, const char *const nm[3], const ds_desc d[3]) {
+    if (d[0].told || d[1].told || d[2].told) return;
+    const fa_layout bhnd[3] = {FA_BHND, FA_BHND, FA_BHND};
+    int64_t as_bhnd[3][4];
+    logical_dims(d, bhnd, as_bhnd);
+    if ((d[0].dims[2] > d[0].dims[1] || d[1].dims[2] > d[1].dims[1]) && shape_fits(d, bhnd) &&
+        as_bhnd[1][2] <= as_bhnd[1][1]) {
+        char q[200], k[200];
+        h5io_fmt_dims(q, sizeof q, 4, d[0].dims);
+        h5io_fmt_dims(k, sizeof k, 4, d[1].dims);
+        fa_warn("input '%s': '%s' %s and '%s' %s read as [B, N, heads, D] have more heads than "
+                "rows; if they are torch's [B, heads, N, D], give --layout bhnd (or an attribute "
+                "layout = \"bhnd\"); --layout bnhd silences this", path, nm[0], q, nm[1], k);
+    }
+}
+
+static int check_input(const char *path, const char *const nm[3], fa_layout opt, fa_shape *s,
+                       fa_layout layout[3]) {
     hid_t file = h5io_open_serial(path, "input");
     if (file < 0) return -1;
     ds_desc d[3];
     int st = 0;
     for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, nm[i], &d[i]);
+    if (st == 0) st = settle_layouts(file, path, nm, opt, d);
     if (st == 0) st = check_shapes(path, nm, d, s);
+    if (st == 0) warn_if_bhnd(path, nm, d);
+    for (int i = 0; i < 3 && st == 0; i++) layout[i] = d[i].layout;
     H5Fclose(file);
     return st;
 }
@@ -177,6 +264,8 @@ static int open_datasets(h5in *f) {
         H5Sget_simple_extent_dims(sp, d, NULL);
         H5Sclose(sp);
         for (int j = 0; j < 4; j++) f->dims[i][j] = (int64_t)d[j];
+        if (f->layout[i] == FA_BHND)                  /* bnhd from here on */
+            f->dims[i][1] = (int64_t)d[2], f->dims[i][2] = (int64_t)d[1];
         f->virt[i] = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_VIRTUAL;
         if (dcpl >= 0) H5Pclose(dcpl);
         if (!f->virt[i] || !h5io_parallel()) continue;
@@ -198,20 +287,26 @@ static void close_handles(h5in *f) {
     }
     if (f->sfile >= 0) H5Fclose(f->sfile);
     if (f->file >= 0) H5Fclose(f->file);
+    free(f->tstage);
 }
 
 int h5in_open(const char *path, const char *const dsets[3], MPI_Comm comm, int64_t cap_bytes,
               h5in **out, fa_shape *shape) {
+    return h5in_open_layout(path, dsets, FA_LAYOUT_AUTO, comm, cap_bytes, out, shape);
+}
+
+int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout layout,
+                     MPI_Comm comm, int64_t cap_bytes, h5in **out, fa_shape *shape) {
     h5io_init();
     *out = NULL;
     const char *nm[3];
     for (int i = 0; i < 3; i++) nm[i] = dsets && dsets[i] && *dsets[i] ? dsets[i] : NAMES[i];
     int rank;
     MPI_Comm_rank(comm, &rank);
-    struct { int st; fa_shape s; int64_t cap, size, mtime_ns; } v = {0, {0}, 0, 0, 0};
+    struct { int st; fa_shape s; int64_t cap, size, mtime_ns; fa_layout l[3]; } v = {0};
     if (rank == 0) {
         struct stat sb;
-        v.st = check_input(path, nm, &v.s);
+        v.st = check_input(path, nm, layout, &v.s, v.l);
         v.cap = h5io_cap(cap_bytes);
         if (v.st == 0 && stat(path, &sb) == 0)
             v.size = (int64_t)sb.st_size,
@@ -226,6 +321,7 @@ int h5in_open(const char *path, const char *const dsets[3], MPI_Comm comm, int64
     f->file = f->dset[0] = f->dset[1] = f->dset[2] = f->type[0] = f->type[1] = f->type[2] = -1;
     f->sfile = f->sdset[0] = f->sdset[1] = f->sdset[2] = -1;
     f->cap_bytes = v.cap, f->size = v.size, f->mtime_ns = v.mtime_ns;
+    for (int i = 0; i < 3; i++) f->layout[i] = v.l[i];
     if (fa_agree(f->comm, open_datasets(f), rank) < 0) {
         close_handles(f);        /* collective: every rank gets here */
         MPI_Comm_free(&f->comm);
@@ -242,6 +338,8 @@ float h5in_last_absmax(const h5in *f, const char *name) {
         if (!strcmp(name, NAMES[i])) return f->absmax[i];
     return 0;
 }
+
+fa_layout h5in_layout(const h5in *f, int i) { return f->layout[i]; }
 
 void h5in_identity(const h5in *f, int64_t *size, int64_t *mtime_ns) {
     *size = f->size;
@@ -315,13 +413,16 @@ static void note_io_mode(hid_t dxpl) {
 #endif
 }
 
-/* Selects the pieces (or nothing) in the file space and a matching memory space. */
-static hid_t select_pieces(hid_t fspace, const int64_t dims[4], int64_t b, const piece *p,
-                           int np) {
+/* Selects the pieces (or nothing) in the file space and a matching memory space. A bhnd
+ * dataset's union is transferred as the file orders it: [heads][rows of the pieces][D]. */
+static hid_t select_pieces(hid_t fspace, const int64_t dims[4], fa_layout layout, int64_t b,
+                           const piece *p, int np) {
     int64_t rows = 0;
     HDF5_CHECK(H5Sselect_none(fspace), "H5Sselect_none");
     for (int i = 0; i < np; i++) {
         hsize_t start[4] = {b, p[i].start, 0, 0}, count[4] = {1, p[i].n, dims[2], dims[3]};
+        if (layout == FA_BHND)
+            start[1] = 0, start[2] = p[i].start, count[1] = dims[2], count[2] = p[i].n;
         HDF5_CHECK(H5Sselect_hyperslab(fspace, i ? H5S_SELECT_OR : H5S_SELECT_SET, start, NULL,
                                        count, NULL), "H5Sselect_hyperslab");
         rows += p[i].n;
@@ -378,10 +479,15 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
     if (g >= 0) {
         const int64_t *d = f->dims[idx];
         const char *as = f->dtype[idx] == FA_F64 && what[0] != 'N' ? " (in float32)" : "";
+        long long at[4] = {g / (d[1] * d[2] * d[3]), g / (d[2] * d[3]) % d[1], g / d[3] % d[2],
+                           g % d[3]};                  /* [b, row, head, d] */
+        if (f->layout[idx] == FA_BHND) {               /* as the file indexes it */
+            long long row = at[1];
+            at[1] = at[2], at[2] = row;
+        }
         fa_seterr("input '%s': dataset '%s' has %s%s at [%lld, %lld, %lld, %lld]; expected "
                   "finite values (--allow-nonfinite accepts them)", f->path, f->name[idx], what, as,
-                  (long long)(g / (d[1] * d[2] * d[3])), (long long)(g / (d[2] * d[3]) % d[1]),
-                  (long long)(g / d[3] % d[2]), (long long)(g % d[3]));
+                  at[0], at[1], at[2], at[3]);
     }
     return fa_agree(f->comm, g >= 0, g);
 }
@@ -396,7 +502,8 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
  * queries of the chunks done are not read again (a q digest would cost as much as k's and v's,
  * re-read every chunk, and nothing could compare it). */
 static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const void *buf,
-                      int64_t rows, int64_t row_bytes) {
+                      int64_t rows, int64_t heads, int64_t blk, int bhnd) {
+    const int64_t row_bytes = heads * blk;      /* blk: one head's D elements */
     uint64_t sum = 0;
 #pragma omp parallel reduction(+ : sum) if (rows * row_bytes >= (1 << 20))
     {
@@ -404,13 +511,20 @@ static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const
         const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
         int j = 0;
         int64_t base = 0;                        /* rows of the pieces before piece j */
+        /* bhnd: buf is [heads][rows][D]; a row's blocks gathered first (one crc32 call a row
+         * costs less than one a head), so its hash is the same as in bnhd */
+        Bytef *row = bhnd ? fa_malloc((size_t)row_bytes, "row hash") : NULL;
         for (int64_t r = r0; r < r1; r++) {
             while (j < np && r - base >= p[j].n) base += p[j++].n;
             const int64_t pos[3] = {idx, b, p[j].start + (r - base)};
             const uLong seed = crc32(0L, (const Bytef *)pos, (uInt)sizeof pos);
-            const uLong c = crc32(seed, (const Bytef *)buf + r * row_bytes, (uInt)row_bytes);
+            const Bytef *x = (const Bytef *)buf + r * row_bytes;
+            for (int64_t h = 0; bhnd && h < heads; h++)
+                memcpy(row + h * blk, (const Bytef *)buf + (h * rows + r) * blk, (size_t)blk);
+            const uLong c = crc32(seed, bhnd ? row : x, (uInt)row_bytes);
             sum += ((uint64_t)c << 32) | (uint64_t)seed;
         }
+        free(row);
     }
     f->digest[idx] += sum;
 }
@@ -430,7 +544,10 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     if (fa_agree(f->comm, st, 0) < 0) return -1;
     const int64_t *dims = f->dims[idx];
     const int esize = fa_dtype_size(f->dtype[idx]), row_el = (int)(dims[2] * dims[3]);
+    const int bhnd = f->layout[idx] == FA_BHND;
     int64_t cap_rows = f->cap_bytes / ((int64_t)row_el * esize), total = 0;
+    if (bhnd && cap_rows > FA_BHND_STAGE_BYTES / ((int64_t)row_el * esize))
+        cap_rows = FA_BHND_STAGE_BYTES / ((int64_t)row_el * esize);   /* its staging, bounded */
     if (cap_rows < 1) cap_rows = 1;
     piece *p = fa_malloc((size_t)(nranges + 1) * sizeof *p, "read pieces");
     cursor c = {0, 0, 0};
@@ -442,8 +559,16 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     fa_sync_s += MPI_Wtime() - t_sync;
     /* float64 goes through a staging buffer; narrower types are read straight into the tail
      * of their fp32 destination and widened in place (front to back, never overtaking) */
-    void *stage = esize > 4 ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) * row_el *
-                                                 esize), "read staging") : NULL;
+    void *stage = esize > 4 && !bhnd ? fa_malloc((size_t)((total < cap_rows ? total : cap_rows) *
+                                                         row_el * esize), "read staging") : NULL;
+    if (bhnd) {                              /* kept: a fresh buffer a chunk costs page faults */
+        size_t need = (size_t)((total < cap_rows ? total : cap_rows) * row_el * esize);
+        if (need > f->tstage_bytes) {
+            free(f->tstage);
+            f->tstage = fa_malloc(need, "bhnd read staging");
+            f->tstage_bytes = need;
+        }
+    }
     const int virt = f->sdset[idx] >= 0;    /* a VDS in a parallel build: serial handle */
     hid_t fspace = H5Dget_space(f->dset[idx]), dxpl = transfer_plist();
     HDF5_CHECK(fspace, "H5Dget_space");
@@ -455,8 +580,9 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         for (int i = 0; i < np; i++) rows += p[i].n;
         const int64_t n_el = rows * row_el;  /* pieces of a batch are consecutive in dst */
         float *out = np ? dst + p[0].dst_row * row_el : NULL;
-        void *buf = !np ? (void *)&none : stage ? stage : (char *)out + n_el * (4 - esize);
-        hid_t mem = select_pieces(fspace, dims, b, p, np);
+        void *buf = !np ? (void *)&none : bhnd ? f->tstage : stage ? stage
+                                                           : (char *)out + n_el * (4 - esize);
+        hid_t mem = select_pieces(fspace, dims, f->layout[idx], b, p, np);
         if (virt && !np) {                   /* independent reads: nothing to take part in */
             H5Sclose(mem);
             continue;
@@ -476,9 +602,10 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         h5io_ntransfers++;
         H5Sclose(mem);
         if (!np) continue;
-        if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, (int64_t)row_el * esize);
+        if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, dims[2], dims[3] * esize, bhnd);
         if (f->swap[idx]) fa_byteswap(buf, esize, n_el);
-        fa_to_f32(f->dtype[idx], buf, out, n_el);
+        if (bhnd) fa_to_f32_swap(f->dtype[idx], buf, out, dims[2], rows, dims[3]);  /* as bnhd */
+        else fa_to_f32(f->dtype[idx], buf, out, n_el);
     }
     H5Pclose(dxpl);
     H5Sclose(fspace);

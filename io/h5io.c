@@ -219,6 +219,32 @@ int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len) {
     return st;
 }
 
+int h5io_write_str_attr(hid_t obj, const char *name, const char *v) {
+    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR), a;
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
+    int st = (a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT)) >= 0 &&
+             H5Awrite(a, t, &v) >= 0 ? 0 : -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    return st;
+}
+
+int h5io_layout_attr(hid_t obj, fa_layout *l, char *bad, int len) {
+    char v[64];
+    *l = FA_LAYOUT_AUTO;
+    if (H5Aexists(obj, "layout") <= 0) return 0;
+    if (h5io_read_str_attr(obj, "layout", v, sizeof v) < 0) {
+        snprintf(bad, len, "is not a string");
+        return -1;
+    }
+    if (fa_layout_parse(v, l) == 0) return 0;
+    snprintf(bad, len, "holds \"%s\"", v);
+    return -1;
+}
+
 /* ---- across ranks ------------------------------------------------------------------------------ */
 int h5io_visible(MPI_Comm comm, const char *path, int mode, const char *role) {
     int rank, st = 0;
@@ -338,6 +364,23 @@ int h5_read_block(const char *path, const char *name, int ndims, const int64_t *
     return st;
 }
 
+int h5_read_block_as(const char *path, const char *name, fa_layout layout, const int64_t start[4],
+                     const int64_t count[4], float *dst) {
+    if (layout != FA_BHND) return h5_read_block(path, name, 4, start, count, dst);
+    const int64_t st[4] = {start[0], start[2], start[1], start[3]};
+    const int64_t ct[4] = {count[0], count[2], count[1], count[3]};
+    const int64_t blk = count[1] * count[2] * count[3];       /* one batch element's block */
+    float *t = fa_malloc((size_t)(blk > 0 ? blk : 1) * sizeof(float), "bhnd block");
+    int st_rc = 0;
+    for (int64_t b = 0; b < count[0] && st_rc == 0; b++) {   /* [heads][rows] -> [rows][heads] */
+        int64_t s1[4] = {st[0] + b, st[1], st[2], st[3]}, c1[4] = {1, ct[1], ct[2], ct[3]};
+        st_rc = h5_read_block(path, name, 4, s1, c1, t);
+        if (st_rc == 0) fa_to_f32_swap(FA_F32, t, dst + b * blk, count[2], count[1], count[3]);
+    }
+    free(t);
+    return st_rc;
+}
+
 static hid_t open_root(const char *path, hid_t *file) {
     if ((*file = h5io_open_serial(path, "file")) < 0) return -1;
     hid_t g = H5Gopen2(*file, "/", H5P_DEFAULT);
@@ -370,6 +413,28 @@ int h5_attr_str(const char *path, const char *name, char *buf, int len) {
     if (g < 0) return -1;
     int st = h5io_read_str_attr(g, name, buf, len);
     if (st < 0) fa_seterr("file '%s' has no string attribute '%s'", path, name);
+    H5Gclose(g);
+    H5Fclose(file);
+    return st;
+}
+
+int h5_layout(const char *path, const char *name, fa_layout *out) {
+    hid_t file, g = open_root(path, &file), d = -1;
+    if (g < 0) return -1;
+    char bad[128];
+    fa_layout root;
+    int st = 0;
+    if (h5io_layout_attr(g, &root, bad, sizeof bad) < 0)
+        st = fa_seterr("file '%s': root attribute 'layout' %s; expected \"bnhd\" or \"bhnd\"",
+                       path, bad);
+    else if ((d = h5io_open_dataset(file, path, name, NULL)) < 0)
+        st = -1;
+    else if (h5io_layout_attr(d, out, bad, sizeof bad) < 0)
+        st = fa_seterr("file '%s': dataset '%s': attribute 'layout' %s; expected \"bnhd\" or "
+                       "\"bhnd\"", path, name, bad);
+    else if (*out == FA_LAYOUT_AUTO)
+        *out = root;
+    if (d >= 0) H5Dclose(d);
     H5Gclose(g);
     H5Fclose(file);
     return st;

@@ -15,9 +15,22 @@ const char *fa_dtype_name(fa_dtype t);            /* "float32", "float16", "bflo
 int fa_dtype_parse(const char *s, fa_dtype *out); /* accepts those names and f32/f16/bf16/fp16... */
 int fa_dtype_size(fa_dtype t);
 
+/* The order of a q/k/v/o dataset's dimensions in the file (--layout, the attribute 'layout'):
+ * bnhd [B, N, heads, D], fa_long's own and the default; bhnd [B, heads, N, D], torch's. Whatever
+ * the file holds, the I/O layer hands over and takes rows as [N, heads, D] (bnhd). AUTO: not
+ * given (an option left out, no attribute). */
+typedef enum { FA_LAYOUT_AUTO = 0, FA_BNHD = 1, FA_BHND = 2 } fa_layout;
+const char *fa_layout_name(fa_layout l);            /* "bnhd", "bhnd" ("auto" for AUTO) */
+int fa_layout_parse(const char *s, fa_layout *out); /* bnhd, bhnd (any case; also bshd, bhsd);
+                                                     * -1, no message, for anything else */
+
 /* Element conversion (io/convert.c); n elements, vectorizable loops. */
 void fa_to_f32(fa_dtype t, const void *src, float *dst, int64_t n);
 void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n);  /* round to nearest even */
+/* The same, swapping the two outer axes on the way: src [a][b][d] -> dst [b][a][d], the bnhd <->
+ * bhnd copy of a block of rows ([heads][rows][D] <-> [rows][heads][D]) in one pass. */
+void fa_to_f32_swap(fa_dtype t, const void *src, float *dst, int64_t a, int64_t b, int64_t d);
+void fa_from_f32_swap(fa_dtype t, const float *src, void *dst, int64_t a, int64_t b, int64_t d);
 
 typedef struct {
     int64_t B, Nq, Nk, H, Hkv, D;
@@ -61,6 +74,16 @@ void h5in_identity(const h5in *f, int64_t *size, int64_t *mtime_ns);
  * split. */
 void h5in_take_digests(h5in *f, uint64_t d[3]);
 
+/* COLLECTIVE. h5in_open with the datasets' layout: FA_BNHD or FA_BHND (--layout) for all three,
+ * overriding any attribute (a warning when one says otherwise); FA_LAYOUT_AUTO (what h5in_open
+ * passes): each dataset's attribute 'layout', else the root's, else bnhd, with a warning when a
+ * file without any attribute has a shape implausible as bnhd and plausible as bhnd (q or k with
+ * more heads than rows). A bad attribute value is refused. The shape is the logical one. */
+int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout layout,
+                     MPI_Comm comm, int64_t cap_bytes, h5in **out, fa_shape *shape);
+/* The layout h5in_open settled for dataset i (0 q, 1 k, 2 v); never AUTO. */
+fa_layout h5in_layout(const h5in *f, int i);
+
 void h5in_close(h5in *f);   /* COLLECTIVE */
 
 /* The largest |x| this rank read in its last h5in_read_rows of dataset `name` with check_finite
@@ -93,6 +116,16 @@ void h5out_lock_path(const char *path, char *buf, int len);   /* "<folder>/.<nam
  * Attributes stay on the root. */
 int h5out_create(const char *path, const char *group, int force, MPI_Comm comm, const fa_shape *shape,
                  fa_dtype o_type, int with_lse, int64_t cap_bytes, h5out **out);
+
+/* COLLECTIVE. h5out_create and h5out_reopen with o in `layout` (FA_BHND: [B, H, Nq, D]; BNHD
+ * or AUTO: [B, Nq, H, D], what the plain calls make); o gets a dataset attribute 'layout'
+ * (reopen checks o's shape in that layout). lse is [B, H, Nq] whatever the layout. */
+int h5out_create_layout(const char *path, const char *group, int force, MPI_Comm comm,
+                        const fa_shape *shape, fa_dtype o_type, fa_layout layout, int with_lse,
+                        int64_t cap_bytes, h5out **out);
+int h5out_reopen_layout(const char *path, const char *group, MPI_Comm comm, const fa_shape *shape,
+                        fa_dtype o_type, fa_layout layout, int with_lse, int64_t cap_bytes,
+                        h5out **out);
 
 /* COLLECTIVE (every rank calls it the same number of times; a rank with nothing to write passes
  * n = 0). Writes rows [r0, r0+n) of batch b: o from fp32 [n, H, D]; lse from fp32 [n, H]
@@ -143,6 +176,15 @@ int h5_read_block(const char *path, const char *name, int ndims, const int64_t *
                   const int64_t *count, float *dst);
 int h5_dataset_info(const char *path, const char *name, int *ndims, int64_t dims[8],
                     fa_dtype *type);
+/* h5_read_block of a 4-dimensional dataset stored in `layout`, start and count given as for
+ * bnhd ([B, N, heads, D]) and dst filled as bnhd: a bhnd dataset is read as its [B, heads, N, D]
+ * block and transposed. */
+int h5_read_block_as(const char *path, const char *name, fa_layout layout, const int64_t start[4],
+                     const int64_t count[4], float *dst);
+/* The layout that dataset `name` of `path` records: its attribute 'layout', else the root's, else
+ * FA_LAYOUT_AUTO (none). -1 with fa_seterr naming the file and the object for a value that is
+ * not a layout. */
+int h5_layout(const char *path, const char *name, fa_layout *out);
 /* Reads a root attribute; returns -1 when absent. */
 int h5_attr_double(const char *path, const char *name, double *v);
 int h5_attr_str(const char *path, const char *name, char *buf, int len);

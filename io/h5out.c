@@ -1,4 +1,5 @@
-/* h5out.c — writing o [B, Nq, H, D] (o_type) and lse [B, H, Nq] (float32).
+/* h5out.c — writing o [B, Nq, H, D] (o_type; [B, H, Nq, D] in layout bhnd, transposed here from
+ * the caller's rows) and lse [B, H, Nq] (float32).
  * The file is created under a temporary name in the output's folder (".<name>.partial"),
  * registered with fa_set_cleanup_path() so that fa_fail() removes it, and renamed over the
  * final path only by h5out_commit(), after every rank's writes: a failed run leaves no output and
@@ -35,6 +36,9 @@ struct h5out {
     void *ostage;               /* conversion staging of o and lse, kept between writes (a fresh */
     float *lstage;              /* 64 MB buffer per chunk cost its page faults every time) */
     size_t ostage_bytes, lstage_bytes;
+    fa_layout layout;           /* o's: FA_BHND [B, H, Nq, D], else [B, Nq, H, D] */
+    void *tstage;               /* bhnd: a transfer's o rows transposed, [H][rows][D] */
+    size_t tstage_bytes;
     uint64_t *kvd;              /* --resume: [B][3] {known, k digest, v digest}, the partial's */
     char ident[96];             /* and the input's "size=... mtime_ns=...", both kept on write */
     char oname[FA_PATH_MAX], lname[FA_PATH_MAX];   /* o's and lse's paths: "o" or "G/o" */
@@ -54,18 +58,26 @@ static void set_names(h5out *f, const char *g) {
     }
 }
 
+/* *buf grown to at least `need` bytes (its contents not kept) */
+static void grow(void **buf, size_t *have, size_t need, const char *what) {
+    if (need <= *have) return;
+    free(*buf);
+    *buf = fa_aligned_alloc(need, what);
+    *have = need;
+}
+
 /* f's staging buffers, grown to at least the sizes asked for */
-static void stage_reserve(h5out *f, size_t obytes, size_t lbytes) {
-    if (obytes > f->ostage_bytes) {
-        free(f->ostage);
-        f->ostage = fa_aligned_alloc(obytes, "o staging");
-        f->ostage_bytes = obytes;
-    }
-    if (lbytes > f->lstage_bytes) {
-        free(f->lstage);
-        f->lstage = fa_aligned_alloc(lbytes, "lse staging");
-        f->lstage_bytes = lbytes;
-    }
+static void stage_reserve(h5out *f, size_t obytes, size_t lbytes, size_t tbytes) {
+    grow(&f->ostage, &f->ostage_bytes, obytes, "o staging");
+    grow((void **)&f->lstage, &f->lstage_bytes, lbytes, "lse staging");
+    grow(&f->tstage, &f->tstage_bytes, tbytes, "bhnd o staging");
+}
+
+/* o's dims in the file: [B, Nq, H, D], or [B, H, Nq, D] in layout bhnd */
+static void o_dims(const h5out *f, int64_t od[4]) {
+    const fa_shape *s = &f->shape;
+    const int t = f->layout == FA_BHND;
+    od[0] = s->B, od[1 + t] = s->Nq, od[2 - t] = s->H, od[3] = s->D;
 }
 
 /* ---- the output's lock ---------------------------------------------------------------------------
@@ -308,19 +320,6 @@ static hid_t create_file(h5out *f) {
     return file;
 }
 
-static int write_str_attr(hid_t obj, const char *name, const char *v) {
-    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR), a;
-    H5Tset_size(t, H5T_VARIABLE);                  /* as h5py writes a str: variable, UTF-8 */
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
-    int st = (a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT)) >= 0 &&
-             H5Awrite(a, t, &v) >= 0 ? 0 : -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return st;
-}
-
 /* Contiguous, allocated at creation, never filled: every element is written by some rank. */
 static hid_t create_dataset(hid_t file, const char *name, hid_t type, int nd, const int64_t *d) {
     hsize_t dims[4];
@@ -342,10 +341,12 @@ static int create_contents(h5out *f) {
     const fa_shape *s = &f->shape;
     if ((f->file = create_file(f)) < 0)
         return fa_seterr("output '%s': HDF5 cannot create '%s'", f->path, f->tmp);
-    int64_t od[4] = {s->B, s->Nq, s->H, s->D}, ld[3] = {s->B, s->H, s->Nq};
+    int64_t od[4], ld[3] = {s->B, s->H, s->Nq};
+    o_dims(f, od);
     HDF5_CHECK(f->ftype = h5io_file_type(f->otype), "creating the output element type");
     if ((f->o = create_dataset(f->file, f->oname, f->ftype, 4, od)) < 0 ||
-        (f->otype == FA_BF16 && write_str_attr(f->o, "dtype", "bfloat16") < 0) ||
+        (f->otype == FA_BF16 && h5io_write_str_attr(f->o, "dtype", "bfloat16") < 0) ||
+        h5io_write_str_attr(f->o, "layout", fa_layout_name(f->layout)) < 0 ||
         (f->with_lse && (f->lse = create_dataset(f->file, f->lname, H5T_IEEE_F32LE, 3, ld)) < 0))
         return fa_seterr("output '%s': creating datasets '%s'%s%s in '%s' failed (%lld bytes)",
                          f->path, f->oname, f->with_lse ? " and " : "",
@@ -374,14 +375,23 @@ static void out_free(h5out *f) {
     MPI_Comm_free(&f->comm);
     free(f->ostage);
     free(f->lstage);
+    free(f->tstage);
     free(f);
 }
 
 int h5out_create(const char *path, const char *group, int force, MPI_Comm comm, const fa_shape *shape,
                  fa_dtype o_type, int with_lse, int64_t cap_bytes, h5out **out) {
+    return h5out_create_layout(path, group, force, comm, shape, o_type, FA_BNHD, with_lse,
+                               cap_bytes, out);
+}
+
+int h5out_create_layout(const char *path, const char *group, int force, MPI_Comm comm,
+                        const fa_shape *shape, fa_dtype o_type, fa_layout layout, int with_lse,
+                        int64_t cap_bytes, h5out **out) {
     h5io_init();
     *out = NULL;
     h5out *f = fa_calloc(1, sizeof *f, "h5out");
+    f->layout = layout == FA_BHND ? FA_BHND : FA_BNHD;
     MPI_Comm_dup(comm, &f->comm);
     MPI_Comm_rank(f->comm, &f->rank);
     MPI_Comm_size(f->comm, &f->nranks);
@@ -453,7 +463,8 @@ static int write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows,
         hid_t ds = k ? f->lse : f->o, fsp = H5Dget_space(ds);
         HDF5_CHECK(fsp, "H5Dget_space");
         hsize_t start[4] = {b, r, 0, 0}, count[4] = {1, rows, H, D};
-        if (k) start[1] = 0, start[2] = r, count[1] = H, count[2] = rows;   /* [B, H, Nq] */
+        if (k || f->layout == FA_BHND)   /* [B, H, Nq] and bhnd's [B, H, Nq, D]: o_buf [H][rows][D] */
+            start[1] = 0, start[2] = r, count[1] = H, count[2] = rows;
         hsize_t n = rows ? (hsize_t)(rows * H * (k ? 1 : D)) : 1;
         hid_t mem = H5Screate_simple(1, &n, NULL);
         HDF5_CHECK(mem, "H5Screate_simple");
@@ -523,16 +534,21 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
     const int64_t H = f->shape.H, row_el = H * f->shape.D;
     const int esize = fa_dtype_size(f->otype);
     int64_t cap_rows = f->cap_bytes / (row_el * esize);
+    if (f->layout == FA_BHND && cap_rows > FA_BHND_STAGE_BYTES / (row_el * esize))
+        cap_rows = FA_BHND_STAGE_BYTES / (row_el * esize);
     if (cap_rows < 1) cap_rows = 1;
     int64_t nb = (n + cap_rows - 1) / cap_rows;
     MPI_Allreduce(MPI_IN_PLACE, &nb, 1, MPI_INT64_T, MPI_MAX, f->comm);
     /* rank 0 of a serial build receives up to cap_rows rows from the others; float32 rows go
-     * out of the caller's buffer as they are (parallel build) */
-    const int direct = f->otype == FA_F32 && h5io_parallel();
+     * out of the caller's buffer as they are (parallel build, bnhd); bhnd rows are converted
+     * and transposed in one pass, at most FA_BHND_STAGE_BYTES a transfer */
+    const int bhnd = f->layout == FA_BHND;
+    const int direct = f->otype == FA_F32 && h5io_parallel() && !bhnd;
     int64_t stage_rows = !f->holder || h5io_parallel() ? (n < cap_rows ? n : cap_rows) : cap_rows;
-    stage_reserve(f, direct ? 0 : (size_t)(stage_rows * row_el * esize),
-                  (size_t)((stage_rows > 0 ? stage_rows : 1) * H) * sizeof(float));   /* never NULL */
-    void *ostage = direct ? NULL : f->ostage;
+    stage_reserve(f, direct || bhnd ? 0 : (size_t)(stage_rows * row_el * esize),
+                  (size_t)((stage_rows > 0 ? stage_rows : 1) * H) * sizeof(float),  /* never NULL */
+                  bhnd ? (size_t)(stage_rows * row_el * esize) : 0);
+    void *ostage = direct ? NULL : bhnd ? f->tstage : f->ostage;   /* what a transfer writes */
     float *lstage = f->lstage;
     hid_t dxpl = transfer_plist();
     int st = 0;
@@ -540,7 +556,9 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
         static const float none;             /* a buffer for ranks with nothing to write */
         int64_t r = it * cap_rows, rows = n - r < 0 ? 0 : n - r < cap_rows ? n - r : cap_rows;
         const void *obuf = !rows ? (const void *)&none : direct ? o + r * row_el : ostage;
-        if (rows && !direct) fa_from_f32(f->otype, o + r * row_el, ostage, rows * row_el);
+        if (rows && !direct && !bhnd) fa_from_f32(f->otype, o + r * row_el, ostage, rows * row_el);
+        if (rows && bhnd)                    /* [rows][H][D] -> [H][rows][D], in the file's type */
+            fa_from_f32_swap(f->otype, o + r * row_el, ostage, rows, H, f->shape.D);
         for (int64_t i = 0; f->with_lse && i < rows; i++)       /* [rows, H] -> [H, rows] */
             for (int64_t h = 0; h < H; h++) lstage[h * rows + i] = lse[(r + i) * H + h];
         int w = h5io_parallel() ? write_block(f, dxpl, b, r0 + r, rows, obuf, lstage)
@@ -576,7 +594,7 @@ int h5out_attr_double(h5out *f, const char *name, double v) {
 
 int h5out_attr_str(h5out *f, const char *name, const char *v) {
     int st = 0;
-    if (f->holder && write_str_attr(f->file, name, v) < 0)
+    if (f->holder && h5io_write_str_attr(f->file, name, v) < 0)
         st = fa_seterr("output '%s': writing attribute '%s' failed", f->path, name);
     return fa_agree(f->comm, st, f->rank);
 }
@@ -608,7 +626,7 @@ static int verify_file(h5out *f) {
         hid_t ds = H5Dopen2(file, k ? f->lname : f->oname, H5P_DEFAULT);
         hid_t sp = ds < 0 ? -1 : H5Dget_space(ds), ty = ds < 0 ? -1 : H5Dget_type(ds), mem = -1;
         hsize_t dims[4] = {0}, want[4] = {s->B, s->Nq, s->H, s->D}, one = 1;
-        if (k) want[1] = s->H, want[2] = s->Nq;
+        if (k || f->layout == FA_BHND) want[1] = s->H, want[2] = s->Nq;
         int nd = k ? 3 : 4;
         ok = sp >= 0 && ty >= 0 && H5Tget_size(ty) <= 8 && H5Sget_simple_extent_ndims(sp) == nd &&
              H5Sget_simple_extent_dims(sp, dims, NULL) == nd;
@@ -670,6 +688,7 @@ void h5out_abort(h5out *f) {
     if (!h5io_parallel() || f->nranks == 1) MPI_Comm_free(&f->comm);
     free(f->ostage);
     free(f->lstage);
+    free(f->tstage);
     free(f->kvd);
     free(f);
 }
@@ -818,7 +837,8 @@ static int reopen_contents(h5out *f) {
     const fa_shape *s = &f->shape;
     if ((f->file = open_partial(f)) < 0)
         return fa_seterr("--resume: cannot open partial output '%s' for writing", f->tmp);
-    int64_t od[4] = {s->B, s->Nq, s->H, s->D}, ld[3] = {s->B, s->H, s->Nq};
+    int64_t od[4], ld[3] = {s->B, s->H, s->Nq};
+    o_dims(f, od);
     HDF5_CHECK(f->ftype = h5io_file_type(f->otype), "creating the output element type");
     if ((f->o = reopen_dataset(f, f->oname, f->otype, 4, od)) < 0) return -1;
     if (f->with_lse && (f->lse = reopen_dataset(f, f->lname, FA_F32, 3, ld)) < 0) return -1;
@@ -827,9 +847,16 @@ static int reopen_contents(h5out *f) {
 
 int h5out_reopen(const char *path, const char *group, MPI_Comm comm, const fa_shape *shape, fa_dtype o_type,
                  int with_lse, int64_t cap_bytes, h5out **out) {
+    return h5out_reopen_layout(path, group, comm, shape, o_type, FA_BNHD, with_lse, cap_bytes, out);
+}
+
+int h5out_reopen_layout(const char *path, const char *group, MPI_Comm comm, const fa_shape *shape,
+                        fa_dtype o_type, fa_layout layout, int with_lse, int64_t cap_bytes,
+                        h5out **out) {
     h5io_init();
     *out = NULL;
     h5out *f = fa_calloc(1, sizeof *f, "h5out");
+    f->layout = layout == FA_BHND ? FA_BHND : FA_BNHD;
     MPI_Comm_dup(comm, &f->comm);
     MPI_Comm_rank(f->comm, &f->rank);
     MPI_Comm_size(f->comm, &f->nranks);

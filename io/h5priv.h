@@ -17,6 +17,10 @@
 
 #define FA_PATH_MAX 4096
 #define FA_IO_CAP_DEFAULT (1LL << 30)   /* bytes per rank per transfer (the plan's: FA_IO_CAP_BYTES) */
+/* A bhnd dataset's transfers are at most this many bytes: each is read into (or written from) a
+ * staging buffer in the file's order and transposed, so the buffer stays small; its runs, rows x D
+ * per head, stay long (64 MiB over 32 heads: 2 MiB each). */
+#define FA_BHND_STAGE_BYTES (64LL << 20)
 
 void h5io_init(void);
 
@@ -41,6 +45,13 @@ hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const ch
 /* Reads string attribute `name` of object `obj` (fixed or variable length) into buf[len];
  * -1 when absent or not a string (no message). */
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);
+/* Writes (creates or replaces) string attribute `name` of object obj as h5py writes a str:
+ * variable length, UTF-8. -1 on failure (no message). */
+int h5io_write_str_attr(hid_t obj, const char *name, const char *v);
+/* Reads the attribute 'layout' of object obj: 0 when absent (*l = FA_LAYOUT_AUTO), 0 with *l set
+ * when it names a layout, -1 when it is there but does not, with bad[len] saying so after
+ * "attribute 'layout' ": 'holds "torch"', 'is not a string'. */
+int h5io_layout_attr(hid_t obj, fa_layout *l, char *bad, int len);
 
 
 /* COLLECTIVE. Checks that `path` can be read (mode R_OK) or written (W_OK) on every rank: a

@@ -6,7 +6,8 @@
 # Variables (set with sbatch --export=ALL,NAME=value,... or in the environment):
 #   INPUT, OUTPUT   the HDF5 files (required)
 #   FA_ARGS         further fa_long options, e.g. "--causal --lse --chunk 2K"
-#   FA_HOME         the fa_long checkout (default: the folder sbatch was called from)
+#   FA_HOME         the fa_long checkout (default: the folder above this file; the sbatch
+#                   scripts find it from the path they were submitted as, from any folder)
 #   FA_LONG         the binary (default: $FA_HOME/fa_long)
 #   LAUNCHER        mpirun (default) or srun (srun --mpi=pmix)
 #   CHECK_ROWS      rows re-checked in fp64 after the run (default 16; 0 skips)
@@ -33,8 +34,12 @@
 set -u
 : "${INPUT:?set INPUT=the input .h5 (sbatch --export=ALL,INPUT=...,OUTPUT=...)}"
 : "${OUTPUT:?set OUTPUT=the output .h5}"
-FA_HOME=${FA_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}
+FA_HOME=${FA_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 FA_LONG=${FA_LONG:-$FA_HOME/fa_long}
+if [ ! -x "$FA_LONG" ]; then
+    echo "fa_long job: no fa_long at $FA_LONG (FA_HOME=$FA_HOME): build it (make) or set FA_LONG" >&2
+    exit 2
+fi
 LAUNCHER=${LAUNCHER:-mpirun}
 CHECK_ROWS=${CHECK_ROWS:-16}
 # threads a rank: OMP_NUM_THREADS if given, else --cpus-per-task, else fa_long's own share of the

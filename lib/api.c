@@ -101,7 +101,7 @@ static int validate(const fa_attn_desc *d, attn_mask *m) {
 
 /* Rows [r0, r0+n) of batch element b of a [B, N, heads, D] (bnhd) or [B, heads, N, D] (bhnd)
  * tensor of element type t, as fp32 [n, heads, D]. */
-static void gather(const void *src, fa_dtype t, fa_layout lay, int64_t N, int64_t heads, int64_t D,
+static void gather(const void *src, fa_dtype t, fa_long_layout lay, int64_t N, int64_t heads, int64_t D,
                    int64_t b, int64_t r0, int64_t n, float *dst, float *tmp) {
     const int es = fa_dtype_size(t);
     const char *base = src;

@@ -28,7 +28,7 @@ extern "C" {
 
 #define FA_LONG_API_VERSION 1
 
-typedef enum { FA_LAYOUT_BNHD = 0, FA_LAYOUT_BHND = 1 } fa_layout;
+typedef enum { FA_LAYOUT_BNHD = 0, FA_LAYOUT_BHND = 1 } fa_long_layout;
 /* element types: the values of the command's own (float32, float16, bfloat16, float64) */
 typedef enum { FA_ELEM_F32 = 0, FA_ELEM_F16 = 1, FA_ELEM_BF16 = 2, FA_ELEM_F64 = 3 } fa_elem;
 
@@ -36,7 +36,7 @@ enum { FA_OK = 0, FA_EINVAL = 2, FA_EMPI = 3 };
 
 typedef struct {
     int64_t batch, nq, nk, heads, kv_heads, head_dim;
-    fa_layout layout;            /* of q, k, v and o (default bnhd) */
+    fa_long_layout layout;       /* of q, k, v and o (default bnhd) */
     fa_elem dtype;               /* of q, k and v (default float32) */
     double scale;                /* 0: 1/sqrt(head_dim) */
     int causal;                  /* bottom-right: query i sees keys j <= i + Nk - Nq */

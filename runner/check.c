@@ -55,6 +55,41 @@ static void resolve_paths(const char *out) {
     fa_out_dset(got[3], "lse", P_L, sizeof P_L);
 }
 
+/* The layouts of q, k, v and o (issue 19): --layout (q, k, v) and --out-layout (o) of `fa_long
+ * check`, else what the output records (q_layout, k_layout, v_layout; o's attribute 'layout',
+ * else its root's), else the input's own attributes, else bnhd. */
+static fa_layout opt_layout, opt_out_layout;
+static fa_layout dlay[4];
+#define L_Q dlay[0]
+#define L_K dlay[1]
+#define L_V dlay[2]
+#define L_O dlay[3]
+
+static int resolve_layouts(const char *in, const char *out) {
+    static const char *const attr[3] = {"q_layout", "k_layout", "v_layout"};
+    char got[64];
+    for (int i = 0; i < 3; i++) {
+        dlay[i] = opt_layout;
+        if (!dlay[i] && h5_attr_str(out, attr[i], got, sizeof got) == 0 &&
+            fa_layout_parse(got, &dlay[i]))
+            return fa_seterr("%s: attribute '%s' = \"%s\" is not bnhd or bhnd", out, attr[i], got);
+        if (!dlay[i] && h5_layout(in, dpath[i], &dlay[i])) return -1;
+        if (!dlay[i]) dlay[i] = FA_BNHD;
+    }
+    L_O = opt_out_layout;
+    if (!L_O && h5_layout(out, P_O, &L_O)) return -1;
+    if (!L_O) L_O = FA_BNHD;
+    fa_clearerr();
+    return 0;
+}
+
+/* dims [B, N, heads, D] of a 4-dimensional dataset whose file dims are d, in layout l */
+static void bnhd_dims(int64_t d[8], fa_layout l) {
+    if (l != FA_BHND) return;
+    int64_t t = d[1];
+    d[1] = d[2], d[2] = t;
+}
+
 static int cmp_sample(const void *a, const void *b) {
     const sample *x = a, *y = b;
     if (x->b != y->b) return x->b < y->b ? -1 : 1;
@@ -96,9 +131,12 @@ static double default_tol(fa_dtype ot, const char *compute, double kappa) {
 static void check_usage(void) {
     printf("usage: fa_long check [--input IN.h5] --output OUT.h5 [--rows K|all] [--tol T] [--seed S]\n"
            "                     [--mode exact|taylor] [--q PATH] [--k PATH] [--v PATH] [--out-group G]\n"
+           "                     [--layout bnhd|bhnd] [--out-layout bnhd|bhnd]\n"
            "--q/--k/--v/--out-group: the datasets' paths, as for the run (default: what OUT.h5\n"
            "records in its attributes q_path, k_path, v_path, out_group; else q, k, v, the root).\n"
            "Without --input, the input is the one OUT.h5 records (its attribute 'input').\n"
+           "--layout L, --out-layout L: bnhd or bhnd, of q, k, v and of o (default: what OUT.h5\n"
+           "records: q_layout, k_layout, v_layout, o's 'layout'; else the files' attributes, bnhd).\n"
            "Recomputes K sampled output rows (default 64; 'all' for every row) in fp64 and prints\n"
            "the max absolute and relative error of o (and of lse when present). Exits 1 above\n"
            "the tolerance (default from the output and compute types: 1e-4 for float32).\n"
@@ -130,7 +168,7 @@ static int reference_rows(const char *in, const fa_shape *s, const attn_mask *mk
     for (int64_t j0 = klo; j0 < khi && !rc; j0 += blk) {
         int64_t n = khi - j0 < blk ? khi - j0 : blk;
         int64_t st[4] = {b, j0, 0, 0}, ct[4] = {1, n, Hkv, D};
-        if (h5_read_block(in, P_K, 4, st, ct, k) || h5_read_block(in, P_V, 4, st, ct, v)) {
+        if (h5_read_block_as(in, P_K, L_K, st, ct, k) || h5_read_block_as(in, P_V, L_V, st, ct, v)) {
             rc = -1;
             break;
         }
@@ -179,6 +217,7 @@ static int read_shapes(const char *in, const char *out, fa_shape *s, fa_dtype *o
     if (h5_dataset_info(in, P_Q, &nd, dq, &s->q_type) || h5_dataset_info(in, P_K, &nd, dk, &t))
         return -1;
     if (h5_dataset_info(out, P_O, &nd, dout, ot)) return -1;
+    bnhd_dims(dq, L_Q), bnhd_dims(dk, L_K), bnhd_dims(dout, L_O);
     s->B = dq[0]; s->Nq = dq[1]; s->H = dq[2]; s->D = dq[3];
     s->Nk = dk[1]; s->Hkv = dk[2];
     for (int i = 0; i < 4; i++)
@@ -227,7 +266,7 @@ static int compare_rows(const char *out, const fa_shape *s, const sample *sm, in
     float *lse = fa_malloc((size_t)H * sizeof(float), "check lse");
     for (int si = 0; si < ns; si++) {
         int64_t st[4] = {sm[si].b, sm[si].i, 0, 0}, ct[4] = {1, 1, H, D};
-        if (h5_read_block(out, P_O, 4, st, ct, o)) goto fail;
+        if (h5_read_block_as(out, P_O, L_O, st, ct, o)) goto fail;
         if (has_lse) {
             int64_t s3[3] = {sm[si].b, 0, sm[si].i}, c3[3] = {1, H, 1};
             if (h5_read_block(out, P_L, 3, s3, c3, lse)) goto fail;
@@ -287,7 +326,8 @@ static int taylor_rows(const char *in, const fa_shape *s, int64_t b, const int64
         for (int64_t j0 = 0; j0 < s->Nk && !rc; j0 += blk) {
             int64_t n = s->Nk - j0 < blk ? s->Nk - j0 : blk;
             int64_t st[4] = {b, j0, 0, 0}, ct[4] = {1, n, Hkv, D};
-            if (h5_read_block(in, P_K, 4, st, ct, k) || (pass && h5_read_block(in, P_V, 4, st, ct, v))) {
+            if (h5_read_block_as(in, P_K, L_K, st, ct, k) ||
+                (pass && h5_read_block_as(in, P_V, L_V, st, ct, v))) {
                 rc = -1;
                 break;
             }
@@ -316,7 +356,7 @@ static int taylor_compare_rows(const char *out, const fa_shape *s, const sample 
     int rc = 0;
     for (int si = 0; si < ns && !rc; si++) {
         int64_t st[4] = {sm[si].b, sm[si].i, 0, 0}, ct[4] = {1, 1, H, D};
-        if (h5_read_block(out, P_O, 4, st, ct, o)) { rc = -1; break; }
+        if (h5_read_block_as(out, P_O, L_O, st, ct, o)) { rc = -1; break; }
         if (has_lse) {
             int64_t s3[3] = {sm[si].b, 0, sm[si].i}, c3[3] = {1, H, 1};
             if (h5_read_block(out, P_L, 3, s3, c3, lse)) { rc = -1; break; }
@@ -408,7 +448,7 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
     memset(r, 0, sizeof *r);
     memset(&tx, 0, sizeof tx);
     resolve_paths(out);
-    if (read_shapes(in, out, &s, &ot, &has_lse)) return -1;
+    if (resolve_layouts(in, out) || read_shapes(in, out, &s, &ot, &has_lse)) return -1;
     double scale, causal_d;
     snprintf(r->compute, sizeof r->compute, "float32");
     if (h5_attr_double(out, "scale", &scale) || h5_attr_double(out, "causal", &causal_d))
@@ -445,7 +485,7 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
         for (int x = 0; x < n && !rc; x++) {
             int64_t st[4] = {sm[a + x].b, sm[a + x].i, 0, 0}, ct[4] = {1, 1, H, D};
             rows[x] = sm[a + x].i;
-            rc = h5_read_block(in, P_Q, 4, st, ct, q + (int64_t)x * H * D);
+            rc = h5_read_block_as(in, P_Q, L_Q, st, ct, q + (int64_t)x * H * D);
         }
         if (!rc) rc = reference_rows(in, &s, &mk, sm[a].b, rows, q, n, scale, acc, m, l, kappa);
         for (int64_t x = 0; !rc && x < n * H; x++)
@@ -545,6 +585,9 @@ static int check_main(const char *in, const char *out, int64_t nrows, double tol
         printf("check: datasets %s, %s, %s of %s against %s%s of %s%s\n", P_Q, P_K, P_V, in, P_O,
                r.has_lse ? " and lse" : "", out,
                paths_from_attrs ? " (paths not given taken from the output's attributes)" : "");
+    if (L_Q != FA_BNHD || L_K != FA_BNHD || L_V != FA_BNHD || L_O != FA_BNHD)
+        printf("check: layouts q %s, k %s, v %s, o %s\n", fa_layout_name(L_Q), fa_layout_name(L_K),
+               fa_layout_name(L_V), fa_layout_name(L_O));
     if (taylor) taylor_print(&r, out);
     else check_print(&r, out);
     return r.pass ? 0 : 1;
@@ -577,6 +620,7 @@ int cmd_check(int argc, char **argv) {
         {"version", no_argument, 0, 'V'},     {"mode", required_argument, 0, 'm'},
         {"q", required_argument, 0, 'Q'},     {"k", required_argument, 0, 'K'},
         {"v", required_argument, 0, 'W'},     {"out-group", required_argument, 0, 'G'},
+        {"layout", required_argument, 0, 300}, {"out-layout", required_argument, 0, 301},
         {0, 0, 0, 0}};
     const char *in = NULL, *out = NULL;
     int mode = 0;
@@ -599,6 +643,11 @@ int cmd_check(int argc, char **argv) {
             opt_path[c == 'Q' ? 0 : c == 'K' ? 1 : 2] = optarg;
             break;
         case 'G': opt_path[3] = optarg; break;
+        case 300: case 301:                  /* --layout, --out-layout */
+            if (cli_parse_layout("check: ", c == 300 ? "--layout" : "--out-layout", optarg,
+                                 c == 300 ? &opt_layout : &opt_out_layout))
+                return fa_report_error();
+            break;
         case 'r':
             rows = !strcmp(optarg, "all") ? -1 : fa_parse_size(optarg);
             if (rows == 0 || (rows < 0 && strcmp(optarg, "all"))) {

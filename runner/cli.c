@@ -98,6 +98,10 @@ static void usage(void) {
         "                          /layer3/q or layer3/q; links are followed)\n"
         "      --out-group G       write o and lse in group G of the output (created with its\n"
         "                          parents, e.g. layers/3; default: the root)\n"
+        "      --layout L          q, k, v in the file: bnhd [B,N,H,D] or bhnd [B,H,N,D], torch's\n"
+        "                          (default: their attribute 'layout', else the root's, else bnhd)\n"
+        "      --out-layout L      o in the output: bnhd or bhnd (default: q's layout; lse is\n"
+        "                          [B,H,Nq] either way)\n"
         "  -c, --causal            causal mask, aligned bottom-right: query i sees key j <= i + Nk - Nq\n"
         "      --window-size L,R   sliding window (flash-attn's): query i, at key position\n"
         "                          p = i + Nk - Nq, sees keys p-L <= j <= p+R; -1 unbounded;\n"
@@ -178,6 +182,14 @@ static int parse_window(const char *s, fa_job *job) {
     return 0;
 }
 
+enum { OPT_LAYOUT = 400, OPT_OUT_LAYOUT };          /* --layout, --out-layout (issue 19) */
+
+int cli_parse_layout(const char *who, const char *opt, const char *s, fa_layout *out) {
+    if (fa_layout_parse(s, out) == 0) return 0;
+    return fa_seterr("%soption %s: '%s' is not bnhd ([B, N, heads, D]) or bhnd ([B, heads, N, D], "
+                     "torch's)", who, opt, s);
+}
+
 static int parse_int(const char *opt, const char *s, int64_t lo, int64_t *out) {
     int64_t v = fa_parse_size(s);
     if (v < lo) return fa_seterr("option %s: '%s' is not a size >= %lld", opt, s, (long long)lo);
@@ -217,6 +229,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"window-size", required_argument, 0, OPT_WINDOW_SIZE},
         {"softcap", required_argument, 0, OPT_SOFTCAP},
         {"alibi", no_argument, 0, OPT_ALIBI},
+        {"layout", required_argument, 0, OPT_LAYOUT},
+        {"out-layout", required_argument, 0, OPT_OUT_LAYOUT},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
@@ -321,6 +335,10 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             break;
         }
         case OPT_ALIBI: job->alibi = 1; break;
+        case OPT_LAYOUT: if (cli_parse_layout("", "--layout", optarg, &job->layout)) return -1; break;
+        case OPT_OUT_LAYOUT:
+            if (cli_parse_layout("", "--out-layout", optarg, &job->out_layout)) return -1;
+            break;
         case OPT_KTFLOPS:
         case OPT_LINK: {
             char *end;

@@ -17,6 +17,9 @@ int cli_unknown_option(const char *who, const char *arg, const struct option *op
 /* Parses the run options into *job. Returns 0, 1 when --help/--version was handled (exit 0), or
  * -1 with fa_seterr on a usage error. */
 int cli_parse_run(int argc, char **argv, fa_job *job);
+/* A --layout/--out-layout value (bnhd, bhnd) into *out; -1 with fa_seterr naming the option opt
+ * of command `who` ("" or "gen: "). */
+int cli_parse_layout(const char *who, const char *opt, const char *s, fa_layout *out);
 void cli_print_version(void);
 
 /* fa_long check's measurement, also used by `fa_long --check ROWS` and the report. */

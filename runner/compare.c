@@ -49,9 +49,12 @@ static int write_compare_attrs(const char *path, const double *rel, int64_t h, c
     return h5_set_attr_str(path, "compare_mode", other);
 }
 
-/* Per-head max |a - b| and max |ref| over this rank's share of rows; ref is file `ref`. */
+/* Per-head max |a - b| and max |ref| over this rank's share of rows; ref is file `ref`. The
+ * output's o (oa in pa) in the layout it records; pb's, bnhd. */
 static int head_errors(const char *pa, const char *oa, const char *pb, int b_is_ref, const fa_shape *s,
                        double *dmax, double *rmax) {
+    fa_layout la;
+    if (h5_layout(pa, oa, &la)) return -1;
     int64_t H = s->H, D = s->D, total = s->B * s->Nq;
     int64_t lo = total * fa_rank / fa_nranks, hi = total * (fa_rank + 1) / fa_nranks;
     int64_t blk = (int64_t)(8 << 20) / (H * D * 4) + 1;
@@ -63,7 +66,7 @@ static int head_errors(const char *pa, const char *oa, const char *pb, int b_is_
         if (n > blk) n = blk;
         if (n > hi - r) n = hi - r;
         int64_t st[4] = {bb, i, 0, 0}, ct[4] = {1, n, H, D};
-        if (h5_read_block(pa, oa, 4, st, ct, a) || h5_read_block(pb, "o", 4, st, ct, b)) {
+        if (h5_read_block_as(pa, oa, la, st, ct, a) || h5_read_block(pb, "o", 4, st, ct, b)) {
             rc = -1;
             break;
         }
@@ -95,7 +98,9 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
     double t0 = fa_now();
     h5in *in = NULL;
     fa_shape s;
-    if (agree_rc(h5in_open(job->input, job->dset, MPI_COMM_WORLD, env->io_cap_bytes, &in, &s))) return -1;
+    if (agree_rc(h5in_open_layout(job->input, job->dset, job->layout, MPI_COMM_WORLD,
+                                  env->io_cap_bytes, &in, &s)))
+        return -1;
     run_plan pl;                         /* the other mode's own plan (a plain mask: --compare
                                           * takes no other, plan_backend_job) */
     attn_mask plain = mask_plain(s.Nq, s.Nk, job->causal);

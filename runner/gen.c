@@ -62,6 +62,8 @@ static void gen_usage(void) {
            "  -t, --dtype T       float32 (default), float16, bfloat16\n"
            "      --seed S        seed (default 1)\n"
            "      --magnitude X   standard deviation of the values (default 1)\n"
+           "      --layout L      bnhd (q [B,Nq,H,D], the default) or bhnd (q [B,H,Nq,D], torch's),\n"
+           "                      recorded in each dataset's attribute 'layout' (the same values)\n"
            "  -f, --force         replace an existing file\n");
 }
 
@@ -87,7 +89,9 @@ int cmd_gen(int argc, char **argv) {
         {"dtype", required_argument, 0, 't'},  {"seed", required_argument, 0, 'S'},
         {"magnitude", required_argument, 0, 'M'}, {"force", no_argument, 0, 'f'},
         {"help", no_argument, 0, 'h'},         {"version", no_argument, 0, 'V'},
+        {"layout", required_argument, 0, 'L'},
         {0, 0, 0, 0}};
+    fa_layout layout = FA_LAYOUT_AUTO;
     gen_cfg g = {.seed = 1, .magnitude = 1.0, .s = {.B = 1, .Nq = 1024, .Nk = 1024, .H = 4, .Hkv = 0, .D = 64}};
     const char *out = NULL;
     fa_dtype t = FA_F32;
@@ -138,6 +142,9 @@ int cmd_gen(int argc, char **argv) {
             break;
         }
         case 'f': force = 1; break;
+        case 'L':
+            if (cli_parse_layout("gen: ", "--layout", optarg, &layout)) return fa_report_error();
+            break;
         case 'h': gen_usage(); return 0;
         case 'V': cli_print_version(); return 0;
         case ':':
@@ -158,13 +165,15 @@ int cmd_gen(int argc, char **argv) {
     if (!err && g.s.H % g.s.Hkv) err = 1, fa_seterr("gen: heads (%lld) must be a multiple of kv-heads (%lld)", (long long)g.s.H, (long long)g.s.Hkv);
     if (err) return fa_report_error();
     int rc = 0;
-    if (fa_rank == 0) rc = h5_write_inputs(out, force, &g.s, t, fill, &g);
+    if (fa_rank == 0) rc = h5_write_inputs(out, force, &g.s, t, layout, fill, &g);
     MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
     if (rc) return fa_report_error();
+    const int x = layout == FA_BHND;           /* the dims as written: [B, H, N, D] in bhnd */
+    const long long qd[2] = {g.s.Nq, g.s.H}, kd[2] = {g.s.Nk, g.s.Hkv};
     if (fa_rank == 0 && fa_verbosity > 0)
-        fprintf(stderr, "fa_long: wrote %s: q [%lld,%lld,%lld,%lld], k/v [%lld,%lld,%lld,%lld] %s, seed %llu\n",
-                out, (long long)g.s.B, (long long)g.s.Nq, (long long)g.s.H, (long long)g.s.D,
-                (long long)g.s.B, (long long)g.s.Nk, (long long)g.s.Hkv, (long long)g.s.D,
-                fa_dtype_name(t), (unsigned long long)g.seed);
+        fprintf(stderr, "fa_long: wrote %s: q [%lld,%lld,%lld,%lld], k/v [%lld,%lld,%lld,%lld] %s, seed %llu%s\n",
+                out, (long long)g.s.B, qd[x], qd[!x], (long long)g.s.D, (long long)g.s.B, kd[x],
+                kd[!x], (long long)g.s.D, fa_dtype_name(t), (unsigned long long)g.seed,
+                x ? ", layout bhnd" : "");
     return 0;
 }

@@ -12,6 +12,8 @@ typedef struct {
     const char *input, *output;
     const char *dset[3];     /* --q/--k/--v: dataset paths of q, k, v in the input (NULL: "q", "k", "v") */
     const char *out_group;   /* --out-group: group of o and lse in the output (NULL: the root) */
+    fa_layout layout;        /* --layout: q, k, v's in the file (AUTO: their attributes, else bnhd) */
+    fa_layout out_layout;    /* --out-layout: o's (AUTO: q's, as read) */
     int causal;
     int window_size_set;     /* --window-size LEFT,RIGHT given */
     int64_t win_left, win_right;   /* its sides (-1 unbounded) */

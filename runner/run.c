@@ -62,6 +62,26 @@ static int write_attrs(h5out *out, const fa_job *job, const run_plan *pl, double
     return rc ? -1 : 0;
 }
 
+/* The layouts (issue 19): root attributes 'layout' (o's; o has it as a dataset attribute too)
+ * and 'q_layout', 'k_layout', 'v_layout' (the input's, as read), which check defaults to. */
+static int layout_attrs(h5out *out, const h5in *in, fa_layout o_layout) {
+    int rc = h5out_attr_str(out, "layout", fa_layout_name(o_layout));
+    rc |= h5out_attr_str(out, "q_layout", fa_layout_name(h5in_layout(in, 0)));
+    rc |= h5out_attr_str(out, "k_layout", fa_layout_name(h5in_layout(in, 1)));
+    rc |= h5out_attr_str(out, "v_layout", fa_layout_name(h5in_layout(in, 2)));
+    return rc ? -1 : 0;
+}
+
+/* The layouts' part of the job key: " layout=Q,K,V->O" when one is not bnhd (so bnhd keys stay
+ * what they were before --layout), appended to key[len]. */
+static void key_layouts(const h5in *in, fa_layout o_layout, char *key, int len) {
+    fa_layout l[4] = {h5in_layout(in, 0), h5in_layout(in, 1), h5in_layout(in, 2), o_layout};
+    if (l[0] == FA_BNHD && l[1] == FA_BNHD && l[2] == FA_BNHD && l[3] == FA_BNHD) return;
+    size_t n = strlen(key);
+    snprintf(key + n, (size_t)len - n, " layout=%s,%s,%s->%s", fa_layout_name(l[0]),
+             fa_layout_name(l[1]), fa_layout_name(l[2]), fa_layout_name(l[3]));
+}
+
 /* Rank 0 prints where the time went; per-rank compute shows the balance, and --verbose every
  * rank's times, one row each. */
 static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stats *st,
@@ -433,7 +453,8 @@ int cmd_run(int argc, char **argv) {
 
     h5in *in = NULL;
     fa_shape s;
-    if (agree(h5in_open(job.input, job.dset, MPI_COMM_WORLD, env.io_cap_bytes, &in, &s)))
+    if (agree(h5in_open_layout(job.input, job.dset, job.layout, MPI_COMM_WORLD, env.io_cap_bytes,
+                               &in, &s)))
         return fa_report_error();
     plan_mask pm;                   /* the mask: options and the input's tables */
     if (plan_mask_make(&job, &s, &pm)) {
@@ -445,6 +466,12 @@ int cmd_run(int argc, char **argv) {
         h5in_close(in);
         return fa_report_error();
     }
+    /* o in the input's layout (q's) unless --out-layout says otherwise */
+    const fa_layout o_layout = job.out_layout ? job.out_layout : h5in_layout(in, 0);
+    fa_log(2, "fa_long: layout: q %s, k %s, v %s (%s), o %s (%s)",
+           fa_layout_name(h5in_layout(in, 0)), fa_layout_name(h5in_layout(in, 1)),
+           fa_layout_name(h5in_layout(in, 2)), job.layout ? "--layout" : "attributes, else bnhd",
+           fa_layout_name(o_layout), job.out_layout ? "--out-layout" : "q's");
     /* GPUs: each rank bound to its device, NCCL up where it can serve the merge (the planner
      * sizes the keys against what the device has left) */
     gpu_comm gc = {0};
@@ -469,6 +496,7 @@ int cmd_run(int argc, char **argv) {
     const fa_dtype ot = pl.o_type;
     char key[8192];
     job_key(&job, &s, &pm.mask, ot, chunk, scale, key, sizeof key);
+    key_layouts(in, o_layout, key, sizeof key);
     int64_t first = 0;
     int plan = resume_plan(&job, key, &first);
     if (plan < 0) {
@@ -485,10 +513,10 @@ int cmd_run(int argc, char **argv) {
         return 0;
     }
     h5out *out = NULL;
-    rc = plan == RESUME_PARTIAL ? h5out_reopen(job.output, job.out_group, MPI_COMM_WORLD, &s, ot, job.lse,
-                                               pl.io_cap_bytes, &out)
-                                : h5out_create(job.output, job.out_group, job.force, MPI_COMM_WORLD, &s, ot,
-                                               job.lse, pl.io_cap_bytes, &out);
+    rc = plan == RESUME_PARTIAL ? h5out_reopen_layout(job.output, job.out_group, MPI_COMM_WORLD, &s, ot,
+                                                      o_layout, job.lse, pl.io_cap_bytes, &out)
+                                : h5out_create_layout(job.output, job.out_group, job.force, MPI_COMM_WORLD,
+                                                      &s, ot, o_layout, job.lse, pl.io_cap_bytes, &out);
     if (agree(rc) || (plan == RESUME_FRESH && agree(h5out_attr_str(out, "resume_key", key)))) {
         if (out) h5out_abort(out);
         gpu_comm_free(&gc);
@@ -547,6 +575,7 @@ int cmd_run(int argc, char **argv) {
     MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
     if (agree(write_attrs(out, &job, &pl, elapsed, &st)) ||
         agree(mode_attrs(out, &job)) ||
+        agree(layout_attrs(out, in, o_layout)) ||
         agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
         agree(h5out_attr_str(out, "report", rep.json))) {
         report_free(&rep);

@@ -32,6 +32,17 @@ def run_fa(args, nranks=1, timeout=300, check=False, env=None):
     return p
 
 
+def fa_lines(err):
+    """fa_long's own stderr lines (messages, warnings), less progress and resume notes."""
+    return [l for l in err.splitlines() if l.startswith("fa_long:")
+            and not l.startswith(("fa_long: chunk ", "fa_long: resuming "))]
+
+
+def leftovers(folder, out):
+    """What a run left in folder of output `out` (the file, its .partial, .lock, ...)."""
+    return [x for x in os.listdir(folder) if x.startswith("." + out.name) or x == out.name]
+
+
 @pytest.fixture
 def fa():
     assert FA_LONG.exists(), "build fa_long first (make)"

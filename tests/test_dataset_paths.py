@@ -9,15 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_fa
+from conftest import fa_lines, leftovers, run_fa
 from reference import attention_f64, random_inputs, write_inputs
 
 B, NQ, NK, H, HKV, D = 2, 40, 72, 4, 2, 16
-
-
-def fa_lines(err):
-    return [l for l in err.splitlines() if l.startswith("fa_long:")
-            and not l.startswith(("fa_long: chunk ", "fa_long: resuming "))]
 
 
 def rel(got, ref):
@@ -35,10 +30,6 @@ def make_input(path, seed=0):
         g["q"], g["k"], g["values"] = q, k, v
         g["v"] = h5py.SoftLink("/layer3/values")
     return q, k, v
-
-
-def leftovers(folder, out):
-    return [x for x in os.listdir(folder) if x.startswith("." + out.name) or x == out.name]
 
 
 PATHS = {"absolute": ["--q", "/layer3/q", "--k", "/layer3/k", "--v", "/layer3/v"],

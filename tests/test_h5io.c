@@ -971,16 +971,23 @@ static void mpi_writes(const char *dir, fa_dtype t) {
 }
 
 /* ============================ modes ====================================================== */
+/* echo IN OUT OTYPE NAME [IN_LAYOUT OUT_LAYOUT]: dataset NAME of IN (read in IN_LAYOUT: auto,
+ * bnhd, bhnd) written to OUT as o (in OUT_LAYOUT) and its first element of each (row, head) as
+ * lse, each rank its uneven shard of rows. */
 static int mode_echo(const char *in_path, const char *out_path, const char *otype,
-                     const char *name) {
+                     const char *name, const char *in_layout, const char *out_layout) {
     h5in *in;
     h5out *out;
     fa_shape s;
     fa_dtype t;
-    if (fa_dtype_parse(otype, &t) || h5in_open(in_path, NULL, MPI_COMM_WORLD, test_cap, &in, &s)) goto fail;
+    fa_layout il = FA_LAYOUT_AUTO, ol = FA_BNHD;
+    if (in_layout && strcmp(in_layout, "auto") && fa_layout_parse(in_layout, &il)) goto fail;
+    if (out_layout && fa_layout_parse(out_layout, &ol)) goto fail;
+    if (fa_dtype_parse(otype, &t) ||
+        h5in_open_layout(in_path, NULL, il, MPI_COMM_WORLD, test_cap, &in, &s)) goto fail;
     int kv = strcmp(name, "q") != 0;
     fa_shape o = {s.B, kv ? s.Nk : s.Nq, 0, kv ? s.Hkv : s.H, 0, s.D, t, t, t};
-    if (h5out_create(out_path, NULL, 1, MPI_COMM_WORLD, &o, t, 1, test_cap, &out)) goto fail;
+    if (h5out_create_layout(out_path, NULL, 1, MPI_COMM_WORLD, &o, t, ol, 1, test_cap, &out)) goto fail;
     row_range r[4];
     int nr = shard(me, np_, o.Nq, r);
     int64_t rows = 0, row = o.H * o.D;
@@ -1009,10 +1016,13 @@ static int mode_open(const char *path) {
         if (me == 0) printf("ERR %s\n", fa_errmsg());
         return 3;
     }
-    if (me == 0) printf("OK B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld q=%s k=%s v=%s\n",
+    if (me == 0) printf("OK B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld q=%s k=%s v=%s "
+                        "layout=%s,%s,%s\n",
                         (long long)s.B, (long long)s.Nq, (long long)s.Nk, (long long)s.H,
                         (long long)s.Hkv, (long long)s.D, fa_dtype_name(s.q_type),
-                        fa_dtype_name(s.k_type), fa_dtype_name(s.v_type));
+                        fa_dtype_name(s.k_type), fa_dtype_name(s.v_type),
+                        fa_layout_name(h5in_layout(in, 0)), fa_layout_name(h5in_layout(in, 1)),
+                        fa_layout_name(h5in_layout(in, 2)));
     h5in_close(in);
     return 0;
 }
@@ -1032,8 +1042,9 @@ int main(int argc, char **argv) {
     int rc;
     const char *cap_env = getenv("FA_IO_CAP_BYTES");
     if (cap_env && *cap_env) test_cap = fa_parse_size(cap_env);
-    if (argc == 6 && !strcmp(argv[1], "echo")) {
-        rc = mode_echo(argv[2], argv[3], argv[4], argv[5]);
+    if ((argc == 6 || argc == 8) && !strcmp(argv[1], "echo")) {
+        rc = mode_echo(argv[2], argv[3], argv[4], argv[5], argc == 8 ? argv[6] : NULL,
+                       argc == 8 ? argv[7] : NULL);
     } else if (argc == 3 && !strcmp(argv[1], "open")) {
         rc = mode_open(argv[2]);
     } else {

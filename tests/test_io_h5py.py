@@ -1,7 +1,8 @@
 """io/ against files h5py writes and reads: every element type and byte order read right by
 h5in_* (through build/tests/test_h5io's `echo` mode, 1 and 3 ranks, transfers capped small),
 o written in every type read back right by h5py (bf16 bit patterns checked against numpy,
-round to nearest even), errors on h5py-made files, and the multi-rank C checks (`mpi` mode).
+round to nearest even), torch's bhnd layout read and written (from an attribute, both output
+layouts), errors on h5py-made files, and the multi-rank C checks (`mpi` mode).
 
 Every test runs for the default build (parallel HDF5 here) and, when the serial HDF5 headers are
 installed (Debian: libhdf5-dev), for a serial-HDF5 build of test_h5io made here, so the rank-0
@@ -103,12 +104,18 @@ INPUT_TYPES = {"f32": "<f4", "f32be": ">f4", "f16": "<f2", "f16be": ">f2", "f64"
                "f16gzip": "<f2"}   # chunked and gzip-compressed, as h5py users often write
 
 
-def write_inputs(path, kind, rng, B=2, Nq=23, Nk=31, H=4, Hkv=2, D=8):
-    """q, k, v of the given kind; returns the float32 values fa_long must read."""
+def write_inputs(path, kind, rng, B=2, Nq=23, Nk=31, H=4, Hkv=2, D=8, layout="bnhd"):
+    """q, k, v of the given kind; returns the float32 values fa_long must read, [B, N, heads, D].
+    layout "bhnd" stores them as torch's [B, heads, N, D], with a root attribute layout = bhnd."""
     want = {}
+    bhnd = layout == "bhnd"
     with h5py.File(path, "w") as f:
+        if bhnd:
+            f.attrs["layout"] = "bhnd"
         for name, n, h in (("q", Nq, H), ("k", Nk, Hkv), ("v", Nk, Hkv)):
             x = special_values(rng, (B, n, h, D))
+            if bhnd:                   # what is stored; want gets it back as [B, N, heads, D]
+                x = np.ascontiguousarray(x.transpose(0, 2, 1, 3))
             if kind.startswith("bf16"):
                 bits = write_bf16(f, name, x, big_endian=kind.endswith("be"))
                 want[name] = (bits.astype(np.uint32) << 16).view(np.float32)
@@ -116,10 +123,12 @@ def write_inputs(path, kind, rng, B=2, Nq=23, Nk=31, H=4, Hkv=2, D=8):
                 dt = np.dtype(INPUT_TYPES[kind])
                 with np.errstate(over="ignore"):   # special values past float16's range: inf
                     stored = (x.astype(np.float64) * (1 + 2**-30) if dt.itemsize == 8 else x).astype(dt)
-                extra = dict(chunks=(1, 5, h, D), compression="gzip", shuffle=True) \
-                    if kind.endswith("gzip") else {}
+                extra = dict(chunks=(1, h, 5, D) if bhnd else (1, 5, h, D), compression="gzip",
+                             shuffle=True) if kind.endswith("gzip") else {}
                 f.create_dataset(name, data=stored, **extra)
                 want[name] = stored.astype(np.float32)
+            if bhnd:
+                want[name] = np.ascontiguousarray(want[name].transpose(0, 2, 1, 3))
     return want
 
 
@@ -146,6 +155,39 @@ def test_h5py_inputs_read_right(exe, tmp_path, kind, nranks):
         assert o.dtype == np.float32 and o.shape == want[name].shape
         assert same_bits(o, want[name]), f"{name}: values differ from h5py's"
         assert same_bits(lse, want[name][..., 0].transpose(0, 2, 1)), "lse not [B, H, N]"
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16be", "bf16", "f64", "f16gzip"])
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_bhnd_read_and_written(exe, tmp_path, kind, nranks):
+    """torch's [B, heads, N, D] (the root attribute says so): every rank's uneven shard of rows,
+    transfers capped at 100 bytes, read into the same values as h5py's; o written in bhnd
+    (q, k) and bnhd (v); lse [B, H, N] either way."""
+    rng = np.random.default_rng(7)
+    inp = tmp_path / "in.h5"
+    want = write_inputs(inp, kind, rng, layout="bhnd")
+    p = run(exe, ["open", inp])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("OK B=2 Nq=23 Nk=31 H=4 Hkv=2 D=8"), p.stdout
+    assert "layout=bhnd,bhnd,bhnd" in p.stdout, p.stdout
+    for name, olay in (("q", "bhnd"), ("k", "bhnd"), ("v", "bnhd")):
+        out = tmp_path / f"o_{name}.h5"
+        p = run(exe, ["echo", inp, out, "float32", name, "auto", olay], nranks=nranks, cap=100)
+        assert p.returncode == 0, p.stdout + p.stderr
+        with h5py.File(out, "r") as f:
+            o, lse = f["o"][...], f["lse"][...]
+            assert f["o"].attrs["layout"] == olay
+        if olay == "bhnd":
+            assert o.shape == want[name].transpose(0, 2, 1, 3).shape
+            o = o.transpose(0, 2, 1, 3)
+        assert o.shape == want[name].shape
+        assert same_bits(o, want[name]), f"{name}: values differ from h5py's"
+        assert same_bits(lse, want[name][..., 0].transpose(0, 2, 1)), "lse not [B, H, N]"
+    # the same file read as bnhd (--layout bnhd overrides the attribute, with a warning): q
+    # [2, 4, 23, 8] then has 23 heads against k's 31, which the shape check refuses
+    p = run(exe, ["echo", inp, tmp_path / "o.h5", "float32", "k", "bnhd", "bnhd"], nranks=nranks)
+    assert p.returncode == 3 and "H=23 heads" in p.stdout and "Hkv=31" in p.stdout, p.stdout
+    assert 'overrides the attribute layout = "bhnd" of the file\'s root' in p.stderr, p.stderr
 
 
 # ---- o in every type, read back by h5py ---------------------------------------------------------
@@ -225,6 +267,10 @@ def h5py_bad_files(tmp_path):
     case("scalar", ["'q'", "rank 0"], lambda f, d: f.create_dataset("q", data=1.0))
     case("group", ["'k'", "not a dataset"], lambda f, d: f.create_group("k"))
     case("empty", ["'k'", "empty"], lambda f, d: d.update(k=d["k"][:, :0], v=d["v"][:, :0]))
+    case("layout_attr", ["'k'", "'layout' holds \"nhd\"", "bhnd"], lambda f, d: (
+        f.create_dataset("k", data=d["k"]), f["k"].attrs.__setitem__("layout", "nhd")))
+    case("layout_root", ["root attribute 'layout'", "not a string", "bnhd"],
+         lambda f, d: f.attrs.__setitem__("layout", 2))
     return cases
 
 

@@ -1,5 +1,7 @@
 """A real single-node Slurm (munged, slurmctld, slurmd from Debian's packages, started and
-stopped by these tests): the jobs/ CPU script submitted with sbatch, under mpirun and srun; a
+stopped by these tests): the jobs/ CPU script submitted with sbatch, under mpirun and srun, and
+from a data folder with nothing set (through a relative path, a link, --chdir; a copy of the
+script needs FA_HOME and says so), its log where Slurm's --output puts it; a
 job stopped with SIGUSR1, requeued by its script, resumed, and equal to an uninterrupted run; and
 the same after a plain scancel and after the job's time limit (SIGTERM to every process of the
 job, SIGKILL KillWait later: 10 s here, 30 s by Slurm's default). `make test-slurm` runs these
@@ -83,6 +85,73 @@ def test_sbatch_cpu_job(slurm, tmp_path, launcher):
     assert p.returncode == 0 and "PASS" in p.stdout, p.stdout
     with h5py.File(out, "r") as f:
         assert f.attrs["ranks"] == 2 and f.attrs["causal"] == 1
+
+
+def bare_env(env):
+    """The environment of a user who set nothing: no FA_HOME, no FA_LONG."""
+    return {k: v for k, v in env.items() if k not in ("FA_HOME", "FA_LONG")}
+
+
+def checkout_logs():
+    return set(ROOT.rglob("fa_long-*.log")) | set(ROOT.rglob("slurm-*.out"))
+
+
+@pytest.mark.parametrize("how", ["relative", "link", "chdir"])
+def test_submit_from_a_data_folder(slurm, tmp_path, how):
+    """sbatch run in a data folder, not the checkout, with neither FA_HOME nor FA_LONG: the
+    script finds the checkout from the path it was submitted as (Slurm runs a copy of it), and
+    its log lands where --output puts it (the job's folder), not in the checkout."""
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir(), elsewhere.mkdir()
+    inp, out = data / "in.h5", data / "out.h5"
+    p = run_fa(["gen", "--output", inp, "-n", "300", "--heads", "4", "--kv-heads", "2", "-d", "16"])
+    assert p.returncode == 0, p.stderr
+    script = ROOT / "jobs" / "fa_long_cpu.sbatch"
+    if how == "link":
+        (data / "fa.sbatch").symlink_to(script)
+        script = "fa.sbatch"
+    elif how == "relative":
+        script = os.path.relpath(script, data)
+        assert script.startswith("..")
+    extra = ["--chdir", str(elsewhere)] if how == "chdir" else []
+    before = checkout_logs()
+    env = bare_env(slurm)
+    p = subprocess.run(["sbatch", "--parsable", f"--export=ALL,INPUT={inp},OUTPUT={out},"
+                        "FA_ARGS=--causal --lse", *extra, str(script)], capture_output=True,
+                       text=True, env=env, cwd=data, timeout=60)
+    assert p.returncode == 0, p.stderr
+    jid = p.stdout.strip().split(";")[0]
+    st, info = wait_state(env, jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    log = (elsewhere if how == "chdir" else data) / f"fa_long-{jid}.log"
+    assert log.exists(), (list(data.iterdir()), list(elsewhere.iterdir()), info)
+    text = log.read_text()
+    assert st == "COMPLETED", text + info
+    assert "check: PASS" in text and out.exists(), text
+    assert checkout_logs() == before, "a log landed in the checkout"
+
+
+def test_copied_script_needs_fa_home(slurm, tmp_path):
+    """A copy of a script kept in the data folder cannot know the checkout: the job ends at once
+    with one line saying to set FA_HOME; with FA_HOME it runs."""
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    p = run_fa(["gen", "--output", inp, "-n", "200", "--heads", "2", "-d", "16"])
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "mine.sbatch").write_text((ROOT / "jobs" / "fa_long_cpu.sbatch").read_text())
+    env = bare_env(slurm)
+    for home in ("", f",FA_HOME={ROOT}"):
+        p = subprocess.run(["sbatch", "--parsable", f"--export=ALL,INPUT={inp},OUTPUT={out}{home}",
+                            "mine.sbatch"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=60)
+        assert p.returncode == 0, p.stderr
+        jid = p.stdout.strip().split(";")[0]
+        st, info = wait_state(env, jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+        text = (tmp_path / f"fa_long-{jid}.log").read_text()
+        if not home:
+            assert st == "FAILED" and "ExitCode=2:0" in info, text + info
+            assert f"no jobs/run_fa_long.sh in FA_HOME={tmp_path.parent}: set FA_HOME" in text, text
+            assert not out.exists()
+        else:
+            assert st == "COMPLETED" and "check: PASS" in text, text + info
 
 
 def test_preempt_requeue_resume(slurm, tmp_path):
