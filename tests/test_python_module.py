@@ -439,19 +439,32 @@ def test_attention_keeps_its_workdir(tmp_path):
         assert f["q"].dtype == np.float32      # dtype None: the arrays' own
 
 
-def test_real_torch(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_real_torch(tmp_path, device):
+    """torch's own tensors, bfloat16, on the CPU or a GPU: bits as torch holds them, o back as a
+    tensor on q's device, against fp64 and against torch's SDPA under the same mask (bottom-right
+    causal, key/value heads repeated for GQA)."""
     torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU for torch")
     B, Nq, Nk, H, Hkv, D, _ = CASES["gqa_causal"]
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, h, n, D, generator=g).to(torch.bfloat16)
+    q, k, v = (torch.randn(B, h, n, D, generator=g).to(torch.bfloat16).to(device)
                for h, n in ((H, Nq), (Hkv, Nk), (Hkv, Nk)))
     fa_long.write_inputs(tmp_path / "in.h5", q, k, v, layout="bhnd")
     with h5py.File(tmp_path / "in.h5", "r") as f:
-        assert np.array_equal(bits_in_file(f["q"]), q.view(torch.int16).numpy().view(np.uint16))
-    o = fa_long.attention(q, k, v, layout="bhnd", causal=True, out_dtype="float32", **FAST)
-    assert isinstance(o, torch.Tensor) and tuple(o.shape) == (B, H, Nq, D)
-    ref = attention_f64(*(bhnd(x.float().numpy()) for x in (q, k, v)), causal=True)[0]
-    assert rel_err(bhnd(o.numpy()), ref) <= 2e-6
+        assert np.array_equal(bits_in_file(f["q"]),
+                              q.cpu().view(torch.int16).numpy().view(np.uint16))
+    o, lse = fa_long.attention(q, k, v, layout="bhnd", causal=True, out_dtype="float32", lse=True,
+                               **FAST)
+    assert isinstance(o, torch.Tensor) and o.device == q.device and o.dtype == torch.float32
+    assert tuple(o.shape) == (B, H, Nq, D) and tuple(lse.shape) == (B, H, Nq)
+    ref = attention_f64(*(bhnd(x.float().cpu().numpy()) for x in (q, k, v)), causal=True)[0]
+    assert rel_err(bhnd(o.cpu().numpy()), ref) <= 2e-6
+    seen = torch.arange(Nk, device=device)[None, :] <= torch.arange(Nq, device=device)[:, None] + Nk - Nq
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), *(x.float().repeat_interleave(H // Hkv, dim=1) for x in (k, v)), attn_mask=seen)
+    assert rel_err(o.cpu().numpy(), sdpa.cpu().numpy()) <= 1e-5
 
 
 # ---- packaging ------------------------------------------------------------------------------------------
