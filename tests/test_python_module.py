@@ -486,3 +486,23 @@ def test_wheel_builds_offline(tmp_path):
                        text=True, env=dict(env, PYTHONPATH=str(site)), cwd=tmp_path, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [str(site / "fa_long" / "__init__.py"), "['--causal']"]
+
+
+def test_masks_through_the_module(tmp_path):
+    """Packed documents, a window, softcap and ALiBi through the module (write_inputs' mask tables,
+    run's window_size/softcap/alibi options) in torch's layout, against the masks' fp64
+    reference; the output records the mask."""
+    from mask_reference import masked_f64, std_slopes
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 150, 150, 4, 2, 32)
+    cu = np.array([0, 60, 61, 150])
+    t = lambda x: np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+    inp = fa_long.write_inputs(tmp_path / "in.h5", t(q), t(k), t(v), layout="bhnd", dtype="float32",
+                               cu_seqlens=cu)
+    res = fa_long.run(inp, tmp_path / "o.h5", ranks=2, window_size=(12, 0), softcap=9.0, alibi=True,
+                      lse=True)
+    o, lse = fa_long.read_output(res, layout="bnhd")
+    ro, rlse, kappa = masked_f64(q, k, v, 12, 0, cu, cu, softcap=9.0, slopes=std_slopes(4))
+    assert rel_err(o, ro) <= max(1e-5, 8 * 2.0 ** -24 * kappa)
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f.attrs["mask"] == "window 12,0, 3 documents, softcap 9, alibi"
