@@ -27,6 +27,8 @@ static int progress_to_tty(void) {
     return proc_fd_is_tty((long)getppid(), 2);
 }
 
+#define FIRST_LINE_S 2.0            /* a batch log's first line: once the run is this old */
+
 void progress_init(progress *p, int enabled, int64_t chunks_total, double flops_total,
                    double interval) {
     *p = (progress){0};
@@ -99,8 +101,12 @@ void progress_chunk_at(progress *p, double flops, double now) {
         p->sff += flops * flops;
         p->sft += flops * t;
     }
-    /* the first chunk at once (the screen is never blank for long), then at the line's pace */
-    if (!p->printed || now - p->last >= (p->tty ? 0.2 : p->interval)) {
+    /* live: the first chunk at once (the screen is never blank for long), then at most 5 lines
+     * a second; a batch log: a first line once the run is 2 s old (a job that ends, or fails,
+     * sooner writes none: its error stays its one line), then one every interval */
+    const int due = p->tty ? !p->printed || now - p->last >= 0.2
+                           : (!p->printed && now - p->t0 >= FIRST_LINE_S) || now - p->last >= p->interval;
+    if (due) {
         p->last = now;
         print_line(p, now, 0);
     }

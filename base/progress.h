@@ -2,8 +2,8 @@
  * Live, one line rewritten in place (at most 5 times a second), when rank 0's stderr is a terminal
  * or, under mpirun (whose ranks get a pipe for stderr, copied to mpirun's own, and a
  * pseudo-terminal for stdout whatever mpirun's are), when the launcher's stderr is one; in a batch
- * log a plain line at the first chunk, then every `interval` seconds (the run
- * plan's: FA_PROGRESS_INTERVAL, default 10).
+ * log a plain line at the first chunk that ends 2 s or more into the run, then every `interval`
+ * seconds (the run plan's: FA_PROGRESS_INTERVAL, default 10).
  * ETA: chunks differ in cost (a causal or windowed chunk's visible pairs grow or shrink with its
  * rows), so each finished chunk's seconds are fitted as t = a + b * flops over this run's chunks
  * (a: what a chunk costs whatever its size; b: seconds per flop), and the ETA is that model summed

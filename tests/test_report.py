@@ -98,8 +98,12 @@ def test_progress_live_under_mpirun(tmp_path):
     live = p.stdout.decode().replace("\r\n", "\n")       # bytes: \r kept as it is
     assert "\rfa_long: chunk 1/30 (3.3%)" in live and "ETA --:--" in live, repr(live[:400])
     assert "\rfa_long: chunk 30/30 (100.0%)" in live, repr(live[-600:])
-    q = subprocess.run(cmd[:-1] + ["-o", str(tmp_path / "p.h5")], capture_output=True, timeout=300)
+    q = subprocess.run(cmd[:-1] + ["-o", str(tmp_path / "p.h5")], capture_output=True, timeout=300,
+                       env=dict(os.environ, FA_PROGRESS_INTERVAL="0.000001"))
     assert q.returncode == 0 and b"\r" not in q.stderr and b"fa_long: chunk 1/30" in q.stderr, q.stderr
+    # a batch run shorter than 2 s at the default interval writes no progress line at all
+    q = subprocess.run(cmd[:-1] + ["-o", str(tmp_path / "p2.h5")], capture_output=True, timeout=300)
+    assert q.returncode == 0 and b"fa_long: chunk" not in q.stderr, q.stderr
 
 
 def test_stop_and_resume_without_slurm(tmp_path):
