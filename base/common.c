@@ -156,6 +156,12 @@ int fa_threads_setup(int requested, const char *omp_env) {
     return t;
 }
 
+uint64_t fa_fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
 int fa_node_cpus(void) {
     cpu_set_t mine;
     CPU_ZERO(&mine);

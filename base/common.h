@@ -59,6 +59,9 @@ typedef struct {
     const char *why;   /* "--threads", "OMP_NUM_THREADS" or "node share" */
 } fa_threads_info;
 int fa_threads_setup(int requested, const char *omp_num_threads);
+/* FNV-1a of n bytes continuing from h (start: FA_FNV_START): fingerprints, not security. */
+#define FA_FNV_START 1469598103934665603ull
+uint64_t fa_fnv1a(uint64_t h, const void *p, size_t n);
 /* CPUs this process may run on (its affinity mask; the online CPUs where it has none). Local. */
 int fa_node_cpus(void);
 extern fa_threads_info fa_threads;

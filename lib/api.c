@@ -35,19 +35,6 @@ const char *fa_long_version(void) { return "fa_long " FA_VERSION; }
 /* a bad argument: its line, and FA_EINVAL */
 #define EINVAL(...) ((void)fa_seterr(__VA_ARGS__), FA_EINVAL)
 
-static int check_offsets(const int64_t *cu, int64_t rows, int64_t ndocs, int64_t n, const char *what) {
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t *c = cu + r * (ndocs + 1);
-        if (c[0] != 0 || c[ndocs] != n)
-            return EINVAL("fa_long: %s row %lld must run from 0 to %lld", what, (long long)r, (long long)n);
-        for (int64_t x = 0; x < ndocs; x++)
-            if (c[x + 1] < c[x])
-                return EINVAL("fa_long: %s row %lld decreases at index %lld", what, (long long)r,
-                              (long long)(x + 1));
-    }
-    return 0;
-}
-
 /* The descriptor's checks; fills the mask. */
 static int validate(const fa_attn_desc *d, attn_mask *m) {
     fa_clearerr();
@@ -77,20 +64,18 @@ static int validate(const fa_attn_desc *d, attn_mask *m) {
     if (d->softcap < 0 || !isfinite(d->softcap) || d->scale < 0 || !isfinite(d->scale))
         return EINVAL("fa_long: fa_attn_desc: softcap %g and scale %g must be finite and >= 0 "
                       "(0: none / 1/sqrt(head_dim))", d->softcap, d->scale);
-    *m = mask_plain(d->nq, d->nk, d->causal);
-    if (d->window_left >= 0 || d->window_right >= 0 || !d->causal) {
-        m->left = d->window_left;
-        m->right = d->causal ? 0 : d->window_right;
-    }
+    *m = mask_plain(d->nq, d->nk, d->causal);          /* causal: right side 0 */
+    m->left = d->window_left;
+    if (!d->causal) m->right = d->window_right;
     m->softcap = d->softcap;
     m->alibi = d->alibi_slopes;
     if (d->ndocs > 0) {
         if (!d->cu_seqlens_q || !d->cu_seqlens_k || (d->doc_rows != 1 && d->doc_rows != d->batch))
             return EINVAL("fa_long: fa_attn_desc: ndocs %lld needs cu_seqlens_q and cu_seqlens_k "
                           "with doc_rows 1 or batch (%lld)", (long long)d->ndocs, (long long)d->batch);
-        int rc = check_offsets(d->cu_seqlens_q, d->doc_rows, d->ndocs, d->nq, "cu_seqlens_q");
-        if (!rc) rc = check_offsets(d->cu_seqlens_k, d->doc_rows, d->ndocs, d->nk, "cu_seqlens_k");
-        if (rc) return rc;
+        if (h5_check_offsets(d->cu_seqlens_q, d->doc_rows, d->ndocs, d->nq, "fa_long: cu_seqlens_q") ||
+            h5_check_offsets(d->cu_seqlens_k, d->doc_rows, d->ndocs, d->nk, "fa_long: cu_seqlens_k"))
+            return FA_EINVAL;
         m->ndocs = d->ndocs;
         m->doc_rows = d->doc_rows;
         m->cu_q = d->cu_seqlens_q;
@@ -193,12 +178,7 @@ static uint64_t desc_print(const fa_attn_desc *d) {
     int64_t v[14] = {d->batch, d->nq, d->nk, d->heads, d->kv_heads, d->head_dim, d->layout, d->dtype,
                      d->causal, d->window_left, d->window_right, d->ndocs, d->doc_rows, d->alibi_slopes != NULL};
     double f[2] = {d->scale, d->softcap};
-    uint64_t h = 1469598103934665603ull;
-    const unsigned char *p = (const unsigned char *)v;
-    for (size_t i = 0; i < sizeof v; i++) h = (h ^ p[i]) * 1099511628211ull;
-    p = (const unsigned char *)f;
-    for (size_t i = 0; i < sizeof f; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h;
+    return fa_fnv1a(fa_fnv1a(FA_FNV_START, v, sizeof v), f, sizeof f);
 }
 
 static int cmp_run(const void *a, const void *b) {

@@ -242,13 +242,6 @@ static const char *key_path(const char *p, const char *dflt, char *buf, int len)
 }
 
 /* What must match for rows of an earlier run to be reused by --resume. */
-/* FNV-1a of n bytes, continuing from h */
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
-    const unsigned char *c = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
-    return h;
-}
-
 static void job_key(const fa_job *job, const fa_shape *s, const attn_mask *m, fa_dtype ot,
                     int64_t chunk, double scale, char *buf, int len) {
     char in[4096], pq[1024], pk[1024], pv[1024], pg[1024], paths[4200] = "", mk[512] = "";
@@ -261,11 +254,11 @@ static void job_key(const fa_job *job, const fa_shape *s, const attn_mask *m, fa
     /* a mask beyond full and causal: its parameters and a digest of its tables (the plain ones
      * leave the key as it was before masks existed) */
     if (!mask_is_plain(m)) {
-        uint64_t h = 1469598103934665603ull;
+        uint64_t h = FA_FNV_START;
         int64_t rows = m->ndocs ? m->doc_rows * (m->ndocs + 1) : 0;
-        if (rows) h = fnv1a(fnv1a(h, m->cu_q, sizeof(int64_t) * (size_t)rows), m->cu_k,
+        if (rows) h = fa_fnv1a(fa_fnv1a(h, m->cu_q, sizeof(int64_t) * (size_t)rows), m->cu_k,
                             sizeof(int64_t) * (size_t)rows);
-        if (m->alibi) h = fnv1a(h, m->alibi, sizeof(float) * (size_t)s->H);
+        if (m->alibi) h = fa_fnv1a(h, m->alibi, sizeof(float) * (size_t)s->H);
         snprintf(mk, sizeof mk, " window=%lld,%lld softcap=%.17g alibi=%d documents=%lld "
                  "tables=%016llx", (long long)m->left, (long long)m->right, m->softcap,
                  m->alibi != NULL, (long long)m->ndocs, (unsigned long long)h);

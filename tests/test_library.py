@@ -124,5 +124,11 @@ def test_ctypes_bnhd_float32_plain_and_errors(lib):
     rc, _, _ = call(lib, d, q, k, v)
     assert rc == 2 and b"window sides -2,-1" in lib.fa_long_error()
     d.window_left = -1
+    bad = np.array([0, 40, 30, 70], dtype=np.int64)           # a decreasing offset table
+    good = np.array([0, 20, 30, 50], dtype=np.int64)
+    d.ndocs, d.cu_seqlens_q, d.cu_seqlens_k = 3, bad.ctypes.data, good.ctypes.data
+    rc, _, _ = call(lib, d, q, k, v)
+    assert rc == 2 and b"cu_seqlens_q decreases at index 2" in lib.fa_long_error(), lib.fa_long_error()
+    d.ndocs = 0
     rc = lib.fa_attention(ctypes.byref(d), None, ptr(k), ptr(v), ptr(o), None)
     assert rc == 2 and b"q is NULL" in lib.fa_long_error()
