@@ -4,7 +4,7 @@
 #include <limits.h>
 #include <stdio.h>
 
-double fa_sync_s = 0;
+_Thread_local double fa_sync_s = 0;
 
 int fa_agree(MPI_Comm comm, int st, int64_t key) {
     struct { long v; int r; } in, out;

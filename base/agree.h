@@ -12,4 +12,4 @@ int fa_agree(MPI_Comm comm, int st, int64_t key);
 
 /* Seconds this process has waited in agreements and in the barriers and collectives that exist
  * only to wait for the other ranks (the report's "sync" phase, kept out of read and write). */
-extern double fa_sync_s;
+extern _Thread_local double fa_sync_s;   /* each thread its own (the I/O thread's tasks) */

@@ -12,10 +12,11 @@
 #include <stdlib.h>
 
 int fa_rank = 0, fa_nranks = 1;
+int fa_mpi_thread_multiple = 0;
 fa_threads_info fa_threads = {1, 1, 1, "node share"};
 int fa_verbosity = 1;
 
-static char errbuf[1024];
+static _Thread_local char errbuf[1024];   /* each thread its own: the I/O thread's tasks */
 static char cleanup_path[4096];
 
 int fa_seterr(const char *fmt, ...) {

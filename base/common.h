@@ -16,6 +16,9 @@ extern "C" {
 
 /* Set once MPI is up (runner/main.c). Outside MPI (unit tests) they stay 0 and 1. */
 extern int fa_rank, fa_nranks;
+/* Whether MPI granted MPI_THREAD_MULTIPLE (runner/main.c asks for it): the pipeline's I/O thread
+ * needs it. 0 outside MPI and where the library offers less. */
+extern int fa_mpi_thread_multiple;
 
 /* ---- two kinds of failure ------------------------------------------------------------------
  * 1. User errors found collectively (bad input, output exists): a function records one line with

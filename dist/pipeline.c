@@ -4,11 +4,17 @@
  * lands on owner(i) = i mod P (parallel HDF5: each rank writes its own rows) or on rank 0 (serial
  * HDF5: rank 0 writes everything). Writes are collective per group of G = P chunks (1 when serial),
  * so every rank makes the same sequence of collective calls. Up to `window` merges are in flight
- * while the next chunk computes; the master thread drives their progress from inside the engine. */
+ * while the next chunk computes; the master thread drives their progress from inside the engine.
+ *
+ * The file's side runs on the rank's I/O thread (dist/io_worker.h), in tasks every rank submits
+ * in the same order: chunk i+1's queries are read while chunk i computes (two query buffers),
+ * a group's rows are written while the next groups compute (two output buffers), and the keys
+ * of batch element b+1 are read once b's last chunk has computed. Only the tasks call HDF5. */
 #include "dist/pipeline.h"
 #include "dist/merge.h"
 #include "dist/shard.h"
 #include "dist/gpu_comm.h"
+#include "dist/io_worker.h"
 #include "kernels/gpu_job.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
@@ -28,7 +34,13 @@ double pipeline_flops(const fa_shape *s, const attn_mask *m, int64_t b, int64_t 
     return 4.0 * (double)s->D * (double)s->H * (double)pairs;
 }
 
-typedef struct {
+typedef struct pipe_state pipe_state;
+typedef struct {             /* COLLECTIVE I/O task: output set `set`'s rows to the file */
+    pipe_state *p;
+    int set;
+} write_task;
+
+struct pipe_state {
     MPI_Comm comm;
     int rank, nranks, serial_io;
     const fa_shape *s;
@@ -37,9 +49,19 @@ typedef struct {
     pipe_engine *eng;
     float **rec;           /* [window] chunk*H records each */
     MPI_Request *req;      /* [window] */
-    float *o_out, *lse_out;/* finalized rows of the chunk this rank owns in the current group */
-    int64_t pend_b, pend_r0, pend_n;
+    /* finalized rows of the chunk this rank owns in a group, two sets: group g's in set g % 2,
+     * written by the I/O thread while groups g+1 and g+2 compute */
+    float *o_set[2], *lse_set[2];
+    int64_t pend_b[2], pend_r0[2], pend_n[2];
+    int64_t write_ticket[2];   /* the I/O task writing the set, or -1 */
+    write_task wtask[2];
     h5out *out;
+    h5in *in;
+    io_worker *io;
+    MPI_Comm io_comm;          /* the I/O tasks' own collectives (never the master's comm) */
+    pipeline_stats io_st;      /* what the I/O tasks measured (only they write it until the
+                                  last drain) */
+    double t_io_exposed;       /* the master thread blocked on the I/O thread */
     pipeline_stats *st;
     progress *pg;
     const run_plan *plan;
@@ -51,7 +73,7 @@ typedef struct {
     MPI_Comm node;
     int node_rank, node_size;
     MPI_Win qwin;
-    float *qnode;
+    float *qnode[2];           /* the node's two query buffers (chunk i in qnode[i % 2]) */
     double checkpoint_s, last_checkpoint;
     /* exact mode with finite inputs: a row that sees a key must come out finite, else its
      * scores (or its sum of weighted values) overflowed float32 (note_overflow) */
@@ -61,7 +83,7 @@ typedef struct {
     double vmax_all;           /* largest |v| of the current batch element, over every rank */
     int64_t ovf_chunk, ovf_b, ovf_row, ovf_head;   /* the first such row this rank owns (-1) */
     float ovf_lse;
-} pipe_state;
+};
 
 static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, int64_t *n) {
     *b = i / p->nchunks_per_b;
@@ -86,7 +108,8 @@ static void drive_merges(void *arg) {
  * (row, head) that sees a key and still has a non-finite lse (its scores overflowed float32) or,
  * where the values are large enough for it, a non-finite o. Finite inputs never give either
  * otherwise: a finite score maximum makes the softmax sum >= 1. */
-static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64_t n) {
+static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64_t n,
+                          const float *o, const float *lse) {
     if (!p->check_overflow || p->ovf_chunk >= 0) return;
     const int64_t H = p->s->H, D = p->s->D;
     /* o = sum p_j v_j / sum p_j stays within max |v|; its running sums within Nk max |v| */
@@ -97,8 +120,8 @@ static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64
     for (int64_t x = 0; x < n * H; x++) {
         mask_run run = mask_row(mask, b, r0 + x / H);
         if (run.hi <= run.lo) continue;                   /* sees no key: o = 0, lse = -inf */
-        int ok = isfinite(p->lse_out[x]);
-        for (int64_t d = 0; ok && scan_o && d < D; d++) ok = isfinite(p->o_out[x * D + d]);
+        int ok = isfinite(lse[x]);
+        for (int64_t d = 0; ok && scan_o && d < D; d++) ok = isfinite(o[x * D + d]);
         if (!ok && x < bad) bad = x;
     }
     if (bad == INT64_MAX) return;
@@ -106,7 +129,7 @@ static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64
     p->ovf_b = b;
     p->ovf_row = r0 + bad / H;
     p->ovf_head = bad % H;
-    p->ovf_lse = p->lse_out[bad];
+    p->ovf_lse = lse[bad];
 }
 
 /* COLLECTIVE, once some rank noted an overflow: -1 on every rank, with one line from the rank
@@ -136,24 +159,82 @@ static int overflow_error(pipe_state *p) {
     return fa_agree(p->comm, here ? -1 : 0, -1);
 }
 
-/* COLLECTIVE. Every rank writes the chunk it owns in the current group (or nothing); chunks
- * [0, done) are then complete. Then the ranks agree whether to stop early (a signal reached any
- * rank) and whether a checkpoint is due (rank 0's clock), and make a checkpoint durable. */
-static int write_group(pipe_state *p, int64_t done) {
-    double t0 = fa_now(), s0 = fa_sync_s;
-    const int64_t rows = p->pend_n;
-    int rc = h5out_write_rows(p->out, p->pend_n ? p->pend_b : 0, p->pend_n ? p->pend_r0 : 0,
-                              p->pend_n, p->o_out, p->lse_out);
-    p->pend_n = 0;
-    if (rc) return -1;
-    {   /* o in its element type, lse in float32 */
-        const int64_t wb = rows * p->s->H *
-                           (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
-        const double tw = fa_now() - t0 - (fa_sync_s - s0);
-        p->st->bytes_written += wb;
-        if (wb > 0 && tw > 0 && wb / tw > p->st->write_best_bps) p->st->write_best_bps = wb / tw;
+/* ---- the I/O thread's tasks (every rank submits the same ones in the same order) ------------ */
+static int64_t submit(pipe_state *p, io_task_fn fn, void *arg) {
+    double t0 = fa_now();                  /* without a thread the task runs here: exposed */
+    int64_t t = io_submit(p->io, fn, arg);
+    p->t_io_exposed += fa_now() - t0;
+    return t;
+}
+
+static int wait_io(pipe_state *p, int64_t ticket) {
+    return ticket < 0 ? 0 : io_wait(p->io, ticket, &p->t_io_exposed);
+}
+
+/* A transfer's time, rate and sync time into the I/O stats (the I/O thread's fa_sync_s). */
+static void io_account(pipe_state *p, double t0, double s0, int64_t bytes, int write) {
+    const double ds = fa_sync_s - s0, t = fa_now() - t0 - ds;
+    pipeline_stats *st = &p->io_st;
+    st->t_sync += ds;
+    if (write) {
+        st->t_write += t;
+        st->bytes_written += bytes;
+        if (bytes > 0 && t > 0 && bytes / t > st->write_best_bps) st->write_best_bps = bytes / t;
+    } else {
+        st->t_read += t;
+        st->bytes_read += bytes;
+        if (bytes > 0 && t > 0 && bytes / t > st->read_best_bps) st->read_best_bps = bytes / t;
     }
+}
+
+static int run_write(void *arg) {
+    write_task *w = arg;
+    pipe_state *p = w->p;
+    const int k = w->set;
+    const double t0 = fa_now(), s0 = fa_sync_s;
+    const int64_t rows = p->pend_n[k];
+    int rc = h5out_write_rows(p->out, rows ? p->pend_b[k] : 0, rows ? p->pend_r0[k] : 0, rows,
+                              p->o_set[k], p->lse_set[k]);
+    const int64_t wb = rows * p->s->H *     /* o in its element type, lse in float32 */
+                       (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
+    io_account(p, t0, s0, rc ? 0 : wb, 1);
+    return rc;
+}
+
+typedef struct {             /* COLLECTIVE: chunks [0, done) made durable */
+    pipe_state *p;
+    int64_t done;
+} checkpoint_task;
+
+static int run_checkpoint(void *arg) {
+    checkpoint_task *c = arg;
+    pipe_state *p = c->p;
+    const double t0 = fa_now(), s0 = fa_sync_s;
+    int rc = h5out_checkpoint(p->out, c->done);
+    io_account(p, t0, s0, 0, 1);
+    free(c);                 /* nobody waits for it by its ticket: a failure stops the tasks
+                                after it, and the next wait sees it */
+    return rc;
+}
+
+static void submit_checkpoint(pipe_state *p, int64_t done) {
+    checkpoint_task *c = fa_malloc(sizeof *c, "checkpoint task");
+    c->p = p;
+    c->done = done;
+    submit(p, run_checkpoint, c);
+}
+
+/* COLLECTIVE. Every rank hands the I/O thread the chunk it owns in the group that ends at chunk
+ * done - 1 (or nothing); chunks [0, done) are complete once that write has run. Then the ranks
+ * agree whether to stop early (a signal reached any rank) and whether a checkpoint is due (rank
+ * 0's clock), and queue the checkpoint after the write. A failed write or checkpoint is seen
+ * at the next wait for the I/O thread (the same one on every rank). */
+static int write_group(pipe_state *p, int64_t done) {
+    const int k = (int)(((done - 1) / group_size(p)) % 2);   /* the group's output set */
+    p->wtask[k] = (write_task){p, k};
+    p->write_ticket[k] = submit(p, run_write, &p->wtask[k]);
     p->written = done;
+    double s0 = fa_sync_s;
     int flags = fa_stop_requested ? 1 : 0, all;
     if (p->rank == 0 && p->checkpoint_s > 0 && fa_now() - p->last_checkpoint >= p->checkpoint_s)
         flags |= 2;
@@ -161,161 +242,233 @@ static int write_group(pipe_state *p, int64_t done) {
     const double ta = MPI_Wtime();
     MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, p->comm);
     fa_sync_s += MPI_Wtime() - ta;
+    p->st->t_sync += fa_sync_s - s0;
     if (all & 4) return overflow_error(p);
     if ((all & 1) && !p->stopping) {  /* durable at once: the chunks in flight may take long */
         p->stopping = 1;
-        if (done < p->nchunks) rc = h5out_checkpoint(p->out, done);
+        if (done < p->nchunks) submit_checkpoint(p, done);
     } else if ((all & 2) && done < p->nchunks && !p->stopping) {
-        rc = h5out_checkpoint(p->out, done);
+        submit_checkpoint(p, done);
         p->last_checkpoint = fa_now();
     }
-    const double ds = fa_sync_s - s0;
-    p->st->t_write += fa_now() - t0 - ds;
-    p->st->t_sync += ds;
-    return rc;
+    return 0;
 }
 
 /* COLLECTIVE, between the groups' writes: a stop is taken at the next chunk rather than at the
  * next group of P chunks (with many ranks and long chunks a group can outlast Slurm's KillWait). */
-static int stop_agreed(pipe_state *p, int *rc) {
+static int stop_agreed(pipe_state *p) {
     int mine = fa_stop_requested ? 1 : 0, all;
     const double ta = MPI_Wtime();
     MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_BOR, p->comm);
     p->st->t_sync += MPI_Wtime() - ta;
     if (all) {                   /* what is written is durable at once, as in write_group */
         p->stopping = 1;
-        if (p->written > 0) *rc = h5out_checkpoint(p->out, p->written);
+        if (p->written > 0) submit_checkpoint(p, p->written);
     }
     return all;
 }
 
-/* Waits for chunk i's merge; the owner finalizes it; at the end of a group every rank writes. */
+/* Waits for chunk i's merge; the owner finalizes it into its group's output set; at the end of a
+ * group every rank hands its rows to the I/O thread. */
 static int finish_chunk(pipe_state *p, int64_t i) {
     int slot = (int)(i % p->window);
     int64_t b, r0, n;
     chunk_rows(p, i, &b, &r0, &n);
+    const int64_t G = group_size(p);
+    const int k = (int)((i / G) % 2);
+    if (i % G == 0 || i == p->written) {   /* a group's first chunk (every rank): its set's last
+                                              write, two groups back, must be done */
+        if (wait_io(p, p->write_ticket[k])) return -1;
+        p->write_ticket[k] = -1;
+        p->pend_n[k] = 0;
+    }
+    float *o_out = p->o_set[k], *lse_out = p->lse_set[k];
     double t0 = fa_now();
     int64_t H = p->s->H, D = p->s->D, R = p->eng->rec_len;
+    const int mine = owner(p, i) == p->rank;
     if (p->eng->device_merge) {                    /* merged on the device: the owner fetches */
         if (p->eng->merge_wait(p->eng->ctx, slot)) fa_fail("%s", fa_errmsg());
         p->st->t_wait += fa_now() - t0;
         t0 = fa_now();
-        if (owner(p, i) == p->rank) {
-            if (p->eng->fetch(p->eng->ctx, slot, n, p->o_out, p->lse_out)) fa_fail("%s", fa_errmsg());
-            p->pend_b = b;
-            p->pend_r0 = r0;
-            p->pend_n = n;
-        }
+        if (mine && p->eng->fetch(p->eng->ctx, slot, n, o_out, lse_out)) fa_fail("%s", fa_errmsg());
     } else {
         MPI_Wait(&p->req[slot], MPI_STATUS_IGNORE);
         p->st->t_wait += fa_now() - t0;
         t0 = fa_now();
-    }
-    if (!p->eng->device_merge && owner(p, i) == p->rank) {
-        const float *rec = p->rec[slot];
-        const pipe_engine *e = p->eng;       /* engines' finalize functions are thread-safe */
+        if (mine) {
+            const float *rec = p->rec[slot];
+            const pipe_engine *e = p->eng;   /* engines' finalize functions are thread-safe */
 #pragma omp parallel for schedule(static) if (n * H >= 4096)
-        for (int64_t r = 0; r < n * H; r++)
-            p->lse_out[r] = e->finalize(e->ctx, rec + r * R, p->o_out + r * D);
-        p->pend_b = b;
-        p->pend_r0 = r0;
-        p->pend_n = n;
+            for (int64_t r = 0; r < n * H; r++)
+                lse_out[r] = e->finalize(e->ctx, rec + r * R, o_out + r * D);
+        }
     }
-    if (owner(p, i) == p->rank) note_overflow(p, i, b, r0, n);
+    if (mine) {
+        p->pend_b[k] = b;
+        p->pend_r0[k] = r0;
+        p->pend_n[k] = n;
+        note_overflow(p, i, b, r0, n, o_out, lse_out);
+    }
     p->st->t_final += fa_now() - t0;
     progress_chunk(p->pg, pipeline_flops(p->s, &p->plan->mask, b, r0, n));
-    int64_t G = group_size(p);
     if (i % G == G - 1 || i == p->nchunks - 1) return write_group(p, i + 1);
     return 0;
 }
 
-/* COLLECTIVE. Every rank needs the whole chunk of queries [r0, r0+n); the plan's q_read says how.
- * node (the default), where a node holds several ranks: the node's first rank reads the chunk
- * into a shared-memory window the node's ranks all read from (no copies), so the file is read
- * once per node (measured against `rank`: bench/NOTES_SCALING.md). rank: each rank reads the
- * chunk itself (one collective read of the same rows), as on a node of one rank. shared: each
- * rank reads one slice and the slices are shared (MPI_Allgatherv).
- * *qout: where the chunk is (q, or the node's window). */
-static int read_queries(pipe_state *p, h5in *in, int64_t b, int64_t r0, int64_t n, float *q,
-                        const float **qout, int check_finite) {
-    const int P = p->nranks;
+/* COLLECTIVE (an I/O task). Every rank needs the whole chunk of queries [r0, r0+n); the plan's
+ * q_read says how. node (the default), where a node holds several ranks: the node's first rank
+ * reads the chunk into a shared-memory buffer the node's ranks all read from (no copies), so the
+ * file is read once per node (measured against `rank`: bench/NOTES_SCALING.md). rank: each rank
+ * reads the chunk itself (one collective read of the same rows), as on a node of one rank.
+ * shared: each rank reads one slice and the slices are shared (MPI_Allgatherv).
+ * t->q: where the chunk is (the rank's buffer, or the node's). */
+typedef struct {
+    pipe_state *p;
+    int64_t i, b, r0, n;
+    float *buf, *node_buf;   /* the rank's buffer of this chunk's parity; the node's, or NULL */
+    const float *q;          /* out: where the chunk is */
+    float absmax;            /* out: its largest |q| (h5in_last_absmax) */
+    int64_t ticket;          /* -1: none in flight */
+} query_task;
+
+static int run_read_queries(void *arg) {
+    query_task *t = arg;
+    pipe_state *p = t->p;
+    const int64_t b = t->b, r0 = t->r0, n = t->n;
+    const int P = p->nranks, check_finite = !p->plan->allow_nonfinite;
     const int64_t row = p->s->H * p->s->D;
-    *qout = q;
-    if (p->qnode) {
-        /* every rank of the node is done with the last chunk (its engine copied or used it
-         * before returning), so the reader may overwrite it */
+    const double t0 = fa_now(), s0 = fa_sync_s;
+    float *q = t->buf;
+    int rc;
+    t->q = q;
+    if (t->node_buf) {
+        /* every rank of the node is done with the chunk this buffer held (two chunks back: each
+         * rank submits this read after that chunk's compute returned), so the reader may
+         * overwrite it */
         double tb = MPI_Wtime();              /* barriers are waits: the report's sync phase */
         MPI_Barrier(p->node);
         fa_sync_s += MPI_Wtime() - tb;
         row_range qr = {r0, n};
-        int rc = h5in_read_rows(in, "q", b, &qr, p->node_rank == 0 ? 1 : 0, p->qnode, check_finite);
+        rc = h5in_read_rows(p->in, "q", b, &qr, p->node_rank == 0 ? 1 : 0, t->node_buf, check_finite);
         if (rc == 0) {            /* the same status on every rank (h5in_read_rows agrees) */
             MPI_Win_sync(p->qwin);
             tb = MPI_Wtime();
             MPI_Barrier(p->node);
             fa_sync_s += MPI_Wtime() - tb;
             MPI_Win_sync(p->qwin);
-            *qout = p->qnode;
+            t->q = t->node_buf;
         }
-        return rc;
-    }
-    if (P == 1 || n * row > INT32_MAX || p->plan->q_read != Q_READ_SHARED) {
+    } else if (P == 1 || n * row > INT32_MAX || p->plan->q_read != Q_READ_SHARED) {
         row_range qr = {r0, n};
-        return h5in_read_rows(in, "q", b, &qr, 1, q, check_finite);
+        rc = h5in_read_rows(p->in, "q", b, &qr, 1, q, check_finite);
+    } else {
+        int *counts = fa_malloc(sizeof(int) * 2 * (size_t)P, "query slices"), *displs = counts + P;
+        for (int r = 0; r < P; r++) {
+            int64_t a = n * r / P, e = n * (r + 1) / P;
+            counts[r] = (int)((e - a) * row);
+            displs[r] = (int)(a * row);
+        }
+        int64_t a = n * p->rank / P, e = n * (p->rank + 1) / P;
+        row_range mine = {r0 + a, e - a};
+        rc = h5in_read_rows(p->in, "q", b, &mine, e > a ? 1 : 0, q + a * row, check_finite);
+        if (rc == 0)   /* same status on every rank (h5in_read_rows agrees): all or none gather */
+            MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, q, counts, displs, MPI_FLOAT,
+                           p->io_comm);
+        free(counts);
     }
-    int *counts = fa_malloc(sizeof(int) * 2 * (size_t)P, "query slices"), *displs = counts + P;
-    for (int r = 0; r < P; r++) {
-        int64_t a = n * r / P, e = n * (r + 1) / P;
-        counts[r] = (int)((e - a) * row);
-        displs[r] = (int)(a * row);
-    }
-    int64_t a = n * p->rank / P, e = n * (p->rank + 1) / P;
-    row_range mine = {r0 + a, e - a};
-    int rc = h5in_read_rows(in, "q", b, &mine, e > a ? 1 : 0, q + a * row, check_finite);
-    if (rc == 0)   /* same status on every rank (h5in_read_rows agrees), so all or none gather */
-        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, q, counts, displs, MPI_FLOAT, p->comm);
-    free(counts);
+    t->absmax = h5in_last_absmax(p->in, "q");
+    io_account(p, t0, s0, rc ? 0 : n * row * (int64_t)fa_dtype_size(p->s->q_type), 0);
     return rc;
 }
 
-/* Reads this rank's keys and values of batch element b into kbuf/vbuf; fills segs. */
-static int load_kv(const run_plan *plan, h5in *in, const fa_shape *s, const kv_shard *sh, int64_t b,
-                   float *kbuf, float *vbuf, attn_kv_segment *segs) {
-    int fin = !plan->allow_nonfinite;
-    if (h5in_read_rows(in, "k", b, sh->r, sh->n, kbuf, fin)) return -1;
-    if (h5in_read_rows(in, "v", b, sh->r, sh->n, vbuf, fin)) return -1;
-    int64_t off = 0, row = s->Hkv * s->D;
-    for (int i = 0; i < sh->n; i++) {
-        segs[i].k = kbuf + off * row;
-        segs[i].v = vbuf + off * row;
-        segs[i].n = sh->r[i].n;
-        segs[i].pos0 = sh->r[i].start;
-        off += sh->r[i].n;
-    }
-    return 0;
+/* Queues the read of chunk i's queries into the buffers of its parity. */
+static void submit_queries(pipe_state *p, query_task *qt, float *const qbuf[2], int64_t i) {
+    query_task *t = &qt[i % 2];
+    *t = (query_task){.p = p, .i = i, .buf = qbuf[i % 2], .node_buf = p->qnode[i % 2]};
+    chunk_rows(p, i, &t->b, &t->r0, &t->n);
+    t->ticket = submit(p, run_read_queries, t);
 }
 
-/* COLLECTIVE, after load_kv of batch element b: the digests of all ranks' k and v rows of b
- * (the same on every rank, whatever the rank count). On --resume, b's digests recorded in the
- * partial must match before anything is computed or written; else -1 on every rank. */
-static int note_kv_digest(const run_plan *plan, h5in *in, h5out *out, MPI_Comm comm, int64_t b) {
-    uint64_t d[3], rk, rv;
-    h5in_take_digests(in, d);
-    uint64_t kv[2] = {d[1], d[2]};
-    MPI_Allreduce(MPI_IN_PLACE, kv, 2, MPI_UINT64_T, MPI_SUM, comm);
-    if (h5out_recorded_kv(out, b, &rk, &rv) && (rk != kv[0] || rv != kv[1])) {
+/* COLLECTIVE (an I/O task). This rank's keys and values of batch element b into kbuf/vbuf, with
+ * their digests and largest magnitudes. */
+typedef struct {
+    pipe_state *p;
+    const kv_shard *sh;
+    int64_t b;
+    float *kbuf, *vbuf;
+    attn_kv_segment *segs;   /* out: the shard's segments in kbuf/vbuf */
+    uint64_t d[3];           /* out: the digests of the rows read (h5in_take_digests) */
+    float kmax, vmax;        /* out: largest |k|, |v| this rank read */
+    int64_t ticket;
+} kv_task;
+
+static int run_load_kv(void *arg) {
+    kv_task *t = arg;
+    pipe_state *p = t->p;
+    const kv_shard *sh = t->sh;
+    const fa_shape *s = p->s;
+    const double t0 = fa_now(), s0 = fa_sync_s;
+    int fin = !p->plan->allow_nonfinite;
+    int rc = h5in_read_rows(p->in, "k", t->b, sh->r, sh->n, t->kbuf, fin);
+    if (rc == 0) rc = h5in_read_rows(p->in, "v", t->b, sh->r, sh->n, t->vbuf, fin);
+    h5in_take_digests(p->in, t->d);
+    t->kmax = h5in_last_absmax(p->in, "k");
+    t->vmax = h5in_last_absmax(p->in, "v");
+    int64_t off = 0, row = s->Hkv * s->D;
+    for (int i = 0; i < sh->n; i++) {
+        t->segs[i].k = t->kbuf + off * row;
+        t->segs[i].v = t->vbuf + off * row;
+        t->segs[i].n = sh->r[i].n;
+        t->segs[i].pos0 = sh->r[i].start;
+        off += sh->r[i].n;
+    }
+    const int64_t kvb = sh->total * row *
+                        (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
+    const double tk = fa_now() - t0 - (fa_sync_s - s0);
+    io_account(p, t0, s0, rc ? 0 : kvb, 0);
+    if (rc == 0) {
+        p->io_st.t_kv += tk;
+        p->io_st.bytes_kv_read += kvb;
+    }
+    return rc;
+}
+
+/* The I/O task that records batch element b's digests in the output (checkpoints write them);
+ * on --resume, b's digests recorded in the partial must match first, else -1 on every rank
+ * (the digests are the same on every rank, and so is the table). */
+typedef struct {
+    pipe_state *p;
+    int64_t b;
+    uint64_t k, v;
+} digest_task;
+
+static int run_note_digest(void *arg) {
+    digest_task *t = arg;
+    pipe_state *p = t->p;
+    uint64_t rk, rv;
+    if (h5out_recorded_kv(p->out, t->b, &rk, &rv) && (rk != t->k || rv != t->v)) {
         char partial[4096];
-        h5out_partial_path(plan->output, partial, sizeof partial);
-        const char *which = rk != kv[0] && rv != kv[1] ? "'k' and 'v'" : rk != kv[0] ? "'k'" : "'v'";
+        h5out_partial_path(p->plan->output, partial, sizeof partial);
+        const char *which = rk != t->k && rv != t->v ? "'k' and 'v'" : rk != t->k ? "'k'" : "'v'";
         return fa_seterr("--resume: input '%s' changed since partial output '%s' was written: "
                          "the data of dataset %s of batch element %lld differ (checksum "
                          "%016llx, recorded %016llx); expected the same input: restore it, or "
-                         "remove the partial to start over", plan->input, partial, which,
-                         (long long)b, (unsigned long long)(rk != kv[0] ? kv[0] : kv[1]),
-                         (unsigned long long)(rk != kv[0] ? rk : rv));
+                         "remove the partial to start over", p->plan->input, partial, which,
+                         (long long)t->b, (unsigned long long)(rk != t->k ? t->k : t->v),
+                         (unsigned long long)(rk != t->k ? rk : rv));
     }
-    h5out_note_kv(out, b, kv[0], kv[1]);
+    h5out_note_kv(p->out, t->b, t->k, t->v);
     return 0;
+}
+
+/* COLLECTIVE, once batch element b's keys are read (t): every rank's digests summed (the same
+ * whatever the rank count) and checked against the partial's by the I/O thread, before anything
+ * of b is written. */
+static int note_kv_digest(pipe_state *p, const kv_task *t) {
+    uint64_t kv[2] = {t->d[1], t->d[2]};
+    MPI_Allreduce(MPI_IN_PLACE, kv, 2, MPI_UINT64_T, MPI_SUM, p->comm);
+    digest_task dt = {p, t->b, kv[0], kv[1]};
+    return wait_io(p, submit(p, run_note_digest, &dt));
 }
 
 int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
@@ -363,12 +516,14 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->used_gpu = gpu;
     int64_t R = eng.rec_len;
 
-    /* buffers: this rank's K/V of one batch element, one Q chunk, `window` record sets, one
-     * chunk of finalized output */
+    /* buffers: this rank's K/V of one batch element, two Q chunks, `window` record sets, two
+     * chunks of finalized output */
     float *kbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "key shard");
     float *vbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "value shard");
     attn_kv_segment *segs = fa_calloc((size_t)sh.n + 1, sizeof *segs, "key segments");
-    float *qbuf = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "query chunk");
+    float *qbuf[2];
+    for (int k = 0; k < 2; k++)
+        qbuf[k] = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "query chunk");
     p.node = MPI_COMM_NULL;
     if (p.nranks > 1 && plan->q_read == Q_READ_NODE) {
         MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p.rank, MPI_INFO_NULL, &p.node);
@@ -378,12 +533,14 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     }
     if (p.node != MPI_COMM_NULL) {
         float *mine = NULL;
-        MPI_Aint bytes = p.node_rank == 0 ? (MPI_Aint)(p.chunk * H * D) * (MPI_Aint)sizeof(float) : 0;
+        const MPI_Aint one = (MPI_Aint)(p.chunk * H * D) * (MPI_Aint)sizeof(float);
+        MPI_Aint bytes = p.node_rank == 0 ? 2 * one : 0;
         if (MPI_Win_allocate_shared(bytes, sizeof(float), MPI_INFO_NULL, p.node, &mine, &p.qwin) != MPI_SUCCESS)
-            fa_fail("cannot allocate the node's shared query buffer (%lld bytes)", (long long)bytes);
+            fa_fail("cannot allocate the node's shared query buffers (%lld bytes)", (long long)bytes);
         MPI_Aint size;
         int disp;
-        MPI_Win_shared_query(p.qwin, 0, &size, &disp, &p.qnode);
+        MPI_Win_shared_query(p.qwin, 0, &size, &disp, &p.qnode[0]);
+        p.qnode[1] = p.qnode[0] + p.chunk * H * D;
         MPI_Win_lock_all(MPI_MODE_NOCHECK, p.qwin);
         fa_log(2, "fa_long: queries read once per node: %d ranks share rank %d's reads (FA_Q_READ=rank: each its own)",
                p.node_size, p.rank - p.node_rank);
@@ -394,14 +551,21 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         p.rec[w] = fa_aligned_alloc((size_t)(p.chunk * H * R) * sizeof(float), "partials");
         p.req[w] = MPI_REQUEST_NULL;
     }
-    p.o_out = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "output chunk");
-    p.lse_out = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
+    for (int k = 0; k < 2; k++) {
+        p.o_set[k] = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "output chunk");
+        p.lse_set[k] = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
+        p.write_ticket[k] = -1;
+    }
     int rc = 0;
     float scale = (float)plan->scale;
     p.check_overflow = plan->mode == MODE_EXACT && !plan->allow_nonfinite;
     p.qmax_chunk = fa_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
     p.kmax_b = fa_calloc((size_t)s->B, sizeof(float), "key magnitudes");
     p.ovf_chunk = -1;
+    /* the I/O thread: its collectives on a communicator of their own */
+    p.in = in;
+    MPI_Comm_dup(comm, &p.io_comm);
+    p.io = io_worker_start(plan->io_thread, plan->io_omp_threads);
 
     st->t_setup = fa_now() - t_start;
     p.checkpoint_s = plan->checkpoint_s;
@@ -416,6 +580,13 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         h5in_take_digests(in, d);
     }
     p.written = first;
+    query_task qt[2] = {{.ticket = -1}, {.ticket = -1}};
+    kv_task kt = {.p = &p, .sh = &sh, .b = -1, .kbuf = kbuf, .vbuf = vbuf, .segs = segs, .ticket = -1};
+    if (first < p.nchunks) {         /* the first batch element's keys, then its first queries */
+        kt.b = first / p.nchunks_per_b;
+        kt.ticket = submit(&p, run_load_kv, &kt);
+        submit_queries(&p, qt, qbuf, first);
+    }
     int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
         int wrote = 0;                       /* a group's write (and its stop check) just ran */
@@ -424,43 +595,33 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
             if (rc || p.stopping) break;     /* chunk i is not posted */
             wrote = next_finish % group_size(&p) == 0;
         }
-        if (group_size(&p) > 1 && i > first && !wrote && stop_agreed(&p, &rc)) break;
+        if (group_size(&p) > 1 && i > first && !wrote && stop_agreed(&p)) break;
         int64_t b, r0, n;
         chunk_rows(&p, i, &b, &r0, &n);
-        double t0 = fa_now(), s0 = fa_sync_s;
-        if (b != cur_b) {
-            rc = load_kv(plan, in, s, &sh, b, kbuf, vbuf, segs);
-            if (rc == 0) rc = note_kv_digest(plan, in, out, comm, b);
+        if (b != cur_b) {                    /* its keys: read by the task queued before */
+            rc = wait_io(&p, kt.ticket);
+            if (rc == 0) rc = note_kv_digest(&p, &kt);
             if (rc) break;
             if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
             cur_b = b;
             if (p.check_overflow) {             /* same point on every rank: collective */
-                p.kmax_b[b] = h5in_last_absmax(in, "k");
-                double vm = h5in_last_absmax(in, "v");
+                p.kmax_b[b] = kt.kmax;
+                double vm = kt.vmax;
                 MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
             }
-            const double tkv = fa_now() - t0 - (fa_sync_s - s0);
-            const int64_t kvb = sh.total * Hkv * D *
-                                (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
-            st->t_kv += tkv;
-            st->bytes_kv_read += kvb;
-            st->bytes_read += kvb;
-            if (tkv > 0 && kvb / tkv > st->read_best_bps) st->read_best_bps = kvb / tkv;
         }
-        const float *qchunk = qbuf;
-        const double tq0 = fa_now(), sq0 = fa_sync_s;
-        rc = read_queries(&p, in, b, r0, n, qbuf, &qchunk, !plan->allow_nonfinite);
+        query_task *t = &qt[i % 2];
+        rc = wait_io(&p, t->ticket);
+        t->ticket = -1;
         if (rc) break;
-        p.qmax_chunk[i] = h5in_last_absmax(in, "q");
+        const float *qchunk = t->q;
+        p.qmax_chunk[i] = t->absmax;
+        /* the next chunk's queries are read while this one computes (the other buffer, free:
+         * its chunk computed before this one); at a batch element's end, once its last chunk
+         * has computed, the next element's keys first */
+        const int next_same_b = i + 1 < p.nchunks && (i + 1) / p.nchunks_per_b == b;
+        if (next_same_b) submit_queries(&p, qt, qbuf, i + 1);
         double t1 = fa_now();
-        st->t_read += t1 - t0 - (fa_sync_s - s0);
-        {   /* this chunk's queries (the keys' part of the read is counted above) */
-            const int64_t qb = n * H * D * (int64_t)fa_dtype_size(s->q_type);
-            const double tq = t1 - tq0 - (fa_sync_s - sq0);
-            st->bytes_read += qb;
-            if (tq > 0 && qb / tq > st->read_best_bps) st->read_best_bps = qb / tq;
-        }
-        st->t_sync += fa_sync_s - s0;
 
         int slot = (int)(i % p.window);
         attn_queries q = {.q = qchunk, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
@@ -468,52 +629,82 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                           .diag = s->Nk - s->Nq, .mask = &plan->mask, .b = b};
         int root = owner(&p, i);
         st->work_pairs += shard_work(&sh, &plan->mask, b, r0, r0 + n) * (double)H;
+        int posted_merge = 0;
         if (eng.partial_slot) {                    /* device state: asynchronous compute */
             if (eng.partial_slot(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
             if (eng.device_merge) {
                 if (eng.merge_start(eng.ctx, slot, n, root)) fa_fail("%s", fa_errmsg());
                 if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
                 st->t_compute += fa_now() - t1;
-                st->chunks++;
-                continue;
-            }
-            if (eng.to_host(eng.ctx, slot, n, p.rec[slot])) fa_fail("%s", fa_errmsg());
+                posted_merge = 1;
+            } else if (eng.to_host(eng.ctx, slot, n, p.rec[slot])) fa_fail("%s", fa_errmsg());
         } else {
             eng.init(eng.ctx, p.rec[slot], n);
             if (eng.partial(eng.ctx, &q, p.rec[slot], drive_merges, &p)) fa_fail("%s", fa_errmsg());
         }
-        st->t_compute += fa_now() - t1;
-        void *sendbuf = root == p.rank ? MPI_IN_PLACE : p.rec[slot];
-        MPI_Ireduce(sendbuf, p.rec[slot], (int)(n * H), eng.rec_type, eng.op, root, comm,
-                    &p.req[slot]);
-        if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
+        if (!posted_merge) {
+            st->t_compute += fa_now() - t1;
+            void *sendbuf = root == p.rank ? MPI_IN_PLACE : p.rec[slot];
+            MPI_Ireduce(sendbuf, p.rec[slot], (int)(n * H), eng.rec_type, eng.op, root, comm,
+                        &p.req[slot]);
+            if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
+        }
         st->chunks++;
+        if (i + 1 < p.nchunks && !next_same_b) {   /* this element's keys are no longer read */
+            kt.b = b + 1;
+            kt.ticket = submit(&p, run_load_kv, &kt);
+            submit_queries(&p, qt, qbuf, i + 1);
+        }
     }
     /* Drain: chunks [first, posted) were posted; finish them in order. When stopping, the last
      * group is cut short: every rank writes what it holds once more so all finished rows are in
      * the file. After an error only complete the merges in flight (every rank posted the same
-     * ones, so the waits return). */
+     * ones, so the waits return). Then every queued I/O task runs (the same ones on every rank:
+     * reads queued ahead are read and dropped), and a failed one fails the run. */
     int64_t posted = first + st->chunks;
     while (rc == 0 && next_finish < posted) rc = finish_chunk(&p, next_finish++);
     if (rc == 0 && posted < p.nchunks) {
         int64_t G = group_size(&p);
         if (posted % G != 0) rc = write_group(&p, posted);
     }
+    if (rc) MPI_Waitall(p.window, p.req, MPI_STATUSES_IGNORE);
+    {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", fa_errmsg());   /* the first error stays the run's */
+        int io_rc = io_drain(p.io, &p.t_io_exposed);
+        if (rc) fa_seterr("%s", msg);
+        else rc = io_rc;
+    }
+    st->io_thread = io_worker_threaded(p.io) ? 1 : 0;
+    io_worker_stop(p.io);
+    MPI_Comm_free(&p.io_comm);
     st->chunks_done = rc == 0 ? posted : first;
     st->stopped = rc == 0 && posted < p.nchunks;
-    if (rc) MPI_Waitall(p.window, p.req, MPI_STATUSES_IGNORE);
+    /* the I/O thread's measurements (its tasks are done) */
+    st->t_read = p.io_st.t_read;
+    st->t_kv = p.io_st.t_kv;
+    st->t_write = p.io_st.t_write;
+    st->bytes_read = p.io_st.bytes_read;
+    st->bytes_kv_read = p.io_st.bytes_kv_read;
+    st->bytes_written = p.io_st.bytes_written;
+    st->read_best_bps = p.io_st.read_best_bps;
+    st->write_best_bps = p.io_st.write_best_bps;
+    st->t_sync += p.io_st.t_sync;
+    st->t_io_exposed = p.t_io_exposed;
 
     if (eng.stats) eng.stats(eng.ctx, st);
     engine_free(&eng);
     for (int w = 0; w < p.window; w++) free(p.rec[w]);
     free(p.rec);
     free(p.req);
-    free(p.o_out);
-    free(p.lse_out);
+    for (int k = 0; k < 2; k++) {
+        free(p.o_set[k]);
+        free(p.lse_set[k]);
+        free(qbuf[k]);
+    }
     free(p.qmax_chunk);
     free(p.kmax_b);
-    free(qbuf);
-    if (p.qnode) {
+    if (p.qnode[0]) {
         MPI_Win_unlock_all(p.qwin);
         MPI_Win_free(&p.qwin);
     }

@@ -55,7 +55,8 @@ int engine_create(const run_plan *plan, int device, int64_t kv_rows, void *nccl_
 void engine_free(pipe_engine *e);
 
 typedef struct pipeline_stats {
-    double t_read, t_compute, t_wait, t_write, t_total;
+    double t_read, t_compute, t_wait, t_write, t_total;   /* t_read, t_write: the I/O
+                                thread's time in them (beside compute when it has a thread) */
     double t_setup;          /* engine and buffers, before the first chunk */
     double t_kv;             /* of t_read: this rank's keys and values, read and loaded */
     int64_t bytes_kv_read;   /* the file bytes of those keys and values */
@@ -63,6 +64,9 @@ typedef struct pipeline_stats {
     double read_best_bps, write_best_bps;   /* the fastest of its reads and writes, bytes/s: the
                                                rates the report's floor takes (its own figures) */
     double t_final;          /* merged rows to the host and finalized (o/l, lse) */
+    double t_io_exposed;     /* the rank's thread blocked on the I/O thread (reads and writes
+                                not hidden behind compute; all of them without the thread) */
+    int io_thread;           /* reads and writes ran on an I/O thread beside compute */
     double t_sync;           /* waiting for the other ranks in the reads' and writes' agreements
                                 (kept out of t_read, t_kv and t_write) */
     int64_t bytes_reduced;   /* record bytes this rank contributed to merges */

@@ -41,7 +41,7 @@ const char *plan_source_name(plan_source s);
 enum {
     PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_WINDOW, PS_LAYOUT, PS_TILE, PS_THREADS,
     PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_NCCL, PS_Q_READ, PS_CHECKPOINT,
-    PS_PROGRESS, PS_IO_CAP, PS_COUNT
+    PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_COUNT
 };
 
 typedef struct {
@@ -67,6 +67,9 @@ typedef struct {
     double checkpoint_s;         /* seconds between checkpoints of the partial output (<= 0 never) */
     double progress_interval_s;  /* seconds between progress lines in a batch log */
     int64_t io_cap_bytes;        /* bytes per rank per HDF5 transfer */
+    int io_thread;               /* reads and writes on an I/O thread beside compute (needs
+                                    MPI_THREAD_MULTIPLE); else in series, on the rank's thread */
+    int io_omp_threads;          /* OpenMP threads of the I/O thread's conversion loops */
     /* the CPU engine */
     cpu_tiling tiling;           /* br x bc, threads, tile products */
     /* the GPU engine */

@@ -18,7 +18,10 @@
 
 int main(int argc, char **argv) {
     int provided;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    /* MULTIPLE: the pipeline's I/O thread makes MPI calls (parallel HDF5, barriers) beside the
+     * rank's merges; with less the reads and writes run in series (runner/plan.c) */
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    fa_mpi_thread_multiple = provided >= MPI_THREAD_MULTIPLE;
     MPI_Comm_rank(MPI_COMM_WORLD, &fa_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &fa_nranks);
     /* before any OpenMP region: ranks sharing a node share its CPUs unless told otherwise

@@ -84,6 +84,15 @@ int plan_env_read(plan_env *e) {
         env_size("FA_IO_CAP_BYTES", 1, &e->io_cap_bytes, &e->io_cap_set))
         return -1;
     if (e->io_cap_bytes > INT_MAX - 4095) e->io_cap_bytes = INT_MAX - 4095;   /* one MPI count */
+    const char *it = getenv("FA_IO_THREAD");
+    e->io_thread = 1;
+    if (it && *it) {
+        if (strcmp(it, "0") && strcmp(it, "1"))
+            return fa_seterr("FA_IO_THREAD=%s: expected 1 (reads and writes on an I/O thread "
+                             "beside compute, the default) or 0 (in series)", it);
+        e->io_thread = it[0] == '1';
+        e->io_thread_set = 1;
+    }
     int set;
     int64_t x;
     if (env_size("FA_PAGE_BLOCK_ROWS", 1, &x, &set)) return -1;
@@ -467,6 +476,17 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->src[PS_PROGRESS] = env->progress_set ? SRC_ENV : SRC_DEFAULT;
     p->io_cap_bytes = env->io_cap_bytes;
     p->src[PS_IO_CAP] = env->io_cap_set ? SRC_ENV : SRC_DEFAULT;
+    /* the I/O thread: its tasks call MPI (parallel HDF5, the node's barriers) beside the rank's
+     * own merges, so it needs MPI_THREAD_MULTIPLE; its conversion loops get the rank's threads
+     * on a GPU (the host is otherwise idle) and one beside the CPU engine's */
+    p->io_thread = env->io_thread && fa_mpi_thread_multiple;
+    p->src[PS_IO_THREAD] = env->io_thread_set ? SRC_ENV : SRC_DEFAULT;
+    if (env->io_thread && !fa_mpi_thread_multiple) {
+        p->src[PS_IO_THREAD] = SRC_MEASURED;
+        fa_log(1, "fa_long: this MPI library does not provide MPI_THREAD_MULTIPLE: reads and "
+                  "writes run in series with compute");
+    }
+    p->io_omp_threads = p->backend == BACKEND_CUDA ? fa_threads.threads : 1;
     return 0;
 }
 
@@ -496,9 +516,11 @@ void plan_print(const run_plan *p) {
                SRC(PS_BUDGET), p->use_nccl ? "through NCCL where it can" : "through MPI",
                SRC(PS_NCCL));
     fa_log(2, "fa_long: plan: checkpoint every %g s (%s), progress every %g s (%s), HDF5 transfers "
-              "of at most %lld bytes (%s)%s%s", p->checkpoint_s, SRC(PS_CHECKPOINT),
-           p->progress_interval_s, SRC(PS_PROGRESS), (long long)p->io_cap_bytes, SRC(PS_IO_CAP),
-           p->critical[0] ? "; predicted critical resource: " : "", p->critical);
+              "of at most %lld bytes (%s), reads and writes %s (%s)%s%s", p->checkpoint_s,
+           SRC(PS_CHECKPOINT), p->progress_interval_s, SRC(PS_PROGRESS),
+           (long long)p->io_cap_bytes, SRC(PS_IO_CAP),
+           p->io_thread ? "on an I/O thread beside compute" : "in series with compute",
+           SRC(PS_IO_THREAD), p->critical[0] ? "; predicted critical resource: " : "", p->critical);
 #undef SRC
 }
 
@@ -533,6 +555,7 @@ void plan_json(const run_plan *p, char *buf, int len) {
     NUM("checkpoint_s", "%g", p->checkpoint_s, PS_CHECKPOINT);
     NUM("progress_interval_s", "%g", p->progress_interval_s, PS_PROGRESS);
     NUM("io_cap_bytes", "%lld", (long long)p->io_cap_bytes, PS_IO_CAP);
+    NUM("io_thread", "%d", p->io_thread, PS_IO_THREAD);
     PUT("}");
 #undef STR
 #undef NUM

@@ -46,7 +46,7 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
        S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_SYNC, S_BREAD,
-       S_BWRITE, S_N };
+       S_BWRITE, S_IOEXP, S_N };
 
 static double maxrss_mib(void) {      /* this process's peak resident memory */
     struct rusage ru;
@@ -84,7 +84,7 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
                         maxrss_mib(), st->t_setup, st->t_kv, st->t_final, st->t_idle, st->t_comm_min,
                         (double)st->bytes_comm_min, st->t_sync, (double)st->bytes_read,
-                        (double)st->bytes_written};
+                        (double)st->bytes_written, st->t_io_exposed};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     r->json = NULL;
@@ -146,7 +146,12 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put_num(&b, mx[S_WRITE]);
     put(&b, ", \"sync\": ");
     put_num(&b, mx[S_SYNC]);
-    put(&b, "},\n  \"flops\": ");
+    /* read and write ran on each rank's I/O thread beside compute (io_thread), or in series;
+     * io_exposed: the longest any rank's own thread waited for them */
+    put(&b, ", \"io_exposed\": ");
+    put_num(&b, mx[S_IOEXP]);
+    put(&b, "},\n  \"io_thread\": %s", st->io_thread ? "true" : "false");
+    put(&b, ",\n  \"flops\": ");
     put_num(&b, flops);
     put(&b, ",\n  \"tflops\": ");
     put_num(&b, elapsed > 0 ? flops / elapsed * 1e-12 : 0);

@@ -113,9 +113,11 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
             job->mode == MODE_TAYLOR ? " (exact attention's FLOPs, for comparison)" : "");
     fprintf(stderr,
             "fa_long: rank 0 times: setup %.3f s, read %.3f s (keys %.3f s), compute %.3f s, merge "
-            "wait %.3f s, finalize %.3f s, write %.3f s; compute max/mean %.3f; merged %.1f MB\n",
+            "wait %.3f s, finalize %.3f s, write %.3f s (%s: %.3f s of them exposed); compute "
+            "max/mean %.3f; merged %.1f MB\n",
             st->t_setup, st->t_read, st->t_kv, st->t_compute, st->t_wait, st->t_final, st->t_write,
-            sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
+            st->io_thread ? "on the I/O thread beside compute" : "in series",
+            st->t_io_exposed, sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
     fprintf(stderr,
             "fa_long: floor %.3f s (%s: compute %.3f s, read %.3f s at %.2f GB/s, write %.3f s at "
             "%.2f GB/s, the fastest rates this run's own reads and writes reached): %.0f%% of "
