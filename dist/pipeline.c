@@ -501,21 +501,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->layout = plan->layout;
     shard_plan(s->Nk, p.nranks, p.rank, plan->layout, plan->stripe, &sh);
 
-    /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging through
-     * NCCL when it can */
-    const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
-    pipe_engine eng;
-    rc_engine = engine_create(plan, gc->device, sh.total, gc->nccl ? gc->comm : NULL, &eng);
-    if (fa_agree(comm, rc_engine, -1)) {
-        shard_free(&sh);
-        return -1;
-    }
-    st->nccl = gc->nccl;
-    snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
-    p.eng = &eng;
-    st->used_gpu = gpu;
-    int64_t R = eng.rec_len;
-
     /* buffers: this rank's K/V of one batch element, two Q chunks, `window` record sets, two
      * chunks of finalized output */
     float *kbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "key shard");
@@ -545,12 +530,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         fa_log(2, "fa_long: queries read once per node: %d ranks share rank %d's reads (FA_Q_READ=rank: each its own)",
                p.node_size, p.rank - p.node_rank);
     }
-    p.rec = fa_calloc((size_t)p.window, sizeof(float *), "record slots");
-    p.req = fa_calloc((size_t)p.window, sizeof(MPI_Request), "merge requests");
-    for (int w = 0; w < p.window; w++) {
-        p.rec[w] = fa_aligned_alloc((size_t)(p.chunk * H * R) * sizeof(float), "partials");
-        p.req[w] = MPI_REQUEST_NULL;
-    }
     for (int k = 0; k < 2; k++) {
         p.o_set[k] = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "output chunk");
         p.lse_set[k] = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
@@ -567,7 +546,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     MPI_Comm_dup(comm, &p.io_comm);
     p.io = io_worker_start(plan->io_thread, plan->io_omp_threads);
 
-    st->t_setup = fa_now() - t_start;
     p.checkpoint_s = plan->checkpoint_s;
     p.last_checkpoint = fa_now() - p.checkpoint_s;   /* the first group's write: a checkpoint,
                                                        so a killed job leaves a usable partial */
@@ -582,11 +560,35 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     p.written = first;
     query_task qt[2] = {{.ticket = -1}, {.ticket = -1}};
     kv_task kt = {.p = &p, .sh = &sh, .b = -1, .kbuf = kbuf, .vbuf = vbuf, .segs = segs, .ticket = -1};
-    if (first < p.nchunks) {         /* the first batch element's keys, then its first queries */
+    if (first < p.nchunks) {         /* the first batch element's keys, then its first queries:
+                                        read while the engine starts (device context, memory) */
         kt.b = first / p.nchunks_per_b;
         kt.ticket = submit(&p, run_load_kv, &kt);
         submit_queries(&p, qt, qbuf, first);
     }
+
+    /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging through
+     * NCCL when it can */
+    const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
+    pipe_engine eng;
+    rc_engine = engine_create(plan, gc->device, sh.total, gc->nccl ? gc->comm : NULL, &eng);
+    if (fa_agree(comm, rc_engine, -1)) {
+        if (rc_engine == 0) engine_free(&eng);
+        memset(&eng, 0, sizeof eng);
+        rc = -1;                     /* no chunk runs; the reads queued above are drained */
+    }
+    st->nccl = gc->nccl;
+    snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
+    p.eng = &eng;
+    st->used_gpu = gpu;
+    const int64_t R = eng.rec_len > 0 ? eng.rec_len : 1;
+    p.rec = fa_calloc((size_t)p.window, sizeof(float *), "record slots");
+    p.req = fa_calloc((size_t)p.window, sizeof(MPI_Request), "merge requests");
+    for (int w = 0; w < p.window; w++) {
+        p.rec[w] = fa_aligned_alloc((size_t)(p.chunk * H * R) * sizeof(float), "partials");
+        p.req[w] = MPI_REQUEST_NULL;
+    }
+    st->t_setup = fa_now() - t_start;
     int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
         int wrote = 0;                       /* a group's write (and its stop check) just ran */
