@@ -89,7 +89,8 @@ int plan_env_read(plan_env *e) {
     if (it && *it) {
         if (strcmp(it, "0") && strcmp(it, "1"))
             return fa_seterr("FA_IO_THREAD=%s: expected 1 (reads and writes on an I/O thread "
-                             "beside compute, the default) or 0 (in series)", it);
+                             "beside compute, the default on GPUs) or 0 (in series, the default "
+                             "on CPUs)", it);
         e->io_thread = it[0] == '1';
         e->io_thread_set = 1;
     }
@@ -477,16 +478,21 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->io_cap_bytes = env->io_cap_bytes;
     p->src[PS_IO_CAP] = env->io_cap_set ? SRC_ENV : SRC_DEFAULT;
     /* the I/O thread: its tasks call MPI (parallel HDF5, the node's barriers) beside the rank's
-     * own merges, so it needs MPI_THREAD_MULTIPLE; its conversion loops get the rank's threads
-     * on a GPU (the host is otherwise idle) and one beside the CPU engine's */
-    p->io_thread = env->io_thread && fa_mpi_thread_multiple;
+     * own merges, so it needs MPI_THREAD_MULTIPLE. On by default beside a GPU, whose host threads
+     * otherwise wait; off beside the CPU engine, whose threads fill the cores: the reads' and
+     * writes' copies and conversions then take the engine's cores, and the overlap gains little
+     * (bench/NOTES_WHOLEJOB.md, 2 cores: 0.97x to 1.06x). Its conversion loops get the rank's
+     * threads (they run alone while the engine waits for its keys). */
+    const int io_default = p->backend == BACKEND_CUDA;
+    const int io_want = env->io_thread_set ? env->io_thread : io_default;
+    p->io_thread = io_want && fa_mpi_thread_multiple;
     p->src[PS_IO_THREAD] = env->io_thread_set ? SRC_ENV : SRC_DEFAULT;
-    if (env->io_thread && !fa_mpi_thread_multiple) {
+    if (io_want && !fa_mpi_thread_multiple) {
         p->src[PS_IO_THREAD] = SRC_MEASURED;
         fa_log(1, "fa_long: this MPI library does not provide MPI_THREAD_MULTIPLE: reads and "
                   "writes run in series with compute");
     }
-    p->io_omp_threads = p->backend == BACKEND_CUDA ? fa_threads.threads : 1;
+    p->io_omp_threads = p->tiling.threads > 0 ? p->tiling.threads : fa_threads.threads;
     return 0;
 }
 

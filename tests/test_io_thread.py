@@ -1,9 +1,10 @@
 """The pipeline's I/O thread (dist/io_worker.c, issue 16 item 2): chunk i+1's queries are read
 and the groups' rows written while chunk i computes, the next batch element's keys read once the
 last one's chunks have computed. The thread changes when the file is touched, never what is
-computed: FA_IO_THREAD=0 (everything in series) gives the same bits at every rank count and way
-of reading queries, and a bad value found by a read that ran ahead is still one line, exit 2 on
-every rank, nothing left behind."""
+computed: FA_IO_THREAD=1 (the default beside a GPU) and 0 (in series, the CPU engine's default)
+give the same bits at every rank count and way of reading queries; a stop on a signal and its
+resume hold on the thread; a bad value found by a read that ran ahead is still one line, exit 2
+on every rank, nothing left behind."""
 import json
 
 import h5py
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import fa_lines, leftovers, run_fa
+from test_resume import stop_with_usr1
 from reference import attention_f64, random_inputs, rel_err, write_inputs
 
 
@@ -39,11 +41,11 @@ def test_thread_gives_the_same_bits(tmp_path, nranks, q_read, extra):
     inp = tmp_path / "in.h5"
     write_inputs(inp, q, k, v)
     env = {"FA_Q_READ": q_read} if q_read else {}
-    o1, l1, r1 = job(tmp_path, inp, "thread", nranks, env, extra)
-    o0, l0, r0 = job(tmp_path, inp, "series", nranks, {**env, "FA_IO_THREAD": "0"}, extra)
+    o1, l1, r1 = job(tmp_path, inp, "thread", nranks, {**env, "FA_IO_THREAD": "1"}, extra)
+    o0, l0, r0 = job(tmp_path, inp, "series", nranks, {**env, "FA_IO_THREAD": ""}, extra)
     assert r1["io_thread"] is True and r0["io_thread"] is False
-    assert r0["plan"]["io_thread"] == {"value": 0, "from": "environment"}
-    assert r1["plan"]["io_thread"] == {"value": 1, "from": "default"}
+    assert r1["plan"]["io_thread"] == {"value": 1, "from": "environment"}
+    assert r0["plan"]["io_thread"] == {"value": 0, "from": "default"}   # the CPU engine's
     assert np.array_equal(o1, o0) and np.array_equal(l1, l0)
     ro, rl = attention_f64(q, k, v, "--causal" in extra)
     seen = np.isfinite(rl)                 # causal with Nq > Nk: the first rows see no key
@@ -83,7 +85,7 @@ def test_bad_value_in_a_read_ahead(tmp_path, nranks, where):
     inp = tmp_path / "in.h5"
     write_inputs(inp, q, k, v)
     left = {}
-    for mode in ("1", "0"):
+    for mode in ("1", "0"):                 # on the I/O thread, in series
         d = tmp_path / mode
         d.mkdir()
         out = d / "out.h5"
@@ -103,3 +105,31 @@ def test_bad_value_in_a_read_ahead(tmp_path, nranks, where):
             bad = idx[0] * per_b + (idx[1] // 40 if name == "q" else 0)
             assert 0 < done <= bad, (done, bad)   # nothing from the bad chunk on
     assert left["1"] == left["0"], left     # the thread keeps what the series run keeps
+
+
+def test_stop_and_resume_on_the_thread(tmp_path):
+    """SIGUSR1 mid-run with the writes behind compute: the partial holds a complete prefix (its
+    checkpoint queued after the writes), and --resume on the thread ends bit-identical to an
+    uninterrupted run in series."""
+    rng = np.random.default_rng()
+    inp = tmp_path / "in.h5"
+    q, k, v = random_inputs(rng, 2, 3000, 700, 4, 2, 32)
+    write_inputs(inp, q, k, v)
+    args = ["-i", inp, "-o", tmp_path / "out.h5", "--chunk", "25", "--lse", "--causal"]
+    on = {"FA_IO_THREAD": "1"}
+    partial, done = stop_with_usr1(args + ["--resume"], 2, env=on)
+    with h5py.File(partial, "r") as f:        # the rows of the prefix are in the file
+        o_part = f["o"][...]
+    per_b = -(-3000 // 25)
+    b, r = divmod(done, per_b)
+    rows = (slice(None), slice(0, 3000)) if b >= 1 else (slice(0, 1), slice(0, r * 25))
+    ref = tmp_path / "ref.h5"
+    assert run_fa(args[:2] + ["-o", ref] + args[4:] + ["-q"], nranks=2,
+                  env={"FA_IO_THREAD": "0"}).returncode == 0
+    with h5py.File(ref, "r") as f:
+        o_ref, l_ref = f["o"][...], f["lse"][...]
+    assert np.array_equal(o_part[rows], o_ref[rows])
+    p = run_fa(args + ["--resume"], nranks=2, env=on)
+    assert p.returncode == 0 and f"from chunk {done}" in p.stderr, p.stderr
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert np.array_equal(f["o"][...], o_ref) and np.array_equal(f["lse"][...], l_ref)
