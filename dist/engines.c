@@ -1,6 +1,7 @@
 /* engines.c — the exact-attention engines as the pipeline sees them (pipe_engine, pipeline.h):
  * thin adapters over kernels/cpu (cpu_attn_partial) and kernels/cuda (gpu_job_*: keys resident
- * or paged, device state per pipeline slot, merge through NCCL or the host). */
+ * or paged, device state per pipeline slot), all of them on the same slot calls: the merge
+ * through NCCL on the device, or through the host (dist/merge.h: host_merge). */
 #include "dist/merge.h"
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
@@ -17,15 +18,25 @@ typedef struct {
     int nsegs;
     gpu_job *job;
     rec_merge merge;
+    host_merge hm;           /* the MPI merge (CPU; CUDA without NCCL) */
 } exact_ctx;
-
-static void exact_init(void *ctx, float *rec, int64_t nrows) {
-    exact_ctx *c = ctx;
-    attn_state_init(rec, nrows, c->h, c->d);
-}
 
 static float exact_finalize(void *ctx, const float *rec, float *o) {
     return attn_rec_finalize(rec, ((exact_ctx *)ctx)->d, o);
+}
+
+/* ---- the host merge's slot calls, shared by the CPU and CUDA-without-NCCL engines ---------- */
+static int hm_start(void *ctx, int slot, int64_t n, int root) {
+    host_merge_start(&((exact_ctx *)ctx)->hm, slot, n, root);
+    return 0;
+}
+static int hm_wait(void *ctx, int slot) {
+    host_merge_wait(&((exact_ctx *)ctx)->hm, slot);
+    return 0;
+}
+static int hm_fetch(void *ctx, int slot, int64_t n, float *o, float *lse) {
+    host_merge_fetch(&((exact_ctx *)ctx)->hm, slot, n, o, lse);
+    return 0;
 }
 
 static int cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
@@ -35,15 +46,18 @@ static int cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     return 0;
 }
 
-static int cpu_partial(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *),
-                       void *arg) {
+/* The chunk into the slot's records, driving the merges in flight between work items. */
+static int cpu_compute(void *ctx, int slot, const attn_queries *q) {
     exact_ctx *c = ctx;
-    if (c->nsegs > 0) cpu_attn_partial(q, c->segs, c->nsegs, rec, &c->tiling, progress, arg);
+    float *rec = c->hm.rec[slot];
+    attn_state_init(rec, q->nq, c->h, c->d);
+    if (c->nsegs > 0) cpu_attn_partial(q, c->segs, c->nsegs, rec, &c->tiling, host_merge_progress, &c->hm);
     return 0;
 }
 
 static void exact_destroy(void *ctx) {
     exact_ctx *c = ctx;
+    host_merge_free(&c->hm);
     if (c->job) gpu_job_destroy(c->job);
     rec_merge_free(&c->merge);
     free(c);
@@ -55,21 +69,27 @@ static void exact_common(const fa_shape *s, exact_ctx *c, pipe_engine *e) {
     rec_merge_init(&c->merge, c->d);
     memset(e, 0, sizeof *e);
     e->rec_len = c->d + 2;
-    e->rec_type = c->merge.rec;
-    e->op = c->merge.op;
     e->ctx = c;
-    e->init = exact_init;
-    e->finalize = exact_finalize;
     e->destroy = exact_destroy;
 }
 
-static int engine_exact_cpu(const run_plan *pl, pipe_engine *e) {
+/* The records of `slots` chunks on the host, merged over comm with the record operator. */
+static void exact_host_merge(const run_plan *pl, MPI_Comm comm, exact_ctx *c, pipe_engine *e) {
+    host_merge_init(&c->hm, comm, pl->window, pl->chunk, c->h, c->d, c->d + 2, c->merge.rec,
+                    c->merge.op, exact_finalize, c);
+    e->merge_start = hm_start;
+    e->merge_wait = hm_wait;
+    e->fetch = hm_fetch;
+}
+
+static int engine_exact_cpu(const run_plan *pl, MPI_Comm comm, pipe_engine *e) {
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     c->tiling = pl->tiling;                 /* the planner's tile, threads and tile products */
     exact_common(&pl->s, c, e);
+    exact_host_merge(pl, comm, c, e);
     e->compute = "float32";
     e->load_kv = cpu_load_kv;
-    e->partial = cpu_partial;
+    e->compute_chunk = cpu_compute;
     return 0;
 }
 
@@ -77,11 +97,16 @@ static int engine_exact_cpu(const run_plan *pl, pipe_engine *e) {
 static int job_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     return gpu_job_load_kv(((exact_ctx *)ctx)->job, segs, nsegs);
 }
-static int job_partial(void *ctx, int slot, const attn_queries *q) {
+static int job_compute(void *ctx, int slot, const attn_queries *q) {
     return gpu_job_partial(((exact_ctx *)ctx)->job, slot, q);
 }
-static int job_to_host(void *ctx, int slot, int64_t n, float *rec) {
-    return gpu_job_state_to_host(((exact_ctx *)ctx)->job, slot, n, rec);
+/* without NCCL: the slot's device state to the host records (waits for its compute), then the
+ * MPI merge */
+static int job_host_merge_start(void *ctx, int slot, int64_t n, int root) {
+    exact_ctx *c = ctx;
+    if (gpu_job_state_to_host(c->job, slot, n, c->hm.rec[slot])) return -1;
+    host_merge_start(&c->hm, slot, n, root);
+    return 0;
 }
 static int job_merge_start(void *ctx, int slot, int64_t n, int root) {
     return gpu_job_merge_start(((exact_ctx *)ctx)->job, slot, n, root);
@@ -107,7 +132,8 @@ static void job_stats(void *ctx, pipeline_stats *st) {
     st->bytes_paged = g.bytes_paged;
 }
 
-static int engine_exact_cuda(const run_plan *pl, int device, void *nccl, pipe_engine *e) {
+static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void *nccl,
+                             pipe_engine *e) {
     const fa_shape *s = &pl->s;
     gpu_job_cfg cfg = {.device = device, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
                        .ct = pl->compute, .slots = pl->window, .max_rows = pl->chunk,
@@ -123,22 +149,25 @@ static int engine_exact_cuda(const run_plan *pl, int device, void *nccl, pipe_en
     exact_common(s, c, e);
     e->compute = pl->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
     e->load_kv = job_load_kv;
-    e->partial_slot = job_partial;
-    e->to_host = job_to_host;
-    e->device_merge = nccl != NULL || pl->nranks == 1;   /* else: states to the host, MPI merge */
-    e->merge_start = job_merge_start;
-    e->merge_wait = job_merge_wait;
-    e->fetch = job_fetch;
+    e->compute_chunk = job_compute;
+    if (nccl != NULL || pl->nranks == 1) {    /* merged on the device (alone: nothing to merge) */
+        e->merge_start = job_merge_start;
+        e->merge_wait = job_merge_wait;
+        e->fetch = job_fetch;
+    } else {                                  /* states to the host, MPI merge */
+        exact_host_merge(pl, comm, c, e);
+        e->merge_start = job_host_merge_start;
+    }
     e->stats = job_stats;
     return 0;
 }
 
-int engine_create(const run_plan *pl, int device, int64_t kv_rows, void *nccl_comm,
+int engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t kv_rows, void *nccl_comm,
                   pipe_engine *e) {
     if (pl->mode == MODE_TAYLOR)   /* first-order Taylor linear attention: dist/taylor_engine.c */
-        return taylor_engine_create(pl, device, kv_rows, e);
-    if (pl->backend == BACKEND_CUDA) return engine_exact_cuda(pl, device, nccl_comm, e);
-    return engine_exact_cpu(pl, e);
+        return taylor_engine_create(pl, comm, device, kv_rows, e);
+    if (pl->backend == BACKEND_CUDA) return engine_exact_cuda(pl, comm, device, nccl_comm, e);
+    return engine_exact_cpu(pl, comm, e);
 }
 
 void engine_free(pipe_engine *e) {

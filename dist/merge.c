@@ -2,6 +2,8 @@
 #include "dist/merge.h"
 #include "kernels/attn.h"
 #include "base/common.h"
+#include <stdint.h>
+#include <stdlib.h>
 
 /* MPI calls this with whole records (the datatype is one record); D follows from its size. */
 static void rec_merge_fn(void *in, void *inout, int *len, MPI_Datatype *dt) {
@@ -25,4 +27,48 @@ void rec_merge_init(rec_merge *m, int d) {
 void rec_merge_free(rec_merge *m) {
     MPI_Op_free(&m->op);
     MPI_Type_free(&m->rec);
+}
+
+void host_merge_init(host_merge *m, MPI_Comm comm, int slots, int64_t max_rows, int heads, int d,
+                     int rec_len, MPI_Datatype type, MPI_Op op,
+                     float (*finalize)(void *ctx, const float *rec, float *o), void *ctx) {
+    *m = (host_merge){.comm = comm, .slots = slots, .heads = heads, .d = d, .rec_len = rec_len,
+                      .type = type, .op = op, .finalize = finalize, .ctx = ctx};
+    MPI_Comm_rank(comm, &m->rank);
+    m->rec = fa_calloc((size_t)slots, sizeof(float *), "record slots");
+    m->req = fa_calloc((size_t)slots, sizeof(MPI_Request), "merge requests");
+    for (int w = 0; w < slots; w++) {
+        m->rec[w] = fa_aligned_alloc((size_t)(max_rows * heads * rec_len) * sizeof(float), "partials");
+        m->req[w] = MPI_REQUEST_NULL;
+    }
+}
+
+void host_merge_free(host_merge *m) {
+    if (!m->rec) return;
+    MPI_Waitall(m->slots, m->req, MPI_STATUSES_IGNORE);   /* after an error: the ones in flight */
+    for (int w = 0; w < m->slots; w++) free(m->rec[w]);
+    free(m->rec);
+    free(m->req);
+    m->rec = NULL;
+}
+
+void host_merge_start(host_merge *m, int slot, int64_t nrows, int root) {
+    void *sendbuf = root == m->rank ? MPI_IN_PLACE : m->rec[slot];
+    MPI_Ireduce(sendbuf, m->rec[slot], (int)(nrows * m->heads), m->type, m->op, root, m->comm,
+                &m->req[slot]);
+}
+
+void host_merge_progress(void *arg) {
+    host_merge *m = arg;
+    int flag;
+    MPI_Testall(m->slots, m->req, &flag, MPI_STATUSES_IGNORE);
+}
+
+void host_merge_wait(host_merge *m, int slot) { MPI_Wait(&m->req[slot], MPI_STATUS_IGNORE); }
+
+void host_merge_fetch(host_merge *m, int slot, int64_t nrows, float *o, float *lse) {
+    const float *rec = m->rec[slot];
+    const int64_t n = nrows * m->heads, R = m->rec_len, D = m->d;
+#pragma omp parallel for schedule(static) if (n >= 4096)
+    for (int64_t r = 0; r < n; r++) lse[r] = m->finalize(m->ctx, rec + r * R, o + r * D);
 }

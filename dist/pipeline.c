@@ -4,7 +4,8 @@
  * lands on owner(i) = i mod P (parallel HDF5: each rank writes its own rows) or on rank 0 (serial
  * HDF5: rank 0 writes everything). Writes are collective per group of G = P chunks (1 when serial),
  * so every rank makes the same sequence of collective calls. Up to `window` merges are in flight
- * while the next chunk computes; the master thread drives their progress from inside the engine.
+ * while the next chunk computes, through the engine's slot calls (pipeline.h), the same for every
+ * engine; the CPU engines drive the merges' progress between their work items.
  *
  * The file's side runs on the rank's I/O thread (dist/io_worker.h), in tasks every rank submits
  * in the same order: chunk i+1's queries are read while chunk i computes (two query buffers),
@@ -47,8 +48,6 @@ struct pipe_state {
     int64_t chunk, nchunks_per_b, nchunks;
     int window;
     pipe_engine *eng;
-    float **rec;           /* [window] chunk*H records each */
-    MPI_Request *req;      /* [window] */
     /* finalized rows of the chunk this rank owns in a group, two sets: group g's in set g % 2,
      * written by the I/O thread while groups g+1 and g+2 compute */
     float *o_set[2], *lse_set[2];
@@ -96,13 +95,6 @@ static int owner(const pipe_state *p, int64_t i) {
 }
 
 static int64_t group_size(const pipe_state *p) { return p->serial_io ? 1 : p->nranks; }
-
-/* Called by the engine from the master thread: lets MPI move the merges in flight. */
-static void drive_merges(void *arg) {
-    pipe_state *p = arg;
-    int flag;
-    MPI_Testall(p->window, p->req, &flag, MPI_STATUSES_IGNORE);
-}
 
 /* The owner of chunk i, rows [r0, r0+n) of batch b finalized into o_out/lse_out: notes the first
  * (row, head) that sees a key and still has a non-finite lse (its scores overflowed float32) or,
@@ -284,25 +276,11 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     }
     float *o_out = p->o_set[k], *lse_out = p->lse_set[k];
     double t0 = fa_now();
-    int64_t H = p->s->H, D = p->s->D, R = p->eng->rec_len;
     const int mine = owner(p, i) == p->rank;
-    if (p->eng->device_merge) {                    /* merged on the device: the owner fetches */
-        if (p->eng->merge_wait(p->eng->ctx, slot)) fa_fail("%s", fa_errmsg());
-        p->st->t_wait += fa_now() - t0;
-        t0 = fa_now();
-        if (mine && p->eng->fetch(p->eng->ctx, slot, n, o_out, lse_out)) fa_fail("%s", fa_errmsg());
-    } else {
-        MPI_Wait(&p->req[slot], MPI_STATUS_IGNORE);
-        p->st->t_wait += fa_now() - t0;
-        t0 = fa_now();
-        if (mine) {
-            const float *rec = p->rec[slot];
-            const pipe_engine *e = p->eng;   /* engines' finalize functions are thread-safe */
-#pragma omp parallel for schedule(static) if (n * H >= 4096)
-            for (int64_t r = 0; r < n * H; r++)
-                lse_out[r] = e->finalize(e->ctx, rec + r * R, o_out + r * D);
-        }
-    }
+    if (p->eng->merge_wait(p->eng->ctx, slot)) fa_fail("%s", fa_errmsg());
+    p->st->t_wait += fa_now() - t0;
+    t0 = fa_now();
+    if (mine && p->eng->fetch(p->eng->ctx, slot, n, o_out, lse_out)) fa_fail("%s", fa_errmsg());
     if (mine) {
         p->pend_b[k] = b;
         p->pend_r0[k] = r0;
@@ -571,7 +549,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
      * NCCL when it can */
     const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
     pipe_engine eng;
-    rc_engine = engine_create(plan, gc->device, sh.total, gc->nccl ? gc->comm : NULL, &eng);
+    rc_engine = engine_create(plan, comm, gc->device, sh.total, gc->nccl ? gc->comm : NULL, &eng);
     if (fa_agree(comm, rc_engine, -1)) {
         if (rc_engine == 0) engine_free(&eng);
         memset(&eng, 0, sizeof eng);
@@ -581,13 +559,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
     p.eng = &eng;
     st->used_gpu = gpu;
-    const int64_t R = eng.rec_len > 0 ? eng.rec_len : 1;
-    p.rec = fa_calloc((size_t)p.window, sizeof(float *), "record slots");
-    p.req = fa_calloc((size_t)p.window, sizeof(MPI_Request), "merge requests");
-    for (int w = 0; w < p.window; w++) {
-        p.rec[w] = fa_aligned_alloc((size_t)(p.chunk * H * R) * sizeof(float), "partials");
-        p.req[w] = MPI_REQUEST_NULL;
-    }
+    const int64_t R = eng.rec_len;
     st->t_setup = fa_now() - t_start;
     int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
@@ -631,26 +603,11 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                           .diag = s->Nk - s->Nq, .mask = &plan->mask, .b = b};
         int root = owner(&p, i);
         st->work_pairs += shard_work(&sh, &plan->mask, b, r0, r0 + n) * (double)H;
-        int posted_merge = 0;
-        if (eng.partial_slot) {                    /* device state: asynchronous compute */
-            if (eng.partial_slot(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
-            if (eng.device_merge) {
-                if (eng.merge_start(eng.ctx, slot, n, root)) fa_fail("%s", fa_errmsg());
-                if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
-                st->t_compute += fa_now() - t1;
-                posted_merge = 1;
-            } else if (eng.to_host(eng.ctx, slot, n, p.rec[slot])) fa_fail("%s", fa_errmsg());
-        } else {
-            eng.init(eng.ctx, p.rec[slot], n);
-            if (eng.partial(eng.ctx, &q, p.rec[slot], drive_merges, &p)) fa_fail("%s", fa_errmsg());
-        }
-        if (!posted_merge) {
-            st->t_compute += fa_now() - t1;
-            void *sendbuf = root == p.rank ? MPI_IN_PLACE : p.rec[slot];
-            MPI_Ireduce(sendbuf, p.rec[slot], (int)(n * H), eng.rec_type, eng.op, root, comm,
-                        &p.req[slot]);
-            if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
-        }
+        /* one path for every engine: the chunk into its slot, then its merge onto the owner */
+        if (eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
+        if (eng.merge_start(eng.ctx, slot, n, root)) fa_fail("%s", fa_errmsg());
+        st->t_compute += fa_now() - t1;
+        if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
         st->chunks++;
         if (i + 1 < p.nchunks && !next_same_b) {   /* this element's keys are no longer read */
             kt.b = b + 1;
@@ -669,7 +626,8 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         int64_t G = group_size(&p);
         if (posted % G != 0) rc = write_group(&p, posted);
     }
-    if (rc) MPI_Waitall(p.window, p.req, MPI_STATUSES_IGNORE);
+    if (rc)   /* every rank started the same merges: finish them before the buffers go */
+        for (int64_t j = next_finish; j < posted; j++) eng.merge_wait(eng.ctx, (int)(j % p.window));
     {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", fa_errmsg());   /* the first error stays the run's */
@@ -696,9 +654,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
 
     if (eng.stats) eng.stats(eng.ctx, st);
     engine_free(&eng);
-    for (int w = 0; w < p.window; w++) free(p.rec[w]);
-    free(p.rec);
-    free(p.req);
     for (int k = 0; k < 2; k++) {
         free(p.o_set[k]);
         free(p.lse_set[k]);

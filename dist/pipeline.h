@@ -14,44 +14,38 @@
 
 struct pipeline_stats;
 
-/* What the pipeline needs of an engine (dist/engines.c builds them). A record is rec_len floats
- * per (query row, head); partials over disjoint key sets merge with `op` on `rec_type`. */
+/* What the pipeline needs of an engine (dist/engines.c, dist/taylor_engine.c build them): one
+ * contract for every engine, slot-based. Chunk i runs in slot i % window: compute_chunk folds the
+ * rank's keys into the slot's state (it may return before the device is done), merge_start
+ * merges the slot's state across ranks onto the rows' owner (COLLECTIVE: every rank starts the
+ * same slots in the same order), merge_wait waits for it, and the owner's fetch gives the rows'
+ * o [n][H][D] and lse [n][H] in fp32. Engines whose states reach the host merge through
+ * host_merge (dist/merge.h: MPI_Ireduce of records); the CUDA engine with NCCL, or alone, on the
+ * device. A record is rec_len floats per (query row, head): what a merge moves. */
 typedef struct pipe_engine {
     const char *compute;        /* what it computes in: "float32", "bfloat16", ... (the output's
                                    compute attribute, through pipeline_stats.compute) */
     int rec_len;
-    MPI_Datatype rec_type;
-    MPI_Op op;
     void *ctx;
     /* the rank's keys for a new batch element (segments stay valid until the next call) */
     int (*load_kv)(void *ctx, const attn_kv_segment *segs, int nsegs);
-    /* empty state for nrows query rows (every head) */
-    void (*init)(void *ctx, float *rec, int64_t nrows);
-    /* fold the loaded keys into rec for this query chunk; call progress(arg) now and then */
-    int (*partial)(void *ctx, const attn_queries *q, float *rec, void (*progress)(void *), void *arg);
-    /* one record -> o[D]; returns the row's lse. Thread-safe: the pipeline calls it from several
-     * threads at once */
-    float (*finalize)(void *ctx, const float *rec, float *o);
-    void (*destroy)(void *ctx);
-    /* Engines that keep each chunk's state on a device (the CUDA engine) set these too: the
-     * pipeline then calls partial_slot (asynchronous) instead of partial, and either merges on
-     * the device (device_merge: merge_start, merge_wait, and fetch on the owner) or copies the
-     * state to the host (to_host) for the MPI merge. */
-    int device_merge;
-    int (*partial_slot)(void *ctx, int slot, const attn_queries *q);
-    int (*to_host)(void *ctx, int slot, int64_t nrows, float *rec);
+    /* chunk q into slot `slot` (whose last merge has been waited for); the queries may be
+     * reused once it returns */
+    int (*compute_chunk)(void *ctx, int slot, const attn_queries *q);
     int (*merge_start)(void *ctx, int slot, int64_t nrows, int root);
     int (*merge_wait)(void *ctx, int slot);
     int (*fetch)(void *ctx, int slot, int64_t nrows, float *o, float *lse);
     /* adds the engine's own measurements (device time, bytes) to the stats at the end */
     void (*stats)(void *ctx, struct pipeline_stats *st);
+    void (*destroy)(void *ctx);
 } pipe_engine;
 
 /* Builds the engine of the plan's mode and backend (dist/engines.c). Returns -1 with fa_seterr
- * when it cannot start. device: the CUDA device of this rank; kv_rows: keys this rank holds;
- * nccl_comm: the NCCL communicator of all ranks, or NULL. */
-int engine_create(const run_plan *plan, int device, int64_t kv_rows, void *nccl_comm,
-                  pipe_engine *e);
+ * when it cannot start. comm: the ranks the merges run over (the pipeline's); device: the CUDA
+ * device of this rank; kv_rows: keys this rank holds; nccl_comm: the NCCL communicator of all
+ * ranks, or NULL. */
+int engine_create(const run_plan *plan, MPI_Comm comm, int device, int64_t kv_rows,
+                  void *nccl_comm, pipe_engine *e);
 void engine_free(pipe_engine *e);
 
 typedef struct pipeline_stats {

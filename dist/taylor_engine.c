@@ -14,6 +14,7 @@
  * rank that computed it. So the query-side work (q S per row) divides by P too. Causal jobs
  * cannot do that (each row needs a different prefix of every rank's keys): every rank applies
  * its own prefix states to every row. */
+#include "dist/merge.h"
 #include "dist/pipeline.h"
 #include "dist/taylor_engine.h"
 #include "kernels/taylor.h"
@@ -35,6 +36,7 @@ typedef struct {
     const float *fresh;      /* the records init zeroed last (until a partial folds into them) */
     MPI_Datatype rec;
     MPI_Op op;
+    host_merge hm;           /* the plain-sum merge of the slots' records */
 } taylor_ctx;
 
 /* Plain elementwise sum of records (a user op: predefined MPI_SUM does not take derived types). */
@@ -150,8 +152,35 @@ static int t_gpu_partial(void *ctx, const attn_queries *q, float *rec, void (*pr
     return taylor_gpu_partial(c->gpu, &mine, rec + lo * c->h * taylor_rec_len(c->d), fresh);
 }
 
+/* The slot calls (pipeline.h): the chunk into the slot's zeroed records, then the host merge. */
+static int t_cpu_compute(void *ctx, int slot, const attn_queries *q) {
+    taylor_ctx *c = ctx;
+    float *rec = c->hm.rec[slot];
+    t_init(c, rec, q->nq);
+    return t_cpu_partial(c, q, rec, host_merge_progress, &c->hm);
+}
+static int t_gpu_compute(void *ctx, int slot, const attn_queries *q) {
+    taylor_ctx *c = ctx;
+    float *rec = c->hm.rec[slot];
+    t_init(c, rec, q->nq);
+    return t_gpu_partial(c, q, rec, host_merge_progress, &c->hm);
+}
+static int t_merge_start(void *ctx, int slot, int64_t n, int root) {
+    host_merge_start(&((taylor_ctx *)ctx)->hm, slot, n, root);
+    return 0;
+}
+static int t_merge_wait(void *ctx, int slot) {
+    host_merge_wait(&((taylor_ctx *)ctx)->hm, slot);
+    return 0;
+}
+static int t_fetch(void *ctx, int slot, int64_t n, float *o, float *lse) {
+    host_merge_fetch(&((taylor_ctx *)ctx)->hm, slot, n, o, lse);
+    return 0;
+}
+
 static void t_destroy(void *ctx) {
     taylor_ctx *c = ctx;
+    host_merge_free(&c->hm);
     taylor_cpu_destroy(c->cpu);
     if (c->gpu) taylor_gpu_destroy(c->gpu);
     MPI_Op_free(&c->op);
@@ -162,7 +191,8 @@ static void t_destroy(void *ctx) {
     free(c);
 }
 
-int taylor_engine_create(const run_plan *pl, int device, int64_t kv_rows, pipe_engine *e) {
+int taylor_engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t kv_rows,
+                         pipe_engine *e) {
     const fa_shape *s = &pl->s;
     const int64_t max_rows = pl->chunk;
     taylor_ctx *c = fa_calloc(1, sizeof *c, "taylor engine");
@@ -178,11 +208,11 @@ int taylor_engine_create(const run_plan *pl, int device, int64_t kv_rows, pipe_e
             return -1;
         }
         e->load_kv = t_gpu_load_kv;
-        e->partial = t_gpu_partial;
+        e->compute_chunk = t_gpu_compute;
     } else {
         c->cpu = taylor_cpu_create(c->h, c->hkv, c->d, pl->tiling.threads, pl->tiling.br);
         e->load_kv = t_cpu_load_kv;
-        e->partial = t_cpu_partial;
+        e->compute_chunk = t_cpu_compute;
     }
     c->sums = fa_calloc((size_t)(c->hkv * c->d + 1), sizeof(double), "taylor key sums");
     c->mu = fa_calloc((size_t)(c->hkv * c->d), sizeof(double), "taylor key mean");
@@ -195,12 +225,12 @@ int taylor_engine_create(const run_plan *pl, int device, int64_t kv_rows, pipe_e
         fa_fail("cannot create the MPI record type and sum operator of the Taylor mode");
     memset(&counts, 0, sizeof counts);
     e->compute = "float32";
+    host_merge_init(&c->hm, comm, pl->window, max_rows, c->h, c->d, R, c->rec, c->op, t_finalize, c);
     e->rec_len = R;
-    e->rec_type = c->rec;
-    e->op = c->op;
     e->ctx = c;
-    e->init = t_init;
-    e->finalize = t_finalize;
+    e->merge_start = t_merge_start;
+    e->merge_wait = t_merge_wait;
+    e->fetch = t_fetch;
     e->destroy = t_destroy;
     return 0;
 }

@@ -14,5 +14,6 @@ typedef struct {
 
 /* CPU (plan->tiling.threads; tiling.br = query rows per tile, 0: 64) or CUDA engine of the Taylor
  * mode, chunks of plan->chunk rows. Returns -1 with fa_seterr when it cannot start (no GPU). */
-int taylor_engine_create(const run_plan *plan, int device, int64_t kv_rows, pipe_engine *e);
+int taylor_engine_create(const run_plan *plan, MPI_Comm comm, int device, int64_t kv_rows,
+                         pipe_engine *e);
 void taylor_engine_counts(taylor_row_counts_t *out);
