@@ -472,10 +472,62 @@ static int64_t first_nonfinite(const h5in *f, int idx, int64_t b, const row_rang
     return best;
 }
 
-static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int nr,
-                            const float *dst) {
-    const char *what = "";
-    int64_t g = first_nonfinite(f, idx, b, r, nr, dst, &what, &f->absmax[idx]);
+/* The finite scan of one transfer's source, in the file's bits before any conversion, while the
+ * hash's pass has them in cache (float32, float16 and bfloat16 in native byte order and bnhd;
+ * the rest is scanned after conversion, by first_nonfinite): the same first non-finite element
+ * (global linear index into *best, kind into *what) and the same largest finite |x| (as fp32
+ * bits, into *amax) as the fp32 scan, since widening is exact and keeps the order of |x|. */
+static void scan_source(fa_dtype t, const void *buf, const piece *p, int np, int64_t row_el,
+                        int64_t N, int64_t b, int64_t *best, const char **what, uint32_t *amax) {
+    const int wide = t == FA_F32;
+    const uint32_t inf = t == FA_F32 ? 0x7f800000u : t == FA_F16 ? 0x7c00u : 0x7f80u;
+    const uint32_t mag = wide ? 0x7fffffffu : 0x7fffu;
+    uint32_t m = 0;                          /* largest finite magnitude, in the file's bits */
+    for (int j = 0; j < np; j++) {
+        const int64_t at = (p[j].dst_row - p[0].dst_row) * row_el, len = p[j].n * row_el;
+        const uint32_t *x32 = (const uint32_t *)buf + at;
+        const uint16_t *x16 = (const uint16_t *)buf + at;
+        int64_t first = len;
+#pragma omp parallel for reduction(min : first) reduction(max : m) schedule(static) if (len > 65536)
+        for (int64_t e0 = 0; e0 < len; e0 += 16384) {
+            const int64_t e1 = e0 + 16384 < len ? e0 + 16384 : len;
+            uint32_t mm = 0, bad = 0;
+            if (wide)
+                for (int64_t e = e0; e < e1; e++) {
+                    const uint32_t a = x32[e] & mag;
+                    bad |= a >= inf;
+                    mm = a > mm && a < inf ? a : mm;
+                }
+            else
+                for (int64_t e = e0; e < e1; e++) {
+                    const uint32_t a = x16[e] & mag;
+                    bad |= a >= inf;
+                    mm = a > mm && a < inf ? a : mm;
+                }
+            if (mm > m) m = mm;
+            for (int64_t e = e0; bad && e < e1; e++)
+                if (((wide ? x32[e] : x16[e]) & mag) >= inf) {
+                    if (e < first) first = e;
+                    break;
+                }
+        }
+        if (first < len) {
+            const int64_t g = (b * N + p[j].start) * row_el + first;
+            if (*best < 0 || g < *best) {
+                const uint32_t v = wide ? x32[first] : x16[first];
+                *best = g;
+                *what = (v & mag) > inf ? "NaN" : (v >> (wide ? 31 : 15)) ? "-Inf" : "+Inf";
+            }
+        }
+    }
+    const uint32_t mf = t == FA_F32 ? m : t == FA_BF16 ? m << 16
+                                      : fa_f32_bits(fa_f16_to_f32_ref((uint16_t)m));
+    if (mf > *amax) *amax = mf;
+}
+
+/* COLLECTIVE. The read's verdict: g, the first non-finite element's global linear index (-1:
+ * none), named with its [b, row, head, d] as the file indexes it. */
+static int report_nonfinite(h5in *f, int idx, int64_t g, const char *what) {
     if (g >= 0) {
         const int64_t *d = f->dims[idx];
         const char *as = f->dtype[idx] == FA_F64 && what[0] != 'N' ? " (in float32)" : "";
@@ -490,6 +542,13 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
                   at[0], at[1], at[2], at[3]);
     }
     return fa_agree(f->comm, g >= 0, g);
+}
+
+static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int nr,
+                            const float *dst) {
+    const char *what = "";
+    int64_t g = first_nonfinite(f, idx, b, r, nr, dst, &what, &f->absmax[idx]);
+    return report_nonfinite(f, idx, g, what);
 }
 
 /* Adds the hashes of the rows of one transfer (buf: the pieces' rows as the file holds them,
@@ -570,6 +629,11 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         }
     }
     const int virt = f->sdset[idx] >= 0;    /* a VDS in a parallel build: serial handle */
+    /* the finite scan on the file's bits of each transfer (scan_source), or after conversion */
+    const int scan_src = check_finite && !bhnd && !f->swap[idx] && f->dtype[idx] != FA_F64;
+    int64_t bad_at = -1;
+    const char *bad_what = "";
+    uint32_t amax_bits = 0;
     hid_t fspace = H5Dget_space(f->dset[idx]), dxpl = transfer_plist();
     HDF5_CHECK(fspace, "H5Dget_space");
     c = (cursor){0, 0, 0};
@@ -603,6 +667,8 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         H5Sclose(mem);
         if (!np) continue;
         if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, dims[2], dims[3] * esize, bhnd);
+        if (scan_src)
+            scan_source(f->dtype[idx], buf, p, np, row_el, dims[1], b, &bad_at, &bad_what, &amax_bits);
         if (f->swap[idx]) fa_byteswap(buf, esize, n_el);
         if (bhnd) fa_to_f32_swap(f->dtype[idx], buf, out, dims[2], rows, dims[3]);  /* as bnhd */
         else fa_to_f32(f->dtype[idx], buf, out, n_el);
@@ -611,5 +677,8 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     H5Sclose(fspace);
     free(stage);
     free(p);
-    return check_finite ? check_finite_all(f, idx, b, ranges, nranges, dst) : 0;
+    if (!check_finite) return 0;
+    if (!scan_src) return check_finite_all(f, idx, b, ranges, nranges, dst);
+    f->absmax[idx] = fa_bits_f32(amax_bits);
+    return report_nonfinite(f, idx, bad_at, bad_what);
 }

@@ -565,6 +565,108 @@ static void test_read_errors(const char *dir) {
     free(x);
 }
 
+/* The finite scan on the file's bits (h5in.c: scan_source) against brute force after the
+ * conversion: for each element type, byte order and layout, random values with a few large ones,
+ * NaN, +Inf and -Inf at random places, read in several ranges with transfers of a few rows: the
+ * same first non-finite element (index and kind) and the same largest finite |x| (h5in's
+ * last_absmax) as a scan of the fp32 rows. */
+static void test_scan_source(const char *dir) {
+    static const struct { fa_dtype t; int big; fa_layout lay; const char *what; } cases[] = {
+        {FA_F32, 0, FA_BNHD, "float32"}, {FA_F16, 0, FA_BNHD, "float16"},
+        {FA_BF16, 0, FA_BNHD, "bfloat16"}, {FA_BF16, 1, FA_BNHD, "bfloat16 big-endian"},
+        {FA_F16, 0, FA_BHND, "float16 bhnd"}, {FA_F64, 0, FA_BNHD, "float64"},
+    };
+    const int64_t B = 2, N = 37, Hh = 3, D = 24, n = B * N * Hh * D;
+    uint64_t seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)time(NULL);
+    char path[512];
+    snprintf(path, sizeof path, "%s/scan.h5", dir);
+    float *x = fa_malloc((size_t)n * 4, "scan values"), *got = fa_malloc((size_t)n * 4, "read");
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int trial = 0; trial < 12; trial++) {
+            for (int64_t i = 0; i < n; i++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                x[i] = ((float)(seed >> 40) / (float)(1 << 24) - 0.5f) * 4.0f;
+            }
+            seed = seed * 6364136223846793005ull + 1;
+            x[(seed >> 33) % n] = 1000.0f;                   /* the largest, somewhere */
+            int nbad = trial % 4;                            /* 0: all finite */
+            for (int k = 0; k < nbad; k++) {
+                seed = seed * 6364136223846793005ull + 1;
+                x[(seed >> 33) % n] = k == 0 ? NAN : k == 1 ? INFINITY : -INFINITY;
+            }
+            /* the file: [B, N, H, D] or [B, H, N, D] */
+            hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+            const int bh = cases[c].lay == FA_BHND;
+            hsize_t dk[4] = {B, bh ? Hh : N, bh ? N : Hh, D}, dq[4] = {B, bh ? Hh : N, bh ? N : Hh, D};
+            hid_t t = h5io_file_type(cases[c].t);
+            if (cases[c].big) H5Tset_order(t, H5T_ORDER_BE);
+            float *fx = fa_malloc((size_t)n * 4, "file order");
+            for (int64_t i = 0; i < n; i++) {   /* x is bnhd; the file's order */
+                int64_t b = i / (N * Hh * D), r = i / (Hh * D) % N, h = i / D % Hh, d = i % D;
+                fx[bh ? ((b * Hh + h) * N + r) * D + d : i] = x[i];
+            }
+            const char *names[3] = {"q", "k", "v"};
+            for (int ds = 0; ds < 3; ds++) {
+                hid_t sp = H5Screate_simple(4, ds ? dk : dq, NULL);
+                hid_t d = H5Dcreate2(f, names[ds], t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, fx);
+                if (bh) {
+                    hid_t st = H5Tcopy(H5T_C_S1), as = H5Screate(H5S_SCALAR);
+                    H5Tset_size(st, 4);
+                    hid_t a = H5Acreate2(d, "layout", st, as, H5P_DEFAULT, H5P_DEFAULT);
+                    H5Awrite(a, st, "bhnd");
+                    H5Aclose(a), H5Sclose(as), H5Tclose(st);
+                }
+                H5Dclose(d), H5Sclose(sp);
+            }
+            H5Tclose(t), H5Fclose(f), free(fx);
+            h5in *in;
+            fa_shape sh;
+            int64_t cap = test_cap;
+            test_cap = (int64_t)(3 + trial % 3) * Hh * D * fa_dtype_size(cases[c].t);  /* 3-5 rows */
+            int ok = h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh) == 0;
+            test_cap = cap;
+            if (!check(ok, "scan: open %s (%s)", path, fa_errmsg())) continue;
+            row_range r[3] = {{0, 5}, {9, 20}, {31, 6}};      /* three ranges, gaps between */
+            for (int64_t b = 0; b < B; b++) {
+                /* brute force over the same rows as read without the check (the file's values,
+                 * as HDF5 rounded them on writing, converted) */
+                if (!check(h5in_read_rows(in, "k", b, r, 3, got, 0) == 0, "scan: unchecked read"))
+                    continue;
+                int64_t first = -1, at = 0;
+                float amax = 0, fv = 0;
+                for (int i = 0; i < 3; i++)
+                    for (int64_t e = 0; e < r[i].n * Hh * D; e++, at++) {
+                        const int64_t g = (b * N + r[i].start) * Hh * D + e;
+                        const float v = got[at];
+                        if (!isfinite(v)) { if (first < 0) first = g, fv = v; }
+                        else if (fabsf(v) > amax) amax = fabsf(v);
+                    }
+                int st = h5in_read_rows(in, "k", b, r, 3, got, 1);
+                if (first < 0) {
+                    check(st == 0 && h5in_last_absmax(in, "k") == amax,
+                          "scan %s trial %d batch %lld: finite, largest |x| %g (got %g)",
+                          cases[c].what, trial, (long long)b, amax, h5in_last_absmax(in, "k"));
+                    continue;
+                }
+                char where[96];
+                const float v = fv;
+                long long i4[4] = {first / (N * Hh * D), first / (Hh * D) % N, first / D % Hh, first % D};
+                if (bh) { long long t2 = i4[1]; i4[1] = i4[2], i4[2] = t2; }
+                snprintf(where, sizeof where, "%s%s at [%lld, %lld, %lld, %lld]",
+                         v != v ? "NaN" : v > 0 ? "+Inf" : "-Inf",
+                         cases[c].t == FA_F64 && v == v ? " (in float32)" : "", i4[0], i4[1],
+                         i4[2], i4[3]);
+                check(st == -1 && strstr(fa_errmsg(), where) != NULL,
+                      "scan %s trial %d batch %lld: \"%s\" in \"%s\"", cases[c].what, trial,
+                      (long long)b, where, fa_errmsg());
+            }
+            h5in_close(in);
+        }
+    free(x);
+    free(got);
+}
+
 /* ============================ output ===================================================== */
 static void fill_rows(float *o, float *lse, int64_t b, int64_t r0, int64_t n, int64_t H,
                       int64_t D) {
@@ -1077,6 +1179,7 @@ int main(int argc, char **argv) {
             test_read_capped(dir);
             test_input_errors(dir);
             test_read_errors(dir);
+            test_scan_source(dir);
             test_output_types(dir);
             test_output_errors(dir);
             test_resume(dir);
