@@ -207,10 +207,10 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                 "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
                 "\"comm_s\": %.6f, \"exposed_s\": %.6f, \"compute_idle_s\": %.6f, \"comm_fastest_chunk_s\": %.6f, "
                 "\"paged_bytes\": %.0f, \"maxrss_mib\": %.1f, \"setup_s\": %.6f, \"read_kv_s\": %.6f, "
-                "\"finalize_s\": %.6f, \"sync_s\": %.6f}",
+                "\"finalize_s\": %.6f, \"sync_s\": %.6f, \"io_exposed_s\": %.6f}",
             k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
             v[S_COMM], v[S_EXPOSED], v[S_IDLE], v[S_CMIN], v[S_PAGED], v[S_RSS], v[S_SETUP], v[S_KV],
-            v[S_FINAL], v[S_SYNC]);
+            v[S_FINAL], v[S_SYNC], v[S_IOEXP]);
     }
     put(&b, "\n  ]");
     if (check) {
