@@ -10,6 +10,8 @@
 #include "io/h5priv.h"
 #include "io/convert.h"
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <omp.h>
@@ -38,6 +40,12 @@ struct h5in {
     fa_layout layout[3];            /* rank 0's settling, broadcast: dims[] are bnhd whatever */
     void *tstage;                   /* a bhnd transfer as the file holds it, [heads][rows][D] */
     size_t tstage_bytes;
+    /* direct reads: a contiguous, allocated, unfiltered dataset with no external storage has
+     * its bytes at one offset of the file; its rows are then read with pread, in parallel,
+     * instead of through H5Dread (the same bytes: checked at open on every rank) */
+    int fd;                         /* the file, read-only, for pread; -1 */
+    int64_t offset[3];              /* the dataset's first byte in the file, or -1 */
+    int direct;                     /* direct reads allowed (h5in_direct_reads; default 1) */
 };
 
 /* ---- rank 0's check ----------------------------------------------------------------------------- */
@@ -279,7 +287,39 @@ static int open_datasets(h5in *f) {
     return 0;
 }
 
+/* The dataset's first byte in the file when it is stored in one contiguous run that pread can
+ * read (-1 otherwise), proven by reading its first elements both ways. Independent. */
+static int64_t contiguous_offset(h5in *f, int i) {
+    if (f->virt[i] || f->fd < 0) return -1;
+    hid_t dcpl = H5Dget_create_plist(f->dset[i]);
+    int ok = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS && H5Pget_external_count(dcpl) == 0 &&
+             H5Pget_nfilters(dcpl) == 0;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    haddr_t a = ok ? H5Dget_offset(f->dset[i]) : HADDR_UNDEF;
+    if (!ok || a == HADDR_UNDEF) { H5Eclear2(H5E_DEFAULT); return -1; }
+    /* the first (up to) 64 elements through HDF5 and through pread must agree */
+    const int64_t *d = f->dims[i];
+    const size_t es = H5Tget_size(f->type[i]);
+    hsize_t n = (hsize_t)(d[0] * d[1] * d[2] * d[3]);
+    if (n > 64) n = 64;
+    if (n == 0) return -1;
+    unsigned char via_h5[64 * 8], via_fd[64 * 8];
+    hid_t fs = H5Dget_space(f->dset[i]), ms = H5Screate_simple(1, &n, NULL);
+    hsize_t zero[4] = {0, 0, 0, 0}, cnt[4] = {1, 1, 1, n};
+    if ((int64_t)n > d[3]) n = (hsize_t)d[3];          /* D: the last dim in either layout */
+    cnt[3] = n;
+    H5Sset_extent_simple(ms, 1, &n, NULL);
+    int good = H5Sselect_hyperslab(fs, H5S_SELECT_SET, zero, NULL, cnt, NULL) >= 0 &&
+               H5Dread(f->dset[i], f->type[i], ms, fs, H5P_DEFAULT, via_h5) >= 0 &&
+               pread(f->fd, via_fd, n * es, (off_t)a) == (ssize_t)(n * es) &&
+               memcmp(via_h5, via_fd, n * es) == 0;
+    H5Sclose(ms), H5Sclose(fs);
+    if (!good) H5Eclear2(H5E_DEFAULT);
+    return good ? (int64_t)a : -1;
+}
+
 static void close_handles(h5in *f) {
+    if (f->fd >= 0) close(f->fd);
     for (int i = 0; i < 3; i++) {
         if (f->type[i] >= 0) H5Tclose(f->type[i]);
         if (f->dset[i] >= 0) H5Dclose(f->dset[i]);
@@ -320,6 +360,8 @@ int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout lay
     MPI_Comm_dup(comm, &f->comm);
     f->file = f->dset[0] = f->dset[1] = f->dset[2] = f->type[0] = f->type[1] = f->type[2] = -1;
     f->sfile = f->sdset[0] = f->sdset[1] = f->sdset[2] = -1;
+    f->fd = -1;
+    f->direct = 1;
     f->cap_bytes = v.cap, f->size = v.size, f->mtime_ns = v.mtime_ns;
     for (int i = 0; i < 3; i++) f->layout[i] = v.l[i];
     if (fa_agree(f->comm, open_datasets(f), rank) < 0) {
@@ -328,10 +370,22 @@ int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout lay
         free(f);
         return -1;
     }
+    /* direct reads where every rank can make them (the same transfers everywhere) */
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    int can[3];
+    for (int i = 0; i < 3; i++) {
+        f->offset[i] = contiguous_offset(f, i);
+        can[i] = f->offset[i] >= 0;
+    }
+    MPI_Allreduce(MPI_IN_PLACE, can, 3, MPI_INT, MPI_MIN, f->comm);
+    for (int i = 0; i < 3; i++)
+        if (!can[i]) f->offset[i] = -1;
     *shape = v.s;
     *out = f;
     return 0;
 }
+
+void h5in_direct_reads(h5in *f, int on) { f->direct = on; }
 
 float h5in_last_absmax(const h5in *f, const char *name) {
     for (int i = 0; i < 3; i++)
@@ -588,6 +642,50 @@ static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const
     f->digest[idx] += sum;
 }
 
+/* One transfer of a contiguous dataset straight from the file (h5in.offset): the pieces' bytes,
+ * as H5Dread would give them (bnhd: the rows one after another; bhnd: [heads][rows][D]), read
+ * with pread by the OpenMP threads in runs of at most 4 MiB. 0, or the errno of a failed read
+ * (a short read past the file's end: EIO). */
+typedef struct { int64_t off, len; unsigned char *dst; } byte_run;
+#define DIRECT_RUN (4 << 20)
+
+static int read_direct(const h5in *f, int idx, int64_t b, const piece *p, int np, void *buf,
+                       int64_t rows, int bhnd) {
+    const int64_t *d = f->dims[idx];           /* bnhd: [B, N, heads, D] */
+    const int64_t es = fa_dtype_size(f->dtype[idx]), N = d[1], Hh = d[2], D = d[3];
+    const int64_t runs_per = bhnd ? Hh : 1, row_bytes = (bhnd ? D : Hh * D) * es;
+    int64_t nruns = 0;
+    for (int j = 0; j < np; j++)
+        nruns += runs_per * ((p[j].n * row_bytes + DIRECT_RUN - 1) / DIRECT_RUN);
+    byte_run *r = fa_malloc((size_t)(nruns ? nruns : 1) * sizeof *r, "direct reads");
+    int64_t k = 0;
+    for (int j = 0; j < np; j++)
+        for (int64_t h = 0; h < runs_per; h++) {
+            const int64_t at = p[j].dst_row - p[0].dst_row;
+            int64_t off = f->offset[idx] +
+                          (bhnd ? ((b * Hh + h) * N + p[j].start) : (b * N + p[j].start)) * row_bytes;
+            unsigned char *dst = (unsigned char *)buf + (bhnd ? h * rows + at : at) * row_bytes;
+            for (int64_t left = p[j].n * row_bytes; left > 0; ) {
+                const int64_t len = left < DIRECT_RUN ? left : DIRECT_RUN;
+                r[k++] = (byte_run){off, len, dst};
+                off += len, dst += len, left -= len;
+            }
+        }
+    int err = 0;
+#pragma omp parallel for schedule(dynamic) reduction(max : err) if (nruns > 1)
+    for (int64_t i = 0; i < nruns; i++) {
+        int64_t done = 0;
+        while (done < r[i].len) {
+            ssize_t got = pread(f->fd, r[i].dst + done, (size_t)(r[i].len - done), (off_t)(r[i].off + done));
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) { err = got < 0 ? errno : EIO; break; }
+            done += got;
+        }
+    }
+    free(r);
+    return err;
+}
+
 static int name_index(const char *name) {
     for (int i = 0; i < 3; i++)
         if (name && !strcmp(name, NAMES[i])) return i;
@@ -629,6 +727,7 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         }
     }
     const int virt = f->sdset[idx] >= 0;    /* a VDS in a parallel build: serial handle */
+    const int direct = f->direct && f->offset[idx] >= 0;   /* the same on every rank */
     /* the finite scan on the file's bits of each transfer (scan_source), or after conversion */
     const int scan_src = check_finite && !bhnd && !f->swap[idx] && f->dtype[idx] != FA_F64;
     int64_t bad_at = -1;
@@ -651,7 +750,13 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
             H5Sclose(mem);
             continue;
         }
-        if (H5Dread(virt ? f->sdset[idx] : f->dset[idx], f->type[idx], mem, fspace,
+        if (direct) {                        /* the same on every rank: no collective call */
+            int err = np ? read_direct(f, idx, b, p, np, buf, rows, bhnd) : 0;
+            if (err)
+                fa_fail("input '%s': reading dataset '%s', rows [%lld, %lld) of batch %lld, "
+                        "failed: %s", f->path, f->name[idx], (long long)p[0].start,
+                        (long long)(p[np - 1].start + p[np - 1].n), (long long)b, strerror(err));
+        } else if (H5Dread(virt ? f->sdset[idx] : f->dset[idx], f->type[idx], mem, fspace,
                     virt ? H5P_DEFAULT : dxpl, buf) < 0) {
             if (np)
                 fa_fail("input '%s': reading dataset '%s'%s, rows [%lld, %lld) of batch %lld, "
@@ -662,7 +767,7 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
                     "failed in HDF5 (H5Dread)", f->path, f->name[idx],
                     f->virt[idx] ? " (a virtual dataset)" : "", (long long)b);
         }
-        if (!virt) note_io_mode(dxpl);
+        if (!virt && !direct) note_io_mode(dxpl);
         h5io_ntransfers++;
         H5Sclose(mem);
         if (!np) continue;

@@ -86,6 +86,13 @@ fa_layout h5in_layout(const h5in *f, int i);
 
 void h5in_close(h5in *f);   /* COLLECTIVE */
 
+/* Whether rows of datasets stored contiguously (no chunks, filters or external files; most
+ * files h5py and fa_long gen write) may be read straight from the file with pread, by the
+ * OpenMP threads, instead of through H5Dread (default 1; checked at open, dataset by dataset,
+ * on every rank: the first elements read both ways must agree). The same value on every rank:
+ * it decides whether reads make collective calls. */
+void h5in_direct_reads(h5in *f, int on);
+
 /* The largest |x| this rank read in its last h5in_read_rows of dataset `name` with check_finite
  * set (its finite values; 0 before any). */
 float h5in_last_absmax(const h5in *f, const char *name);

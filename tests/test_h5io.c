@@ -605,11 +605,24 @@ static void test_scan_source(const char *dir) {
                 int64_t b = i / (N * Hh * D), r = i / (Hh * D) % N, h = i / D % Hh, d = i % D;
                 fx[bh ? ((b * Hh + h) * N + r) * D + d : i] = x[i];
             }
+            /* the file's bytes made here (fa_long's rounding, then the byte order), written
+             * with the file's type as memory type: HDF5 converts nothing (its own float ->
+             * float16 conversion rounds differently on contiguous and chunked writes) */
+            const int es = fa_dtype_size(cases[c].t);
+            unsigned char *raw = fa_malloc((size_t)n * es, "file bytes");
+            fa_from_f32(cases[c].t, fx, raw, n);
+            if (cases[c].big) fa_byteswap(raw, es, n);
             const char *names[3] = {"q", "k", "v"};
+            /* odd trials store v in compressed chunks: no direct reads, HDF5's path */
+            hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+            hsize_t ch[4] = {1, 2, 2, 8};
+            H5Pset_chunk(dcpl, 4, ch);
+            H5Pset_deflate(dcpl, 1);
             for (int ds = 0; ds < 3; ds++) {
                 hid_t sp = H5Screate_simple(4, ds ? dk : dq, NULL);
-                hid_t d = H5Dcreate2(f, names[ds], t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-                H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, fx);
+                hid_t d = H5Dcreate2(f, names[ds], t, sp, H5P_DEFAULT,
+                                     ds == 2 && trial % 2 ? dcpl : H5P_DEFAULT, H5P_DEFAULT);
+                H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw);
                 if (bh) {
                     hid_t st = H5Tcopy(H5T_C_S1), as = H5Screate(H5S_SCALAR);
                     H5Tset_size(st, 4);
@@ -619,7 +632,7 @@ static void test_scan_source(const char *dir) {
                 }
                 H5Dclose(d), H5Sclose(sp);
             }
-            H5Tclose(t), H5Fclose(f), free(fx);
+            H5Pclose(dcpl), H5Tclose(t), H5Fclose(f), free(fx), free(raw);
             h5in *in;
             fa_shape sh;
             int64_t cap = test_cap;
@@ -643,6 +656,27 @@ static void test_scan_source(const char *dir) {
                         else if (fabsf(v) > amax) amax = fabsf(v);
                     }
                 int st = h5in_read_rows(in, "k", b, r, 3, got, 1);
+                {   /* k straight from the file and through H5Dread, v (chunked on odd trials)
+                     * against k (the same values): the same bits */
+                    const int64_t m = (5 + 20 + 6) * Hh * D;
+                    float *a = fa_malloc((size_t)m * 4, "direct"), *h = fa_malloc((size_t)m * 4, "h5");
+                    int s1 = h5in_read_rows(in, "k", b, r, 3, a, 0);
+                    h5in_direct_reads(in, 0);
+                    int s2 = h5in_read_rows(in, "k", b, r, 3, h, 0);
+                    h5in_direct_reads(in, 1);
+                    int same = s1 == 0 && s2 == 0 && memcmp(a, h, (size_t)m * 4) == 0;
+                    int s3 = h5in_read_rows(in, "v", b, r, 3, h, 0);
+                    same = same && s3 == 0 && memcmp(a, h, (size_t)m * 4) == 0;
+                    for (int64_t e = 0; !same && e < m; e++)
+                        if (memcmp(a + e, h + e, 4)) {
+                            printf("# first difference at %lld: %08x %08x\n", (long long)e,
+                                   fa_f32_bits(a[e]), fa_f32_bits(h[e]));
+                            break;
+                        }
+                    check(same, "scan %s trial %d batch %lld: direct, HDF5 and %s reads agree",
+                          cases[c].what, trial, (long long)b, trial % 2 ? "chunked" : "contiguous");
+                    free(a), free(h);
+                }
                 if (first < 0) {
                     check(st == 0 && h5in_last_absmax(in, "k") == amax,
                           "scan %s trial %d batch %lld: finite, largest |x| %g (got %g)",
@@ -968,6 +1002,8 @@ static void mpi_reads(const char *dir) {
         return;
     row_range r[4];
     int nr = shard(me, np_, 50, r), st;
+    /* through H5Dread (MPI-IO, collective transfers), then straight from the file */
+    h5in_direct_reads(in, 0);
     h5io_last_collective = -1;
     int64_t t0 = h5io_ntransfers;
     int64_t bad = read_and_compare(in, "q", 1, r, nr, 4, 8, &st);
@@ -980,6 +1016,16 @@ static void mpi_reads(const char *dir) {
           (long long)calls[0]);
     if (h5io_parallel())
         check(h5io_last_collective == 1, "parallel HDF5: the transfers stayed collective");
+    h5in_direct_reads(in, 1);
+    h5io_last_collective = -1;
+    t0 = h5io_ntransfers;
+    bad = read_and_compare(in, "q", 1, r, nr, 4, 8, &st);
+    calls[0] = h5io_ntransfers - t0, calls[1] = -(h5io_ntransfers - t0);
+    MPI_Allreduce(MPI_IN_PLACE, calls, 2, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
+    check(st == 0 && bad == 0 && calls[0] == -calls[1] && calls[0] == (np_ == 3 ? 18 : calls[0]) &&
+          h5io_last_collective == -1,
+          "direct reads: the same rows, the same transfer count, no MPI-IO transfer (%lld wrong)",
+          (long long)bad);
     nr = shard(me, np_, 61, r);
     bad = read_and_compare(in, "k", 0, r, nr, 2, 8, &st);
     check(st == 0 && bad == 0, "uneven shard of k (bf16 big-endian) read right (%lld wrong)",
