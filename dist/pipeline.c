@@ -521,6 +521,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     p.ovf_chunk = -1;
     /* the I/O thread: its collectives on a communicator of their own */
     p.in = in;
+    h5in_direct_reads(in, plan->direct_read);
     MPI_Comm_dup(comm, &p.io_comm);
     p.io = io_worker_start(plan->io_thread, plan->io_omp_threads);
 

@@ -41,7 +41,7 @@ const char *plan_source_name(plan_source s);
 enum {
     PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_WINDOW, PS_LAYOUT, PS_TILE, PS_THREADS,
     PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_NCCL, PS_Q_READ, PS_CHECKPOINT,
-    PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_COUNT
+    PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_DIRECT, PS_COUNT
 };
 
 typedef struct {
@@ -70,6 +70,7 @@ typedef struct {
     int io_thread;               /* reads and writes on an I/O thread beside compute (needs
                                     MPI_THREAD_MULTIPLE); else in series, on the rank's thread */
     int io_omp_threads;          /* OpenMP threads of the I/O thread's conversion loops */
+    int direct_read;             /* contiguous datasets read with pread, not H5Dread (h5io.h) */
     /* the CPU engine */
     cpu_tiling tiling;           /* br x bc, threads, tile products */
     /* the GPU engine */

@@ -84,6 +84,15 @@ int plan_env_read(plan_env *e) {
         env_size("FA_IO_CAP_BYTES", 1, &e->io_cap_bytes, &e->io_cap_set))
         return -1;
     if (e->io_cap_bytes > INT_MAX - 4095) e->io_cap_bytes = INT_MAX - 4095;   /* one MPI count */
+    const char *dr = getenv("FA_DIRECT_READ");
+    e->direct_read = 1;
+    if (dr && *dr) {
+        if (strcmp(dr, "0") && strcmp(dr, "1"))
+            return fa_seterr("FA_DIRECT_READ=%s: expected 1 (contiguous datasets read straight "
+                             "from the file, the default) or 0 (every read through HDF5)", dr);
+        e->direct_read = dr[0] == '1';
+        e->direct_read_set = 1;
+    }
     const char *it = getenv("FA_IO_THREAD");
     e->io_thread = 1;
     if (it && *it) {
@@ -493,6 +502,8 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
                   "writes run in series with compute");
     }
     p->io_omp_threads = p->tiling.threads > 0 ? p->tiling.threads : fa_threads.threads;
+    p->direct_read = env->direct_read;
+    p->src[PS_DIRECT] = env->direct_read_set ? SRC_ENV : SRC_DEFAULT;
     return 0;
 }
 
@@ -527,6 +538,9 @@ void plan_print(const run_plan *p) {
            (long long)p->io_cap_bytes, SRC(PS_IO_CAP),
            p->io_thread ? "on an I/O thread beside compute" : "in series with compute",
            SRC(PS_IO_THREAD), p->critical[0] ? "; predicted critical resource: " : "", p->critical);
+    fa_log(2, "fa_long: plan: contiguous datasets read %s (%s)",
+           p->direct_read ? "straight from the file (pread, in parallel)" : "through HDF5",
+           SRC(PS_DIRECT));
 #undef SRC
 }
 
@@ -562,6 +576,7 @@ void plan_json(const run_plan *p, char *buf, int len) {
     NUM("progress_interval_s", "%g", p->progress_interval_s, PS_PROGRESS);
     NUM("io_cap_bytes", "%lld", (long long)p->io_cap_bytes, PS_IO_CAP);
     NUM("io_thread", "%d", p->io_thread, PS_IO_THREAD);
+    NUM("direct_read", "%d", p->direct_read, PS_DIRECT);
     PUT("}");
 #undef STR
 #undef NUM

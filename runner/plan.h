@@ -17,6 +17,7 @@ typedef struct {
     double progress_s;             int progress_set;        /* FA_PROGRESS_INTERVAL */
     int64_t io_cap_bytes;          int io_cap_set;          /* FA_IO_CAP_BYTES */
     int io_thread;                 int io_thread_set;       /* FA_IO_THREAD=0|1 */
+    int direct_read;               int direct_read_set;     /* FA_DIRECT_READ=0|1 */
     int64_t page_block_rows;       /* FA_PAGE_BLOCK_ROWS (0: not set) */
     int page_ring;                 /* FA_PAGE_RING (0: not set) */
     int64_t page_max_resident;     /* FA_PAGE_MAX_RESIDENT (-1: not set) */
