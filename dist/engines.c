@@ -12,31 +12,18 @@
 #include <string.h>
 
 typedef struct {
+    host_merge hm;           /* first: the MPI merge (CPU; CUDA without NCCL), whose slot calls
+                                take the context as theirs (dist/merge.h) */
     int h, d;
     cpu_tiling tiling;
     const attn_kv_segment *segs;
     int nsegs;
     gpu_job *job;
     rec_merge merge;
-    host_merge hm;           /* the MPI merge (CPU; CUDA without NCCL) */
 } exact_ctx;
 
 static float exact_finalize(void *ctx, const float *rec, float *o) {
     return attn_rec_finalize(rec, ((exact_ctx *)ctx)->d, o);
-}
-
-/* ---- the host merge's slot calls, shared by the CPU and CUDA-without-NCCL engines ---------- */
-static int hm_start(void *ctx, int slot, int64_t n, int root) {
-    host_merge_start(&((exact_ctx *)ctx)->hm, slot, n, root);
-    return 0;
-}
-static int hm_wait(void *ctx, int slot) {
-    host_merge_wait(&((exact_ctx *)ctx)->hm, slot);
-    return 0;
-}
-static int hm_fetch(void *ctx, int slot, int64_t n, float *o, float *lse) {
-    host_merge_fetch(&((exact_ctx *)ctx)->hm, slot, n, o, lse);
-    return 0;
 }
 
 static int cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
@@ -77,9 +64,9 @@ static void exact_common(const fa_shape *s, exact_ctx *c, pipe_engine *e) {
 static void exact_host_merge(const run_plan *pl, MPI_Comm comm, exact_ctx *c, pipe_engine *e) {
     host_merge_init(&c->hm, comm, pl->window, pl->chunk, c->h, c->d, c->d + 2, c->merge.rec,
                     c->merge.op, exact_finalize, c);
-    e->merge_start = hm_start;
-    e->merge_wait = hm_wait;
-    e->fetch = hm_fetch;
+    e->merge_start = host_merge_slot_start;
+    e->merge_wait = host_merge_slot_wait;
+    e->fetch = host_merge_slot_fetch;
 }
 
 static int engine_exact_cpu(const run_plan *pl, MPI_Comm comm, pipe_engine *e) {

@@ -72,3 +72,16 @@ void host_merge_fetch(host_merge *m, int slot, int64_t nrows, float *o, float *l
 #pragma omp parallel for schedule(static) if (n >= 4096)
     for (int64_t r = 0; r < n; r++) lse[r] = m->finalize(m->ctx, rec + r * R, o + r * D);
 }
+
+int host_merge_slot_start(void *ctx, int slot, int64_t nrows, int root) {
+    host_merge_start(ctx, slot, nrows, root);
+    return 0;
+}
+int host_merge_slot_wait(void *ctx, int slot) {
+    host_merge_wait(ctx, slot);
+    return 0;
+}
+int host_merge_slot_fetch(void *ctx, int slot, int64_t nrows, float *o, float *lse) {
+    host_merge_fetch(ctx, slot, nrows, o, lse);
+    return 0;
+}

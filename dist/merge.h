@@ -44,3 +44,9 @@ void host_merge_progress(void *m);
 void host_merge_wait(host_merge *m, int slot);
 /* On root, after the wait: the slot's rows finalized, o [nrows][heads][d] and lse [nrows][heads]. */
 void host_merge_fetch(host_merge *m, int slot, int64_t nrows, float *o, float *lse);
+
+/* The pipeline's slot calls (pipe_engine.merge_start, merge_wait, fetch) for an engine whose
+ * context begins with its host_merge. */
+int host_merge_slot_start(void *ctx, int slot, int64_t nrows, int root);
+int host_merge_slot_wait(void *ctx, int slot);
+int host_merge_slot_fetch(void *ctx, int slot, int64_t nrows, float *o, float *lse);

@@ -26,6 +26,8 @@ static taylor_row_counts_t counts;   /* this process's finalized rows since the 
 void taylor_engine_counts(taylor_row_counts_t *out) { *out = counts; }
 
 typedef struct {
+    host_merge hm;           /* first: the plain-sum merge of the slots' records, whose slot calls
+                                take the context as theirs (dist/merge.h) */
     int h, hkv, d, causal;
     taylor_cpu *cpu;
     taylor_gpu *gpu;
@@ -36,7 +38,6 @@ typedef struct {
     const float *fresh;      /* the records init zeroed last (until a partial folds into them) */
     MPI_Datatype rec;
     MPI_Op op;
-    host_merge hm;           /* the plain-sum merge of the slots' records */
 } taylor_ctx;
 
 /* Plain elementwise sum of records (a user op: predefined MPI_SUM does not take derived types). */
@@ -165,19 +166,6 @@ static int t_gpu_compute(void *ctx, int slot, const attn_queries *q) {
     t_init(c, rec, q->nq);
     return t_gpu_partial(c, q, rec, host_merge_progress, &c->hm);
 }
-static int t_merge_start(void *ctx, int slot, int64_t n, int root) {
-    host_merge_start(&((taylor_ctx *)ctx)->hm, slot, n, root);
-    return 0;
-}
-static int t_merge_wait(void *ctx, int slot) {
-    host_merge_wait(&((taylor_ctx *)ctx)->hm, slot);
-    return 0;
-}
-static int t_fetch(void *ctx, int slot, int64_t n, float *o, float *lse) {
-    host_merge_fetch(&((taylor_ctx *)ctx)->hm, slot, n, o, lse);
-    return 0;
-}
-
 static void t_destroy(void *ctx) {
     taylor_ctx *c = ctx;
     host_merge_free(&c->hm);
@@ -228,9 +216,9 @@ int taylor_engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t 
     host_merge_init(&c->hm, comm, pl->window, max_rows, c->h, c->d, R, c->rec, c->op, t_finalize, c);
     e->rec_len = R;
     e->ctx = c;
-    e->merge_start = t_merge_start;
-    e->merge_wait = t_merge_wait;
-    e->fetch = t_fetch;
+    e->merge_start = host_merge_slot_start;
+    e->merge_wait = host_merge_slot_wait;
+    e->fetch = host_merge_slot_fetch;
     e->destroy = t_destroy;
     return 0;
 }

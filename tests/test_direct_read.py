@@ -2,14 +2,14 @@
 pread by the rank's threads, chunked and compressed ones through HDF5. Either way the same bits
 reach the engine: FA_DIRECT_READ=0 (every read through H5Dread, collective with parallel HDF5)
 and the default give the same output at 1 and 3 ranks, for bnhd and bhnd files and for an input
-whose k is chunked and compressed; a bad value is refused in one line."""
+whose k is chunked and compressed (a bad value: tests/test_io_thread.py)."""
 import json
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import fa_lines, leftovers, run_fa
+from conftest import run_fa
 from reference import attention_f64, random_inputs, rel_err, write_inputs
 
 
@@ -51,13 +51,3 @@ def test_direct_and_hdf5_reads_agree(tmp_path, nranks, kind):
             o1 = o1.transpose(0, 2, 1, 3)
         assert rel_err(o1, ro) <= 1e-5 and rel_err(l1, rl) <= 1e-5
 
-
-def test_bad_direct_read_value_refused(tmp_path):
-    rng = np.random.default_rng()
-    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
-    write_inputs(inp, *random_inputs(rng, 1, 20, 20, 2, 1, 8))
-    p = run_fa(["-i", inp, "-o", out], nranks=2, env={"FA_DIRECT_READ": "on"})
-    assert p.returncode == 2, p.stderr
-    lines = fa_lines(p.stderr)
-    assert len(lines) == 1 and "FA_DIRECT_READ=on" in lines[0] and "expected 1" in lines[0]
-    assert leftovers(tmp_path, out) == []

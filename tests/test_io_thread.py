@@ -57,14 +57,17 @@ def test_thread_gives_the_same_bits(tmp_path, nranks, q_read, extra):
     assert r1["phases_s"]["io_exposed"] >= 0 and r0["phases_s"]["io_exposed"] > 0
 
 
-def test_bad_io_thread_value_refused(tmp_path):
+@pytest.mark.parametrize("var,value", [("FA_IO_THREAD", "yes"), ("FA_DIRECT_READ", "on")])
+def test_bad_io_setting_refused(tmp_path, var, value):
+    """The I/O settings take 0 or 1: anything else is one line naming the variable, exit 2 on
+    every rank, nothing written."""
     rng = np.random.default_rng()
     inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
     write_inputs(inp, *random_inputs(rng, 1, 20, 20, 2, 1, 8))
-    p = run_fa(["-i", inp, "-o", out], nranks=2, env={"FA_IO_THREAD": "yes"})
+    p = run_fa(["-i", inp, "-o", out], nranks=2, env={var: value})
     assert p.returncode == 2, p.stderr
     lines = fa_lines(p.stderr)
-    assert len(lines) == 1 and "FA_IO_THREAD=yes" in lines[0] and "expected 1" in lines[0], p.stderr
+    assert len(lines) == 1 and f"{var}={value}" in lines[0] and "expected 1" in lines[0], p.stderr
     assert leftovers(tmp_path, out) == []
 
 
