@@ -291,7 +291,9 @@ def test_time_limit_stops_keeps_requeues(slurm, tmp_path):
     """A job that reaches its time limit (SIGTERM to all its processes, then KillWait): the
     chunks done are kept, the job is requeued, and the requeued run completes bit-identically."""
     inp, out, log = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "job.log"
-    p = run_fa(["gen", "--output", inp, "-n", "96K", "--heads", "2", "--kv-heads", "1",
+    # ~53 s of compute on 2 cores after the script's 50 s idle: past the limit's latest
+    # enforcement (60 s + 30 s); 96K (~30 s) finished first on a quiet machine
+    p = run_fa(["gen", "--output", inp, "-n", "128K", "--heads", "2", "--kv-heads", "1",
                 "-d", "64", "--seed", "11"])
     assert p.returncode == 0, p.stderr
     script = tmp_path / "limit.sbatch"
