@@ -19,10 +19,15 @@ grep -E "^result|^# choice" "$T/paged.txt"
 python3 - "$T/paged.txt" "$T/resident.txt" <<'PY'
 import sys
 def rows(path):
-    out = []
+    # fa_long tune prints a '#'-headed table: the header line names the columns (read by name)
+    out, cols = [], None
     for l in open(path):
-        if l.startswith("result "):
-            out.append(dict(kv.split("=", 1) for kv in l.split()[1:]))
+        if l.startswith("#") and l[1:].split()[:1] == ["kind"]:
+            cols = l[1:].split()
+        elif cols and l.startswith(" ") and len(l.split()) == len(cols):
+            out.append(dict(zip(cols, l.split())))
+    if cols is None:
+        sys.exit(f"FAIL: no '#kind ...' table header in {path}")
     return out
 paged, resident = rows(sys.argv[1]), rows(sys.argv[2])
 cands = [r for r in paged if r["kind"] in ("cand", "final") and float(r["t_page"]) > 0]
