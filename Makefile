@@ -28,7 +28,7 @@ else
   OPT = -O3 -g -march=native -fno-math-errno
 endif
 CFLAGS   ?= $(OPT)
-CFLAGS   += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -fPIC -I. -MMD -MP
+CFLAGS   += -std=gnu11 -Wall -Wextra -Wpointer-arith -Wno-unused-parameter -fopenmp -fPIC -I. -MMD -MP
 LDLIBS   += -fopenmp -lm -lz
 
 # ---- HDF5: prefer the parallel (Open MPI) build, fall back to serial -----------------------------

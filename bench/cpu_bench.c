@@ -89,11 +89,11 @@ static double flops_of(const problem *p) {
 static void run_engine(problem *p) {
     int64_t len = attn_rec_len(p->d);
     float *rec = fa_aligned_alloc(sizeof(float) * (size_t)(p->chunk * p->h * len), "records");
-    attn_kv_segment seg = { p->k, p->v, p->n, 0 };
+    attn_kv_segment seg = { .k = p->k, .v = p->v, .n = p->n, .pos0 = 0 };
     for (int64_t r0 = 0; r0 < p->n; r0 += p->chunk) {
         int64_t nr = p->n - r0 < p->chunk ? p->n - r0 : p->chunk;
-        attn_queries q = { p->q + r0 * p->h * p->d, nr, r0, p->h, p->hkv, p->d, scale_of(p),
-                           p->causal, 0, NULL, 0 };
+        attn_queries q = { .q = p->q + r0 * p->h * p->d, .nq = nr, .q_pos0 = r0, .h = p->h,
+                           .hkv = p->hkv, .d = p->d, .scale = scale_of(p), .causal = p->causal };
         attn_state_init(rec, nr, p->h, p->d);
         cpu_attn_partial(&q, &seg, 1, rec, &p->tiling, NULL, NULL);
         for (int64_t i = 0; i < nr * p->h; i++)

@@ -132,7 +132,7 @@ static void eng_destroy(engine *e) {
 }
 
 static int eng_load(engine *e, const float *k, const float *v) {
-    e->seg = (attn_kv_segment){k, v, e->n, 0};
+    e->seg = (attn_kv_segment){.k = k, .v = v, .n = e->n, .pos0 = 0};
     if (!e->taylor) return e->cuda ? gpu_engine_load_kv(e->eg, &e->seg, 1) : 0;
     double *mu = fa_calloc((size_t)(e->h * e->d), sizeof(double), "mu");
     taylor_key_sums(&e->seg, 1, e->h, e->d, mu);

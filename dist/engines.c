@@ -18,6 +18,9 @@ typedef struct {
     cpu_tiling tiling;
     const attn_kv_segment *segs;
     int nsegs;
+    int64_t kv_total, kv_ready;   /* the segments' rows, and those in memory (streamed keys) */
+    int64_t *kv_done;             /* [slots] rows folded into each slot's chunk so far */
+    attn_kv_segment *sub;         /* [nsegs] the part of the segments one call folds in */
     gpu_job *job;
     rec_merge merge;
 } exact_ctx;
@@ -26,33 +29,73 @@ static float exact_finalize(void *ctx, const float *rec, float *o) {
     return attn_rec_finalize(rec, ((exact_ctx *)ctx)->d, o);
 }
 
-static int cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
+static int cpu_kv_begin(void *ctx, const attn_kv_segment *segs, int nsegs) {
     exact_ctx *c = ctx;
     c->segs = segs;
     c->nsegs = nsegs;
+    c->kv_total = c->kv_ready = 0;
+    for (int i = 0; i < nsegs; i++) c->kv_total += segs[i].n;
+    free(c->sub);
+    c->sub = fa_calloc((size_t)nsegs + 1, sizeof *c->sub, "key parts");
     return 0;
 }
+static int cpu_kv_ready(void *ctx, int64_t rows) {
+    ((exact_ctx *)ctx)->kv_ready = rows;
+    return 0;
+}
+static int cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
+    cpu_kv_begin(ctx, segs, nsegs);
+    return cpu_kv_ready(ctx, ((exact_ctx *)ctx)->kv_total);
+}
 
-/* The chunk into the slot's records, driving the merges in flight between work items. */
+/* The chunk into the slot's records, driving the merges in flight between work items: every
+ * key (ATTN_KEYS_ALL: the segments as they are), or the rows made ready since the chunk's last
+ * call (streamed keys, pipeline.h), continuing its state. */
 static int cpu_compute(void *ctx, int slot, const attn_queries *q) {
     exact_ctx *c = ctx;
     float *rec = c->hm.rec[slot];
-    attn_state_init(rec, q->nq, c->h, c->d);
-    if (c->nsegs > 0) cpu_attn_partial(q, c->segs, c->nsegs, rec, &c->tiling, host_merge_progress, &c->hm);
+    if (q->keys == ATTN_KEYS_ALL || q->keys == ATTN_KEYS_FIRST) {
+        attn_state_init(rec, q->nq, c->h, c->d);
+        c->kv_done[slot] = 0;
+    }
+    if (q->keys == ATTN_KEYS_ALL) {
+        if (c->nsegs > 0) cpu_attn_partial(q, c->segs, c->nsegs, rec, &c->tiling, host_merge_progress, &c->hm);
+        return 0;
+    }
+    const int64_t a = c->kv_done[slot], e = q->keys == ATTN_KEYS_LAST ? c->kv_total : c->kv_ready;
+    const int64_t row = (int64_t)q->hkv * q->d;
+    int n = 0;
+    int64_t off = 0;
+    for (int i = 0; i < c->nsegs; off += c->segs[i].n, i++) {
+        const int64_t lo = a > off ? a : off, hi = e < off + c->segs[i].n ? e : off + c->segs[i].n;
+        if (hi <= lo) continue;
+        c->sub[n] = c->segs[i];
+        c->sub[n].k = (const float *)c->segs[i].k + (lo - off) * row;
+        c->sub[n].v = (const float *)c->segs[i].v + (lo - off) * row;
+        c->sub[n].n = hi - lo;
+        c->sub[n].pos0 = c->segs[i].pos0 + (lo - off);
+        n++;
+    }
+    if (n > 0) cpu_attn_partial(q, c->sub, n, rec, &c->tiling, host_merge_progress, &c->hm);
+    c->kv_done[slot] = e;
     return 0;
 }
 
 static void exact_destroy(void *ctx) {
     exact_ctx *c = ctx;
     host_merge_free(&c->hm);
+    free(c->kv_done);
+    free(c->sub);
     if (c->job) gpu_job_destroy(c->job);
     rec_merge_free(&c->merge);
     free(c);
 }
 
-static void exact_common(const fa_shape *s, exact_ctx *c, pipe_engine *e) {
+static void exact_common(const run_plan *pl, exact_ctx *c, pipe_engine *e) {
+    const fa_shape *s = &pl->s;
     c->h = (int)s->H;
     c->d = (int)s->D;
+    c->kv_done = fa_calloc((size_t)pl->window, sizeof *c->kv_done, "key parts");
     rec_merge_init(&c->merge, c->d);
     memset(e, 0, sizeof *e);
     e->rec_len = c->d + 2;
@@ -72,10 +115,12 @@ static void exact_host_merge(const run_plan *pl, MPI_Comm comm, exact_ctx *c, pi
 static int engine_exact_cpu(const run_plan *pl, MPI_Comm comm, pipe_engine *e) {
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     c->tiling = pl->tiling;                 /* the planner's tile, threads and tile products */
-    exact_common(&pl->s, c, e);
+    exact_common(pl, c, e);
     exact_host_merge(pl, comm, c, e);
     e->compute = "float32";
     e->load_kv = cpu_load_kv;
+    e->kv_begin = cpu_kv_begin;
+    e->kv_ready = cpu_kv_ready;
     e->compute_chunk = cpu_compute;
     return 0;
 }
@@ -83,6 +128,12 @@ static int engine_exact_cpu(const run_plan *pl, MPI_Comm comm, pipe_engine *e) {
 /* ---- CUDA: kernels/cuda/gpu_job.cu, keys resident or paged, device state per slot ---------- */
 static int job_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     return gpu_job_load_kv(((exact_ctx *)ctx)->job, segs, nsegs);
+}
+static int job_kv_begin(void *ctx, const attn_kv_segment *segs, int nsegs) {
+    return gpu_job_kv_begin(((exact_ctx *)ctx)->job, segs, nsegs);
+}
+static int job_kv_ready(void *ctx, int64_t rows) {
+    return gpu_job_kv_ready(((exact_ctx *)ctx)->job, rows);
 }
 static int job_compute(void *ctx, int slot, const attn_queries *q) {
     return gpu_job_partial(((exact_ctx *)ctx)->job, slot, q);
@@ -101,7 +152,7 @@ static int job_merge_start(void *ctx, int slot, int64_t n, int root) {
 static int job_merge_wait(void *ctx, int slot) {
     return gpu_job_merge_wait(((exact_ctx *)ctx)->job, slot);
 }
-static int job_fetch(void *ctx, int slot, int64_t n, float *o, float *lse) {
+static int job_fetch(void *ctx, int slot, int64_t n, void *o, float *lse) {
     return gpu_job_final_to_host(((exact_ctx *)ctx)->job, slot, n, o, lse);
 }
 static void job_stats(void *ctx, pipeline_stats *st) {
@@ -127,15 +178,19 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
                        .nccl_comm = nccl, .nccl_size = nccl ? pl->nranks : 1,
                        .plan = pl->kv,        /* the planner's key plan for this rank */
                        .variant = pl->variant,
-                       .mask = &pl->mask};    /* windows, documents, softcap, ALiBi */
+                       .mask = &pl->mask,     /* windows, documents, softcap, ALiBi */
+                       .o_type = (int)pl->o_xfer,   /* o as the host takes it */
+                       .piece_rows = pl->key_read_rows};
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
     if (gpu_job_create(&cfg, &c->job)) {
         free(c);
         return -1;
     }
-    exact_common(s, c, e);
+    exact_common(pl, c, e);
     e->compute = pl->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
     e->load_kv = job_load_kv;
+    e->kv_begin = job_kv_begin;
+    e->kv_ready = job_kv_ready;
     e->compute_chunk = job_compute;
     if (nccl != NULL || pl->nranks == 1) {    /* merged on the device (alone: nothing to merge) */
         e->merge_start = job_merge_start;

@@ -81,7 +81,7 @@ int host_merge_slot_wait(void *ctx, int slot) {
     host_merge_wait(ctx, slot);
     return 0;
 }
-int host_merge_slot_fetch(void *ctx, int slot, int64_t nrows, float *o, float *lse) {
+int host_merge_slot_fetch(void *ctx, int slot, int64_t nrows, void *o, float *lse) {
     host_merge_fetch(ctx, slot, nrows, o, lse);
     return 0;
 }

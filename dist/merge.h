@@ -49,4 +49,4 @@ void host_merge_fetch(host_merge *m, int slot, int64_t nrows, float *o, float *l
  * context begins with its host_merge. */
 int host_merge_slot_start(void *ctx, int slot, int64_t nrows, int root);
 int host_merge_slot_wait(void *ctx, int slot);
-int host_merge_slot_fetch(void *ctx, int slot, int64_t nrows, float *o, float *lse);
+int host_merge_slot_fetch(void *ctx, int slot, int64_t nrows, void *o, float *lse);   /* o: float32 */

@@ -49,8 +49,9 @@ struct pipe_state {
     int window;
     pipe_engine *eng;
     /* finalized rows of the chunk this rank owns in a group, two sets: group g's in set g % 2,
-     * written by the I/O thread while groups g+1 and g+2 compute */
-    float *o_set[2], *lse_set[2];
+     * written by the I/O thread while groups g+1 and g+2 compute; o in the plan's o_xfer */
+    void *o_set[2];
+    float *lse_set[2];
     int64_t pend_b[2], pend_r0[2], pend_n[2];
     int64_t write_ticket[2];   /* the I/O task writing the set, or -1 */
     write_task wtask[2];
@@ -72,7 +73,9 @@ struct pipe_state {
     MPI_Comm node;
     int node_rank, node_size;
     MPI_Win qwin;
-    float *qnode[2];           /* the node's two query buffers (chunk i in qnode[i % 2]) */
+    char *qnode[2];            /* the node's two query buffers (chunk i in qnode[i % 2]), in
+                                  the plan's in_type[0] */
+    int64_t kv_blocks;         /* key reads per batch element (every rank the same count) */
     double checkpoint_s, last_checkpoint;
     /* exact mode with finite inputs: a row that sees a key must come out finite, else its
      * scores (or its sum of weighted values) overflowed float32 (note_overflow) */
@@ -101,19 +104,24 @@ static int64_t group_size(const pipe_state *p) { return p->serial_io ? 1 : p->nr
  * where the values are large enough for it, a non-finite o. Finite inputs never give either
  * otherwise: a finite score maximum makes the softmax sum >= 1. */
 static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64_t n,
-                          const float *o, const float *lse) {
+                          const void *o, const float *lse) {
     if (!p->check_overflow || p->ovf_chunk >= 0) return;
     const int64_t H = p->s->H, D = p->s->D;
     /* o = sum p_j v_j / sum p_j stays within max |v|; its running sums within Nk max |v| */
     const int scan_o = p->vmax_all * (double)p->s->Nk > 1e38;
     const attn_mask *mask = &p->plan->mask;
+    const fa_dtype ot = p->plan->o_xfer;
     int64_t bad = INT64_MAX;
 #pragma omp parallel for reduction(min : bad) schedule(static) if (n * H >= 4096)
     for (int64_t x = 0; x < n * H; x++) {
         mask_run run = mask_row(mask, b, r0 + x / H);
         if (run.hi <= run.lo) continue;                   /* sees no key: o = 0, lse = -inf */
         int ok = isfinite(lse[x]);
-        for (int64_t d = 0; ok && scan_o && d < D; d++) ok = isfinite(o[x * D + d]);
+        for (int64_t d = 0; ok && scan_o && d < D; d++) {
+            float y;
+            fa_to_f32(ot, (const char *)o + (x * D + d) * fa_dtype_size(ot), &y, 1);
+            ok = isfinite(y);
+        }
         if (!ok && x < bad) bad = x;
     }
     if (bad == INT64_MAX) return;
@@ -185,8 +193,8 @@ static int run_write(void *arg) {
     const int k = w->set;
     const double t0 = fa_now(), s0 = fa_sync_s;
     const int64_t rows = p->pend_n[k];
-    int rc = h5out_write_rows(p->out, rows ? p->pend_b[k] : 0, rows ? p->pend_r0[k] : 0, rows,
-                              p->o_set[k], p->lse_set[k]);
+    int rc = h5out_write_rows_as(p->out, rows ? p->pend_b[k] : 0, rows ? p->pend_r0[k] : 0, rows,
+                                 p->o_set[k], p->plan->o_xfer, p->lse_set[k]);
     const int64_t wb = rows * p->s->H *     /* o in its element type, lse in float32 */
                        (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
     io_account(p, t0, s0, rc ? 0 : wb, 1);
@@ -274,7 +282,8 @@ static int finish_chunk(pipe_state *p, int64_t i) {
         p->write_ticket[k] = -1;
         p->pend_n[k] = 0;
     }
-    float *o_out = p->o_set[k], *lse_out = p->lse_set[k];
+    void *o_out = p->o_set[k];
+    float *lse_out = p->lse_set[k];
     double t0 = fa_now();
     const int mine = owner(p, i) == p->rank;
     if (p->eng->merge_wait(p->eng->ctx, slot)) fa_fail("%s", fa_errmsg());
@@ -303,8 +312,9 @@ static int finish_chunk(pipe_state *p, int64_t i) {
 typedef struct {
     pipe_state *p;
     int64_t i, b, r0, n;
-    float *buf, *node_buf;   /* the rank's buffer of this chunk's parity; the node's, or NULL */
-    const float *q;          /* out: where the chunk is */
+    char *buf, *node_buf;    /* the rank's buffer of this chunk's parity; the node's, or NULL
+                                (rows in the plan's in_type[0]) */
+    const void *q;           /* out: where the chunk is */
     float absmax;            /* out: its largest |q| (h5in_last_absmax) */
     int64_t ticket;          /* -1: none in flight */
 } query_task;
@@ -315,8 +325,10 @@ static int run_read_queries(void *arg) {
     const int64_t b = t->b, r0 = t->r0, n = t->n;
     const int P = p->nranks, check_finite = !p->plan->allow_nonfinite;
     const int64_t row = p->s->H * p->s->D;
+    const fa_dtype qtype = p->plan->in_type[0];
+    const int64_t qes = fa_dtype_size(qtype);
     const double t0 = fa_now(), s0 = fa_sync_s;
-    float *q = t->buf;
+    char *q = t->buf;
     int rc;
     t->q = q;
     if (t->node_buf) {
@@ -327,7 +339,8 @@ static int run_read_queries(void *arg) {
         MPI_Barrier(p->node);
         fa_sync_s += MPI_Wtime() - tb;
         row_range qr = {r0, n};
-        rc = h5in_read_rows(p->in, "q", b, &qr, p->node_rank == 0 ? 1 : 0, t->node_buf, check_finite);
+        rc = h5in_read_rows_as(p->in, "q", b, &qr, p->node_rank == 0 ? 1 : 0, t->node_buf, qtype,
+                               check_finite);
         if (rc == 0) {            /* the same status on every rank (h5in_read_rows agrees) */
             MPI_Win_sync(p->qwin);
             tb = MPI_Wtime();
@@ -336,21 +349,22 @@ static int run_read_queries(void *arg) {
             MPI_Win_sync(p->qwin);
             t->q = t->node_buf;
         }
-    } else if (P == 1 || n * row > INT32_MAX || p->plan->q_read != Q_READ_SHARED) {
+    } else if (P == 1 || n * row * qes > INT32_MAX || p->plan->q_read != Q_READ_SHARED) {
         row_range qr = {r0, n};
-        rc = h5in_read_rows(p->in, "q", b, &qr, 1, q, check_finite);
+        rc = h5in_read_rows_as(p->in, "q", b, &qr, 1, q, qtype, check_finite);
     } else {
         int *counts = fa_malloc(sizeof(int) * 2 * (size_t)P, "query slices"), *displs = counts + P;
         for (int r = 0; r < P; r++) {
             int64_t a = n * r / P, e = n * (r + 1) / P;
-            counts[r] = (int)((e - a) * row);
-            displs[r] = (int)(a * row);
+            counts[r] = (int)((e - a) * row * qes);      /* bytes */
+            displs[r] = (int)(a * row * qes);
         }
         int64_t a = n * p->rank / P, e = n * (p->rank + 1) / P;
         row_range mine = {r0 + a, e - a};
-        rc = h5in_read_rows(p->in, "q", b, &mine, e > a ? 1 : 0, q + a * row, check_finite);
+        rc = h5in_read_rows_as(p->in, "q", b, &mine, e > a ? 1 : 0, q + a * row * qes, qtype,
+                               check_finite);
         if (rc == 0)   /* same status on every rank (h5in_read_rows agrees): all or none gather */
-            MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, q, counts, displs, MPI_FLOAT,
+            MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, q, counts, displs, MPI_BYTE,
                            p->io_comm);
         free(counts);
     }
@@ -360,25 +374,44 @@ static int run_read_queries(void *arg) {
 }
 
 /* Queues the read of chunk i's queries into the buffers of its parity. */
-static void submit_queries(pipe_state *p, query_task *qt, float *const qbuf[2], int64_t i) {
+static void submit_queries(pipe_state *p, query_task *qt, char *const qbuf[2], int64_t i) {
     query_task *t = &qt[i % 2];
     *t = (query_task){.p = p, .i = i, .buf = qbuf[i % 2], .node_buf = p->qnode[i % 2]};
     chunk_rows(p, i, &t->b, &t->r0, &t->n);
     t->ticket = submit(p, run_read_queries, t);
 }
 
-/* COLLECTIVE (an I/O task). This rank's keys and values of batch element b into kbuf/vbuf, with
- * their digests and largest magnitudes. */
+/* COLLECTIVE (an I/O task). Block `blk` of this rank's keys and values of batch element b: its
+ * local rows [blk R, (blk+1) R) (R the plan's key_read_rows when keys are streamed; one block of
+ * every row otherwise), in the shard's order, into kbuf/vbuf at those rows (in the plan's
+ * in_type), with their largest magnitudes; the last block takes the digests of all of them.
+ * Every rank reads the same number of blocks (p->kv_blocks), some of them empty. */
 typedef struct {
     pipe_state *p;
     const kv_shard *sh;
     int64_t b;
-    float *kbuf, *vbuf;
-    attn_kv_segment *segs;   /* out: the shard's segments in kbuf/vbuf */
-    uint64_t d[3];           /* out: the digests of the rows read (h5in_take_digests) */
-    float kmax, vmax;        /* out: largest |k|, |v| this rank read */
+    int blk;
+    char *kbuf, *vbuf;
+    uint64_t d[3];           /* out, last block: the digests of the rows read (h5in_take_digests) */
+    float kmax, vmax;        /* out: largest |k|, |v| of the block */
+    double t_done;           /* out: when its read ended (fa_now) */
     int64_t ticket;
 } kv_task;
+
+/* The shard's local rows [a, e) as file row ranges (at most sh->n + 1 of them, into r). */
+static int shard_rows(const kv_shard *sh, int64_t a, int64_t e, row_range *r) {
+    int n = 0;
+    int64_t off = 0;
+    for (int i = 0; i < sh->n; off += sh->r[i].n, i++) {
+        const int64_t lo = a > off ? a : off, hi = e < off + sh->r[i].n ? e : off + sh->r[i].n;
+        if (hi > lo) r[n++] = (row_range){sh->r[i].start + (lo - off), hi - lo};
+    }
+    return n;
+}
+
+static int64_t block_rows(const pipe_state *p, const kv_shard *sh) {
+    return p->kv_blocks > 1 ? p->plan->key_read_rows : (sh->total > 0 ? sh->total : 1);
+}
 
 static int run_load_kv(void *arg) {
     kv_task *t = arg;
@@ -386,29 +419,42 @@ static int run_load_kv(void *arg) {
     const kv_shard *sh = t->sh;
     const fa_shape *s = p->s;
     const double t0 = fa_now(), s0 = fa_sync_s;
-    int fin = !p->plan->allow_nonfinite;
-    int rc = h5in_read_rows(p->in, "k", t->b, sh->r, sh->n, t->kbuf, fin);
-    if (rc == 0) rc = h5in_read_rows(p->in, "v", t->b, sh->r, sh->n, t->vbuf, fin);
-    h5in_take_digests(p->in, t->d);
+    const int fin = !p->plan->allow_nonfinite;
+    const fa_dtype kt = p->plan->in_type[1], vt = p->plan->in_type[2];
+    const int64_t row = s->Hkv * s->D, R = block_rows(p, sh);
+    int64_t a = t->blk * R, e = a + R;
+    if (a > sh->total) a = sh->total;
+    if (e > sh->total) e = sh->total;
+    row_range *r = fa_malloc(sizeof *r * (size_t)(sh->n + 1), "key block ranges");
+    const int nr = shard_rows(sh, a, e, r);
+    int rc = h5in_read_rows_as(p->in, "k", t->b, r, nr, t->kbuf + a * row * fa_dtype_size(kt), kt, fin);
+    if (rc == 0)
+        rc = h5in_read_rows_as(p->in, "v", t->b, r, nr, t->vbuf + a * row * fa_dtype_size(vt), vt, fin);
+    free(r);
+    if (t->blk == p->kv_blocks - 1) h5in_take_digests(p->in, t->d);
     t->kmax = h5in_last_absmax(p->in, "k");
     t->vmax = h5in_last_absmax(p->in, "v");
-    int64_t off = 0, row = s->Hkv * s->D;
-    for (int i = 0; i < sh->n; i++) {
-        t->segs[i].k = t->kbuf + off * row;
-        t->segs[i].v = t->vbuf + off * row;
-        t->segs[i].n = sh->r[i].n;
-        t->segs[i].pos0 = sh->r[i].start;
-        off += sh->r[i].n;
-    }
-    const int64_t kvb = sh->total * row *
-                        (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
+    const int64_t kvb = (e - a) * row * (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
     const double tk = fa_now() - t0 - (fa_sync_s - s0);
     io_account(p, t0, s0, rc ? 0 : kvb, 0);
     if (rc == 0) {
         p->io_st.t_kv += tk;
         p->io_st.bytes_kv_read += kvb;
     }
+    t->t_done = fa_now();
     return rc;
+}
+
+/* Queues the reads of batch element b's keys (its blocks) and of chunk i's queries: the first
+ * block, then the queries, then the other blocks, so that the first chunk can start on the
+ * first block (streamed keys). */
+static void submit_keys(pipe_state *p, kv_task *kt, int64_t b, query_task *qt, char *const qbuf[2],
+                        int64_t i) {
+    for (int j = 0; j < p->kv_blocks; j++) {
+        kt[j].b = b;
+        kt[j].ticket = submit(p, run_load_kv, &kt[j]);
+        if (j == 0) submit_queries(p, qt, qbuf, i);
+    }
 }
 
 /* The I/O task that records batch element b's digests in the output (checkpoints write them);
@@ -439,9 +485,9 @@ static int run_note_digest(void *arg) {
     return 0;
 }
 
-/* COLLECTIVE, once batch element b's keys are read (t): every rank's digests summed (the same
- * whatever the rank count) and checked against the partial's by the I/O thread, before anything
- * of b is written. */
+/* COLLECTIVE, once batch element b's keys are read (t: its last block's task): every rank's
+ * digests summed (the same whatever the rank count) and checked against the partial's by the I/O
+ * thread, before anything of b is written. */
 static int note_kv_digest(pipe_state *p, const kv_task *t) {
     uint64_t kv[2] = {t->d[1], t->d[2]};
     MPI_Allreduce(MPI_IN_PLACE, kv, 2, MPI_UINT64_T, MPI_SUM, p->comm);
@@ -480,13 +526,28 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     shard_plan(s->Nk, p.nranks, p.rank, plan->layout, plan->stripe, &sh);
 
     /* buffers: this rank's K/V of one batch element, two Q chunks, `window` record sets, two
-     * chunks of finalized output */
-    float *kbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "key shard");
-    float *vbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D) * sizeof(float), "value shard");
+     * chunks of finalized output; q, k, v in the types the engine takes them in, o in the one
+     * it gives (the plan's in_type, o_xfer) */
+    const int64_t qes = fa_dtype_size(plan->in_type[0]), kes = fa_dtype_size(plan->in_type[1]),
+                  ves = fa_dtype_size(plan->in_type[2]), oes = fa_dtype_size(plan->o_xfer);
+    char *kbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D * kes), "key shard");
+    char *vbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D * ves), "value shard");
     attn_kv_segment *segs = fa_calloc((size_t)sh.n + 1, sizeof *segs, "key segments");
-    float *qbuf[2];
+    for (int64_t i = 0, off = 0; i < sh.n; off += sh.r[i].n, i++)
+        segs[i] = (attn_kv_segment){.k = kbuf + off * Hkv * D * kes, .v = vbuf + off * Hkv * D * ves,
+                                    .n = sh.r[i].n, .pos0 = sh.r[i].start,
+                                    .k_type = plan->in_type[1], .v_type = plan->in_type[2]};
+    /* key reads per batch element: streamed, blocks of key_read_rows rows (every rank as many
+     * as the rank with the most keys); else one */
+    p.kv_blocks = 1;
+    if (plan->stream_keys) {
+        p.kv_blocks = (sh.total + plan->key_read_rows - 1) / plan->key_read_rows;
+        MPI_Allreduce(MPI_IN_PLACE, &p.kv_blocks, 1, MPI_INT64_T, MPI_MAX, comm);
+        if (p.kv_blocks < 1) p.kv_blocks = 1;
+    }
+    char *qbuf[2];
     for (int k = 0; k < 2; k++)
-        qbuf[k] = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "query chunk");
+        qbuf[k] = fa_aligned_alloc((size_t)(p.chunk * H * D * qes), "query chunk");
     p.node = MPI_COMM_NULL;
     if (p.nranks > 1 && plan->q_read == Q_READ_NODE) {
         MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p.rank, MPI_INFO_NULL, &p.node);
@@ -495,21 +556,21 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         if (p.node_size == 1) MPI_Comm_free(&p.node);   /* alone on its node: it reads itself */
     }
     if (p.node != MPI_COMM_NULL) {
-        float *mine = NULL;
-        const MPI_Aint one = (MPI_Aint)(p.chunk * H * D) * (MPI_Aint)sizeof(float);
+        char *mine = NULL;
+        const MPI_Aint one = (MPI_Aint)(p.chunk * H * D * qes);
         MPI_Aint bytes = p.node_rank == 0 ? 2 * one : 0;
-        if (MPI_Win_allocate_shared(bytes, sizeof(float), MPI_INFO_NULL, p.node, &mine, &p.qwin) != MPI_SUCCESS)
+        if (MPI_Win_allocate_shared(bytes, 1, MPI_INFO_NULL, p.node, &mine, &p.qwin) != MPI_SUCCESS)
             fa_fail("cannot allocate the node's shared query buffers (%lld bytes)", (long long)bytes);
         MPI_Aint size;
         int disp;
         MPI_Win_shared_query(p.qwin, 0, &size, &disp, &p.qnode[0]);
-        p.qnode[1] = p.qnode[0] + p.chunk * H * D;
+        p.qnode[1] = p.qnode[0] + one;
         MPI_Win_lock_all(MPI_MODE_NOCHECK, p.qwin);
         fa_log(2, "fa_long: queries read once per node: %d ranks share rank %d's reads (FA_Q_READ=rank: each its own)",
                p.node_size, p.rank - p.node_rank);
     }
     for (int k = 0; k < 2; k++) {
-        p.o_set[k] = fa_aligned_alloc((size_t)(p.chunk * H * D) * sizeof(float), "output chunk");
+        p.o_set[k] = fa_aligned_alloc((size_t)(p.chunk * H * D * oes), "output chunk");
         p.lse_set[k] = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
         p.write_ticket[k] = -1;
     }
@@ -538,16 +599,15 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     }
     p.written = first;
     query_task qt[2] = {{.ticket = -1}, {.ticket = -1}};
-    kv_task kt = {.p = &p, .sh = &sh, .b = -1, .kbuf = kbuf, .vbuf = vbuf, .segs = segs, .ticket = -1};
+    kv_task *kt = fa_calloc((size_t)p.kv_blocks, sizeof *kt, "key reads");
+    for (int j = 0; j < p.kv_blocks; j++)
+        kt[j] = (kv_task){.p = &p, .sh = &sh, .b = -1, .blk = j, .kbuf = kbuf, .vbuf = vbuf, .ticket = -1};
     /* setup: buffers and the engine's start; in series the first reads run inside their
      * submission and count as reads, not setup */
     const double io_pre = p.t_io_exposed;
-    if (first < p.nchunks) {         /* the first batch element's keys, then its first queries:
-                                        read while the engine starts (device context, memory) */
-        kt.b = first / p.nchunks_per_b;
-        kt.ticket = submit(&p, run_load_kv, &kt);
-        submit_queries(&p, qt, qbuf, first);
-    }
+    if (first < p.nchunks)           /* the first batch element's keys and first queries: read
+                                        while the engine starts (device context, memory) */
+        submit_keys(&p, kt, first / p.nchunks_per_b, qt, qbuf, first);
 
     /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging through
      * NCCL when it can */
@@ -566,6 +626,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     const int64_t R = eng.rec_len;
     st->t_setup = fa_now() - t_start - (p.t_io_exposed - io_pre);
     int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
+    const int stream = plan->stream_keys && eng.kv_begin && eng.kv_ready;
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
         int wrote = 0;                       /* a group's write (and its stop check) just ran */
         if (i - first >= p.window) {
@@ -576,48 +637,82 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         if (group_size(&p) > 1 && i > first && !wrote && stop_agreed(&p)) break;
         int64_t b, r0, n;
         chunk_rows(&p, i, &b, &r0, &n);
-        if (b != cur_b) {                    /* its keys: read by the task queued before */
-            rc = wait_io(&p, kt.ticket);
-            if (rc == 0) rc = note_kv_digest(&p, &kt);
+        query_task *t = &qt[i % 2];
+        int slot = (int)(i % p.window);
+        attn_queries q = {.nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv, .d = (int)D,
+                          .scale = scale, .causal = plan->causal, .diag = s->Nk - s->Nq,
+                          .mask = &plan->mask, .b = b, .q_type = plan->in_type[0]};
+        int computed = 0;                    /* the chunk computed beside its keys' reads */
+        double t1;
+        if (b != cur_b) {                    /* its keys: read by the tasks queued before */
+            float kmax = 0, vmax = 0;
+            double t_first = 0;              /* when the chunk's first compute call went out */
+            if (stream && eng.kv_begin(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
+            const int64_t KR = block_rows(&p, &sh);
+            for (int j = 0; j < p.kv_blocks && rc == 0; j++) {
+                rc = wait_io(&p, kt[j].ticket);
+                kt[j].ticket = -1;
+                if (rc) break;
+                kmax = kt[j].kmax > kmax ? kt[j].kmax : kmax;
+                vmax = kt[j].vmax > vmax ? kt[j].vmax : vmax;
+                if (!stream) continue;
+                int64_t ready = (j + 1) * KR;
+                if (ready > sh.total || j == p.kv_blocks - 1) ready = sh.total;
+                t1 = fa_now();
+                if (eng.kv_ready(eng.ctx, ready)) fa_fail("%s", fa_errmsg());
+                if (j == 0) {                /* the chunk's queries, queued right after block 0 */
+                    rc = wait_io(&p, t->ticket);
+                    t->ticket = -1;
+                    if (rc) break;
+                    p.qmax_chunk[i] = t->absmax;
+                    q.q = t->q;
+                }
+                q.keys = p.kv_blocks == 1 ? ATTN_KEYS_ALL : j == 0 ? ATTN_KEYS_FIRST
+                       : j == p.kv_blocks - 1 ? ATTN_KEYS_LAST : ATTN_KEYS_MORE;
+                if (j == 0) t_first = fa_now();
+                if (eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
+                st->t_compute += fa_now() - t1;
+                computed = 1;
+            }
             if (rc) break;
-            if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
+            if (computed && !st->keys_streamed) {    /* the first batch element loaded */
+                st->keys_streamed = 1;
+                st->key_blocks = p.kv_blocks;
+                st->first_compute_lead_s = kt[p.kv_blocks - 1].t_done - t_first;
+            }
+            rc = note_kv_digest(&p, &kt[p.kv_blocks - 1]);
+            if (rc) break;
+            if (!stream && eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
             cur_b = b;
             if (p.check_overflow) {             /* same point on every rank: collective */
-                p.kmax_b[b] = kt.kmax;
-                double vm = kt.vmax;
+                p.kmax_b[b] = kmax;
+                double vm = vmax;
                 MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
             }
         }
-        query_task *t = &qt[i % 2];
-        rc = wait_io(&p, t->ticket);
-        t->ticket = -1;
-        if (rc) break;
-        const float *qchunk = t->q;
-        p.qmax_chunk[i] = t->absmax;
+        if (!computed) {
+            rc = wait_io(&p, t->ticket);
+            t->ticket = -1;
+            if (rc) break;
+            p.qmax_chunk[i] = t->absmax;
+            q.q = t->q;
+        }
         /* the next chunk's queries are read while this one computes (the other buffer, free:
          * its chunk computed before this one); at a batch element's end, once its last chunk
          * has computed, the next element's keys first */
         const int next_same_b = i + 1 < p.nchunks && (i + 1) / p.nchunks_per_b == b;
         if (next_same_b) submit_queries(&p, qt, qbuf, i + 1);
-        double t1 = fa_now();
-
-        int slot = (int)(i % p.window);
-        attn_queries q = {.q = qchunk, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
-                          .d = (int)D, .scale = scale, .causal = plan->causal,
-                          .diag = s->Nk - s->Nq, .mask = &plan->mask, .b = b};
+        t1 = fa_now();
         int root = owner(&p, i);
         st->work_pairs += shard_work(&sh, &plan->mask, b, r0, r0 + n) * (double)H;
         /* one path for every engine: the chunk into its slot, then its merge onto the owner */
-        if (eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
+        if (!computed && eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
         if (eng.merge_start(eng.ctx, slot, n, root)) fa_fail("%s", fa_errmsg());
         st->t_compute += fa_now() - t1;
         if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
         st->chunks++;
-        if (i + 1 < p.nchunks && !next_same_b) {   /* this element's keys are no longer read */
-            kt.b = b + 1;
-            kt.ticket = submit(&p, run_load_kv, &kt);
-            submit_queries(&p, qt, qbuf, i + 1);
-        }
+        if (i + 1 < p.nchunks && !next_same_b)    /* this element's keys are no longer read */
+            submit_keys(&p, kt, b + 1, qt, qbuf, i + 1);
     }
     /* Drain: chunks [first, posted) were posted; finish them in order. When stopping, the last
      * group is cut short: every rank writes what it holds once more so all finished rows are in
@@ -671,6 +766,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     }
     if (p.node != MPI_COMM_NULL) MPI_Comm_free(&p.node);
     free(segs);
+    free(kt);
     free(kbuf);
     free(vbuf);
     shard_free(&sh);

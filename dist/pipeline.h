@@ -27,14 +27,24 @@ typedef struct pipe_engine {
                                    compute attribute, through pipeline_stats.compute) */
     int rec_len;
     void *ctx;
-    /* the rank's keys for a new batch element (segments stay valid until the next call) */
+    /* the rank's keys for a new batch element (segments stay valid until the next call),
+     * every row of them in memory */
     int (*load_kv)(void *ctx, const attn_kv_segment *segs, int nsegs);
+    /* Streamed keys (the plan's stream_keys; engines without them take load_kv): kv_begin gives
+     * the segments before any of their rows is read; kv_ready(rows) says that the first `rows`
+     * rows of the segments, taken in their order, are now in memory (it is called with rising
+     * counts, the last one all of them). A chunk computed while they arrive takes several
+     * compute_chunk calls: keys ATTN_KEYS_FIRST, then MORE after each kv_ready, then LAST once
+     * every row is ready (kernels/attn.h); a chunk computed after that takes one call, ALL. */
+    int (*kv_begin)(void *ctx, const attn_kv_segment *segs, int nsegs);
+    int (*kv_ready)(void *ctx, int64_t rows);
     /* chunk q into slot `slot` (whose last merge has been waited for); the queries may be
      * reused once it returns */
     int (*compute_chunk)(void *ctx, int slot, const attn_queries *q);
     int (*merge_start)(void *ctx, int slot, int64_t nrows, int root);
     int (*merge_wait)(void *ctx, int slot);
-    int (*fetch)(void *ctx, int slot, int64_t nrows, float *o, float *lse);
+    /* o in the plan's o_xfer type (float32, or o's file type when the engine converts) */
+    int (*fetch)(void *ctx, int slot, int64_t nrows, void *o, float *lse);
     /* adds the engine's own measurements (device time, bytes) to the stats at the end */
     void (*stats)(void *ctx, struct pipeline_stats *st);
     void (*destroy)(void *ctx);
@@ -82,6 +92,12 @@ typedef struct pipeline_stats {
     int64_t chunks_done;
     char compute[16];        /* what the engine computed in (its pipe_engine.compute): the
                                 output's compute attribute and the check's tolerance follow it */
+    /* streamed keys (plan.stream_keys), the first batch element this run loaded: the blocks
+     * its keys came in, and by how long its first chunk's compute started before the last
+     * block had been read (> 0: compute ran beside the key reads) */
+    int keys_streamed;
+    int64_t key_blocks;
+    double first_compute_lead_s;
 } pipeline_stats;
 
 /* COLLECTIVE. Runs the planned job from `in` to `out` (both open), from chunk first_chunk on

@@ -41,7 +41,7 @@ const char *plan_source_name(plan_source s);
 enum {
     PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_WINDOW, PS_LAYOUT, PS_TILE, PS_THREADS,
     PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_NCCL, PS_Q_READ, PS_CHECKPOINT,
-    PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_DIRECT, PS_COUNT
+    PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_DIRECT, PS_TYPED, PS_STREAM, PS_COUNT
 };
 
 typedef struct {
@@ -71,6 +71,18 @@ typedef struct {
                                     MPI_THREAD_MULTIPLE); else in series, on the rank's thread */
     int io_omp_threads;          /* OpenMP threads of the I/O thread's conversion loops */
     int direct_read;             /* contiguous datasets read with pread, not H5Dread (h5io.h) */
+    /* what crosses between the file and the engine: q, k, v in in_type[] (float32, or the
+     * file's float16/bfloat16 as it is, for an engine that converts on the device: the exact CUDA
+     * engine), o in o_xfer (float32, or o_type itself) */
+    int typed;                   /* in_type/o_xfer keep the file's 16-bit types */
+    fa_dtype in_type[3], o_xfer;
+    /* streamed keys: a batch element's keys are read in blocks of key_read_rows rows (the
+     * rank's rows in order), each handed to the engine as it arrives, and its first chunk
+     * computes on the blocks already there; else in one read before any compute. The exact CUDA
+     * engine also splits its resident keys into pieces of this many rows (one kernel launch
+     * each), streamed or not, so both give the same bits */
+    int stream_keys;
+    int64_t key_read_rows;
     /* the CPU engine */
     cpu_tiling tiling;           /* br x bc, threads, tile products */
     /* the GPU engine */

@@ -93,7 +93,7 @@ static int split_rows(const taylor_ctx *c, const attn_queries *q, attn_queries *
     *lo = 0;
     if (c->causal || fa_nranks == 1) return 1;
     int64_t a = q->nq * fa_rank / fa_nranks, b = q->nq * (fa_rank + 1) / fa_nranks;
-    mine->q = q->q + a * c->h * c->d;
+    mine->q = (const float *)q->q + a * c->h * c->d;
     mine->nq = b - a;
     mine->q_pos0 = q->q_pos0 + a;
     *lo = a;

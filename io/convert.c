@@ -171,6 +171,14 @@ void fa_from_f32_swap(fa_dtype t, const float *src, void *dst, int64_t a, int64_
             from_f32_range(t, src + (i * b + j) * d, (char *)dst + (j * a + i) * d * e, 0, d);
 }
 
+void fa_copy_swap(int size, const void *src, void *dst, int64_t a, int64_t b, int64_t d) {
+    const size_t run = (size_t)(d * size);
+#pragma omp parallel for schedule(static) if (a * b * d >= PAR_MIN)
+    for (int64_t j = 0; j < b; j++)
+        for (int64_t i = 0; i < a; i++)
+            memcpy((char *)dst + (j * a + i) * run, (const char *)src + (i * b + j) * run, run);
+}
+
 void fa_byteswap(void *buf, int size, int64_t n) {
     unsigned char *p = buf;
     for (int64_t i = 0; i < n; i++, p += size)

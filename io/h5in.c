@@ -694,11 +694,26 @@ static int name_index(const char *name) {
 
 int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
                    float *dst, int check_finite) {
+    return h5in_read_rows_as(f, name, b, ranges, nranges, dst, FA_F32, check_finite);
+}
+
+fa_dtype h5in_native_type(const h5in *f, int i) {
+    return fa_dtype_size(f->dtype[i]) == 2 ? f->dtype[i] : FA_F32;
+}
+
+int h5in_read_rows_as(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
+                      void *dst_, fa_dtype as, int check_finite) {
     int idx = name_index(name), st = 0;
     if (idx < 0) st = fa_seterr("input '%s': no dataset '%s' to read (q, k or v)", f->path,
                                 name ? name : "(null)");
+    if (st == 0 && as != FA_F32 && as != h5in_native_type(f, idx))
+        st = fa_seterr("input '%s': dataset '%s' holds %s; it cannot be handed over as %s",
+                       f->path, f->name[idx], fa_dtype_name(f->dtype[idx]), fa_dtype_name(as));
     if (st == 0) st = check_ranges(f, idx, b, ranges, nranges);
     if (fa_agree(f->comm, st, 0) < 0) return -1;
+    /* raw: the rows stay in the file's 16-bit type (native byte order, bnhd), no widening */
+    const int raw = as != FA_F32, osize = fa_dtype_size(as);
+    char *dst = dst_;
     const int64_t *dims = f->dims[idx];
     const int esize = fa_dtype_size(f->dtype[idx]), row_el = (int)(dims[2] * dims[3]);
     const int bhnd = f->layout[idx] == FA_BHND;
@@ -728,8 +743,9 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
     }
     const int virt = f->sdset[idx] >= 0;    /* a VDS in a parallel build: serial handle */
     const int direct = f->direct && f->offset[idx] >= 0;   /* the same on every rank */
-    /* the finite scan on the file's bits of each transfer (scan_source), or after conversion */
-    const int scan_src = check_finite && !bhnd && !f->swap[idx] && f->dtype[idx] != FA_F64;
+    /* the finite scan on the file's bits of each transfer (scan_source), or after conversion;
+     * raw rows are scanned where they land (native order, bnhd) */
+    const int scan_src = check_finite && (raw || (!bhnd && !f->swap[idx] && f->dtype[idx] != FA_F64));
     int64_t bad_at = -1;
     const char *bad_what = "";
     uint32_t amax_bits = 0;
@@ -742,9 +758,9 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         int64_t rows = 0;
         for (int i = 0; i < np; i++) rows += p[i].n;
         const int64_t n_el = rows * row_el;  /* pieces of a batch are consecutive in dst */
-        float *out = np ? dst + p[0].dst_row * row_el : NULL;
+        char *out = np ? dst + p[0].dst_row * row_el * osize : NULL;
         void *buf = !np ? (void *)&none : bhnd ? f->tstage : stage ? stage
-                                                           : (char *)out + n_el * (4 - esize);
+                                                           : out + n_el * (osize - esize);
         hid_t mem = select_pieces(fspace, dims, f->layout[idx], b, p, np);
         if (virt && !np) {                   /* independent reads: nothing to take part in */
             H5Sclose(mem);
@@ -772,18 +788,22 @@ int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges
         H5Sclose(mem);
         if (!np) continue;
         if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, dims[2], dims[3] * esize, bhnd);
-        if (scan_src)
+        if (scan_src && !raw)
             scan_source(f->dtype[idx], buf, p, np, row_el, dims[1], b, &bad_at, &bad_what, &amax_bits);
         if (f->swap[idx]) fa_byteswap(buf, esize, n_el);
-        if (bhnd) fa_to_f32_swap(f->dtype[idx], buf, out, dims[2], rows, dims[3]);  /* as bnhd */
-        else fa_to_f32(f->dtype[idx], buf, out, n_el);
+        if (raw) {                           /* as bnhd, in the file's type */
+            if (bhnd) fa_copy_swap(esize, buf, out, dims[2], rows, dims[3]);
+            if (scan_src)
+                scan_source(f->dtype[idx], out, p, np, row_el, dims[1], b, &bad_at, &bad_what, &amax_bits);
+        } else if (bhnd) fa_to_f32_swap(f->dtype[idx], buf, (float *)out, dims[2], rows, dims[3]);
+        else fa_to_f32(f->dtype[idx], buf, (float *)out, n_el);
     }
     H5Pclose(dxpl);
     H5Sclose(fspace);
     free(stage);
     free(p);
     if (!check_finite) return 0;
-    if (!scan_src) return check_finite_all(f, idx, b, ranges, nranges, dst);
+    if (!scan_src) return check_finite_all(f, idx, b, ranges, nranges, (const float *)dst);
     f->absmax[idx] = fa_bits_f32(amax_bits);
     return report_nonfinite(f, idx, bad_at, bad_what);
 }

@@ -31,6 +31,8 @@ void fa_from_f32(fa_dtype t, const float *src, void *dst, int64_t n);  /* round 
  * bhnd copy of a block of rows ([heads][rows][D] <-> [rows][heads][D]) in one pass. */
 void fa_to_f32_swap(fa_dtype t, const void *src, float *dst, int64_t a, int64_t b, int64_t d);
 void fa_from_f32_swap(fa_dtype t, const float *src, void *dst, int64_t a, int64_t b, int64_t d);
+/* The same swap of elements of `size` bytes, copied as they are (no conversion). */
+void fa_copy_swap(int size, const void *src, void *dst, int64_t a, int64_t b, int64_t d);
 
 typedef struct {
     int64_t B, Nq, Nk, H, Hkv, D;
@@ -63,6 +65,16 @@ int h5in_open(const char *path, const char *const dsets[3], MPI_Comm comm, int64
  * NaN/Inf is reported with its index [b, row, head, d] as an error (same status on all ranks). */
 int h5in_read_rows(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
                    float *dst, int check_finite);
+
+/* COLLECTIVE. h5in_read_rows into dst in element type `as`: FA_F32 (widened, what
+ * h5in_read_rows gives), or h5in_native_type(f, i) of a 16-bit dataset: its rows as the file
+ * holds them (bnhd, native byte order, no widening), for engines that take the file's type
+ * (the GPU's transfers). The finite scan, the digests and the largest |x| are the same. */
+int h5in_read_rows_as(h5in *f, const char *name, int64_t b, const row_range *ranges, int nranges,
+                      void *dst, fa_dtype as, int check_finite);
+/* The type dataset i (0 q, 1 k, 2 v) can be handed over in without conversion: float16 and
+ * bfloat16 as they are, everything else FA_F32. */
+fa_dtype h5in_native_type(const h5in *f, int i);
 
 /* The input's identity for --resume: its size in bytes and modification time in ns (rank 0's
  * stat at open, the same on every rank). */
@@ -138,6 +150,10 @@ int h5out_reopen_layout(const char *path, const char *group, MPI_Comm comm, cons
  * n = 0). Writes rows [r0, r0+n) of batch b: o from fp32 [n, H, D]; lse from fp32 [n, H]
  * (row-major by row, transposed here into [B, H, Nq]) when the file has lse. */
 int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o, const float *lse);
+/* The same with o in element type `as`: FA_F32, or the file's o type (rows already in it, as a
+ * GPU engine's device conversion gives them: written as they are). */
+int h5out_write_rows_as(h5out *f, int64_t b, int64_t r0, int64_t n, const void *o, fa_dtype as,
+                        const float *lse);
 
 /* COLLECTIVE, same values on every rank. Root attributes recording the job. */
 int h5out_attr_int(h5out *f, const char *name, int64_t v);

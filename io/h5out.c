@@ -517,7 +517,7 @@ static int gather_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows
     return st;
 }
 
-static int check_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
+static int check_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const void *o,
                       const float *lse) {
     if (b < 0 || b >= f->shape.B || r0 < 0 || n < 0 || r0 + n > f->shape.Nq)
         return fa_seterr("output '%s': rows [%lld, %lld) of batch %lld out of range (B=%lld, "
@@ -530,7 +530,19 @@ static int check_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o
 
 int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
                      const float *lse) {
-    if (fa_agree(f->comm, check_rows(f, b, r0, n, o, lse), f->rank) < 0) return -1;
+    return h5out_write_rows_as(f, b, r0, n, o, FA_F32, lse);
+}
+
+int h5out_write_rows_as(h5out *f, int64_t b, int64_t r0, int64_t n, const void *o_, fa_dtype as,
+                        const float *lse) {
+    int bad = check_rows(f, b, r0, n, o_, lse);
+    if (!bad && as != FA_F32 && as != f->otype)
+        bad = fa_seterr("output '%s': rows given as %s for o of %s", f->path, fa_dtype_name(as),
+                        fa_dtype_name(f->otype));
+    if (fa_agree(f->comm, bad, f->rank) < 0) return -1;
+    /* raw: the rows are in the file's type already (as == otype, float32 included) */
+    const int raw = as == f->otype;
+    const char *o = o_;
     const int64_t H = f->shape.H, row_el = H * f->shape.D;
     const int esize = fa_dtype_size(f->otype);
     int64_t cap_rows = f->cap_bytes / (row_el * esize);
@@ -543,7 +555,8 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
      * out of the caller's buffer as they are (parallel build, bnhd); bhnd rows are converted
      * and transposed in one pass, at most FA_BHND_STAGE_BYTES a transfer */
     const int bhnd = f->layout == FA_BHND;
-    const int direct = f->otype == FA_F32 && h5io_parallel() && !bhnd;
+    const int direct = raw && h5io_parallel() && !bhnd;
+    const int64_t isize = fa_dtype_size(as);   /* bytes of an element of the caller's rows */
     int64_t stage_rows = !f->holder || h5io_parallel() ? (n < cap_rows ? n : cap_rows) : cap_rows;
     stage_reserve(f, direct || bhnd ? 0 : (size_t)(stage_rows * row_el * esize),
                   (size_t)((stage_rows > 0 ? stage_rows : 1) * H) * sizeof(float),  /* never NULL */
@@ -555,10 +568,16 @@ int h5out_write_rows(h5out *f, int64_t b, int64_t r0, int64_t n, const float *o,
     for (int64_t it = 0; it < nb; it++) {
         static const float none;             /* a buffer for ranks with nothing to write */
         int64_t r = it * cap_rows, rows = n - r < 0 ? 0 : n - r < cap_rows ? n - r : cap_rows;
-        const void *obuf = !rows ? (const void *)&none : direct ? o + r * row_el : ostage;
-        if (rows && !direct && !bhnd) fa_from_f32(f->otype, o + r * row_el, ostage, rows * row_el);
-        if (rows && bhnd)                    /* [rows][H][D] -> [H][rows][D], in the file's type */
-            fa_from_f32_swap(f->otype, o + r * row_el, ostage, rows, H, f->shape.D);
+        const char *src = o + r * row_el * isize;
+        const void *obuf = !rows ? (const void *)&none : direct ? src : ostage;
+        if (rows && !direct && !bhnd) {
+            if (raw) memcpy(ostage, src, (size_t)(rows * row_el * esize));
+            else fa_from_f32(f->otype, (const float *)src, ostage, rows * row_el);
+        }
+        if (rows && bhnd) {                  /* [rows][H][D] -> [H][rows][D], in the file's type */
+            if (raw) fa_copy_swap(esize, src, ostage, rows, H, f->shape.D);
+            else fa_from_f32_swap(f->otype, (const float *)src, ostage, rows, H, f->shape.D);
+        }
         for (int64_t i = 0; f->with_lse && i < rows; i++)       /* [rows, H] -> [H, rows] */
             for (int64_t h = 0; h < H; h++) lstage[h * rows + i] = lse[(r + i) * H + h];
         int w = h5io_parallel() ? write_block(f, dxpl, b, r0 + r, rows, obuf, lstage)

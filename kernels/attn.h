@@ -23,9 +23,21 @@
 
 static inline int64_t attn_rec_len(int d) { return (int64_t)d + 2; }
 
-/* A chunk of query rows of one batch element, converted to fp32. */
+/* Element types of the rows an engine is handed (io/h5io.h's fa_dtype values: 0 float32, 1
+ * float16, 2 bfloat16). The CPU engines take float32 only; the CUDA engine also takes the file's
+ * 16-bit type as it is, converting on the device (the run plan's in_type). */
+enum { ATTN_F32 = 0, ATTN_F16 = 1, ATTN_BF16 = 2 };
+
+/* Which of the rank's keys one compute call folds into a chunk's state (streamed keys: the
+ * pipeline hands the keys over in blocks as they are read, and the first chunk of a batch element
+ * computes on the blocks already there). ATTN_KEYS_ALL: every key, in one call (the keys are all
+ * there); FIRST: a fresh state over the keys ready so far; MORE: the keys made ready since the
+ * last call of the chunk; LAST: the rest (every key is ready), completing the chunk. */
+enum { ATTN_KEYS_ALL = 0, ATTN_KEYS_FIRST = 1, ATTN_KEYS_MORE = 2, ATTN_KEYS_LAST = 3 };
+
+/* A chunk of query rows of one batch element. */
 typedef struct {
-    const float *q;     /* [nq, H, D], row stride H*D */
+    const void *q;      /* [nq, H, D], row stride H*D, elements of q_type */
     int64_t nq;         /* rows in this chunk */
     int64_t q_pos0;     /* global index (0..Nq-1) of the chunk's first row */
     int h, hkv, d;
@@ -35,6 +47,8 @@ typedef struct {
     const attn_mask *mask;   /* the mask; NULL: the plain one that causal/diag describe. When set
                               * it is the truth (causal and diag then agree with it) */
     int64_t b;          /* batch element of the chunk (documents may differ between them) */
+    int q_type;         /* ATTN_F32 (0) unless the engine takes 16-bit rows */
+    int keys;           /* ATTN_KEYS_*: 0, every key in this one call */
 } attn_queries;
 
 /* The mask of a chunk: q->mask, or the plain one of causal/diag built in *local. */
@@ -47,9 +61,10 @@ static inline const attn_mask *attn_queries_mask(const attn_queries *q, attn_mas
 
 /* A contiguous run of keys held in memory (one rank's shard is a list of these). */
 typedef struct {
-    const float *k, *v; /* [n, Hkv, D], row stride Hkv*D */
+    const void *k, *v;  /* [n, Hkv, D], row stride Hkv*D, elements of k_type, v_type */
     int64_t n;
     int64_t pos0;       /* global index (0..Nk-1) of the first key */
+    int k_type, v_type; /* ATTN_F32 (0) unless the engine takes 16-bit rows */
 } attn_kv_segment;
 
 /* Tile sizes of the CPU engine (kernels/cpu/attn_cpu.c picks defaults when 0). */

@@ -23,6 +23,12 @@ typedef struct {
     int variant;            /* flash kernel variant (FLASH_*; the plan's), 0 = auto */
     const attn_mask *mask;  /* the job's mask (host tables, copied to the device at create);
                              * NULL or plain: the chunks' causal/diag */
+    int o_type;             /* o's element type to the host (attn.h: ATTN_F32, or ATTN_F16 /
+                             * ATTN_BF16: converted on the device, as the file stores it) */
+    int64_t piece_rows;     /* resident keys split into pieces (one kernel launch each) every
+                             * this many rows (rounded up to 256) from each segment's start (0:
+                             * one piece a segment); streamed keys are launched on piece by
+                             * piece as they arrive */
 } gpu_job_cfg;
 
 typedef struct {
@@ -39,10 +45,18 @@ typedef struct {
 } gpu_job_stats;
 
 int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out);
-/* The rank's key segments of one batch element (host fp32). Resident keys are uploaded and
- * converted; the rest are converted into pinned host blocks. */
+/* The rank's key segments of one batch element (host rows of float32, or float16/bfloat16 as
+ * the segments say). Resident keys are uploaded and converted on the device; the rest are laid
+ * out in the compute type in pinned host blocks. */
 int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs);
-/* Enqueues chunk q's compute into slot `slot` (asynchronous; the queries are copied first). */
+/* The same in steps (streamed keys, dist/pipeline.h): kv_begin takes the segments before their
+ * rows are there; kv_ready(rows): the first `rows` rows of the segments, in their order, are
+ * there now, and every piece they complete is uploaded (on the copy stream) or laid out. */
+int gpu_job_kv_begin(gpu_job *g, const attn_kv_segment *segs, int nsegs);
+int gpu_job_kv_ready(gpu_job *g, int64_t rows);
+/* Enqueues chunk q's compute into slot `slot` (asynchronous; the queries are copied first):
+ * over every key (q->keys ATTN_KEYS_ALL), or, while the keys arrive, over the pieces ready so
+ * far (FIRST, MORE) and then the rest (LAST). */
 int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q);
 /* MPI path: waits for the slot's compute and copies its records ([n][H] {m,l,o}) to rec. */
 int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec);
@@ -50,8 +64,9 @@ int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec);
 int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root);
 /* Waits for the slot's merge (or, with one rank, its compute) to finish. */
 int gpu_job_merge_wait(gpu_job *g, int slot);
-/* The root of a merged slot (or the only rank): o [n][H][D] and lse [n][H] to the host. */
-int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, float *lse);
+/* The root of a merged slot (or the only rank): o [n][H][D] (in cfg.o_type) and lse [n][H]
+ * (float32) to the host. */
+int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, void *o, float *lse);
 void gpu_job_get_stats(gpu_job *g, gpu_job_stats *s);
 void gpu_job_destroy(gpu_job *g);
 

@@ -136,13 +136,15 @@ static int run(MPI_Comm comm, const fa_attn_desc *d, const attn_mask *m, const v
             gather(k, t, d->layout, kn, Hkv, D, b, 0, kn, kf, tmp);
             gather(v, t, d->layout, kn, Hkv, D, b, 0, kn, vf, tmp);
         }
-        attn_kv_segment seg = {kf, vf, kn, k0};
+        attn_kv_segment seg = {.k = kf, .v = vf, .n = kn, .pos0 = k0};
         for (int64_t r0 = 0; r0 < d->nq; r0 += chunk) {
             int64_t n = d->nq - r0 < chunk ? d->nq - r0 : chunk;
             gather(q, t, d->layout, d->nq, H, D, b, r0, n, qf, tmp);
-            attn_queries aq = {qf, n, r0, (int)H, (int)Hkv, (int)D,
-                               (float)(d->scale > 0 ? d->scale : 1.0 / sqrt((double)D)),
-                               mask_is_causal(m), d->nk - d->nq, m, b};
+            attn_queries aq = {.q = qf, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
+                               .d = (int)D,
+                               .scale = (float)(d->scale > 0 ? d->scale : 1.0 / sqrt((double)D)),
+                               .causal = mask_is_causal(m), .diag = d->nk - d->nq, .mask = m,
+                               .b = b};
             attn_state_init(rec, n, (int)H, (int)D);
             if (kn > 0) cpu_attn_partial(&aq, &seg, 1, rec, &tiling, NULL, NULL);
             if (comm != MPI_COMM_NULL) {

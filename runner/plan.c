@@ -64,6 +64,18 @@ static int env_size(const char *name, int64_t lo, int64_t *out, int *set) {
     return 0;
 }
 
+/* A 0|1 variable: *v and *set; -1 with one line naming both values otherwise. */
+static int env_flag(const char *name, const char *one, const char *zero, int *v, int *set) {
+    const char *x = getenv(name);
+    *set = 0;
+    if (!x || !*x) return 0;
+    if (strcmp(x, "0") && strcmp(x, "1"))
+        return fa_seterr("%s=%s: expected 1 (%s) or 0 (%s)", name, x, one, zero);
+    *v = x[0] == '1';
+    *set = 1;
+    return 0;
+}
+
 int plan_env_read(plan_env *e) {
     memset(e, 0, sizeof *e);
     e->q_read = Q_READ_NODE;
@@ -92,6 +104,19 @@ int plan_env_read(plan_env *e) {
                              "from the file, the default) or 0 (every read through HDF5)", dr);
         e->direct_read = dr[0] == '1';
         e->direct_read_set = 1;
+    }
+    if (env_flag("FA_TYPED_TRANSFERS", "q, k, v and o cross between the file and the GPU in "
+                 "the file's 16-bit types, the default", "float32 on the host, as before",
+                 &e->typed, &e->typed_set) ||
+        env_flag("FA_STREAM_KEYS", "keys handed to the engine in blocks as they are read, the "
+                 "default on GPUs", "each batch element's keys read whole before any compute, the "
+                 "default on CPUs", &e->stream_keys, &e->stream_keys_set))
+        return -1;
+    {
+        int set;
+        int64_t x;
+        if (env_size("FA_KEY_READ_ROWS", 1, &x, &set)) return -1;
+        if (set) e->key_read_rows = x;
     }
     const char *it = getenv("FA_IO_THREAD");
     e->io_thread = 1;
@@ -504,6 +529,27 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->io_omp_threads = p->tiling.threads > 0 ? p->tiling.threads : fa_threads.threads;
     p->direct_read = env->direct_read;
     p->src[PS_DIRECT] = env->direct_read_set ? SRC_ENV : SRC_DEFAULT;
+
+    /* typed transfers: the exact CUDA engine takes float16/bfloat16 rows as the file holds them
+     * and converts on the device, and gives o in its file type (host to device bytes = the
+     * file's bytes); the CPU engines take float32 */
+    const int typed_ok = gpu && exact;
+    p->typed = typed_ok && (env->typed_set ? env->typed : 1);
+    p->src[PS_TYPED] = env->typed_set ? SRC_ENV : SRC_DEFAULT;
+    const fa_dtype t3[3] = {s->q_type, s->k_type, s->v_type};
+    for (int i = 0; i < 3; i++) p->in_type[i] = p->typed && fa_dtype_size(t3[i]) == 2 ? t3[i] : FA_F32;
+    p->o_xfer = p->typed && fa_dtype_size(p->o_type) == 2 ? p->o_type : FA_F32;
+    /* streamed keys: on by default beside a GPU (exact mode), where the host would otherwise
+     * read every key before the device starts; blocks of about 256 MiB of k and v as the file
+     * holds them (a multiple of 256 rows): few enough kernel launches a chunk that the pieces
+     * cost under 1% (bench/NOTES_WHOLEJOB.md), small enough that the first chunk starts after a
+     * quarter of a 256K job's keys */
+    p->stream_keys = exact && (env->stream_keys_set ? env->stream_keys : gpu);
+    p->src[PS_STREAM] = env->stream_keys_set ? SRC_ENV : SRC_DEFAULT;
+    const int64_t kv_row_bytes = s->Hkv * s->D * (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
+    int64_t kb = env->key_read_rows > 0 ? env->key_read_rows : ((int64_t)256 << 20) / kv_row_bytes / 256 * 256;
+    p->key_read_rows = kb < 256 && env->key_read_rows <= 0 ? 256 : kb;
+    if (env->key_read_rows > 0) p->src[PS_STREAM] = SRC_ENV;
     return 0;
 }
 
@@ -541,6 +587,12 @@ void plan_print(const run_plan *p) {
     fa_log(2, "fa_long: plan: contiguous datasets read %s (%s)",
            p->direct_read ? "straight from the file (pread, in parallel)" : "through HDF5",
            SRC(PS_DIRECT));
+    fa_log(2, "fa_long: plan: q, k, v handed to the engine as %s, %s, %s and o taken as %s (%s); "
+              "keys %s, blocks of %lld rows (%s)", fa_dtype_name(p->in_type[0]),
+           fa_dtype_name(p->in_type[1]), fa_dtype_name(p->in_type[2]), fa_dtype_name(p->o_xfer),
+           SRC(PS_TYPED), p->stream_keys ? "streamed to the engine as they are read"
+                                         : "read whole before compute",
+           (long long)p->key_read_rows, SRC(PS_STREAM));
 #undef SRC
 }
 
@@ -577,6 +629,12 @@ void plan_json(const run_plan *p, char *buf, int len) {
     NUM("io_cap_bytes", "%lld", (long long)p->io_cap_bytes, PS_IO_CAP);
     NUM("io_thread", "%d", p->io_thread, PS_IO_THREAD);
     NUM("direct_read", "%d", p->direct_read, PS_DIRECT);
+    NUM("typed_transfers", "%d", p->typed, PS_TYPED);
+    STR("q_transfer", fa_dtype_name(p->in_type[0]), PS_TYPED);
+    STR("kv_transfer", fa_dtype_name(p->in_type[1]), PS_TYPED);
+    STR("o_transfer", fa_dtype_name(p->o_xfer), PS_TYPED);
+    NUM("stream_keys", "%d", p->stream_keys, PS_STREAM);
+    NUM("key_read_rows", "%lld", (long long)p->key_read_rows, PS_STREAM);
     PUT("}");
 #undef STR
 #undef NUM

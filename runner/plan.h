@@ -18,6 +18,9 @@ typedef struct {
     int64_t io_cap_bytes;          int io_cap_set;          /* FA_IO_CAP_BYTES */
     int io_thread;                 int io_thread_set;       /* FA_IO_THREAD=0|1 */
     int direct_read;               int direct_read_set;     /* FA_DIRECT_READ=0|1 */
+    int typed;                     int typed_set;           /* FA_TYPED_TRANSFERS=0|1 */
+    int stream_keys;               int stream_keys_set;     /* FA_STREAM_KEYS=0|1 */
+    int64_t key_read_rows;         /* FA_KEY_READ_ROWS (0: not set) */
     int64_t page_block_rows;       /* FA_PAGE_BLOCK_ROWS (0: not set) */
     int page_ring;                 /* FA_PAGE_RING (0: not set) */
     int64_t page_max_resident;     /* FA_PAGE_MAX_RESIDENT (-1: not set) */

@@ -151,6 +151,12 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put(&b, ", \"io_exposed\": ");
     put_num(&b, mx[S_IOEXP]);
     put(&b, "},\n  \"io_thread\": %s", st->io_thread ? "true" : "false");
+    /* streamed keys (rank 0's first batch element): the blocks its keys came in, and by how long
+     * its first chunk's compute started before the last block was read (> 0: beside the reads) */
+    put(&b, ",\n  \"keys\": {\"streamed\": %s, \"blocks\": %lld, \"first_compute_lead_s\": ",
+        st->keys_streamed ? "true" : "false", (long long)st->key_blocks);
+    put_num(&b, st->first_compute_lead_s);
+    put(&b, "}");
     put(&b, ",\n  \"flops\": ");
     put_num(&b, flops);
     put(&b, ",\n  \"tflops\": ");

@@ -61,13 +61,14 @@ static void free_inputs(inputs *in) { free(in->q); free(in->k); free(in->v); }
 static float scale_of(const shape *s) { return 1.0f / sqrtf((float)s->d); }
 
 static attn_queries queries_of(const shape *s, const inputs *in, int64_t r0, int64_t nr) {
-    attn_queries q = { in->q + r0 * s->h * s->d, nr, r0, s->h, s->hkv, s->d, scale_of(s),
-                       s->causal, s->nk - s->nq, NULL, 0 };
+    attn_queries q = { .q = in->q + r0 * s->h * s->d, .nq = nr, .q_pos0 = r0, .h = s->h,
+                       .hkv = s->hkv, .d = s->d, .scale = scale_of(s), .causal = s->causal,
+                       .diag = s->nk - s->nq };
     return q;
 }
 
 static attn_kv_segment segment_of(const shape *s, const inputs *in, int64_t j0, int64_t n) {
-    attn_kv_segment g = { in->k + j0 * s->hkv * s->d, in->v + j0 * s->hkv * s->d, n, j0 };
+    attn_kv_segment g = { .k = in->k + j0 * s->hkv * s->d, .v = in->v + j0 * s->hkv * s->d, .n = n, .pos0 = j0 };
     return g;
 }
 

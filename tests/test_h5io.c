@@ -656,6 +656,41 @@ static void test_scan_source(const char *dir) {
                         else if (fabsf(v) > amax) amax = fabsf(v);
                     }
                 int st = h5in_read_rows(in, "k", b, r, 3, got, 1);
+                if (fa_dtype_size(cases[c].t) == 2) {
+                    /* the same rows kept in the file's 16-bit type (the GPU's transfers): the
+                     * same values (widened here), verdict, message and largest |x|, through
+                     * pread and through H5Dread */
+                    char msg[1024];
+                    snprintf(msg, sizeof msg, "%s", st ? fa_errmsg() : "");
+                    const float amax32 = h5in_last_absmax(in, "k");
+                    const fa_dtype nt = h5in_native_type(in, 1);
+                    const int64_t m = (5 + 20 + 6) * Hh * D;
+                    uint16_t *raw16 = fa_malloc((size_t)m * 2, "raw rows");
+                    float *wide = fa_malloc((size_t)m * 4, "widened"), *ref = fa_malloc((size_t)m * 4, "ref");
+                    int same = nt == cases[c].t;
+                    for (int direct = 1; direct >= 0; direct--) {
+                        h5in_direct_reads(in, direct);
+                        int s0 = h5in_read_rows(in, "k", b, r, 3, ref, 0);
+                        int s1 = h5in_read_rows_as(in, "k", b, r, 3, raw16, nt, 0);
+                        fa_to_f32(cases[c].t, raw16, wide, m);
+                        same = same && s0 == 0 && s1 == 0 && memcmp(wide, ref, (size_t)m * 4) == 0;
+                        int s2 = h5in_read_rows_as(in, "k", b, r, 3, raw16, nt, 1);
+                        same = same && s2 == st &&
+                               (st ? !strcmp(fa_errmsg(), msg) : h5in_last_absmax(in, "k") == amax32);
+                    }
+                    h5in_direct_reads(in, 1);
+                    check(same, "scan %s trial %d batch %lld: rows kept as %s: the same values, "
+                          "verdict and largest |x| (pread and H5Dread)", cases[c].what, trial,
+                          (long long)b, fa_dtype_name(nt));
+                    const fa_dtype other = cases[c].t == FA_F16 ? FA_BF16 : FA_F16;
+                    fa_clearerr();
+                    check(h5in_read_rows_as(in, "k", b, r, 3, raw16, other, 0) == -1 &&
+                          strstr(fa_errmsg(), "cannot be handed over as") != NULL,
+                          "scan %s: rows asked for as %s refused -> \"%s\"", cases[c].what,
+                          fa_dtype_name(other), fa_errmsg());
+                    free(raw16), free(wide), free(ref);
+                    if (st) fa_seterr("%s", msg);
+                }
                 {   /* k straight from the file and through H5Dread, v (chunked on odd trials)
                      * against k (the same values): the same bits */
                     const int64_t m = (5 + 20 + 6) * Hh * D;
@@ -772,6 +807,51 @@ static void test_output_types(const char *dir) {
         int64_t bad = verify_output(path, &s, types[i], 1);
         check(bad == 0, "%s: o and transposed lse read back bit-exact (%lld wrong)",
               fa_dtype_name(types[i]), (long long)bad);
+        if (types[i] != FA_F32 && types[i] != FA_F64)
+            for (int bh = 0; bh < 2; bh++) {
+                /* rows handed over in the file's type already (as the GPU gives them), bnhd and
+                 * bhnd: the same file */
+                char p2[600];
+                snprintf(p2, sizeof p2, "%s/out_%s_as_%s.h5", dir, fa_dtype_name(types[i]),
+                         bh ? "bhnd" : "bnhd");
+                h5out *o2;
+                int ok = h5out_create_layout(p2, NULL, 0, MPI_COMM_SELF, &s, types[i],
+                                             bh ? FA_BHND : FA_BNHD, 1, test_cap, &o2) == 0;
+                const int64_t step = 10, row = s.H * s.D;
+                float *o = fa_malloc(step * row * 4, "o"), *l = fa_malloc(step * s.H * 4, "l");
+                uint16_t *o16 = fa_malloc(step * row * 2, "o16");
+                for (int64_t b = 0; ok && b < s.B; b++)
+                    for (int64_t r = 0; ok && r < s.Nq; r += step) {
+                        int64_t n = s.Nq - r < step ? s.Nq - r : step;
+                        fill_rows(o, l, b, r, n, s.H, s.D);
+                        fa_from_f32(types[i], o, o16, n * row);
+                        ok = h5out_write_rows_as(o2, b, r, n, o16, types[i], l) == 0;
+                    }
+                fa_clearerr();
+                int refused = !ok || h5out_write_rows_as(o2, 0, 0, 1, o16,
+                                                         types[i] == FA_F16 ? FA_BF16 : FA_F16, l) == -1;
+                ok = ok && refused && strstr(fa_errmsg(), "rows given as") != NULL;
+                free(o), free(l), free(o16);
+                if (ok) ok = h5out_commit(o2) == 0;
+                else h5out_abort(o2);
+                int64_t bad2 = -1;
+                if (ok && !bh) bad2 = verify_output(p2, &s, types[i], 1);
+                if (ok && bh) {     /* read back as bhnd into bnhd order */
+                    const int64_t n = s.Nq;
+                    float *x = fa_malloc(n * row * 4, "x"), *y = fa_malloc(n * row * 4, "y");
+                    bad2 = 0;
+                    for (int64_t b = 0; b < s.B; b++) {
+                        int64_t st4[4] = {b, 0, 0, 0}, ct4[4] = {1, n, s.H, s.D};
+                        if (h5_read_block_as(p2, "o", FA_BHND, st4, ct4, x) ||
+                            h5_read_block(path, "o", 4, st4, ct4, y)) { bad2 = -1; break; }
+                        for (int64_t e = 0; e < n * row; e++) bad2 += fa_f32_bits(x[e]) != fa_f32_bits(y[e]);
+                    }
+                    free(x), free(y);
+                }
+                check(ok && bad2 == 0, "%s: rows handed over as %s, %s: the same o (%lld wrong); "
+                      "another type refused", fa_dtype_name(types[i]), fa_dtype_name(types[i]),
+                      bh ? "bhnd" : "bnhd", (long long)bad2);
+            }
         fa_dtype t;
         int nd;
         int64_t dims[8];

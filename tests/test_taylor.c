@@ -60,13 +60,13 @@ static int shard_segments(const shape *s, const layout *L, int p, const inputs *
     int64_t row = (int64_t)s->hkv * s->d;
     if (!L->striped) {
         int64_t a = s->nk * p / L->ranks, b = s->nk * (p + 1) / L->ranks;
-        if (b > a) segs[n++] = (attn_kv_segment){in->k + a * row, in->v + a * row, b - a, a};
+        if (b > a) segs[n++] = (attn_kv_segment){.k = in->k + a * row, .v = in->v + a * row, .n = b - a, .pos0 = a};
         return n;
     }
     for (int64_t st = 0, i = 0; st < s->nk; st += L->stripe, i++) {
         if (i % L->ranks != p) continue;
         int64_t len = s->nk - st < L->stripe ? s->nk - st : L->stripe;
-        segs[n++] = (attn_kv_segment){in->k + st * row, in->v + st * row, len, st};
+        segs[n++] = (attn_kv_segment){.k = in->k + st * row, .v = in->v + st * row, .n = len, .pos0 = st};
     }
     return n;
 }
@@ -248,7 +248,7 @@ static void case_noncausal_den(void) {
     float *rec = fa_calloc((size_t)(s.nq * s.h * R), sizeof(float), "rec");
     double mu[64];
     taylor_ref_key_mean(in.k, s.nk, s.hkv, s.d, mu);
-    attn_kv_segment seg = {in.k, in.v, s.nk, 0};
+    attn_kv_segment seg = {.k = in.k, .v = in.v, .n = s.nk, .pos0 = 0};
     taylor_cpu *e = taylor_cpu_create(s.h, s.hkv, s.d, 2, 0);
     taylor_cpu_load_kv(e, &seg, 1, mu);
     attn_queries q = {.q = in.q, .nq = s.nq, .q_pos0 = 0, .h = s.h, .hkv = s.hkv, .d = s.d,

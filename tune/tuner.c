@@ -32,7 +32,7 @@ double cm_time_cpu(const cm_job *j, const cm_choice *c, int reps) {
     uint64_t s = 0x9E3779B97F4A7C15ull;
     for (int64_t i = 0; i < j->nq * H * D; i++) q[i] = frand(&s);
     for (int64_t i = 0; i < j->nk * Hkv * D; i++) { k[i] = frand(&s); v[i] = frand(&s); }
-    attn_kv_segment seg = {k, v, j->nk, 0};
+    attn_kv_segment seg = {.k = k, .v = v, .n = j->nk, .pos0 = 0};
     cpu_tiling t = {c->br, c->bc, c->threads, 0};
     double ts[64];
     if (reps > 64) reps = 64;
@@ -41,8 +41,9 @@ double cm_time_cpu(const cm_job *j, const cm_choice *c, int reps) {
         double t0 = fa_now();
         for (int64_t r0 = 0; r0 < j->nq; r0 += c->chunk) {
             int64_t n = j->nq - r0 < c->chunk ? j->nq - r0 : c->chunk;
-            attn_queries aq = {q + r0 * H * D, n, r0, j->h, j->hkv, j->d,
-                               (float)(1.0 / sqrt((double)D)), j->causal, j->nk - j->nq, NULL, 0};
+            attn_queries aq = {.q = q + r0 * H * D, .nq = n, .q_pos0 = r0, .h = j->h, .hkv = j->hkv,
+                               .d = j->d, .scale = (float)(1.0 / sqrt((double)D)),
+                               .causal = j->causal, .diag = j->nk - j->nq};
             attn_state_init(rec, n, j->h, j->d);
             cpu_attn_partial(&aq, &seg, 1, rec, &t, NULL, NULL);
         }

@@ -502,7 +502,7 @@ static void tile_load(const engine_call *c, scratch *w, int kvh, int64_t r0, int
     for (int s = 0; s < mp; s++) {
         int live = s < m;
         int64_t row = r0 + s / c->g, head = (int64_t)kvh * c->g + s % c->g;
-        const float *src = q->q + (row * h + head) * d;
+        const float *src = (const float *)q->q + (row * h + head) * d;
         const float *rec = c->rec + (row * h + head) * len;
         for (int x = 0; x < d; x++) {
             qt[(int64_t)x * mp + s] = live ? src[x] * q->scale : 0.0f;
@@ -562,8 +562,8 @@ static void tile_segment(const engine_call *c, scratch *w, int kvh, const attn_k
         int nc = (int)(j_end - j0 < c->bc ? j_end - j0 : c->bc);
         int view = tile_view(w, key_pos0, key_pos0 + nc);
         if (view == 0) continue;                        /* no lane sees this tile */
-        const float *k = seg->k + j0 * c->lk + (int64_t)kvh * q->d;
-        const float *v = seg->v + j0 * c->lk + (int64_t)kvh * q->d;
+        const float *k = (const float *)seg->k + j0 * c->lk + (int64_t)kvh * q->d;
+        const float *v = (const float *)seg->v + j0 * c->lk + (int64_t)kvh * q->d;
         c->qk(&w->t, k, c->lk, nc);
         if (modify) modify_tile(w->t.st, w->t.mp, w->nlive, nc, c->mask, w->head, w->run, key_pos0);
         if (view == 1) mask_tile(w->t.st, w->t.mp, nc, w->lo, w->hi, key_pos0);

@@ -23,11 +23,13 @@ int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     return fa_seterr("this fa_long was built without CUDA (nvcc was not found at build time)");
 }
 int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs) { return -1; }
+int gpu_job_kv_begin(gpu_job *g, const attn_kv_segment *segs, int nsegs) { return -1; }
+int gpu_job_kv_ready(gpu_job *g, int64_t rows) { return -1; }
 int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) { return -1; }
 int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec) { return -1; }
 int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) { return -1; }
 int gpu_job_merge_wait(gpu_job *g, int slot) { return -1; }
-int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, float *lse) { return -1; }
+int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, void *o, float *lse) { return -1; }
 void gpu_job_get_stats(gpu_job *g, gpu_job_stats *s) {}
 void gpu_job_destroy(gpu_job *g) {}
 double gpu_link_gbps(int device) { return 0; }

@@ -76,7 +76,7 @@ void taylor_key_sums(const attn_kv_segment *segs, int nsegs, int hkv, int d, dou
     int64_t row = (int64_t)hkv * d;
     for (int s = 0; s < nsegs; s++)
         for (int64_t j = 0; j < segs[s].n; j++) {
-            const float *k = segs[s].k + j * row;
+            const float *k = (const float *)segs[s].k + j * row;
             for (int64_t e = 0; e < row; e++) sum[e] += (double)k[e];
         }
 }
@@ -215,8 +215,8 @@ static void gather(const taylor_cpu *e, int g, int64_t t0, int64_t m, float *kh,
         int64_t off = t - e->seg_off[s], take = e->segs[s].n - off;
         if (take > t0 + m - t) take = t0 + m - t;
         for (int64_t i = 0; i < take; i++) {
-            const float *k = e->segs[s].k + (off + i) * row + (int64_t)g * d;
-            const float *v = e->segs[s].v + (off + i) * row + (int64_t)g * d;
+            const float *k = (const float *)e->segs[s].k + (off + i) * row + (int64_t)g * d;
+            const float *v = (const float *)e->segs[s].v + (off + i) * row + (int64_t)g * d;
             float *dk = kh + (t - t0 + i) * d;
             for (int x = 0; x < d; x++) dk[x] = (float)((double)k[x] - mu[x]);
             memcpy(vv + (t - t0 + i) * d, v, sizeof(float) * (size_t)d);
@@ -413,7 +413,7 @@ void taylor_cpu_partial(taylor_cpu *e, const attn_queries *q, float *rec, void (
                 int64_t o = (moving ? (int64_t)t * hkv : 0) + g;
                 const float *S = e->St + o * dd, *z = e->zt + o * d, *svs = e->svt + o * d;
                 for (int r = 0; r < n; r++) {
-                    const float *qr = q->q + ((a + r) * H + hh) * d;
+                    const float *qr = (const float *)q->q + ((a + r) * H + hh) * d;
                     for (int x = 0; x < d; x++) sc.qs[r * d + x] = scale * qr[x];
                 }
                 mm(0, 0, n, d, d, sc.qs, d, S, d, 0.0f, sc.out, d, sc.tr);

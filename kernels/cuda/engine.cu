@@ -190,8 +190,8 @@ extern "C" int gpu_engine_load_kv(gpu_engine *e, const attn_kv_segment *segs, in
     int64_t off = 0;
     for (int i = 0; i < nsegs; i++) {
         if (segs[i].n <= 0) continue;
-        upload_convert(e, segs[i].k, segs[i].n, e->hkv, e->k, e->kv_cap, off, 0);
-        upload_convert(e, segs[i].v, segs[i].n, e->hkv, e->vt, e->kv_cap, off, 1);
+        upload_convert(e, (const float *)segs[i].k, segs[i].n, e->hkv, e->k, e->kv_cap, off, 0);
+        upload_convert(e, (const float *)segs[i].v, segs[i].n, e->hkv, e->vt, e->kv_cap, off, 1);
         e->segs[e->nsegs].off = off;
         e->segs[e->nsegs].n = segs[i].n;
         e->segs[e->nsegs].pos0 = segs[i].pos0;
@@ -227,7 +227,7 @@ extern "C" int gpu_engine_partial(gpu_engine *e, const attn_queries *q, float *r
             float *stage = e->stage + b * sub * H * D;
             /* up: the staging half is free once sub-chunk i-2's conversion has run */
             cudaCheck(cudaStreamWaitEvent(e->copy, e->conv[b], 0));
-            cudaCheck(cudaMemcpyAsync(stage, q->q + r0 * H * D, (size_t)(n * H * D) * sizeof(float),
+            cudaCheck(cudaMemcpyAsync(stage, (const float *)q->q + r0 * H * D, (size_t)(n * H * D) * sizeof(float),
                                       cudaMemcpyHostToDevice, e->copy));
             if (!fresh)
                 cudaCheck(cudaMemcpyAsync(e->rec + r0 * H * R, rec + r0 * H * R, (size_t)(n * H * R) * sizeof(float),

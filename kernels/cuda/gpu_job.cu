@@ -2,16 +2,25 @@
  *
  * Built by the top-level Makefile (nvcc ... -c kernels/cuda/gpu_job.cu).
  *
- * Keys and values (T = bf16 or fp16; the rank's key segments in local order, positions rising):
+ * Keys and values (T = bf16 or fp16; the rank's key segments in local order, positions rising;
+ * the host hands them over as float32 or as the file's float16/bfloat16, converted to T here):
  *   resident  k_res [Hkv][res_cap][D], vt_res [Hkv][D][res_cap]: the first plan.resident_rows keys,
- *             each segment starting at a multiple of 64 rows
+ *             each segment starting at a multiple of 64 rows; uploaded on the copy stream, each
+ *             piece recording its event (ready) that the compute stream waits for
  *   paged     pinned host blocks of block_rows keys, each K [Hkv][B][D] then V^T [Hkv][D][B];
  *             a ring of `ring` device block buffers filled on the copy stream
- * A chunk's keys are a list of pieces (resident runs and paged blocks). Its compute is one
- * kernel launch per visible piece on the compute stream, each continuing from the state the last
- * left in the slot's records; a paged piece waits for its block's copy (event ring_ready) and
- * frees the ring buffer when done (event ring_free), so up to `ring` copies run ahead of compute.
- * Pieces past the last query's causal horizon are skipped, and their blocks never copied.
+ * A chunk's keys are a list of pieces (resident runs, split every cfg.piece_rows rows from each
+ * segment's start, rounded up to 256, and paged blocks). Its compute is one kernel launch per visible piece on the
+ * compute stream, each continuing from the state the last left in the slot's records; a paged
+ * piece waits for its block's copy (event ring_ready) and frees the ring buffer when done (event
+ * ring_free), so up to `ring` copies run ahead of compute. Pieces past the last query's causal
+ * horizon are skipped, and their blocks never copied. Streamed keys (kv_begin, kv_ready): a piece
+ * is uploaded (or laid out in its pinned block) once all its rows are there, and a chunk computed
+ * meanwhile launches on the pieces ready so far, in order, and on the others as they come: the
+ * same launches as when every key is there first, so the same bits.
+ *
+ * The chunk's output leaves the device as the host wants it (cfg.o_type): float32, or the file's
+ * 16-bit type, rounded here (to nearest even, as the host's conversion does).
  *
  * Merge through NCCL (no custom reductions there): on the communication stream, after the
  * chunk's compute event: row maxima m -> AllReduce(max); rescale every record by exp(m_i - m)
@@ -37,6 +46,16 @@ struct piece {
     int paged;          /* 0: resident run at row `off` of the resident region; 1: paged block */
     int64_t off;        /* resident: row offset; paged: block index */
     int64_t n, pos0;    /* keys, global position of the first */
+    int64_t lrow;       /* the rank's row (segments in order) of its first key */
+    int seg;            /* its segment */
+    cudaEvent_t ready;  /* resident: its upload done (copy stream) */
+};
+
+/* A pinned host staging buffer and its device twin, for uploads on one stream. */
+struct stage {
+    unsigned char *h, *d;
+    int64_t bytes;
+    cudaEvent_t free_ev;  /* the last upload through it is done */
 };
 
 struct gpu_job {
@@ -58,7 +77,15 @@ struct gpu_job {
     int ring_used[RING_MAX], copy_pending[RING_MAX];
     int64_t ring_seq;
     piece *pieces;
-    int npieces;
+    int npieces, nready_ev;           /* pieces; events created in them */
+    const attn_kv_segment *segs;      /* the batch element's (kv_begin) */
+    int nsegs;
+    int64_t kv_total;
+    int prepared;                     /* pieces [0, prepared) uploaded or laid out */
+    int *slot_next, *slot_fresh;      /* per slot: next piece to launch, no launch yet */
+    /* per slot: the compute spans of a chunk computed in stages (pairs of timed events) */
+    cudaEvent_t **sev;
+    int *nsev, *capsev;
     /* per slot */
     void **q;
     float **rec, **mbuf, **o_fin, **lse_fin;
@@ -66,17 +93,20 @@ struct gpu_job {
     cudaEvent_t *f1;                  /* the slot's merge and finalize done: its buffers free */
     int *computed, *merging, *finalized;
     int64_t *merge_bytes;
-    /* staging */
-    float *h_stage, *d_stage, *h_out;
-    int64_t stage_floats;
-    cudaEvent_t stage_free;
+    /* staging: the queries' (compute stream), the keys' (copy stream, two halves: one fills
+     * while the other's copy runs) */
+    stage qst, kst[2];
+    int kst_next;
+    unsigned char *h_out;
+    int oes;                          /* bytes per element of o to the host */
     cudaEvent_t first_c0;             /* start of the first chunk's compute */
     int started, last_slot;
+    int done_slot;                    /* the slot of the last chunk enqueued whole (-1: none) */
     gpu_job_stats st;
 };
 
 /* ---- small kernels ------------------------------------------------------------------------------ */
-#include "kernels/cuda/convert.cuh"
+#include "kernels/cuda/convert.cuh"    /* from_f32, to_f32, convert_rows, convert_transpose */
 
 /* records [n] {m, l, o[D]}: fresh state */
 __global__ void rec_init(float *rec, int64_t n, int d) {
@@ -102,14 +132,15 @@ __global__ void rec_rescale(float *rec, const float *m, int64_t n, int d) {
     }
 }
 
-/* o [n][D] = o/l (0 when l = 0), lse [n] = m·ln 2 + log l (-inf when l = 0); m (base 2) from
- * mglob or the record */
-__global__ void rec_final(const float *rec, const float *mglob, float *o, float *lse, int64_t n, int d) {
+/* o [n][D] = o/l (0 when l = 0) in OT, lse [n] = m·ln 2 + log l (-inf when l = 0); m (base 2)
+ * from mglob or the record */
+template <typename OT>
+__global__ void rec_final(const float *rec, const float *mglob, OT *o, float *lse, int64_t n, int d) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.y + threadIdx.y; i < n; i += (int64_t)gridDim.x * blockDim.y) {
         const float *r = rec + i * (d + 2);
         float l = r[1], m = mglob ? mglob[i] : r[0];
         float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int e = threadIdx.x; e < d; e += blockDim.x) o[i * d + e] = r[2 + e] * inv;
+        for (int e = threadIdx.x; e < d; e += blockDim.x) o[i * d + e] = from_f32<OT>(r[2 + e] * inv);
         if (threadIdx.x == 0) lse[i] = l > 0.0f ? m * 0.6931471805599453f + logf(l) : -INFINITY;
     }
 }
@@ -117,6 +148,21 @@ __global__ void rec_final(const float *rec, const float *mglob, float *o, float 
 static unsigned grid_for(int64_t n, int per) {
     int64_t b = (n + per - 1) / per;
     return (unsigned)(b < 1 ? 1 : b > 65535 * 4 ? 65535 * 4 : b);
+}
+
+/* The slot's records finalized into o_fin (in the host's o type) and lse_fin, on stream st. */
+static void launch_final(gpu_job *g, int slot, const float *mg, int64_t rows, cudaStream_t st) {
+    const dim3 blk(32, 8);
+    const unsigned gr = grid_for(rows, 8);
+    const int d = (int)g->D;
+    void *o = g->o_fin[slot];
+    if (g->c.o_type == ATTN_BF16)
+        rec_final<<<gr, blk, 0, st>>>(g->rec[slot], mg, (__nv_bfloat16 *)o, g->lse_fin[slot], rows, d);
+    else if (g->c.o_type == ATTN_F16)
+        rec_final<<<gr, blk, 0, st>>>(g->rec[slot], mg, (__half *)o, g->lse_fin[slot], rows, d);
+    else
+        rec_final<<<gr, blk, 0, st>>>(g->rec[slot], mg, (float *)o, g->lse_fin[slot], rows, d);
+    cudaCheck(cudaGetLastError());
 }
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
@@ -179,6 +225,25 @@ static void *dalloc(size_t bytes, const char *what, int dev) {
     return p;
 }
 
+static int stage_make(stage *st, int64_t bytes, int dev) {
+    st->bytes = bytes;
+    if (cudaMallocHost((void **)&st->h, (size_t)bytes) != cudaSuccess) {
+        cudaGetLastError();
+        st->h = NULL;
+        return fa_seterr("GPU %d: cannot pin %.2f GiB of host staging memory", dev, bytes / 1073741824.0);
+    }
+    if (!(st->d = (unsigned char *)dalloc((size_t)bytes, "staging", dev))) return -1;
+    cudaCheck(cudaEventCreateWithFlags(&st->free_ev, cudaEventDisableTiming));
+    return 0;
+}
+
+static void stage_free(stage *st) {
+    if (st->h) cudaFreeHost(st->h);
+    cudaFree(st->d);
+    if (st->free_ev) cudaEventDestroy(st->free_ev);
+    memset(st, 0, sizeof *st);
+}
+
 /* ---- create / destroy --------------------------------------------------------------------------- */
 extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     *out = NULL;
@@ -193,6 +258,7 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
 #endif
     gpu_job *g = (gpu_job *)fa_calloc(1, sizeof *g, "gpu job");
     g->c = *cfg;
+    g->done_slot = -1;
     g->c.mask = NULL;                 /* the host's mask is the caller's: only dmask is kept */
     g->D = cfg->d;
     g->es = 2;
@@ -244,6 +310,11 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     g->m1 = (cudaEvent_t *)fa_calloc(S, sizeof(cudaEvent_t), "slots");
     g->f1 = (cudaEvent_t *)fa_calloc(S, sizeof(cudaEvent_t), "slots");
     g->computed = (int *)fa_calloc(S, sizeof(int), "slots");
+    g->slot_next = (int *)fa_calloc(S, sizeof(int), "slots");
+    g->slot_fresh = (int *)fa_calloc(S, sizeof(int), "slots");
+    g->sev = (cudaEvent_t **)fa_calloc(S, sizeof(cudaEvent_t *), "slots");
+    g->nsev = (int *)fa_calloc(S, sizeof(int), "slots");
+    g->capsev = (int *)fa_calloc(S, sizeof(int), "slots");
     g->merging = (int *)fa_calloc(S, sizeof(int), "slots");
     g->finalized = (int *)fa_calloc(S, sizeof(int), "slots");
     g->merge_bytes = (int64_t *)fa_calloc(S, sizeof(int64_t), "slots");
@@ -259,18 +330,20 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
         cudaCheck(cudaEventCreate(&g->m1[s]));
         cudaCheck(cudaEventCreateWithFlags(&g->f1[s], cudaEventDisableTiming));
     }
-    g->stage_floats = R * H * D;
-    if (g->stage_floats < ((int64_t)1 << 22)) g->stage_floats = (int64_t)1 << 22;
-    if (ok && (cudaMallocHost((void **)&g->h_stage, (size_t)g->stage_floats * 4) != cudaSuccess ||
-               cudaMallocHost((void **)&g->h_out, (size_t)R * H * (D + 1) * 4) != cudaSuccess)) {
+    /* staging: the queries' holds a chunk of float32 (at least 16 MiB), the keys' two halves of
+     * 8 MiB (kernels/paging.c counts a chunk of float32 and 64 MiB besides) */
+    int64_t qbytes = R * H * D * 4;
+    if (qbytes < ((int64_t)16 << 20)) qbytes = (int64_t)16 << 20;
+    ok = ok && stage_make(&g->qst, qbytes, cfg->device) == 0 && stage_make(&g->kst[0], (int64_t)8 << 20, cfg->device) == 0 &&
+         stage_make(&g->kst[1], (int64_t)8 << 20, cfg->device) == 0;
+    g->oes = cfg->o_type == ATTN_F32 ? 4 : 2;
+    if (ok && cudaMallocHost((void **)&g->h_out, (size_t)R * H * (D + 1) * 4) != cudaSuccess) {
         cudaGetLastError();
+        g->h_out = NULL;
         ok = 0;
         fa_seterr("cannot pin host staging memory");
     }
-    ok = ok && (g->d_stage = (float *)dalloc((size_t)g->stage_floats * 4, "staging", cfg->device));
-    cudaCheck(cudaEventCreateWithFlags(&g->stage_free, cudaEventDisableTiming));
     cudaCheck(cudaEventCreate(&g->first_c0));
-    cudaCheck(cudaEventRecord(g->stage_free, g->compute));
     /* a mask beyond full and causal: its document offsets and ALiBi slopes on the device */
     if (ok && cfg->mask && !mask_is_plain(cfg->mask)) {
         const attn_mask *m = cfg->mask;
@@ -328,13 +401,19 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
     free(g->q); free(g->rec); free(g->mbuf); free(g->o_fin); free(g->lse_fin);
     free(g->c0); free(g->c1); free(g->m0); free(g->m1); free(g->f1); free(g->computed); free(g->merging); free(g->finalized);
     free(g->merge_bytes);
+    for (int s = 0; g->sev && s < g->c.slots; s++) {
+        for (int k = 0; k < g->capsev[s]; k++) cudaEventDestroy(g->sev[s][k]);
+        free(g->sev[s]);
+    }
+    free(g->sev); free(g->nsev); free(g->capsev); free(g->slot_next); free(g->slot_fresh);
+    for (int i = 0; i < g->nready_ev; i++) cudaEventDestroy(g->pieces[i].ready);
     cudaFree(g->k_res);
     cudaFree(g->vt_res);
-    cudaFree(g->d_stage);
+    stage_free(&g->qst);
+    stage_free(&g->kst[0]);
+    stage_free(&g->kst[1]);
     if (g->host_blocks) cudaFreeHost(g->host_blocks);
-    if (g->h_stage) cudaFreeHost(g->h_stage);
     if (g->h_out) cudaFreeHost(g->h_out);
-    if (g->stage_free) cudaEventDestroy(g->stage_free);
     if (g->first_c0) cudaEventDestroy(g->first_c0);
     if (g->compute) cudaStreamDestroy(g->compute);
     if (g->copy) cudaStreamDestroy(g->copy);
@@ -345,33 +424,75 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
 }
 
 /* ---- keys and values ---------------------------------------------------------------------------- */
-/* fp32 rows [n][heads][D] from the host -> T in the device layout at `dst` (rows or columns). */
-static void upload(gpu_job *g, const float *src, int64_t n, int heads, void *dst, int64_t ld, int64_t off, int cols) {
-    const int64_t row = (int64_t)heads * g->D, per = g->stage_floats / row;
-    for (int64_t r = 0; r < n; r += per) {
-        int64_t m = n - r < per ? n - r : per;
-        cudaCheck(cudaEventSynchronize(g->stage_free));         /* the staging buffer is free */
-        fa_copy_floats(g->h_stage, src + r * row, m * row, 0);
-        cudaCheck(cudaMemcpyAsync(g->d_stage, g->h_stage, (size_t)(m * row) * 4, cudaMemcpyHostToDevice, g->compute));
-        g->st.bytes_h2d += m * row * 4;
-        const int d = (int)g->D;
-        if (cols) {
-            dim3 grid((unsigned)((d + 31) / 32), (unsigned)((m + 31) / 32), (unsigned)heads), block(32, 8);
-            if (g->c.ct == FA_COMPUTE_BF16) convert_transpose<<<grid, block, 0, g->compute>>>(g->d_stage, (__nv_bfloat16 *)dst, m, heads, d, ld, off + r);
-            else convert_transpose<<<grid, block, 0, g->compute>>>(g->d_stage, (__half *)dst, m, heads, d, ld, off + r);
-        } else {
-            unsigned gb = grid_for(m * row / 4, 256);
-            if (g->c.ct == FA_COMPUTE_BF16) convert_rows<<<gb, 256, 0, g->compute>>>(g->d_stage, (__nv_bfloat16 *)dst, m, heads, d, ld, off + r);
-            else convert_rows<<<gb, 256, 0, g->compute>>>(g->d_stage, (__half *)dst, m, heads, d, ld, off + r);
-        }
-        cudaCheck(cudaGetLastError());
-        cudaCheck(cudaEventRecord(g->stage_free, g->compute));
+static int elem_size(int t) { return t == ATTN_F32 ? 4 : 2; }
+
+/* memcpy by the rank's OpenMP threads (pinned staging <-> the pipeline's buffers) */
+static void memcpy_par(unsigned char *dst, const unsigned char *src, size_t bytes) {
+    const size_t step = (size_t)1 << 20;
+    const int64_t n = (int64_t)((bytes + step - 1) / step);
+#pragma omp parallel for schedule(static) if (bytes > 2 * step)
+    for (int64_t i = 0; i < n; i++) {
+        const size_t a = (size_t)i * step, len = bytes - a < step ? bytes - a : step;
+        memcpy(dst + a, src + a, len);
     }
 }
 
-/* One paged block from fp32 host rows: K [Hkv][B][D] and V^T [Hkv][D][B] in T, zero past n.
+/* Rows [n][heads][D] of type src_type from the host -> T in the device layout at `dst` (rows or
+ * columns), through staging buffer(s) on stream `st`: the host copies a part into pinned memory
+ * while the previous part's copy and conversion run (two buffers), or waits for the one. */
+static void upload(gpu_job *g, const void *src, int src_type, int64_t n, int heads, void *dst, int64_t ld,
+                   int64_t off, int cols, cudaStream_t st, stage *bufs, int nbufs, int *next) {
+    const int es = elem_size(src_type);
+    const int64_t row = (int64_t)heads * g->D, per = bufs[0].bytes / (row * es);
+    if (per < 1) fa_fail("GPU %d: a staging buffer of %lld bytes holds no row of %lld elements", g->c.device,
+                         (long long)bufs[0].bytes, (long long)row);
+    const int bf = g->c.ct == FA_COMPUTE_BF16;
+    for (int64_t r = 0; r < n; r += per) {
+        const int64_t m = n - r < per ? n - r : per;
+        stage *sb = &bufs[*next];
+        *next = (*next + 1) % nbufs;
+        cudaCheck(cudaEventSynchronize(sb->free_ev));      /* its last copy is done */
+        const size_t bytes = (size_t)(m * row * es);
+        memcpy_par(sb->h, (const unsigned char *)src + (size_t)(r * row * es), bytes);
+        cudaCheck(cudaMemcpyAsync(sb->d, sb->h, bytes, cudaMemcpyHostToDevice, st));
+        g->st.bytes_h2d += (int64_t)bytes;
+        const int d = (int)g->D;
+        const dim3 tgrid((unsigned)((d + 31) / 32), (unsigned)((m + 31) / 32), (unsigned)heads), tblock(32, 8);
+        const unsigned gb = grid_for(m * row / 4, 256);
+#define FA_CONVERT(S, T)                                                                                   \
+        do {                                                                                               \
+            if (cols) convert_transpose<<<tgrid, tblock, 0, st>>>((const S *)sb->d, (T *)dst, m, heads, d, ld, off + r); \
+            else convert_rows<<<gb, 256, 0, st>>>((const S *)sb->d, (T *)dst, m, heads, d, ld, off + r);   \
+        } while (0)
+        if (src_type == ATTN_BF16) {
+            if (bf) FA_CONVERT(__nv_bfloat16, __nv_bfloat16); else FA_CONVERT(__nv_bfloat16, __half);
+        } else if (src_type == ATTN_F16) {
+            if (bf) FA_CONVERT(__half, __nv_bfloat16); else FA_CONVERT(__half, __half);
+        } else {
+            if (bf) FA_CONVERT(float, __nv_bfloat16); else FA_CONVERT(float, __half);
+        }
+#undef FA_CONVERT
+        cudaCheck(cudaGetLastError());
+        cudaCheck(cudaEventRecord(sb->free_ev, st));
+    }
+}
+
+/* One element of type st at src[i] as the compute type's bits (bf: bfloat16, else float16):
+ * copied when the types agree, else through float32, rounded to nearest even. */
+static inline uint16_t elem_bits(int st, const void *src, int64_t i, int bf) {
+    if (st == ATTN_F32) {
+        const float x = ((const float *)src)[i];
+        return bf ? fa_f32_to_bf16_ref(x) : fa_f32_to_f16_ref(x);
+    }
+    const uint16_t b = ((const uint16_t *)src)[i];
+    if ((st == ATTN_BF16) == (bf != 0)) return b;
+    const float x = st == ATTN_BF16 ? fa_bf16_to_f32_ref(b) : fa_f16_to_f32_ref(b);
+    return bf ? fa_f32_to_bf16_ref(x) : fa_f32_to_f16_ref(x);
+}
+
+/* One paged block from host rows: K [Hkv][B][D] and V^T [Hkv][D][B] in T, zero past n.
  * K rows convert in place order; V goes through 64-key x 64-dim tiles so both sides stay in cache. */
-static void fill_block(gpu_job *g, unsigned char *blk, const float *k, const float *v, int64_t n) {
+static void fill_block(gpu_job *g, unsigned char *blk, const void *k, int kt, const void *v, int vt, int64_t n) {
     const int64_t B = g->c.plan.block_rows, D = g->D, Hkv = g->c.hkv;
     const int bf = g->c.ct == FA_COMPUTE_BF16;
     uint16_t *kb = (uint16_t *)blk, *vb = kb + Hkv * B * D;
@@ -379,31 +500,42 @@ static void fill_block(gpu_job *g, unsigned char *blk, const float *k, const flo
     for (int64_t r = 0; r < B; r++)
         for (int64_t hh = 0; hh < Hkv; hh++) {
             uint16_t *dst = kb + (hh * B + r) * D;
-            const float *src = k + (r * Hkv + hh) * D;
             for (int64_t dd = 0; dd < D; dd++)
-                dst[dd] = r >= n ? 0 : bf ? fa_f32_to_bf16_ref(src[dd]) : fa_f32_to_f16_ref(src[dd]);
+                dst[dd] = r >= n ? 0 : elem_bits(kt, k, (r * Hkv + hh) * D + dd, bf);
         }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t hh = 0; hh < Hkv; hh++)
         for (int64_t r0 = 0; r0 < B; r0 += 64)
             for (int64_t d0 = 0; d0 < D; d0 += 64)
                 for (int64_t dd = d0; dd < d0 + 64 && dd < D; dd++)
-                    for (int64_t r = r0; r < r0 + 64 && r < B; r++) {
-                        float x = r < n ? v[(r * Hkv + hh) * D + dd] : 0.0f;
-                        vb[(hh * D + dd) * B + r] = bf ? fa_f32_to_bf16_ref(x) : fa_f32_to_f16_ref(x);
-                    }
+                    for (int64_t r = r0; r < r0 + 64 && r < B; r++)
+                        vb[(hh * D + dd) * B + r] = r < n ? elem_bits(vt, v, (r * Hkv + hh) * D + dd, bf) : 0;
 }
 
-extern "C" int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs) {
+/* The segments' pieces: each segment's resident head (while the resident region lasts), split
+ * every cfg.piece_rows rows (rounded up to 256) from its start, then its paged blocks; positions
+ * rise, and so do the rank's rows they hold (lrow). */
+extern "C" int gpu_job_kv_begin(gpu_job *g, const attn_kv_segment *segs, int nsegs) {
     cudaCheck(cudaSetDevice(g->c.device));
     cudaCheck(cudaDeviceSynchronize());                  /* nothing may still read the old keys */
     const kv_plan *pl = &g->c.plan;
-    int cap = 16;
+    /* resident pieces start at multiples of 256 rows of the resident region (the kernel's key
+     * tiles and the 16-byte alignment of V^T's columns): P rounded up to one */
+    const int64_t P = g->c.piece_rows > 0 ? (g->c.piece_rows + 255) / 256 * 256 : 0;
+    int64_t total = 0;
+    for (int i = 0; i < nsegs; i++) total += segs[i].n > 0 ? segs[i].n : 0;
+    int64_t cap = 16 + (P > 0 ? total / P + nsegs : 0);
     for (int i = 0; i < nsegs; i++) cap += (int)(segs[i].n / (pl->block_rows > 0 ? pl->block_rows : 1)) + 2;
+    for (int i = 0; i < g->nready_ev; i++) cudaCheck(cudaEventDestroy(g->pieces[i].ready));
+    g->nready_ev = 0;
     free(g->pieces);
     g->pieces = (piece *)fa_calloc((size_t)cap, sizeof(piece), "key pieces");
     g->npieces = 0;
     g->nblocks = 0;
+    g->prepared = 0;
+    g->segs = segs;
+    g->nsegs = nsegs;
+    g->kv_total = total;
     /* pinned host memory for exactly the blocks these segments page (a segment's last block may
      * be partial); kept for the next batch element when it is large enough */
     int64_t need = 0, res_left = pl->resident_rows, off = 0;
@@ -426,14 +558,17 @@ extern "C" int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nseg
         g->blocks_cap = need;
     }
     res_left = pl->resident_rows, off = 0;
-    for (int i = 0; i < nsegs; i++) {
+    int64_t lrow = 0;                                    /* the rank's row of the segment's start */
+    for (int i = 0; i < nsegs; lrow += segs[i].n > 0 ? segs[i].n : 0, i++) {
         int64_t n = segs[i].n, done = 0;
         if (n <= 0) continue;
         int64_t take = res_left < n ? res_left : n;
         if (take > 0 && off + take <= g->res_cap) {      /* resident head of the segment */
-            upload(g, segs[i].k, take, g->c.hkv, g->k_res, g->res_cap, off, 0);
-            upload(g, segs[i].v, take, g->c.hkv, g->vt_res, g->res_cap, off, 1);
-            g->pieces[g->npieces++] = piece{0, off, take, segs[i].pos0};
+            for (int64_t a = 0; a < take;) {             /* pieces of P rows from its start */
+                const int64_t e = P > 0 && a + P < take ? a + P : take;
+                g->pieces[g->npieces++] = piece{0, off + a, e - a, segs[i].pos0 + a, lrow + a, i, NULL};
+                a = e;
+            }
             off += (take + 63) / 64 * 64;
             res_left -= take;
             done = take;
@@ -441,13 +576,42 @@ extern "C" int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nseg
         for (; done < n; done += pl->block_rows) {      /* the rest, block by block, to pinned host memory */
             int64_t m = n - done < pl->block_rows ? n - done : pl->block_rows;
             if (g->nblocks >= g->blocks_cap) return fa_seterr("GPU %d: paged key blocks exceed the plan", g->c.device);
-            const int64_t row = (int64_t)g->c.hkv * g->D;
-            fill_block(g, g->host_blocks + (size_t)g->nblocks * pl->block_bytes, segs[i].k + done * row, segs[i].v + done * row, m);
-            g->pieces[g->npieces++] = piece{1, g->nblocks, m, segs[i].pos0 + done};
+            if (g->npieces >= cap) return fa_seterr("GPU %d: key pieces exceed their count", g->c.device);
+            g->pieces[g->npieces++] = piece{1, g->nblocks, m, segs[i].pos0 + done, lrow + done, i, NULL};
             g->nblocks++;
         }
     }
-    cudaCheck(cudaStreamSynchronize(g->compute));
+    for (int i = 0; i < g->npieces; i++) cudaCheck(cudaEventCreateWithFlags(&g->pieces[i].ready, cudaEventDisableTiming));
+    g->nready_ev = g->npieces;
+    return 0;
+}
+
+/* Pieces whose rows are all there now: resident ones uploaded on the copy stream (their event
+ * recorded), paged ones laid out in their pinned block. */
+extern "C" int gpu_job_kv_ready(gpu_job *g, int64_t rows) {
+    cudaCheck(cudaSetDevice(g->c.device));
+    const int64_t row = (int64_t)g->c.hkv * g->D;
+    const kv_plan *pl = &g->c.plan;
+    for (; g->prepared < g->npieces; g->prepared++) {
+        piece *pc = &g->pieces[g->prepared];
+        if (pc->lrow + pc->n > rows) break;
+        const attn_kv_segment *sg = &g->segs[pc->seg];
+        const int64_t at = pc->pos0 - sg->pos0;          /* its first row within the segment */
+        const void *k = (const unsigned char *)sg->k + (size_t)(at * row * elem_size(sg->k_type));
+        const void *v = (const unsigned char *)sg->v + (size_t)(at * row * elem_size(sg->v_type));
+        if (!pc->paged) {
+            upload(g, k, sg->k_type, pc->n, g->c.hkv, g->k_res, g->res_cap, pc->off, 0, g->copy, g->kst, 2, &g->kst_next);
+            upload(g, v, sg->v_type, pc->n, g->c.hkv, g->vt_res, g->res_cap, pc->off, 1, g->copy, g->kst, 2, &g->kst_next);
+            cudaCheck(cudaEventRecord(pc->ready, g->copy));
+        } else {
+            fill_block(g, g->host_blocks + (size_t)pc->off * pl->block_bytes, k, sg->k_type, v, sg->v_type, pc->n);
+        }
+    }
+    return 0;
+}
+
+extern "C" int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs) {
+    if (gpu_job_kv_begin(g, segs, nsegs) || gpu_job_kv_ready(g, g->kv_total)) return -1;
     return 0;
 }
 
@@ -512,15 +676,43 @@ static void account_copy(gpu_job *g, int r) {
     g->st.copy_ms += ms;
 }
 
+/* A timed event pair for the slot's compute span about to be enqueued (a chunk computed in
+ * stages has one a stage): its start recorded on the compute stream; the end by stage_end. */
+static void stage_begin(gpu_job *g, int slot) {
+    if (g->nsev[slot] + 2 > g->capsev[slot]) {
+        const int cap = g->capsev[slot] ? 2 * g->capsev[slot] : 4;
+        g->sev[slot] = (cudaEvent_t *)realloc(g->sev[slot], sizeof(cudaEvent_t) * (size_t)cap);
+        if (!g->sev[slot]) fa_fail("out of memory for GPU events");
+        for (int k = g->capsev[slot]; k < cap; k++) cudaCheck(cudaEventCreate(&g->sev[slot][k]));
+        g->capsev[slot] = cap;
+    }
+    cudaCheck(cudaEventRecord(g->sev[slot][g->nsev[slot]++], g->compute));
+}
+static void stage_end(gpu_job *g, int slot) {
+    cudaCheck(cudaEventRecord(g->sev[slot][g->nsev[slot]++], g->compute));
+}
+
 extern "C" int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) {
     cudaCheck(cudaSetDevice(g->c.device));
     if (q->nq > g->c.max_rows) return fa_seterr("GPU engine: chunk of %lld rows exceeds %lld", (long long)q->nq, (long long)g->c.max_rows);
-    /* the slot's buffers are free once its last merge is done */
-    if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->compute, g->f1[slot], 0));
-    upload(g, q->q, q->nq, g->c.h, g->q[slot], g->c.max_rows, 0, 0);
-    cudaCheck(cudaEventRecord(g->c0[slot], g->compute));
-    if (!g->started) cudaCheck(cudaEventRecord(g->first_c0, g->compute));
-    g->started = 1;
+    const int start = q->keys == ATTN_KEYS_ALL || q->keys == ATTN_KEYS_FIRST;
+    const int last = q->keys == ATTN_KEYS_ALL || q->keys == ATTN_KEYS_LAST;
+    if (last && g->prepared < g->npieces)
+        return fa_seterr("GPU %d: a chunk over every key with %d of its %d key pieces loaded", g->c.device,
+                         g->prepared, g->npieces);
+    if (start) {
+        /* the slot's buffers are free once its last merge is done */
+        if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->compute, g->f1[slot], 0));
+        int one = 0;
+        upload(g, q->q, q->q_type, q->nq, g->c.h, g->q[slot], g->c.max_rows, 0, 0, g->compute, &g->qst, 1, &one);
+        if (!g->started) cudaCheck(cudaEventRecord(g->first_c0, g->compute));
+        g->started = 1;
+        g->slot_next[slot] = 0;
+        g->slot_fresh[slot] = 1;
+        g->nsev[slot] = 0;
+        g->merging[slot] = 0;
+        g->finalized[slot] = 0;
+    }
     g->last_slot = slot;
     const int64_t D = g->D;
     /* the keys the chunk's rows see: [klo, khi) (mask.h: runs grow with the row); pieces
@@ -530,11 +722,18 @@ extern "C" int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) {
     const mask_run ra = mask_row(mk, q->b, q->q_pos0), rz = mask_row(mk, q->b, q->q_pos0 + q->nq - 1);
     const int64_t klo = ra.lo, khi = rz.hi;
     const kv_plan *pl = &g->c.plan;
-    int fresh = 1;
+    int fresh = g->slot_fresh[slot];
     const int ring = pl->ring < RING_MAX ? pl->ring : RING_MAX;
-    for (int i = 0; i < g->npieces; i++) {
+    /* the pieces this call launches on: from where the chunk stopped to the last one loaded
+     * (every piece, on the last call); their uploads waited for before the span starts */
+    int i0 = g->slot_next[slot], i1 = i0;
+    while (i1 < g->prepared && g->pieces[i1].pos0 < khi) i1++;
+    for (int i = i0; i < i1; i++)
+        if (!g->pieces[i].paged && g->pieces[i].pos0 + g->pieces[i].n > klo)
+            cudaCheck(cudaStreamWaitEvent(g->compute, g->pieces[i].ready, 0));
+    stage_begin(g, slot);
+    for (int i = i0; i < i1; i++) {
         const piece *pc = &g->pieces[i];
-        if (pc->pos0 >= khi) break;                       /* positions rise: nothing later is visible */
         if (pc->pos0 + pc->n <= klo) continue;            /* before every row's first visible key */
         if (!pc->paged) {
             launch(g, slot, q, (const char *)g->k_res + (size_t)(pc->off * D) * g->es, g->res_cap * D,
@@ -560,21 +759,30 @@ extern "C" int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) {
         }
         fresh = 0;
     }
-    if (fresh) rec_init<<<grid_for(q->nq * g->c.h * (D + 2), 256), 256, 0, g->compute>>>(g->rec[slot], q->nq * g->c.h, (int)D);
+    /* with every key loaded, pieces past the chunk's horizon are done with too */
+    g->slot_next[slot] = last ? g->npieces : i1;
+    g->slot_fresh[slot] = fresh;
+    if (last && fresh) rec_init<<<grid_for(q->nq * g->c.h * (D + 2), 256), 256, 0, g->compute>>>(g->rec[slot], q->nq * g->c.h, (int)D);
     cudaCheck(cudaGetLastError());
-    cudaCheck(cudaEventRecord(g->c1[slot], g->compute));
-    g->computed[slot] = 1;
-    g->merging[slot] = 0;
-    g->finalized[slot] = 0;
+    stage_end(g, slot);
+    if (last) {
+        cudaCheck(cudaEventRecord(g->c1[slot], g->compute));
+        g->computed[slot] = 1;
+        g->done_slot = slot;
+    }
     return 0;
 }
 
+/* The chunk's compute spans (device events), once its last one is done. */
 static void account_compute(gpu_job *g, int slot) {
     if (!g->computed[slot]) return;
     cudaCheck(cudaEventSynchronize(g->c1[slot]));
-    float ms = 0;
-    cudaCheck(cudaEventElapsedTime(&ms, g->c0[slot], g->c1[slot]));
-    g->st.compute_ms += ms;
+    for (int k = 0; k + 1 < g->nsev[slot]; k += 2) {
+        float ms = 0;
+        cudaCheck(cudaEventElapsedTime(&ms, g->sev[slot][k], g->sev[slot][k + 1]));
+        g->st.compute_ms += ms;
+    }
+    g->nsev[slot] = 0;
     g->computed[slot] = 0;
 }
 
@@ -599,8 +807,7 @@ extern "C" int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) {
          * next chunk's kernels to leave it room on the SMs) */
         const int64_t rows = n * g->c.h;
         cudaCheck(cudaEventRecord(g->m0[slot], g->compute));
-        rec_final<<<grid_for(rows, 8), dim3(32, 8), 0, g->compute>>>(g->rec[slot], NULL, g->o_fin[slot], g->lse_fin[slot], rows, (int)g->D);
-        cudaCheck(cudaGetLastError());
+        launch_final(g, slot, NULL, rows, g->compute);
         cudaCheck(cudaEventRecord(g->m1[slot], g->compute));
         cudaCheck(cudaEventRecord(g->f1[slot], g->compute));
         g->merging[slot] = 1;
@@ -626,8 +833,7 @@ extern "C" int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) {
 #endif
     cudaCheck(cudaEventRecord(g->m1[slot], g->comm));
     if (root == g->nccl_rank) {                          /* the owner finalizes right behind it */
-        rec_final<<<grid_for(rows, 8), dim3(32, 8), 0, g->comm>>>(g->rec[slot], g->mbuf[slot], g->o_fin[slot], g->lse_fin[slot], rows, d);
-        cudaCheck(cudaGetLastError());
+        launch_final(g, slot, g->mbuf[slot], rows, g->comm);
         g->finalized[slot] = 1;
     }
     cudaCheck(cudaEventRecord(g->f1[slot], g->comm));
@@ -653,25 +859,22 @@ extern "C" int gpu_job_merge_wait(gpu_job *g, int slot) {
     return 0;
 }
 
-extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, float *lse) {
+extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, void *o, float *lse) {
     cudaCheck(cudaSetDevice(g->c.device));
     const int64_t rows = n * g->c.h, D = g->D;
-    dim3 blk(32, 8);
     /* after a merge the global maxima are in mbuf (the records' m fields were zeroed) */
     const float *mg = g->merging[slot] && g->c.nccl_size > 1 ? g->mbuf[slot] : NULL;
     if (g->merging[slot]) cudaCheck(cudaStreamWaitEvent(g->d2h, g->f1[slot], 0));
     else cudaCheck(cudaStreamWaitEvent(g->d2h, g->c1[slot], 0));
-    if (!g->finalized[slot]) {
-        rec_final<<<grid_for(rows, 8), blk, 0, g->d2h>>>(g->rec[slot], mg, g->o_fin[slot], g->lse_fin[slot], rows, (int)D);
-        cudaCheck(cudaGetLastError());
-    }
+    if (!g->finalized[slot]) launch_final(g, slot, mg, rows, g->d2h);
     g->finalized[slot] = 0;
-    cudaCheck(cudaMemcpyAsync(g->h_out, g->o_fin[slot], (size_t)(rows * D) * 4, cudaMemcpyDeviceToHost, g->d2h));
-    cudaCheck(cudaMemcpyAsync(g->h_out + rows * D, g->lse_fin[slot], (size_t)rows * 4, cudaMemcpyDeviceToHost, g->d2h));
+    const size_t obytes = (size_t)(rows * D) * g->oes;   /* o in the host's type, then lse */
+    cudaCheck(cudaMemcpyAsync(g->h_out, g->o_fin[slot], obytes, cudaMemcpyDeviceToHost, g->d2h));
+    cudaCheck(cudaMemcpyAsync(g->h_out + obytes, g->lse_fin[slot], (size_t)rows * 4, cudaMemcpyDeviceToHost, g->d2h));
     cudaCheck(cudaStreamSynchronize(g->d2h));
-    fa_copy_floats(o, g->h_out, rows * D, 0);
-    memcpy(lse, g->h_out + rows * D, (size_t)rows * 4);
-    g->st.bytes_d2h += rows * (D + 1) * 4;
+    memcpy_par((unsigned char *)o, g->h_out, obytes);
+    memcpy(lse, g->h_out + obytes, (size_t)rows * 4);
+    g->st.bytes_d2h += (int64_t)obytes + rows * 4;
     g->merging[slot] = 0;
     return 0;
 }
@@ -681,7 +884,8 @@ extern "C" int gpu_job_final_to_host(gpu_job *g, int slot, int64_t n, float *o, 
 extern "C" void gpu_job_get_stats(gpu_job *g, gpu_job_stats *s) {
     cudaSetDevice(g->c.device);
     for (int slot = 0; slot < g->c.slots; slot++) account_compute(g, slot);
-    if (g->started) {
+    if (g->started && g->done_slot >= 0) {
+        g->last_slot = g->done_slot;
         cudaCheck(cudaEventSynchronize(g->c1[g->last_slot]));
         float span = 0;
         cudaCheck(cudaEventElapsedTime(&span, g->first_c0, g->c1[g->last_slot]));

@@ -292,11 +292,11 @@ extern "C" int taylor_gpu_load_kv(taylor_gpu *e, const attn_kv_segment *segs, in
             int64_t n = segs[s].n - j < STAGE_ROWS ? segs[s].n - j : STAGE_ROWS;
             int blocks = (int)((n * row + THREADS - 1) / THREADS);
             if (blocks > 4096) blocks = 4096;
-            tcheck(cudaMemcpyAsync(e->stage, segs[s].k + j * row, sizeof(float) * (size_t)(n * row),
+            tcheck(cudaMemcpyAsync(e->stage, (const float *)segs[s].k + j * row, sizeof(float) * (size_t)(n * row),
                                    cudaMemcpyHostToDevice, e->stream));
             center_kernel<<<blocks, THREADS, 0, e->stream>>>(e->stage, e->kh, n, e->hkv, e->d, e->cap, off + j, e->mu);
             tcheck(cudaGetLastError());
-            tcheck(cudaMemcpyAsync(e->stage, segs[s].v + j * row, sizeof(float) * (size_t)(n * row),
+            tcheck(cudaMemcpyAsync(e->stage, (const float *)segs[s].v + j * row, sizeof(float) * (size_t)(n * row),
                                    cudaMemcpyHostToDevice, e->stream));
             center_kernel<<<blocks, THREADS, 0, e->stream>>>(e->stage, e->v, n, e->hkv, e->d, e->cap, off + j, NULL);
             tcheck(cudaGetLastError());
@@ -373,7 +373,7 @@ extern "C" int taylor_gpu_partial(taylor_gpu *e, const attn_queries *q, float *r
     tcheck(cudaMemcpyAsync(e->cnt, cnt, sizeof(int64_t) * (size_t)nq, cudaMemcpyHostToDevice, e->stream));
     tcheck(cudaMemcpyAsync(e->bounds, bounds, sizeof(int64_t) * (size_t)(nblocks * (BLOCK_TILES + 1)),
                            cudaMemcpyHostToDevice, e->stream));
-    fa_copy_floats(e->host_q, q->q, nq * h * d, 0);        /* the queries through pinned memory */
+    fa_copy_floats(e->host_q, (const float *)q->q, nq * h * d, 0);        /* the queries through pinned memory */
     tcheck(cudaMemcpyAsync(e->q, e->host_q, sizeof(float) * (size_t)(nq * h * d), cudaMemcpyHostToDevice, e->stream));
     int ntc = ((d + 31) / 32) * ((d + 31) / 32);
     int64_t nstate = (int64_t)hkv * P;

@@ -5,7 +5,8 @@
 #                                  fp64 reference (tests/gpu/test_flash.cu), compute-sanitizer
 #                                  memcheck + racecheck on a small case, and the CPU engine vs the
 #                                  GPU engine on one HDF5 job through ./fa_long, paged keys and
-#                                  ranks sharing the GPU (job_paging.sh), the masks (masks.py),
+#                                  ranks sharing the GPU (job_paging.sh), typed transfers and
+#                                  streamed keys (transfers.sh), the masks (masks.py),
 #                                  --mode taylor (taylor.sh),
 #                                  and a few seconds of bench/gpu/bench.py --smoke (the kernel
 #                                  through ctypes against torch SDPA: needs python3 with torch).
@@ -77,6 +78,8 @@ if [ -x ./fa_long ]; then
     sh tests/gpu/job_cpu_vs_cuda.sh || { echo "FAIL: fa_long cpu vs cuda"; fail=1; }
     echo "== paged keys, --device-mem, ranks sharing the GPU (./fa_long)"
     sh tests/gpu/job_paging.sh || { echo "FAIL: paging / shared-GPU jobs"; fail=1; }
+    echo "== typed transfers and streamed keys: host link bytes, bit-identical outputs (./fa_long)"
+    bash tests/gpu/transfers.sh || { echo "FAIL: typed transfers / streamed keys"; fail=1; }
     echo "== the tuner with a device budget that pages (./fa_long tune)"
     sh tests/gpu/tune_paged.sh || { echo "FAIL: tune with paging"; fail=1; }
     echo "== overflowing inputs refused on the GPU, compute labels (./fa_long)"
