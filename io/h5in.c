@@ -250,15 +250,15 @@ static int settle_layouts(hid_t file, const char *path, const char *const nm[3],
 static int doubt_bnhd(const char *path, const char *const nm[3], const ds_desc d[3]) {
     if (d[0].told || d[1].told || d[2].told) return 0;
     const fa_layout_doubt why = h5in_doubt_bnhd(d[0].dims, d[1].dims, d[2].dims);
+    if (why == FA_DOUBT_NONE) return 0;
     char text[600];
     h5in_doubt_text(why, nm, d[0].dims, d[1].dims, text, sizeof text);
     if (why == FA_DOUBT_REFUSE)
         return fa_seterr("input '%s': %s; expected a file that says its layout: give --layout "
                          "bhnd if they are torch's (or an attribute layout = \"bhnd\"), --layout "
                          "bnhd if they are [B, N, heads, D]", path, text);
-    if (why == FA_DOUBT_WARN)
-        fa_warn("input '%s': %s; if they are torch's, give --layout bhnd (or an attribute layout "
-                "= \"bhnd\"); --layout bnhd silences this", path, text);
+    fa_warn("input '%s': %s; if they are torch's, give --layout bhnd (or an attribute layout "
+            "= \"bhnd\"); --layout bnhd silences this", path, text);
     return 0;
 }
 
