@@ -2,7 +2,8 @@
 an fp64 numpy reference (shapes that are not powers of two, GQA and MQA, causal with Nq != Nk,
 1 and 3 ranks, float32 and bfloat16); the 'layout' attribute on the datasets or the root (a
 dataset's beats the root's, the option beats both with a warning); the issue's own file, a
-torch tensor pair read as bnhd, which ran silently wrong and now warns; --out-layout both ways;
+torch tensor pair read as bnhd, which ran silently wrong and is now refused (issue 27: the
+README's doubt rule case by case, and check repeating the doubt); --out-layout both ways;
 gen --layout, then a run, then check; check taking the layouts from the output's attributes;
 the resume key; bad values refused in one line."""
 import os

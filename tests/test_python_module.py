@@ -4,7 +4,9 @@ a rounding written here), both layouts; runs through the module against the fp64
 (shapes that are not powers of two, GQA and MQA, causal with Nq != Nk, 1 and 2 ranks); read_output's
 layouts, lse and groups; options as flags and the mpirun line; FaLongError with fa_long's own line
 and exit status; torch-like tensors (a duck-typed stand-in, and torch itself where it is
-installed); attention(); mask tables; a wheel built offline."""
+installed); attention(); mask tables; a wheel built offline; issue 27: a layout attribute only
+when given, torch tensors' layout given or refused, fa_long's warnings as Python warnings, no
+unclosed pipes."""
 import importlib.util
 import os
 import subprocess
