@@ -38,6 +38,7 @@ struct h5in {
     int64_t size, mtime_ns;         /* rank 0's stat at open, broadcast */
     uint64_t digest[3];             /* sums of the rows' hashes read since the last take */
     fa_layout layout[3];            /* rank 0's settling, broadcast: dims[] are bnhd whatever */
+    int stated;                     /* the layouts came from --layout or attributes (not the default) */
     void *tstage;                   /* a bhnd transfer as the file holds it, [heads][rows][D] */
     size_t tstage_bytes;
     /* direct reads: a contiguous, allocated, unfiltered dataset with no external storage has
@@ -141,13 +142,41 @@ static void logical_dims(const ds_desc d[3], const fa_layout l[3], int64_t ld[3]
     }
 }
 
-/* Whether q, k, v read in layouts l fit together (the checks of check_shapes, no message). */
+/* Whether q, k, v of bnhd dims ld fit together (the checks of check_shapes, no message). */
+static int dims_fit(const int64_t ld[3][4]) {
+    return ld[1][0] == ld[0][0] && ld[2][0] == ld[0][0] && ld[1][3] == ld[0][3] &&
+           ld[2][3] == ld[0][3] && ld[1][1] == ld[2][1] && ld[1][2] == ld[2][2] &&
+           ld[1][2] > 0 && ld[0][2] % ld[1][2] == 0;
+}
+
+/* Whether q, k, v read in layouts l fit together. */
 static int shape_fits(const ds_desc d[3], const fa_layout l[3]) {
     int64_t ld[3][4];
     logical_dims(d, l, ld);
-    return ld[1][0] == ld[0][0] && ld[2][0] == ld[0][0] && ld[1][3] == ld[0][3] &&
-           ld[2][3] == ld[0][3] && ld[1][1] == ld[2][1] && ld[1][2] == ld[2][2] &&
-           ld[0][2] % ld[1][2] == 0;
+    return dims_fit(ld);
+}
+
+/* ---- the layout doubt (README "Layout") --------------------------------------------------------- */
+fa_layout_doubt h5in_doubt_bnhd(const int64_t q[4], const int64_t k[4], const int64_t v[4]) {
+    const int64_t *file[3] = {q, k, v};
+    int64_t t[3][4];                           /* the dims read as torch's [B, heads, N, D] */
+    for (int i = 0; i < 3; i++)
+        t[i][0] = file[i][0], t[i][1] = file[i][2], t[i][2] = file[i][1], t[i][3] = file[i][3];
+    if (!dims_fit(t)) return FA_DOUBT_NONE;    /* bnhd is the only reading: nothing to doubt */
+    if (k[2] > k[1]) return FA_DOUBT_REFUSE;   /* as bnhd, k has more heads than rows */
+    if (q[2] > q[1] && t[1][2] <= t[1][1]) return FA_DOUBT_WARN;
+    return FA_DOUBT_NONE;
+}
+
+void h5in_doubt_text(fa_layout_doubt why, const char *const nm[3], const int64_t q[4],
+                     const int64_t k[4], char *buf, int len) {
+    const int i = why == FA_DOUBT_REFUSE;      /* k's heads, else q's */
+    const int64_t *d = i ? k : q;
+    char have[200];
+    h5io_fmt_dims(have, sizeof have, 4, d);
+    snprintf(buf, (size_t)len, "'%s' %s read as [B, N, heads, D] has more heads (%lld) than rows "
+             "(%lld), while read as torch's [B, heads, N, D] q, k, v fit", nm[i], have,
+             (long long)d[2], (long long)d[1]);
 }
 
 /* The messages print the dims as the file holds them (what h5py shows); the comparisons are of
@@ -216,27 +245,25 @@ static int settle_layouts(hid_t file, const char *path, const char *const nm[3],
     return 0;
 }
 
-/* Rank 0, for a file that says nothing of its layout, read as bnhd: a warning when the shape
- * looks like torch's: q or k with more heads than rows, while as bhnd the shapes fit and k has
- * no more heads than rows (a bnhd decode step, q [B, 1, H, D], does not fit as bhnd: none). */
-static void warn_if_bhnd(const char *path, const char *const nm[3], const ds_desc d[3]) {
-    if (d[0].told || d[1].told || d[2].told) return;
-    const fa_layout bhnd[3] = {FA_BHND, FA_BHND, FA_BHND};
-    int64_t as_bhnd[3][4];
-    logical_dims(d, bhnd, as_bhnd);
-    if ((d[0].dims[2] > d[0].dims[1] || d[1].dims[2] > d[1].dims[1]) && shape_fits(d, bhnd) &&
-        as_bhnd[1][2] <= as_bhnd[1][1]) {
-        char q[200], k[200];
-        h5io_fmt_dims(q, sizeof q, 4, d[0].dims);
-        h5io_fmt_dims(k, sizeof k, 4, d[1].dims);
-        fa_warn("input '%s': '%s' %s and '%s' %s read as [B, N, heads, D] have more heads than "
-                "rows; if they are torch's [B, heads, N, D], give --layout bhnd (or an attribute "
-                "layout = \"bhnd\"); --layout bnhd silences this", path, nm[0], q, nm[1], k);
-    }
+/* Rank 0, for a file that says nothing of its layout, read as bnhd: refused when the reading
+ * is doubted enough (h5in_doubt_bnhd), a warning when less; nothing when told. */
+static int doubt_bnhd(const char *path, const char *const nm[3], const ds_desc d[3]) {
+    if (d[0].told || d[1].told || d[2].told) return 0;
+    const fa_layout_doubt why = h5in_doubt_bnhd(d[0].dims, d[1].dims, d[2].dims);
+    if (why == FA_DOUBT_NONE) return 0;
+    char text[600];
+    h5in_doubt_text(why, nm, d[0].dims, d[1].dims, text, sizeof text);
+    if (why == FA_DOUBT_REFUSE)
+        return fa_seterr("input '%s': %s; expected a file that says its layout: give --layout "
+                         "bhnd if they are torch's (or an attribute layout = \"bhnd\"), --layout "
+                         "bnhd if they are [B, N, heads, D]", path, text);
+    fa_warn("input '%s': %s; if they are torch's, give --layout bhnd (or an attribute layout "
+            "= \"bhnd\"); --layout bnhd silences this", path, text);
+    return 0;
 }
 
 static int check_input(const char *path, const char *const nm[3], fa_layout opt, fa_shape *s,
-                       fa_layout layout[3]) {
+                       fa_layout layout[3], int *stated) {
     hid_t file = h5io_open_serial(path, "input");
     if (file < 0) return -1;
     ds_desc d[3];
@@ -244,8 +271,9 @@ static int check_input(const char *path, const char *const nm[3], fa_layout opt,
     for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, nm[i], &d[i]);
     if (st == 0) st = settle_layouts(file, path, nm, opt, d);
     if (st == 0) st = check_shapes(path, nm, d, s);
-    if (st == 0) warn_if_bhnd(path, nm, d);
+    if (st == 0) st = doubt_bnhd(path, nm, d);
     for (int i = 0; i < 3 && st == 0; i++) layout[i] = d[i].layout;
+    *stated = st == 0 && (d[0].told || d[1].told || d[2].told);
     H5Fclose(file);
     return st;
 }
@@ -343,10 +371,10 @@ int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout lay
     for (int i = 0; i < 3; i++) nm[i] = dsets && dsets[i] && *dsets[i] ? dsets[i] : NAMES[i];
     int rank;
     MPI_Comm_rank(comm, &rank);
-    struct { int st; fa_shape s; int64_t cap, size, mtime_ns; fa_layout l[3]; } v = {0};
+    struct { int st; fa_shape s; int64_t cap, size, mtime_ns; fa_layout l[3]; int stated; } v = {0};
     if (rank == 0) {
         struct stat sb;
-        v.st = check_input(path, nm, layout, &v.s, v.l);
+        v.st = check_input(path, nm, layout, &v.s, v.l, &v.stated);
         v.cap = h5io_cap(cap_bytes);
         if (v.st == 0 && stat(path, &sb) == 0)
             v.size = (int64_t)sb.st_size,
@@ -364,6 +392,7 @@ int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout lay
     f->direct = 1;
     f->cap_bytes = v.cap, f->size = v.size, f->mtime_ns = v.mtime_ns;
     for (int i = 0; i < 3; i++) f->layout[i] = v.l[i];
+    f->stated = v.stated;
     if (fa_agree(f->comm, open_datasets(f), rank) < 0) {
         close_handles(f);        /* collective: every rank gets here */
         MPI_Comm_free(&f->comm);
@@ -394,6 +423,8 @@ float h5in_last_absmax(const h5in *f, const char *name) {
 }
 
 fa_layout h5in_layout(const h5in *f, int i) { return f->layout[i]; }
+
+int h5in_layout_stated(const h5in *f) { return f->stated; }
 
 void h5in_identity(const h5in *f, int64_t *size, int64_t *mtime_ns) {
     *size = f->size;

@@ -88,13 +88,30 @@ void h5in_take_digests(h5in *f, uint64_t d[3]);
 
 /* COLLECTIVE. h5in_open with the datasets' layout: FA_BNHD or FA_BHND (--layout) for all three,
  * overriding any attribute (a warning when one says otherwise); FA_LAYOUT_AUTO (what h5in_open
- * passes): each dataset's attribute 'layout', else the root's, else bnhd, with a warning when a
- * file without any attribute has a shape implausible as bnhd and plausible as bhnd (q or k with
- * more heads than rows). A bad attribute value is refused. The shape is the logical one. */
+ * passes): each dataset's attribute 'layout', else the root's, else bnhd. A file without any
+ * attribute, read as bnhd, is refused or warned of when h5in_doubt_bnhd doubts the reading. A
+ * bad attribute value is refused. The shape is the logical one. */
 int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout layout,
                      MPI_Comm comm, int64_t cap_bytes, h5in **out, fa_shape *shape);
 /* The layout h5in_open settled for dataset i (0 q, 1 k, 2 v); never AUTO. */
 fa_layout h5in_layout(const h5in *f, int i);
+/* 1 when the layouts were stated (--layout, or an attribute of q, k, v or the root), 0 when
+ * they are the default bnhd. */
+int h5in_layout_stated(const h5in *f);
+
+/* The layout doubt (README "Layout"): whether q, k, v of file dims q, k, v, read as bnhd because
+ * nothing says otherwise, look like torch's [B, heads, N, D] read wrong. Only when read as
+ * bhnd they fit too (same B and D, k and v alike, q's heads a multiple of k's; else bnhd is the
+ * only reading): REFUSE when as bnhd k has more heads than rows (as bhnd it then has fewer);
+ * WARN when q has more heads than rows while as bhnd k has no more heads than rows; NONE else.
+ * Local; no message. */
+typedef enum { FA_DOUBT_NONE = 0, FA_DOUBT_WARN, FA_DOUBT_REFUSE } fa_layout_doubt;
+fa_layout_doubt h5in_doubt_bnhd(const int64_t q[4], const int64_t k[4], const int64_t v[4]);
+/* The doubt in words, for the messages: "'k' [1, 4, 6000, 64] read as [B, N, heads, D] has more
+ * heads (6000) than rows (4), while read as torch's [B, heads, N, D] q, k, v fit" (q for WARN);
+ * nm: the datasets' names as the messages give them. */
+void h5in_doubt_text(fa_layout_doubt why, const char *const nm[3], const int64_t q[4],
+                     const int64_t k[4], char *buf, int len);
 
 void h5in_close(h5in *f);   /* COLLECTIVE */
 

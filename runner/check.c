@@ -574,6 +574,40 @@ void check_print(const check_result *r, const char *out) {
     fflush(stdout);
 }
 
+/* The reading check doubts (issue 27): q, k, v read as bnhd with nothing stating it (not
+ * check's --layout, not the run: the output's 'layout_stated', not the input's attributes) where
+ * h5in_doubt_bnhd doubts it. The run's refusal or warning, repeated as a warning on stderr and
+ * in the report (stdout); the check itself goes on in that reading. */
+static void doubt_reading(const char *in, const char *out) {
+    if (opt_layout || L_Q != FA_BNHD || L_K != FA_BNHD || L_V != FA_BNHD) return;
+    double stated = 0;
+    if (h5_attr_double(out, "layout_stated", &stated) == 0 && stated) return;
+    int64_t d[3][8];
+    for (int i = 0; i < 3; i++) {
+        fa_layout a = FA_LAYOUT_AUTO;
+        int nd = 0;
+        if (h5_layout(in, dpath[i], &a) || a != FA_LAYOUT_AUTO ||
+            h5_dataset_info(in, dpath[i], &nd, d[i], NULL) || nd != 4) {
+            fa_clearerr();
+            return;
+        }
+    }
+    fa_clearerr();
+    const fa_layout_doubt why = h5in_doubt_bnhd(d[0], d[1], d[2]);
+    if (why == FA_DOUBT_NONE) return;
+    const char *const nm[3] = {P_Q, P_K, P_V};
+    char text[600];
+    h5in_doubt_text(why, nm, d[0], d[1], text, sizeof text);
+    static const char tail[] = "; the run and this check read them so, as nothing says "
+                               "otherwise (a run now %s this reading): if they are torch's, the "
+                               "output is wrong: rerun with --layout bhnd; --layout bnhd, given "
+                               "to check, silences this";
+    char t[300];
+    snprintf(t, sizeof t, tail, why == FA_DOUBT_REFUSE ? "refuses" : "warns of");
+    fa_warn("check: input '%s': %s%s", in, text, t);
+    printf("check: warning: input '%s': %s%s\n", in, text, t);
+}
+
 /* mode: 0 from the output's attribute, 1 exact, 2 taylor */
 static int check_main(const char *in, const char *out, int64_t nrows, double tol, uint64_t seed,
                       int mode) {
@@ -588,6 +622,7 @@ static int check_main(const char *in, const char *out, int64_t nrows, double tol
     if (L_Q != FA_BNHD || L_K != FA_BNHD || L_V != FA_BNHD || L_O != FA_BNHD)
         printf("check: layouts q %s, k %s, v %s, o %s\n", fa_layout_name(L_Q), fa_layout_name(L_K),
                fa_layout_name(L_V), fa_layout_name(L_O));
+    doubt_reading(in, out);
     if (taylor) taylor_print(&r, out);
     else check_print(&r, out);
     return r.pass ? 0 : 1;

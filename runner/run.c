@@ -63,12 +63,14 @@ static int write_attrs(h5out *out, const fa_job *job, const run_plan *pl, double
 }
 
 /* The layouts (issue 19): root attributes 'layout' (o's; o has it as a dataset attribute too)
- * and 'q_layout', 'k_layout', 'v_layout' (the input's, as read), which check defaults to. */
+ * and 'q_layout', 'k_layout', 'v_layout' (the input's, as read), which check defaults to, and
+ * 'layout_stated' (1: --layout or an attribute said so; check doubts only unstated readings). */
 static int layout_attrs(h5out *out, const h5in *in, fa_layout o_layout) {
     int rc = h5out_attr_str(out, "layout", fa_layout_name(o_layout));
     rc |= h5out_attr_str(out, "q_layout", fa_layout_name(h5in_layout(in, 0)));
     rc |= h5out_attr_str(out, "k_layout", fa_layout_name(h5in_layout(in, 1)));
     rc |= h5out_attr_str(out, "v_layout", fa_layout_name(h5in_layout(in, 2)));
+    rc |= h5out_attr_int(out, "layout_stated", h5in_layout_stated(in));
     return rc ? -1 : 0;
 }
 

@@ -2,7 +2,8 @@
 an fp64 numpy reference (shapes that are not powers of two, GQA and MQA, causal with Nq != Nk,
 1 and 3 ranks, float32 and bfloat16); the 'layout' attribute on the datasets or the root (a
 dataset's beats the root's, the option beats both with a warning); the issue's own file, a
-torch tensor pair read as bnhd, which ran silently wrong and now warns; --out-layout both ways;
+torch tensor pair read as bnhd, which ran silently wrong and is now refused (issue 27: the
+README's doubt rule case by case, and check repeating the doubt); --out-layout both ways;
 gen --layout, then a run, then check; check taking the layouts from the output's attributes;
 the resume key; bad values refused in one line."""
 import os
@@ -155,21 +156,19 @@ def test_option_overrides_attribute_with_a_warning(tmp_path):
 REPRO = (1, 300, 300, 8, 2, 16)     # true B, Nq, Nk, H, Hkv, D; as bnhd: Nq=8 Nk=2 H=Hkv=300
 
 
-def test_issue_repro_warns_and_is_right_when_told(tmp_path):
+def test_issue_repro_refused_and_right_when_told(tmp_path):
     q, k, v = random_inputs(np.random.default_rng(19), *REPRO)
     o_ref, lse_ref = attention_f64(q, k, v)
     inp = tmp_path / "torch.h5"
     torch_file(inp, q, k, v)
-    # without --layout: runs (the shape fits as bnhd) but warns, naming --layout
+    # without --layout: k [1, 2, 300, 16] read as bnhd has 300 heads over 2 rows: refused
     out = tmp_path / "silent.h5"
     p = run_fa(["-i", inp, "-o", out] + BASE, nranks=3)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 2, p.stderr
     lines = fa_lines(p.stderr)
-    assert len(lines) == 1 and "warning" in lines[0] and "--layout bhnd" in lines[0] \
-        and "more heads than rows" in lines[0] and "[1, 8, 300, 16]" in lines[0], p.stderr
-    with h5py.File(out, "r") as f:
-        assert f["o"].shape == (1, 8, 300, 16)
-        assert rel_err(bhnd(f["o"][...]), o_ref) > 0.1      # wrong, as the issue found
+    assert len(lines) == 1 and "--layout bhnd" in lines[0] and "more heads (300) than rows (2)" \
+        in lines[0] and "'k' [1, 2, 300, 16]" in lines[0] and str(inp) in lines[0], p.stderr
+    assert not leftovers(tmp_path, out)
     # with --layout bhnd, and with the attribute: right, no warning
     for how in ("option", "attribute"):
         out = tmp_path / f"{how}.h5"
@@ -181,8 +180,128 @@ def test_issue_repro_warns_and_is_right_when_told(tmp_path):
         with h5py.File(out, "r") as f:
             assert rel_err(bhnd(f["o"][...]), o_ref) <= 1e-5
             assert rel_err(f["lse"][...], lse_ref) <= 1e-5
+            assert f.attrs["layout_stated"] == 1
         c = run_fa(["check", "--output", out, "--rows", "64"])
+        assert c.returncode == 0 and "PASS" in c.stdout and "warning" not in c.stdout + c.stderr, \
+            c.stdout + c.stderr
+
+
+# ---- issue 27 item 1: the bnhd reading of a file that says nothing, judged -------------------
+ISSUE = (1, 600, 600, 16, 4, 64)     # the issue's torch tensors (N 6000 there), fp16, in /layer7
+
+
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_issue27_torch_file_in_a_group_refused(tmp_path, nranks):
+    """q [1, 16, N, 64], k and v [1, 4, N, 64] (torch's), fp16, in /layer7, --causal, no
+    --layout: read as bnhd that is 16 rows over 4 keys of N heads, which ran and exited 0. Now
+    refused in one line naming the file, k and the hint; --layout bhnd reads it right; --layout
+    bnhd (stated) runs it as it is, recorded as stated."""
+    q, k, v = random_inputs(np.random.default_rng(27), *ISSUE)
+    inp = tmp_path / "in.h5"
+    with h5py.File(inp, "w") as f:
+        for n, x in (("q", q), ("k", k), ("v", v)):
+            f[f"layer7/{n}"] = bhnd(x).astype(np.float16)
+    paths = ["--q", "/layer7/q", "--k", "/layer7/k", "--v", "/layer7/v", "--causal"]
+    out = tmp_path / "out.h5"
+    p = run_fa(["-i", inp, "-o", out] + paths + BASE, nranks=nranks)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = fa_lines(p.stderr)
+    assert len(lines) == 1, p.stderr
+    for w in (f"input '{inp}'", "'/layer7/k' [1, 4, 600, 64]", "more heads (600) than rows (4)",
+              "--layout bhnd", 'layout = "bhnd"', "--layout bnhd"):
+        assert w in lines[0], (w, lines[0])
+    assert not leftovers(tmp_path, out)
+    p = run_fa(["-i", inp, "-o", out, "--layout", "bhnd", "--out-dtype", "float32"] + paths + BASE,
+               nranks=nranks)
+    assert p.returncode == 0 and not fa_lines(p.stderr), p.stderr
+    o_ref = attention_f64(*(x.astype(np.float16).astype(np.float32) for x in (q, k, v)),
+                          causal=True)[0]
+    with h5py.File(out, "r") as f:
+        assert rel_err(bhnd(f["o"][...]), o_ref) <= 1e-5
+    told = tmp_path / "told.h5"
+    p = run_fa(["-i", inp, "-o", told, "--layout", "bnhd"] + paths + BASE, nranks=nranks)
+    assert p.returncode == 0 and not fa_lines(p.stderr), p.stderr
+    with h5py.File(told, "r") as f:
+        assert f.attrs["layout_stated"] == 1 and f["o"].shape == (1, 16, 600, 64)
+
+
+@pytest.mark.parametrize("q_dims,k_dims,verdict", [
+    ((1, 16, 60, 8), (1, 4, 60, 8), "refused"),      # torch GQA prefill: k 60 heads over 4 rows
+    ((2, 6, 40, 8), (2, 6, 40, 8), "refused"),       # torch MHA, H = Hkv
+    ((1, 8, 33, 8), (1, 2, 66, 8), "unfit"),         # torch, Nk = 2 Nq: does not fit as bnhd
+    ((1, 4, 8, 8), (1, 2, 8, 8), "refused"),         # bnhd 2 keys of 8 heads: both fit, ambiguous
+    ((1, 4, 8, 8), (1, 3, 8, 8), "runs"),            # bnhd 3 keys of 8 heads: bhnd does not fit
+    ((1, 16, 32, 8), (1, 1000, 8, 8), "runs"),       # bnhd decode-like: few rows, many keys
+    ((1, 1, 8, 8), (1, 50, 2, 8), "runs"),           # bnhd decode step
+    ((1, 40, 8, 8), (1, 60, 2, 8), "runs"),          # bnhd GQA
+    ((1, 4, 8, 8), (1, 2, 2, 8), "warns"),           # q alone has more heads than rows
+])
+def test_doubt_rule(tmp_path, q_dims, k_dims, verdict):
+    """The README's rule, case by case on files that say nothing of their layout: refused (exit
+    2, one line with the hint), a warning, or a silent bnhd run; what runs is right as bnhd, and
+    a refused file runs right with --layout bnhd (one that does not fit as bnhd: with --layout
+    bhnd)."""
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal(d).astype(np.float32) for d in (q_dims, k_dims, k_dims))
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    write_inputs(inp, q, k, v)
+    p = run_fa(["-i", inp, "-o", out] + BASE)
+    lines = fa_lines(p.stderr)
+    if verdict == "unfit":
+        assert p.returncode == 2 and len(lines) == 1 and "multiple of Hkv" in lines[0] \
+            and "--layout bhnd" in lines[0], p.stderr
+        p = run_fa(["-i", inp, "-o", out, "--layout", "bhnd"] + BASE)
+        assert p.returncode == 0 and not fa_lines(p.stderr), p.stderr
+        with h5py.File(out, "r") as f:
+            assert rel_err(bhnd(f["o"][...]), attention_f64(bhnd(q), bhnd(k), bhnd(v))[0]) <= 1e-5
+        return
+    if verdict == "refused":
+        assert p.returncode == 2 and len(lines) == 1 and "--layout bhnd" in lines[0] \
+            and "more heads" in lines[0] and "'k'" in lines[0], p.stderr
+        assert not leftovers(tmp_path, out)
+        p = run_fa(["-i", inp, "-o", out, "--layout", "bnhd"] + BASE)
+        lines = fa_lines(p.stderr)
+    assert p.returncode == 0, p.stderr
+    if verdict == "warns":
+        assert len(lines) == 1 and "warning" in lines[0] and "'q' [1, 4, 8, 8]" in lines[0] \
+            and "--layout bhnd" in lines[0], p.stderr
+    else:
+        assert not lines, p.stderr
+    with h5py.File(out, "r") as f:
+        assert rel_err(f["o"][...], attention_f64(q, k, v)[0]) <= 1e-5
+        assert f.attrs["layout_stated"] == (verdict == "refused")
+
+
+@pytest.mark.parametrize("kind", ["refused", "warns"])
+def test_check_repeats_the_doubt(tmp_path, kind):
+    """check reads the input as the run did; for a reading the run doubts (an output made before
+    the refusal, as 1e9b231 made it; the warning's case as the run makes it now) it says so on
+    stderr and in its report before the verdict; not when the layout is stated: check --layout
+    bnhd, or a run that was told (layout_stated)."""
+    q_dims, k_dims = ((1, 16, 60, 8), (1, 4, 60, 8)) if kind == "refused" else ((1, 4, 8, 8), (1, 2, 2, 8))
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.standard_normal(d).astype(np.float32) for d in (q_dims, k_dims, k_dims))
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    write_inputs(inp, q, k, v)
+    p = run_fa(["-i", inp, "-o", out] + BASE + (["--layout", "bnhd"] if kind == "refused" else []))
+    assert p.returncode == 0, p.stderr
+    c = run_fa(["check", "--output", out, "--rows", "all"])
+    assert c.returncode == 0 and "PASS" in c.stdout, c.stdout + c.stderr
+    if kind == "refused":                         # told: quiet; then as an unstated old run left it
+        assert "warning" not in c.stdout + c.stderr, c.stdout + c.stderr
+        with h5py.File(out, "a") as f:
+            if "layout_stated" in f.attrs:
+                del f.attrs["layout_stated"]
+        c = run_fa(["check", "--output", out, "--rows", "all"])
         assert c.returncode == 0 and "PASS" in c.stdout, c.stdout + c.stderr
+    name = "'k' [1, 4, 60, 8]" if kind == "refused" else "'q' [1, 4, 8, 8]"
+    report = [l for l in c.stdout.splitlines() if l.startswith("check: warning:")]
+    assert len(report) == 1 and name in report[0] and "--layout bhnd" in report[0], c.stdout
+    assert c.stdout.index("check: warning:") < c.stdout.index("PASS")
+    warned = fa_lines(c.stderr)
+    assert len(warned) == 1 and "warning" in warned[0] and name in warned[0], c.stderr
+    c = run_fa(["check", "--output", out, "--rows", "all", "--layout", "bnhd"])
+    assert c.returncode == 0 and "warning" not in c.stdout + c.stderr, c.stdout + c.stderr
 
 
 def test_no_warning_for_plausible_bnhd(tmp_path):

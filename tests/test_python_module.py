@@ -4,7 +4,9 @@ a rounding written here), both layouts; runs through the module against the fp64
 (shapes that are not powers of two, GQA and MQA, causal with Nq != Nk, 1 and 2 ranks); read_output's
 layouts, lse and groups; options as flags and the mpirun line; FaLongError with fa_long's own line
 and exit status; torch-like tensors (a duck-typed stand-in, and torch itself where it is
-installed); attention(); mask tables; a wheel built offline."""
+installed); attention(); mask tables; a wheel built offline; issue 27: a layout attribute only
+when given, torch tensors' layout given or refused, fa_long's warnings as Python warnings, no
+unclosed pipes."""
 import importlib.util
 import os
 import subprocess
@@ -465,6 +467,96 @@ def test_real_torch(tmp_path, device):
     sdpa = torch.nn.functional.scaled_dot_product_attention(
         q.float(), *(x.float().repeat_interleave(H // Hkv, dim=1) for x in (k, v)), attn_mask=seen)
     assert rel_err(o.cpu().numpy(), sdpa.cpu().numpy()) <= 1e-5
+
+
+# ---- issue 27 item 2: no layout stated, warnings, pipes ---------------------------------------------------
+def test_layout_attribute_only_when_given(tmp_path):
+    """write_inputs stamps a layout only when given one; torch tensors (duck-typed) whose shapes
+    fit as torch's [B, H, N, D] too must say which, or get a ValueError naming layout=; ones that
+    fit only as [B, N, H, D] are written as they are; numpy arrays are left to fa_long."""
+    (q, k, v), _, _ = inputs("gqa_causal", "bnhd")
+    path = tmp_path / "in.h5"
+    fa_long.write_inputs(path, q, k, v, dtype="float32")
+    with h5py.File(path, "r") as f:
+        assert not any("layout" in f[n].attrs for n in "qkv") and "layout" not in f.attrs
+    fa_long.write_inputs(path, q, k, v, layout="bnhd", dtype="float32")
+    with h5py.File(path, "r") as f:
+        assert [f[n].attrs["layout"] for n in "qkv"] == ["bnhd"] * 3
+    rng = np.random.default_rng(0)
+    torch_like = [rng.standard_normal(s).astype(np.float32) for s in
+                  ((1, 16, 60, 8), (1, 4, 60, 8), (1, 4, 60, 8))]      # fits both ways
+    bad = tmp_path / "bad.h5"
+    with pytest.raises(ValueError, match=r"fit both .* pass layout='bhnd' \(torch's\) or layout='bnhd'"):
+        fa_long.write_inputs(bad, *(FakeTensor(x) for x in torch_like))
+    decode = [x[:, :, :1] if i == 0 else x for i, x in enumerate(torch_like)]   # only as bhnd
+    with pytest.raises(ValueError, match=r"as torch's \[B, H, N, D\] they fit: pass layout='bhnd'"):
+        fa_long.write_inputs(bad, *(FakeTensor(x) for x in decode))
+    assert not bad.exists()
+    fa_long.write_inputs(path, *(FakeTensor(x) for x in (q, k, v)))   # fits only as bnhd
+    fa_long.write_inputs(path, *torch_like, layout="bhnd")
+    with h5py.File(path, "r") as f:
+        assert f["q"].attrs["layout"] == "bhnd"
+    fa_long.write_inputs(path, *torch_like)                           # numpy: fa_long judges
+    with h5py.File(path, "r") as f:
+        assert "layout" not in f["q"].attrs
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_torch_layout_arrays_without_layout(tmp_path, ranks):
+    """The issue: attention(q, k, v, causal=True) on torch-layout arrays without layout= gave
+    garbage without a word. Now fa_long refuses (FaLongError, exit status 2, its hint); with
+    layout="bhnd" the result is right."""
+    B, Nq, Nk, H, Hkv, D = 1, 60, 60, 16, 4, 16
+    q, k, v = random_inputs(np.random.default_rng(27), B, Nq, Nk, H, Hkv, D)
+    given = [bhnd(x) for x in (q, k, v)]
+    with pytest.raises(fa_long.FaLongError) as e:
+        fa_long.attention(*given, ranks=ranks, causal=True, **FAST)
+    assert e.value.returncode == 2 and "--layout bhnd" in e.value.message \
+        and "more heads (60) than rows (4)" in e.value.message, e.value.message
+    o = fa_long.attention(*given, ranks=ranks, layout="bhnd", causal=True, **FAST)
+    assert o.shape == given[0].shape
+    assert rel_err(bhnd(o), attention_f64(q, k, v, causal=True)[0]) <= 2e-6
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_warnings_become_python_warnings(tmp_path, ranks):
+    """fa_long's warning lines come as FaLongWarning (and in Result.warnings): --layout
+    overriding an attribute in run, a doubted reading in attention and in check."""
+    (q, k, v), _, _ = inputs("mqa", "bnhd")
+    inp = fa_long.write_inputs(tmp_path / "in.h5", q, k, v, dtype="float32")
+    with h5py.File(inp, "a") as f:
+        f["q"].attrs["layout"] = "bhnd"
+    with pytest.warns(fa_long.FaLongWarning, match="--layout bnhd overrides the attribute") as w:
+        res = fa_long.run(inp, tmp_path / "o.h5", ranks=ranks, layout="bnhd", **FAST)
+    assert [str(x.message) for x in w] == res.warnings and len(res.warnings) == 1
+    assert w[0].filename == __file__                    # the caller's line, not the module's
+    rng = np.random.default_rng(3)                      # q alone: more heads than rows
+    qw, kw = rng.standard_normal((1, 4, 8, 8)), rng.standard_normal((1, 2, 2, 8))
+    work = tmp_path / "work"
+    with pytest.warns(fa_long.FaLongWarning, match=r"'q' \[1, 4, 8, 8\] .* --layout bhnd"):
+        o = fa_long.attention(qw, kw, kw, ranks=ranks, workdir=work, dtype="float32", **FAST)
+    assert rel_err(o, attention_f64(qw, kw, kw)[0]) <= 2e-6
+    with pytest.warns(fa_long.FaLongWarning, match="check: input .* the run and this check"):
+        res = fa_long.check(work / "out.h5", rows="all")
+    assert "check: PASS" in res.stdout and len(res.warnings) == 1
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_no_unclosed_pipes(tmp_path, ranks):
+    """Each run closes the two pipes it reads fa_long's output through (a ResourceWarning per
+    pipe before), on success and on failure."""
+    import gc
+    import warnings
+    (q, k, v), _, _ = inputs("mqa", "bnhd")
+    inp = fa_long.write_inputs(tmp_path / "in.h5", q, k, v, dtype="float32")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        fa_long.run(inp, tmp_path / "o.h5", ranks=ranks, **FAST)
+        with pytest.raises(fa_long.FaLongError):
+            fa_long.run(inp, tmp_path / "o.h5", ranks=ranks, **FAST)      # exists: refused
+        gc.collect()
+    leaks = [str(x.message) for x in w if issubclass(x.category, ResourceWarning)]
+    assert not leaks, leaks
 
 
 # ---- packaging ------------------------------------------------------------------------------------------

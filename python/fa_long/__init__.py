@@ -16,10 +16,12 @@ import tempfile
 
 from ._format import (bf16_bits, bf16_type, bf16_values, output_layout, read_output,
                       write_inputs)
-from ._launch import FaLongError, Result, check, command_line, find_binary, run, to_flags
+from ._launch import (FaLongError, FaLongWarning, Result, check, command_line, find_binary, run,
+                      to_flags)
 
 __version__ = "0.1.0"
-__all__ = ["write_inputs", "read_output", "run", "check", "attention", "FaLongError", "Result",
+__all__ = ["write_inputs", "read_output", "run", "check", "attention", "FaLongError",
+           "FaLongWarning", "Result",
            "command_line", "to_flags", "find_binary", "output_layout", "bf16_bits", "bf16_values",
            "bf16_type"]
 
@@ -38,13 +40,16 @@ def _is_torch(x):
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def attention(q, k, v, ranks=1, workdir=None, *, layout="bnhd", dtype=None, lse=False,
+def attention(q, k, v, ranks=1, workdir=None, *, layout=None, dtype=None, lse=False,
               torch=None, cu_seqlens=None, cu_seqlens_q=None, cu_seqlens_k=None,
               alibi_slopes=None, **options):
     """Exact attention of q, k, v through fa_long: write_inputs, run, read_output.
 
-    q, k, v as for write_inputs, in layout "bnhd" ([B, N, H, D], the default) or "bhnd" (torch's
-    [B, H, N, D]); o comes back in the same layout, float32. dtype: the element type in the file
+    q, k, v as for write_inputs, in layout "bnhd" ([B, N, H, D]) or "bhnd" (torch's
+    [B, H, N, D]); o comes back in the same layout, float32. layout None (the default) states
+    nothing: fa_long reads bnhd and refuses shapes that look like torch's read wrong (FaLongError,
+    exit status 2), and torch tensors whose shapes fit as [B, H, N, D] too raise ValueError
+    before anything runs: give layout= for them. fa_long's warnings come as FaLongWarning. dtype: the element type in the file
     (default None: the inputs' own, so bfloat16 tensors run in bfloat16). lse=True returns
     (o, lse), lse [B, H, Nq]. torch: return torch tensors (default: when q is a torch tensor; on
     q's device). ranks, and every other option, go to run (causal=True, window_size=(L, R),

@@ -3,15 +3,16 @@
 Element types as the program reads them: float32, float64 and float16 as numpy writes them;
 bfloat16 as a 16-bit HDF5 float type with bfloat16's bit fields (sign bit 15, 8 exponent bits at
 7 with bias 127, 7 mantissa bits at 0) and a dataset attribute dtype = "bfloat16". Layouts: bnhd
-is [B, N, heads, D], bhnd torch's [B, heads, N, D]; each of q, k, v carries an attribute
-layout = "bnhd" | "bhnd", which fa_long honours without --layout.
+is [B, N, heads, D], bhnd torch's [B, heads, N, D]; when the caller gives one, each of q, k, v
+carries an attribute layout = "bnhd" | "bhnd", which fa_long honours without --layout; without
+one, nothing is written and fa_long reads bnhd, refusing shapes it doubts (README "Layout").
 """
 import os
 
 import h5py
 import numpy as np
 
-from ._tensors import as_numpy, to_torch
+from ._tensors import as_numpy, is_tensor, to_torch
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
 LAYOUTS = ("bnhd", "bhnd")
@@ -57,18 +58,31 @@ def swap_nh(a):
     return np.ascontiguousarray(np.swapaxes(a, 1, 2))
 
 
-def _check_shapes(shapes, layout):
-    """q [B, Nq, H, D], k and v [B, Nk, Hkv, D] (given in layout), H a multiple of Hkv."""
+def _fits(shapes, layout):
+    """Whether q, k, v of these shapes, read in layout, fit: k and v alike, the same B and D,
+    q's heads a multiple of k's."""
+    (B, Nq, H, D), (Bk, Nk, Hkv, Dk) = ((s[0], s[2], s[1], s[3]) if layout == "bhnd" else s
+                                        for s in (shapes["q"], shapes["k"]))
+    return shapes["k"] == shapes["v"] and B == Bk and D == Dk and Hkv > 0 and H % Hkv == 0
+
+
+def _check_shapes(shapes, layout, tensors=False):
+    """q [B, Nq, H, D], k and v [B, Nk, Hkv, D] (given in layout), H a multiple of Hkv. layout
+    None (nothing stated: fa_long reads bnhd) checks bnhd, and refuses torch tensors whose shapes
+    fit as torch's [B, H, N, D] too: their layout must be given."""
     for name, s in shapes.items():
         if len(s) != 4:
             raise ValueError(f"{name} has shape {list(s)}; expected 4 dimensions "
-                             f"({'[B, N, heads, D]' if layout == 'bnhd' else '[B, heads, N, D]'})")
-    (B, Nq, H, D), (Bk, Nk, Hkv, Dk) = ((s[0], s[2], s[1], s[3]) if layout == "bhnd" else s
-                                        for s in (shapes["q"], shapes["k"]))
-    if shapes["k"] != shapes["v"] or B != Bk or D != Dk or Hkv == 0 or H % Hkv:
-        raise ValueError(f"q {list(shapes['q'])}, k {list(shapes['k'])}, v {list(shapes['v'])} "
-                         f"({layout}) do not fit: expected k and v alike, the same B and D as q, "
-                         "and q's heads a multiple of k's")
+                             f"({'[B, heads, N, D]' if layout == 'bhnd' else '[B, N, heads, D]'})")
+    dims = f"q {list(shapes['q'])}, k {list(shapes['k'])}, v {list(shapes['v'])}"
+    as_bhnd = layout is None and _fits(shapes, "bhnd")
+    if not _fits(shapes, layout or "bnhd"):
+        raise ValueError(f"{dims} ({layout or 'bnhd, no layout= given'}) do not fit: expected k "
+                         "and v alike, the same B and D as q, and q's heads a multiple of k's" +
+                         ("; as torch's [B, H, N, D] they fit: pass layout='bhnd'" if as_bhnd else ""))
+    if tensors and as_bhnd:
+        raise ValueError(f"torch tensors {dims} fit both as [B, N, H, D] and as torch's "
+                         "[B, H, N, D]: pass layout='bhnd' (torch's) or layout='bnhd'")
 
 
 def _own_dtype(a, bf16):
@@ -90,7 +104,8 @@ def _write_tensor(g, name, a, bf16, dtype, layout):
         ds.attrs["dtype"] = "bfloat16"
     else:
         ds = g.create_dataset(name, data=np.asarray(bf16_values(a) if bf16 else a, dtype=dtype))
-    ds.attrs["layout"] = layout
+    if layout is not None:
+        ds.attrs["layout"] = layout
 
 
 def _table(name, x):
@@ -111,16 +126,18 @@ def _table(name, x):
     return a.astype(np.int32 if small else np.int64)
 
 
-def write_inputs(path, q, k, v, layout="bnhd", dtype="bfloat16", *, group=None, mode="w",
+def write_inputs(path, q, k, v, layout=None, dtype="bfloat16", *, group=None, mode="w",
                  cu_seqlens=None, cu_seqlens_q=None, cu_seqlens_k=None, alibi_slopes=None):
     """Write q, k, v as an fa_long input file; returns path.
 
     q: [B, Nq, H, D], k and v: [B, Nk, Hkv, D] in layout "bnhd", or [B, H, Nq, D] and
     [B, Hkv, Nk, D] in layout "bhnd" (torch's); H a multiple of Hkv. Each may be a numpy array, a
     torch tensor (any device; bfloat16 tensors are written bit for bit) or anything numpy takes.
-    The arrays are written as given (no transposition), each dataset with the attribute
-    layout = LAYOUT, so that fa_long reads them right without --layout, and writes o in the same
-    layout.
+    The arrays are written as given (no transposition). With a layout, each dataset gets the
+    attribute layout = LAYOUT, so that fa_long reads them right without --layout, and writes o
+    in the same layout. layout None (the default) writes no attribute: fa_long reads them as
+    bnhd, refusing shapes that look like torch's read wrong (README "Layout"); torch tensors whose
+    shapes fit as torch's [B, H, N, D] too raise ValueError here (give layout=).
 
     dtype: the element type in the file, "bfloat16" (default), "float16", "float32" or
     "float64"; None keeps each array's own (bfloat16 tensors stay bfloat16, integers become
@@ -134,11 +151,13 @@ def write_inputs(path, q, k, v, layout="bnhd", dtype="bfloat16", *, group=None, 
     cu_seqlens, cu_seqlens_q, cu_seqlens_k: integer document offsets from 0 to N, shape
     [ndocs+1] or [B, ndocs+1]; alibi_slopes: float slopes [H] (float32).
     """
-    layout = check_layout(layout)
+    if layout is not None:
+        check_layout(layout)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)} or None")
     arrays = {name: as_numpy(x, name) for name, x in (("q", q), ("k", k), ("v", v))}
-    _check_shapes({n: tuple(a.shape) for n, (a, _) in arrays.items()}, layout)
+    _check_shapes({n: tuple(a.shape) for n, (a, _) in arrays.items()}, layout,
+                  tensors=any(is_tensor(x) for x in (q, k, v)))
     tables = {n: _table(n, x) for n, x in (("cu_seqlens", cu_seqlens), ("cu_seqlens_q", cu_seqlens_q),
                                            ("cu_seqlens_k", cu_seqlens_k),
                                            ("alibi_slopes", alibi_slopes)) if x is not None}

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -27,17 +28,23 @@ class FaLongError(RuntimeError):
         return f"{self.message} (exit status {self.returncode})"
 
 
+class FaLongWarning(UserWarning):
+    """A warning fa_long printed (its 'fa_long: warning: ...' lines on stderr), raised through
+    warnings.warn by run, check and attention; the line is the message."""
+
+
 class Result:
     """What a successful run or check gives back. output: the output path (a Result can be passed
     where a path is, e.g. to read_output); summary: fa_long's summary line (None with quiet);
-    warnings: its 'fa_long: warning: ...' lines; stdout, stderr, returncode, command."""
+    warnings: its 'fa_long: warning: ...' lines (each also given to warnings.warn as a
+    FaLongWarning); stdout, stderr, returncode, command."""
 
     def __init__(self, output, command, returncode, stdout, stderr):
         self.output, self.command, self.returncode = output, command, returncode
         self.stdout, self.stderr = stdout, stderr
         lines = fa_lines(stderr)
         self.summary = next((l for l in lines if l.startswith("fa_long: B=")), None)
-        self.warnings = [l for l in lines if l.startswith("fa_long: warning:")]
+        self.warnings = warning_lines(stderr)
 
     def __fspath__(self):
         return os.fspath(self.output)
@@ -54,6 +61,21 @@ def fa_lines(stderr):
         if line.startswith("fa_long:") and not line.startswith("fa_long: chunk ") and line not in seen:
             seen.append(line)
     return seen
+
+
+def warning_lines(stderr):
+    """fa_long's warnings: its 'fa_long: warning: ...' lines, each once."""
+    return [l for l in fa_lines(stderr) if l.startswith("fa_long: warning:")]
+
+
+def _warn(lines):
+    """Each line as a FaLongWarning, attributed to the first caller outside this package."""
+    level, frame = 1, sys._getframe(0)
+    package = __name__.split(".")[0]
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == package:
+        frame, level = frame.f_back, level + 1
+    for line in lines:
+        warnings.warn(line, FaLongWarning, stacklevel=level)
 
 
 def error_message(stderr, stdout, returncode):
@@ -164,14 +186,25 @@ def launch(cmd, env=None, timeout=None, echo=False):
         _stop(p)
         for t in pumps:
             t.join(5)        # a stray process of its own may still hold a pipe
+        _close_pipes(p, pumps)
         raise
     for t in pumps:
         t.join()
+    _close_pipes(p, pumps)
     return p.returncode, "".join(out), "".join(err)
+
+
+def _close_pipes(p, pumps):
+    """Closes the job's stdout and stderr pipes whose pump has finished (one still reading, held
+    open by a stray process, is left to it)."""
+    for stream, t in zip((p.stdout, p.stderr), pumps):
+        if not t.is_alive():
+            stream.close()
 
 
 def _result(cmd, output, env, timeout, echo):
     rc, out, err = launch(cmd, env, timeout, echo)
+    _warn(warning_lines(err))
     if rc != 0:
         raise FaLongError(error_message(err, out, rc), rc, err, out, cmd)
     return Result(output, cmd, rc, out, err)
