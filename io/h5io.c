@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -89,6 +90,29 @@ int h5io_classify(hid_t type, fa_dtype *t, int *swap, char *why, int len) {
              "%d mantissa bits at %d)", 8 * size, (int)spos, (int)esize, (int)epos, ebias,
              (int)msize, (int)mpos);
     return -1;
+}
+
+/* The ways that work, ending every refusal of an element type. */
+#define TYPE_HINT "for bfloat16: a 16-bit HDF5 float type with sign bit 15, 8 exponent bits at 7, " \
+    "bias 127 and 7 mantissa bits at 0, or its bit patterns in a uint16 or int16 dataset with " \
+    "the attribute dtype = \"bfloat16\"; Python's fa_long.write_inputs writes every type"
+
+int h5io_dataset_type(hid_t ds, hid_t type, const char *role, const char *path, const char *name,
+                      fa_dtype *t, int *swap) {
+    char why[256], attr[64] = "", said[96] = "";
+    if (h5io_classify(type, t, swap, why, sizeof why) == 0) return 0;
+    if (h5io_read_str_attr(ds, "dtype", attr, sizeof attr) == 0)
+        snprintf(said, sizeof said, " (attribute dtype = \"%s\")", attr);
+    const H5T_order_t order = H5Tget_order(type);
+    if (H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == 2 &&
+        H5Tget_precision(type) == 16 && H5Tget_offset(type) == 0 &&
+        (order == H5T_ORDER_LE || order == H5T_ORDER_BE) && !strcasecmp(attr, "bfloat16")) {
+        *t = FA_BF16;                      /* bf16 bit patterns: read as they are, swapped */
+        *swap = (order == H5T_ORDER_BE) != host_big_endian();
+        return 0;
+    }
+    return fa_seterr("%s '%s': dataset '%s' holds %s elements%s; expected float32, float16, "
+                     "bfloat16 or float64 (" TYPE_HINT ")", role, path, name, why, said);
 }
 
 hid_t h5io_fapl(MPI_Comm comm, int writing) {
@@ -301,10 +325,7 @@ static int obj_open(h5_obj *o, const char *path, const char *name) {
 }
 
 static int obj_type(h5_obj *o, const char *path, const char *name, fa_dtype *t, int *swap) {
-    char why[256];
-    if (h5io_classify(o->type, t, swap, why, sizeof why) == 0) return 0;
-    return fa_seterr("file '%s': dataset '%s' holds %s elements; expected float32, float16, "
-                     "bfloat16 or float64", path, name, why);
+    return h5io_dataset_type(o->dset, o->type, "file", path, name, t, swap);
 }
 
 int h5_dataset_info(const char *path, const char *name, int *ndims, int64_t dims[8],

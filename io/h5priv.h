@@ -31,6 +31,13 @@ hid_t h5io_fapl(MPI_Comm comm, int writing);                   /* silences HDF5'
 /* Recognizes a file element type: fills *t and *swap (bytes to swap for this host) and returns
  * 0, or returns -1 and writes what the type is instead into why[len]. */
 int h5io_classify(hid_t type, fa_dtype *t, int *swap, char *why, int len);
+/* The element type of dataset ds, whose file type is `type`: h5io_classify's, and bfloat16 for
+ * 16-bit integers (uint16 or int16, either byte order) when ds has the string attribute dtype =
+ * "bfloat16" (any case): bf16 bit patterns, as numpy (uint16) and torch (.view(torch.int16))
+ * users store them, read as they are. Otherwise -1 with fa_seterr "<role> '<path>': dataset
+ * '<name>' holds ... elements; expected ..." naming the ways that work. */
+int h5io_dataset_type(hid_t ds, hid_t type, const char *role, const char *path, const char *name,
+                      fa_dtype *t, int *swap);
 hid_t h5io_file_type(fa_dtype t);       /* little-endian file type of t; H5Tclose it */
 
 /* Opens `path` read-only through the default (serial) driver, with the user-facing messages for
