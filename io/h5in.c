@@ -95,7 +95,13 @@ static int check_vds_sources(hid_t ds, const char *path, const char *name) {
     return st;
 }
 
-static int describe(hid_t file, const char *path, const char *name, ds_desc *d) {
+static int describe(hid_t file, const char *path, const char *name, const char *opt, ds_desc *d) {
+    if (!h5io_link_exists(file, name)) {      /* with where datasets of that name are */
+        char hint[640];
+        h5io_suggest_dataset(file, name, opt, hint, sizeof hint);
+        return fa_seterr("input '%s': dataset '%s' not found; expected " EXPECT_QKV "%s", path,
+                         name, hint);
+    }
     hid_t ds = h5io_open_dataset(file, path, name, EXPECT_QKV);
     if (ds < 0) return -1;
     if (check_vds_sources(ds, path, name)) {
@@ -237,7 +243,8 @@ static int check_input(const char *path, const char *const nm[3], fa_layout opt,
     if (file < 0) return -1;
     ds_desc d[3];
     int st = 0;
-    for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, nm[i], &d[i]);
+    static const char *const flag[3] = {"--q", "--k", "--v"};
+    for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, nm[i], flag[i], &d[i]);
     if (st == 0) st = settle_layouts(file, path, nm, opt, d);
     if (st == 0) st = check_shapes(path, nm, d, s);
     if (st == 0) warn_if_bhnd(path, nm, d);

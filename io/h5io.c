@@ -211,6 +211,60 @@ hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const ch
     return d;
 }
 
+/* Every dataset's path in the file ("/a/b"), soft links included, external ones left out. */
+typedef struct { char **path; int n, cap; } path_list;
+
+static herr_t collect_dataset(hid_t g, const char *name, const H5L_info_t *info, void *data) {
+    path_list *l = data;
+    if (info->type != H5L_TYPE_HARD && info->type != H5L_TYPE_SOFT) return 0;
+    hid_t o = H5Oopen(g, name, H5P_DEFAULT);           /* a dangling soft link: skipped */
+    const int ds = o >= 0 && H5Iget_type(o) == H5I_DATASET;
+    if (o >= 0) H5Oclose(o);
+    if (!ds) return 0;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        char **p = realloc(l->path, (size_t)l->cap * sizeof *p);
+        if (!p) return 1;                               /* stop: what was found is enough */
+        l->path = p;
+    }
+    const size_t n = strlen(name) + 2;
+    if (!(l->path[l->n] = malloc(n))) return 1;
+    snprintf(l->path[l->n++], n, "/%s", name);
+    return 0;
+}
+
+void h5io_suggest_dataset(hid_t file, const char *name, const char *opt, char *buf, int len) {
+    path_list l = {0};
+    buf[0] = 0;
+    H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, collect_dataset, &l);
+    H5Eclear2(H5E_DEFAULT);
+    char want[FA_PATH_MAX];                             /* name as a path from the root */
+    while (*name == '/') name++;
+    snprintf(want, sizeof want, "/%s", name);
+    const char *leaf = strrchr(want, '/') + 1;
+    const char *hit = fa_closest(want, strlen(want), (const char *const *)l.path, l.n);
+    int same = 0;
+    for (int i = 0; i < l.n; i++) same += !strcmp(strrchr(l.path[i], '/') + 1, leaf);
+    if (hit) {
+        snprintf(buf, len, "; did you mean %s %s?", opt, hit);
+    } else if (same) {                          /* "...: /a/q, /b/q; give one with --q ..." */
+        const char *first = NULL;
+        int k = same > 1 ? snprintf(buf, len, "; the file has %d datasets named %s:", same, leaf)
+                         : snprintf(buf, len, "; the file has one dataset named %s:", leaf);
+        for (int i = 0, shown = 0; i < l.n && k < len; i++) {
+            if (strcmp(strrchr(l.path[i], '/') + 1, leaf)) continue;
+            if (!first) first = l.path[i];
+            if (shown++ == 4) { k += snprintf(buf + k, len - k, " ..."); break; }
+            k += snprintf(buf + k, len - k, "%s %s", shown > 1 ? "," : "", l.path[i]);
+        }
+        if (k < len && same > 1)
+            snprintf(buf + k, len - k, "; give one with %s (e.g. %s %s)", opt, opt, first);
+        else if (k < len) snprintf(buf + k, len - k, "; give %s %s", opt, first);
+    }
+    for (int i = 0; i < l.n; i++) free(l.path[i]);
+    free(l.path);
+}
+
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len) {
     if (H5Aexists(obj, name) <= 0) return -1;
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = a < 0 ? -1 : H5Aget_type(a);

@@ -49,6 +49,12 @@ int h5io_link_exists(hid_t loc, const char *name);
 /* Opens dataset `name` of `file` with a message naming both (and `expect`, may be NULL) when it
  * is absent or not a dataset. */
 hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const char *expect);
+/* For "dataset NAME not found" (the option that names it: opt, "--q"): where datasets of that
+ * name are, found by walking the file's links (H5Lvisit), into buf[len]: "; did you mean --q
+ * /layer7/q?" when one dataset's path is within a couple of edits of NAME (fa_closest), else
+ * "; the file has 2 datasets named q: /layer7/q, /layer8/q; give one with --q (e.g. --q
+ * /layer7/q)" (up to 4 listed), else "". */
+void h5io_suggest_dataset(hid_t file, const char *name, const char *opt, char *buf, int len);
 /* Reads string attribute `name` of object `obj` (fixed or variable length) into buf[len];
  * -1 when absent or not a string (no message). */
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);

@@ -1002,7 +1002,11 @@ static void test_paths(const char *dir) {
         h5in_close(in);
     }
     check_err(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh), "root q absent",
-              path, "dataset 'q' not found; expected", NULL);
+              path, "dataset 'q' not found; expected",
+              "; the file has one dataset named q: /layer3/q; give --q /layer3/q", NULL);
+    const char *typo[3] = {"/layer3/q", "/layr3/k", "layer3/v"};
+    check_err(h5in_open(path, typo, MPI_COMM_SELF, test_cap, &in, &sh), "a misspelt path",
+              "dataset '/layr3/k' not found", "; did you mean --k /layer3/k?", NULL);
     const char *missing[3] = {"/layer3/q", "/nope/k", "layer3/v"};
     check_err(h5in_open(path, missing, MPI_COMM_SELF, test_cap, &in, &sh),
               "a missing group on the path", path, "dataset '/nope/k' not found", NULL);
