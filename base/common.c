@@ -157,6 +157,41 @@ int fa_threads_setup(int requested, const char *omp_env) {
     return t;
 }
 
+/* Optimal string alignment distance of a[0..n) and b[0..m) (both cut at 63 characters). */
+static int osa_distance(const char *a, size_t n, const char *b, size_t m) {
+    enum { L = 64 };
+    int d[L][L];
+    if (n >= L) n = L - 1;
+    if (m >= L) m = L - 1;
+    for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int cost = a[i - 1] != b[j - 1], v = d[i - 1][j - 1] + cost;
+            if (d[i - 1][j] + 1 < v) v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    return d[n][m];
+}
+
+const char *fa_closest(const char *word, size_t len, const char *const *names, int n) {
+    int limit = (int)(len / 3) < 1 ? 1 : (int)(len / 3) > 2 ? 2 : (int)(len / 3);
+    int best = limit + 1, ties = 0;
+    const char *pick = NULL;
+    for (int i = 0; i < n; i++) {
+        size_t nl = strlen(names[i]);
+        int d = osa_distance(word, len, names[i], nl);
+        if (d >= (int)nl) continue;              /* "--x" is not a typo of "-n" */
+        if (d < best) best = d, pick = names[i], ties = 0;
+        else if (d == best) ties++;
+    }
+    return ties ? NULL : pick;
+}
+
 uint64_t fa_fnv1a(uint64_t h, const void *p, size_t n) {
     const unsigned char *c = p;
     for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;

@@ -62,6 +62,11 @@ typedef struct {
     const char *why;   /* "--threads", "OMP_NUM_THREADS" or "node share" */
 } fa_threads_info;
 int fa_threads_setup(int requested, const char *omp_num_threads);
+/* "Did you mean": the name among names[0..n) closest to word[0..len) by edit distance (optimal
+ * string alignment: insertions, deletions, substitutions, adjacent transpositions), or NULL when
+ * none is within max(1, len/3) edits (at most 2), or two are equally close. Options and commands
+ * (runner/cli.c, main.c), dataset paths (io/h5io.c). */
+const char *fa_closest(const char *word, size_t len, const char *const *names, int n);
 /* FNV-1a of n bytes continuing from h (start: FA_FNV_START): fingerprints, not security. */
 #define FA_FNV_START 1469598103934665603ull
 uint64_t fa_fnv1a(uint64_t h, const void *p, size_t n);

@@ -96,7 +96,13 @@ static int check_vds_sources(hid_t ds, const char *path, const char *name) {
     return st;
 }
 
-static int describe(hid_t file, const char *path, const char *name, ds_desc *d) {
+static int describe(hid_t file, const char *path, const char *name, const char *opt, ds_desc *d) {
+    if (!h5io_link_exists(file, name)) {      /* with where datasets of that name are */
+        char hint[640];
+        h5io_suggest_dataset(file, name, opt, hint, sizeof hint);
+        return fa_seterr("input '%s': dataset '%s' not found; expected " EXPECT_QKV "%s", path,
+                         name, hint);
+    }
     hid_t ds = h5io_open_dataset(file, path, name, EXPECT_QKV);
     if (ds < 0) return -1;
     if (check_vds_sources(ds, path, name)) {
@@ -108,18 +114,14 @@ static int describe(hid_t file, const char *path, const char *name, ds_desc *d) 
     hsize_t hd[8] = {0};
     if (d->ndims >= 0 && d->ndims <= 8) H5Sget_simple_extent_dims(sp, hd, NULL);
     for (int i = 0; i < 8; i++) d->dims[i] = (int64_t)hd[i];
-    char why[256], have[200], hint[200] = "", attr[64];
+    char have[200], attr[64];
     int swap, st = 0;
     h5io_fmt_dims(have, sizeof have, d->ndims, d->dims);
     if (d->ndims != 4) {
         st = fa_seterr("input '%s': dataset '%s' has rank %d %s; expected rank 4: " EXPECT_QKV,
                        path, name, d->ndims, d->ndims >= 0 && d->ndims <= 8 ? have : "");
-    } else if (h5io_classify(ty, &d->t, &swap, why, sizeof why) < 0) {
-        if (h5io_read_str_attr(ds, "dtype", attr, sizeof attr) == 0 && !strcmp(attr, "bfloat16"))
-            snprintf(hint, sizeof hint, " (bfloat16 must be stored as a 16-bit HDF5 float type: "
-                     "sign bit 15, 8 exponent bits at 7, bias 127, 7 mantissa bits at 0)");
-        st = fa_seterr("input '%s': dataset '%s' holds %s elements; expected float32, float16, "
-                       "bfloat16 or float64%s", path, name, why, hint);
+    } else if (h5io_dataset_type(ds, ty, "input", path, name, &d->t, &swap) < 0) {
+        st = -1;
     } else if (d->dims[0] * d->dims[1] * d->dims[2] * d->dims[3] == 0) {
         st = fa_seterr("input '%s': dataset '%s' %s has an empty dimension; expected every "
                        "dimension > 0", path, name, have);
@@ -268,7 +270,8 @@ static int check_input(const char *path, const char *const nm[3], fa_layout opt,
     if (file < 0) return -1;
     ds_desc d[3];
     int st = 0;
-    for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, nm[i], &d[i]);
+    static const char *const flag[3] = {"--q", "--k", "--v"};
+    for (int i = 0; i < 3 && st == 0; i++) st = describe(file, path, nm[i], flag[i], &d[i]);
     if (st == 0) st = settle_layouts(file, path, nm, opt, d);
     if (st == 0) st = check_shapes(path, nm, d, s);
     if (st == 0) st = doubt_bnhd(path, nm, d);
@@ -290,11 +293,11 @@ static int open_datasets(h5in *f) {
     if ((f->file = open_all(f)) < 0)
         return fa_seterr("input '%s': HDF5 cannot open it on every rank", f->path);
     for (int i = 0; i < 3; i++) {
-        char why[256];
         hsize_t d[4];
         if ((f->dset[i] = H5Dopen2(f->file, f->name[i], H5P_DEFAULT)) < 0 ||
             (f->type[i] = H5Dget_type(f->dset[i])) < 0 ||
-            h5io_classify(f->type[i], &f->dtype[i], &f->swap[i], why, sizeof why) < 0)
+            h5io_dataset_type(f->dset[i], f->type[i], "input", f->path, f->name[i], &f->dtype[i],
+                              &f->swap[i]) < 0)
             return fa_seterr("input '%s': dataset '%s' changed while opening", f->path, f->name[i]);
         hid_t sp = H5Dget_space(f->dset[i]), dcpl = H5Dget_create_plist(f->dset[i]);
         H5Sget_simple_extent_dims(sp, d, NULL);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -89,6 +90,29 @@ int h5io_classify(hid_t type, fa_dtype *t, int *swap, char *why, int len) {
              "%d mantissa bits at %d)", 8 * size, (int)spos, (int)esize, (int)epos, ebias,
              (int)msize, (int)mpos);
     return -1;
+}
+
+/* The ways that work, ending every refusal of an element type. */
+#define TYPE_HINT "for bfloat16: a 16-bit HDF5 float type with sign bit 15, 8 exponent bits at 7, " \
+    "bias 127 and 7 mantissa bits at 0, or its bit patterns in a uint16 or int16 dataset with " \
+    "the attribute dtype = \"bfloat16\"; Python's fa_long.write_inputs writes every type"
+
+int h5io_dataset_type(hid_t ds, hid_t type, const char *role, const char *path, const char *name,
+                      fa_dtype *t, int *swap) {
+    char why[256], attr[64] = "", said[96] = "";
+    if (h5io_classify(type, t, swap, why, sizeof why) == 0) return 0;
+    if (h5io_read_str_attr(ds, "dtype", attr, sizeof attr) == 0)
+        snprintf(said, sizeof said, " (attribute dtype = \"%s\")", attr);
+    const H5T_order_t order = H5Tget_order(type);
+    if (H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == 2 &&
+        H5Tget_precision(type) == 16 && H5Tget_offset(type) == 0 &&
+        (order == H5T_ORDER_LE || order == H5T_ORDER_BE) && !strcasecmp(attr, "bfloat16")) {
+        *t = FA_BF16;                      /* bf16 bit patterns: read as they are, swapped */
+        *swap = (order == H5T_ORDER_BE) != host_big_endian();
+        return 0;
+    }
+    return fa_seterr("%s '%s': dataset '%s' holds %s elements%s; expected float32, float16, "
+                     "bfloat16 or float64 (" TYPE_HINT ")", role, path, name, why, said);
 }
 
 hid_t h5io_fapl(MPI_Comm comm, int writing) {
@@ -185,6 +209,60 @@ hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const ch
     if (d < 0) fa_seterr("%s '%s': '%s' is not a dataset (a group?)%s%s", role, path, name, sep,
                          ex);
     return d;
+}
+
+/* Every dataset's path in the file ("/a/b"), soft links included, external ones left out. */
+typedef struct { char **path; int n, cap; } path_list;
+
+static herr_t collect_dataset(hid_t g, const char *name, const H5L_info_t *info, void *data) {
+    path_list *l = data;
+    if (info->type != H5L_TYPE_HARD && info->type != H5L_TYPE_SOFT) return 0;
+    hid_t o = H5Oopen(g, name, H5P_DEFAULT);           /* a dangling soft link: skipped */
+    const int ds = o >= 0 && H5Iget_type(o) == H5I_DATASET;
+    if (o >= 0) H5Oclose(o);
+    if (!ds) return 0;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        char **p = realloc(l->path, (size_t)l->cap * sizeof *p);
+        if (!p) return 1;                               /* stop: what was found is enough */
+        l->path = p;
+    }
+    const size_t n = strlen(name) + 2;
+    if (!(l->path[l->n] = malloc(n))) return 1;
+    snprintf(l->path[l->n++], n, "/%s", name);
+    return 0;
+}
+
+void h5io_suggest_dataset(hid_t file, const char *name, const char *opt, char *buf, int len) {
+    path_list l = {0};
+    buf[0] = 0;
+    H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, collect_dataset, &l);
+    H5Eclear2(H5E_DEFAULT);
+    char want[FA_PATH_MAX];                             /* name as a path from the root */
+    while (*name == '/') name++;
+    snprintf(want, sizeof want, "/%s", name);
+    const char *leaf = strrchr(want, '/') + 1;
+    const char *hit = fa_closest(want, strlen(want), (const char *const *)l.path, l.n);
+    int same = 0;
+    for (int i = 0; i < l.n; i++) same += !strcmp(strrchr(l.path[i], '/') + 1, leaf);
+    if (hit) {
+        snprintf(buf, len, "; did you mean %s %s?", opt, hit);
+    } else if (same) {                          /* "...: /a/q, /b/q; give one with --q ..." */
+        const char *first = NULL;
+        int k = same > 1 ? snprintf(buf, len, "; the file has %d datasets named %s:", same, leaf)
+                         : snprintf(buf, len, "; the file has one dataset named %s:", leaf);
+        for (int i = 0, shown = 0; i < l.n && k < len; i++) {
+            if (strcmp(strrchr(l.path[i], '/') + 1, leaf)) continue;
+            if (!first) first = l.path[i];
+            if (shown++ == 4) { k += snprintf(buf + k, len - k, " ..."); break; }
+            k += snprintf(buf + k, len - k, "%s %s", shown > 1 ? "," : "", l.path[i]);
+        }
+        if (k < len && same > 1)
+            snprintf(buf + k, len - k, "; give one with %s (e.g. %s %s)", opt, opt, first);
+        else if (k < len) snprintf(buf + k, len - k, "; give %s %s", opt, first);
+    }
+    for (int i = 0; i < l.n; i++) free(l.path[i]);
+    free(l.path);
 }
 
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len) {
@@ -301,10 +379,7 @@ static int obj_open(h5_obj *o, const char *path, const char *name) {
 }
 
 static int obj_type(h5_obj *o, const char *path, const char *name, fa_dtype *t, int *swap) {
-    char why[256];
-    if (h5io_classify(o->type, t, swap, why, sizeof why) == 0) return 0;
-    return fa_seterr("file '%s': dataset '%s' holds %s elements; expected float32, float16, "
-                     "bfloat16 or float64", path, name, why);
+    return h5io_dataset_type(o->dset, o->type, "file", path, name, t, swap);
 }
 
 int h5_dataset_info(const char *path, const char *name, int *ndims, int64_t dims[8],

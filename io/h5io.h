@@ -52,7 +52,8 @@ typedef struct h5in h5in;
 /* COLLECTIVE. Opens `path` read-only and checks q, k, v (the datasets at paths dsets[0..3), e.g.
  * "/layer3/q" or "layer3/q"; NULL, or a NULL/empty entry: "q", "k", "v"; HDF5 links are followed;
  * every message names the path): each rank-4, floating type (float32,
- * float16, bfloat16 as described in the README, float64), non-empty, same B and D, same Nk and Hkv
+ * float16, bfloat16 as described in the README, float64; or bfloat16 bit patterns in 16-bit
+ * integers with the attribute dtype = "bfloat16"), non-empty, same B and D, same Nk and Hkv
  * for k and v, H a multiple of Hkv, D <= FA_MAX_HEAD_DIM. cap_bytes: bytes per rank per HDF5
  * transfer (the run plan's; 0: 1 GiB). */
 int h5in_open(const char *path, const char *const dsets[3], MPI_Comm comm, int64_t cap_bytes,

@@ -31,6 +31,13 @@ hid_t h5io_fapl(MPI_Comm comm, int writing);                   /* silences HDF5'
 /* Recognizes a file element type: fills *t and *swap (bytes to swap for this host) and returns
  * 0, or returns -1 and writes what the type is instead into why[len]. */
 int h5io_classify(hid_t type, fa_dtype *t, int *swap, char *why, int len);
+/* The element type of dataset ds, whose file type is `type`: h5io_classify's, and bfloat16 for
+ * 16-bit integers (uint16 or int16, either byte order) when ds has the string attribute dtype =
+ * "bfloat16" (any case): bf16 bit patterns, as numpy (uint16) and torch (.view(torch.int16))
+ * users store them, read as they are. Otherwise -1 with fa_seterr "<role> '<path>': dataset
+ * '<name>' holds ... elements; expected ..." naming the ways that work. */
+int h5io_dataset_type(hid_t ds, hid_t type, const char *role, const char *path, const char *name,
+                      fa_dtype *t, int *swap);
 hid_t h5io_file_type(fa_dtype t);       /* little-endian file type of t; H5Tclose it */
 
 /* Opens `path` read-only through the default (serial) driver, with the user-facing messages for
@@ -42,6 +49,12 @@ int h5io_link_exists(hid_t loc, const char *name);
 /* Opens dataset `name` of `file` with a message naming both (and `expect`, may be NULL) when it
  * is absent or not a dataset. */
 hid_t h5io_open_dataset(hid_t file, const char *path, const char *name, const char *expect);
+/* For "dataset NAME not found" (the option that names it: opt, "--q"): where datasets of that
+ * name are, found by walking the file's links (H5Lvisit), into buf[len]: "; did you mean --q
+ * /layer7/q?" when one dataset's path is within a couple of edits of NAME (fa_closest), else
+ * "; the file has 2 datasets named q: /layer7/q, /layer8/q; give one with --q (e.g. --q
+ * /layer7/q)" (up to 4 listed), else "". */
+void h5io_suggest_dataset(hid_t file, const char *name, const char *opt, char *buf, int len);
 /* Reads string attribute `name` of object `obj` (fixed or variable length) into buf[len];
  * -1 when absent or not a string (no message). */
 int h5io_read_str_attr(hid_t obj, const char *name, char *buf, int len);

@@ -32,41 +32,6 @@ void cli_print_version(void) {
 #endif
 }
 
-/* Optimal string alignment distance of a[0..n) and b[0..m) (both cut at 63 characters). */
-static int osa_distance(const char *a, size_t n, const char *b, size_t m) {
-    enum { L = 64 };
-    int d[L][L];
-    if (n >= L) n = L - 1;
-    if (m >= L) m = L - 1;
-    for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
-    for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
-    for (size_t i = 1; i <= n; i++)
-        for (size_t j = 1; j <= m; j++) {
-            int cost = a[i - 1] != b[j - 1], v = d[i - 1][j - 1] + cost;
-            if (d[i - 1][j] + 1 < v) v = d[i - 1][j] + 1;
-            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
-            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
-                d[i - 2][j - 2] + 1 < v)
-                v = d[i - 2][j - 2] + 1;
-            d[i][j] = v;
-        }
-    return d[n][m];
-}
-
-const char *cli_closest(const char *word, size_t len, const char *const *names, int n) {
-    int limit = (int)(len / 3) < 1 ? 1 : (int)(len / 3) > 2 ? 2 : (int)(len / 3);
-    int best = limit + 1, ties = 0;
-    const char *pick = NULL;
-    for (int i = 0; i < n; i++) {
-        size_t nl = strlen(names[i]);
-        int d = osa_distance(word, len, names[i], nl);
-        if (d >= (int)nl) continue;              /* "--x" is not a typo of "-n" */
-        if (d < best) best = d, pick = names[i], ties = 0;
-        else if (d == best) ties++;
-    }
-    return ties ? NULL : pick;
-}
-
 int cli_unknown_option(const char *who, const char *arg, const struct option *opts,
                        const char *help) {
     const char *names[128], *hit = NULL;
@@ -74,7 +39,7 @@ int cli_unknown_option(const char *who, const char *arg, const struct option *op
     for (; opts[n].name && n < 128; n++) names[n] = opts[n].name;
     if (!strncmp(arg, "--", 2) && arg[2]) {
         const char *w = arg + 2, *eq = strchr(w, '=');
-        hit = cli_closest(w, eq ? (size_t)(eq - w) : strlen(w), names, n);
+        hit = fa_closest(w, eq ? (size_t)(eq - w) : strlen(w), names, n);
     }
     if (hit) return fa_seterr("%sunknown option '%s' (did you mean --%s? see %s)", who, arg, hit, help);
     return fa_seterr("%sunknown option '%s' (see %s)", who, arg, help);

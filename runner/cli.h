@@ -4,10 +4,6 @@
 #include <stddef.h>
 #include "runner/job.h"
 
-/* "Did you mean": the name among names[0..n) closest to word[0..len) by edit distance (optimal
- * string alignment: insertions, deletions, substitutions, adjacent transpositions), or NULL when
- * none is within max(1, len/3) edits (at most 2), or two are equally close. */
-const char *cli_closest(const char *word, size_t len, const char *const *names, int n);
 /* fa_seterr for the unknown option `arg` ("--casual", "--chnk=64") of a command whose getopt table
  * is opts: "<who>unknown option '--casual' (did you mean --causal? see <help>)"; who is "" or
  * "gen: ". Returns -1. */

@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     else if (argc > 1 && !strcmp(argv[1], "run")) rc = cmd_run(argc - 1, argv + 1);
     else if (argc > 1 && !strcmp(argv[1], "tune")) rc = cmd_tune(argc - 1, argv + 1);
     else if (argc > 1 && argv[1][0] != '-' &&
-             (hit = cli_closest(argv[1], strlen(argv[1]), commands, 3))) {
+             (hit = fa_closest(argv[1], strlen(argv[1]), commands, 3))) {
         fa_seterr("unknown command '%s' (did you mean %s? commands: gen, check, tune; or run "
                   "options, see --help)", argv[1], hit);
         rc = fa_report_error();

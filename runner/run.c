@@ -381,6 +381,70 @@ static int check_input_identity(const fa_job *job, const char *partial) {
                      job->input, partial, what);
 }
 
+/* The settings of a job key (job_key, key_layouts): "input=PATH q=... B=... causal=... ...", each
+ * a name of letters and '_' after a space, '=', and a value running to the next such name. */
+typedef struct { const char *name, *val; int nlen, vlen; } key_item;
+
+static const char *name_end(const char *p) {
+    while (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')) p++;
+    return p;
+}
+
+static int key_items(const char *key, key_item *it, int max) {
+    int n = 0;
+    for (const char *p = key; *p && n < max;) {
+        const char *eq = name_end(p), *end = eq + 1;
+        if (*eq != '=' || eq == p) break;
+        while (*end && !(*end == ' ' && *name_end(end + 1) == '=' && name_end(end + 1) > end + 1))
+            end++;                                   /* the next " name=" ends the value */
+        it[n++] = (key_item){p, eq + 1, (int)(eq - p), (int)(end - eq - 1)};
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+static int key_find(const key_item *it, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if ((int)strlen(name) == it[i].nlen && !strncmp(it[i].name, name, (size_t)it[i].nlen))
+            return i;
+    return -1;
+}
+
+/* A setting's value in items it[0..n), or what a key leaves out for it: the keys leave out the
+ * default paths, a plain mask's parameters and the all-bnhd layouts (job_key, key_layouts). */
+static const char *key_value(const key_item *it, int n, const char *name, int *len) {
+    static const char *const dflt[][2] = {
+        {"q", "/q"}, {"k", "/k"}, {"v", "/v"}, {"out_group", "/"}, {"window", "none"},
+        {"softcap", "0"}, {"alibi", "0"}, {"documents", "0"}, {"tables", "none"},
+        {"layout", "bnhd,bnhd,bnhd->bnhd"}};
+    const int i = key_find(it, n, name);
+    if (i >= 0) return *len = it[i].vlen, it[i].val;
+    for (size_t j = 0; j < sizeof dflt / sizeof dflt[0]; j++)
+        if (!strcmp(dflt[j][0], name)) return *len = (int)strlen(dflt[j][1]), dflt[j][1];
+    return *len = 10, "unrecorded";
+}
+
+/* Rank 0: the settings in which `was` (an earlier run's job key) and `now` differ, as the key
+ * spells them, "causal=1 (this run: 0); chunk=64 (this run: 128)", into buf[len]. */
+static void key_diff(const char *was, const char *now, char *buf, int len) {
+    key_item a[64], b[64];
+    const int na = key_items(was, a, 64), nb = key_items(now, b, 64);
+    int k = 0;
+    buf[0] = 0;
+    for (int i = 0; i < nb + na && k < len; i++) {   /* now's settings, then those only in was */
+        const key_item *x = i < nb ? &b[i] : &a[i - nb];
+        char name[64];
+        int la, lb;
+        snprintf(name, sizeof name, "%.*s", x->nlen, x->name);
+        if (i >= nb && key_find(b, nb, name) >= 0) continue;
+        const char *va = key_value(a, na, name, &la), *vb = key_value(b, nb, name, &lb);
+        if (la == lb && !strncmp(va, vb, (size_t)la)) continue;
+        k += snprintf(buf + k, (size_t)(len - k), "%s%s=%.*s (this run: %.*s)", k ? "; " : "",
+                      name, la, va, lb, vb);
+    }
+    if (!k && strcmp(was, now)) snprintf(buf, (size_t)len, "%s (this run: %s)", was, now);
+}
+
 /* Rank 0 decides how a --resume run starts; the others follow. *first: chunks already done. */
 static int resume_plan(const fa_job *job, const char *key, int64_t *first) {
     struct { int st, plan; int64_t first; } v = {0, RESUME_FRESH, 0};
@@ -396,9 +460,10 @@ static int resume_plan(const fa_job *job, const char *key, int64_t *first) {
             if (!has_done) {            /* nothing resumable in it: keep it aside, start afresh */
                 v.st = set_aside(partial, &sb, has_key);
             } else if (strcmp(got, key)) {
-                v.st = fa_seterr("--resume: partial output '%s' was made by another job (%s); "
-                                 "expected %s; remove it or run without --resume", partial, got,
-                                 key);
+                char diff[700];
+                key_diff(got, key, diff, sizeof diff);
+                v.st = fa_seterr("--resume: partial output '%s' was made by another job: %s; "
+                                 "remove it or run without --resume", partial, diff);
             } else {
                 v.plan = RESUME_PARTIAL;
                 v.first = (int64_t)done;
@@ -406,8 +471,17 @@ static int resume_plan(const fa_job *job, const char *key, int64_t *first) {
             }
         }
         if (v.plan == RESUME_FRESH && !v.st && stat(job->output, &sb) == 0 &&
-            h5_attr_str(job->output, "resume_key", got, sizeof got) == 0 && !strcmp(got, key))
-            v.plan = RESUME_COMPLETE;
+            h5_attr_str(job->output, "resume_key", got, sizeof got) == 0) {
+            char diff[700];
+            if (!strcmp(got, key)) {
+                v.plan = RESUME_COMPLETE;
+            } else if (!job->force) {          /* another job's finished output: what differs */
+                key_diff(got, key, diff, sizeof diff);
+                v.st = fa_seterr("--resume: output '%s' exists, made by another job: %s; "
+                                 "expected the same settings to resume: remove it, give another "
+                                 "--output, or add --force to replace it", job->output, diff);
+            }
+        }
     }
     MPI_Bcast(&v, sizeof v, MPI_BYTE, 0, MPI_COMM_WORLD);
     *first = v.first;

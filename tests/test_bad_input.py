@@ -32,7 +32,12 @@ def variants(rng):
     t = dict(g); t["v"] = g["v"][..., :8]; out["mismatched_dim"] = (t, ["'v'", "D"])
     t = dict(g); t["v"] = g["v"][:, :10]; out["kv_length_mismatch"] = (t, ["'v'"])
     t = good(rng, H=6, Hkv=4); out["heads_not_multiple"] = (t, ["multiple"])
-    t = dict(g); t["k"] = (g["k"] * 10).astype(np.int32); out["integer_type"] = (t, ["'k'", "int"])
+    hint = ['dtype = "bfloat16"', "fa_long.write_inputs"]      # the ways that work
+    t = dict(g); t["k"] = (g["k"] * 10).astype(np.int32)
+    out["integer_type"] = (t, ["'k'", "32-bit integer"] + hint)
+    # bf16 bit patterns as torch writes them (.view(torch.int16)), without dtype = "bfloat16"
+    t = dict(g); t["v"] = (g["v"].view(np.uint32) >> 16).astype(np.uint16).view(np.int16)
+    out["int16_without_dtype"] = (t, ["'v'", "16-bit integer"] + hint)
     t = dict(g); t["q"] = np.zeros((1, 0, 4, 16), np.float32); out["empty_dim"] = (t, ["'q'", "empty"])
     t = good(rng, D=300); out["head_dim_too_large"] = (t, ["300", "256"])
     t = dict(g); t["k"] = g["k"].copy(); t["k"][0, 5, 1, 3] = np.nan

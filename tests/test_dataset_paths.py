@@ -1,8 +1,9 @@
 """--q/--k/--v PATH (the input datasets' HDF5 paths) and --out-group G (o and lse under group G
 of the output), issue #19 item 2: absolute and relative paths, HDF5 links, 1 and 3 ranks, causal
 with Nq != Nk and GQA, numbers against fp64; `fa_long check` taking the paths from the output's
-attributes (q_path, k_path, v_path, out_group); a missing path refused in one line naming it;
---resume with other paths refused as another job."""
+attributes (q_path, k_path, v_path, out_group); a missing path refused in one line naming it,
+with the datasets of that name in the file and the option to use, or "did you mean" for a
+misspelt path (issue #27 item 4); --resume with other paths refused as another job."""
 import os
 
 import h5py
@@ -124,6 +125,65 @@ def test_missing_path(tmp_path, nranks, opt, path):
     assert len(lines) == 1, p.stderr
     assert f"input '{inp}': dataset '{path}' not found; expected" in lines[0], lines
     assert not leftovers(tmp_path, out), os.listdir(tmp_path)
+
+
+def grouped_input(path, groups):
+    """q, k, v in each of the groups (none at the root); returns the last group's tensors."""
+    rng = np.random.default_rng(2)
+    with h5py.File(path, "w") as f:
+        for g in groups:
+            q, k, v = random_inputs(rng, B, NQ, NK, H, HKV, D)
+            f[f"{g}/q"], f[f"{g}/k"], f[f"{g}/v"] = q, k, v
+    return q, k, v
+
+
+def one_error(p, tmp_path, out):
+    assert p.returncode == 2, p.stderr
+    lines = fa_lines(p.stderr)
+    assert len(lines) == 1, p.stderr
+    assert not leftovers(tmp_path, out), os.listdir(tmp_path)
+    return lines[0]
+
+
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_missing_lists_datasets_of_that_name(tmp_path, nranks):
+    """q, k, v in a group and no --q/--k/--v: the refusal names where the datasets called q are
+    and the option that reads them; with many, the first four and how many; the option given
+    as the message says works."""
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    q, k, v = grouped_input(inp, ["layer7"])
+    line = one_error(run_fa(["-i", inp, "-o", out, "--causal"], nranks=nranks), tmp_path, out)
+    assert f"input '{inp}': dataset 'q' not found; expected" in line, line
+    assert line.endswith("; the file has one dataset named q: /layer7/q; give --q /layer7/q"), line
+    # the q given: k is missing next, with its own option
+    line = one_error(run_fa(["-i", inp, "-o", out, "--q", "/layer7/q"], nranks=nranks), tmp_path, out)
+    assert "dataset 'k' not found" in line and line.endswith("give --k /layer7/k"), line
+    p = run_fa(["-i", inp, "-o", out, "--causal", "-q", "--q", "/layer7/q", "--k", "/layer7/k",
+                "--v", "/layer7/v"], nranks=nranks)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        assert rel(f["o"][...], attention_f64(q, k, v, causal=True)[0]) <= 1e-5
+    many = tmp_path / "many.h5"
+    grouped_input(many, ["a/layer0", "layer1", "layer2", "layer3", "layer4"])
+    o2 = tmp_path / "o2.h5"
+    line = one_error(run_fa(["-i", many, "-o", o2], nranks=nranks), tmp_path, o2)
+    assert ("the file has 5 datasets named q: /a/layer0/q, /layer1/q, /layer2/q, /layer3/q ...; "
+            "give one with --q (e.g. --q /a/layer0/q)") in line, line
+
+
+@pytest.mark.parametrize("nranks", [1, 3])
+@pytest.mark.parametrize("opt,path,hit", [("--q", "/layr7/q", "/layer7/q"),
+                                          ("--k", "layer7/kk", "/layer7/k"),
+                                          ("--v", "/Layer7/v", "/layer7/v")])
+def test_misspelt_path_did_you_mean(tmp_path, nranks, opt, path, hit):
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    grouped_input(inp, ["layer7", "layer8"])
+    args = {"--q": "/layer7/q", "--k": "/layer7/k", "--v": "/layer7/v"}
+    args[opt] = path
+    line = one_error(run_fa(["-i", inp, "-o", out] + [x for kv in args.items() for x in kv],
+                            nranks=nranks), tmp_path, out)
+    assert f"dataset '{path}' not found; expected" in line, line
+    assert line.endswith(f"; did you mean {opt} {hit}?"), line
 
 
 def test_check_missing_group(tmp_path):

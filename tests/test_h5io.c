@@ -291,8 +291,13 @@ static float grid(int64_t b, int64_t n, int64_t h, int64_t d) {
     return (float)((b * 7 + n * 3 + h * 5 + d * 11) % 33 - 16) / 8.0f;
 }
 
+/* T_UINT16_BF16, T_INT16_BF16: bf16 bit patterns in 16-bit integers with the attribute dtype =
+ * "bfloat16" (numpy's uint16, torch's .view(torch.int16)); T_UINT16: the same without it;
+ * T_INT16_F16: int16 with dtype = "float16" */
 typedef enum { T_F32, T_F16, T_BF16, T_F64, T_INT32, T_STR, T_COMPOUND, T_UINT16_BF16,
-               T_F24 } kind;
+               T_F24, T_INT16_BF16, T_UINT16, T_INT16_F16 } kind;
+#define INT16_KIND(k) ((k) == T_UINT16_BF16 || (k) == T_INT16_BF16 || (k) == T_UINT16 || \
+                       (k) == T_INT16_F16)
 
 static hid_t make_type(kind k, int big) {
     hid_t t;
@@ -302,7 +307,8 @@ static hid_t make_type(kind k, int big) {
     case T_BF16: t = h5io_file_type(FA_BF16); break;
     case T_F64: t = h5io_file_type(FA_F64); break;
     case T_INT32: return H5Tcopy(H5T_STD_I32LE);
-    case T_UINT16_BF16: return H5Tcopy(H5T_STD_U16LE);
+    case T_UINT16_BF16: case T_UINT16: t = H5Tcopy(H5T_STD_U16LE); break;
+    case T_INT16_BF16: case T_INT16_F16: t = H5Tcopy(H5T_STD_I16LE); break;
     case T_STR: t = H5Tcopy(H5T_C_S1); H5Tset_size(t, 8); return t;
     case T_COMPOUND:
         t = H5Tcreate(H5T_COMPOUND, 8);
@@ -344,8 +350,22 @@ static void write_ds(hid_t file, const ds_spec *s, const int64_t *nonfinite) {
             fa_fail("test: writing dataset %s", s->name);
         free(x);
     }
-    if (s->k == T_UINT16_BF16) {
-        const char *v = "bfloat16";
+    if (n > 0 && INT16_KIND(s->k)) {       /* the grid's bf16 bits, swapped by HDF5 as integers */
+        float *x = fa_malloc(n * 4, "grid");
+        uint16_t *bits = fa_malloc(n * 2, "bits");
+        int64_t D = s->dims[s->ndims - 1], Hh = s->dims[s->ndims - 2], N = s->dims[s->ndims - 3];
+        for (int64_t i = 0; i < n; i++)
+            x[i] = grid(i / (N * Hh * D), i / (Hh * D) % N, i / D % Hh, i % D);
+        fa_from_f32(FA_BF16, x, bits, n);
+        hid_t mt = H5Tcopy(t);
+        H5Tset_order(mt, H5T_ORDER_LE);
+        if (H5Dwrite(ds, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, bits) < 0)
+            fa_fail("test: writing dataset %s", s->name);
+        H5Tclose(mt), free(x), free(bits);
+    }
+    if (s->k == T_UINT16_BF16 || s->k == T_INT16_BF16 || s->k == T_INT16_F16) {
+        const char *v = s->k == T_INT16_F16 ? "float16" : s->k == T_INT16_BF16 ? "BFloat16"
+                                                                               : "bfloat16";
         hid_t st = H5Tcopy(H5T_C_S1), as = H5Screate(H5S_SCALAR);
         H5Tset_size(st, H5T_VARIABLE);
         hid_t a = H5Acreate2(ds, "dtype", st, as, H5P_DEFAULT, H5P_DEFAULT);
@@ -427,6 +447,63 @@ static void test_read_types(const char *dir) {
         }
 }
 
+/* bf16 bit patterns in uint16 and int16 datasets with the attribute dtype = "bfloat16", either
+ * byte order: read as bfloat16 by h5in (direct reads and HDF5's), h5_dataset_info and
+ * h5_read_block; k's digest the same as that of the same bits in the bf16 float type. */
+static void test_read_bf16_integers(const char *dir) {
+    static const struct { kind k; int big; const char *what; } cases[] = {
+        {T_UINT16_BF16, 0, "uint16"}, {T_UINT16_BF16, 1, "uint16 big-endian"},
+        {T_INT16_BF16, 0, "int16"}, {T_INT16_BF16, 1, "int16 big-endian"}};
+    char path[512], ref[512];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const kind k = cases[c].k;
+        snprintf(path, sizeof path, "%s/in_bf16_int_%zu.h5", dir, c);
+        snprintf(ref, sizeof ref, "%s/in_bf16_float_%zu.h5", dir, c);
+        ds_spec s[3] = {QKV(2, 19, 23, 4, 2, 6, k, k, k, cases[c].big)};
+        ds_spec r[3] = {QKV(2, 19, 23, 4, 2, 6, T_BF16, T_BF16, T_BF16, cases[c].big)};
+        make_file(path, &s[0], &s[1], &s[2], NULL);
+        make_file(ref, &r[0], &r[1], &r[2], NULL);
+        h5in *in, *rin;
+        fa_shape sh, rsh;
+        if (!check(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh) == 0, "open %s (%s)",
+                   cases[c].what, fa_errmsg())) continue;
+        check(sh.q_type == FA_BF16 && sh.k_type == FA_BF16 && sh.v_type == FA_BF16 && sh.Nq == 19,
+              "%s with dtype = bfloat16: element type bfloat16", cases[c].what);
+        row_range q[2] = {{3, 5}, {0, 2}}, all = {0, 23};
+        int st[4] = {-1, -1, -1, -1};
+        int64_t bad = read_and_compare(in, "q", 1, q, 2, 4, 6, &st[0]);
+        bad += read_and_compare(in, "k", 0, &all, 1, 2, 6, &st[1]);
+        h5in_direct_reads(in, 0);
+        bad += read_and_compare(in, "v", 1, &all, 1, 2, 6, &st[2]);
+        bad += read_and_compare(in, "k", 1, &all, 1, 2, 6, &st[3]);
+        h5in_direct_reads(in, 1);
+        check(!st[0] && !st[1] && !st[2] && !st[3] && !bad,
+              "%s: q, k, v read exactly, directly and through HDF5 (%lld wrong)", cases[c].what,
+              (long long)bad);
+        uint64_t d[3], rd[3];
+        h5in_take_digests(in, d);
+        h5in_close(in);
+        if (check(h5in_open(ref, NULL, MPI_COMM_SELF, test_cap, &rin, &rsh) == 0, "open %s", ref)) {
+            read_and_compare(rin, "k", 0, &all, 1, 2, 6, &st[0]);
+            read_and_compare(rin, "v", 1, &all, 1, 2, 6, &st[1]);
+            read_and_compare(rin, "k", 1, &all, 1, 2, 6, &st[2]);
+            h5in_take_digests(rin, rd);
+            h5in_close(rin);
+            check(d[1] == rd[1] && d[2] == rd[2] && d[1] != 0,
+                  "%s: the digests of k and v are those of the bf16 float type's", cases[c].what);
+        }
+        int nd;
+        int64_t dims[8];
+        fa_dtype t;
+        float blk[12];
+        int64_t start[4] = {1, 2, 1, 0}, count[4] = {1, 2, 1, 6};
+        int ok = h5_dataset_info(path, "k", &nd, dims, &t) == 0 && t == FA_BF16 &&
+                 h5_read_block(path, "k", 4, start, count, blk) == 0;
+        for (int j = 0; ok && j < 12; j++) ok = blk[j] == grid(1, 2 + j / 6, 1, j % 6);
+        check(ok, "%s: h5_dataset_info and h5_read_block (fa_long check's reads)", cases[c].what);
+    }
+}
+
 /* Capped transfers: overlapping, unordered and empty ranges, with a cap below one row. */
 static void test_read_capped(const char *dir) {
     char path[512];
@@ -503,11 +580,17 @@ static void test_input_errors(const char *dir) {
     bad_file(dir, "empty", e[0], g[1], g[2], "'q'", "empty", "[1, 0, 4, 16]");
     ds_spec ty[3] = {QKV(1, 8, 8, 4, 2, 16, T_INT32, T_STR, T_COMPOUND, 0)};
     bad_file(dir, "int", ty[0], g[1], g[2], "'q'", "32-bit integer", "expected float32");
+    bad_file(dir, "int_hint", ty[0], g[1], g[2], "dtype = \"bfloat16\"", "16-bit HDF5 float",
+             "fa_long.write_inputs");
     bad_file(dir, "str", g[0], ty[1], g[2], "'k'", "string", NULL);
     bad_file(dir, "compound", g[0], g[1], ty[2], "'v'", "compound", NULL);
-    ds_spec u[3] = {QKV(1, 8, 8, 4, 2, 16, T_UINT16_BF16, T_F24, T_F32, 0)};
-    bad_file(dir, "uint16_bf16", u[0], g[1], g[2], "16-bit integer", "bfloat16 must be stored",
-             "7 mantissa");
+    /* 16-bit integers are bf16 bit patterns only with the attribute dtype = "bfloat16" */
+    ds_spec u[3] = {QKV(1, 8, 8, 4, 2, 16, T_UINT16, T_F24, T_INT16_F16, 0)};
+    bad_file(dir, "uint16_no_dtype", u[0], g[1], g[2], "'q' holds 16-bit integer elements;",
+             "uint16 or int16 dataset with the attribute dtype = \"bfloat16\"",
+             "fa_long.write_inputs");
+    bad_file(dir, "int16_float16", g[0], g[1], u[2], "'v' holds 16-bit integer elements "
+             "(attribute dtype = \"float16\")", "7 mantissa bits", NULL);
     bad_file(dir, "float24", g[0], u[1], g[2], "'k'", "24-bit float", "16 mantissa bits");
     /* a group named q */
     snprintf(path, sizeof path, "%s/bad_group.h5", dir);
@@ -571,10 +654,14 @@ static void test_read_errors(const char *dir) {
  * same first non-finite element (index and kind) and the same largest finite |x| (h5in's
  * last_absmax) as a scan of the fp32 rows. */
 static void test_scan_source(const char *dir) {
-    static const struct { fa_dtype t; int big; fa_layout lay; const char *what; } cases[] = {
-        {FA_F32, 0, FA_BNHD, "float32"}, {FA_F16, 0, FA_BNHD, "float16"},
-        {FA_BF16, 0, FA_BNHD, "bfloat16"}, {FA_BF16, 1, FA_BNHD, "bfloat16 big-endian"},
-        {FA_F16, 0, FA_BHND, "float16 bhnd"}, {FA_F64, 0, FA_BNHD, "float64"},
+    /* integer: 1 stores bf16 as int16 bit patterns, 2 as uint16 (attribute dtype = bfloat16) */
+    static const struct { fa_dtype t; int big; fa_layout lay; const char *what; int integer; } cases[] = {
+        {FA_F32, 0, FA_BNHD, "float32", 0}, {FA_F16, 0, FA_BNHD, "float16", 0},
+        {FA_BF16, 0, FA_BNHD, "bfloat16", 0}, {FA_BF16, 1, FA_BNHD, "bfloat16 big-endian", 0},
+        {FA_F16, 0, FA_BHND, "float16 bhnd", 0}, {FA_F64, 0, FA_BNHD, "float64", 0},
+        {FA_BF16, 0, FA_BNHD, "bfloat16 as int16", 1},
+        {FA_BF16, 1, FA_BNHD, "bfloat16 as uint16 big-endian", 2},
+        {FA_BF16, 0, FA_BHND, "bfloat16 as int16 bhnd", 1},
     };
     const int64_t B = 2, N = 37, Hh = 3, D = 24, n = B * N * Hh * D;
     uint64_t seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)time(NULL);
@@ -598,7 +685,8 @@ static void test_scan_source(const char *dir) {
             hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
             const int bh = cases[c].lay == FA_BHND;
             hsize_t dk[4] = {B, bh ? Hh : N, bh ? N : Hh, D}, dq[4] = {B, bh ? Hh : N, bh ? N : Hh, D};
-            hid_t t = h5io_file_type(cases[c].t);
+            hid_t t = cases[c].integer ? H5Tcopy(cases[c].integer == 1 ? H5T_STD_I16LE : H5T_STD_U16LE)
+                                       : h5io_file_type(cases[c].t);
             if (cases[c].big) H5Tset_order(t, H5T_ORDER_BE);
             float *fx = fa_malloc((size_t)n * 4, "file order");
             for (int64_t i = 0; i < n; i++) {   /* x is bnhd; the file's order */
@@ -623,6 +711,7 @@ static void test_scan_source(const char *dir) {
                 hid_t d = H5Dcreate2(f, names[ds], t, sp, H5P_DEFAULT,
                                      ds == 2 && trial % 2 ? dcpl : H5P_DEFAULT, H5P_DEFAULT);
                 H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw);
+                if (cases[c].integer) h5io_write_str_attr(d, "dtype", "bfloat16");
                 if (bh) {
                     hid_t st = H5Tcopy(H5T_C_S1), as = H5Screate(H5S_SCALAR);
                     H5Tset_size(st, 4);
@@ -993,7 +1082,11 @@ static void test_paths(const char *dir) {
         h5in_close(in);
     }
     check_err(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh), "root q absent",
-              path, "dataset 'q' not found; expected", NULL);
+              path, "dataset 'q' not found; expected",
+              "; the file has one dataset named q: /layer3/q; give --q /layer3/q", NULL);
+    const char *typo[3] = {"/layer3/q", "/layr3/k", "layer3/v"};
+    check_err(h5in_open(path, typo, MPI_COMM_SELF, test_cap, &in, &sh), "a misspelt path",
+              "dataset '/layr3/k' not found", "; did you mean --k /layer3/k?", NULL);
     const char *missing[3] = {"/layer3/q", "/nope/k", "layer3/v"};
     check_err(h5in_open(path, missing, MPI_COMM_SELF, test_cap, &in, &sh),
               "a missing group on the path", path, "dataset '/nope/k' not found", NULL);
@@ -1302,6 +1395,7 @@ int main(int argc, char **argv) {
             test_f64_and_swap();
             test_paths(dir);
             test_read_types(dir);
+            test_read_bf16_integers(dir);
             test_read_capped(dir);
             test_input_errors(dir);
             test_read_errors(dir);

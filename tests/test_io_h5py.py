@@ -1,5 +1,7 @@
 """io/ against files h5py writes and reads: every element type and byte order read right by
 h5in_* (through build/tests/test_h5io's `echo` mode, 1 and 3 ranks, transfers capped small),
+bfloat16 stored as uint16/int16 bit patterns with dtype = "bfloat16" too (and whole runs on it
+bit-identical to the bf16 float type's, issue #27 item 3),
 o written in every type read back right by h5py (bf16 bit patterns checked against numpy,
 round to nearest even), torch's bhnd layout read and written (from an attribute, both output
 layouts), errors on h5py-made files, and the multi-rank C checks (`mpi` mode).
@@ -16,7 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import BUILD, ROOT, mpirun_cmd
+from conftest import BUILD, ROOT, mpirun_cmd, run_fa
+from reference import attention_f64, rel_err
 
 SERIAL_INC = pathlib.Path("/usr/include/hdf5/serial")
 SERIAL_LIB = pathlib.Path("/usr/lib/x86_64-linux-gnu/hdf5/serial")
@@ -101,7 +104,20 @@ def run(exe, args, nranks=1, cap=None, timeout=300):
 # ---- inputs of every type and byte order ------------------------------------------------------
 INPUT_TYPES = {"f32": "<f4", "f32be": ">f4", "f16": "<f2", "f16be": ">f2", "f64": "<f8",
                "f64be": ">f8", "bf16": "bf16", "bf16be": "bf16be",
-               "f16gzip": "<f2"}   # chunked and gzip-compressed, as h5py users often write
+               "f16gzip": "<f2",   # chunked and gzip-compressed, as h5py users often write
+               # bf16 bit patterns in 16-bit integers with the attribute dtype = "bfloat16"
+               # (numpy's uint16, torch's .view(torch.int16)), either byte order, or compressed
+               "bf16u16": "<u2", "bf16i16be": ">i2", "bf16i16gzip": "<i2"}
+
+
+def write_bf16_ints(f, name, x, dt, **extra):
+    """bf16 as numpy and torch users store it: the bit patterns in a 16-bit integer dataset of
+    numpy type dt with the attribute dtype = "bfloat16" (here in another case)."""
+    bits = to_bf16_bits(x)
+    f.create_dataset(name, data=bits.view(np.int16).astype(dt) if dt.kind == "i" else
+                     bits.astype(dt), **extra)
+    f[name].attrs["dtype"] = "BFloat16"
+    return bits
 
 
 def write_inputs(path, kind, rng, B=2, Nq=23, Nk=31, H=4, Hkv=2, D=8, layout="bnhd"):
@@ -116,15 +132,18 @@ def write_inputs(path, kind, rng, B=2, Nq=23, Nk=31, H=4, Hkv=2, D=8, layout="bn
             x = special_values(rng, (B, n, h, D))
             if bhnd:                   # what is stored; want gets it back as [B, N, heads, D]
                 x = np.ascontiguousarray(x.transpose(0, 2, 1, 3))
-            if kind.startswith("bf16"):
+            extra = dict(chunks=(1, h, 5, D) if bhnd else (1, 5, h, D), compression="gzip",
+                         shuffle=True) if kind.endswith("gzip") else {}
+            if kind in ("bf16", "bf16be"):
                 bits = write_bf16(f, name, x, big_endian=kind.endswith("be"))
+                want[name] = (bits.astype(np.uint32) << 16).view(np.float32)
+            elif kind.startswith("bf16"):
+                bits = write_bf16_ints(f, name, x, np.dtype(INPUT_TYPES[kind]), **extra)
                 want[name] = (bits.astype(np.uint32) << 16).view(np.float32)
             else:
                 dt = np.dtype(INPUT_TYPES[kind])
                 with np.errstate(over="ignore"):   # special values past float16's range: inf
                     stored = (x.astype(np.float64) * (1 + 2**-30) if dt.itemsize == 8 else x).astype(dt)
-                extra = dict(chunks=(1, h, 5, D) if bhnd else (1, 5, h, D), compression="gzip",
-                             shuffle=True) if kind.endswith("gzip") else {}
                 f.create_dataset(name, data=stored, **extra)
                 want[name] = stored.astype(np.float32)
             if bhnd:
@@ -157,7 +176,8 @@ def test_h5py_inputs_read_right(exe, tmp_path, kind, nranks):
         assert same_bits(lse, want[name][..., 0].transpose(0, 2, 1)), "lse not [B, H, N]"
 
 
-@pytest.mark.parametrize("kind", ["f32", "f16be", "bf16", "f64", "f16gzip"])
+@pytest.mark.parametrize("kind", ["f32", "f16be", "bf16", "f64", "f16gzip", "bf16i16be",
+                                  "bf16i16gzip"])
 @pytest.mark.parametrize("nranks", [1, 3])
 def test_bhnd_read_and_written(exe, tmp_path, kind, nranks):
     """torch's [B, heads, N, D] (the root attribute says so): every rank's uneven shard of rows,
@@ -253,15 +273,19 @@ def h5py_bad_files(tmp_path):
                     f.create_dataset(n, data=x)
         cases[tag] = (path, words)
 
-    case("int", ["'k'", "integer"], lambda f, d: d.update(k=(d["k"] * 9).astype(np.int16)))
     case("string", ["'q'", "string"],
          lambda f, d: f.create_dataset("q", data=np.array([b"abc"] * 4).reshape(1, 1, 4, 1)))
     case("compound", ["'v'", "compound"], lambda f, d: d.update(
         v=np.zeros((1, 8, 2, 16), dtype=[("re", "<f4"), ("im", "<f4")])))
     case("complex", ["'v'", "compound"], lambda f, d: d.update(v=d["v"].astype(np.complex64)))
-    case("uint16_bf16", ["'q'", "16-bit integer", "bfloat16 must be stored"], lambda f, d: (
-        f.create_dataset("q", data=(d["q"].view(np.uint32) >> 16).astype(np.uint16)),
-        f["q"].attrs.__setitem__("dtype", "bfloat16")))
+    hint = ['dtype = "bfloat16"', "16-bit HDF5 float type", "fa_long.write_inputs"]
+    case("int", ["'k'", "integer"] + hint, lambda f, d: d.update(k=(d["k"] * 9).astype(np.int16)))
+    # bf16 bit patterns without the attribute that says so stay refused, with the way that works
+    case("uint16_no_dtype", ["'q'", "16-bit integer"] + hint, lambda f, d: f.create_dataset(
+        "q", data=(d["q"].view(np.uint32) >> 16).astype(np.uint16)))
+    case("int16_float16", ["'v'", "16-bit integer", '(attribute dtype = "float16")'] + hint,
+         lambda f, d: (f.create_dataset("v", data=d["v"].astype(np.float16).view(np.int16)),
+                       f["v"].attrs.__setitem__("dtype", "float16")))
     case("missing", ["'v'", "not found"], lambda f, d: d.update(v=None))
     case("rank5", ["'k'", "rank 5"], lambda f, d: d.update(k=d["k"][..., None]))
     case("scalar", ["'q'", "rank 0"], lambda f, d: f.create_dataset("q", data=1.0))
@@ -287,9 +311,10 @@ def test_errors_on_h5py_files(exe, tmp_path):
 @pytest.mark.parametrize("nranks", [2, 3])
 def test_errors_agree_across_ranks(exe, tmp_path, nranks):
     cases = h5py_bad_files(tmp_path)
-    path, words = cases["uint16_bf16"]
+    path, words = cases["uint16_no_dtype"]
     p = run(exe, ["open", path], nranks=nranks)
-    assert p.returncode != 0 and p.stdout.count("ERR ") == 1 and words[2] in p.stdout, p.stdout
+    assert p.returncode != 0 and p.stdout.count("ERR ") == 1, p.stdout
+    assert all(w in p.stdout for w in words), p.stdout
 
 
 # ---- the C program's own multi-rank checks ------------------------------------------------------
@@ -304,3 +329,56 @@ def test_c_checks_multirank(exe, tmp_path, nranks):
 def test_c_unit_checks(exe):
     p = run(exe, [])
     assert p.returncode == 0 and " 0 failed" in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]
+
+
+# ---- bf16 stored as 16-bit integers, through the whole program ----------------------------------
+def write_bf16_file(path, tensors, storage, layout):
+    """q, k, v (float32 [B, N, heads, D], bf16 values) as bf16: storage "float" in the bf16 HDF5
+    float type, else as bit patterns in the integer type INPUT_TYPES["bf16" + storage]."""
+    with h5py.File(path, "w") as f:
+        if layout == "bhnd":
+            f.attrs["layout"] = "bhnd"
+        for name, x in tensors.items():
+            if layout == "bhnd":
+                x = np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+            if storage == "float":
+                write_bf16(f, name, x)
+                continue
+            extra = dict(chunks=(1,) + x.shape[1:3] + (4,), compression="gzip",
+                         shuffle=True) if storage.endswith("gzip") else {}
+            write_bf16_ints(f, name, x, np.dtype(INPUT_TYPES["bf16" + storage]), **extra)
+
+
+@pytest.mark.parametrize("storage,layout", [("u16", "bnhd"), ("i16be", "bhnd"),
+                                            ("i16gzip", "bnhd")])
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_bf16_integers_run(tmp_path, storage, layout, nranks):
+    """A run on bf16 stored as 16-bit integers (with dtype = "bfloat16") gives, bit for bit, the
+    output of the same values stored in the bf16 float type: o in that float type with its dtype
+    attribute, lse; both against fp64; `fa_long check` passes on it."""
+    rng = np.random.default_rng(5)
+    t = {n: (to_bf16_bits(rng.standard_normal((2, n_, h, 16)).astype(np.float32))
+             .astype(np.uint32) << 16).view(np.float32)
+         for n, n_, h in (("q", 40, 4), ("k", 56, 2), ("v", 56, 2))}
+    outs = {}
+    for kind in ("float", storage):
+        inp, out = tmp_path / f"in_{kind}.h5", tmp_path / f"out_{kind}.h5"
+        write_bf16_file(inp, t, kind, layout)
+        p = run_fa(["-i", inp, "-o", out, "--causal", "--lse", "--chunk", "16", "-q"], nranks=nranks)
+        assert p.returncode == 0, p.stderr
+        with h5py.File(out, "r") as f:
+            tid = f["o"].id.get_type()
+            assert tid.get_class() == h5py.h5t.FLOAT and tid.get_size() == 2
+            assert tid.get_fields() == (15, 7, 8, 0, 7) and tid.get_ebias() == 127
+            assert f["o"].attrs["dtype"] in ("bfloat16", b"bfloat16")
+            outs[kind] = (f["o"][...], f["lse"][...])
+    o, lse = outs[storage]
+    assert np.array_equal(o.view(np.uint32), outs["float"][0].view(np.uint32)), "o differs"
+    assert np.array_equal(lse.view(np.uint32), outs["float"][1].view(np.uint32)), "lse differs"
+    o_ref, lse_ref = attention_f64(t["q"], t["k"], t["v"], causal=True)
+    if layout == "bhnd":
+        o = o.transpose(0, 2, 1, 3)
+    assert rel_err(o, o_ref) <= 1.6e-2 and rel_err(lse, lse_ref) <= 1e-5
+    c = run_fa(["check", "--input", tmp_path / f"in_{storage}.h5", "--output",
+                tmp_path / f"out_{storage}.h5", "--rows", "all"])
+    assert c.returncode == 0 and "PASS" in c.stdout, c.stdout + c.stderr

@@ -1,7 +1,8 @@
 """--resume after the things that happen to long jobs (issue #14): a partial left by a job killed
-before its first checkpoint (set aside, fresh start), another job's partial (refused), an input
-changed between the stop and the resume (refused, the partial untouched), another rank count
-with the default chunk (resumes), and virtual-dataset (VDS) inputs."""
+before its first checkpoint (set aside, fresh start), another job's partial or finished output
+(refused, naming the settings that differ: issue #27 item 5), an input changed between the stop
+and the resume (refused, the partial untouched), another rank count with the default chunk
+(resumes), and virtual-dataset (VDS) inputs."""
 import hashlib
 import os
 import signal
@@ -180,8 +181,47 @@ def test_other_jobs_partial_is_refused(tmp_path):
     assert p.returncode == 2, p.stderr
     lines = fa_lines(p.stderr)
     assert len(lines) == 1 and "another job" in lines[0] and str(partial) in lines[0], p.stderr
+    assert "another job: causal=0 (this run: 1); chunk=40 (this run: 64); remove" in lines[0], \
+        lines[0]
     assert sha(partial) == before and not out.exists()
     assert not [x for x in os.listdir(tmp_path) if "damaged" in x]
+
+
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_resume_onto_other_jobs_output(tmp_path, nranks):
+    """--resume onto a finished output of another job (what a Slurm script does when its options
+    change) is refused in one line that names each setting that differs, the output untouched;
+    the same job finds it complete; --force replaces it."""
+    inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
+    q, k, v = make_input(inp, Nq=120, D=32)
+    assert run_fa(["-i", inp, "-o", out, "--chunk", "40", "-q"], nranks=nranks).returncode == 0
+    before = sha(out)
+    other = ["--causal", "--chunk", "64", "--scale", "0.5", "--lse", "--out-dtype", "float16"]
+    p = run_fa(["-i", inp, "-o", out, "--resume"] + other, nranks=nranks)
+    assert p.returncode == 2, p.stderr
+    lines = fa_lines(p.stderr)
+    assert len(lines) == 1, p.stderr
+    assert f"--resume: output '{out}' exists, made by another job: causal=0 (this run: 1); " \
+        in lines[0], lines[0]
+    for d in ("; chunk=40 (this run: 64)", "(this run: 0.5)", "; o=float32 (this run: float16)",
+              "; lse=0 (this run: 1); expected"):
+        assert d in lines[0], (d, lines[0])
+    assert "input=" not in lines[0] and "B=" not in lines[0], lines[0]   # the same: not named
+    assert "--force" in lines[0], lines[0]
+    assert sha(out) == before and sorted(os.listdir(tmp_path)) == ["in.h5", "out.h5"]
+    # a moved input is another job too
+    moved = tmp_path / "moved.h5"
+    os.rename(inp, moved)
+    p = run_fa(["-i", moved, "-o", out, "--resume", "--chunk", "40"], nranks=nranks)
+    assert p.returncode == 2 and f"input={inp} (this run: {moved})" in p.stderr, p.stderr
+    os.rename(moved, inp)
+    p = run_fa(["-i", inp, "-o", out, "--resume", "--chunk", "40"], nranks=nranks)
+    assert p.returncode == 0 and "complete; nothing to resume" in p.stderr, p.stderr
+    assert sha(out) == before
+    p = run_fa(["-i", inp, "-o", out, "--resume", "--force", "-q"] + other, nranks=nranks)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        assert f.attrs["causal"] == 1 and f["o"].dtype == np.float16 and "lse" in f
 
 
 # ---- item 5: a changed input is refused, the partial untouched -----------------------------------
