@@ -187,7 +187,7 @@ int fa_threads_setup(int requested, const char *omp_env, const fa_binding *launc
     free(all);
     const char *env = omp_env;
     const int why = requested > 0 ? WHY_OPTION : env && *env ? WHY_ENV : widened ? WHY_WIDENED
-                  : confined ? WHY_EXPLICIT : WHY_SHARE;
+                  : confined && b->kind != FA_BIND_DEFAULT ? WHY_EXPLICIT : WHY_SHARE;
     int t = requested > 0 ? requested : env && *env ? omp_get_max_threads() : (int)(share + 1e-9);
     if (t < 1) t = 1;
     omp_set_num_threads(t);
