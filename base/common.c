@@ -1,6 +1,7 @@
 /* common.c — error reporting, allocation and timing shared by every part. */
 #define _GNU_SOURCE
 #include "common.h"
+#include "affinity.h"
 #include <mpi.h>
 #include <stdarg.h>
 #include <string.h>
@@ -13,7 +14,7 @@
 
 int fa_rank = 0, fa_nranks = 1;
 int fa_mpi_thread_multiple = 0;
-fa_threads_info fa_threads = {1, 1, 1, "node share"};
+fa_threads_info fa_threads = {1, 1, 1, "node share", 1, 1, 1, "online CPUs", 0, "none"};
 int fa_verbosity = 1;
 
 static _Thread_local char errbuf[1024];   /* each thread its own: the I/O thread's tasks */
@@ -111,19 +112,68 @@ void fa_copy_floats(float *dst, const float *src, int64_t n, int add) {
     }
 }
 
+const char *const fa_threads_whys[5] = {
+    "--threads", "OMP_NUM_THREADS", "node share", "node share (launcher's default binding widened)",
+    "explicit binding"};
+enum { WHY_OPTION, WHY_ENV, WHY_SHARE, WHY_WIDENED, WHY_EXPLICIT };
+
+/* What a binding that confines ranks costs, and the way out, in one line (rank 0). how: what set
+ * it; r: a confined rank's facts; n of fa_nranks ranks are confined. */
+static void say_confined(const fa_binding *b, const char *how, const fa_rank_threads *r, int n) {
+    char who[64], fix[160];
+    if (n == fa_nranks) snprintf(who, sizeof who, "%s", n == 1 ? "the rank" : "each rank");
+    else snprintf(who, sizeof who, "%d of %d ranks", n, fa_nranks);
+    if (b->launcher == FA_LAUNCHER_OMPI)
+        snprintf(fix, sizeof fix, "pass --bind-to none (or --map-by slot:PE=%d)", r->share);
+    else if (b->launcher == FA_LAUNCHER_SLURM)
+        snprintf(fix, sizeof fix, "pass srun --cpu-bind=none (or --cpus-per-task=%d)", r->share);
+    else
+        snprintf(fix, sizeof fix, "start it with an affinity of %d CPUs a rank (or none)", r->share);
+    fa_warn("%s confines %s to %d CPU%s of the %d %s share of the node would give; host "
+            "conversions and reads run on %d CPU%s a rank: %s for full speed", how, who,
+            r->cpus, r->cpus == 1 ? "" : "s", r->share, n == 1 ? "its" : "their", r->cpus,
+            r->cpus == 1 ? "" : "s", fix);
+}
+
 /* One rank's fair share of the CPUs it may run on: each CPU in its affinity mask counts 1/k, k
  * the node's ranks whose masks hold it. Unbound ranks (mpirun --bind-to none) split the node
- * evenly; ranks bound to their own cores keep them. */
-int fa_threads_setup(int requested, const char *omp_env) {
+ * evenly; ranks bound to their own cores keep them. Before the count, a rank that the launcher's
+ * default binding left on fewer CPUs than its share of what the node allows gets its own slice:
+ * Open MPI binds 1 or 2 ranks to a core each unless told --bind-to none, which would leave a
+ * 16-core node's host work (conversions, reads) on one thread. */
+int fa_threads_setup(int requested, const char *omp_env, const fa_binding *launch) {
+    static const fa_binding unbound = {FA_BIND_NONE, FA_LAUNCHER_OTHER, "none"};
+    const fa_binding *b = launch ? launch : &unbound;
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, fa_rank, MPI_INFO_NULL, &node);
     int nr, me;
     MPI_Comm_size(node, &nr);
     MPI_Comm_rank(node, &me);
-    cpu_set_t mine;
+    cpu_set_t mine, allowed;
     CPU_ZERO(&mine);
-    if (sched_getaffinity(0, sizeof mine, &mine) != 0)
-        for (int c = 0; c < CPU_SETSIZE && c < sysconf(_SC_NPROCESSORS_ONLN); c++) CPU_SET(c, &mine);
+    const char *allowed_from;
+    int navail = fa_cpus_allowed(&allowed, &allowed_from);
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0) mine = allowed;
+    const int share_cpus = navail / nr > 0 ? navail / nr : 1;
+    int confined = CPU_COUNT(&mine) < share_cpus, widened = 0;
+    static char how[sizeof b->how];
+    snprintf(how, sizeof how, "%s", b->how);
+    const char *binding = how;
+    if (confined && b->kind == FA_BIND_DEFAULT) {
+        cpu_set_t slice;
+        fa_cpus_slice(&allowed, me, nr, &slice);
+        if (sched_setaffinity(0, sizeof slice, &slice) == 0 &&
+            sched_getaffinity(0, sizeof mine, &mine) == 0) {
+            widened = 1;
+            confined = CPU_COUNT(&mine) < share_cpus;
+            snprintf(how, sizeof how, "%.100s, widened to the rank's share", b->how);
+        }
+    } else if (b->kind == FA_BIND_NONE) {
+        cpu_set_t common;
+        CPU_AND(&common, &mine, &allowed);
+        if (!CPU_EQUAL(&common, &allowed))   /* narrowed before we started: taskset, numactl */
+            binding = "the affinity it was started with (taskset, numactl or its launcher)";
+    }
     cpu_set_t *all = fa_malloc(sizeof(cpu_set_t) * (size_t)nr, "affinity masks");
     MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all, sizeof mine, MPI_BYTE, node);
     double share = 0;
@@ -136,7 +186,8 @@ int fa_threads_setup(int requested, const char *omp_env) {
     }
     free(all);
     const char *env = omp_env;
-    const char *why = requested > 0 ? "--threads" : env && *env ? "OMP_NUM_THREADS" : "node share";
+    const int why = requested > 0 ? WHY_OPTION : env && *env ? WHY_ENV : widened ? WHY_WIDENED
+                  : confined && b->kind != FA_BIND_DEFAULT ? WHY_EXPLICIT : WHY_SHARE;
     int t = requested > 0 ? requested : env && *env ? omp_get_max_threads() : (int)(share + 1e-9);
     if (t < 1) t = 1;
     omp_set_num_threads(t);
@@ -151,9 +202,17 @@ int fa_threads_setup(int requested, const char *omp_env) {
         gethostname(host, sizeof host - 1);
         fa_warn("%d ranks on %s run %d OpenMP threads on %d CPUs (%s): oversubscribed, host work "
                 "slows; unset OMP_NUM_THREADS to share the CPUs (%d a rank)", nr, host, sum, cpus,
-                why, cpus / nr > 0 ? cpus / nr : 1);
+                fa_threads_whys[why], cpus / nr > 0 ? cpus / nr : 1);
     }
-    fa_threads = (fa_threads_info){t, nr, cpus, why};
+    fa_threads = (fa_threads_info){t, nr, cpus, fa_threads_whys[why], CPU_COUNT(&mine),
+                                   share_cpus, navail, allowed_from, confined, binding};
+    /* a binding that was asked for stays; rank 0 says once what it costs */
+    fa_rank_threads *every = fa_threads_gather();
+    int n = 0, first = -1;
+    for (int r = 0; every && r < fa_nranks; r++)
+        if (every[r].confined) n++, first = first < 0 ? r : first;
+    if (n) say_confined(b, binding, &every[first], n);
+    free(every);
     return t;
 }
 
@@ -190,6 +249,22 @@ const char *fa_closest(const char *word, size_t len, const char *const *names, i
         else if (d == best) ties++;
     }
     return ties ? NULL : pick;
+}
+
+fa_rank_threads *fa_threads_gather(void) {
+    int why = WHY_SHARE;
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(fa_threads.why, fa_threads_whys[i])) why = i;
+    int mine[5] = {fa_threads.threads, fa_threads.cpus, fa_threads.share, fa_threads.confined, why};
+    int *all = fa_rank == 0 ? fa_malloc(sizeof(int) * 5 * (size_t)fa_nranks, "thread facts") : NULL;
+    MPI_Gather(mine, 5, MPI_INT, all, 5, MPI_INT, 0, MPI_COMM_WORLD);
+    if (fa_rank != 0) return NULL;
+    fa_rank_threads *r = fa_malloc(sizeof *r * (size_t)fa_nranks, "thread facts");
+    for (int k = 0; k < fa_nranks; k++)
+        r[k] = (fa_rank_threads){all[5 * k], all[5 * k + 1], all[5 * k + 2], all[5 * k + 3],
+                                 fa_threads_whys[all[5 * k + 4]]};
+    free(all);
+    return r;
 }
 
 uint64_t fa_fnv1a(uint64_t h, const void *p, size_t n) {

@@ -53,20 +53,49 @@ void fa_copy_floats(float *dst, const float *src, int64_t n, int add);
 
 double fa_now(void);   /* monotonic seconds */
 
+/* How the process's CPU affinity was set at launch, as the launcher's environment tells. */
+typedef enum {
+    FA_BIND_NONE = 0,      /* no launcher binding known (mpirun --bind-to none, no launcher) */
+    FA_BIND_DEFAULT,       /* the launcher's own default (Open MPI binds 1-2 ranks to a core) */
+    FA_BIND_EXPLICIT       /* asked for: mpirun --bind-to/--map-by ...:PE=/--cpu-set/--rankfile,
+                            * hwloc_base_binding_policy, srun --cpu-bind */
+} fa_bind_kind;
+typedef enum { FA_LAUNCHER_OTHER = 0, FA_LAUNCHER_OMPI, FA_LAUNCHER_SLURM } fa_launcher;
+typedef struct fa_binding {
+    fa_bind_kind kind;
+    fa_launcher launcher;
+    char how[160];         /* for messages and the report: "mpirun --bind-to core", "none", ... */
+} fa_binding;
+
 /* OpenMP threads for this rank, set with omp_set_num_threads: `requested` (--threads) if > 0,
- * else OMP_NUM_THREADS if set (main passes its value), else this rank's share of its node's CPUs. Collective over
- * MPI_COMM_WORLD; fills fa_threads. Node rank 0 warns when several threads a rank oversubscribe
- * the node. */
+ * else OMP_NUM_THREADS if set (main passes its value), else this rank's share of its node's CPUs.
+ * Before that, a rank that the launcher's default binding (`launch`, from the launcher's
+ * environment: runner/plan.c) confined to fewer CPUs than its share (the CPUs the node allows it,
+ * affinity.h, over its ranks there) is widened to its own slice of them; an explicit binding is
+ * kept, and rank 0 says in one line what it costs. Collective over MPI_COMM_WORLD; call it before
+ * any OpenMP region (threads take the mask they are created with); fills fa_threads. Node rank 0
+ * warns when several threads a rank oversubscribe the node. */
 typedef struct {
     int threads, node_ranks, node_cpus;
-    const char *why;   /* "--threads", "OMP_NUM_THREADS" or "node share" */
+    const char *why;   /* one of fa_threads_whys[]: "--threads", "OMP_NUM_THREADS", "node share", ... */
+    int cpus;          /* CPUs in this rank's affinity mask (after any widening) */
+    int share;         /* its share of the node: CPUs the node allows / its ranks there (>= 1) */
+    int allowed;       /* CPUs the node allows the process (cgroup cpuset, else online) */
+    const char *allowed_from;   /* "cgroup cpuset" or "online CPUs" */
+    int confined;      /* 1: kept on fewer CPUs than its share (a binding asked for) */
+    const char *binding;        /* how its affinity was set: "none", "mpirun --bind-to core", ... */
 } fa_threads_info;
-int fa_threads_setup(int requested, const char *omp_num_threads);
+extern const char *const fa_threads_whys[5];
+int fa_threads_setup(int requested, const char *omp_num_threads, const fa_binding *launch);
 /* "Did you mean": the name among names[0..n) closest to word[0..len) by edit distance (optimal
  * string alignment: insertions, deletions, substitutions, adjacent transpositions), or NULL when
  * none is within max(1, len/3) edits (at most 2), or two are equally close. Options and commands
  * (runner/cli.c, main.c), dataset paths (io/h5io.c). */
 const char *fa_closest(const char *word, size_t len, const char *const *names, int n);
+/* COLLECTIVE over MPI_COMM_WORLD: every rank's thread facts, on rank 0 (fa_nranks entries, to
+ * free; NULL on the other ranks), for the report. */
+typedef struct { int threads, cpus, share, confined; const char *why; } fa_rank_threads;
+fa_rank_threads *fa_threads_gather(void);
 /* FNV-1a of n bytes continuing from h (start: FA_FNV_START): fingerprints, not security. */
 #define FA_FNV_START 1469598103934665603ull
 uint64_t fa_fnv1a(uint64_t h, const void *p, size_t n);

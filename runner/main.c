@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "runner/cli.h"
+#include "runner/plan.h"
 #include "base/common.h"
 
 int main(int argc, char **argv) {
@@ -25,13 +26,16 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &fa_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &fa_nranks);
     /* before any OpenMP region: ranks sharing a node share its CPUs unless told otherwise
-     * (--threads N, looked for here so that the oversubscription check sees it) */
+     * (--threads N, looked for here so that the oversubscription check sees it); a rank that
+     * the launcher's default binding left on one core gets its share back first */
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[i + 1]);
         else if (!strncmp(argv[i], "--threads=", 10)) threads = atoi(argv[i] + 10);
     }
-    fa_threads_setup(threads > 0 ? threads : 0, getenv("OMP_NUM_THREADS"));
+    fa_binding launch;              /* how mpirun or srun bound this rank, from their environment */
+    plan_binding_read(&launch);
+    fa_threads_setup(threads > 0 ? threads : 0, getenv("OMP_NUM_THREADS"), &launch);
     static const char *const commands[] = {"gen", "check", "tune"};
     const char *hit = NULL;
     int rc;

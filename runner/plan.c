@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define IO_CAP_DEFAULT (1LL << 30)       /* bytes per rank per HDF5 transfer */
 #define CHECKPOINT_DEFAULT_S 60.0
@@ -146,6 +147,48 @@ int plan_env_read(plan_env *e) {
     e->tune_cache = getenv("FA_TUNE_CACHE");
     e->home = getenv("HOME");
     return 0;
+}
+
+/* how/value into b->how, with what JSON and a terminal would mangle made plain */
+static void binding_how(fa_binding *b, const char *how, const char *value) {
+    snprintf(b->how, sizeof b->how, "%s%s", how, value ? value : "");
+    for (char *c = b->how; *c; c++)
+        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20) *c = '?';
+}
+
+void plan_binding_read(fa_binding *b) {
+    /* Open MPI 4 (orted) tells its ranks: bound_at_launch=1 whenever it bound them; the policy
+     * only when one was given (--bind-to, --mca or the environment); a mapping with PE=N, a CPU
+     * set or a rank file bind as asked too */
+    const char *policy = getenv("OMPI_MCA_hwloc_base_binding_policy");
+    const char *map = getenv("OMPI_MCA_rmaps_base_mapping_policy");
+    const char *cpuset = getenv("OMPI_MCA_hwloc_base_cpu_set");
+    const char *rankfile = getenv("OMPI_MCA_orte_rankfile");
+    const char *bound = getenv("OMPI_MCA_orte_bound_at_launch");
+    const char *slurm = getenv("SLURM_CPU_BIND_TYPE");   /* srun --cpu-bind (or its default) */
+    memset(b, 0, sizeof *b);
+    b->launcher = FA_LAUNCHER_OMPI;
+    b->kind = FA_BIND_EXPLICIT;
+    if (!cpuset) cpuset = getenv("OMPI_MCA_hwloc_base_cpu_list");
+    if (!rankfile) rankfile = getenv("OMPI_MCA_rmaps_rank_file_path");
+    if (policy && *policy) {
+        binding_how(b, "mpirun --bind-to ", policy);
+        if (!strncasecmp(policy, "none", 4)) b->kind = FA_BIND_NONE;
+    } else if (map && strstr(map, "PE=")) binding_how(b, "mpirun --map-by ", map);
+    else if (cpuset && *cpuset) binding_how(b, "mpirun --cpu-set ", cpuset);
+    else if (rankfile && *rankfile) binding_how(b, "mpirun --rankfile ", rankfile);
+    else if (bound && !strcmp(bound, "1")) {
+        b->kind = FA_BIND_DEFAULT;
+        binding_how(b, "mpirun's default binding", NULL);
+    } else if (slurm && *slurm && !strstr(slurm, "none")) {
+        b->launcher = FA_LAUNCHER_SLURM;
+        const char *all = getenv("SLURM_CPU_BIND");
+        binding_how(b, "srun --cpu-bind=", all && *all ? all : slurm);
+    } else {
+        b->launcher = FA_LAUNCHER_OTHER;
+        b->kind = FA_BIND_NONE;
+        binding_how(b, "none", NULL);
+    }
 }
 
 const char *plan_tune_cache_path(const char *opt, const plan_env *env, char *buf, int len) {
@@ -593,6 +636,11 @@ void plan_print(const run_plan *p) {
            SRC(PS_TYPED), p->stream_keys ? "streamed to the engine as they are read"
                                          : "read whole before compute",
            (long long)p->key_read_rows, SRC(PS_STREAM));
+    /* rank 0's: the report has every rank's */
+    fa_log(2, "fa_long: plan: %d threads a rank (%s) on %d CPUs (its share: %d of the %d CPUs "
+              "the node allows (%s), over %d rank%s); binding: %s", p->io_omp_threads, fa_threads.why,
+           fa_threads.cpus, fa_threads.share, fa_threads.allowed, fa_threads.allowed_from,
+           fa_threads.node_ranks, fa_threads.node_ranks == 1 ? "" : "s", fa_threads.binding);
 #undef SRC
 }
 
@@ -635,6 +683,9 @@ void plan_json(const run_plan *p, char *buf, int len) {
     STR("o_transfer", fa_dtype_name(p->o_xfer), PS_TYPED);
     NUM("stream_keys", "%d", p->stream_keys, PS_STREAM);
     NUM("key_read_rows", "%lld", (long long)p->key_read_rows, PS_STREAM);
+    PUT(", \"threads\": {\"value\": %d, \"from\": \"%s\", \"cpus\": %d, \"cpu_share\": %d, "
+        "\"binding\": \"%s\"}", p->io_omp_threads,
+        fa_threads.why, fa_threads.cpus, fa_threads.share, fa_threads.binding);
     PUT("}");
 #undef STR
 #undef NUM

@@ -8,6 +8,7 @@
 #include "dist/plan.h"
 #include "dist/gpu_comm.h"
 #include "runner/job.h"
+#include "base/common.h"          /* fa_binding */
 
 /* The environment, read once (the only getenv calls besides main's). *_set: the variable was
  * given (its value then wins over the default, and the plan says "environment"). */
@@ -33,6 +34,12 @@ typedef struct {
 /* Reads and checks the environment; -1 with fa_seterr naming the variable on a bad value. Not
  * collective (every rank reads its own environment; mpirun gives them the same). */
 int plan_env_read(plan_env *env);
+
+/* How the launcher bound this process, from its environment (Open MPI's OMPI_MCA_* variables,
+ * Slurm's SLURM_CPU_BIND*): its default binding, one asked for, or none. main passes it to
+ * fa_threads_setup (base/common.h), which widens a default binding to the rank's share of the
+ * node and keeps an explicit one. Local. */
+void plan_binding_read(fa_binding *b);
 
 /* The tune cache file: --tune-cache, else FA_TUNE_CACHE, else ~/.cache/fa_long/tune.txt. */
 const char *plan_tune_cache_path(const char *opt, const plan_env *env, char *buf, int len);

@@ -87,6 +87,7 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                         (double)st->bytes_written, st->t_io_exposed};
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    fa_rank_threads *thr = fa_threads_gather();   /* each rank's threads, CPUs and why */
     r->json = NULL;
     if (fa_rank != 0) return;
 
@@ -115,12 +116,12 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put_num(&b, plan->scale);
     put(&b, ", \"mode\": \"%s\", \"ranks\": %d, \"backend\": \"%s\", \"compute\": \"%s\", "
             "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\", "
-            "\"threads_per_rank\": %d, \"threads_from\": \"%s\", \"node_ranks\": %d, "
-            "\"node_cpus\": %d},\n",
+            "\"threads_per_rank\": %d, \"threads_from\": \"%s\", \"cpus_per_rank\": %d, "
+            "\"cpu_share\": %d, \"binding\": \"%s\", \"node_ranks\": %d, \"node_cpus\": %d},\n",
         job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_nranks, backend, compute,
         (long long)chunk, st->window, shard_layout_name((shard_layout)st->layout),
-        fa_dtype_name(s->q_type), fa_threads.threads, fa_threads.why, fa_threads.node_ranks,
-        fa_threads.node_cpus);
+        fa_dtype_name(s->q_type), fa_threads.threads, fa_threads.why, fa_threads.cpus,
+        fa_threads.share, fa_threads.binding, fa_threads.node_ranks, fa_threads.node_cpus);
     {   /* the run plan: every setting and where it came from (runner/plan.c) */
         char pj[4096];
         plan_json(plan, pj, sizeof pj);
@@ -213,10 +214,11 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                 "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
                 "\"comm_s\": %.6f, \"exposed_s\": %.6f, \"compute_idle_s\": %.6f, \"comm_fastest_chunk_s\": %.6f, "
                 "\"paged_bytes\": %.0f, \"maxrss_mib\": %.1f, \"setup_s\": %.6f, \"read_kv_s\": %.6f, "
-                "\"finalize_s\": %.6f, \"sync_s\": %.6f, \"io_exposed_s\": %.6f}",
+                "\"finalize_s\": %.6f, \"sync_s\": %.6f, \"io_exposed_s\": %.6f, \"threads\": %d, "
+                "\"cpus\": %d, \"cpu_share\": %d, \"threads_from\": \"%s\"}",
             k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
             v[S_COMM], v[S_EXPOSED], v[S_IDLE], v[S_CMIN], v[S_PAGED], v[S_RSS], v[S_SETUP], v[S_KV],
-            v[S_FINAL], v[S_SYNC], v[S_IOEXP]);
+            v[S_FINAL], v[S_SYNC], v[S_IOEXP], thr[k].threads, thr[k].cpus, thr[k].share, thr[k].why);
     }
     put(&b, "\n  ]");
     if (check) {
@@ -243,6 +245,7 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     }
     put(&b, "\n}\n");
     free(all);
+    free(thr);
     r->json = b.buf;
 }
 
