@@ -11,6 +11,7 @@
 #include <omp.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 int fa_rank = 0, fa_nranks = 1;
 int fa_mpi_thread_multiple = 0;
@@ -95,10 +96,18 @@ void *fa_calloc(size_t n, size_t size, const char *what) {
     return p;
 }
 
+/* Buffers of 64 MiB and more (keys, query chunks, output sets) start on a 2 MiB boundary and ask
+ * for transparent huge pages: their first touch (a read landing in a fresh key buffer) then
+ * faults 512 times less often. Where the kernel has none, the advice is ignored. */
 void *fa_aligned_alloc(size_t bytes, const char *what) {
     void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+    const size_t huge = (size_t)2 << 20;
+    const int big = bytes >= ((size_t)64 << 20);
+    if (posix_memalign(&p, big ? huge : 64, bytes ? bytes : 64) != 0)
         fa_fail("out of memory allocating %zu bytes for %s", bytes, what);
+#ifdef MADV_HUGEPAGE
+    if (big) (void)madvise(p, (bytes + 4095) / 4096 * 4096, MADV_HUGEPAGE);
+#endif
     return p;
 }
 

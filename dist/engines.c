@@ -23,6 +23,8 @@ typedef struct {
     attn_kv_segment *sub;         /* [nsegs] the part of the segments one call folds in */
     gpu_job *job;
     rec_merge merge;
+    fa_dtype o_xfer;              /* the o type the pipeline takes (plan.o_xfer) */
+    float *o32;                   /* a chunk of float32 rows: the host merge's, before o_xfer */
 } exact_ctx;
 
 static float exact_finalize(void *ctx, const float *rec, float *o) {
@@ -86,6 +88,7 @@ static void exact_destroy(void *ctx) {
     host_merge_free(&c->hm);
     free(c->kv_done);
     free(c->sub);
+    free(c->o32);
     if (c->job) gpu_job_destroy(c->job);
     rec_merge_free(&c->merge);
     free(c);
@@ -146,6 +149,15 @@ static int job_host_merge_start(void *ctx, int slot, int64_t n, int root) {
     host_merge_start(&c->hm, slot, n, root);
     return 0;
 }
+/* without NCCL, the finalized float32 rows of the host merge in the pipeline's o type (the GPU
+ * gives o in its file type where it merges on the device: typed transfers) */
+static int job_host_fetch(void *ctx, int slot, int64_t n, void *o, float *lse) {
+    exact_ctx *c = ctx;
+    if (c->o_xfer == FA_F32) return host_merge_slot_fetch(ctx, slot, n, o, lse);
+    host_merge_fetch(&c->hm, slot, n, c->o32, lse);
+    fa_from_f32(c->o_xfer, c->o32, o, n * c->h * c->d);
+    return 0;
+}
 static int job_merge_start(void *ctx, int slot, int64_t n, int root) {
     return gpu_job_merge_start(((exact_ctx *)ctx)->job, slot, n, root);
 }
@@ -199,6 +211,11 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
     } else {                                  /* states to the host, MPI merge */
         exact_host_merge(pl, comm, c, e);
         e->merge_start = job_host_merge_start;
+        c->o_xfer = pl->o_xfer;
+        if (c->o_xfer != FA_F32) {
+            c->o32 = fa_aligned_alloc((size_t)(pl->chunk * s->H * s->D) * sizeof(float), "merged rows");
+            e->fetch = job_host_fetch;
+        }
     }
     e->stats = job_stats;
     return 0;

@@ -47,6 +47,9 @@ struct h5in {
     int fd;                         /* the file, read-only, for pread; -1 */
     int64_t offset[3];              /* the dataset's first byte in the file, or -1 */
     int direct;                     /* direct reads allowed (h5in_direct_reads; default 1) */
+    /* where this rank's reads spent their time (--verbose prints rank 0's at close) */
+    double t_io, t_hash, t_scan, t_conv;
+    int64_t bytes_in;
 };
 
 /* ---- rank 0's check ----------------------------------------------------------------------------- */
@@ -440,6 +443,10 @@ void h5in_take_digests(h5in *f, uint64_t d[3]) {
 
 void h5in_close(h5in *f) {
     if (!f) return;
+    if (f->bytes_in > 0)
+        fa_log(2, "fa_long: rank %d read %.3f GB of '%s': file to memory %.3f s, digests %.3f s, "
+                  "finite scan %.3f s, byte order, layout and widening %.3f s", fa_rank,
+               f->bytes_in * 1e-9, f->path, f->t_io, f->t_hash, f->t_scan, f->t_conv);
     close_handles(f);
     MPI_Comm_free(&f->comm);
     free(f);
@@ -800,6 +807,7 @@ int h5in_read_rows_as(h5in *f, const char *name, int64_t b, const row_range *ran
             H5Sclose(mem);
             continue;
         }
+        double tc = fa_now();
         if (direct) {                        /* the same on every rank: no collective call */
             int err = np ? read_direct(f, idx, b, p, np, buf, rows, bhnd) : 0;
             if (err)
@@ -820,17 +828,30 @@ int h5in_read_rows_as(h5in *f, const char *name, int64_t b, const row_range *ran
         if (!virt && !direct) note_io_mode(dxpl);
         h5io_ntransfers++;
         H5Sclose(mem);
+        f->t_io += fa_now() - tc;
         if (!np) continue;
+        f->bytes_in += n_el * esize;
+        tc = fa_now();
         if (idx > 0) hash_rows(f, idx, b, p, np, buf, rows, dims[2], dims[3] * esize, bhnd);
+        f->t_hash += fa_now() - tc;
+        tc = fa_now();
         if (scan_src && !raw)
             scan_source(f->dtype[idx], buf, p, np, row_el, dims[1], b, &bad_at, &bad_what, &amax_bits);
+        f->t_scan += fa_now() - tc;
+        tc = fa_now();
         if (f->swap[idx]) fa_byteswap(buf, esize, n_el);
         if (raw) {                           /* as bnhd, in the file's type */
             if (bhnd) fa_copy_swap(esize, buf, out, dims[2], rows, dims[3]);
+            f->t_conv += fa_now() - tc;
+            tc = fa_now();
             if (scan_src)
                 scan_source(f->dtype[idx], out, p, np, row_el, dims[1], b, &bad_at, &bad_what, &amax_bits);
-        } else if (bhnd) fa_to_f32_swap(f->dtype[idx], buf, (float *)out, dims[2], rows, dims[3]);
+            f->t_scan += fa_now() - tc;
+            continue;
+        }
+        if (bhnd) fa_to_f32_swap(f->dtype[idx], buf, (float *)out, dims[2], rows, dims[3]);
         else fa_to_f32(f->dtype[idx], buf, (float *)out, n_el);
+        f->t_conv += fa_now() - tc;
     }
     H5Pclose(dxpl);
     H5Sclose(fspace);

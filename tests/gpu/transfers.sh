@@ -100,8 +100,8 @@ done
 
 IN=$T/in_bfloat16.h5
 echo "== paged keys (--device-mem), streamed vs whole"
-run "paged streamed" FA_KEY_READ_ROWS=$ROWS -- -i "$IN" -o "$T/ps.h5" --backend $BACKEND --lse --causal --chunk $((NQ / 6)) --merges-in-flight 3 --device-mem 500M --report "$T/ps.json" \
-    && run "paged whole" FA_KEY_READ_ROWS=$ROWS FA_STREAM_KEYS=0 -- -i "$IN" -o "$T/pw.h5" --backend $BACKEND --lse --causal --chunk $((NQ / 6)) --merges-in-flight 3 --device-mem 500M \
+run "paged streamed" FA_KEY_READ_ROWS=$ROWS -- -i "$IN" -o "$T/ps.h5" --backend $BACKEND --lse --causal --chunk $((NQ / 24)) --merges-in-flight 3 --device-mem 200M --report "$T/ps.json" \
+    && run "paged whole" FA_KEY_READ_ROWS=$ROWS FA_STREAM_KEYS=0 -- -i "$IN" -o "$T/pw.h5" --backend $BACKEND --lse --causal --chunk $((NQ / 24)) --merges-in-flight 3 --device-mem 200M \
     && { python3 -c "import json,sys; r=json.load(open('$T/ps.json')); p=r['plan']['keys_paged_rank0']['value']; print(f'  paged keys on rank 0: {p}'); sys.exit(0 if p > 0 else 1)" || { echo "FAIL: nothing paged under the budget"; fail=1; }; \
          same "$T/ps.h5" "$T/pw.h5" "paged: streamed vs keys whole" || fail=1; check "$IN" "$T/ps.h5" "paged"; }
 
