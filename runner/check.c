@@ -414,7 +414,7 @@ static int output_mask(const char *in, const char *out, const fa_shape *s, int c
     fa_clearerr();
     mk->softcap = cap;
     if (docs > 0 || alibi == 2) {
-        if (h5_read_mask_tables(in, P_Q, s, alibi == 2, t)) return -1;
+        if (h5_read_mask_tables(in, P_Q, s, alibi == 2, docs > 0, t)) return -1;
         if (docs > 0 && t->ndocs != (int64_t)docs)
             return fa_seterr("%s: the output records %lld packed documents, the input '%s' has %lld",
                              out, (long long)docs, in, (long long)t->ndocs);

@@ -146,7 +146,10 @@ int plan_mask_make(const fa_job *job, const fa_shape *s, plan_mask *pm) {
     int rc = 0;
     if (fa_rank == 0)
         rc = h5_read_mask_tables(job->input, job->dset[0] && *job->dset[0] ? job->dset[0] : "q", s,
-                                 job->alibi, &pm->t);
+                                 job->alibi, !job->no_documents, &pm->t);
+    if (fa_rank == 0 && !rc && pm->t.docs_unread)
+        fa_log(1, "fa_long: --no-documents: the input's cu_seqlens tables are not used (one "
+                  "sequence a batch row; the output records documents = 0)");
     if (fa_agree(MPI_COMM_WORLD, rc, -1)) {
         h5_mask_tables_free(&pm->t);
         return -1;
