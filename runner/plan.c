@@ -559,7 +559,7 @@ void plan_json(const run_plan *p, char *buf, int len) {
     STR("compute", p->compute_name, PS_COMPUTE);
     NUM("scale", "%.17g", p->scale, PS_SCALE);
     NUM("chunk", "%lld", (long long)p->chunk, PS_CHUNK);
-    NUM("window", "%d", p->window, PS_WINDOW);
+    NUM("merges_in_flight", "%d", p->window, PS_WINDOW);
     STR("shard", shard_layout_name(p->layout), PS_LAYOUT);
     STR("q_read", q_read_name(p->q_read), PS_Q_READ);
     if (p->backend == BACKEND_CPU) {
