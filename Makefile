@@ -87,6 +87,11 @@ CU_SRCS := $(if $(filter 1,$(USE_CUDA)),$(wildcard kernels/cuda/*.cu dist/*.cu))
 OBJS    := $(C_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.cu.o)
 LIB_OBJS := $(filter-out $(BUILD)/runner/main.o,$(OBJS))
 # the library (lib/fa_long.h): every object but main's; the command is main.o over it
+# (libfa_long.a). The shared library computes on the CPU engine alone: with CUDA in the build, its
+# objects are the C sources compiled once more without it ($(BUILD)/lib-cpu), so that loading it
+# needs neither libcudart nor libnccl.
+LIBSO_OBJS := $(if $(filter 1,$(USE_CUDA)),$(patsubst $(BUILD)/%,$(BUILD)/lib-cpu/%,$(filter-out %.cu.o,$(LIB_OBJS))),$(LIB_OBJS))
+LIBSO_LIBS := $(if $(filter 1,$(USE_CUDA)),$(HDF5_LIBS) $(BLAS_LIBS) $(LDLIBS),$(ALL_LIBS))
 LIBA    := $(BUILD)/libfa_long.a
 LIBSO   := $(BUILD)/libfa_long.so
 PREFIX  ?= /usr/local
@@ -117,9 +122,9 @@ $(LIBA): $(LIB_OBJS)
 	@echo "Archiving $@"
 	@rm -f $@ && ar rcs $@ $^
 
-$(LIBSO): $(LIB_OBJS)
+$(LIBSO): $(LIBSO_OBJS)
 	@echo "Linking $@"
-	@$(MPICC) $(CFLAGS) -shared -Wl,-soname,libfa_long.so -o $@ $^ $(ALL_LIBS)
+	@$(MPICC) $(CFLAGS) -shared -Wl,-soname,libfa_long.so -o $@ $^ $(LIBSO_LIBS)
 
 $(BIN): $(BUILD)/runner/main.o $(LIBA)
 	@echo "Linking $@"
@@ -141,6 +146,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "Compiling $< > $@"
 	@$(MPICC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/lib-cpu/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "Compiling $< > $@ (without CUDA, for $(LIBSO))"
+	@$(MPICC) $(CFLAGS) $(HDF5_CFLAGS) $(BLAS_CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
@@ -194,4 +204,4 @@ plot:
 clean:
 	rm -rf $(BUILD) $(BIN)
 
--include $(OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(if $(filter 1,$(USE_CUDA)),$(LIBSO_OBJS:.o=.d))

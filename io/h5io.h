@@ -196,9 +196,11 @@ typedef struct {
     int64_t ndocs, doc_rows;   /* documents per row of the tables; rows: 1 or B */
     int64_t *cu_q, *cu_k;      /* [doc_rows][ndocs+1], or NULL */
     float *alibi;              /* [H], or NULL */
+    int docs_unread;           /* the input has offsets that `documents` = 0 left unread */
 } h5_mask_tables;
+/* documents = 0 (--no-documents): the offsets are neither read nor checked (ndocs 0). */
 int h5_read_mask_tables(const char *path, const char *qpath, const fa_shape *s, int alibi,
-                        h5_mask_tables *t);
+                        int documents, h5_mask_tables *t);
 void h5_mask_tables_free(h5_mask_tables *t);
 /* Checks one table of offsets ([rows][ndocs+1]): starts at 0, never decreases, ends at n. 0 when
  * good; else -1 with fa_seterr starting with `what` (file and dataset). */

@@ -103,7 +103,7 @@ static int read_slopes(hid_t f, const char *path, const char *name, const fa_sha
 }
 
 int h5_read_mask_tables(const char *path, const char *qpath, const fa_shape *s, int alibi,
-                        h5_mask_tables *t) {
+                        int documents, h5_mask_tables *t) {
     memset(t, 0, sizeof *t);
     hid_t f = h5io_open_serial(path, "input");
     if (f < 0) return -1;
@@ -116,6 +116,10 @@ int h5_read_mask_tables(const char *path, const char *qpath, const fa_shape *s, 
     snprintf(ns, sizeof ns, "%salibi_slopes", g);
     int hq = h5io_link_exists(f, nq), hk = h5io_link_exists(f, nk), hb = h5io_link_exists(f, nb);
     int st = 0;
+    if (!documents) {
+        t->docs_unread = hb || hq || hk;
+        hb = hq = hk = 0;
+    }
     if (hb && (hq || hk))
         st = fa_seterr("input '%s': has both '%s' and '%s'; expected cu_seqlens alone (for "
                        "queries and keys) or cu_seqlens_q with cu_seqlens_k", path, nb, hq ? nq : nk);

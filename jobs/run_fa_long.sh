@@ -3,15 +3,25 @@
 # scripts stay a page of resource lines each). It launches fa_long on all tasks of the job,
 # forwards Slurm's warning signal to it, and requeues the job when fa_long stopped early.
 #
+# fa_long's options: the arguments after the script's name on the sbatch line, as they are
+# (sbatch passes them to the script, which passes them on as "$@": spaces and commas stay inside
+# an argument), e.g.
+#   sbatch jobs/fa_long_cpu.sbatch --input "$PWD/my data/in.h5" --output "$PWD/out.h5" \
+#          --window-size 255,0 --lse
 # Variables (set with sbatch --export=ALL,NAME=value,... or in the environment):
-#   INPUT, OUTPUT   the HDF5 files (required)
-#   FA_ARGS         further fa_long options, e.g. "--causal --lse --chunk 2K"
+#   INPUT, OUTPUT   the HDF5 files (required unless the arguments give --input and --output)
+#   FA_ARGS         further fa_long options, e.g. "--causal --lse --chunk 2K", split into words
+#                   as the shell splits them: quotes ('...' or "...") and backslashes keep spaces
+#                   and commas inside one word; nothing is expanded. They come before the
+#                   arguments, which win where both give an option
 #   FA_HOME         the fa_long checkout (default: the folder above this file; the sbatch
 #                   scripts find it from the path they were submitted as, from any folder)
 #   FA_LONG         the binary (default: $FA_HOME/fa_long)
 #   LAUNCHER        mpirun (default) or srun (srun --mpi=pmix)
 #   CHECK_ROWS      rows re-checked in fp64 after the run (default 16; 0 skips)
 #   FA_NO_REQUEUE=1 exit 75 instead of requeueing after an early stop
+#   OMP_NUM_THREADS threads a rank (default: --cpus-per-task, else the CPUs Slurm gave the node
+#                   divided among the node's ranks)
 #
 #   OMPI_MCA_odls_base_sigkill_timeout  see below (default here 15)
 #
@@ -32,8 +42,35 @@
 # then exits 75, or requeues the job where Slurm allows it (a job being cancelled or timed out
 # cannot be requeued: submit the same script again, it continues from the partial file).
 set -u
-: "${INPUT:?set INPUT=the input .h5 (sbatch --export=ALL,INPUT=...,OUTPUT=...)}"
-: "${OUTPUT:?set OUTPUT=the output .h5}"
+# FA_ARGS into words (xargs: quotes and backslashes as the shell takes them, no expansion)
+fa_args=()
+if [ -n "${FA_ARGS:-}" ]; then
+    mapfile -d '' -t fa_args < <(printf '%s' "$FA_ARGS" | xargs -r printf '%s\0' 2>/dev/null)
+    if ! wait $!; then
+        echo "fa_long job: FA_ARGS=$FA_ARGS: a quote is not closed; expected words as the shell" \
+             "takes them (e.g. FA_ARGS=\"--window-size 255,0 --q '/my layer/q'\")" >&2
+        exit 2
+    fi
+fi
+# the input and output: INPUT, OUTPUT, or the options (FA_ARGS, then the arguments: the last wins,
+# as it does for fa_long)
+opt_in=; opt_out=; prev=
+for a in "${fa_args[@]}" "$@"; do
+    case $prev in -i|--input) opt_in=$a ;; -o|--output) opt_out=$a ;; esac
+    case $a in --input=*) opt_in=${a#--input=} ;; --output=*) opt_out=${a#--output=} ;; esac
+    prev=$a
+done
+missing=
+[ -z "${INPUT:-}$opt_in" ] && missing=input
+[ -z "${OUTPUT:-}$opt_out" ] && missing=${missing:+$missing and }output
+if [ -n "$missing" ]; then
+    echo "fa_long job: no $missing file: give --input IN.h5 --output OUT.h5 after the script's" \
+         "name (sbatch SCRIPT --input ... --output ...), or INPUT and OUTPUT (sbatch" \
+         "--export=ALL,INPUT=...,OUTPUT=...)" >&2
+    exit 2
+fi
+io=(); [ -n "${INPUT:-}" ] && io+=(--input "$INPUT"); [ -n "${OUTPUT:-}" ] && io+=(--output "$OUTPUT")
+OUTPUT=${opt_out:-$OUTPUT}
 FA_HOME=${FA_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 FA_LONG=${FA_LONG:-$FA_HOME/fa_long}
 if [ ! -x "$FA_LONG" ]; then
@@ -42,17 +79,28 @@ if [ ! -x "$FA_LONG" ]; then
 fi
 LAUNCHER=${LAUNCHER:-mpirun}
 CHECK_ROWS=${CHECK_ROWS:-16}
-# threads a rank: OMP_NUM_THREADS if given, else --cpus-per-task, else fa_long's own share of the
-# CPUs Slurm gave the node's ranks (never every core for every rank: that oversubscribes)
-if [ -z "${OMP_NUM_THREADS:-}" ] && [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
-    export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
+# CPUs a rank: --cpus-per-task, else the CPUs Slurm gave this node divided among its ranks
+# (SLURM_TASKS_PER_NODE: "4", "4(x2)" or "4,3": this node's is the first)
+node_tasks=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-}}
+node_tasks=${node_tasks%%[(,]*}
+cpus=${SLURM_CPUS_PER_TASK:-}
+if [ -z "$cpus" ] && [ -n "${SLURM_CPUS_ON_NODE:-}" ] && [ "${node_tasks:-0}" -gt 0 ]; then
+    cpus=$(( SLURM_CPUS_ON_NODE / node_tasks ))
+    [ "$cpus" -lt 1 ] && cpus=1
+fi
+# threads a rank: OMP_NUM_THREADS if given, else those CPUs, else fa_long's own share of the CPUs
+# the node's ranks may use (never every core for every rank: that oversubscribes)
+if [ -z "${OMP_NUM_THREADS:-}" ] && [ -n "$cpus" ]; then
+    export OMP_NUM_THREADS=$cpus
 fi
 xomp=(); [ -n "${OMP_NUM_THREADS:-}" ] && xomp=(-x OMP_NUM_THREADS)
 # never let NCCL use NVLink multicast (NVLS): it can take a shared node's GPUs out of service
 export NCCL_NVLS_ENABLE=0
 
 if [ "$LAUNCHER" = srun ]; then
-    launch=(srun --mpi=pmix --kill-on-bad-exit=1)
+    # a step's tasks get 1 CPU each unless told (srun 22.05 does not take the job's
+    # --cpus-per-task): each rank its CPUs
+    launch=(srun --mpi=pmix --kill-on-bad-exit=1 ${cpus:+--cpus-per-task=$cpus})
 else
     root=(); [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)
     # one rank per Slurm task; Open MPI reads the allocation from Slurm's environment
@@ -68,9 +116,11 @@ export FA_STOP_FILE="$out_dir/.$(basename "$OUTPUT").stopped.${SLURM_JOB_ID:-$$}
 rm -f "$FA_STOP_FILE"
 check=(); [ "$CHECK_ROWS" != 0 ] && check=(--check "$CHECK_ROWS")
 
-echo "fa_long job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: ${launch[*]}"
-# shellcheck disable=SC2086  # FA_ARGS is a list of options
-"${launch[@]}" "$FA_LONG" --input "$INPUT" --output "$OUTPUT" --resume "${check[@]}" ${FA_ARGS:-} &
+ranks=${SLURM_NTASKS:-1} threads=${OMP_NUM_THREADS:-}
+[ -n "$threads" ] || threads="(a share of the node's CPUs)"
+echo "fa_long job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}:" \
+     "$ranks rank$([ "$ranks" = 1 ] || echo s) x $threads threads: ${launch[*]}"
+"${launch[@]}" "$FA_LONG" "${io[@]}" --resume "${check[@]}" "${fa_args[@]}" "$@" &
 pid=$!
 stopping=
 # TERM, INT or USR1: ask fa_long to stop after the chunks in flight. mpirun forwards USR1 to

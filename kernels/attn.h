@@ -126,3 +126,13 @@ void attn_reference_f64(const float *q, const float *k, const float *v,
 void attn_reference_f64_mask(const float *q, const float *k, const float *v, int h, int hkv,
                              int d, double scale, const attn_mask *m, int64_t b, int64_t row0,
                              int64_t nrows, double *o, double *lse);
+/* The same sums, blocked, for many rows (`fa_long check`): folds keys [j0, j0+n) of a batch
+ * element (k, v: [n, Hkv, D]) into the fp64 softmax states of ns query rows (q: [ns, H, D]),
+ * each row under its mask run runs[si] (mask_row; the keys it sees, absolute): acc [ns, H, D]
+ * (unnormalized o), mx and l [ns, H] (running max, -inf to start, and sum of exp), and kappa
+ * [ns, H] (the largest |score| met; NULL: not kept). o = acc / l, lse = mx + log l once every
+ * key block is folded. Threads over (row, head) pairs; results do not depend on their count. */
+void attn_reference_f64_fold(const float *q, int64_t ns, const mask_run *runs, int h, int hkv,
+                             int d, double scale, const attn_mask *m, const float *k,
+                             const float *v, int64_t j0, int64_t n, double *acc, double *mx,
+                             double *l, double *kappa);

@@ -146,13 +146,13 @@ static void check_usage(void) {
 
 /* Streams the keys of batch element b that the sampled rows see and folds them into fp64 softmax
  * states for the ns sampled rows `rows` (query rows q: [ns, H, D]) under mask mk (the score
- * modifiers included). acc [ns, H, D], m and l [ns, H]; kappa [ns, H]: the largest |score| of
+ * modifiers included), blocked and threaded (kernels/cpu/ref.c: attn_reference_f64_fold). acc [ns, H, D], m and l [ns, H]; kappa [ns, H]: the largest |score| of
  * the row (the conditioning of its weights; with ALiBi at most |max score| + 60, as scores
  * further below the maximum carry no weight). */
 static int reference_rows(const char *in, const fa_shape *s, const attn_mask *mk, int64_t b,
                           const int64_t *rows, const float *q, int ns, double scale, double *acc,
                           double *m, double *l, double *kappa) {
-    int64_t H = s->H, Hkv = s->Hkv, D = s->D, G = H / Hkv;
+    int64_t H = s->H, Hkv = s->Hkv, D = s->D;
     int64_t blk = (int64_t)(32 << 20) / (Hkv * D * 4) + 1;  /* ~32 MB of keys per block */
     if (blk > s->Nk) blk = s->Nk;
     mask_run *run = fa_malloc((size_t)ns * sizeof *run, "check rows");
@@ -172,33 +172,8 @@ static int reference_rows(const char *in, const fa_shape *s, const attn_mask *mk
             rc = -1;
             break;
         }
-#pragma omp parallel for collapse(2) schedule(dynamic)
-        for (int si = 0; si < ns; si++) {
-            for (int64_t h = 0; h < H; h++) {
-                const mask_run *r = &run[si];
-                int64_t ja = r->lo > j0 ? r->lo - j0 : 0, jz = r->hi - j0 < n ? r->hi - j0 : n;
-                const float *qv = q + ((int64_t)si * H + h) * D;
-                double *a = acc + ((int64_t)si * H + h) * D;
-                double *mm = m + (int64_t)si * H + h, *ll = l + (int64_t)si * H + h;
-                double *kk = kappa + (int64_t)si * H + h;
-                for (int64_t j = ja; j < jz; j++) {
-                    const float *kr = k + (j * Hkv + h / G) * D, *vr = v + (j * Hkv + h / G) * D;
-                    double dot = 0;
-                    for (int64_t e = 0; e < D; e++) dot += (double)qv[e] * (double)kr[e];
-                    double sc = mask_score_f64(mk, dot * scale, (int)h, r, j0 + j);
-                    if (fabs(sc) > *kk) *kk = fabs(sc);
-                    if (sc > *mm) {                         /* rescale the running state */
-                        double f = *mm == -INFINITY ? 0.0 : exp(*mm - sc);
-                        *ll *= f;
-                        for (int64_t e = 0; e < D; e++) a[e] *= f;
-                        *mm = sc;
-                    }
-                    double p = exp(sc - *mm);
-                    *ll += p;
-                    for (int64_t e = 0; e < D; e++) a[e] += p * (double)vr[e];
-                }
-            }
-        }
+        attn_reference_f64_fold(q, ns, run, (int)H, (int)Hkv, (int)D, scale, mk, k, v, j0, n, acc,
+                                m, l, kappa);
     }
     if (mk->alibi)
         for (int64_t x = 0; x < ns * H; x++)
@@ -258,19 +233,36 @@ static int pick_rows(const fa_shape *s, int64_t k, uint64_t seed, sample *out) {
 
 typedef struct { double abs, ref_max, lse_err; int nonfinite; } errs;
 
+/* The rows of dataset `name` (layout lay, [B, N, heads, D] as read) of the ns samples of one
+ * batch element into dst [ns, heads, D]: one read per run of consecutive rows. With lse (a
+ * dataset [B, heads, N]), its values of those rows into lse [ns, heads] as well. */
+static int read_rows(const char *path, const char *name, fa_layout lay, const sample *sm, int ns,
+                     int64_t heads, int64_t D, float *dst, const char *lse_name, float *lse) {
+    for (int a = 0, z; a < ns; a = z) {
+        for (z = a + 1; z < ns && sm[z].b == sm[a].b && sm[z].i == sm[z - 1].i + 1;) z++;
+        int64_t st[4] = {sm[a].b, sm[a].i, 0, 0}, ct[4] = {1, z - a, heads, D};
+        if (h5_read_block_as(path, name, lay, st, ct, dst + (int64_t)a * heads * D)) return -1;
+        if (!lse) continue;
+        float *t = fa_malloc((size_t)(heads * (z - a)) * sizeof(float), "check lse");
+        int64_t s3[3] = {sm[a].b, 0, sm[a].i}, c3[3] = {1, heads, z - a};
+        int rc = h5_read_block(path, lse_name, 3, s3, c3, t);
+        for (int64_t h = 0; !rc && h < heads; h++)          /* [heads][rows] -> [rows][heads] */
+            for (int x = a; x < z; x++) lse[(int64_t)x * heads + h] = t[h * (z - a) + (x - a)];
+        free(t);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 /* Compares the output's rows of the samples [s0, s1) (all of batch b) with their reference. */
 static int compare_rows(const char *out, const fa_shape *s, const sample *sm, int ns, int has_lse,
                         const double *acc, const double *m, const double *l, errs *e) {
     int64_t H = s->H, D = s->D;
-    float *o = fa_malloc((size_t)(H * D) * sizeof(float), "check row");
-    float *lse = fa_malloc((size_t)H * sizeof(float), "check lse");
+    float *oall = fa_malloc((size_t)(ns * H * D) * sizeof(float), "check rows");
+    float *lall = fa_malloc((size_t)(ns * H) * sizeof(float), "check lse");
+    if (read_rows(out, P_O, L_O, sm, ns, H, D, oall, P_L, has_lse ? lall : NULL)) goto fail;
     for (int si = 0; si < ns; si++) {
-        int64_t st[4] = {sm[si].b, sm[si].i, 0, 0}, ct[4] = {1, 1, H, D};
-        if (h5_read_block_as(out, P_O, L_O, st, ct, o)) goto fail;
-        if (has_lse) {
-            int64_t s3[3] = {sm[si].b, 0, sm[si].i}, c3[3] = {1, H, 1};
-            if (h5_read_block(out, P_L, 3, s3, c3, lse)) goto fail;
-        }
+        const float *o = oall + (int64_t)si * H * D, *lse = lall + (int64_t)si * H;
         for (int64_t h = 0; h < H; h++) {
             double ll = l[(int64_t)si * H + h], mm = m[(int64_t)si * H + h];
             for (int64_t d = 0; d < D; d++) {
@@ -290,12 +282,12 @@ static int compare_rows(const char *out, const fa_shape *s, const sample *sm, in
             }
         }
     }
-    free(o);
-    free(lse);
+    free(oall);
+    free(lall);
     return 0;
 fail:
-    free(o);
-    free(lse);
+    free(oall);
+    free(lall);
     return -1;
 }
 
@@ -350,17 +342,12 @@ static int taylor_compare_rows(const char *out, const fa_shape *s, const sample 
                                int has_lse, const double *tacc, const double *acc, const double *m,
                                const double *l, errs *e) {
     int64_t H = s->H, D = s->D, R = taylor_rec_len((int)D);
-    float *o = fa_malloc((size_t)(H * D) * sizeof(float), "check row");
-    float *lse = fa_malloc((size_t)H * sizeof(float), "check lse");
+    float *oall = fa_malloc((size_t)(ns * H * D) * sizeof(float), "check rows");
+    float *lall = fa_malloc((size_t)(ns * H) * sizeof(float), "check lse");
     double *ot = fa_malloc((size_t)D * sizeof(double), "check row");
-    int rc = 0;
+    int rc = read_rows(out, P_O, L_O, sm, ns, H, D, oall, P_L, has_lse ? lall : NULL);
     for (int si = 0; si < ns && !rc; si++) {
-        int64_t st[4] = {sm[si].b, sm[si].i, 0, 0}, ct[4] = {1, 1, H, D};
-        if (h5_read_block_as(out, P_O, L_O, st, ct, o)) { rc = -1; break; }
-        if (has_lse) {
-            int64_t s3[3] = {sm[si].b, 0, sm[si].i}, c3[3] = {1, H, 1};
-            if (h5_read_block(out, P_L, 3, s3, c3, lse)) { rc = -1; break; }
-        }
+        const float *o = oall + (int64_t)si * H * D, *lse = lall + (int64_t)si * H;
         for (int64_t h = 0; h < H; h++) {
             int64_t x = (int64_t)si * H + h;
             double tl, ratio;
@@ -392,7 +379,7 @@ static int taylor_compare_rows(const char *out, const fa_shape *s, const sample 
             }
         }
     }
-    free(o); free(lse); free(ot);
+    free(oall); free(lall); free(ot);
     return rc;
 }
 
@@ -414,7 +401,7 @@ static int output_mask(const char *in, const char *out, const fa_shape *s, int c
     fa_clearerr();
     mk->softcap = cap;
     if (docs > 0 || alibi == 2) {
-        if (h5_read_mask_tables(in, P_Q, s, alibi == 2, t)) return -1;
+        if (h5_read_mask_tables(in, P_Q, s, alibi == 2, docs > 0, t)) return -1;
         if (docs > 0 && t->ndocs != (int64_t)docs)
             return fa_seterr("%s: the output records %lld packed documents, the input '%s' has %lld",
                              out, (long long)docs, in, (long long)t->ndocs);
@@ -482,11 +469,8 @@ static int sampled(const char *in, const char *out, int64_t nrows, double tol, u
         double *kappa = fa_calloc((size_t)(n * H), sizeof(double), "check conditioning");
         int64_t *rows = fa_malloc((size_t)n * sizeof(int64_t), "check rows");
         for (int64_t x = 0; x < n * H; x++) m[x] = -INFINITY;
-        for (int x = 0; x < n && !rc; x++) {
-            int64_t st[4] = {sm[a + x].b, sm[a + x].i, 0, 0}, ct[4] = {1, 1, H, D};
-            rows[x] = sm[a + x].i;
-            rc = h5_read_block_as(in, P_Q, L_Q, st, ct, q + (int64_t)x * H * D);
-        }
+        for (int x = 0; x < n; x++) rows[x] = sm[a + x].i;
+        rc = read_rows(in, P_Q, L_Q, sm + a, n, H, D, q, NULL, NULL);
         if (!rc) rc = reference_rows(in, &s, &mk, sm[a].b, rows, q, n, scale, acc, m, l, kappa);
         for (int64_t x = 0; !rc && x < n * H; x++)
             if (kappa[x] > r->kappa) r->kappa = kappa[x];

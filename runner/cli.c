@@ -45,13 +45,18 @@ int cli_unknown_option(const char *who, const char *arg, const struct option *op
     return fa_seterr("%sunknown option '%s' (see %s)", who, arg, help);
 }
 
-static void usage(void) {
+/* --help: the commands and the run options; `fa_long run --help`: the run options alone. */
+static void usage(int run_command) {
     if (fa_rank) return;
+    if (run_command)
+        printf("usage: fa_long run --input IN.h5 --output OUT.h5 [options]\n"
+               "       (the same as fa_long --input IN.h5 --output OUT.h5 [options])\n");
+    else
+        printf("usage: fa_long [run] --input IN.h5 --output OUT.h5 [options]\n"
+               "       fa_long gen --output IN.h5 [shape options]     (fa_long gen --help)\n"
+               "       fa_long check --input IN.h5 --output OUT.h5     (fa_long check --help)\n"
+               "       fa_long tune [job shape]                        (fa_long tune --help)\n");
     printf(
-        "usage: fa_long --input IN.h5 --output OUT.h5 [options]\n"
-        "       fa_long gen --output IN.h5 [shape options]     (fa_long gen --help)\n"
-        "       fa_long check --input IN.h5 --output OUT.h5     (fa_long check --help)\n"
-        "       fa_long tune [job shape]                        (fa_long tune --help)\n"
         "\n"
         "Exact attention o = softmax(q k^T * scale) v from HDF5 datasets q [B,Nq,H,D] and\n"
         "k, v [B,Nk,Hkv,D] to o [B,Nq,H,D] (and lse [B,H,Nq]), across the ranks of mpirun.\n"
@@ -76,6 +81,7 @@ static void usage(void) {
         "                          input's alibi_slopes [H], else the standard ones\n"
         "                          (packed documents: datasets cu_seqlens_q/_k or cu_seqlens in\n"
         "                          the input, see README: Masks)\n"
+        "      --no-documents      leave the input's cu_seqlens tables out: one sequence a row\n"
         "      --scale S           softmax scale (default 1/sqrt(D))\n"
         "      --lse               also write lse [B,H,Nq] (float32, natural log)\n"
         "      --chunk ROWS        query rows per pipeline chunk (K/M suffixes; default: the tune cache's\n"
@@ -124,7 +130,7 @@ static void usage(void) {
 enum { OPT_OLD_WINDOW = 255, OPT_SCALE = 256, OPT_LSE, OPT_CHUNK, OPT_WINDOW, OPT_BACKEND, OPT_COMPUTE, OPT_THREADS,
        OPT_TILE, OPT_OUT_DTYPE, OPT_SHARD, OPT_STRIPE, OPT_NONFINITE, OPT_MODE, OPT_COMPARE, OPT_REPORT, OPT_CHECK, OPT_RESUME, OPT_DEVMEM, OPT_NONCCL, OPT_KTFLOPS,
        OPT_LINK, OPT_TUNE, OPT_TUNE_CACHE, OPT_DQ, OPT_DK, OPT_DV, OPT_OUT_GROUP, OPT_WINDOW_SIZE,
-       OPT_SOFTCAP, OPT_ALIBI };
+       OPT_SOFTCAP, OPT_ALIBI, OPT_NO_DOCS };
 
 /* --window-size L,R: two integers >= -1 */
 static int parse_window(const char *s, fa_job *job) {
@@ -194,11 +200,15 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         {"window-size", required_argument, 0, OPT_WINDOW_SIZE},
         {"softcap", required_argument, 0, OPT_SOFTCAP},
         {"alibi", no_argument, 0, OPT_ALIBI},
+        {"no-documents", no_argument, 0, OPT_NO_DOCS},
         {"layout", required_argument, 0, OPT_LAYOUT},
         {"out-layout", required_argument, 0, OPT_OUT_LAYOUT},
         {"force", no_argument, 0, 'f'},         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
+    /* `fa_long run ...`: main passes the words from "run" on (argv[0] is "run", not the
+     * program's path) */
+    const int run_command = argc > 0 && !strcmp(argv[0], "run");
     memset(job, 0, sizeof *job);
     job->window = 3;
     opterr = 0;
@@ -213,7 +223,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
         case 'f': job->force = 1; break;
         case 'q': job->quiet = 1; break;
         case 'v': job->verbose = 1; break;
-        case 'h': usage(); return 1;
+        case 'h': usage(run_command); return 1;
         case 'V': cli_print_version(); return 1;
         case OPT_SCALE: {
             char *end;
@@ -300,6 +310,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
             break;
         }
         case OPT_ALIBI: job->alibi = 1; break;
+        case OPT_NO_DOCS: job->no_documents = 1; break;
         case OPT_LAYOUT: if (cli_parse_layout("", "--layout", optarg, &job->layout)) return -1; break;
         case OPT_OUT_LAYOUT:
             if (cli_parse_layout("", "--out-layout", optarg, &job->out_layout)) return -1;

@@ -19,6 +19,7 @@ typedef struct {
     int64_t win_left, win_right;   /* its sides (-1 unbounded) */
     double softcap;          /* --softcap C (0: none) */
     int alibi;               /* --alibi */
+    int no_documents;        /* --no-documents: the input's cu_seqlens tables are not used */
     double scale;            /* 0: 1/sqrt(D) */
     int lse;                 /* write lse */
     int64_t chunk;           /* query rows per pipeline chunk (0: default) */

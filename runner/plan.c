@@ -214,7 +214,10 @@ int plan_mask_make(const fa_job *job, const fa_shape *s, plan_mask *pm) {
     int rc = 0;
     if (fa_rank == 0)
         rc = h5_read_mask_tables(job->input, job->dset[0] && *job->dset[0] ? job->dset[0] : "q", s,
-                                 job->alibi, &pm->t);
+                                 job->alibi, !job->no_documents, &pm->t);
+    if (fa_rank == 0 && !rc && pm->t.docs_unread)
+        fa_log(1, "fa_long: --no-documents: the input's cu_seqlens tables are not used (one "
+                  "sequence a batch row; the output records documents = 0)");
     if (fa_agree(MPI_COMM_WORLD, rc, -1)) {
         h5_mask_tables_free(&pm->t);
         return -1;
@@ -656,7 +659,7 @@ void plan_json(const run_plan *p, char *buf, int len) {
     STR("compute", p->compute_name, PS_COMPUTE);
     NUM("scale", "%.17g", p->scale, PS_SCALE);
     NUM("chunk", "%lld", (long long)p->chunk, PS_CHUNK);
-    NUM("window", "%d", p->window, PS_WINDOW);
+    NUM("merges_in_flight", "%d", p->window, PS_WINDOW);
     STR("shard", shard_layout_name(p->layout), PS_LAYOUT);
     STR("q_read", q_read_name(p->q_read), PS_Q_READ);
     if (p->backend == BACKEND_CPU) {

@@ -115,7 +115,7 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
         job->causal ? "true" : "false");
     put_num(&b, plan->scale);
     put(&b, ", \"mode\": \"%s\", \"ranks\": %d, \"backend\": \"%s\", \"compute\": \"%s\", "
-            "\"chunk\": %lld, \"window\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\", "
+            "\"chunk\": %lld, \"merges_in_flight\": %d, \"shard\": \"%s\", \"input_dtype\": \"%s\", "
             "\"threads_per_rank\": %d, \"threads_from\": \"%s\", \"cpus_per_rank\": %d, "
             "\"cpu_share\": %d, \"binding\": \"%s\", \"node_ranks\": %d, \"node_cpus\": %d},\n",
         job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_nranks, backend, compute,

@@ -42,7 +42,8 @@ static int by_plan(const void *a, const void *b) {
 /* ---- the subcommand -------------------------------------------------------------------------- */
 static void usage(void) {
     printf("usage: fa_long tune [-n N] [--nq N --nk N] [--heads H] [--kv-heads H] [-d D] [--causal]\n"
-           "                    [--backend cpu|cuda] [--compute bf16|fp16] [--threads T] [--ranks P]\n"
+           "                    [--backend cpu|cuda] [--dtype T] [--compute bf16|fp16] [--threads T]\n"
+           "                    [--ranks P]\n"
            "                    [--device-mem SIZE] [--top K] [--reps R] [--tune-cache FILE]\n"
            "                    [--no-store] [--sweep [--small-grid]] [--predict] [--remeasure] [--verbose]\n"
            "                    [--ranks-per-node N]\n"
@@ -50,6 +51,10 @@ static void usage(void) {
            "fixed defaults on the real engine, and stores the fastest in the tune cache (default\n"
            "$FA_TUNE_CACHE or ~/.cache/fa_long/tune.txt) for this device, D, dtype, causal, GQA.\n"
            "--sweep also times every configuration of the sweep grid (bench/tune.sh).\n"
+           "--dtype T: the type the engine computes in, the cache key's dtype: float32 on the CPU\n"
+           "(its only one: float16 and bfloat16 inputs are converted to float32 as they are read,\n"
+           "so its entry serves them all), bfloat16 (default) or float16 on a GPU (as --compute).\n"
+           "A run without an entry for its dtype uses another dtype's entry and says so.\n"
            "--ranks-per-node N: tune for the share of this node's CPUs a rank gets when a later\n"
            "mpirun runs N ranks a node (its threads; the run finds the entry). A run without an\n"
            "entry for its share uses the entry of the nearest share and says so.\n"
@@ -72,12 +77,14 @@ int cmd_tune(int argc, char **argv) {
         {"chunk", required_argument, 0, 'u'}, {"variant", required_argument, 0, 'V'},
         {"kernel-tflops", required_argument, 0, 'T'}, {"link-gbps", required_argument, 0, 'L'},
         {"net-gbps", required_argument, 0, 'N'}, {"net-latency-us", required_argument, 0, 'Y'},
-        {"ranks-per-node", required_argument, 0, 'z'},
+        {"ranks-per-node", required_argument, 0, 'z'}, {"dtype", required_argument, 0, 'D'},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 8, .d = 128, .elem = 4, .nranks = 1,
                 .dtype = -1};
     int gpu = 0, threads = 0, top = 8, reps = 3, store = 1, sweep = 0, predict = 0, verbose = 0;
     int small_grid = 0, remeasure = 0, per_node = 0, ranks_set = 0;
+    fa_dtype dtype = FA_F32;
+    int dtype_set = 0;
     int64_t given_chunk = 0;
     int given_variant = 0;
     double kernel_tflops = 0, link_gbps = 0, net_gbps = 0, net_lat_us = 0;
@@ -105,6 +112,13 @@ int cmd_tune(int argc, char **argv) {
             else { fa_seterr("tune: --backend '%s' is not cpu or cuda", optarg); return fa_report_error(); }
             break;
         case 'C': j.dtype = !strcasecmp(optarg, "fp16") || !strcasecmp(optarg, "float16"); break;
+        case 'D':
+            if (fa_dtype_parse(optarg, &dtype) || dtype == FA_F64) {
+                fa_seterr("tune: --dtype '%s' is not float32, float16 or bfloat16", optarg);
+                return fa_report_error();
+            }
+            dtype_set = 1;
+            break;
         case 't': threads = (int)v; break;
         case 'P': j.nranks = (int)v; ranks_set = 1; break;
         case 'z': per_node = (int)v; break;
@@ -144,8 +158,18 @@ int cmd_tune(int argc, char **argv) {
     j.gpu = gpu;
     j.threads = threads;
     fa_verbosity = verbose ? 2 : 1;
-    if (gpu) { j.elem = 2; if (j.dtype < 0) j.dtype = 0; }
+    /* the key's dtype: the compute type (--dtype; on a GPU also --compute) */
+    if (gpu && dtype_set && dtype == FA_F32) {
+        fa_seterr("tune --backend cuda: --dtype float32: the CUDA engine computes in bfloat16 or "
+                  "float16 (--dtype bfloat16|float16)");
+        return fa_report_error();
+    }
+    if (gpu) { j.elem = 2; if (dtype_set) j.dtype = dtype == FA_F16; else if (j.dtype < 0) j.dtype = 0; }
     else j.dtype = -1;
+    if (!gpu && dtype_set && dtype != FA_F32 && fa_rank == 0)
+        printf("# --dtype %s: the CPU engine computes in float32 whatever the inputs' type (they "
+               "are converted as they are read): tuning its dtype=float32 entry, which runs of %s "
+               "inputs use\n", fa_dtype_name(dtype), fa_dtype_name(dtype));
     if (fa_rank != 0) return 0;                       /* one process measures */
     if (predict) {                  /* the model alone, default or given figures; no device */
         cm_machine m;
@@ -285,7 +309,7 @@ int cmd_tune(int argc, char **argv) {
             cm_print_result(names[x], &fin[x]);
         }
     }
-    printf("# choice: %s -> tile %dx%d, chunk %lld, window %d, variant %d: measured %.4f s, "
+    printf("# choice: %s -> tile %dx%d, chunk %lld, %d merges in flight, variant %d: measured %.4f s, "
            "predicted %.4f s, critical %s\n", key, best.br, best.bc, (long long)best.chunk,
            best.window, best.variant, best.measured_s, best.t_total, best.critical);
     if (store) {

@@ -142,3 +142,21 @@ def test_verbose_table_one_row_per_rank(tmp_path):
     assert [r[0] for r in rows] == ["0", "1", "2"], p.stderr
     assert all(len(r) == 5 and all(float(x) >= 0 for x in r[1:]) for r in rows), p.stderr
     assert not any(l.split()[:1] == ["3"] for l in lines[heads[0] + 4:]), p.stderr
+
+
+def test_run_help_prints_the_run_options():
+    """`fa_long run --help` prints the run options under a `fa_long run` usage line, not the
+    top-level help with its commands (issue 27); `fa_long --help` names `run` as optional."""
+    p = run_fa(["run", "--help"])
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "usage: fa_long run --input IN.h5 --output OUT.h5 [options]", p.stdout
+    commands = [l for l in lines if l.split()[:2] in (["fa_long", "gen"], ["fa_long", "check"],
+                                                      ["fa_long", "tune"])]
+    assert not commands, p.stdout
+    for opt in ("--causal", "--window-size", "--no-documents", "--merges-in-flight", "--resume"):
+        assert f"  {opt}" in p.stdout, opt
+    top = run_fa(["--help"])
+    assert top.stdout.splitlines()[0] == "usage: fa_long [run] --input IN.h5 --output OUT.h5 [options]"
+    # the same options either way
+    assert top.stdout.split("\n\n", 1)[1] == p.stdout.split("\n\n", 1)[1]

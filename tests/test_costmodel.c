@@ -1,7 +1,8 @@
 /* test_costmodel.c — the cost model and the tune cache (tune/model.c, tune/cache.c), without a GPU:
  *   - the cache round-trips; corrupt, truncated (at every byte), foreign-version, bad-value and
  *     other-device files are ignored (lookup finds nothing), never a crash; a store keeps the
- *     other entries and replaces its own;
+ *     other entries and replaces its own; version 1 files (merges in flight as `window`) read
+ *     and are kept beside a new entry; another dtype's entry is found for a run without its own;
  *   - property: over many random job shapes and device budgets, every candidate the model
  *     offers is valid (CPU tiles within L2; GPU plans within the budget, variant within shared
  *     memory, at least 2 chunks per rank with several ranks), and the best is never predicted
@@ -118,7 +119,7 @@ static void test_cache(void) {
         CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 0, "random bytes %d: nothing found", t);
     }
     const char *bad[] = {
-        "version = 2\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\n",     /* foreign version */
+        "version = 3\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nmerges_in_flight = 3\n", /* foreign */
         "[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\n",                   /* no version */
         "version = 1\n[%s]\nbr = -5\nbc = 64\nchunk = 2048\nwindow = 3\n",
         "version = 1\n[%s]\nbr = abc\nbc = 64\nchunk = 2048\nwindow = 3\n",
@@ -128,12 +129,50 @@ static void test_cache(void) {
         "version = 1\n[%s\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\n",
         "version = 1\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 3\nvariant = 9\n",
         "version = 1\n[%s]\nbr = 16\nchunk = 2048\nwindow = 3\n",                /* bc missing */
+        "version = 2\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nmerges_in_flight = 65\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char text[1024];
         int n = snprintf(text, sizeof text, bad[i], key);
         write_file(path, text, (size_t)n);
         CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 0, "bad file %zu: nothing found", i);
+    }
+    /* version 1 (merges in flight written `window`) reads as it is; version 2 says
+     * merges_in_flight, and a store keeps the other entries of a version 1 file */
+    const char *old_new[] = {"version = 1\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nwindow = 5\n",
+                             "version = 2\n[%s]\nbr = 16\nbc = 64\nchunk = 2048\nmerges_in_flight = 5\n"};
+    for (int i = 0; i < 2; i++) {
+        char text[1024];
+        int n = snprintf(text, sizeof text, old_new[i], key2);
+        write_file(path, text, (size_t)n);
+        memset(&r, 0, sizeof r);
+        CHECK(cm_cache_lookup(path, key2, m.device, &r, 0) == 1 && r.window == 5 && r.chunk == 2048,
+              "version %d entry read: %d merges in flight", i + 1, r.window);
+    }
+    {
+        char text[1024];
+        int n = snprintf(text, sizeof text, old_new[0], key2);
+        write_file(path, text, (size_t)n);
+    }
+    CHECK(cm_cache_store(path, key, &c, &m) == 0 && cm_cache_lookup(path, key2, m.device, &r, 0) == 1 &&
+          r.window == 5 && cm_cache_lookup(path, key, m.device, &r, 0) == 1, "store beside a version 1 entry");
+    char *now = read_all(path, &len);
+    CHECK(strstr(now, "version = 2\n") && strstr(now, "merges_in_flight = 3\n"),
+          "stored as version 2 with merges_in_flight");
+    free(now);
+    /* another dtype's entry for the same device and job (cm_cache_other_dtype) */
+    {
+        cm_job jb = j;
+        jb.dtype = 0;                     /* bfloat16 */
+        char keyb[512], found[512] = "";
+        cm_cache_key(m.device, &jb, keyb, sizeof keyb);
+        char text[1024];
+        int n = snprintf(text, sizeof text, old_new[1], keyb);
+        write_file(path, text, (size_t)n);
+        CHECK(cm_cache_other_dtype(path, key, found, sizeof found) == 1 && !strcmp(found, keyb),
+              "another dtype's entry found: [%s]", found);
+        CHECK(cm_cache_other_dtype(path, key2, found, sizeof found) == 0, "none for another D");
+        CHECK(cm_cache_other_dtype(path, keyb, found, sizeof found) == 0, "not its own entry");
     }
     /* a store over a corrupt file starts it clean */
     write_file(path, junk, sizeof junk);

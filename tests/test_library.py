@@ -3,15 +3,18 @@ libfa_long.{so,a}, fa_long.h and fa_long.pc in place; a user's MPI program built
 (tests/lib/use_fa_long.c) checks itself against its own fp64 attention on 1 and 3 ranks with
 uneven key shards; and Python's ctypes calls fa_attention on numpy buffers (torch's bhnd layout,
 bf16 bits, GQA, causal with Nq != Nk, documents, softcap and ALiBi) against tests/mask_reference.py,
-with its errors as a return code and one line."""
+with its errors as a return code and one line; libfa_long.so needs no CUDA library to load, even
+from a build with CUDA (issue 27)."""
 import ctypes
 import os
+import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import BUILD, ROOT, mpirun_cmd
+from conftest import BUILD, FA_LONG, ROOT, mpirun_cmd
 from mask_reference import masked_f64, std_slopes
 from reference import from_bf16_bits, random_inputs, to_bf16_bits
 
@@ -45,6 +48,33 @@ def test_user_program_through_pkg_config(prefix, tmp_path, nranks):
     r = subprocess.run(mpirun_cmd(nranks) + [str(exe)], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0 and "use_fa_long: ok" in r.stdout, r.stdout + r.stderr
+
+
+def needed(path):
+    """The shared libraries an ELF file names (DT_NEEDED)."""
+    out = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def test_shared_library_needs_no_cuda():
+    """libfa_long.so computes on the CPU engine: built with CUDA or not, it names neither libcudart
+    nor libnccl (nor libcuda) and loads in a process that has none of them; ./fa_long of a CUDA
+    build keeps them for its GPU engine."""
+    cuda = ("libcudart", "libnccl", "libcuda.")
+    so = needed(BUILD / "libfa_long.so")
+    assert so and not [n for n in so if n.startswith(cuda)], so
+    version = subprocess.run([str(FA_LONG), "--version"], capture_output=True, text=True).stdout
+    if "CUDA: yes" in version:
+        assert [n for n in needed(FA_LONG) if n.startswith("libcudart")], needed(FA_LONG)
+    code = ("import ctypes, sys; l = ctypes.CDLL(sys.argv[1]); l.fa_long_version.restype = "
+            "ctypes.c_char_p; print(l.fa_long_version().decode()); "
+            "print(open('/proc/self/maps').read())")
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    r = subprocess.run([sys.executable, "-c", code, str(BUILD / "libfa_long.so")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("fa_long "), r.stdout + r.stderr
+    assert not re.search(r"/(libcudart|libnccl|libcuda)\.so", r.stdout), r.stdout
 
 
 class Desc(ctypes.Structure):

@@ -2,8 +2,10 @@
  * from the definition (document by linear scan, then the window relation on positions inside
  * the document): every row's key run, the closed-form pair counts over random rectangles, the
  * standard ALiBi slopes, and the offset checks. Random masks: documents of length 0 and 1,
- * Nq != Nk inside documents, windows of -1, 0, 1 and wider than N. */
+ * Nq != Nk inside documents, windows of -1, 0, 1 and wider than N. And the blocked fp64 fold of
+ * `fa_long check` (attn_reference_f64_fold) against the row-by-row fp64 reference under them. */
 #include "kernels/mask.h"
+#include "kernels/attn.h"
 #include "io/h5io.h"
 #include "base/common.h"
 #include "tests/testing.h"
@@ -139,9 +141,88 @@ static void test_offsets(void) {
           strstr(fa_errmsg(), "expected 10"), "offsets not ending at N: %s", fa_errmsg());
 }
 
+/* attn_reference_f64_fold (fa_long check) against attn_reference_f64_mask: random masks with
+ * softcap and ALiBi, head dims that are and are not multiples of 4, a sample of rows (or all),
+ * the keys folded in uneven pieces as check reads them; o, lse and the largest |score| agree to
+ * fp64 rounding. */
+static void test_fold(int trials) {
+    double worst = 0;
+    int bad_kappa = 0;
+    for (int t = 0; t < trials; t++) {
+        const int64_t nq = 1 + irand(600), nk = 1 + irand(600), B = 2;
+        const int hkv = 1 + (int)irand(2), h = hkv * (1 + (int)irand(3)), d = t % 2 ? 64 : 37;
+        const int64_t ndocs = irand(2) ? 0 : 1 + irand(5);
+        int64_t cq[8] = {0}, ck[8] = {0};
+        if (ndocs) random_offsets(cq, ndocs, nq), random_offsets(ck, ndocs, nk);
+        float slopes[8];
+        mask_alibi_standard(h, slopes);
+        attn_mask m = mask_plain(nq, nk, (int)irand(2));
+        if (irand(2)) m.left = irand(nk + 2) - 1;
+        m.ndocs = ndocs; m.cu_q = ndocs ? cq : NULL; m.cu_k = ndocs ? ck : NULL;
+        m.softcap = irand(2) ? 2.0 + irand(20) : 0.0;
+        m.alibi = irand(2) ? slopes : NULL;
+        float *q = malloc(sizeof(float) * (size_t)(nq * h * d));
+        float *k = malloc(sizeof(float) * (size_t)(nk * hkv * d));
+        float *v = malloc(sizeof(float) * (size_t)(nk * hkv * d));
+        for (int64_t i = 0; i < nq * h * d; i++) q[i] = 2.0f * frand();
+        for (int64_t i = 0; i < nk * hkv * d; i++) k[i] = 2.0f * frand(), v[i] = frand();
+        const double scale = 1.0 / sqrt((double)d);
+        const int64_t b = B - 1;
+        /* the rows: every one, or a sorted sample */
+        int64_t ns = irand(2) ? nq : 1 + irand(nq);
+        int64_t *rows = malloc(sizeof(int64_t) * (size_t)ns);
+        for (int64_t x = 0, i = 0; x < ns; i++)
+            if (ns == nq || irand(nq) < ns) rows[x++] = i % nq;
+        float *qs = malloc(sizeof(float) * (size_t)(ns * h * d));
+        mask_run *runs = malloc(sizeof(mask_run) * (size_t)ns);
+        for (int64_t x = 0; x < ns; x++) {
+            memcpy(qs + x * h * d, q + rows[x] * h * d, sizeof(float) * (size_t)(h * d));
+            runs[x] = mask_row(&m, b, rows[x]);
+        }
+        double *acc = calloc((size_t)(ns * h * d), sizeof(double));
+        double *mx = malloc(sizeof(double) * (size_t)(ns * h)), *l = calloc((size_t)(ns * h), sizeof(double));
+        double *kap = calloc((size_t)(ns * h), sizeof(double));
+        for (int64_t x = 0; x < ns * h; x++) mx[x] = -INFINITY;
+        for (int64_t j0 = 0, piece; j0 < nk; j0 += piece) {       /* uneven pieces of keys */
+            piece = 1 + irand(nk - j0 < 300 ? nk - j0 : 300);
+            attn_reference_f64_fold(qs, ns, runs, h, hkv, d, scale, &m, k + j0 * hkv * d,
+                                    v + j0 * hkv * d, j0, piece, acc, mx, l, kap);
+        }
+        double *ro = malloc(sizeof(double) * (size_t)(h * d)), rl[8];
+        for (int64_t x = 0; x < ns; x++) {
+            attn_reference_f64_mask(qs + x * h * d, k, v, h, hkv, d, scale, &m, b, rows[x], 1, ro, rl);
+            for (int hh = 0; hh < h; hh++) {
+                const int64_t p = x * h + hh;
+                const double lse = l[p] > 0 ? mx[p] + log(l[p]) : -INFINITY;
+                double err = isinf(rl[hh]) || isinf(lse) ? (rl[hh] == lse ? 0 : INFINITY)
+                                                         : fabs(lse - rl[hh]) / fmax(1, fabs(rl[hh]));
+                for (int e = 0; e < d; e++) {
+                    const double o = l[p] > 0 ? acc[p * d + e] / l[p] : 0.0;
+                    err = fmax(err, fabs(o - ro[hh * d + e]));
+                }
+                if (err > worst) worst = err;
+                double kmax = 0;                  /* the largest |score| by brute force */
+                for (int64_t j = runs[x].lo; j < runs[x].hi; j++) {
+                    double dot = 0;
+                    for (int e = 0; e < d; e++)
+                        dot += (double)q[(rows[x] * h + hh) * d + e] * k[(j * hkv + hh / (h / hkv)) * d + e];
+                    kmax = fmax(kmax, fabs(mask_score_f64(&m, scale * dot, hh, &runs[x], j)));
+                }
+                if (fabs(kap[p] - kmax) > 1e-12 * fmax(1, kmax)) bad_kappa++;
+            }
+        }
+        free(q); free(k); free(v); free(rows); free(qs); free(runs); free(acc); free(mx); free(l);
+        free(kap); free(ro);
+    }
+    check(worst <= 1e-12, "%d random masks: the blocked fp64 fold against the row-by-row reference, "
+          "max error of o and lse %.2e", trials, worst);
+    check(bad_kappa == 0, "%d (row, head) pairs whose largest |score| differs", bad_kappa);
+}
+
 int main(void) {
     printf("seed %llu\n", (unsigned long long)test_seed());
     test_random(400);
+    test_fold(40);
     test_big_counts();
     test_alibi();
     test_offsets();

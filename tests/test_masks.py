@@ -198,6 +198,44 @@ def test_resume_key_holds_the_mask(tmp_path):
     assert p.returncode == 0 and "complete" in p.stderr
 
 
+# ---- --no-documents ----------------------------------------------------------------------------
+def test_no_documents(tmp_path):
+    """--no-documents leaves the input's cu_seqlens out (one line says so): the result is the mask
+    without documents, the output records documents = 0 and passes check; --resume tells it from
+    the job with documents; a bad table is not even read."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 2, 150, 150, 4, 2, 32)
+    cu = np.array([0, 40, 41, 150], dtype=np.int32)
+    inp = tmp_path / "in.h5"
+    write_masked(inp, q, k, v, cu_seqlens=cu)
+    args = ["--window-size", "30,0", "--chunk", "40"]
+    o, lse, attrs, out, err = run_job(tmp_path, inp, 2, args + ["--no-documents"])
+    assert_close(o, lse, masked_f64(q, k, v, 30, 0), "--no-documents")
+    assert attrs["documents"] == 0 and attrs["mask"] == "window 30,0", attrs
+    notes = [l for l in err.splitlines() if "--no-documents" in l]
+    assert len(notes) == 1 and "cu_seqlens" in notes[0], err
+    p = run_fa(["check", "--output", out, "--rows", "all"])
+    assert p.returncode == 0 and "PASS" in p.stdout, p.stdout + p.stderr
+    # with the documents: another result, another job for --resume
+    od, lsed, attrs_d, _, err_d = run_job(tmp_path, inp, 2, args, name="docs")
+    assert attrs_d["documents"] == 3 and "--no-documents" not in err_d
+    assert_close(od, lsed, masked_f64(q, k, v, 30, 0, cu, cu), "documents")
+    assert rel_err(o, od) > 1e-3
+    before = out.read_bytes()
+    p = run_fa(["-i", inp, "-o", out, "--lse", "--resume", "--no-documents"] + args, nranks=2)
+    assert p.returncode == 0 and "complete" in p.stderr, p.stderr
+    p = run_fa(["-i", inp, "-o", out, "--lse", "--resume"] + args, nranks=2)
+    assert p.returncode == 2 and "complete" not in p.stderr, p.stderr
+    assert out.read_bytes() == before
+    # a table that would be refused is not read
+    bad = tmp_path / "bad.h5"
+    write_masked(bad, q, k, v, cu_seqlens=np.array([0, 50, 40, 150], dtype=np.int32))
+    p = run_fa(["-i", bad, "-o", tmp_path / "b.h5"] + args, nranks=1)
+    assert p.returncode == 2 and "decreases" in p.stderr, p.stderr
+    p = run_fa(["-i", bad, "-o", tmp_path / "b.h5", "--no-documents"] + args, nranks=1)
+    assert p.returncode == 0, p.stderr
+
+
 # ---- bad masks ---------------------------------------------------------------------------------
 BAD_TABLES = [
     ({"cu_seqlens": np.array([0, 50, 40, 100], dtype=np.int32)}, [], "decreases at index 2"),

@@ -230,3 +230,33 @@ def test_killed_mid_chunk_leaves_usable_partial(tmp_path):
         done = int(f.attrs["chunks_done"])
     assert done == 1, text
     resume_and_compare(inp, out, ref, done, 1, args=args)
+
+
+def test_wrapper_arguments_outside_slurm(tmp_path):
+    """jobs/run_fa_long.sh passes the words after its name to fa_long as they are (a folder with a
+    space, a comma in a file name and in --window-size) after FA_ARGS, which it splits as the shell
+    does ('my group' is one word); an unclosed quote in FA_ARGS, or no input, ends it at once
+    (exit 2) with one line saying what to give."""
+    data = tmp_path / "my data"
+    data.mkdir()
+    inp, out = data / "in.h5", data / "o, 1.h5"
+    p = run_fa(["gen", "--output", inp, "-n", "300", "--heads", "2", "-d", "16"])
+    assert p.returncode == 0, p.stderr
+    script = ROOT / "jobs" / "run_fa_long.sh"
+    env = {k: v for k, v in ENV.items() if not k.startswith(("SLURM_", "INPUT", "OUTPUT"))}
+    env.update(FA_HOME=str(ROOT), FA_LONG=str(FA_LONG), CHECK_ROWS="4",
+               FA_ARGS="--out-group 'my group' --chunk 64")
+    p = subprocess.run(["bash", str(script), "--input", str(inp), f"--output={out}",
+                        "--window-size", "9,0", "--chunk", "50"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "check: PASS" in p.stdout
+    with h5py.File(out, "r") as f:
+        assert (f.attrs["window_left"], f.attrs["window_right"], f.attrs["chunk"]) == (9, 0, 50)
+        assert f.attrs["out_group"] == "my group" and "my group/o" in f
+    for fa_args, args, msg in [("--q 'unclosed", ["-i", inp, "-o", out], "a quote is not closed"),
+                               ("", ["-o", out], "no input file: give --input IN.h5")]:
+        p = subprocess.run(["bash", str(script)] + [str(a) for a in args], capture_output=True,
+                           text=True, env=dict(env, FA_ARGS=fa_args), timeout=60)
+        lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long job:")]
+        assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], p.stdout + p.stderr

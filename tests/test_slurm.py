@@ -1,11 +1,13 @@
 """A real single-node Slurm (munged, slurmctld, slurmd from Debian's packages, started and
-stopped by these tests): the jobs/ CPU script submitted with sbatch, under mpirun and srun, and
-from a data folder with nothing set (through a relative path, a link, --chdir; a copy of the
+stopped by these tests): the jobs/ CPU script submitted with sbatch, under mpirun and srun, on
+its defaults (the whole node) and with two ranks; fa_long's options after the script's name and
+in FA_ARGS (commas and spaces), and no input; from a data folder with nothing set (through a relative path, a link, --chdir; a copy of the
 script needs FA_HOME and says so), its log where Slurm's --output puts it; a
 job stopped with SIGUSR1, requeued by its script, resumed, and equal to an uninterrupted run; and
 the same after a plain scancel and after the job's time limit (SIGTERM to every process of the
 job, SIGKILL KillWait later: 10 s here, 30 s by Slurm's default). `make test-slurm` runs these
 alone."""
+import json
 import os
 import pathlib
 import re
@@ -61,30 +63,115 @@ def wait_state(env, jid, want, timeout=180, release=False):
     raise AssertionError(f"job {jid} did not reach {want}: {job_state(env, jid)[1]}")
 
 
-def submit(env, tmp, inp, out, log, args, extra_env="", script=None):
+def submit(env, tmp, inp, out, log, args, extra_env="", script=None, sbatch_opts=()):
     exports = (f"ALL,INPUT={inp},OUTPUT={out},FA_HOME={ROOT},FA_LONG={FA_LONG},"
                f"FA_ARGS={args}{extra_env}")
     p = sh(["sbatch", "--parsable", f"--export={exports}", "-o", str(log), "-D", str(tmp),
-            str(script or ROOT / "jobs" / "fa_long_cpu.sbatch")], env)
+            *sbatch_opts, str(script or ROOT / "jobs" / "fa_long_cpu.sbatch")], env)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().split(";")[0]
 
 
-@pytest.mark.parametrize("launcher", ["mpirun", "srun"])
-def test_sbatch_cpu_job(slurm, tmp_path, launcher):
+def node_cpus(env):
+    """The CPUs of the test cluster's node (tests/slurm/cluster.sh: CPUs=$(nproc))."""
+    out = sh(["scontrol", "show", "node"], env).stdout
+    return int(re.search(r"CPUTot=(\d+)", out).group(1))
+
+
+@pytest.mark.parametrize("launcher,ntasks", [("mpirun", None), ("srun", 2)])
+def test_sbatch_cpu_job(slurm, tmp_path, launcher, ntasks):
+    """The CPU script's defaults use the node: one rank with all its CPUs as threads; with
+    sbatch --ntasks-per-node=2, two ranks of half the CPUs each (srun is given them too)."""
     inp, out, log = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "job.log"
     p = run_fa(["gen", "--output", inp, "-n", "1500", "--heads", "6", "--kv-heads", "2",
                 "-d", "64", "--seed", "3"])
     assert p.returncode == 0, p.stderr
-    jid = submit(slurm, tmp_path, inp, out, log, "--causal --lse", f",LAUNCHER={launcher}")
+    report = tmp_path / "run.json"
+    opts = [f"--ntasks-per-node={ntasks}"] if ntasks else []
+    env = {k: v for k, v in slurm.items() if k != "OMP_NUM_THREADS"}
+    jid = submit(env, tmp_path, inp, out, log, f"--causal --lse --report {report}",
+                 f",LAUNCHER={launcher}", sbatch_opts=opts)
     st, info = wait_state(slurm, jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
     text = log.read_text()
     assert st == "COMPLETED", text + info
     assert "check: PASS" in text and launcher in text
+    ranks = ntasks or 1
+    threads = max(1, node_cpus(slurm) // ranks)
+    assert f": {ranks} rank{'s' if ranks > 1 else ''} x {threads} threads: " in text, text
+    if launcher == "srun":
+        assert f"--cpus-per-task={threads}" in text, text
     p = run_fa(["check", "--input", inp, "--output", out, "--rows", "all"])
     assert p.returncode == 0 and "PASS" in p.stdout, p.stdout
     with h5py.File(out, "r") as f:
-        assert f.attrs["ranks"] == 2 and f.attrs["causal"] == 1
+        assert f.attrs["ranks"] == ranks and f.attrs["causal"] == 1
+    assert json.loads(report.read_text())["config"]["threads_per_rank"] == threads
+
+
+def wait_done(env, jid, log):
+    st, info = wait_state(env, jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    text = log.read_text() if log.exists() else ""
+    assert st == "COMPLETED", text + info
+    return text
+
+
+def test_arguments_with_commas_and_spaces(slurm, tmp_path):
+    """fa_long's options after the script's name reach it as they are (a folder with a space, a
+    file name with a comma, --window-size L,R, a group name with a space); FA_ARGS, from the
+    environment or quoted inside sbatch --export, is split into words as the shell splits them,
+    and the arguments after the script's name come last. The window, group and chunk are the
+    output's, and it passes fa_long check."""
+    data = tmp_path / "my data"
+    data.mkdir()
+    inp = data / "in put.h5"
+    p = run_fa(["gen", "--output", inp, "-n", "700", "--heads", "4", "--kv-heads", "2", "-d", "32",
+                "--seed", "4"])
+    assert p.returncode == 0, p.stderr
+    script = str(ROOT / "jobs" / "fa_long_cpu.sbatch")
+    env = dict(slurm, FA_HOME=str(ROOT), FA_LONG=str(FA_LONG))
+    cases = [
+        # (output, how: arguments after the script (and FA_ARGS in the environment), or FA_ARGS
+        # quoted in --export; the window, the group, the chunk the output must have)
+        ("out, 1.h5", "args", (7, 0), "my group", 100),
+        ("out2.h5", "export", (5, 0), "g 2", 64),
+    ]
+    for name, how, (left, right), group, chunk in cases:
+        out, log = data / name, data / f"{how}.log"
+        if how == "args":
+            e = dict(env, FA_ARGS=f"--out-group '{group}' --chunk 300")   # the argument wins: 100
+            cmd = ["sbatch", "--parsable", "-o", str(log), "-D", str(data), script,
+                   "--input", str(inp), "--output", str(out), "--lse",
+                   "--window-size", f"{left},{right}", "--chunk", str(chunk)]
+        else:
+            e = env
+            cmd = ["sbatch", "--parsable", "-o", str(log), "-D", str(data),
+                   f"--export=ALL,INPUT={inp},OUTPUT={out},CHECK_ROWS=8,"
+                   f"FA_ARGS=--lse --window-size '{left},{right}' --out-group \"{group}\" --chunk {chunk}",
+                   script]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
+        assert p.returncode == 0, p.stderr
+        text = wait_done(slurm, p.stdout.strip().split(";")[0], log)
+        assert "check: PASS" in text, text
+        with h5py.File(out, "r") as f:
+            assert (f.attrs["window_left"], f.attrs["window_right"]) == (left, right), how
+            assert f.attrs["out_group"] == group and f.attrs["chunk"] == chunk, how
+            assert f"{group}/o" in f and f"{group}/lse" in f, how
+        p = run_fa(["check", "--output", out, "--rows", "all"])
+        assert p.returncode == 0 and "PASS" in p.stdout, p.stdout + p.stderr
+
+
+def test_no_input_says_how(slurm, tmp_path):
+    """Neither INPUT nor --input: the job ends at once (exit 2) with one line saying both ways."""
+    log = tmp_path / "job.log"
+    p = sh(["sbatch", "--parsable", "-o", str(log), "-D", str(tmp_path),
+            f"--export=ALL,FA_HOME={ROOT}", str(ROOT / "jobs" / "fa_long_cpu.sbatch"),
+            "--output", str(tmp_path / "o.h5")], slurm)
+    assert p.returncode == 0, p.stderr
+    st, info = wait_state(slurm, p.stdout.strip().split(";")[0], {"COMPLETED", "FAILED", "CANCELLED"})
+    text = log.read_text()
+    assert st == "FAILED" and "ExitCode=2:0" in info, text + info
+    lines = [l for l in text.splitlines() if l.startswith("fa_long job:")]
+    assert len(lines) == 1 and "no input file: give --input IN.h5" in lines[0], text
+    assert "INPUT and OUTPUT" in lines[0], text
 
 
 def bare_env(env):
@@ -155,13 +242,21 @@ def test_copied_script_needs_fa_home(slurm, tmp_path):
 
 
 def test_preempt_requeue_resume(slurm, tmp_path):
-    inp, out, log = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "job.log"
+    """fa_long's options given after the script's name (the files in a folder with a space), 2
+    ranks: the requeued run gets the same arguments."""
+    data = tmp_path / "a b"
+    data.mkdir()
+    inp, out, log = data / "in.h5", data / "out.h5", tmp_path / "job.log"
     p = run_fa(["gen", "--output", inp, "-n", "24K", "--heads", "4", "--kv-heads", "2",
                 "-d", "64", "--seed", "5"])
     assert p.returncode == 0, p.stderr
     args = "--causal --lse --chunk 192"
-    jid = submit(slurm, tmp_path, inp, out, log, args,
-                 ",FA_PROGRESS_INTERVAL=0.3,FA_CHECKPOINT_SECONDS=0.5")
+    p = sh(["sbatch", "--parsable", "--ntasks-per-node=2", "-o", str(log), "-D", str(tmp_path),
+            f"--export=ALL,FA_HOME={ROOT},FA_LONG={FA_LONG},FA_PROGRESS_INTERVAL=0.3,"
+            "FA_CHECKPOINT_SECONDS=0.5", str(ROOT / "jobs" / "fa_long_cpu.sbatch"),
+            "--input", str(inp), "--output", str(out)] + args.split(), slurm)
+    assert p.returncode == 0, p.stderr
+    jid = p.stdout.strip().split(";")[0]
     # signal once the first chunks are done
     t0 = time.time()
     while "fa_long: chunk" not in (log.read_text() if log.exists() else ""):
@@ -174,7 +269,7 @@ def test_preempt_requeue_resume(slurm, tmp_path):
     while "requeueing" not in log.read_text():
         assert time.time() - t0 < 120, log.read_text()
         time.sleep(0.2)
-    partial = tmp_path / ".out.h5.partial"
+    partial = data / ".out.h5.partial"
     text = log.read_text()
     m = re.search(r"stopped on a signal after (\d+) of (\d+) chunks", text)
     assert m and 0 < int(m.group(1)) < int(m.group(2)), text
@@ -257,7 +352,8 @@ def test_scancel_stops_keeps_requeues(slurm, tmp_path, launcher):
     assert p.returncode == 0, p.stderr
     args = "--causal --lse --chunk 192"
     jid = submit(slurm, tmp_path, inp, out, log, args,
-                 f",FA_PROGRESS_INTERVAL=0.3,FA_CHECKPOINT_SECONDS=1000,LAUNCHER={launcher}")
+                 f",FA_PROGRESS_INTERVAL=0.3,FA_CHECKPOINT_SECONDS=1000,LAUNCHER={launcher}",
+                 sbatch_opts=["--ntasks-per-node=2"])
     wait_log(log, "fa_long: chunk", 120, "the job never reported progress")
     assert launcher in log.read_text()
     t_cancel = time.time()

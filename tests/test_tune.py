@@ -2,7 +2,9 @@
 corrupt / foreign / other-device caches are ignored with one warning line and the run is still
 right; with no cache a run uses exactly the model's choice (--verbose, and the output's chunk
 attribute); tune on a tiny job stores a configuration no slower than the defaults it timed, and a
-run then uses it; --tune on a run tunes, stores and runs; GPU tuning without a GPU fails cleanly."""
+run then uses it; --tune on a run tunes, stores and runs; GPU tuning without a GPU fails cleanly;
+--dtype names the compute type of the key, and a run without its own dtype's entry takes another
+dtype's and says so; files of version 1 (merges in flight called `window`) are read and kept."""
 import os
 import re
 import subprocess
@@ -51,8 +53,8 @@ def run_job(tmp_path, inp, cache, extra=(), nranks=1, name="out.h5"):
 
 
 def choice_line(stderr):
-    m = re.search(r"tune: (\w+) choice: tile (\d+)x(\d+), (\d+) threads, chunk (\d+) rows, window (\d+)",
-                  stderr)
+    m = re.search(r"tune: (\w+) choice: tile (\d+)x(\d+), (\d+) threads, chunk (\d+) rows, "
+                  r"(\d+) merges in flight", stderr)
     assert m, stderr
     return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(5)), int(m.group(6))
 
@@ -67,7 +69,7 @@ def test_no_cache_uses_model_choice(tmp_path):
     p, out = run_job(tmp_path, inp, cache, ["--causal"])
     assert p.returncode == 0, p.stderr
     assert "PASS" in p.stdout + p.stderr
-    src, br, bc, chunk, window = choice_line(p.stderr)
+    src, br, bc, chunk, inflight = choice_line(p.stderr)
     assert src == "model"
     assert not warnings(p.stderr) and not cache.exists()
     # the same choice as the model's ranking printed by `tune --predict` (defaults, no timing)
@@ -126,7 +128,8 @@ def test_tune_tiny_job_then_run_uses_it(tmp_path):
     assert t.returncode == 0, t.stderr
     rows = results(t.stdout)
     tuned = [r for r in rows if r["kind"] == "tuned"][0]
-    key = lambda r: tuple(r[k] for k in ("br", "bc", "chunk", "window", "variant"))
+    assert "inflight" in rows[0] and "window" not in rows[0], rows[0]   # merges in flight
+    key = lambda r: tuple(r[k] for k in ("br", "bc", "chunk", "inflight", "variant"))
     # each configuration's best timing: first rounds, then the interleaved final rounds
     best, finals = {}, set()
     for r in rows:
@@ -146,7 +149,8 @@ def test_tune_tiny_job_then_run_uses_it(tmp_path):
         assert key(tuned) in finals and t < 0.98 * d
         assert t == min(best[k] for k in finals)
     text = cache.read_text()
-    assert "version = 1" in text and f"br = {tuned['br']}" in text
+    assert "version = 2" in text and f"br = {tuned['br']}" in text
+    assert f"merges_in_flight = {tuned['inflight']}" in text and "window" not in text
     inp = gen(tmp_path)
     p, out = run_job(tmp_path, inp, cache)
     assert p.returncode == 0, p.stderr
@@ -220,3 +224,73 @@ def test_ranks_per_node_and_nearest_share(tmp_path):
     near = [l for l in err.splitlines() if "using the nearest" in l]
     assert len(near) == 1 and f"x{2 * share} |" in near[0] and f"no entry for {share} threads" in near[0], err
     assert choice_line(err)[0] == "cache"
+
+
+def predict_key(cache, extra=()):
+    """The cache key of SHAPE as a run on this machine builds it (from --predict's header)."""
+    hdr = tune(SHAPE + ["--predict"] + list(extra), cache).stdout.splitlines()
+    return [l for l in hdr if l.startswith("# fa_long tune: ")][0].split("fa_long tune: ", 1)[1]
+
+
+def test_dtype_is_the_compute_type(tmp_path):
+    """tune --dtype: the CPU engine computes in float32 whatever the input's type, so float16 and
+    bfloat16 tune its float32 entry and say so; float64 is no choice; on a GPU float32 is none."""
+    cache = tmp_path / "t.txt"
+    assert "dtype=float32" in predict_key(cache)
+    for t in ("float16", "bfloat16"):
+        p = tune(SHAPE + ["--predict", "--dtype", t], cache)
+        assert p.returncode == 0, p.stderr
+        notes = [l for l in p.stdout.splitlines() if l.startswith(f"# --dtype {t}:")]
+        assert len(notes) == 1 and "computes in float32" in notes[0], p.stdout
+        assert "dtype=float32" in p.stdout and f"dtype={t}" not in p.stdout.replace(notes[0], "")
+    p = tune(SHAPE + ["--predict", "--dtype", "float64"], cache)
+    assert p.returncode == 2 and "--dtype 'float64' is not float32, float16 or bfloat16" in p.stderr
+    p = tune(SHAPE + ["--backend", "cuda", "--dtype", "float32"], cache)
+    assert p.returncode == 2 and "computes in bfloat16 or float16" in p.stderr, p.stderr
+    assert not cache.exists()
+
+
+def test_other_dtype_entry_with_one_line(tmp_path):
+    """A run whose compute type has no entry takes the entry of another dtype for the same device
+    and job, with one line naming it (as the nearest share does); its own entry, once there, wins."""
+    inp = gen(tmp_path)
+    cache = tmp_path / "tune.txt"
+    key = predict_key(cache)
+    other = key.replace("dtype=float32", "dtype=bfloat16")
+    entry = "br = 8\nbc = 64\nthreads = 2\nchunk = 512\nmerges_in_flight = 4\n"
+    cache.write_text(f"version = 2\n[{other}]\n{entry}")
+    p, out = run_job(tmp_path, inp, cache)
+    assert p.returncode == 0, p.stderr
+    lines = [l for l in p.stderr.splitlines() if "using the entry for another type" in l]
+    assert len(lines) == 1 and "no entry for float32 compute" in lines[0] and other in lines[0], p.stderr
+    assert choice_line(p.stderr) == ("cache", 8, 64, 512, 4)
+    with h5py.File(out) as f:
+        assert int(f.attrs["chunk"]) == 512
+    cache.write_text(f"version = 2\n[{other}]\n{entry}[{key}]\n" + entry.replace("512", "256"))
+    p, _ = run_job(tmp_path, inp, cache)
+    assert p.returncode == 0 and "another type" not in p.stderr, p.stderr
+    assert choice_line(p.stderr) == ("cache", 8, 64, 256, 4)
+
+
+def test_version_1_cache_read_and_kept(tmp_path):
+    """A cache written before merges in flight were renamed (version 1, `window = N`): a run reads
+    it (the report's plan says merges_in_flight), and tune adds its entry beside the old one."""
+    import json
+    inp = gen(tmp_path)
+    cache = tmp_path / "tune.txt"
+    key = predict_key(cache)
+    cache.write_text(f"version = 1\n[{key}]\nbr = 8\nbc = 64\nthreads = 2\nchunk = 512\nwindow = 5\n")
+    report = tmp_path / "r.json"
+    p, _ = run_job(tmp_path, inp, cache, ["--report", report])
+    assert p.returncode == 0 and not warnings(p.stderr), p.stderr
+    assert choice_line(p.stderr) == ("cache", 8, 64, 512, 5)
+    plan = json.loads(report.read_text())["plan"]
+    assert plan["merges_in_flight"] == {"value": 5, "from": "tune cache"} and "window" not in plan
+    t = tune(["-n", "512", "--heads", "2", "--kv-heads", "2", "-d", "32", "--top", "1", "--reps", "1"],
+             cache)
+    assert t.returncode == 0, t.stderr
+    text = cache.read_text()
+    assert "version = 2" in text and f"[{key}]" in text and "merges_in_flight = " in text
+    p, _ = run_job(tmp_path, inp, cache)
+    assert p.returncode == 0 and not warnings(p.stderr), p.stderr
+    assert choice_line(p.stderr) == ("cache", 8, 64, 512, 5)

@@ -19,10 +19,13 @@ const char *cm_cache_path(const char *opt, const char *env_fa_tune_cache, const 
     return buf;
 }
 
+const char *cm_dtype_name(int dtype) {
+    return dtype < 0 ? "float32" : dtype == 1 ? "float16" : "bfloat16";
+}
+
 void cm_cache_key(const char *device, const cm_job *j, char *buf, int len) {
     snprintf(buf, (size_t)len, "%s | d=%d dtype=%s causal=%d gqa=%d", device, j->d,
-             j->dtype < 0 ? "float32" : j->dtype == 1 ? "float16" : "bfloat16", j->causal ? 1 : 0,
-             j->h / (j->hkv > 0 ? j->hkv : 1));
+             cm_dtype_name(j->dtype), j->causal ? 1 : 0, j->h / (j->hkv > 0 ? j->hkv : 1));
 }
 
 void cm_job_machine_key(const cm_job *j, cm_machine *m, char *key, int len) {
@@ -63,8 +66,14 @@ static int entry_field(cm_choice *c, const char *k, const char *v) {
     if (!strcmp(k, "date") || !strcmp(k, "critical")) return 0;
 #define FIELD(name, lo, hi) if (!strcmp(k, #name)) { if (parse_ll(v, lo, hi, &x)) return -1; c->name = x; return 0; }
     FIELD(br, 1, 4096) FIELD(bc, 8, 65536) FIELD(threads, 1, 4096) FIELD(chunk, 1, 1LL << 40)
-    FIELD(window, 1, 64) FIELD(variant, 0, 4) FIELD(block_rows, 0, 1LL << 40) FIELD(ring, 0, 16)
+    FIELD(variant, 0, 4) FIELD(block_rows, 0, 1LL << 40) FIELD(ring, 0, 16)
 #undef FIELD
+    /* merges in flight: "window" in the files of version 1 */
+    if (!strcmp(k, "merges_in_flight") || !strcmp(k, "window")) {
+        if (parse_ll(v, 1, 64, &x)) return -1;
+        c->window = (int)x;
+        return 0;
+    }
     return -1;
 }
 
@@ -129,6 +138,7 @@ static int cache_read(const char *path, const char *key, const char *device, cm_
             if (!strcmp(k, "version")) {
                 long long x;
                 version = parse_ll(v, 0, 1000000, &x) ? -2 : (int)x;
+                if (version == 1) version = CM_CACHE_VERSION;   /* read as it is (entry_field) */
                 if (version != CM_CACHE_VERSION) { why = "foreign version"; bad = 1; break; }
             }
             continue;
@@ -173,21 +183,30 @@ static int key_threads(const char *key, int *pre) {
     return atoi(x + 2);
 }
 
+/* The next section name of f into sect (without the brackets); 0 at the end of the file. */
+static int next_section(FILE *f, char *sect, int len) {
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        trim(line);
+        char *e = strchr(line, ']');
+        if (line[0] != '[' || !e) continue;
+        *e = 0;
+        snprintf(sect, (size_t)len, "%s", line + 1);
+        return 1;
+    }
+    return 0;
+}
+
 int cm_cache_nearest(const char *path, const char *key, char *near, int len) {
     int pre = 0, want = key_threads(key, &pre);
     if (want <= 0 || cache_read(path, NULL, "", NULL, NULL, 0) < 0) return 0;
     FILE *f = fopen(path, "r");
     if (!f) return 0;
     const char *tail = strchr(key, '|');
-    char line[1024];
+    char sect[1024];
     double best = INFINITY;
     int found = 0;
-    while (fgets(line, sizeof line, f)) {
-        trim(line);
-        char *e = strchr(line, ']');
-        if (line[0] != '[' || !e) continue;
-        *e = 0;
-        const char *sect = line + 1;
+    while (next_section(f, sect, sizeof sect)) {
         int spre = 0, have = key_threads(sect, &spre);
         const char *st = strchr(sect, '|');
         if (have <= 0 || have == want || spre != pre || strncmp(sect, key, (size_t)pre) || !st ||
@@ -200,6 +219,34 @@ int cm_cache_nearest(const char *path, const char *key, char *near, int len) {
             found = 1;
         }
     }
+    fclose(f);
+    return found;
+}
+
+/* key split around its dtype: the length before " dtype=" and where the text after the type
+ * starts; 0 when the key has no dtype. */
+static int key_dtype(const char *key, size_t *pre, const char **rest) {
+    const char *d = strstr(key, " dtype=");
+    if (!d) return 0;
+    *pre = (size_t)(d - key);
+    *rest = d + strcspn(d + 1, " ") + 1;
+    return 1;
+}
+
+int cm_cache_other_dtype(const char *path, const char *key, char *other, int len) {
+    size_t pre, spre;
+    const char *rest, *srest;
+    if (!key_dtype(key, &pre, &rest) || cache_read(path, NULL, "", NULL, NULL, 0) < 0) return 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char sect[1024];
+    int found = 0;
+    while (!found && next_section(f, sect, sizeof sect))
+        if (strcmp(sect, key) && key_dtype(sect, &spre, &srest) && spre == pre &&
+            !strncmp(sect, key, pre) && !strcmp(srest, rest)) {
+            snprintf(other, (size_t)len, "%s", sect);
+            found = 1;
+        }
     fclose(f);
     return found;
 }
@@ -280,7 +327,7 @@ int cm_cache_store(const char *path, const char *key, const cm_choice *c, const 
     fprintf(f, "[%s]\n", key);
     fprintf(f, "date = %s\n", date);
     if (c->br) fprintf(f, "br = %d\nbc = %d\nthreads = %d\n", c->br, c->bc, c->threads);
-    fprintf(f, "chunk = %lld\nwindow = %d\n", (long long)c->chunk, c->window);
+    fprintf(f, "chunk = %lld\nmerges_in_flight = %d\n", (long long)c->chunk, c->window);
     if (m->gpu) fprintf(f, "variant = %d\nblock_rows = %lld\nring = %d\n", c->variant,
                         (long long)c->block_rows, c->ring);
     fprintf(f, "measured_s = %.6f\npredicted_s = %.6f\ncritical = %s\n", c->measured_s,

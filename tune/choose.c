@@ -9,13 +9,13 @@
 /* --verbose: the choice and the predicted time of each term */
 static void log_choice(const cm_job *j, const cm_choice *c) {
     if (j->gpu)
-        fa_log(2, "fa_long: tune: %s choice: variant %d, chunk %lld rows, window %d, key blocks %lld "
+        fa_log(2, "fa_long: tune: %s choice: variant %d, chunk %lld rows, %d merges in flight, key blocks %lld "
                   "rows x %d; predicted %.4f s (compute %.4f, paging %.4f, merge exposed %.4f): "
                   "critical resource %s",
                c->source, c->variant, (long long)c->chunk, c->window, (long long)c->block_rows,
                c->ring, c->t_total, c->t_compute, c->t_page, c->t_merge, c->critical);
     else
-        fa_log(2, "fa_long: tune: %s choice: tile %dx%d, %d threads, chunk %lld rows, window %d; "
+        fa_log(2, "fa_long: tune: %s choice: tile %dx%d, %d threads, chunk %lld rows, %d merges in flight; "
                   "predicted %.4f s (compute %.4f, memory %.4f, merge exposed %.4f): critical "
                   "resource %s",
                c->source, c->br, c->bc, c->threads, (long long)c->chunk, c->window, c->t_total,
@@ -33,7 +33,8 @@ int cm_choose(const cm_job *j, const char *cache_path, int warn, cm_choice *out)
     cm_machine_defaults(&m, j->gpu);
 
     /* 1. the cache's entry, when the model finds it valid for this job; for a CPU whose entry was
-     * tuned for another share of the node (another thread count a rank), the nearest share's */
+     * tuned for another share of the node (another thread count a rank), the nearest share's;
+     * else the entry of another compute type (dtype) for the same device and job */
     char near[512] = "";
     int hit = cm_cache_lookup(cache_path, key, m.device, &chosen, 0);
     if (!hit && cm_cache_nearest(cache_path, key, near, sizeof near) &&
@@ -42,6 +43,12 @@ int cm_choose(const cm_job *j, const char *cache_path, int warn, cm_choice *out)
         chosen.threads = m.threads;     /* its tiles and chunk, this rank's own threads */
         fa_log(1, "fa_long: tune cache: no entry for %d threads a rank; using the nearest, [%s] "
                   "(fa_long tune --ranks-per-node N tunes for N ranks a node)", m.threads, near);
+    } else if (!hit && cm_cache_other_dtype(cache_path, key, near, sizeof near) &&
+               cm_cache_lookup(cache_path, near, m.device, &chosen, warn)) {
+        hit = 1;
+        fa_log(1, "fa_long: tune cache: no entry for %s compute; using the entry for another type, "
+                  "[%s] (fa_long tune --dtype %s tunes for it)", cm_dtype_name(j->dtype), near,
+               cm_dtype_name(j->dtype));
     } else if (!hit) {
         hit = cm_cache_lookup(cache_path, key, m.device, &chosen, warn);
     }

@@ -79,9 +79,9 @@ static void calibrate_cpu(cm_machine *m, int verbose) {
 
 /* The table's columns: one format for the header and the rows (bench/tune.sh and the tests read
  * the rows by the header's names). */
-#define ROW_FMT "%-14s %4s %5s %7s %8s %6s %7s %10s %4s %11s %11s %-8s %9s %9s %9s %9s %11s\n"
+#define ROW_FMT "%-14s %4s %5s %7s %8s %8s %7s %10s %4s %11s %11s %-8s %9s %9s %9s %9s %11s\n"
 void cm_print_header(void) {
-    printf("#" ROW_FMT, "kind", "br", "bc", "threads", "chunk", "window", "variant", "block_rows",
+    printf("#" ROW_FMT, "kind", "br", "bc", "threads", "chunk", "inflight", "variant", "block_rows",
            "ring", "predicted_s", "measured_s", "critical", "t_compute", "t_memory", "t_page",
            "t_merge", "t_merge_all");
 }
