@@ -61,6 +61,7 @@ struct pipe_state {
     pipeline_stats io_st;      /* what the I/O tasks measured (only they write it until the
                                   last drain) */
     double t_io_exposed;       /* the master thread blocked on the I/O thread */
+    double t_write_exposed;    /* of it, on writes, checkpoints and write-behind */
     pipeline_stats *st;
     progress *pg;
     const run_plan *plan;
@@ -152,10 +153,15 @@ static int overflow_error(pipe_state *p) {
 }
 
 /* ---- the I/O thread's tasks (every rank submits the same ones in the same order) ------------ */
+static int run_write(void *arg);
+static int run_checkpoint(void *arg);
+
 static int64_t submit(pipe_state *p, io_task_fn fn, void *arg) {
     double t0 = fa_now();                  /* without a thread the task runs here: exposed */
     int64_t t = io_submit(p->io, fn, arg);
-    p->t_io_exposed += fa_now() - t0;
+    const double dt = fa_now() - t0;
+    p->t_io_exposed += dt;
+    if (fn == run_write || fn == run_checkpoint) p->t_write_exposed += dt;
     return t;
 }
 
@@ -190,6 +196,11 @@ static int run_write(void *arg) {
     const int64_t wb = rows * p->s->H *     /* o in its element type, lse in float32 */
                        (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
     io_account(p, t0, s0, rc ? 0 : wb, 1);
+    if (rc == 0) {            /* the rows on to the disk while the next groups compute */
+        const double t1 = fa_now();
+        h5out_flush_behind(p->out);
+        p->io_st.t_flush += fa_now() - t1;
+    }
     return rc;
 }
 
@@ -235,6 +246,7 @@ static int write_group(pipe_state *p, int64_t done) {
     MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, p->comm);
     fa_sync_s += MPI_Wtime() - ta;
     p->st->t_sync += fa_sync_s - s0;
+    p->st->t_sync_own += fa_sync_s - s0;
     if (all & 4) return overflow_error(p);
     if ((all & 1) && !p->stopping) {  /* durable at once: the chunks in flight may take long */
         p->stopping = 1;
@@ -253,6 +265,7 @@ static int stop_agreed(pipe_state *p) {
     const double ta = MPI_Wtime();
     MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_BOR, p->comm);
     p->st->t_sync += MPI_Wtime() - ta;
+    p->st->t_sync_own += MPI_Wtime() - ta;
     if (all) {                   /* what is written is durable at once, as in write_group */
         p->stopping = 1;
         if (p->written > 0) submit_checkpoint(p, p->written);
@@ -270,7 +283,10 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     const int k = (int)((i / G) % 2);
     if (i % G == 0 || i == p->written) {   /* a group's first chunk (every rank): its set's last
                                               write, two groups back, must be done */
-        if (wait_io(p, p->write_ticket[k])) return -1;
+        const double w0 = p->t_io_exposed;
+        const int wrc = wait_io(p, p->write_ticket[k]);
+        p->t_write_exposed += p->t_io_exposed - w0;
+        if (wrc) return -1;
         p->write_ticket[k] = -1;
         p->pend_n[k] = 0;
     }
@@ -578,6 +594,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         chunk_rows(&p, i, &b, &r0, &n);
         if (b != cur_b) {                    /* its keys: read by the task queued before */
             rc = wait_io(&p, kt.ticket);
+            const double tk = fa_now(), ek = p.t_io_exposed;
             if (rc == 0) rc = note_kv_digest(&p, &kt);
             if (rc) break;
             if (eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
@@ -587,6 +604,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                 double vm = kt.vmax;
                 MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
             }
+            st->t_load_kv += fa_now() - tk - (p.t_io_exposed - ek);
         }
         query_task *t = &qt[i % 2];
         rc = wait_io(&p, t->ticket);
@@ -635,10 +653,13 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", fa_errmsg());   /* the first error stays the run's */
-        int io_rc = io_drain(p.io, &p.t_io_exposed);
+        const double w0 = p.t_io_exposed;
+        int io_rc = io_drain(p.io, &p.t_io_exposed);   /* the last writes, mostly */
+        p.t_write_exposed += p.t_io_exposed - w0;
         if (rc) fa_seterr("%s", msg);
         else rc = io_rc;
     }
+    const double t_down = fa_now();
     st->io_thread = io_worker_threaded(p.io) ? 1 : 0;
     io_worker_stop(p.io);
     MPI_Comm_free(&p.io_comm);
@@ -655,6 +676,10 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->write_best_bps = p.io_st.write_best_bps;
     st->t_sync += p.io_st.t_sync;
     st->t_io_exposed = p.t_io_exposed;
+    st->t_write_exposed = p.t_write_exposed;
+    st->t_read_exposed = p.t_io_exposed - p.t_write_exposed;
+    st->t_flush = p.io_st.t_flush;
+    st->t_compute_host = st->t_compute;
 
     if (eng.stats) eng.stats(eng.ctx, st);
     engine_free(&eng);
@@ -675,5 +700,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     free(vbuf);
     shard_free(&sh);
     st->t_total = fa_now() - t_start;
+    st->t_teardown = fa_now() - t_down;
     return rc;
 }
