@@ -196,11 +196,7 @@ static int run_write(void *arg) {
     const int64_t wb = rows * p->s->H *     /* o in its element type, lse in float32 */
                        (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
     io_account(p, t0, s0, rc ? 0 : wb, 1);
-    if (rc == 0) {            /* the rows on to the disk while the next groups compute */
-        const double t1 = fa_now();
-        h5out_flush_behind(p->out);
-        p->io_st.t_flush += fa_now() - t1;
-    }
+    if (rc == 0) h5out_flush_behind(p->out);   /* on to the disk while later chunks compute */
     return rc;
 }
 
@@ -678,7 +674,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->t_io_exposed = p.t_io_exposed;
     st->t_write_exposed = p.t_write_exposed;
     st->t_read_exposed = p.t_io_exposed - p.t_write_exposed;
-    st->t_flush = p.io_st.t_flush;
     st->t_compute_host = st->t_compute;
 
     if (eng.stats) eng.stats(eng.ctx, st);

@@ -62,8 +62,6 @@ typedef struct pipeline_stats {
                                 not hidden behind compute; all of them without the thread) */
     double t_read_exposed, t_write_exposed;   /* of t_io_exposed: on read tasks (which may
                                 queue behind a write), and on writes, checkpoints, write-behind */
-    double t_flush;          /* write-behind: the I/O thread sending written rows on to the disk
-                                (h5out_flush_behind; kept out of t_write) */
     /* the rank's own thread, for the whole job's time line (runner/report.c): */
     double t_compute_host;   /* in compute_chunk and merge_start (t_compute, before an engine
                                 puts its device time there) */

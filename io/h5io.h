@@ -144,25 +144,24 @@ int h5out_attr_int(h5out *f, const char *name, int64_t v);
 int h5out_attr_double(h5out *f, const char *name, double v);
 int h5out_attr_str(h5out *f, const char *name, const char *v);
 
-/* Write-behind, on the thread that writes (local, not collective): waits for the writeback this
- * rank started at its last call, then starts the writeback of the rows it wrote since, so the
- * disk writes them while later chunks compute. Never fails: an I/O error is kept and fails the
- * commit; where the file system cannot (no sync_file_range), nothing happens and the commit's
- * fsync flushes everything. */
+/* Write-behind, called by the thread that writes after each group of rows (local, not
+ * collective, never blocks on the disk): a thread of the rank's own makes what it has written
+ * durable (fdatasync), flush after flush, while the writer and compute go on. Never fails: an
+ * I/O error is kept and fails the commit; where the file cannot be synced, nothing happens and
+ * the commit's fsync flushes everything. */
 void h5out_flush_behind(h5out *f);
 
 /* This rank's write-behind so far, and the commit's parts (h5out_commit_measured). */
 typedef struct {
     int write_behind;               /* 1: rows went on to the disk as they were written */
     int64_t bytes_written;          /* bytes of rows this rank wrote into the file */
-    int64_t bytes_flushed_behind;   /* of them, known on the disk before the commit */
-    double flush_wait_s;            /* time the write-behind waited for the disk */
-    double flush_best_bps;          /* the fastest flush the job waited for (bytes/s; 0: none,
-                                       the disk kept pace): a writeback's bytes over the time from
-                                       its start to the end of a wait for it that blocked, or,
-                                       where nothing was flushed behind, the commit's fsync's
-                                       (rank 0) */
+    int64_t bytes_flushed_behind;   /* of them, on the disk before the commit */
+    double flush_busy_s;            /* the write-behind's time flushing (beside the run) */
+    double flush_best_bps;          /* the fastest flush (bytes/s; 0: none): a write-behind
+                                       flush, its bytes over its time, or, where nothing was
+                                       flushed behind, the commit's fsync (rank 0) */
     double commit_s;                /* h5out_commit's whole time on this rank, of which: */
+    double drain_s;                 /* the write-behind's flush in progress, to its end */
     double close_s;                 /* closing the file on every rank (HDF5's last writes) */
     double fsync_s, verify_s, rename_s;   /* rank 0: the fsync; the size check and the serial
                                        reopen that reads o and lse back; the rename and the

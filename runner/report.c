@@ -47,8 +47,8 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
        S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_SYNC, S_BREAD,
-       S_BWRITE, S_IOEXP, S_WHOLE, S_STARTUP, S_PREP, S_COMMIT, S_FLUSH, S_FLUSHED, S_FWAIT,
-       S_WB, S_TL, S_N = S_TL + TL_N };
+       S_BWRITE, S_IOEXP, S_WHOLE, S_STARTUP, S_PREP, S_COMMIT, S_FLUSH, S_FLUSHED, S_WB,
+       S_TL, S_N = S_TL + TL_N };
 
 static const char *const tl_names[TL_N] = {
     "process", "mpi_init", "start", "gpu_init", "open", "plan", "create", "engine", "read",
@@ -114,8 +114,8 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                         (double)st->bytes_written, st->t_io_exposed, c->whole_s,
                         c->t[TL_PROCESS] + c->t[TL_MPI_INIT] + c->t[TL_GPU_INIT],
                         c->t[TL_START] + c->t[TL_OPEN] + c->t[TL_PLAN] + c->t[TL_CREATE],
-                        c->t[TL_COMMIT], st->t_flush, (double)c->flush.bytes_flushed_behind,
-                        c->flush.flush_wait_s, c->flush.write_behind};
+                        c->t[TL_COMMIT], c->flush.flush_busy_s,
+                        (double)c->flush.bytes_flushed_behind, c->flush.write_behind};
     memcpy(mine + S_TL, c->t, sizeof c->t);
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
@@ -179,6 +179,8 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     const h5out_flush_stats *fs = &c->flush;
     put(&b, "},\n    \"commit\": {\"s\": ");
     put_num(&b, fs->commit_s);
+    put(&b, ", \"drain_s\": ");
+    put_num(&b, fs->drain_s);
     put(&b, ", \"close_s\": ");
     put_num(&b, fs->close_s);
     put(&b, ", \"fsync_s\": ");
@@ -192,8 +194,6 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
             "\"bytes_flushed_behind\": %.0f, \"flush_s\": ", mx[S_WB] > 0 ? "true" : "false",
         sum[S_BWRITE], sum[S_FLUSHED]);
     put_num(&b, mx[S_FLUSH]);
-    put(&b, ", \"wait_s\": ");
-    put_num(&b, mx[S_FWAIT]);
     put(&b, "}}");
     /* the slowest rank's time in each phase; read_kv is the part of read spent on this rank's
      * keys and values; finalize brings merged rows to the host (o/l, lse) */

@@ -132,11 +132,11 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
             st->io_thread ? "on the I/O thread beside compute" : "in series",
             st->t_io_exposed, sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
     fprintf(stderr,
-            "fa_long: commit %.3f s (close %.3f s, fsync %.3f s, check %.3f s, rename %.3f s); "
-            "%.1f of %.1f MB written were on the disk before it (%s)\n",
-            c->t[TL_COMMIT], fs->close_s, fs->fsync_s, fs->verify_s, fs->rename_s, fsum[0] / 1e6,
-            fsum[1] / 1e6, fs->write_behind ? "write-behind beside compute"
-                                            : "no write-behind on this file system");
+            "fa_long: commit %.3f s (the flush in progress %.3f s, close %.3f s, fsync %.3f s, "
+            "check %.3f s, rename %.3f s); %.1f of %.1f MB written were on the disk before it "
+            "(%s)\n", c->t[TL_COMMIT], fs->drain_s, fs->close_s, fs->fsync_s, fs->verify_s,
+            fs->rename_s, fsum[0] / 1e6, fsum[1] / 1e6,
+            fs->write_behind ? "write-behind beside compute" : "no write-behind on this file system");
     char flush[64] = "";
     if (fl.flush_gbps > 0) snprintf(flush, sizeof flush, ", flushed at %.2f GB/s", fl.flush_gbps);
     fprintf(stderr,
