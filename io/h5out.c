@@ -8,8 +8,8 @@
  * Parallel HDF5: every rank writes its own rows through MPI-IO in capped collective transfers,
  * the same number on every rank. Serial HDF5: rank 0 alone holds the file; the other ranks send
  * it their rows, transfer by transfer, and it writes them.
- * Write-behind: rows written while later chunks compute are sent on to the disk as they go
- * (h5out_flush_behind, on the I/O thread), so that the commit's fsync finds little left to do. */
+ * Write-behind: rows written while later chunks compute are made durable as they go (a thread
+ * of each writing rank, h5out_flush_behind), so that the commit's fsync finds little left. */
 #define _GNU_SOURCE
 #include "io/h5priv.h"
 #include "io/convert.h"
@@ -20,7 +20,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 
 /* Write-behind (h5out_flush_behind): a thread of the rank's own flushes the rows the rank wrote,
@@ -28,12 +27,14 @@
 typedef struct {
     int fd;                     /* the partial file, this rank's own descriptor (-1: none) */
     int inited, running, quit;  /* mu and cv made; the flusher thread started; asked to end */
-    int on, err;                /* sync_file_range works here; the first I/O error (errno) */
+    int on, err;                /* fdatasync works here; the first I/O error it met (errno) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int64_t posted;             /* bytes written when the writer last asked for a flush */
-    int64_t done;               /* bytes known on the disk */
+    int64_t done;               /* bytes known on the disk (this node's page cache flushed: a
+                                   rank's rows that another node's aggregator wrote are flushed
+                                   by that node's ranks) */
     double busy_s, best_bps;    /* the flusher's time in its flushes; the fastest of them */
 } write_behind;
 
