@@ -61,7 +61,7 @@ struct pipe_state {
     pipeline_stats io_st;      /* what the I/O tasks measured (only they write it until the
                                   last drain) */
     double t_io_exposed;       /* the master thread blocked on the I/O thread */
-    double t_write_exposed;    /* of it, on writes, checkpoints and write-behind */
+    double t_write_exposed;    /* of it, on writes and checkpoints */
     pipeline_stats *st;
     progress *pg;
     const run_plan *plan;

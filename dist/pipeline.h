@@ -61,7 +61,7 @@ typedef struct pipeline_stats {
     double t_io_exposed;     /* the rank's thread blocked on the I/O thread (reads and writes
                                 not hidden behind compute; all of them without the thread) */
     double t_read_exposed, t_write_exposed;   /* of t_io_exposed: on read tasks (which may
-                                queue behind a write), and on writes, checkpoints, write-behind */
+                                queue behind a write), and on writes and checkpoints */
     /* the rank's own thread, for the whole job's time line (runner/report.c): */
     double t_compute_host;   /* in compute_chunk and merge_start (t_compute, before an engine
                                 puts its device time there) */

@@ -26,7 +26,7 @@ enum {
     TL_COMPUTE,      /* compute_chunk and merge_start (on a GPU: launching them) */
     TL_MERGE_WAIT,
     TL_FINALIZE,
-    TL_WRITE,        /* waiting for writes, checkpoints and write-behind (in series: them) */
+    TL_WRITE,        /* waiting for writes and checkpoints (in series: them) */
     TL_SYNC,         /* the ranks' agreements on this thread (stop, overflow, checkpoints) */
     TL_TEARDOWN,     /* the I/O thread stopped, the engine and buffers freed */
     TL_ATTRS,        /* the report and the output's attributes */
