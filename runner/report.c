@@ -177,18 +177,14 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     }
     /* the commit's parts are rank 0's (it flushes, checks and renames); write-behind summed */
     const h5out_flush_stats *fs = &c->flush;
-    put(&b, "},\n    \"commit\": {\"s\": ");
-    put_num(&b, fs->commit_s);
-    put(&b, ", \"drain_s\": ");
-    put_num(&b, fs->drain_s);
-    put(&b, ", \"close_s\": ");
-    put_num(&b, fs->close_s);
-    put(&b, ", \"fsync_s\": ");
-    put_num(&b, fs->fsync_s);
-    put(&b, ", \"verify_s\": ");
-    put_num(&b, fs->verify_s);
-    put(&b, ", \"rename_s\": ");
-    put_num(&b, fs->rename_s);
+    const struct { const char *name; double s; } parts[] = {
+        {"s", fs->commit_s}, {"drain_s", fs->drain_s}, {"close_s", fs->close_s},
+        {"fsync_s", fs->fsync_s}, {"verify_s", fs->verify_s}, {"rename_s", fs->rename_s}};
+    put(&b, "},\n    \"commit\": {");
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
+        put(&b, "%s\"%s\": ", k ? ", " : "", parts[k].name);
+        put_num(&b, parts[k].s);
+    }
     put(&b, ", \"left_bytes\": %lld}", (long long)fs->commit_left_bytes);
     put(&b, ",\n    \"write_behind\": {\"on\": %s, \"bytes_written\": %.0f, "
             "\"bytes_flushed_behind\": %.0f, \"flush_s\": ", mx[S_WB] > 0 ? "true" : "false",
