@@ -62,6 +62,7 @@ struct pipe_state {
     pipeline_stats io_st;      /* what the I/O tasks measured (only they write it until the
                                   last drain) */
     double t_io_exposed;       /* the master thread blocked on the I/O thread */
+    double t_write_exposed;    /* of it, on writes and checkpoints */
     pipeline_stats *st;
     progress *pg;
     const run_plan *plan;
@@ -160,10 +161,15 @@ static int overflow_error(pipe_state *p) {
 }
 
 /* ---- the I/O thread's tasks (every rank submits the same ones in the same order) ------------ */
+static int run_write(void *arg);
+static int run_checkpoint(void *arg);
+
 static int64_t submit(pipe_state *p, io_task_fn fn, void *arg) {
     double t0 = fa_now();                  /* without a thread the task runs here: exposed */
     int64_t t = io_submit(p->io, fn, arg);
-    p->t_io_exposed += fa_now() - t0;
+    const double dt = fa_now() - t0;
+    p->t_io_exposed += dt;
+    if (fn == run_write || fn == run_checkpoint) p->t_write_exposed += dt;
     return t;
 }
 
@@ -198,6 +204,7 @@ static int run_write(void *arg) {
     const int64_t wb = rows * p->s->H *     /* o in its element type, lse in float32 */
                        (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
     io_account(p, t0, s0, rc ? 0 : wb, 1);
+    if (rc == 0) h5out_flush_behind(p->out);   /* on to the disk while later chunks compute */
     return rc;
 }
 
@@ -243,6 +250,7 @@ static int write_group(pipe_state *p, int64_t done) {
     MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, p->comm);
     fa_sync_s += MPI_Wtime() - ta;
     p->st->t_sync += fa_sync_s - s0;
+    p->st->t_sync_own += fa_sync_s - s0;
     if (all & 4) return overflow_error(p);
     if ((all & 1) && !p->stopping) {  /* durable at once: the chunks in flight may take long */
         p->stopping = 1;
@@ -261,6 +269,7 @@ static int stop_agreed(pipe_state *p) {
     const double ta = MPI_Wtime();
     MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_BOR, p->comm);
     p->st->t_sync += MPI_Wtime() - ta;
+    p->st->t_sync_own += MPI_Wtime() - ta;
     if (all) {                   /* what is written is durable at once, as in write_group */
         p->stopping = 1;
         if (p->written > 0) submit_checkpoint(p, p->written);
@@ -278,7 +287,10 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     const int k = (int)((i / G) % 2);
     if (i % G == 0 || i == p->written) {   /* a group's first chunk (every rank): its set's last
                                               write, two groups back, must be done */
-        if (wait_io(p, p->write_ticket[k])) return -1;
+        const double w0 = p->t_io_exposed;
+        const int wrc = wait_io(p, p->write_ticket[k]);
+        p->t_write_exposed += p->t_io_exposed - w0;
+        if (wrc) return -1;
         p->write_ticket[k] = -1;
         p->pend_n[k] = 0;
     }
@@ -647,7 +659,9 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         if (b != cur_b) {                    /* its keys: read by the tasks queued before */
             float kmax = 0, vmax = 0;
             double t_first = 0;              /* when the chunk's first compute call went out */
+            t1 = fa_now();
             if (stream && eng.kv_begin(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
+            st->t_load_kv += fa_now() - t1;
             const int64_t KR = block_rows(&p, &sh);
             for (int j = 0; j < p.kv_blocks && rc == 0; j++) {
                 rc = wait_io(&p, kt[j].ticket);
@@ -660,6 +674,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                 if (ready > sh.total || j == p.kv_blocks - 1) ready = sh.total;
                 t1 = fa_now();
                 if (eng.kv_ready(eng.ctx, ready)) fa_fail("%s", fa_errmsg());
+                st->t_load_kv += fa_now() - t1;
                 if (j == 0) {                /* the chunk's queries, queued right after block 0 */
                     rc = wait_io(&p, t->ticket);
                     t->ticket = -1;
@@ -669,12 +684,14 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                 }
                 q.keys = p.kv_blocks == 1 ? ATTN_KEYS_ALL : j == 0 ? ATTN_KEYS_FIRST
                        : j == p.kv_blocks - 1 ? ATTN_KEYS_LAST : ATTN_KEYS_MORE;
-                if (j == 0) t_first = fa_now();
+                t1 = fa_now();
+                if (j == 0) t_first = t1;
                 if (eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
                 st->t_compute += fa_now() - t1;
                 computed = 1;
             }
             if (rc) break;
+            const double tk = fa_now(), ek = p.t_io_exposed;
             if (computed && !st->keys_streamed) {    /* the first batch element loaded */
                 st->keys_streamed = 1;
                 st->key_blocks = p.kv_blocks;
@@ -689,6 +706,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
                 double vm = vmax;
                 MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
             }
+            st->t_load_kv += fa_now() - tk - (p.t_io_exposed - ek);
         }
         if (!computed) {
             rc = wait_io(&p, t->ticket);
@@ -730,10 +748,13 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", fa_errmsg());   /* the first error stays the run's */
-        int io_rc = io_drain(p.io, &p.t_io_exposed);
+        const double w0 = p.t_io_exposed;
+        int io_rc = io_drain(p.io, &p.t_io_exposed);   /* the last writes, mostly */
+        p.t_write_exposed += p.t_io_exposed - w0;
         if (rc) fa_seterr("%s", msg);
         else rc = io_rc;
     }
+    const double t_down = fa_now();
     st->io_thread = io_worker_threaded(p.io) ? 1 : 0;
     io_worker_stop(p.io);
     MPI_Comm_free(&p.io_comm);
@@ -750,6 +771,9 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->write_best_bps = p.io_st.write_best_bps;
     st->t_sync += p.io_st.t_sync;
     st->t_io_exposed = p.t_io_exposed;
+    st->t_write_exposed = p.t_write_exposed;
+    st->t_read_exposed = p.t_io_exposed - p.t_write_exposed;
+    st->t_compute_host = st->t_compute;
 
     if (eng.stats) eng.stats(eng.ctx, st);
     engine_free(&eng);
@@ -771,5 +795,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     free(vbuf);
     shard_free(&sh);
     st->t_total = fa_now() - t_start;
+    st->t_teardown = fa_now() - t_down;
     return rc;
 }

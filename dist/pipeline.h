@@ -70,6 +70,15 @@ typedef struct pipeline_stats {
     double t_final;          /* merged rows to the host and finalized (o/l, lse) */
     double t_io_exposed;     /* the rank's thread blocked on the I/O thread (reads and writes
                                 not hidden behind compute; all of them without the thread) */
+    double t_read_exposed, t_write_exposed;   /* of t_io_exposed: on read tasks (which may
+                                queue behind a write), and on writes and checkpoints */
+    /* the rank's own thread, for the whole job's time line (runner/report.c): */
+    double t_compute_host;   /* in compute_chunk and merge_start (t_compute, before an engine
+                                puts its device time there) */
+    double t_load_kv;        /* handing each batch element's keys to the engine, with the
+                                agreements on them (on a GPU: their upload) */
+    double t_sync_own;       /* of t_sync, this thread's: the ranks' agreements to stop */
+    double t_teardown;       /* the I/O thread stopped, the engine and buffers freed */
     int io_thread;           /* reads and writes ran on an I/O thread beside compute */
     double t_sync;           /* waiting for the other ranks in the reads' and writes' agreements
                                 (kept out of t_read, t_kv and t_write) */

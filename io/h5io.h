@@ -178,11 +178,39 @@ int h5out_attr_int(h5out *f, const char *name, int64_t v);
 int h5out_attr_double(h5out *f, const char *name, double v);
 int h5out_attr_str(h5out *f, const char *name, const char *v);
 
+/* Write-behind, called by the thread that writes after each group of rows (local, not
+ * collective, never blocks on the disk): a thread of the rank's own makes what it has written
+ * durable (fdatasync), flush after flush, while the writer and compute go on. Never fails: an
+ * I/O error is kept and fails the commit; where the file cannot be synced, nothing happens and
+ * the commit's fsync flushes everything. */
+void h5out_flush_behind(h5out *f);
+
+/* This rank's write-behind so far, and the commit's parts (h5out_commit_measured). */
+typedef struct {
+    int write_behind;               /* 1: rows went on to the disk as they were written */
+    int64_t bytes_written;          /* bytes of rows this rank wrote into the file */
+    int64_t bytes_flushed_behind;   /* of them, on the disk before the commit */
+    double flush_busy_s;            /* the write-behind's time flushing (beside the run) */
+    double flush_best_bps;          /* the fastest flush (bytes/s; 0: none): a write-behind
+                                       flush, its bytes over its time, or, where nothing was
+                                       flushed behind, the commit's fsync (rank 0) */
+    double commit_s;                /* h5out_commit's whole time on this rank, of which: */
+    double drain_s;                 /* the write-behind's flush in progress, to its end */
+    double close_s;                 /* closing the file on every rank (HDF5's last writes) */
+    double fsync_s, verify_s, rename_s;   /* rank 0: the fsync; the size check and the serial
+                                       reopen that reads o and lse back; the rename and the
+                                       folder's fsync (other ranks: 0, they wait) */
+    int64_t commit_left_bytes;      /* every rank's rows the fsync still had to flush */
+} h5out_flush_stats;
+void h5out_get_flush_stats(const h5out *f, h5out_flush_stats *s);
+
 /* COLLECTIVE. Closes the file on every rank; rank 0 fsyncs it, checks its size and reopens it
- * serially (o and lse readable), then renames it to its final name. Any failure: -1 on every
- * rank, the temporary file removed, an existing output untouched. Frees f whatever happens (do
- * not h5out_abort it afterwards). */
+ * serially (o and lse readable), then renames it to its final name. Any failure (a write-behind's
+ * I/O error included): -1 on every rank, the temporary file removed, an existing output
+ * untouched. Frees f whatever happens (do not h5out_abort it afterwards). h5out_commit_measured
+ * also fills *s (may be NULL) with the write-behind's figures and the commit's parts. */
 int h5out_commit(h5out *f);
+int h5out_commit_measured(h5out *f, h5out_flush_stats *s);
 /* COLLECTIVE or alone (after an error): closes and removes the temporary file. */
 void h5out_abort(h5out *f);
 

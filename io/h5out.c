@@ -7,17 +7,36 @@
  * some chunks durable (h5out_checkpoint), the partial file is kept for --resume instead.
  * Parallel HDF5: every rank writes its own rows through MPI-IO in capped collective transfers,
  * the same number on every rank. Serial HDF5: rank 0 alone holds the file; the other ranks send
- * it their rows, transfer by transfer, and it writes them. */
+ * it their rows, transfer by transfer, and it writes them.
+ * Write-behind: rows written while later chunks compute are made durable as they go (a thread
+ * of each writing rank, h5out_flush_behind), so that the commit's fsync finds little left. */
 #define _GNU_SOURCE
 #include "io/h5priv.h"
 #include "io/convert.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+
+/* Write-behind (h5out_flush_behind): a thread of the rank's own flushes the rows the rank wrote,
+ * while the writer goes on. Under mu: everything but fd and the thread. */
+typedef struct {
+    int fd;                     /* the partial file, this rank's own descriptor (-1: none) */
+    int inited, running, quit;  /* mu and cv made; the flusher thread started; asked to end */
+    int on, err;                /* fdatasync works here; the first I/O error it met (errno) */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int64_t posted;             /* bytes written when the writer last asked for a flush */
+    int64_t done;               /* bytes known on the disk (this node's page cache flushed: a
+                                   rank's rows that another node's aggregator wrote are flushed
+                                   by that node's ranks) */
+    double busy_s, best_bps;    /* the flusher's time in its flushes; the fastest of them */
+} write_behind;
 
 struct h5out {
     char path[FA_PATH_MAX], tmp[FA_PATH_MAX];
@@ -42,6 +61,8 @@ struct h5out {
     uint64_t *kvd;              /* --resume: [B][3] {known, k digest, v digest}, the partial's */
     char ident[96];             /* and the input's "size=... mtime_ns=...", both kept on write */
     char oname[FA_PATH_MAX], lname[FA_PATH_MAX];   /* o's and lse's paths: "o" or "G/o" */
+    int64_t wb_written;         /* bytes of rows this rank wrote into the file */
+    write_behind wb;            /* sending them on to the disk */
 };
 
 /* o's and lse's paths in group g (NULL, "", "/": the root; leading and trailing '/' dropped) */
@@ -278,6 +299,109 @@ static int reserve_file(h5out *f) {
     return reserve_space(f->path, f->tmp, bytes + (256 << 10), &f->reserved);
 }
 
+/* ---- write-behind: rows to the disk while later chunks compute ---------------------------------
+ * Each rank that writes the file opens a descriptor of its own on it (MPI-IO gives none). After
+ * each group of rows the writer (the I/O thread) only says how far it has written; a flusher
+ * thread then makes everything written so far durable (fdatasync: the whole file, since with
+ * collective buffering another rank of the node may have written this rank's rows), again and
+ * again while there is more. Neither the writer nor compute waits for the disk, which works
+ * beside them; each flush is timed from its start to its end, so its rate is the disk's for
+ * these rows. The commit's fsync is left with what was written since the last flush and the
+ * last metadata. fdatasync, not sync_file_range: that one only hands the pages to the device,
+ * whose cache the commit's fsync must still flush, and that was the slow part (a 1 GiB file on
+ * this project's test VM: 1.4 s of fsync after sync_file_range, 0.03 s after fdatasyncs). A
+ * file that cannot be synced gets no write-behind; an I/O error a flush reports is kept and
+ * fails the commit (the commit's own fsync would not see it again). */
+static void wb_open(h5out *f) {
+    write_behind *w = &f->wb;
+    w->fd = f->holder ? open(f->tmp, O_RDONLY | O_CLOEXEC) : -1;
+    w->on = w->fd >= 0;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->inited = 1;
+}
+
+static void *flusher(void *arg) {
+    write_behind *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->quit && w->posted == w->done) pthread_cond_wait(&w->cv, &w->mu);
+        if (w->quit) break;              /* the commit's fsync does the rest */
+        const int64_t target = w->posted;
+        pthread_mutex_unlock(&w->mu);
+        const double t0 = fa_now();
+        int rc;
+        do rc = fdatasync(w->fd);
+        while (rc != 0 && errno == EINTR);
+        const int e = rc ? errno : 0;
+        const double dt = fa_now() - t0;
+        pthread_mutex_lock(&w->mu);
+        if (rc) {
+            if (e != EINVAL && e != EROFS) w->err = e;       /* else: it cannot be synced */
+            w->on = 0;
+            break;
+        }
+        if (dt > 0 && (target - w->done) / dt > w->best_bps) w->best_bps = (target - w->done) / dt;
+        w->done = target;
+        w->busy_s += dt;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+void h5out_flush_behind(h5out *f) {
+    write_behind *w = &f->wb;
+    if (!w->inited) return;
+    pthread_mutex_lock(&w->mu);
+    if (w->on && !w->running && !w->quit)
+        w->running = pthread_create(&w->thread, NULL, flusher, w) == 0;
+    w->posted = f->wb_written;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Ends the flusher (after the flush in progress) and returns how long that took. */
+static double wb_stop(h5out *f) {
+    write_behind *w = &f->wb;
+    if (!w->inited) return 0;
+    const double t0 = fa_now();
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_signal(&w->cv);
+    const int running = w->running;
+    w->running = 0;
+    pthread_mutex_unlock(&w->mu);
+    if (running) pthread_join(w->thread, NULL);
+    return fa_now() - t0;
+}
+
+/* The flusher ended, its descriptor closed (after the file's handles: closing a descriptor drops
+ * the process's fcntl locks on the file, MPI-IO's). */
+static void wb_close(h5out *f) {
+    write_behind *w = &f->wb;
+    wb_stop(f);
+    if (w->fd >= 0) close(w->fd);
+    w->fd = -1;
+    if (w->inited) {
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        w->inited = 0;
+    }
+}
+
+void h5out_get_flush_stats(const h5out *f, h5out_flush_stats *s) {
+    write_behind *w = (write_behind *)&f->wb;
+    memset(s, 0, sizeof *s);
+    s->bytes_written = f->wb_written;
+    if (!w->inited) return;
+    pthread_mutex_lock(&w->mu);
+    s->write_behind = w->fd >= 0 && w->err == 0 && (w->on || w->done > 0);
+    s->bytes_flushed_behind = w->done;
+    s->flush_busy_s = w->busy_s;
+    s->flush_best_bps = w->best_bps;
+    pthread_mutex_unlock(&w->mu);
+}
+
 /* ---- rank 0's checks: final path, folder, temporary name ---------------------------------------- */
 static int check_output(const char *path, int force, char *tmp, int len) {
     if (h5out_path_ok(path)) return -1;
@@ -370,6 +494,7 @@ static int close_contents(h5out *f) {
 }
 
 static void out_free(h5out *f) {
+    wb_close(f);
     if (f->locked) h5out_unlock(f->path);
     free(f->kvd);
     MPI_Comm_free(&f->comm);
@@ -391,6 +516,7 @@ int h5out_create_layout(const char *path, const char *group, int force, MPI_Comm
     h5io_init();
     *out = NULL;
     h5out *f = fa_calloc(1, sizeof *f, "h5out");
+    f->wb.fd = -1;
     f->layout = layout == FA_BHND ? FA_BHND : FA_BNHD;
     MPI_Comm_dup(comm, &f->comm);
     MPI_Comm_rank(f->comm, &f->rank);
@@ -426,6 +552,7 @@ int h5out_create_layout(const char *path, const char *group, int force, MPI_Comm
         fa_set_cleanup_path(NULL);
         return out_free(f), -1;
     }
+    wb_open(f);
     *out = f;
     return 0;
 }
@@ -476,8 +603,11 @@ static int write_block(h5out *f, hid_t dxpl, int64_t b, int64_t r, int64_t rows,
             HDF5_CHECK(H5Sselect_none(mem), "H5Sselect_none");
         }
         const void *buf = k ? (const void *)lse_buf : o_buf;
-        if (H5Dwrite(ds, k ? H5T_IEEE_F32LE : f->ftype, mem, fsp, dxpl, buf) < 0 && st == 0)
-            st = write_failed(f, k ? f->lname : f->oname, b, r, rows);
+        if (H5Dwrite(ds, k ? H5T_IEEE_F32LE : f->ftype, mem, fsp, dxpl, buf) < 0) {
+            if (st == 0) st = write_failed(f, k ? f->lname : f->oname, b, r, rows);
+        } else if (rows) {
+            f->wb_written += (int64_t)n * (k ? 4 : (int64_t)H5Tget_size(f->ftype));
+        }
         h5io_ntransfers++;
 #ifdef H5_HAVE_PARALLEL
         H5D_mpio_actual_io_mode_t mode;
@@ -620,8 +750,9 @@ int h5out_attr_str(h5out *f, const char *name, const char *v) {
 
 /* Rank 0, every rank's handle closed: proves the temporary file complete before it may replace
  * anything. Durable on disk (fsync), no shorter than its data, and readable by a fresh serial
- * open: o (and lse) open with their shapes and their last elements read back. */
-static int verify_file(h5out *f) {
+ * open: o (and lse) open with their shapes and their last elements read back. *fsync_s: the
+ * fsync's time. */
+static int verify_file(h5out *f, double *fsync_s) {
     int fd = open(f->tmp, O_RDWR | O_CLOEXEC);
     if (fd < 0) return fa_seterr("output '%s': cannot rename '%s' to it: %s", f->path, f->tmp,
                                  strerror(errno));
@@ -630,7 +761,9 @@ static int verify_file(h5out *f) {
     if (!e && sb.st_size < f->reserved &&        /* the unused reserve past the end, given back */
         fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sb.st_size,
                   (off_t)(f->reserved - sb.st_size)) != 0) { /* only space: nothing lost */ }
+    const double t0 = fa_now();
     if (!e && fsync(fd) != 0 && errno != EINVAL) e = errno;
+    *fsync_s = fa_now() - t0;
     close(fd);
     if (e) return fa_seterr("output '%s': flushing '%s' to disk failed: %s; nothing was "
                             "committed", f->path, f->tmp, strerror(e));
@@ -670,12 +803,51 @@ static int verify_file(h5out *f) {
     return 0;
 }
 
+/* An output replaced by the commit (--force) loses its last name in the rename, and the file
+ * system then frees its blocks inside the rename (0.7 s for 1 GiB on ext4 with discard). Held
+ * open across the rename, it is freed only when closed: here, on a thread of its own once the
+ * new output is in place, beside the program's end (or by the kernel at exit, if killed: never
+ * a file left behind). */
+static void *close_replaced(void *fd) {
+    close((int)(intptr_t)fd);
+    return NULL;
+}
+
+static void release_replaced(int fd) {
+    pthread_t t;
+    pthread_attr_t a;
+    if (fd < 0) return;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &a, close_replaced, (void *)(intptr_t)fd) != 0) close(fd);
+    pthread_attr_destroy(&a);
+}
+
 /* Frees f whatever happens: after commit the file is either in place or gone. */
-int h5out_commit(h5out *f) {
+int h5out_commit(h5out *f) { return h5out_commit_measured(f, NULL); }
+
+int h5out_commit_measured(h5out *f, h5out_flush_stats *ms) {
+    h5out_flush_stats m;
+    const double t0 = fa_now();
+    const double drain = wb_stop(f);              /* the flush in progress, to its end */
+    h5out_get_flush_stats(f, &m);
+    m.drain_s = drain;
     int st = f->holder ? close_contents(f) : 0;   /* collective close: every write has landed */
+    if (st == 0 && f->wb.err)
+        st = fa_seterr("output '%s': writing '%s' to disk failed: %s; nothing was committed",
+                       f->path, f->tmp, strerror(f->wb.err));
     st = fa_agree(f->comm, st, f->rank);
+    const double t1 = fa_now();
+    /* what the fsync has left: every rank's rows not known on the disk (and the metadata), and
+     * what write-behind flushed */
+    int64_t wb[2] = {f->wb_written - m.bytes_flushed_behind, m.bytes_flushed_behind};
+    MPI_Allreduce(MPI_IN_PLACE, wb, 2, MPI_INT64_T, MPI_SUM, f->comm);
+    const int64_t left = wb[0];
+    double t2 = t1, t3 = t1;
     if (st == 0 && f->rank == 0) {
-        st = verify_file(f);
+        st = verify_file(f, &m.fsync_s);
+        t2 = fa_now();
+        int replaced = st == 0 ? open(f->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) : -1;
         if (st == 0 && rename(f->tmp, f->path) != 0)
             st = fa_seterr("output '%s': cannot rename '%s' to it: %s", f->path, f->tmp,
                            strerror(errno));
@@ -685,10 +857,22 @@ int h5out_commit(h5out *f) {
             int dfd = open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             if (dfd >= 0) fsync(dfd), close(dfd);
         }
+        t3 = fa_now();
+        release_replaced(replaced);
+        /* without write-behind the fsync flushed every row: the rate it reached (after
+         * write-behind it only flushed the last group: its time is mostly the disk's latency) */
+        if (wb[1] == 0 && left > 0 && m.fsync_s > 0 && left / m.fsync_s > m.flush_best_bps)
+            m.flush_best_bps = left / m.fsync_s;
     }
     st = fa_agree(f->comm, st, 0);
     if (st && f->rank == 0) unlink(f->tmp);      /* a file that failed here is never resumed */
     fa_set_cleanup_path(NULL);
+    m.close_s = t1 - t0 - drain;
+    m.verify_s = t2 - t1 - m.fsync_s;
+    m.rename_s = t3 - t2;
+    m.commit_s = fa_now() - t0;
+    m.commit_left_bytes = left;
+    if (ms) *ms = m;
     out_free(f);
     return st;
 }
@@ -699,7 +883,8 @@ int h5out_commit(h5out *f) {
  * then it stays for --resume). */
 void h5out_abort(h5out *f) {
     if (!f) return;
-    if (f->holder && (!h5io_parallel() || f->nranks == 1)) close_contents(f);
+    wb_stop(f);
+    if (f->holder && (!h5io_parallel() || f->nranks == 1)) close_contents(f), wb_close(f);
     if (!f->durable) unlink(f->tmp);
     fa_set_cleanup_path(NULL);
     /* handles left open to MPI_Finalize may still write: the lock then stays until exit */
@@ -809,6 +994,7 @@ int h5out_checkpoint(h5out *f, int64_t done) {
 }
 
 int h5out_suspend(h5out *f, int64_t done) {
+    wb_stop(f);
     int st = write_identity(f);
     if (st == 0) st = h5out_attr_int(f, "chunks_done", done);
     int cl = f->holder ? close_contents(f) : 0;   /* collective close: every write has landed */
@@ -875,6 +1061,7 @@ int h5out_reopen_layout(const char *path, const char *group, MPI_Comm comm, cons
     h5io_init();
     *out = NULL;
     h5out *f = fa_calloc(1, sizeof *f, "h5out");
+    f->wb.fd = -1;
     f->layout = layout == FA_BHND ? FA_BHND : FA_BNHD;
     MPI_Comm_dup(comm, &f->comm);
     MPI_Comm_rank(f->comm, &f->rank);
@@ -900,6 +1087,7 @@ int h5out_reopen_layout(const char *path, const char *group, MPI_Comm comm, cons
         return out_free(f), -1;
     }
     read_identity(f);
+    wb_open(f);
     *out = f;
     return 0;
 }

@@ -15,13 +15,17 @@
 #include <string.h>
 #include "runner/cli.h"
 #include "runner/plan.h"
+#include "base/clock.h"
 #include "base/common.h"
 
 int main(int argc, char **argv) {
+    fa_start_clock_init();        /* first: the run's whole time is counted from the process's start */
     int provided;
     /* MULTIPLE: the pipeline's I/O thread makes MPI calls (parallel HDF5, barriers) beside the
      * rank's merges; with less the reads and writes run in series (runner/plan.c) */
+    const double t_mpi = fa_now();
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    fa_start.mpi_init_s = fa_now() - t_mpi;
     fa_mpi_thread_multiple = provided >= MPI_THREAD_MULTIPLE;
     MPI_Comm_rank(MPI_COMM_WORLD, &fa_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &fa_nranks);

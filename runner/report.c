@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "runner/report.h"
 #include "runner/plan.h"
+#include "base/clock.h"
 #include "base/common.h"
 #include <errno.h>
 #include <math.h>
@@ -46,25 +47,51 @@ static void put_num(sbuf *b, double v) {            /* JSON has no inf/nan: null
 
 enum { S_READ, S_COMPUTE, S_WAIT, S_WRITE, S_PAIRS, S_BYTES, S_H2D, S_D2H, S_PAGED, S_COPY,
        S_COMM, S_EXPOSED, S_RSS, S_SETUP, S_KV, S_FINAL, S_IDLE, S_CMIN, S_CMINB, S_SYNC, S_BREAD,
-       S_BWRITE, S_IOEXP, S_N };
+       S_BWRITE, S_IOEXP, S_WHOLE, S_STARTUP, S_PREP, S_COMMIT, S_FLUSH, S_FLUSHED, S_WB,
+       S_TL, S_N = S_TL + TL_N };
+
+static const char *const tl_names[TL_N] = {
+    "process", "mpi_init", "start", "gpu_init", "open", "plan", "create", "engine", "read",
+    "load_kv", "compute", "merge_wait", "finalize", "write", "sync", "teardown", "attrs",
+    "commit", "other"};
+
+void job_clock_close(job_clock *c, const pipeline_stats *st) {
+    c->t[TL_ENGINE] = st->t_setup;
+    c->t[TL_READ] = st->t_read_exposed;
+    c->t[TL_LOAD_KV] = st->t_load_kv;
+    c->t[TL_COMPUTE] = st->t_compute_host;
+    c->t[TL_MERGE_WAIT] = st->t_wait;
+    c->t[TL_FINALIZE] = st->t_final;
+    c->t[TL_WRITE] = st->t_write_exposed;
+    c->t[TL_SYNC] = st->t_sync_own;
+    c->t[TL_TEARDOWN] = st->t_teardown;
+    c->whole_s = fa_now() - fa_start.process;
+    double sum = 0;
+    for (int k = 0; k < TL_OTHER; k++) sum += c->t[k];
+    c->t[TL_OTHER] = c->whole_s - sum;
+}
 
 static double maxrss_mib(void) {      /* this process's peak resident memory */
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0.0;
 }
 
-void report_floor(const pipeline_stats *st, job_floor *f) {
+void report_floor(const pipeline_stats *st, const job_clock *c, job_floor *f) {
+    /* the written bytes reach the disk no faster than the slower of the two rates */
+    const double flush = c ? c->flush.flush_best_bps : 0;
+    const double wr = flush > 0 && flush < st->write_best_bps ? flush : st->write_best_bps;
     double t[3] = {st->t_compute,
                    st->read_best_bps > 0 ? (double)st->bytes_read / st->read_best_bps : 0,
-                   st->write_best_bps > 0 ? (double)st->bytes_written / st->write_best_bps : 0}, m[3];
+                   wr > 0 ? (double)st->bytes_written / wr : 0}, m[3];
     MPI_Allreduce(t, m, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    double r[2] = {st->read_best_bps * 1e-9, st->write_best_bps * 1e-9};
-    MPI_Bcast(r, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    double r[3] = {st->read_best_bps * 1e-9, st->write_best_bps * 1e-9, flush * 1e-9};
+    MPI_Bcast(r, 3, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     f->compute_s = m[0];
     f->read_s = m[1];
     f->write_s = m[2];
     f->read_gbps = r[0];
     f->write_gbps = r[1];
+    f->flush_gbps = r[2];
     int k = m[1] > m[0] ? 1 : 0;
     if (m[2] > m[k]) k = 2;
     f->floor_s = m[k];
@@ -72,10 +99,10 @@ void report_floor(const pipeline_stats *st, job_floor *f) {
 }
 
 void report_build(report *r, const fa_job *job, const run_plan *plan, const pipeline_stats *st,
-                  const char *compute, double elapsed, const check_result *check,
+                  const char *compute, const job_clock *c, const check_result *check,
                   const double *compare_rel) {
     job_floor fl;
-    report_floor(st, &fl);
+    report_floor(st, c, &fl);
     const fa_shape *s = &plan->s;
     const char *backend = fa_backend_name(plan->backend);
     const int64_t chunk = plan->chunk;
@@ -84,7 +111,12 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                         (double)st->bytes_paged, st->t_copy, st->t_comm, st->t_exposed,
                         maxrss_mib(), st->t_setup, st->t_kv, st->t_final, st->t_idle, st->t_comm_min,
                         (double)st->bytes_comm_min, st->t_sync, (double)st->bytes_read,
-                        (double)st->bytes_written, st->t_io_exposed};
+                        (double)st->bytes_written, st->t_io_exposed, c->whole_s,
+                        c->t[TL_PROCESS] + c->t[TL_MPI_INIT] + c->t[TL_GPU_INIT],
+                        c->t[TL_START] + c->t[TL_OPEN] + c->t[TL_PLAN] + c->t[TL_CREATE],
+                        c->t[TL_COMMIT], c->flush.flush_busy_s,
+                        (double)c->flush.bytes_flushed_behind, c->flush.write_behind};
+    memcpy(mine + S_TL, c->t, sizeof c->t);
     double *all = fa_rank == 0 ? fa_malloc(sizeof(double) * S_N * (size_t)fa_nranks, "report") : NULL;
     MPI_Gather(mine, S_N, MPI_DOUBLE, all, S_N, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     fa_rank_threads *thr = fa_threads_gather();   /* each rank's threads, CPUs and why */
@@ -92,12 +124,17 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     if (fa_rank != 0) return;
 
     double mx[S_N] = {0}, sum[S_N] = {0};
-    for (int k = 0; k < fa_nranks; k++)
+    int longest = 0;                  /* the rank whose process started first: its time line */
+    for (int k = 0; k < fa_nranks; k++) {
         for (int j = 0; j < S_N; j++) {
             double v = all[k * S_N + j];
             sum[j] += v;
             if (v > mx[j]) mx[j] = v;
         }
+        if (all[k * S_N + S_WHOLE] > all[longest * S_N + S_WHOLE]) longest = k;
+    }
+    const double *tl = all + longest * S_N + S_TL;
+    const double elapsed = all[longest * S_N + S_WHOLE];
     double flops = 4.0 * sum[S_PAIRS] * (double)s->D;
     double mean_c = sum[S_COMPUTE] / fa_nranks;
     char date[64];
@@ -127,8 +164,34 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
         plan_json(plan, pj, sizeof pj);
         put(&b, "  \"plan\": %s,\n", pj);
     }
+    /* elapsed_s: the process's start (the earliest rank's) to the committed output; the output's
+     * own report attribute is written before the commit, and stops there (committed false) */
     put(&b, "  \"elapsed_s\": ");
     put_num(&b, elapsed);
+    put(&b, ",\n  \"elapsed_run_s\": ");
+    put_num(&b, c->run_s);
+    put(&b, ",\n  \"whole\": {\"from\": \"%s\", \"committed\": %s, \"rank\": %d, \"timeline_s\": {",
+        fa_start.from, c->committed ? "true" : "false", longest);
+    for (int k = 0; k < TL_N; k++) {
+        put(&b, "%s\"%s\": ", k ? ", " : "", tl_names[k]);
+        put_num(&b, tl[k]);
+    }
+    /* the commit's parts are rank 0's (it flushes, checks and renames); write-behind summed */
+    const h5out_flush_stats *fs = &c->flush;
+    const struct { const char *name; double s; } parts[] = {
+        {"s", fs->commit_s}, {"drain_s", fs->drain_s}, {"close_s", fs->close_s},
+        {"fsync_s", fs->fsync_s}, {"verify_s", fs->verify_s}, {"rename_s", fs->rename_s}};
+    put(&b, "},\n    \"commit\": {");
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
+        put(&b, "%s\"%s\": ", k ? ", " : "", parts[k].name);
+        put_num(&b, parts[k].s);
+    }
+    put(&b, ", \"left_bytes\": %lld}", (long long)fs->commit_left_bytes);
+    put(&b, ",\n    \"write_behind\": {\"on\": %s, \"bytes_written\": %.0f, "
+            "\"bytes_flushed_behind\": %.0f, \"flush_s\": ", mx[S_WB] > 0 ? "true" : "false",
+        sum[S_BWRITE], sum[S_FLUSHED]);
+    put_num(&b, mx[S_FLUSH]);
+    put(&b, "}}");
     /* the slowest rank's time in each phase; read_kv is the part of read spent on this rank's
      * keys and values; finalize brings merged rows to the host (o/l, lse) */
     put(&b, ",\n  \"phases_s\": {\"setup\": ");
@@ -151,6 +214,16 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
      * io_exposed: the longest any rank's own thread waited for them */
     put(&b, ", \"io_exposed\": ");
     put_num(&b, mx[S_IOEXP]);
+    /* the whole job's other parts: start-up (the process, MPI, CUDA and NCCL), preparing the
+     * run (options, input, plan, output), the I/O thread's write-behind, and the commit */
+    put(&b, ", \"startup\": ");
+    put_num(&b, mx[S_STARTUP]);
+    put(&b, ", \"prepare\": ");
+    put_num(&b, mx[S_PREP]);
+    put(&b, ", \"flush\": ");
+    put_num(&b, mx[S_FLUSH]);
+    put(&b, ", \"commit\": ");
+    put_num(&b, mx[S_COMMIT]);
     put(&b, "},\n  \"io_thread\": %s", st->io_thread ? "true" : "false");
     /* streamed keys (rank 0's first batch element): the blocks its keys came in, and by how long
      * its first chunk's compute started before the last block was read (> 0: beside the reads) */
@@ -177,6 +250,8 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put_num(&b, fl.read_gbps);
     put(&b, ", \"write_gbps\": ");
     put_num(&b, fl.write_gbps);
+    put(&b, ", \"flush_gbps\": ");
+    put_num(&b, fl.flush_gbps > 0 ? fl.flush_gbps : NAN);
     put(&b, ", \"bytes_read\": %.0f, \"bytes_written\": %.0f, \"achieved\": ", sum[S_BREAD], sum[S_BWRITE]);
     put_num(&b, elapsed > 0 ? fl.floor_s / elapsed : 0);
     put(&b, "}");
@@ -214,11 +289,14 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
                 "%.6f, \"write_s\": %.6f, \"work_pairs\": %.0f, \"merge_bytes\": %.0f, "
                 "\"comm_s\": %.6f, \"exposed_s\": %.6f, \"compute_idle_s\": %.6f, \"comm_fastest_chunk_s\": %.6f, "
                 "\"paged_bytes\": %.0f, \"maxrss_mib\": %.1f, \"setup_s\": %.6f, \"read_kv_s\": %.6f, "
-                "\"finalize_s\": %.6f, \"sync_s\": %.6f, \"io_exposed_s\": %.6f, \"threads\": %d, "
+                "\"finalize_s\": %.6f, \"sync_s\": %.6f, \"io_exposed_s\": %.6f, "
+                "\"whole_s\": %.6f, \"startup_s\": %.6f, \"prepare_s\": %.6f, \"flush_s\": %.6f, "
+                "\"commit_s\": %.6f, \"bytes_flushed_behind\": %.0f, \"threads\": %d, "
                 "\"cpus\": %d, \"cpu_share\": %d, \"threads_from\": \"%s\"}",
             k ? "," : "", k, v[S_READ], v[S_COMPUTE], v[S_WAIT], v[S_WRITE], v[S_PAIRS], v[S_BYTES],
             v[S_COMM], v[S_EXPOSED], v[S_IDLE], v[S_CMIN], v[S_PAGED], v[S_RSS], v[S_SETUP], v[S_KV],
-            v[S_FINAL], v[S_SYNC], v[S_IOEXP], thr[k].threads, thr[k].cpus, thr[k].share, thr[k].why);
+            v[S_FINAL], v[S_SYNC], v[S_IOEXP], v[S_WHOLE], v[S_STARTUP], v[S_PREP], v[S_FLUSH],
+            v[S_COMMIT], v[S_FLUSHED], thr[k].threads, thr[k].cpus, thr[k].share, thr[k].why);
     }
     put(&b, "\n  ]");
     if (check) {

@@ -15,6 +15,7 @@
 #include "kernels/gpu.h"
 #include "runner/cli.h"
 #include "base/agree.h"
+#include "base/clock.h"
 #include "base/common.h"
 #include "runner/compare.h"
 #include "runner/plan.h"
@@ -84,10 +85,11 @@ static void key_layouts(const h5in *in, fa_layout o_layout, char *key, int len) 
              fa_layout_name(l[1]), fa_layout_name(l[2]), fa_layout_name(l[3]));
 }
 
-/* Rank 0 prints where the time went; per-rank compute shows the balance, and --verbose every
+/* Rank 0 prints where the time went: the whole job (from the earliest rank's process start to the
+ * committed output) and its commit; per-rank compute shows the balance, and --verbose every
  * rank's times, one row each. */
 static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stats *st,
-                      fa_backend be, double elapsed) {
+                      fa_backend be, const job_clock *c) {
     const fa_shape *s = &pl->s;
     char mdesc[256];
     const char *mname = mask_is_plain(&pl->mask) && pl->mask.right < 0 ? "non-causal"
@@ -95,7 +97,11 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
     double mine[4] = {st->t_compute, st->t_wait, st->work_pairs, (double)st->bytes_reduced};
     double mx[4], sum[4];
     job_floor fl;
-    report_floor(st, &fl);
+    report_floor(st, c, &fl);
+    double elapsed, fb[2] = {(double)c->flush.bytes_flushed_behind, (double)c->flush.bytes_written},
+           fsum[2];
+    MPI_Reduce(&c->whole_s, &elapsed, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    MPI_Reduce(fb, fsum, 2, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     MPI_Reduce(mine, mx, 4, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     MPI_Reduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     int table = job->verbose && !job->quiet;         /* the same on every rank: same arguments */
@@ -106,25 +112,41 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
     }
     if (fa_rank != 0 || job->quiet) return;
     double flops = 4.0 * sum[2] * (double)s->D;     /* 2 products x 2 flops per visible pair */
+    const h5out_flush_stats *fs = &c->flush;
     fprintf(stderr,
-            "fa_long: B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld %s on %d rank%s (%s): %.3f s, "
+            "fa_long: B=%lld Nq=%lld Nk=%lld H=%lld Hkv=%lld D=%lld %s on %d rank%s (%s): %.3f s "
+            "whole, from the process's start to the committed output (commit %.3f s), "
             "%.2f GFLOP/s%s\n",
             (long long)s->B, (long long)s->Nq, (long long)s->Nk, (long long)s->H,
             (long long)s->Hkv, (long long)s->D, mname, fa_nranks,
-            fa_nranks == 1 ? "" : "s", fa_backend_name(be), elapsed, flops / elapsed * 1e-9,
+            fa_nranks == 1 ? "" : "s", fa_backend_name(be), elapsed, c->t[TL_COMMIT],
+            flops / elapsed * 1e-9,
             job->mode == MODE_TAYLOR ? " (exact attention's FLOPs, for comparison)" : "");
     fprintf(stderr,
-            "fa_long: rank 0 times: setup %.3f s, read %.3f s (keys %.3f s), compute %.3f s, merge "
+            "fa_long: rank 0 times: start-up %.3f s (process %.3f s, MPI %.3f s, GPU %.3f s), "
+            "prepare %.3f s, setup %.3f s, read %.3f s (keys %.3f s), compute %.3f s, merge "
             "wait %.3f s, finalize %.3f s, write %.3f s (%s: %.3f s of them exposed); compute "
             "max/mean %.3f; merged %.1f MB\n",
+            c->t[TL_PROCESS] + c->t[TL_MPI_INIT] + c->t[TL_GPU_INIT], c->t[TL_PROCESS],
+            c->t[TL_MPI_INIT], c->t[TL_GPU_INIT],
+            c->t[TL_START] + c->t[TL_OPEN] + c->t[TL_PLAN] + c->t[TL_CREATE],
             st->t_setup, st->t_read, st->t_kv, st->t_compute, st->t_wait, st->t_final, st->t_write,
             st->io_thread ? "on the I/O thread beside compute" : "in series",
             st->t_io_exposed, sum[0] > 0 ? mx[0] / (sum[0] / fa_nranks) : 1.0, sum[3] / 1e6);
     fprintf(stderr,
+            "fa_long: commit %.3f s (the flush in progress %.3f s, close %.3f s, fsync %.3f s, "
+            "check %.3f s, rename %.3f s); %.1f of %.1f MB written were on the disk before it "
+            "(%s)\n", c->t[TL_COMMIT], fs->drain_s, fs->close_s, fs->fsync_s, fs->verify_s,
+            fs->rename_s, fsum[0] / 1e6, fsum[1] / 1e6,
+            fs->write_behind ? "write-behind beside compute" : "no write-behind on this file system");
+    char flush[64] = "";
+    if (fl.flush_gbps > 0) snprintf(flush, sizeof flush, ", flushed at %.2f GB/s", fl.flush_gbps);
+    fprintf(stderr,
             "fa_long: floor %.3f s (%s: compute %.3f s, read %.3f s at %.2f GB/s, write %.3f s at "
-            "%.2f GB/s, the fastest rates this run's own reads and writes reached): %.0f%% of "
-            "the floor's pace\n", fl.floor_s, fl.critical, fl.compute_s, fl.read_s, fl.read_gbps,
-            fl.write_s, fl.write_gbps, elapsed > 0 ? 100.0 * fl.floor_s / elapsed : 0.0);
+            "%.2f GB/s%s, the fastest rates this run's own reads, writes and flushes reached): "
+            "%.0f%% of the floor's pace\n", fl.floor_s, fl.critical, fl.compute_s, fl.read_s,
+            fl.read_gbps, fl.write_s, fl.write_gbps, flush,
+            elapsed > 0 ? 100.0 * fl.floor_s / elapsed : 0.0);
     if (!table) return;
     fprintf(stderr, "# rank   read_s  compute_s  merge_wait_s  write_s\n");
     for (int r = 0; r < fa_nranks; r++)
@@ -179,7 +201,7 @@ static double done_flops(const attn_mask *m, const fa_shape *s, int64_t chunk, i
 /* After the output is in place: the optional fp64 check of sampled rows, and the report file.
  * A check result goes into the report and the output's attributes too. */
 static int finish(const fa_job *job, const run_plan *pl, const pipeline_stats *st,
-                  const char *compute, double elapsed, const double *compare_rel) {
+                  const char *compute, const job_clock *c, const double *compare_rel) {
     check_result cr;
     int rc = 0, checked = job->check_rows != 0;
     if (checked && fa_rank == 0) {
@@ -189,7 +211,7 @@ static int finish(const fa_job *job, const run_plan *pl, const pipeline_stats *s
     if (agree(rc)) return fa_report_error();
     if (!checked && !job->report && !compare_rel) return 0;
     report rep;
-    report_build(&rep, job, pl, st, compute, elapsed, checked ? &cr : NULL, compare_rel);
+    report_build(&rep, job, pl, st, compute, c, checked ? &cr : NULL, compare_rel);
     if (fa_rank == 0 && (checked || compare_rel)) {
         rc = h5_set_attr_str(job->output, "report", rep.json);
         if (!rc && checked) rc = h5_set_attr_double(job->output, "check_rel_err", cr.rel_err);
@@ -497,13 +519,26 @@ static int output_not_input(const char *in, const char *out) {
                      "--force)", out, in, strcmp(in, out) ? " (through a link)" : "");
 }
 
+/* Seconds since *mark, which moves to now: the run's phases, one after another (job_clock). */
+static double lap(double *mark) {
+    const double now = fa_now(), d = now - *mark;
+    *mark = now;
+    return d;
+}
+
 int cmd_run(int argc, char **argv) {
+    if (fa_start.main == 0) fa_start_clock_init();     /* not started by main(): from here */
     fa_job job;
     int rc = cli_parse_run(argc, argv, &job);
     if (rc == 1) return 0;
     if (rc) return fa_report_error();
     fa_verbosity = job.quiet ? 0 : job.verbose ? 2 : 1;
     double t0 = fa_now();
+    job_clock clk;                  /* the whole job's time line, phase after phase */
+    memset(&clk, 0, sizeof clk);
+    clk.t[TL_PROCESS] = fa_start.main - fa_start.process;
+    clk.t[TL_MPI_INIT] = fa_start.mpi_init_s;
+    double mark = fa_start.main + fa_start.mpi_init_s;
     if (job.threads > 0) {   /* main() saw "--threads N"; this catches getopt's abbreviations */
         omp_set_num_threads(job.threads);
         fa_threads.threads = job.threads;
@@ -519,8 +554,10 @@ int cmd_run(int argc, char **argv) {
         h5out_lock(job.output, MPI_COMM_WORLD))
         return fa_report_error();
 
+    clk.t[TL_START] += lap(&mark);
     fa_backend be;
     if (plan_backend(&job, &be)) return fa_report_error();
+    clk.t[TL_GPU_INIT] += lap(&mark);               /* the CUDA driver's start, where there is one */
 
     h5in *in = NULL;
     fa_shape s;
@@ -547,11 +584,13 @@ int cmd_run(int argc, char **argv) {
      * sizes the keys against what the device has left) */
     gpu_comm gc = {0};
     const gpu_comm *gcp = be == BACKEND_CUDA ? &gc : NULL;
+    clk.t[TL_OPEN] += lap(&mark);
     if (gcp && gpu_comm_init(MPI_COMM_WORLD, !job.no_nccl, &gc)) {
         h5in_close(in);
         plan_mask_free(&pm);
         return fa_report_error();
     }
+    clk.t[TL_GPU_INIT] += lap(&mark);
     if (job.tune) plan_tune(&job, &env, &s, be);   /* --tune: tune and cache first, explicitly */
     run_plan pl;
     int64_t resumed_chunk = resume_chunk(&job);   /* --resume, no --chunk: the earlier run's */
@@ -584,6 +623,7 @@ int cmd_run(int argc, char **argv) {
         return 0;
     }
     h5out *out = NULL;
+    clk.t[TL_PLAN] += lap(&mark);
     rc = plan == RESUME_PARTIAL ? h5out_reopen_layout(job.output, job.out_group, MPI_COMM_WORLD, &s, ot,
                                                       o_layout, job.lse, pl.io_cap_bytes, &out)
                                 : h5out_create_layout(job.output, job.out_group, job.force, MPI_COMM_WORLD,
@@ -608,8 +648,10 @@ int cmd_run(int argc, char **argv) {
                   pl.progress_interval_s);
     progress_skip(&pg, first, done_flops(&pl.mask, &s, chunk, first));
     pipeline_stats st;
+    clk.t[TL_CREATE] += lap(&mark);
     rc = pipeline_run(&pl, MPI_COMM_WORLD, in, out, gcp, first, &pg, &st);
     progress_end(&pg);
+    lap(&mark);                    /* its phases come from st (job_clock_close) */
     if (rc == 0 && st.stopped) {
         gpu_comm_free(&gc);
         if (agree(h5out_suspend(out, st.chunks_done))) {
@@ -634,11 +676,16 @@ int cmd_run(int argc, char **argv) {
         plan_mask_free(&pm);
         return fa_report_error();
     }
-    double elapsed = fa_now() - t0;
-    MPI_Bcast(&elapsed, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    clk.run_s = fa_now() - t0;      /* what elapsed_s was before the whole job was counted */
+    MPI_Bcast(&clk.run_s, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    const double elapsed = clk.run_s;   /* the output's elapsed_seconds attribute, as before */
     const char *compute = st.compute;
     report rep;
-    report_build(&rep, &job, &pl, &st, compute, elapsed, NULL, NULL);
+    /* the report kept in the output: written before the commit, so it stops there */
+    h5out_get_flush_stats(out, &clk.flush);
+    clk.t[TL_ATTRS] += lap(&mark);
+    job_clock_close(&clk, &st);
+    report_build(&rep, &job, &pl, &st, compute, &clk, NULL, NULL);
     /* attributes are collective with the same value everywhere: rank 0's report travels */
     int64_t len = rep.json ? (int64_t)strlen(rep.json) + 1 : 0;
     MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
@@ -656,7 +703,12 @@ int cmd_run(int argc, char **argv) {
         plan_mask_free(&pm);
         return fa_report_error();
     }
-    if (agree(h5out_commit(out))) {             /* commit frees out, whatever happens */
+    clk.t[TL_ATTRS] += lap(&mark);
+    rc = h5out_commit_measured(out, &clk.flush);
+    clk.t[TL_COMMIT] += lap(&mark);
+    clk.committed = 1;
+    job_clock_close(&clk, &st);    /* the whole job: its process's start to the committed output */
+    if (agree(rc)) {                            /* commit frees out, whatever happens */
         report_free(&rep);
         gpu_comm_free(&gc);
         h5in_close(in);
@@ -665,7 +717,7 @@ int cmd_run(int argc, char **argv) {
     }
     h5in_close(in);
     report_free(&rep);
-    summarize(&job, &pl, &st, be, fa_now() - t0);
+    summarize(&job, &pl, &st, be, &clk);
     chunk_warning(&job, &s, &st);
     double *compare_rel = NULL;
     rc = job.compare ? compare_run(&job, &env, be, gcp, &compare_rel) : 0;
@@ -674,7 +726,7 @@ int cmd_run(int argc, char **argv) {
         plan_mask_free(&pm);
         return fa_report_error();
     }
-    rc = finish(&job, &pl, &st, compute, elapsed, compare_rel);
+    rc = finish(&job, &pl, &st, compute, &clk, compare_rel);
     free(compare_rel);
     plan_mask_free(&pm);
     return rc;

@@ -8,6 +8,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 from conftest import FA_LONG, mpirun_cmd, run_fa
 from reference import attention_f64, random_inputs, rel_err, write_inputs
@@ -215,3 +216,99 @@ def test_small_chunks_warn_with_the_rate(tmp_path):
     assert p.returncode == 0 and "stored in chunks" not in p.stderr, p.stderr
     with h5py.File(tmp_path / "o1.h5") as a, h5py.File(tmp_path / "o2.h5") as b:
         assert np.array_equal(a["o"][...], b["o"][...])
+
+
+# ---- the whole job (issue 22): from the process's start to the committed output ----------------
+TIMELINE = ("process", "mpi_init", "start", "gpu_init", "open", "plan", "create", "engine", "read",
+            "load_kv", "compute", "merge_wait", "finalize", "write", "sync", "teardown", "attrs",
+            "commit", "other")
+
+
+def whole_job(tmp_path, inp, nranks, io_thread, extra=()):
+    """One run under mpirun (nranks > 0) or alone (0); its report, stderr and the wall clock the
+    test saw around the whole command."""
+    out, rep = tmp_path / "out.h5", tmp_path / "r.json"
+    e = dict(os.environ, OMP_NUM_THREADS="1", FA_IO_THREAD=str(io_thread))
+    cmd = ([] if nranks == 0 else mpirun_cmd(nranks) + ["-x", "FA_IO_THREAD"]) + \
+        [str(FA_LONG), "-i", str(inp), "-o", str(out), "-f", "--lse", "--chunk", "256",
+         "--report", str(rep)] + list(extra)
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=e)
+    outside = time.time() - t0
+    assert p.returncode == 0, p.stderr
+    return json.loads(rep.read_text()), p.stderr, outside, out
+
+
+@pytest.mark.parametrize("nranks,io_thread", [(0, 0), (1, 1), (3, 0), (3, 1)])
+def test_whole_job_phases_add_up(tmp_path, nranks, io_thread):
+    """elapsed_s runs from the process's start (the kernel's, before main and MPI_Init) to the
+    committed output: never more than the wall clock around the command, more than the run's old
+    elapsed (now elapsed_run_s) by at least MPI_Init and the commit; its time line's phases add
+    up to it (what none holds, 'other', is a few percent at most); the summary says the whole
+    time and the commit's."""
+    inp, _ = make_input(tmp_path, N=2048, H=4, Hkv=2, D=32)
+    r, err, outside, _ = whole_job(tmp_path, inp, nranks, io_thread)
+    w, tl = r["whole"], r["whole"]["timeline_s"]
+    assert w["from"] == "process" and w["committed"] is True
+    assert tuple(tl) == TIMELINE
+    assert all(tl[k] >= 0 for k in TIMELINE if k != "other"), tl
+    el = r["elapsed_s"]
+    # the kernel's start is in 1/100 s, truncated: at most 10 ms early
+    assert el <= outside + 0.011, (el, outside)
+    assert el >= r["elapsed_run_s"] + tl["mpi_init"] + tl["commit"] - 1e-6
+    assert tl["process"] > 0 and tl["mpi_init"] > 0 and tl["commit"] > 0 and tl["compute"] > 0
+    parts = sum(tl[k] for k in TIMELINE if k != "other")
+    assert abs(parts + tl["other"] - el) <= 1e-6 * el, (parts, tl["other"], el)
+    assert abs(tl["other"]) <= 0.03 * el + 0.01, tl      # busy 2-core machine: 3% + 10 ms
+    # the commit's parts (rank 0's), inside the commit phase; the same in phases_s
+    c = r["whole"]["commit"]
+    assert c["close_s"] + c["fsync_s"] + c["verify_s"] + c["rename_s"] <= c["s"] + 1e-6
+    assert c["fsync_s"] > 0 and abs(r["phases_s"]["commit"] - max(
+        x["commit_s"] for x in r["per_rank"])) <= 1e-6
+    assert r["phases_s"]["startup"] >= tl["process"] + tl["mpi_init"] + tl["gpu_init"] - 1e-6
+    assert max(x["whole_s"] for x in r["per_rank"]) == pytest.approx(el, abs=1e-6)
+    assert r["tflops"] == pytest.approx(r["flops"] / el * 1e-12, rel=1e-6)
+    line = next(l for l in err.splitlines() if l.startswith("fa_long: B="))
+    assert f"{el:.3f} s whole" in line and "from the process's start to the committed output" in line
+    if nranks <= 1:
+        assert f"(commit {tl['commit']:.3f} s)" in line, line
+    assert "fa_long: commit " in err and "MB written were on the disk before it" in err, err
+
+
+def test_whole_job_from_main_after_a_wrapper(tmp_path):
+    """A process that ran something else before exec'ing fa_long (a wrapper ending in `exec`)
+    started when the wrapper did: its start is not taken, main()'s is (whole.from 'main'), so
+    the wrapper's 11 s are not counted."""
+    inp, _ = make_input(tmp_path, N=300)
+    out, rep = tmp_path / "out.h5", tmp_path / "r.json"
+    p = subprocess.run(["sh", "-c", f"sleep 11; exec {FA_LONG} -i {inp} -o {out} -q --report {rep}"],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(rep.read_text())
+    assert r["whole"]["from"] == "main" and r["whole"]["timeline_s"]["process"] == 0
+    assert 0 < r["elapsed_s"] < 10, r["elapsed_s"]
+
+
+def test_write_behind_and_the_floor(tmp_path):
+    """Rows reach the disk while later chunks compute: before the commit, a share of the output
+    is durable already (bytes_flushed_behind), and the commit's fsync has the rest left
+    (left_bytes); the floor's write term counts the bytes at the slower of the write rate and
+    the flush rate (a write-behind flush's, or the commit's fsync's when nothing was flushed
+    behind). 32 groups of 64 rows on one rank: the write-behind thread has the run's length to
+    flush the first ones."""
+    inp, _ = make_input(tmp_path, N=2048, H=4, Hkv=2, D=32)
+    r, err, _, out = whole_job(tmp_path, inp, 0, 0, ["--chunk", "64"])
+    wb, fl, c = r["whole"]["write_behind"], r["floor"], r["whole"]["commit"]
+    total = 2048 * 4 * (32 * 4 + 4)                      # o (float32) and lse
+    assert wb["on"] is True and wb["bytes_written"] == fl["bytes_written"] == total
+    assert 0 < wb["bytes_flushed_behind"] <= total and wb["flush_s"] > 0, wb
+    assert c["left_bytes"] == total - wb["bytes_flushed_behind"]
+    assert r["phases_s"]["flush"] == pytest.approx(wb["flush_s"], abs=1e-6)
+    assert fl["flush_gbps"] is not None and fl["flush_gbps"] > 0
+    rate = min(fl["write_gbps"], fl["flush_gbps"]) * 1e9
+    assert fl["write_s"] == pytest.approx(total / rate, rel=1e-5)
+    mb = wb["bytes_flushed_behind"] / 1e6
+    assert f"{mb:.1f} of {total / 1e6:.1f} MB written were on the disk before it" in err, err
+    p = run_fa(["check", "--input", inp, "--output", out, "--rows", "all"])
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -6,6 +6,7 @@ The disk-full cases mount a 2 MB tmpfs (root only, as in CI); it is unmounted in
 teardown whatever happens."""
 import hashlib
 import os
+import platform
 import re
 import resource
 import signal
@@ -285,3 +286,108 @@ def test_gen_into_small_folder_refused(tmpfs):
     assert os.listdir(tmpfs) == []
     ok = run_limited(["gen", "--output", out, "-n", 256, "--heads", 2, "-d", 16])
     assert ok.returncode == 0 and os.listdir(tmpfs) == ["g.h5"], ok.stderr
+
+
+# ---- 11. killed during the commit (issue 22) -------------------------------------------------------
+SYS_FSYNC = 74 if platform.machine() == "x86_64" else None      # /proc/PID/syscall's number
+
+
+def in_syscall(pid):
+    """The system call the process's main thread is blocked in (its number), or None."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            word = f.read().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(word) if word.lstrip("-").isdigit() else None
+
+
+def kill_in_tail(args, how):
+    """Starts fa_long alone (SIGKILL reaches it, not a launcher) with progress lines, waits for
+    its last chunk's line, then kills it: `how` is seconds after that line, or "fsync" (the
+    moment its main thread is blocked in fsync: the commit's, the only one after the last chunk
+    in series) or "after-fsync" (the moment it has left that fsync: the check and the rename).
+    Returns where the kill landed: "tail" (alive, the partial file there), "fsync", "after-fsync"
+    or "ended" (the job was done before)."""
+    e = env1({"FA_PROGRESS_INTERVAL": "0.000001", "FA_IO_THREAD": "0"})
+    job = subprocess.Popen([str(FA_LONG)] + [str(a) for a in args], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, env=e)
+    where = "ended"
+    try:
+        for line in job.stderr:
+            if "(100.0%)" in line:
+                break
+        t0 = time.time()
+        if how in ("fsync", "after-fsync"):
+            seen = False
+            while job.poll() is None and time.time() - t0 < 60:
+                now = in_syscall(job.pid) == SYS_FSYNC
+                if now and how == "fsync" or seen and not now and how == "after-fsync":
+                    break
+                seen = seen or now
+            if job.poll() is None and seen | (how == "fsync"):
+                job.send_signal(signal.SIGKILL)
+                where = how
+        else:
+            time.sleep(how)
+            if job.poll() is None:
+                partial = args[args.index("--output") + 1]
+                there = os.path.exists(os.path.join(os.path.dirname(partial),
+                                                    "." + os.path.basename(partial) + ".partial"))
+                job.send_signal(signal.SIGKILL)
+                where = "tail" if there else "ended"
+        job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    return where
+
+
+def test_sigkill_in_the_commit_leaves_old_or_new(tmp_path):
+    """SIGKILL at several points of a run's tail (after its last chunk: the last write and its
+    write-behind, the attributes, the commit's fsync, after it: the check and the rename), with
+    --force over an older output: the output is always either the older file, intact (h5py
+    reads its values), or the new one, complete and equal to an uninterrupted run's; without an
+    older output, none or the new one. Never a damaged file."""
+    inp = tmp_path / "in.h5"
+    r = run_fa(["gen", "--output", inp, "--nq", 32768, "--nk", 64, "--heads", 8,
+                "--kv-heads", 1, "-d", 64])                 # o: 64 MiB in two chunks of 32 MiB
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "ref.h5"
+    args = ["--input", inp, "--lse", "--chunk", 16384, "--force"]       # progress lines: no -q
+    p = run_limited(args + ["--output", ref, "-q"], fsize=1 << 30)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(ref, "r") as f:
+        o_ref, lse_ref = f["o"][...], f["lse"][...]
+    out = tmp_path / "out.h5"
+
+    def older():
+        with h5py.File(out, "w") as f:
+            f["o"] = np.full((1, 8, 2, 4), 7.0, np.float32)
+            f.attrs["made_by"] = "the older job"
+        return sha(out)
+
+    landed = []
+    points = [0.0, 0.03, 0.1, 0.3] + (["fsync", "after-fsync", "fsync"] if SYS_FSYNC else [])
+    for i, how in enumerate(points):
+        old = older() if i < len(points) - 1 else None
+        if old is None:
+            out.unlink()                                    # the last one: no older output
+        landed.append(kill_in_tail(args + ["--output", out], how))
+        if not out.exists():
+            assert old is None, f"killed at {how} ({landed[-1]}): the older output is gone"
+            continue
+        with h5py.File(out, "r") as f:
+            if "made_by" in f.attrs:                        # the older one, intact
+                assert old is not None and sha(out) == old
+                assert f.attrs["made_by"] == "the older job" and np.all(f["o"][...] == 7.0)
+            else:                                           # the new one, complete
+                assert np.array_equal(f["o"][...], o_ref) and np.array_equal(f["lse"][...], lse_ref)
+                assert f.attrs["chunks_done"] == 2
+        for left in hidden(tmp_path, "out.h5"):             # a killed job's partial and lock
+            os.unlink(tmp_path / left)
+    print("kills landed:", landed)
+    assert "tail" in landed, landed                        # killed after the last chunk, before the rename
+    if SYS_FSYNC:
+        assert "fsync" in landed, landed                   # and inside the commit's fsync
