@@ -26,7 +26,8 @@
 #            base among the modes base's outside time (its report's elapsed_s stopped before the
 #            commit). Each shape's input is flushed to disk after gen (sync) and its page-cache
 #            read rates measured (build/bench/page_cache_read: memcpy and pread by every thread,
-#            columns appended) beside the job's own key-read rate.
+#            columns appended) beside the job's own key-read rate. VERBOSE_ONCE=1: the first
+#            round's run of mode new with --verbose, its lines kept in the results folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FA=${FA_LONG:-./fa_long}
@@ -84,7 +85,10 @@ for spec in $SHAPES; do
           env_io=1; [ $mode = series ] && env_io=0
           FA_IO_THREAD=$env_io $MPIRUN -x FA_IO_THREAD "$FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag \
             --backend "$BACKEND" -q --report "$rep" ;;
-        new)  "$FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" -q --report "$rep" ;;
+        new)  if [ "$r" = 1 ] && [ "${VERBOSE_ONCE:-0}" = 1 ]; then   # where the time went, once
+                "$FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" --verbose \
+                  --report "$rep" 2> "$JDIR/${name}_new_verbose.txt"
+              else "$FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" -q --report "$rep"; fi ;;
         mpirun1) $MPI1 "$FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" -q --report "$rep" ;;
         base) "$BASE_FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" -q --report "$rep" ;;
         torch) $PY bench/gpu/torch_wholejob.py "$in" "$TMP/out_torch.h5" $cflag > "$TMP/$name.$mode.$r.txt" ;;
