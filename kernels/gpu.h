@@ -13,6 +13,12 @@ typedef enum { FA_COMPUTE_BF16 = 0, FA_COMPUTE_FP16 = 1 } fa_compute;
 
 /* Number of usable CUDA devices (0 without CUDA or without a GPU). Never fails. */
 int gpu_count(void);
+/* The CUDA context of device (local_rank mod devices) made by a thread of its own while the
+ * process goes on with MPI, the input and the plan (a context takes a few hundred ms, and the
+ * planner's first device query would wait for it); joined before MPI_Finalize. No-ops without
+ * CUDA. */
+void gpu_warmup_start(int local_rank);
+void gpu_warmup_join(void);
 /* One line naming device `dev` ("NVIDIA H100 80GB HBM3, sm_90, 132 SMs") into buf. */
 void gpu_describe(int dev, char *buf, int len);
 

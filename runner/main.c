@@ -17,6 +17,7 @@
 #include "runner/plan.h"
 #include "base/clock.h"
 #include "base/common.h"
+#include "kernels/gpu.h"             /* gpu_warmup_start, gpu_warmup_join */
 
 int main(int argc, char **argv) {
     fa_start_clock_init();        /* first: the run's whole time is counted from the process's start */
@@ -40,6 +41,21 @@ int main(int argc, char **argv) {
     fa_binding launch;              /* how mpirun or srun bound this rank, from their environment */
     plan_binding_read(&launch);
     fa_threads_setup(threads > 0 ? threads : 0, getenv("OMP_NUM_THREADS"), &launch);
+    /* a run or a tune that may take a GPU: its context made beside the rest of the start */
+    int gpu_maybe = !(argc > 1 && (!strcmp(argv[1], "gen") || !strcmp(argv[1], "check")));
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--backend") && !strcmp(argv[i + 1], "cpu")) gpu_maybe = 0;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--backend=cpu") || !strcmp(argv[i], "--help") ||
+            !strcmp(argv[i], "-h") || !strcmp(argv[i], "--version")) gpu_maybe = 0;
+    if (gpu_maybe) {
+        MPI_Comm node;
+        int local = 0;
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, fa_rank, MPI_INFO_NULL, &node);
+        MPI_Comm_rank(node, &local);
+        MPI_Comm_free(&node);
+        gpu_warmup_start(local);
+    }
     static const char *const commands[] = {"gen", "check", "tune"};
     const char *hit = NULL;
     int rc;
@@ -53,6 +69,7 @@ int main(int argc, char **argv) {
                   "options, see --help)", argv[1], hit);
         rc = fa_report_error();
     } else rc = cmd_run(argc, argv);
+    gpu_warmup_join();
     MPI_Finalize();
     return rc;
 }

@@ -5,6 +5,8 @@
 #include <stdio.h>
 
 int gpu_count(void) { return 0; }
+void gpu_warmup_start(int local_rank) {}
+void gpu_warmup_join(void) {}
 void gpu_describe(int dev, char *buf, int len) { snprintf(buf, (size_t)len, "none"); }
 int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv, int d,
                       fa_compute ct, int64_t sub_rows, gpu_engine **out) {

@@ -16,6 +16,8 @@
  */
 #include "kernels/cuda/flash.h"
 #include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdio.h>
@@ -55,6 +57,28 @@ struct gpu_engine {
 #include "kernels/cuda/convert.cuh"
 
 /* ---- gpu.h ------------------------------------------------------------------------------------ */
+
+/* ---- the device's context, made beside the start (gpu.h) ----------------------------------------- */
+static pthread_t warm_thread;
+static int warm_running;
+
+static void *warm(void *arg) {
+    const int r = (int)(intptr_t)arg;
+    int n = 0;
+    if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0 && cudaSetDevice(r % n) == cudaSuccess)
+        cudaFree(0);                  /* makes the device's primary context, which every thread shares */
+    cudaGetLastError();
+    return NULL;
+}
+
+extern "C" void gpu_warmup_start(int local_rank) {
+    if (!warm_running) warm_running = pthread_create(&warm_thread, NULL, warm, (void *)(intptr_t)local_rank) == 0;
+}
+
+extern "C" void gpu_warmup_join(void) {
+    if (warm_running) pthread_join(warm_thread, NULL);
+    warm_running = 0;
+}
 
 extern "C" int gpu_count(void) {
     int n = 0;
