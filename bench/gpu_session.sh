@@ -11,7 +11,7 @@
 #        tune (fa_long tune smoke run, then bench/tune.sh --gpu), gputune (a job that reads the
 #        tune cache, with --verbose), scaling (bench/scaling.sh --gpu: multi-GPU kinds),
 #        probe (bench/read_probe.sh: where several ranks' host time goes),
-#        cmd:'shell words' (any command)
+#        cmd:'shell words' (any command, 300 s), cmd@SECONDS:'shell words' (its own limit)
 # Out: $OUT/summary.txt (one line per step: rc, seconds), $OUT/logs.tgz (every step's log),
 #      $OUT/results.tgz (bench/results and tests/gpu logs that changed).
 set -u
@@ -61,6 +61,7 @@ for s in "$@"; do
     scaling) step scaling 540 "sh bench/scaling.sh --gpu" ;;
     probe)   step probe 300 "sh bench/read_probe.sh" ;;
     cmd:*)   NCMD=$((${NCMD:-0} + 1)); step cmd$NCMD 300 "${s#cmd:}" ;;
+    cmd@*)   NCMD=$((${NCMD:-0} + 1)); lim=${s#cmd@}; lim=${lim%%:*}; step cmd$NCMD "$lim" "${s#cmd@*:}" ;;
     *)       echo "unknown step $s" | tee -a "$SUM" ;;
     esac
 done
