@@ -16,10 +16,11 @@ from test_resume import stop_with_usr1
 from reference import attention_f64, random_inputs, rel_err, write_inputs
 
 
-def job(tmp_path, inp, name, nranks, env, extra=()):
+def job(tmp_path, inp, name, nranks, env, extra=(), chunk=37):
+    """One run with --lse, its report: (o, lse, report)."""
     out = tmp_path / f"{name}.h5"
     rep = tmp_path / f"{name}.json"
-    p = run_fa(["-i", inp, "-o", out, "--lse", "--chunk", "37", "--report", rep, "-q", *extra],
+    p = run_fa(["-i", inp, "-o", out, "--lse", "--chunk", str(chunk), "--report", rep, "-q", *extra],
                nranks=nranks, env=env)
     assert p.returncode == 0, p.stderr
     with h5py.File(out, "r") as f:

@@ -7,8 +7,6 @@ keys read whole (within the reordering bound: the CPU engine's tiles start anew 
 edge), against fp64, at 1-3 ranks, with and without the I/O thread, under masks, with the
 report saying how the keys came; a bad value in a late block is one line, exit 2; a stop and
 --resume of a streamed run."""
-import json
-
 import h5py
 import numpy as np
 import pytest
@@ -17,18 +15,12 @@ from conftest import fa_lines, leftovers, run_fa
 from mask_reference import masked_f64, write_masked
 from reference import assert_reordered, attention_f64, order_bound, random_inputs, rel_err
 from reference import write_inputs
+from test_io_thread import job as io_thread_job
 from test_resume import stop_with_usr1
 
 
 def job(tmp_path, inp, name, nranks, env, extra=()):
-    out = tmp_path / f"{name}.h5"
-    rep = tmp_path / f"{name}.json"
-    p = run_fa(["-i", inp, "-o", out, "--lse", "--chunk", "41", "--report", rep, "-q", *extra],
-               nranks=nranks, env=env)
-    assert p.returncode == 0, p.stderr
-    with h5py.File(out, "r") as f:
-        o, lse = f["o"][...], f["lse"][...]
-    return o, lse, json.loads(rep.read_text())
+    return io_thread_job(tmp_path, inp, name, nranks, env, extra, chunk=41)
 
 
 @pytest.mark.parametrize("nranks,io_thread,extra", [

@@ -18,15 +18,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-
-def bf16_type():
-    t = h5py.h5t.IEEE_F32LE.copy()
-    t.set_fields(15, 7, 8, 0, 7)
-    t.set_offset(0)
-    t.set_precision(16)
-    t.set_size(2)
-    t.set_ebias(127)
-    return t
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from fa_long._format import bf16_type  # noqa: E402  (fa_long's bfloat16 HDF5 type)
 
 
 def main():
