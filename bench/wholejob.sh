@@ -33,6 +33,8 @@ cd "$(dirname "$0")/.."
 FA=${FA_LONG:-./fa_long}
 [ -x "$FA" ] || { echo "wholejob.sh: $FA not built (make)" >&2; exit 1; }
 PY=/usr/bin/python3; $PY -c 'import json' 2>/dev/null || PY=python3
+TPY=python3                      # the one with torch and h5py (a GPU node's /usr/bin/python3 may lack them)
+for p in python3 /usr/bin/python3; do $p -c 'import torch, h5py' 2>/dev/null && { TPY=$p; break; }; done
 BACKEND=${BACKEND:-cpu}; RANKS=${RANKS:-1}; ROUNDS=${ROUNDS:-3}
 if [ "$BACKEND" = cuda ]; then MODES=${MODES:-"new mpirun1 base torch"}; else MODES=${MODES:-"thread series"}; fi
 BASE_FA=${BASE_FA:-}; BASE_REV=${BASE_REV:-base}
@@ -91,7 +93,7 @@ for spec in $SHAPES; do
               else "$FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" -q --report "$rep"; fi ;;
         mpirun1) $MPI1 "$FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" -q --report "$rep" ;;
         base) "$BASE_FA" -i "$in" -o "$TMP/out.h5" -f --lse $cflag --backend "$BACKEND" -q --report "$rep" ;;
-        torch) $PY bench/gpu/torch_wholejob.py "$in" "$TMP/out_torch.h5" $cflag > "$TMP/$name.$mode.$r.txt" ;;
+        torch) $TPY bench/gpu/torch_wholejob.py "$in" "$TMP/out_torch.h5" $cflag > "$TMP/$name.$mode.$r.txt" ;;
       esac
       t1=$(date +%s.%N)
       echo "$t0 $t1" | awk '{printf "%.6f\n", $2 - $1}' > "$TMP/$name.$mode.$r.outside"
