@@ -18,7 +18,7 @@
 
 #define MAX_BEFORE_MAIN 10.0
 
-fa_start_clock fa_start = {0, 0, 0, "main"};
+fa_start_clock fa_start = {.from = "main"};
 
 /* Seconds since the process started (boot clock), or -1 when /proc says nothing usable. */
 static double since_start(void) {

@@ -6,6 +6,7 @@ typedef struct {
     double process;     /* the process's start, in fa_now() seconds (0: never set) */
     double main;        /* main()'s first line, the same clock */
     double mpi_init_s;  /* MPI_Init's time (main sets it) */
+    const char *mpi_transport;   /* what MPI_Init was told of its transport (plan_mpi_env) */
     const char *from;   /* "process" (the kernel's start time) or "main" (where that is unknown
                            or implausible, see clock.c) */
 } fa_start_clock;

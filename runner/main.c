@@ -24,6 +24,7 @@ int main(int argc, char **argv) {
     int provided;
     /* MULTIPLE: the pipeline's I/O thread makes MPI calls (parallel HDF5, barriers) beside the
      * rank's merges; with less the reads and writes run in series (runner/plan.c) */
+    fa_start.mpi_transport = plan_mpi_env();   /* before MPI_Init reads its environment */
     const double t_mpi = fa_now();
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     fa_start.mpi_init_s = fa_now() - t_mpi;

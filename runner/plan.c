@@ -156,6 +156,19 @@ static void binding_how(fa_binding *b, const char *how, const char *value) {
         if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20) *c = '?';
 }
 
+const char *plan_mpi_env(void) {
+    const char *nodes = getenv("OMPI_MCA_orte_num_nodes"), *snodes = getenv("SLURM_STEP_NUM_NODES");
+    const int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
+    const int alone = !launched && !nodes;
+    const int one_node = alone || (nodes && atoi(nodes) == 1) || (!nodes && snodes && atoi(snodes) == 1);
+    const char *pml = getenv("OMPI_MCA_pml");
+    if (pml && *pml) return "pml as OMPI_MCA_pml gives it";
+    if (!one_node) return "Open MPI's own choice (several nodes)";
+    setenv("OMPI_MCA_pml", "ob1", 1);                 /* unset or empty: ours */
+    if (alone) setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);
+    return alone ? "pml ob1, no singleton daemon (started alone)" : "pml ob1 (one node)";
+}
+
 void plan_binding_read(fa_binding *b) {
     /* Open MPI 4 (orted) tells its ranks: bound_at_launch=1 whenever it bound them; the policy
      * only when one was given (--bind-to, --mca or the environment); a mapping with PE=N, a CPU

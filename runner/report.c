@@ -170,8 +170,9 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put_num(&b, elapsed);
     put(&b, ",\n  \"elapsed_run_s\": ");
     put_num(&b, c->run_s);
-    put(&b, ",\n  \"whole\": {\"from\": \"%s\", \"committed\": %s, \"rank\": %d, \"timeline_s\": {",
-        fa_start.from, c->committed ? "true" : "false", longest);
+    put(&b, ",\n  \"whole\": {\"from\": \"%s\", \"committed\": %s, \"rank\": %d, \"mpi_transport\": \"%s\", "
+            "\"timeline_s\": {", fa_start.from, c->committed ? "true" : "false", longest,
+        fa_start.mpi_transport ? fa_start.mpi_transport : "not set");
     for (int k = 0; k < TL_N; k++) {
         put(&b, "%s\"%s\": ", k ? ", " : "", tl_names[k]);
         put_num(&b, tl[k]);

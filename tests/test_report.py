@@ -312,3 +312,34 @@ def test_write_behind_and_the_floor(tmp_path):
     assert f"{mb:.1f} of {total / 1e6:.1f} MB written were on the disk before it" in err, err
     p = run_fa(["check", "--input", inp, "--output", out, "--rows", "all"])
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("how", ["alone", "mpirun2", "user_pml"])
+def test_mpi_transport_on_one_node(tmp_path, how):
+    """Before MPI_Init (runner/plan.c: plan_mpi_env): on one node Open MPI's point-to-point layer
+    is ob1 unless the environment names one, and a process started alone skips the singleton's
+    daemon; the report's whole.mpi_transport says which, and the job's result is the same."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 70, 90, 2, 1, 16)
+    inp, out, rep = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "r.json"
+    write_inputs(inp, q, k, v)
+    args = ["-i", inp, "-o", out, "--lse", "--report", rep, "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for var in ("OMPI_MCA_pml", "OMPI_MCA_ess_singleton_isolated"):
+        env.pop(var, None)
+    if how == "alone":
+        p = subprocess.run([str(FA_LONG)] + [str(a) for a in args], capture_output=True, text=True,
+                           env=env, timeout=300)
+        want = "pml ob1, no singleton daemon (started alone)"
+    elif how == "mpirun2":
+        p = run_fa(args, nranks=2, env={"OMPI_MCA_pml": ""})
+        want = "pml ob1 (one node)"
+    else:
+        p = run_fa(args, nranks=2, env={"OMPI_MCA_pml": "ob1"})
+        want = "pml as OMPI_MCA_pml gives it"
+    assert p.returncode == 0, p.stderr
+    r = json.loads(rep.read_text())
+    assert r["whole"]["mpi_transport"] == want, r["whole"]
+    assert r["whole"]["timeline_s"]["mpi_init"] > 0
+    with h5py.File(out, "r") as f:
+        assert rel_err(f["o"][...], attention_f64(q, k, v)[0]) <= 1e-5
