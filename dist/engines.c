@@ -11,6 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* attn.h's element types are io's fa_dtype values (the plan's transfer types pass as they are) */
+_Static_assert(ATTN_F32 == (int)FA_F32 && ATTN_F16 == (int)FA_F16 && ATTN_BF16 == (int)FA_BF16,
+               "kernels/attn.h ATTN_* must equal io/h5io.h fa_dtype");
+
 typedef struct {
     host_merge hm;           /* first: the MPI merge (CPU; CUDA without NCCL), whose slot calls
                                 take the context as theirs (dist/merge.h) */
