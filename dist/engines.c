@@ -195,6 +195,7 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
                        .plan = pl->kv,        /* the planner's key plan for this rank */
                        .variant = pl->variant,
                        .mask = &pl->mask,     /* windows, documents, softcap, ALiBi */
+                       .q_type = (int)pl->in_type[0],   /* q as the host hands it */
                        .o_type = (int)pl->o_xfer,   /* o as the host takes it */
                        .piece_rows = pl->key_read_rows};
     exact_ctx *c = fa_calloc(1, sizeof *c, "engine");

@@ -23,6 +23,8 @@ typedef struct {
     int variant;            /* flash kernel variant (FLASH_*; the plan's), 0 = auto */
     const attn_mask *mask;  /* the job's mask (host tables, copied to the device at create);
                              * NULL or plain: the chunks' causal/diag */
+    int q_type;             /* q's element type from the host (ATTN_F32, or ATTN_F16 / ATTN_BF16
+                             * as the file stores it): sizes the pinned query staging */
     int o_type;             /* o's element type to the host (attn.h: ATTN_F32, or ATTN_F16 /
                              * ATTN_BF16: converted on the device, as the file stores it) */
     int64_t piece_rows;     /* resident keys split into pieces (one kernel launch each) every

@@ -215,6 +215,8 @@ extern "C" int gpu_uuid(int device, unsigned char uuid[16]) {
     return 0;
 }
 
+static int elem_size(int t) { return t == ATTN_F32 ? 4 : 2; }
+
 static void *dalloc(size_t bytes, const char *what, int dev) {
     void *p = NULL;
     if (cudaMalloc(&p, bytes ? bytes : 16) != cudaSuccess) {
@@ -330,14 +332,16 @@ extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
         cudaCheck(cudaEventCreate(&g->m1[s]));
         cudaCheck(cudaEventCreateWithFlags(&g->f1[s], cudaEventDisableTiming));
     }
-    /* staging: the queries' holds a chunk of float32 (at least 16 MiB), the keys' two halves of
-     * 8 MiB (kernels/paging.c counts a chunk of float32 and 64 MiB besides) */
-    int64_t qbytes = R * H * D * 4;
+    /* staging: the queries' holds a chunk in q's host type (at least 16 MiB), the keys' two
+     * halves of 8 MiB (kernels/paging.c counts a chunk of float32 and 64 MiB besides); the
+     * output's a chunk of o in its host type and its lse. Pinning costs ~0.3 s a GB at the
+     * engine's start: sized by the transfer types, a bf16 job pins half of float32's. */
+    int64_t qbytes = R * H * D * elem_size(cfg->q_type);
     if (qbytes < ((int64_t)16 << 20)) qbytes = (int64_t)16 << 20;
     ok = ok && stage_make(&g->qst, qbytes, cfg->device) == 0 && stage_make(&g->kst[0], (int64_t)8 << 20, cfg->device) == 0 &&
          stage_make(&g->kst[1], (int64_t)8 << 20, cfg->device) == 0;
     g->oes = cfg->o_type == ATTN_F32 ? 4 : 2;
-    if (ok && cudaMallocHost((void **)&g->h_out, (size_t)R * H * (D + 1) * 4) != cudaSuccess) {
+    if (ok && cudaMallocHost((void **)&g->h_out, (size_t)(R * H * (D * g->oes + 4))) != cudaSuccess) {
         cudaGetLastError();
         g->h_out = NULL;
         ok = 0;
@@ -424,7 +428,6 @@ extern "C" void gpu_job_destroy(gpu_job *g) {
 }
 
 /* ---- keys and values ---------------------------------------------------------------------------- */
-static int elem_size(int t) { return t == ATTN_F32 ? 4 : 2; }
 
 /* memcpy by the rank's OpenMP threads (pinned staging <-> the pipeline's buffers) */
 static void memcpy_par(unsigned char *dst, const unsigned char *src, size_t bytes) {
