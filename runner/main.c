@@ -50,7 +50,8 @@ int main(int argc, char **argv) {
      * MPI_Init, when the launcher says which device is this rank's and the rank has CPUs to spare
      * (a rank bound to one core gets its share first, after MPI_Init: the context starts then) */
     const int gpu_maybe = may_use_gpu(argc, argv);
-    int early = gpu_maybe ? env_local_rank() : -1;
+    const char *wu = getenv("FA_GPU_WARMUP");      /* early (default), late: after MPI_Init */
+    int early = gpu_maybe && !(wu && !strcmp(wu, "late")) ? env_local_rank() : -1;
     if (early >= 0) {
         cpu_set_t cs;
         if (sched_getaffinity(0, sizeof cs, &cs) == 0 && CPU_COUNT(&cs) < 4) early = -1;
