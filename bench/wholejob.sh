@@ -121,7 +121,9 @@ for mode in modes:
     best[mode] = reps[i]
     outside[mode] = outs[i]
     shutil.copy(f"{tmp}/{name}.{mode}.{i + 1}.json", f"{jdir}/{name}_{mode}.json")
-base = outside["base"] if "base" in modes else best["series"]["elapsed_s"]
+# the baseline: base's outside time, else series' whole, else the user's script, else none (0)
+base = (outside["base"] if "base" in modes else best["series"]["elapsed_s"] if "series" in modes
+        else outside["torch"] if "torch" in modes else 0.0)
 in_bytes = os.path.getsize(inp)
 for mode in modes:
     j = best[mode]
@@ -139,13 +141,13 @@ for mode in modes:
     io = ph.get("read", 0.0) + ph.get("write", 0.0)
     fs = fl["s"] if fl["s"] > 0 else 1e-9
     print(" %-8s %-7s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.2f %7.2f" % (
-        name, mode, w, outside[mode], run, *row[1:5], commit, fl["s"], base, base / max(w, 1e-9),
+        name, mode, w, outside[mode], run, *row[1:5], commit, fl["s"], base, base / max(w, 1e-9) if base else 0.0,
         w / fs))
     with open(csv, "a") as f:
         f.write(prefix + ",%s,%s,%d,%d,%d,%.0f,%.6f,%.3f,%.3f,%.3f,%.6f,%.6f,%.6f,%.6f,%.0f,%.3f,%s,%s,%.3f\n" % (
             mode if mode != "base" else f"base {base_rev}", ",".join("%.6f" % x for x in row),
             by["host_to_device"], by["device_to_host"],
-            in_bytes, fl["bytes_written"], base, base / max(w, 1e-9), w / max(ph["compute"], 1e-9),
+            in_bytes, fl["bytes_written"], base, base / max(w, 1e-9) if base else 0.0, w / max(ph["compute"], 1e-9),
             w / fs, outside[mode], run, commit, ph.get("startup", 0.0),
             wh.get("write_behind", {}).get("bytes_flushed_behind", 0), kv_gbps, pc_copy, pc_pread,
             w / io if io > 0 else 0.0))
