@@ -157,6 +157,12 @@ static void binding_how(fa_binding *b, const char *how, const char *value) {
 }
 
 const char *plan_mpi_env(void) {
+    const char *off = getenv("FA_MPI_ENV");          /* 0: Open MPI's and hwloc's own choices */
+    if (off && !strcmp(off, "0")) return "Open MPI's own choice (FA_MPI_ENV=0)";
+    /* hwloc's topology, which MPI_Init loads, without its GPU and display plugins: OpenCL, CUDA
+     * and NVML each start the GPU driver (a few hundred ms on a GPU node) for objects that
+     * neither Open MPI's shared-memory transports nor fa_long use */
+    setenv("HWLOC_COMPONENTS", "-opencl,-cuda,-nvml,-rsmi,-levelzero,-gl", 0);
     const char *nodes = getenv("OMPI_MCA_orte_num_nodes"), *snodes = getenv("SLURM_STEP_NUM_NODES");
     const int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
     const int alone = !launched && !nodes;

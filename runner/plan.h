@@ -47,8 +47,9 @@ void plan_binding_read(fa_binding *b);
  * (OMPI_MCA_pml), and a process started alone skips the daemon singleton MPI starts
  * (OMPI_MCA_ess_singleton_isolated): MPI_Init then takes ~0.03 s instead of 0.2-0.5 s, most of
  * it the probing of UCX and the OFI MTL. Several nodes keep Open MPI's choice (UCX over
- * InfiniBand). Returns one phrase for the report. Local; sets environment variables only where
- * they are not set. */
+ * InfiniBand). hwloc's GPU and display plugins are left out of the topology MPI_Init loads
+ * (HWLOC_COMPONENTS; each starts the GPU driver). FA_MPI_ENV=0 sets nothing. Returns one phrase
+ * for the report. Local; sets environment variables only where they are not set. */
 const char *plan_mpi_env(void);
 
 /* The tune cache file: --tune-cache, else FA_TUNE_CACHE, else ~/.cache/fa_long/tune.txt. */

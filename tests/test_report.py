@@ -314,7 +314,7 @@ def test_write_behind_and_the_floor(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("how", ["alone", "mpirun2", "user_pml"])
+@pytest.mark.parametrize("how", ["alone", "mpirun2", "user_pml", "off"])
 def test_mpi_transport_on_one_node(tmp_path, how):
     """Before MPI_Init (runner/plan.c: plan_mpi_env): on one node Open MPI's point-to-point layer
     is ob1 unless the environment names one, and a process started alone skips the singleton's
@@ -325,9 +325,12 @@ def test_mpi_transport_on_one_node(tmp_path, how):
     write_inputs(inp, q, k, v)
     args = ["-i", inp, "-o", out, "--lse", "--report", rep, "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for var in ("OMPI_MCA_pml", "OMPI_MCA_ess_singleton_isolated"):
+    for var in ("OMPI_MCA_pml", "OMPI_MCA_ess_singleton_isolated", "FA_MPI_ENV"):
         env.pop(var, None)
-    if how == "alone":
+    if how == "off":             # FA_MPI_ENV=0: Open MPI's own choices, the same result
+        p = run_fa(args, nranks=2, env={"OMPI_MCA_pml": "", "FA_MPI_ENV": "0"})
+        want = "Open MPI's own choice (FA_MPI_ENV=0)"
+    elif how == "alone":
         p = subprocess.run([str(FA_LONG)] + [str(a) for a in args], capture_output=True, text=True,
                            env=env, timeout=300)
         want = "pml ob1, no singleton daemon (started alone)"
