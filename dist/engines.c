@@ -106,6 +106,7 @@ static void exact_common(const run_plan *pl, exact_ctx *c, pipe_engine *e) {
     rec_merge_init(&c->merge, c->d);
     memset(e, 0, sizeof *e);
     e->rec_len = c->d + 2;
+    e->overflow_is_error = 1;     /* exact attention: a visible row is finite, or overflowed */
     e->ctx = c;
     e->destroy = exact_destroy;
 }

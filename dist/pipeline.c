@@ -78,8 +78,9 @@ struct pipe_state {
                                   the plan's in_type[0] */
     int64_t kv_blocks;         /* key reads per batch element (every rank the same count) */
     double checkpoint_s, last_checkpoint;
-    /* exact mode with finite inputs: a row that sees a key must come out finite, else its
-     * scores (or its sum of weighted values) overflowed float32 (note_overflow) */
+    /* the engine's overflow policy (pipe_engine.overflow_is_error), finite inputs: a row that
+     * sees a key must come out finite, else its scores (or its sum of weighted values)
+     * overflowed float32 (note_overflow) */
     int check_overflow;
     float *qmax_chunk;         /* [nchunks] largest |q| this rank read for each chunk */
     float *kmax_b;             /* [B] largest |k| of this rank's keys of each batch element */
@@ -588,7 +589,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     }
     int rc = 0;
     float scale = (float)plan->scale;
-    p.check_overflow = plan->mode == MODE_EXACT && !plan->allow_nonfinite;
     p.qmax_chunk = fa_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
     p.kmax_b = fa_calloc((size_t)s->B, sizeof(float), "key magnitudes");
     p.ovf_chunk = -1;
@@ -634,6 +634,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->nccl = gc->nccl;
     snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
     p.eng = &eng;
+    p.check_overflow = eng.overflow_is_error && !plan->allow_nonfinite;   /* the engine's policy */
     st->used_gpu = gpu;
     const int64_t R = eng.rec_len;
     st->t_setup = fa_now() - t_start - (p.t_io_exposed - io_pre);

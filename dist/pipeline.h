@@ -26,6 +26,11 @@ typedef struct pipe_engine {
     const char *compute;        /* what it computes in: "float32", "bfloat16", ... (the output's
                                    compute attribute, through pipeline_stats.compute) */
     int rec_len;
+    /* the overflow policy: 1 where a row that sees a key must come out finite from finite
+     * inputs, so a non-finite one means float32 overflowed and the job fails (the exact
+     * engines; the pipeline checks it unless --allow-nonfinite); 0 where the engine finalizes
+     * such rows by a policy of its own (Taylor: fallback rows, counted in the stats) */
+    int overflow_is_error;
     void *ctx;
     /* the rank's keys for a new batch element (segments stay valid until the next call),
      * every row of them in memory */
@@ -99,6 +104,10 @@ typedef struct pipeline_stats {
     int nccl;                /* merged on the device through NCCL */
     int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
     int64_t chunks_done;
+    /* the Taylor engine's (row, head) records this rank finalized, by kind (kernels/taylor.h):
+     * all of them, the denominator's fallback (o = mean of v), zeroed (o not finite even then),
+     * empty (no key visible); the output's taylor_* attributes sum them over ranks */
+    struct { int64_t rows, fallback, zeroed, empty; } taylor;
     char compute[16];        /* what the engine computed in (its pipe_engine.compute): the
                                 output's compute attribute and the check's tolerance follow it */
     /* streamed keys (plan.stream_keys), the first batch element this run loaded: the blocks

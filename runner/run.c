@@ -692,7 +692,7 @@ int cmd_run(int argc, char **argv) {
     if (fa_rank != 0) rep.json = fa_calloc((size_t)len, 1, "report");
     MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
     if (agree(write_attrs(out, &job, &pl, elapsed, &st)) ||
-        agree(mode_attrs(out, &job)) ||
+        agree(mode_attrs(out, &job, &st)) ||
         agree(layout_attrs(out, in, o_layout)) ||
         agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
         agree(h5out_attr_str(out, "report", rep.json))) {
