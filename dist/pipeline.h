@@ -15,7 +15,7 @@
 struct pipeline_stats;
 
 /* What the pipeline needs of an engine (dist/engines.c, dist/taylor_engine.c build them): one
- * contract for every engine, slot-based. Chunk i runs in slot i % window: compute_chunk folds the
+ * contract for every engine, slot-based. Chunk i runs in slot i % merges_in_flight: compute_chunk folds the
  * rank's keys into the slot's state (it may return before the device is done), merge_start
  * merges the slot's state across ranks onto the rows' owner (COLLECTIVE: every rank starts the
  * same slots in the same order), merge_wait waits for it, and the owner's fetch gives the rows'
@@ -100,7 +100,7 @@ typedef struct pipeline_stats {
     double work_pairs;       /* visible (query, key) pairs computed by this rank */
     int used_gpu;
     int layout;              /* shard_layout used */
-    int window;              /* chunks whose merge was allowed in flight */
+    int merges_in_flight;    /* chunks whose merge was allowed in flight */
     int nccl;                /* merged on the device through NCCL */
     int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
     int64_t chunks_done;

@@ -224,7 +224,7 @@ int taylor_engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t 
         MPI_Op_create(rec_sum_fn, 1, &c->op) != MPI_SUCCESS)
         fa_fail("cannot create the MPI record type and sum operator of the Taylor mode");
     e->compute = "float32";
-    host_merge_init(&c->hm, comm, pl->window, max_rows, c->h, c->d, R, c->rec, c->op, t_finalize, c);
+    host_merge_init(&c->hm, comm, pl->merges_in_flight, max_rows, c->h, c->d, R, c->rec, c->op, t_finalize, c);
     e->rec_len = R;
     e->ctx = c;
     e->merge_start = host_merge_slot_start;

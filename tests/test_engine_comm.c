@@ -29,7 +29,7 @@ static run_plan make_plan(const shape *s, fa_mode mode, int64_t chunk) {
     pl.backend = BACKEND_CPU;
     pl.causal = s->causal;
     pl.chunk = chunk;
-    pl.window = 2;
+    pl.merges_in_flight = 2;
     pl.nranks = 1;
     pl.tiling = (cpu_tiling){.br = 16, .threads = 2};
     pl.o_xfer = FA_F32;
@@ -76,7 +76,7 @@ static int run_engine(const shape *s, fa_mode mode, int64_t chunk, MPI_Comm comm
     int rc = e.load_kv(e.ctx, seg, 1);
     for (int64_t i = 0, r0 = 0; r0 < s->nq && !rc; i++, r0 += chunk) {
         const int64_t n = s->nq - r0 < chunk ? s->nq - r0 : chunk;
-        const int slot = (int)(i % pl.window);
+        const int slot = (int)(i % pl.merges_in_flight);
         attn_queries qq = {.q = q + r0 * s->h * s->d, .nq = n, .q_pos0 = r0, .h = s->h,
                            .hkv = s->hkv, .d = s->d, .scale = 1.0f / sqrtf((float)s->d),
                            .causal = s->causal, .diag = s->nk - s->nq, .keys = ATTN_KEYS_ALL};
