@@ -102,17 +102,18 @@ static void exact_common(const run_plan *pl, exact_ctx *c, pipe_engine *e) {
     const fa_shape *s = &pl->s;
     c->h = (int)s->H;
     c->d = (int)s->D;
-    c->kv_done = fa_calloc((size_t)pl->window, sizeof *c->kv_done, "key parts");
+    c->kv_done = fa_calloc((size_t)pl->merges_in_flight, sizeof *c->kv_done, "key parts");
     rec_merge_init(&c->merge, c->d);
     memset(e, 0, sizeof *e);
     e->rec_len = c->d + 2;
+    e->overflow_is_error = 1;     /* exact attention: a visible row is finite, or overflowed */
     e->ctx = c;
     e->destroy = exact_destroy;
 }
 
 /* The records of `slots` chunks on the host, merged over comm with the record operator. */
 static void exact_host_merge(const run_plan *pl, MPI_Comm comm, exact_ctx *c, pipe_engine *e) {
-    host_merge_init(&c->hm, comm, pl->window, pl->chunk, c->h, c->d, c->d + 2, c->merge.rec,
+    host_merge_init(&c->hm, comm, pl->merges_in_flight, pl->chunk, c->h, c->d, c->d + 2, c->merge.rec,
                     c->merge.op, exact_finalize, c);
     e->merge_start = host_merge_slot_start;
     e->merge_wait = host_merge_slot_wait;
@@ -190,7 +191,7 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
                              pipe_engine *e) {
     const fa_shape *s = &pl->s;
     gpu_job_cfg cfg = {.device = device, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
-                       .ct = pl->compute, .slots = pl->window, .max_rows = pl->chunk,
+                       .ct = pl->compute, .slots = pl->merges_in_flight, .max_rows = pl->chunk,
                        .nccl_comm = nccl, .nccl_size = nccl ? pl->nranks : 1,
                        .plan = pl->kv,        /* the planner's key plan for this rank */
                        .variant = pl->variant,

@@ -3,7 +3,7 @@
  * Chunk i covers query rows [r0, r0+n) of batch element b; chunks run b-major. Its merged result
  * lands on owner(i) = i mod P (parallel HDF5: each rank writes its own rows) or on rank 0 (serial
  * HDF5: rank 0 writes everything). Writes are collective per group of G = P chunks (1 when serial),
- * so every rank makes the same sequence of collective calls. Up to `window` merges are in flight
+ * so every rank makes the same sequence of collective calls. Up to `merges_in_flight` merges are in flight
  * while the next chunk computes, through the engine's slot calls (pipeline.h), the same for every
  * engine; the CPU engines drive the merges' progress between their work items.
  *
@@ -46,7 +46,7 @@ struct pipe_state {
     int rank, nranks, serial_io;
     const fa_shape *s;
     int64_t chunk, nchunks_per_b, nchunks;
-    int window;
+    int merges_in_flight;      /* chunk i's slot: i % merges_in_flight */
     pipe_engine *eng;
     /* finalized rows of the chunk this rank owns in a group, two sets: group g's in set g % 2,
      * written by the I/O thread while groups g+1 and g+2 compute; o in the plan's o_xfer */
@@ -78,8 +78,9 @@ struct pipe_state {
                                   the plan's in_type[0] */
     int64_t kv_blocks;         /* key reads per batch element (every rank the same count) */
     double checkpoint_s, last_checkpoint;
-    /* exact mode with finite inputs: a row that sees a key must come out finite, else its
-     * scores (or its sum of weighted values) overflowed float32 (note_overflow) */
+    /* the engine's overflow policy (pipe_engine.overflow_is_error), finite inputs: a row that
+     * sees a key must come out finite, else its scores (or its sum of weighted values)
+     * overflowed float32 (note_overflow) */
     int check_overflow;
     float *qmax_chunk;         /* [nchunks] largest |q| this rank read for each chunk */
     float *kmax_b;             /* [B] largest |k| of this rank's keys of each batch element */
@@ -280,7 +281,7 @@ static int stop_agreed(pipe_state *p) {
 /* Waits for chunk i's merge; the owner finalizes it into its group's output set; at the end of a
  * group every rank hands its rows to the I/O thread. */
 static int finish_chunk(pipe_state *p, int64_t i) {
-    int slot = (int)(i % p->window);
+    int slot = (int)(i % p->merges_in_flight);
     int64_t b, r0, n;
     chunk_rows(p, i, &b, &r0, &n);
     const int64_t G = group_size(p);
@@ -528,8 +529,8 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     p.chunk = plan->chunk;
     p.nchunks_per_b = (s->Nq + p.chunk - 1) / p.chunk;
     p.nchunks = p.nchunks_per_b * s->B;
-    p.window = plan->window;
-    st->window = p.window;
+    p.merges_in_flight = plan->merges_in_flight;
+    st->merges_in_flight = p.merges_in_flight;
     int64_t H = s->H, D = s->D, Hkv = s->Hkv;
 
     /* the sharding plan */
@@ -537,7 +538,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->layout = plan->layout;
     shard_plan(s->Nk, p.nranks, p.rank, plan->layout, plan->stripe, &sh);
 
-    /* buffers: this rank's K/V of one batch element, two Q chunks, `window` record sets, two
+    /* buffers: this rank's K/V of one batch element, two Q chunks, `merges_in_flight` record sets, two
      * chunks of finalized output; q, k, v in the types the engine takes them in, o in the one
      * it gives (the plan's in_type, o_xfer) */
     const int64_t qes = fa_dtype_size(plan->in_type[0]), kes = fa_dtype_size(plan->in_type[1]),
@@ -588,7 +589,6 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     }
     int rc = 0;
     float scale = (float)plan->scale;
-    p.check_overflow = plan->mode == MODE_EXACT && !plan->allow_nonfinite;
     p.qmax_chunk = fa_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
     p.kmax_b = fa_calloc((size_t)s->B, sizeof(float), "key magnitudes");
     p.ovf_chunk = -1;
@@ -634,6 +634,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     st->nccl = gc->nccl;
     snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
     p.eng = &eng;
+    p.check_overflow = eng.overflow_is_error && !plan->allow_nonfinite;   /* the engine's policy */
     st->used_gpu = gpu;
     const int64_t R = eng.rec_len;
     st->t_setup = fa_now() - t_start - (p.t_io_exposed - io_pre);
@@ -641,7 +642,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     const int stream = plan->stream_keys && eng.kv_begin && eng.kv_ready;
     for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
         int wrote = 0;                       /* a group's write (and its stop check) just ran */
-        if (i - first >= p.window) {
+        if (i - first >= p.merges_in_flight) {
             rc = finish_chunk(&p, next_finish++);
             if (rc || p.stopping) break;     /* chunk i is not posted */
             wrote = next_finish % group_size(&p) == 0;
@@ -650,7 +651,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         int64_t b, r0, n;
         chunk_rows(&p, i, &b, &r0, &n);
         query_task *t = &qt[i % 2];
-        int slot = (int)(i % p.window);
+        int slot = (int)(i % p.merges_in_flight);
         attn_queries q = {.nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv, .d = (int)D,
                           .scale = scale, .causal = plan->causal, .diag = s->Nk - s->Nq,
                           .mask = &plan->mask, .b = b, .q_type = plan->in_type[0]};
@@ -744,7 +745,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
         if (posted % G != 0) rc = write_group(&p, posted);
     }
     if (rc)   /* every rank started the same merges: finish them before the buffers go */
-        for (int64_t j = next_finish; j < posted; j++) eng.merge_wait(eng.ctx, (int)(j % p.window));
+        for (int64_t j = next_finish; j < posted; j++) eng.merge_wait(eng.ctx, (int)(j % p.merges_in_flight));
     {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", fa_errmsg());   /* the first error stays the run's */

@@ -15,7 +15,7 @@
 struct pipeline_stats;
 
 /* What the pipeline needs of an engine (dist/engines.c, dist/taylor_engine.c build them): one
- * contract for every engine, slot-based. Chunk i runs in slot i % window: compute_chunk folds the
+ * contract for every engine, slot-based. Chunk i runs in slot i % merges_in_flight: compute_chunk folds the
  * rank's keys into the slot's state (it may return before the device is done), merge_start
  * merges the slot's state across ranks onto the rows' owner (COLLECTIVE: every rank starts the
  * same slots in the same order), merge_wait waits for it, and the owner's fetch gives the rows'
@@ -26,6 +26,11 @@ typedef struct pipe_engine {
     const char *compute;        /* what it computes in: "float32", "bfloat16", ... (the output's
                                    compute attribute, through pipeline_stats.compute) */
     int rec_len;
+    /* the overflow policy: 1 where a row that sees a key must come out finite from finite
+     * inputs, so a non-finite one means float32 overflowed and the job fails (the exact
+     * engines; the pipeline checks it unless --allow-nonfinite); 0 where the engine finalizes
+     * such rows by a policy of its own (Taylor: fallback rows, counted in the stats) */
+    int overflow_is_error;
     void *ctx;
     /* the rank's keys for a new batch element (segments stay valid until the next call),
      * every row of them in memory */
@@ -95,10 +100,14 @@ typedef struct pipeline_stats {
     double work_pairs;       /* visible (query, key) pairs computed by this rank */
     int used_gpu;
     int layout;              /* shard_layout used */
-    int window;              /* chunks whose merge was allowed in flight */
+    int merges_in_flight;    /* chunks whose merge was allowed in flight */
     int nccl;                /* merged on the device through NCCL */
     int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
     int64_t chunks_done;
+    /* the Taylor engine's (row, head) records this rank finalized, by kind (kernels/taylor.h):
+     * all of them, the denominator's fallback (o = mean of v), zeroed (o not finite even then),
+     * empty (no key visible); the output's taylor_* attributes sum them over ranks */
+    struct { int64_t rows, fallback, zeroed, empty; } taylor;
     char compute[16];        /* what the engine computed in (its pipe_engine.compute): the
                                 output's compute attribute and the check's tolerance follow it */
     /* streamed keys (plan.stream_keys), the first batch element this run loaded: the blocks

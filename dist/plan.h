@@ -39,7 +39,7 @@ const char *plan_source_name(plan_source s);
 
 /* The fields whose source is kept (plan.src[...]). */
 enum {
-    PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_WINDOW, PS_LAYOUT, PS_TILE, PS_THREADS,
+    PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_MERGES_IN_FLIGHT, PS_LAYOUT, PS_TILE, PS_THREADS,
     PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_NCCL, PS_Q_READ, PS_CHECKPOINT,
     PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_DIRECT, PS_TYPED, PS_STREAM, PS_COUNT
 };
@@ -60,7 +60,8 @@ typedef struct {
     int nranks;
     /* the pipeline */
     int64_t chunk;               /* query rows per chunk */
-    int window;                  /* chunks whose merge may be in flight */
+    int merges_in_flight;        /* chunks whose merge may be in flight (the pipeline's
+                                    slots: chunk i in slot i % merges_in_flight) */
     shard_layout layout;
     int64_t stripe;              /* keys per stripe (striped layout; 0 automatic) */
     q_read_mode q_read;

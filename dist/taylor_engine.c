@@ -3,13 +3,14 @@
  * mean, and the count of rows whose denominator took the fallback (kernels/taylor.h: policy).
  *
  * Key centering: load_kv sums this rank's keys per kv head (fp64) and one MPI_Allreduce on
- * MPI_COMM_WORLD gives every rank the sums and the key count of the whole batch element, hence
+ * the engine's communicator (the pipeline's) gives every rank the sums and the key count of the whole batch element, hence
  * mu = mean of all Nk keys. load_kv is called at the same point on every rank, so the blocking
  * collective there is safe. Ranks then merge per-query records {cnt, lin, sv, qs} by a plain sum:
  * the sum over ranks of each rank's D x D state and key sums, applied to the row's query.
  * Non-causal jobs on several ranks go one step further, also in load_kv: a second MPI_Allreduce
  * sums the ranks' states (S, z, sv: Hkv (D^2 + 2D) doubles), every rank then holds the state of
- * all keys, and computes only its share of each chunk's rows (rows [nq r / P, nq (r+1) / P));
+ * all keys, and computes only its share of each chunk's rows (rows [nq r / P, nq (r+1) / P), r and
+ * P its rank and size in the communicator);
  * the other rows stay empty (zero) and the plain-sum merge puts each row together from the one
  * rank that computed it. So the query-side work (q S per row) divides by P too. Causal jobs
  * cannot do that (each row needs a different prefix of every rank's keys): every rank applies
@@ -21,14 +22,14 @@
 #include "base/common.h"
 #include <string.h>
 
-static taylor_row_counts_t counts;   /* this process's finalized rows since the last create */
-
-void taylor_engine_counts(taylor_row_counts_t *out) { *out = counts; }
-
 typedef struct {
     host_merge hm;           /* first: the plain-sum merge of the slots' records, whose slot calls
                                 take the context as theirs (dist/merge.h) */
     int h, hkv, d, causal;
+    MPI_Comm comm;           /* the pipeline's: the collectives below and the merges */
+    int rank, nranks;        /* in comm */
+    int64_t rows, fallback, zeroed, empty;   /* (row, head) records finalized, by kind
+                                                (pipeline_stats.taylor) */
     taylor_cpu *cpu;
     taylor_gpu *gpu;
     double *sums;            /* [hkv*d + 1]: key sums, then the key count */
@@ -58,32 +59,33 @@ static void t_init(void *ctx, float *rec, int64_t nrows) {
 
 /* Called from several threads at once (the pipeline finalizes a chunk's rows in parallel). */
 static float t_finalize(void *ctx, const float *rec, float *o) {
+    taylor_ctx *c = ctx;
     int kind;
-    float lse = taylor_rec_finalize(rec, ((taylor_ctx *)ctx)->d, o, &kind);
+    float lse = taylor_rec_finalize(rec, c->d, o, &kind);
 #pragma omp atomic
-    counts.rows++;
+    c->rows++;
     if (kind == TAYLOR_ROW_FALLBACK) {
 #pragma omp atomic
-        counts.fallback++;
+        c->fallback++;
     }
     if (kind == TAYLOR_ROW_ZEROED) {
 #pragma omp atomic
-        counts.zeroed++;
+        c->zeroed++;
     }
     if (kind == TAYLOR_ROW_EMPTY) {
 #pragma omp atomic
-        counts.empty++;
+        c->empty++;
     }
     return lse;
 }
 
-/* COLLECTIVE (MPI_COMM_WORLD): the global key mean of this batch element. */
+/* COLLECTIVE (the engine's comm): the global key mean of this batch element. */
 static void global_mean(taylor_ctx *c, const attn_kv_segment *segs, int nsegs) {
     int64_t hd = (int64_t)c->hkv * c->d;
     memset(c->sums, 0, sizeof(double) * (size_t)(hd + 1));
     taylor_key_sums(segs, nsegs, c->hkv, c->d, c->sums);
     for (int s = 0; s < nsegs; s++) c->sums[hd] += (double)segs[s].n;
-    MPI_Allreduce(MPI_IN_PLACE, c->sums, (int)(hd + 1), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, c->sums, (int)(hd + 1), MPI_DOUBLE, MPI_SUM, c->comm);
     for (int64_t e = 0; e < hd; e++) c->mu[e] = c->sums[hd] > 0 ? c->sums[e] / c->sums[hd] : 0.0;
 }
 
@@ -91,8 +93,8 @@ static void global_mean(taylor_ctx *c, const attn_kv_segment *segs, int nsegs) {
 static int split_rows(const taylor_ctx *c, const attn_queries *q, attn_queries *mine, int64_t *lo) {
     *mine = *q;
     *lo = 0;
-    if (c->causal || fa_nranks == 1) return 1;
-    int64_t a = q->nq * fa_rank / fa_nranks, b = q->nq * (fa_rank + 1) / fa_nranks;
+    if (c->causal || c->nranks == 1) return 1;
+    int64_t a = q->nq * c->rank / c->nranks, b = q->nq * (c->rank + 1) / c->nranks;
     mine->q = (const float *)q->q + a * c->h * c->d;
     mine->nq = b - a;
     mine->q_pos0 = q->q_pos0 + a;
@@ -100,10 +102,10 @@ static int split_rows(const taylor_ctx *c, const attn_queries *q, attn_queries *
     return b > a;
 }
 
-/* COLLECTIVE: the non-causal state summed over ranks (engine getter and setter given). */
+/* COLLECTIVE (the engine's comm): the non-causal state summed over ranks (engine getter and setter given). */
 static int global_state(taylor_ctx *c) {
     int64_t n = (int64_t)c->hkv * ((int64_t)c->d * c->d + 2 * c->d);
-    MPI_Allreduce(MPI_IN_PLACE, c->state, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, c->state, (int)n, MPI_DOUBLE, MPI_SUM, c->comm);
     return 0;
 }
 
@@ -111,7 +113,7 @@ static int t_cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     taylor_ctx *c = ctx;
     global_mean(c, segs, nsegs);
     taylor_cpu_load_kv(c->cpu, segs, nsegs, c->mu);
-    if (!c->causal && fa_nranks > 1) {
+    if (!c->causal && c->nranks > 1) {
         taylor_cpu_get_state(c->cpu, c->state);
         global_state(c);
         taylor_cpu_set_state(c->cpu, c->state, (int64_t)c->sums[(int64_t)c->hkv * c->d]);
@@ -134,7 +136,7 @@ static int t_gpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     global_mean(c, segs, nsegs);
     c->nsegs = nsegs;
     int rc = taylor_gpu_load_kv(c->gpu, segs, nsegs, c->mu);
-    if (!c->causal && fa_nranks > 1) {           /* every rank reaches the Allreduce */
+    if (!c->causal && c->nranks > 1) {           /* every rank reaches the Allreduce */
         if (!rc) rc = taylor_gpu_get_state(c->gpu, c->state);
         global_state(c);
         if (!rc) rc = taylor_gpu_set_state(c->gpu, c->state, (int64_t)c->sums[(int64_t)c->hkv * c->d]);
@@ -166,6 +168,13 @@ static int t_gpu_compute(void *ctx, int slot, const attn_queries *q) {
     t_init(c, rec, q->nq);
     return t_gpu_partial(c, q, rec, host_merge_progress, &c->hm);
 }
+static void t_stats(void *ctx, pipeline_stats *st) {
+    const taylor_ctx *c = ctx;
+    st->taylor.rows = c->rows;
+    st->taylor.fallback = c->fallback;
+    st->taylor.zeroed = c->zeroed;
+    st->taylor.empty = c->empty;
+}
 static void t_destroy(void *ctx) {
     taylor_ctx *c = ctx;
     host_merge_free(&c->hm);
@@ -188,6 +197,9 @@ int taylor_engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t 
     c->hkv = (int)s->Hkv;
     c->d = (int)s->D;
     c->causal = pl->causal;
+    c->comm = comm;
+    MPI_Comm_rank(comm, &c->rank);
+    MPI_Comm_size(comm, &c->nranks);
     memset(e, 0, sizeof *e);
     if (pl->backend == BACKEND_CUDA) {
         if (taylor_gpu_create(device, kv_rows, max_rows, c->h, c->hkv, c->d, &c->gpu)) {
@@ -211,14 +223,14 @@ int taylor_engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t 
         MPI_Type_commit(&c->rec) != MPI_SUCCESS ||
         MPI_Op_create(rec_sum_fn, 1, &c->op) != MPI_SUCCESS)
         fa_fail("cannot create the MPI record type and sum operator of the Taylor mode");
-    memset(&counts, 0, sizeof counts);
     e->compute = "float32";
-    host_merge_init(&c->hm, comm, pl->window, max_rows, c->h, c->d, R, c->rec, c->op, t_finalize, c);
+    host_merge_init(&c->hm, comm, pl->merges_in_flight, max_rows, c->h, c->d, R, c->rec, c->op, t_finalize, c);
     e->rec_len = R;
     e->ctx = c;
     e->merge_start = host_merge_slot_start;
     e->merge_wait = host_merge_slot_wait;
     e->fetch = host_merge_slot_fetch;
+    e->stats = t_stats;
     e->destroy = t_destroy;
     return 0;
 }

@@ -210,7 +210,7 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
      * program's path) */
     const int run_command = argc > 0 && !strcmp(argv[0], "run");
     memset(job, 0, sizeof *job);
-    job->window = 3;
+    job->merges_in_flight = 3;
     opterr = 0;
     optind = 1;
     int c;
@@ -239,8 +239,8 @@ int cli_parse_run(int argc, char **argv, fa_job *job) {
                              "may be in flight); a sliding-window mask will be --window-size");
         case OPT_WINDOW:
             if (parse_int("--merges-in-flight", optarg, 1, &v)) return -1;
-            job->window = (int)(v > 64 ? 64 : v);
-            job->window_set = 1;
+            job->merges_in_flight = (int)(v > 64 ? 64 : v);
+            job->merges_in_flight_set = 1;
             break;
         case OPT_BACKEND:
             if (!strcasecmp(optarg, "cpu")) job->backend = BACKEND_CPU;

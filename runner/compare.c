@@ -14,7 +14,6 @@
 #include <unistd.h>
 #include "dist/pipeline.h"
 #include "io/h5gen.h"
-#include "dist/taylor_engine.h"
 #include "kernels/taylor.h"
 #include "base/agree.h"
 #include "base/common.h"
@@ -23,12 +22,11 @@
 
 static const char *mode_name(fa_mode m) { return m == MODE_TAYLOR ? "taylor" : "exact"; }
 
-int mode_attrs(h5out *out, const fa_job *job) {
+int mode_attrs(h5out *out, const fa_job *job, const pipeline_stats *st) {
     int rc = h5out_attr_str(out, "mode", mode_name(job->mode));
     if (job->mode != MODE_TAYLOR) return rc;
-    taylor_row_counts_t c;
-    taylor_engine_counts(&c);
-    int64_t mine[4] = {c.rows, c.fallback, c.zeroed, c.empty}, all[4];
+    int64_t mine[4] = {st->taylor.rows, st->taylor.fallback, st->taylor.zeroed, st->taylor.empty},
+            all[4];
     MPI_Allreduce(mine, all, 4, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     rc |= h5out_attr_int(out, "taylor_fallback_rows", all[1]);
     rc |= h5out_attr_int(out, "taylor_zeroed_rows", all[2]);

@@ -3,11 +3,12 @@
 #include "runner/plan.h"
 #include "io/h5io.h"
 #include "runner/job.h"
+#include "dist/pipeline.h"
 
 /* COLLECTIVE, before the output is committed: attribute 'mode' ("exact" or "taylor"); in taylor
- * mode also 'taylor_fallback_rows', 'taylor_zeroed_rows', 'taylor_den_floor' (summed over ranks),
- * and rank 0 prints the fallback count. Returns 0 or -1. */
-int mode_attrs(h5out *out, const fa_job *job);
+ * mode also 'taylor_fallback_rows', 'taylor_zeroed_rows' (st->taylor, the run's engine's counts,
+ * summed over ranks), 'taylor_den_floor', and rank 0 prints the fallback count. Returns 0 or -1. */
+int mode_attrs(h5out *out, const fa_job *job, const pipeline_stats *st);
 
 /* COLLECTIVE, after the output is committed, with --compare: runs the other mode, writes the
  * per-head relative error as attribute 'compare_rel_err' [H] onto job->output, prints it and

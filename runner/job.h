@@ -23,7 +23,7 @@ typedef struct {
     double scale;            /* 0: 1/sqrt(D) */
     int lse;                 /* write lse */
     int64_t chunk;           /* query rows per pipeline chunk (0: default) */
-    int window;              /* chunks whose merge may be in flight at once */
+    int merges_in_flight;    /* chunks whose merge may be in flight at once */
     fa_backend backend;
     fa_compute compute;      /* GPU compute type */
     int compute_set;         /* --compute given */
@@ -45,7 +45,7 @@ typedef struct {
     double link_gbps;        /* --link-gbps: the paging model's host link (0: measured) */
     int resume;              /* --resume: continue from the partial output of an earlier run */
     int64_t check_rows;      /* --check ROWS: fp64 check of sampled rows after the run (-1: all) */
-    int window_set;          /* --merges-in-flight given (else the tune cache's or the model's) */
+    int merges_in_flight_set;   /* --merges-in-flight given (else the tune cache's or the model's) */
     int tune;                /* --tune: measure and cache this job's configuration first */
     const char *tune_cache;  /* --tune-cache FILE (else $FA_TUNE_CACHE, ~/.cache/fa_long/tune.txt) */
     int quiet, verbose;

@@ -23,7 +23,7 @@
 #define IO_CAP_DEFAULT (1LL << 30)       /* bytes per rank per HDF5 transfer */
 #define CHECKPOINT_DEFAULT_S 60.0
 #define PROGRESS_DEFAULT_S 10.0
-#define WINDOW_DEFAULT 3
+#define MERGES_IN_FLIGHT_DEFAULT 3
 
 const char *fa_backend_name(fa_backend b) {
     return b == BACKEND_CPU ? "cpu" : b == BACKEND_CUDA ? "cuda" : "auto";
@@ -414,12 +414,12 @@ static plan_source choice_source(const cm_choice *c) {
 /* COLLECTIVE. GPU jobs without --chunk whose keys will not all fit the device budget: the chunk
  * grows until its compute hides the copies of the keys streamed for it (kernels/paging.h).
  * Rank 0 measures the link and decides; every rank gets its answer. */
-static int64_t paged_chunk(const fa_job *job, const fa_shape *s, const gpu_comm *gc, int window,
+static int64_t paged_chunk(const fa_job *job, const fa_shape *s, const gpu_comm *gc, int merges_in_flight,
                            int64_t c, run_plan *p) {
     if (fa_rank == 0) {
         kv_plan pl = {.kv_rows = (s->Nk + fa_nranks - 1) / fa_nranks, .h = (int)s->H,
                       .hkv = (int)s->Hkv, .d = (int)s->D, .elem = 2, .chunk_rows = c,
-                      .slots = window, .budget = job->device_mem,
+                      .slots = merges_in_flight, .budget = job->device_mem,
                       .device_free = gpu_free_bytes(gc ? gc->device : 0), .max_resident = -1};
         if (kv_plan_make(&pl) == 0 && pl.paged_rows > 0) {
             double link = job->link_gbps > 0 ? job->link_gbps : gpu_link_gbps(gc ? gc->device : 0);
@@ -486,7 +486,7 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     /* the tune cache's or the model's choice (or a tuning run's, with --tune): only where the
      * exact engine needs a value the command line did not give */
     const int64_t given_chunk = job->chunk > 0 ? job->chunk : resume_chunk;
-    const int need_choice = exact && (given_chunk <= 0 || !job->window_set || gpu ||
+    const int need_choice = exact && (given_chunk <= 0 || !job->merges_in_flight_set || gpu ||
                                       (!job->br && !job->bc));
     cm_choice choice = {0};
     char names[3][96];
@@ -510,13 +510,13 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
         p->src[PS_CHUNK] = SRC_DEFAULT;
     }
     /* merges in flight */
-    p->window = job->window > 0 ? job->window : WINDOW_DEFAULT;
-    p->src[PS_WINDOW] = job->window_set ? SRC_OPTION : SRC_DEFAULT;
-    if (!job->window_set && exact) {
-        p->window = choice.window;
-        p->src[PS_WINDOW] = csrc;
+    p->merges_in_flight = job->merges_in_flight > 0 ? job->merges_in_flight : MERGES_IN_FLIGHT_DEFAULT;
+    p->src[PS_MERGES_IN_FLIGHT] = job->merges_in_flight_set ? SRC_OPTION : SRC_DEFAULT;
+    if (!job->merges_in_flight_set && exact) {
+        p->merges_in_flight = choice.merges_in_flight;
+        p->src[PS_MERGES_IN_FLIGHT] = csrc;
     }
-    if (given_chunk <= 0 && gpu) c = paged_chunk(job, s, gc, job->window, c, p);
+    if (given_chunk <= 0 && gpu) c = paged_chunk(job, s, gc, job->merges_in_flight, c, p);
     p->chunk = c < s->Nq ? c : s->Nq;
 
     /* the CPU engine: --tile, else the choice's; the threads the rank runs; the tile products */
@@ -548,7 +548,7 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
         kv_shard sh;
         shard_plan(s->Nk, fa_nranks, fa_rank, p->layout, p->stripe, &sh);
         p->kv = (kv_plan){.kv_rows = sh.total, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
-                          .elem = 2, .chunk_rows = p->chunk, .slots = p->window,
+                          .elem = 2, .chunk_rows = p->chunk, .slots = p->merges_in_flight,
                           .budget = job->device_mem,
                           .device_free = gpu_free_bytes(gc ? gc->device : 0),
                           .block_rows = choice.block_rows, .ring = choice.ring,
@@ -627,8 +627,8 @@ void plan_print(const run_plan *p) {
     char mdesc[256];
     fa_log(2, "fa_long: plan: mask %s (options and input)", mask_describe(&p->mask, mdesc, sizeof mdesc));
     fa_log(2, "fa_long: plan: chunk %lld rows (%s), %d merges in flight (%s), shard %s (%s), "
-              "queries read per %s (%s)", (long long)p->chunk, SRC(PS_CHUNK), p->window,
-           SRC(PS_WINDOW), shard_layout_name(p->layout), SRC(PS_LAYOUT), q_read_name(p->q_read),
+              "queries read per %s (%s)", (long long)p->chunk, SRC(PS_CHUNK), p->merges_in_flight,
+           SRC(PS_MERGES_IN_FLIGHT), shard_layout_name(p->layout), SRC(PS_LAYOUT), q_read_name(p->q_read),
            SRC(PS_Q_READ));
     if (p->backend == BACKEND_CPU)
         fa_log(2, "fa_long: plan: CPU tile %dx%d (%s; 0 = the engine's own), %d threads a rank "
@@ -678,7 +678,7 @@ void plan_json(const run_plan *p, char *buf, int len) {
     STR("compute", p->compute_name, PS_COMPUTE);
     NUM("scale", "%.17g", p->scale, PS_SCALE);
     NUM("chunk", "%lld", (long long)p->chunk, PS_CHUNK);
-    NUM("merges_in_flight", "%d", p->window, PS_WINDOW);
+    NUM("merges_in_flight", "%d", p->merges_in_flight, PS_MERGES_IN_FLIGHT);
     STR("shard", shard_layout_name(p->layout), PS_LAYOUT);
     STR("q_read", q_read_name(p->q_read), PS_Q_READ);
     if (p->backend == BACKEND_CPU) {

@@ -156,7 +156,7 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
             "\"threads_per_rank\": %d, \"threads_from\": \"%s\", \"cpus_per_rank\": %d, "
             "\"cpu_share\": %d, \"binding\": \"%s\", \"node_ranks\": %d, \"node_cpus\": %d},\n",
         job->mode == MODE_TAYLOR ? "taylor" : "exact", fa_nranks, backend, compute,
-        (long long)chunk, st->window, shard_layout_name((shard_layout)st->layout),
+        (long long)chunk, st->merges_in_flight, shard_layout_name((shard_layout)st->layout),
         fa_dtype_name(s->q_type), fa_threads.threads, fa_threads.why, fa_threads.cpus,
         fa_threads.share, fa_threads.binding, fa_threads.node_ranks, fa_threads.node_cpus);
     {   /* the run plan: every setting and where it came from (runner/plan.c) */

@@ -526,12 +526,43 @@ static double lap(double *mark) {
     return d;
 }
 
+/* What a run has opened, held in one place so that every way out of cmd_run releases it the
+ * same way (run_close): the input, the mask's tables, the GPUs and NCCL, the output until it is
+ * committed, suspended or aborted, the report's text and the --compare errors. */
+typedef struct {
+    h5in *in;
+    plan_mask pm;                   /* the mask: options and the input's tables */
+    gpu_comm gc;                    /* each rank's GPU and the NCCL communicator (GPU runs) */
+    h5out *out;                     /* NULL once committed or suspended (both free it) */
+    report rep;
+    double *compare_rel;            /* --compare: the relative error per head */
+} run_ctx;
+
+/* The one cleanup path, in reverse of opening; what was not opened (NULL, zero) is skipped. An
+ * output still held is aborted (its temporary file removed). Every rank comes here at the same
+ * point (each failure is agreed first), so the collective closes match. */
+static void run_close(run_ctx *r) {
+    free(r->compare_rel);
+    report_free(&r->rep);
+    if (r->out) h5out_abort(r->out);
+    gpu_comm_free(&r->gc);
+    plan_mask_free(&r->pm);
+    h5in_close(r->in);
+    memset(r, 0, sizeof *r);
+}
+
+/* cmd_run's status after a failure whose message is set: reported (fa_report_error) once
+ * run_close has released everything, as each failure did before. */
+#define RUN_FAILED (-1)
+
 int cmd_run(int argc, char **argv) {
     if (fa_start.main == 0) fa_start_clock_init();     /* not started by main(): from here */
     fa_job job;
     int rc = cli_parse_run(argc, argv, &job);
     if (rc == 1) return 0;
     if (rc) return fa_report_error();
+    run_ctx r;
+    memset(&r, 0, sizeof r);
     fa_verbosity = job.quiet ? 0 : job.verbose ? 2 : 1;
     double t0 = fa_now();
     job_clock clk;                  /* the whole job's time line, phase after phase */
@@ -545,96 +576,63 @@ int cmd_run(int argc, char **argv) {
         fa_threads.why = "--threads";
     }
     plan_env env;                   /* every FA_* variable, read and checked once */
-    if (agree(plan_env_read(&env))) return fa_report_error();
+    if (agree(plan_env_read(&env))) goto failed;
     fa_log(2, "fa_long: %d OpenMP threads a rank (%s; rank 0's node: %d ranks, %d CPUs)",
            fa_threads.threads, fa_threads.why, fa_threads.node_ranks, fa_threads.node_cpus);
     /* the output: never the input (through links too), and no other job's: its lock is held
      * from here to exit, before --resume looks at the partial file */
     if (agree(fa_rank == 0 ? output_not_input(job.input, job.output) : 0) ||
         h5out_lock(job.output, MPI_COMM_WORLD))
-        return fa_report_error();
+        goto failed;
 
     clk.t[TL_START] += lap(&mark);
     fa_backend be;
-    if (plan_backend(&job, &be)) return fa_report_error();
+    if (plan_backend(&job, &be)) goto failed;
     clk.t[TL_GPU_INIT] += lap(&mark);               /* the CUDA driver's start, where there is one */
 
-    h5in *in = NULL;
     fa_shape s;
     if (agree(h5in_open_layout(job.input, job.dset, job.layout, MPI_COMM_WORLD, env.io_cap_bytes,
-                               &in, &s)))
-        return fa_report_error();
-    plan_mask pm;                   /* the mask: options and the input's tables */
-    if (plan_mask_make(&job, &s, &pm)) {
-        h5in_close(in);
-        return fa_report_error();
-    }
-    if (plan_backend_job(&job, &s, &pm.mask, &be)) {
-        plan_mask_free(&pm);
-        h5in_close(in);
-        return fa_report_error();
-    }
+                               &r.in, &s)))
+        goto failed;
+    if (plan_mask_make(&job, &s, &r.pm) || plan_backend_job(&job, &s, &r.pm.mask, &be)) goto failed;
     /* o in the input's layout (q's) unless --out-layout says otherwise */
-    const fa_layout o_layout = job.out_layout ? job.out_layout : h5in_layout(in, 0);
+    const fa_layout o_layout = job.out_layout ? job.out_layout : h5in_layout(r.in, 0);
     fa_log(2, "fa_long: layout: q %s, k %s, v %s (%s), o %s (%s)",
-           fa_layout_name(h5in_layout(in, 0)), fa_layout_name(h5in_layout(in, 1)),
-           fa_layout_name(h5in_layout(in, 2)), job.layout ? "--layout" : "attributes, else bnhd",
+           fa_layout_name(h5in_layout(r.in, 0)), fa_layout_name(h5in_layout(r.in, 1)),
+           fa_layout_name(h5in_layout(r.in, 2)), job.layout ? "--layout" : "attributes, else bnhd",
            fa_layout_name(o_layout), job.out_layout ? "--out-layout" : "q's");
     /* GPUs: each rank bound to its device, NCCL up where it can serve the merge (the planner
      * sizes the keys against what the device has left) */
-    gpu_comm gc = {0};
-    const gpu_comm *gcp = be == BACKEND_CUDA ? &gc : NULL;
+    const gpu_comm *gcp = be == BACKEND_CUDA ? &r.gc : NULL;
     clk.t[TL_OPEN] += lap(&mark);
-    if (gcp && gpu_comm_init(MPI_COMM_WORLD, !job.no_nccl, &gc)) {
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
+    if (gcp && gpu_comm_init(MPI_COMM_WORLD, !job.no_nccl, &r.gc)) goto failed;
     clk.t[TL_GPU_INIT] += lap(&mark);
     if (job.tune) plan_tune(&job, &env, &s, be);   /* --tune: tune and cache first, explicitly */
     run_plan pl;
     int64_t resumed_chunk = resume_chunk(&job);   /* --resume, no --chunk: the earlier run's */
-    if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &pm.mask, &pl)) {
-        gpu_comm_free(&gc);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
+    if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &r.pm.mask, &pl)) goto failed;
     plan_print(&pl);
     const int64_t chunk = pl.chunk;
     const double scale = pl.scale;
     const fa_dtype ot = pl.o_type;
     char key[8192];
-    job_key(&job, &s, &pm.mask, ot, chunk, scale, key, sizeof key);
-    key_layouts(in, o_layout, key, sizeof key);
+    job_key(&job, &s, &r.pm.mask, ot, chunk, scale, key, sizeof key);
+    key_layouts(r.in, o_layout, key, sizeof key);
     int64_t first = 0;
     int plan = resume_plan(&job, key, &first);
-    if (plan < 0) {
-        gpu_comm_free(&gc);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
+    if (plan < 0) goto failed;
     if (plan == RESUME_COMPLETE) {
         fa_log(1, "fa_long: %s is complete; nothing to resume", job.output);
-        gpu_comm_free(&gc);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return 0;
+        rc = 0;
+        goto out;
     }
-    h5out *out = NULL;
     clk.t[TL_PLAN] += lap(&mark);
     rc = plan == RESUME_PARTIAL ? h5out_reopen_layout(job.output, job.out_group, MPI_COMM_WORLD, &s, ot,
-                                                      o_layout, job.lse, pl.io_cap_bytes, &out)
+                                                      o_layout, job.lse, pl.io_cap_bytes, &r.out)
                                 : h5out_create_layout(job.output, job.out_group, job.force, MPI_COMM_WORLD,
-                                                      &s, ot, o_layout, job.lse, pl.io_cap_bytes, &out);
-    if (agree(rc) || (plan == RESUME_FRESH && agree(h5out_attr_str(out, "resume_key", key)))) {
-        if (out) h5out_abort(out);
-        gpu_comm_free(&gc);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
+                                                      &s, ot, o_layout, job.lse, pl.io_cap_bytes, &r.out);
+    if (agree(rc) || (plan == RESUME_FRESH && agree(h5out_attr_str(r.out, "resume_key", key))))
+        goto failed;
     if (plan == RESUME_PARTIAL)
         fa_log(1, "fa_long: resuming %s from chunk %lld", job.output, (long long)first);
     install_stop_handlers();
@@ -649,85 +647,64 @@ int cmd_run(int argc, char **argv) {
     progress_skip(&pg, first, done_flops(&pl.mask, &s, chunk, first));
     pipeline_stats st;
     clk.t[TL_CREATE] += lap(&mark);
-    rc = pipeline_run(&pl, MPI_COMM_WORLD, in, out, gcp, first, &pg, &st);
+    rc = pipeline_run(&pl, MPI_COMM_WORLD, r.in, r.out, gcp, first, &pg, &st);
     progress_end(&pg);
     lap(&mark);                    /* its phases come from st (job_clock_close) */
     if (rc == 0 && st.stopped) {
-        gpu_comm_free(&gc);
-        if (agree(h5out_suspend(out, st.chunks_done))) {
-            h5in_close(in);
-            plan_mask_free(&pm);
-            return fa_report_error();
-        }
+        gpu_comm_free(&r.gc);
+        rc = h5out_suspend(r.out, st.chunks_done);
+        r.out = NULL;              /* suspend frees it */
+        if (agree(rc)) goto failed;
         char partial[4096];
         h5out_partial_path(job.output, partial, sizeof partial);
         fa_log(1, "fa_long: stopped on a signal after %lld of %lld chunks; they are kept in %s; "
                   "run the same command with --resume to continue", (long long)st.chunks_done,
                (long long)nchunks, partial);
         write_stop_file(env.stop_file, st.chunks_done, nchunks, partial);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return FA_EXIT_STOPPED;
+        rc = FA_EXIT_STOPPED;
+        goto out;
     }
-    if (agree(rc)) {
-        h5out_abort(out);
-        gpu_comm_free(&gc);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
+    if (agree(rc)) goto failed;
     clk.run_s = fa_now() - t0;      /* what elapsed_s was before the whole job was counted */
     MPI_Bcast(&clk.run_s, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     const double elapsed = clk.run_s;   /* the output's elapsed_seconds attribute, as before */
     const char *compute = st.compute;
-    report rep;
     /* the report kept in the output: written before the commit, so it stops there */
-    h5out_get_flush_stats(out, &clk.flush);
+    h5out_get_flush_stats(r.out, &clk.flush);
     clk.t[TL_ATTRS] += lap(&mark);
     job_clock_close(&clk, &st);
-    report_build(&rep, &job, &pl, &st, compute, &clk, NULL, NULL);
+    report_build(&r.rep, &job, &pl, &st, compute, &clk, NULL, NULL);
     /* attributes are collective with the same value everywhere: rank 0's report travels */
-    int64_t len = rep.json ? (int64_t)strlen(rep.json) + 1 : 0;
+    int64_t len = r.rep.json ? (int64_t)strlen(r.rep.json) + 1 : 0;
     MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
-    if (fa_rank != 0) rep.json = fa_calloc((size_t)len, 1, "report");
-    MPI_Bcast(rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
-    if (agree(write_attrs(out, &job, &pl, elapsed, &st)) ||
-        agree(mode_attrs(out, &job)) ||
-        agree(layout_attrs(out, in, o_layout)) ||
-        agree(h5out_attr_int(out, "chunks_done", nchunks)) ||
-        agree(h5out_attr_str(out, "report", rep.json))) {
-        report_free(&rep);
-        h5out_abort(out);
-        gpu_comm_free(&gc);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
+    if (fa_rank != 0) r.rep.json = fa_calloc((size_t)len, 1, "report");
+    MPI_Bcast(r.rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (agree(write_attrs(r.out, &job, &pl, elapsed, &st)) ||
+        agree(mode_attrs(r.out, &job, &st)) ||
+        agree(layout_attrs(r.out, r.in, o_layout)) ||
+        agree(h5out_attr_int(r.out, "chunks_done", nchunks)) ||
+        agree(h5out_attr_str(r.out, "report", r.rep.json)))
+        goto failed;
     clk.t[TL_ATTRS] += lap(&mark);
-    rc = h5out_commit_measured(out, &clk.flush);
+    rc = h5out_commit_measured(r.out, &clk.flush);
+    r.out = NULL;                   /* commit frees out, whatever happens */
     clk.t[TL_COMMIT] += lap(&mark);
     clk.committed = 1;
     job_clock_close(&clk, &st);    /* the whole job: its process's start to the committed output */
-    if (agree(rc)) {                            /* commit frees out, whatever happens */
-        report_free(&rep);
-        gpu_comm_free(&gc);
-        h5in_close(in);
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
-    h5in_close(in);
-    report_free(&rep);
+    if (agree(rc)) goto failed;
+    h5in_close(r.in);               /* before --compare opens the input again */
+    r.in = NULL;
+    report_free(&r.rep);
     summarize(&job, &pl, &st, be, &clk);
     chunk_warning(&job, &s, &st);
-    double *compare_rel = NULL;
-    rc = job.compare ? compare_run(&job, &env, be, gcp, &compare_rel) : 0;
-    gpu_comm_free(&gc);
-    if (rc) {
-        plan_mask_free(&pm);
-        return fa_report_error();
-    }
-    rc = finish(&job, &pl, &st, compute, &clk, compare_rel);
-    free(compare_rel);
-    plan_mask_free(&pm);
-    return rc;
+    rc = job.compare ? compare_run(&job, &env, be, gcp, &r.compare_rel) : 0;
+    gpu_comm_free(&r.gc);
+    if (rc) goto failed;
+    rc = finish(&job, &pl, &st, compute, &clk, r.compare_rel);
+    goto out;
+failed:
+    rc = RUN_FAILED;
+out:
+    run_close(&r);
+    return rc == RUN_FAILED ? fa_report_error() : rc;
 }

@@ -32,8 +32,8 @@
 /* the GPU sweep's order: one plan's configurations in a row */
 static int by_plan(const void *a, const void *b) {
     const cm_choice *x = a, *y = b;
-    int64_t k[2][5] = {{x->chunk, x->block_rows, x->ring, x->window, x->variant},
-                       {y->chunk, y->block_rows, y->ring, y->window, y->variant}};
+    int64_t k[2][5] = {{x->chunk, x->block_rows, x->ring, x->merges_in_flight, x->variant},
+                       {y->chunk, y->block_rows, y->ring, y->merges_in_flight, y->variant}};
     for (int i = 0; i < 5; i++)
         if (k[0][i] != k[1][i]) return (k[0][i] > k[1][i]) - (k[0][i] < k[1][i]);
     return 0;
@@ -194,7 +194,7 @@ int cmd_tune(int argc, char **argv) {
         if (given_chunk > 0) {
             cm_choice c = {.br = gpu ? 0 : 16, .bc = gpu ? 0 : 128, .threads = m.threads,
                            .variant = given_variant, .chunk = given_chunk < j.nq ? given_chunk : j.nq,
-                           .window = 3};
+                           .merges_in_flight = 3};
             int ok = cm_predict(&m, &j, &c);
             cm_print_result(ok ? "given" : "invalid", &c);
             return 0;
@@ -251,7 +251,7 @@ int cmd_tune(int argc, char **argv) {
             for (size_t b = 0; b < sizeof bcs / sizeof *bcs; b++)
                 for (int k = 0; k < nch; k++) {
                     cm_choice s = {.br = br_l[a], .bc = bcs[b], .threads = m.threads,
-                                   .chunk = ch_l[k] < j.nq ? ch_l[k] : j.nq, .window = 3};
+                                   .chunk = ch_l[k] < j.nq ? ch_l[k] : j.nq, .merges_in_flight = 3};
                     if (!cm_predict(&m, &j, &s)) continue;
                     s.measured_s = cm_time_cpu(&j, &s, reps);
                     cm_print_result("sweep", &s);
@@ -311,7 +311,7 @@ int cmd_tune(int argc, char **argv) {
     }
     printf("# choice: %s -> tile %dx%d, chunk %lld, %d merges in flight, variant %d: measured %.4f s, "
            "predicted %.4f s, critical %s\n", key, best.br, best.bc, (long long)best.chunk,
-           best.window, best.variant, best.measured_s, best.t_total, best.critical);
+           best.merges_in_flight, best.variant, best.measured_s, best.t_total, best.critical);
     if (store) {
         if (cm_cache_store(path, key, &best, &m)) return fa_report_error();
         printf("# stored in %s\n", path);

@@ -63,13 +63,13 @@ static void test_cache(void) {
     CHECK(strstr(key, "d=64") && strstr(key, "causal=1") && strstr(key, "gqa=4") &&
           strstr(key, "float32"), "key names D, causal, GQA, dtype: %s", key);
 
-    cm_choice c = {.br = 16, .bc = 256, .threads = 2, .chunk = 2048, .window = 3,
+    cm_choice c = {.br = 16, .bc = 256, .threads = 2, .chunk = 2048, .merges_in_flight = 3,
                    .measured_s = 0.125, .t_total = 0.13, .critical = "compute"}, r;
     CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 0, "missing file: nothing found");
     CHECK(cm_cache_store(path, key, &c, &m) == 0, "store creates the folders: %s", fa_errmsg());
     memset(&r, 0, sizeof r);
     CHECK(cm_cache_lookup(path, key, m.device, &r, 0) == 1 && r.br == 16 && r.bc == 256 &&
-          r.chunk == 2048 && r.window == 3 && r.threads == 2 && fabs(r.measured_s - 0.125) < 1e-6 &&
+          r.chunk == 2048 && r.merges_in_flight == 3 && r.threads == 2 && fabs(r.measured_s - 0.125) < 1e-6 &&
           !strcmp(r.source, "cache"), "round trip (br %d bc %d chunk %lld)", r.br, r.bc,
           (long long)r.chunk);
     cm_machine mm;
@@ -106,7 +106,7 @@ static void test_cache(void) {
         memset(&r, 0, sizeof r);
         if (cm_cache_lookup(path, key, m.device, &r, 0) == 1) {
             found_partial++;
-            if (r.br != 16 || r.bc != 64 || r.chunk != 2048 || r.window != 3) wrong++;
+            if (r.br != 16 || r.bc != 64 || r.chunk != 2048 || r.merges_in_flight != 3) wrong++;
         }
     }
     CHECK(wrong == 0, "%d truncations gave a different entry", wrong);
@@ -146,8 +146,8 @@ static void test_cache(void) {
         int n = snprintf(text, sizeof text, old_new[i], key2);
         write_file(path, text, (size_t)n);
         memset(&r, 0, sizeof r);
-        CHECK(cm_cache_lookup(path, key2, m.device, &r, 0) == 1 && r.window == 5 && r.chunk == 2048,
-              "version %d entry read: %d merges in flight", i + 1, r.window);
+        CHECK(cm_cache_lookup(path, key2, m.device, &r, 0) == 1 && r.merges_in_flight == 5 && r.chunk == 2048,
+              "version %d entry read: %d merges in flight", i + 1, r.merges_in_flight);
     }
     {
         char text[1024];
@@ -155,7 +155,7 @@ static void test_cache(void) {
         write_file(path, text, (size_t)n);
     }
     CHECK(cm_cache_store(path, key, &c, &m) == 0 && cm_cache_lookup(path, key2, m.device, &r, 0) == 1 &&
-          r.window == 5 && cm_cache_lookup(path, key, m.device, &r, 0) == 1, "store beside a version 1 entry");
+          r.merges_in_flight == 5 && cm_cache_lookup(path, key, m.device, &r, 0) == 1, "store beside a version 1 entry");
     char *now = read_all(path, &len);
     CHECK(strstr(now, "version = 2\n") && strstr(now, "merges_in_flight = 3\n"),
           "stored as version 2 with merges_in_flight");
@@ -218,14 +218,14 @@ static void test_valid(void) {
         if (n == 0) { none++; continue; }
         for (int i = 0; i < n; i++) {
             cm_choice *c = &cand[i];
-            int ok = isfinite(c->t_total) && c->t_total > 0 && c->chunk >= 1 && c->window >= 1;
+            int ok = isfinite(c->t_total) && c->t_total > 0 && c->chunk >= 1 && c->merges_in_flight >= 1;
             if (!gpu) {
                 int64_t mp = ((int64_t)c->br * g + 15) / 16 * 16;
                 ok &= (c->bc * mp + 2 * j.d * mp + 2 * c->bc * j.d) * 4 <= m.l2_bytes;
                 ok &= c->br >= 1 && c->br <= c->chunk && c->threads == m.threads;
             } else {
                 kv_plan pl = {.kv_rows = (j.nk + j.nranks - 1) / j.nranks, .h = j.h, .hkv = j.hkv,
-                              .d = j.d, .elem = 2, .chunk_rows = c->chunk, .slots = c->window,
+                              .d = j.d, .elem = 2, .chunk_rows = c->chunk, .slots = c->merges_in_flight,
                               .budget = j.budget, .device_free = m.device_free,
                               .block_rows = c->block_rows, .ring = c->ring, .max_resident = -1};
                 ok &= kv_plan_make(&pl) == 0;
@@ -270,7 +270,7 @@ static void test_terms(void) {
     m.threads = 2;
     cm_machine_defaults(&m, 0);
     cm_job j = {.nq = 4096, .nk = 4096, .h = 8, .hkv = 8, .d = 128, .elem = 4, .nranks = 1, .dtype = -1};
-    cm_choice c = {.br = 8, .bc = 128, .threads = 2, .chunk = 1024, .window = 3};
+    cm_choice c = {.br = 8, .bc = 128, .threads = 2, .chunk = 1024, .merges_in_flight = 3};
     cm_choice a = c, b = c, cc = c;
     cm_predict(&m, &j, &a);
     cm_job j2 = j;
@@ -299,7 +299,7 @@ static void test_terms(void) {
     cm_machine_defaults(&g, 1);
     cm_job jg = {.nq = 262144, .nk = 262144, .h = 32, .hkv = 8, .d = 128, .elem = 2, .nranks = 1,
                  .gpu = 1, .dtype = 0};
-    cm_choice gc = {.variant = 0, .chunk = 8192, .window = 3};
+    cm_choice gc = {.variant = 0, .chunk = 8192, .merges_in_flight = 3};
     cm_predict(&g, &jg, &gc);
     double flops = 4.0 * 128 * 32 * 262144.0 * 262144.0;
     CHECK(gc.t_total > flops / 620e12 && gc.t_total < 1.3 * flops / 620e12,
@@ -307,7 +307,7 @@ static void test_terms(void) {
     CHECK(fabs(gc.t_compute - 1.637) < 0.3, "near the measured 1.637 s compute (%.3f)", gc.t_compute);
     jg.budget = (int64_t)2 << 30;
     g.link_gbps = 1.0;
-    cm_choice gp = {.variant = 0, .chunk = 8192, .window = 3};
+    cm_choice gp = {.variant = 0, .chunk = 8192, .merges_in_flight = 3};
     CHECK(cm_predict(&g, &jg, &gp) && !strcmp(gp.critical, "paging") && gp.t_page > gp.t_compute,
           "2 GiB budget, 1 GB/s link: paging critical (%s)", gp.critical ? gp.critical : "-");
     /* the fixed defaults under budgets where 8192-row chunks leave no room for key blocks: the
@@ -315,7 +315,7 @@ static void test_terms(void) {
     static const int64_t budgets[] = {(int64_t)1 << 30, (int64_t)768 << 20, (int64_t)384 << 20};
     for (int b = 0; b < 3; b++) {
         jg.budget = budgets[b];
-        cm_choice full = {.variant = 0, .chunk = 8192, .window = 3}, d;
+        cm_choice full = {.variant = 0, .chunk = 8192, .merges_in_flight = 3}, d;
         CHECK(!cm_predict(&g, &jg, &full), "budget %lld MiB: 8192-row chunks do not fit",
               (long long)(budgets[b] >> 20));
         cm_fixed_defaults(&jg, 1, &d);

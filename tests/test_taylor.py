@@ -9,6 +9,8 @@ denominator used) within 1e-5 (1 + |ref|).
 FA_TAYLOR_BACKEND=cuda runs every test on the CUDA engine (tests/gpu/taylor.sh does); the exact
 mode that --compare runs beside it is then bf16, so that test's tolerance widens to 3e-2."""
 import os
+import re
+import subprocess
 
 import h5py
 import json
@@ -16,7 +18,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_fa
+from conftest import BUILD, mpirun_cmd, run_fa
 from reference import attention_f64, random_inputs, write_inputs
 
 TOL = 1e-5
@@ -137,6 +139,20 @@ def test_denominator_policy(tmp_path):
     got = int(attrs["taylor_fallback_rows"])
     assert abs(got - nfall) <= 2, f"reported {got} fallback rows, fp64 formula has {nfall}"
     assert f"{got} (row, head) pairs" in err
+
+
+def test_engine_on_its_communicator():
+    """build/tests/test_engine_comm on 2 ranks, each giving the Taylor engine a communicator of
+    its own: each comes out as the kernel over its own keys (a collective on MPI_COMM_WORLD would
+    mix in the other rank's keys and rows), its row counts come through the engine's stats, and
+    the overflow policy is the engine's property."""
+    exe = BUILD / "tests" / "test_engine_comm"
+    assert exe.exists(), f"{exe} not built (make)"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(mpirun_cmd(2) + [str(exe)], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0 and "FAIL" not in p.stdout, p.stdout[-4000:] + p.stderr[-4000:]
+    tally = re.findall(r"(\d+) passed, (\d+) failed", p.stdout)
+    assert len(tally) == 2 and all(int(a) > 0 and b == "0" for a, b in tally), p.stdout[-4000:]
 
 
 def order_bound(q, k, v, causal, c=8.0):

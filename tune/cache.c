@@ -71,7 +71,7 @@ static int entry_field(cm_choice *c, const char *k, const char *v) {
     /* merges in flight: "window" in the files of version 1 */
     if (!strcmp(k, "merges_in_flight") || !strcmp(k, "window")) {
         if (parse_ll(v, 1, 64, &x)) return -1;
-        c->window = (int)x;
+        c->merges_in_flight = (int)x;
         return 0;
     }
     return -1;
@@ -148,7 +148,7 @@ static int cache_read(const char *path, const char *key, const char *device, cm_
     }
     fclose(f);
     if (!bad && version != CM_CACHE_VERSION) { why = version == -1 ? "no version line (empty or truncated)" : "foreign version"; bad = 1; }
-    if (!bad && found && (tmp.chunk <= 0 || tmp.window <= 0 || (!tmp.br != !tmp.bc))) {
+    if (!bad && found && (tmp.chunk <= 0 || tmp.merges_in_flight <= 0 || (!tmp.br != !tmp.bc))) {
         why = "incomplete entry (truncated?)";
         bad = 1;
     }
@@ -327,7 +327,7 @@ int cm_cache_store(const char *path, const char *key, const cm_choice *c, const 
     fprintf(f, "[%s]\n", key);
     fprintf(f, "date = %s\n", date);
     if (c->br) fprintf(f, "br = %d\nbc = %d\nthreads = %d\n", c->br, c->bc, c->threads);
-    fprintf(f, "chunk = %lld\nmerges_in_flight = %d\n", (long long)c->chunk, c->window);
+    fprintf(f, "chunk = %lld\nmerges_in_flight = %d\n", (long long)c->chunk, c->merges_in_flight);
     if (m->gpu) fprintf(f, "variant = %d\nblock_rows = %lld\nring = %d\n", c->variant,
                         (long long)c->block_rows, c->ring);
     fprintf(f, "measured_s = %.6f\npredicted_s = %.6f\ncritical = %s\n", c->measured_s,

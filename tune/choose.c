@@ -12,13 +12,13 @@ static void log_choice(const cm_job *j, const cm_choice *c) {
         fa_log(2, "fa_long: tune: %s choice: variant %d, chunk %lld rows, %d merges in flight, key blocks %lld "
                   "rows x %d; predicted %.4f s (compute %.4f, paging %.4f, merge exposed %.4f): "
                   "critical resource %s",
-               c->source, c->variant, (long long)c->chunk, c->window, (long long)c->block_rows,
+               c->source, c->variant, (long long)c->chunk, c->merges_in_flight, (long long)c->block_rows,
                c->ring, c->t_total, c->t_compute, c->t_page, c->t_merge, c->critical);
     else
         fa_log(2, "fa_long: tune: %s choice: tile %dx%d, %d threads, chunk %lld rows, %d merges in flight; "
                   "predicted %.4f s (compute %.4f, memory %.4f, merge exposed %.4f): critical "
                   "resource %s",
-               c->source, c->br, c->bc, c->threads, (long long)c->chunk, c->window, c->t_total,
+               c->source, c->br, c->bc, c->threads, (long long)c->chunk, c->merges_in_flight, c->t_total,
                c->t_compute, c->t_memory, c->t_merge, c->critical);
 }
 

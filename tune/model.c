@@ -113,7 +113,8 @@ void cm_device_name(int gpu, int threads, char *buf, int len) {
 
 /* Compute and merges are two serial resources in a pipeline (chunk c merges while c+1
  * computes): the job takes max(compute + the last merge, the first chunk + all merges). The
- * window bounds how far compute runs ahead; it changes memory, not this throughput bound. */
+ * count of merges in flight bounds how far compute runs ahead; it changes memory, not this
+ * throughput bound. */
 static double merge_exposed(double compute, double first, double merges, double last) {
     if (merges <= 0) return 0;
     double t = compute + last > first + merges ? compute + last : first + merges;
@@ -136,7 +137,7 @@ static int cpu_valid(const cm_machine *m, const cm_job *j, const cm_choice *c) {
     int g = j->h / j->hkv;
     int64_t mp = rup((int64_t)c->br * g, CPU_LANES);
     int64_t ws = ((int64_t)c->bc * mp + 2LL * j->d * mp + 2LL * c->bc * j->d) * 4;
-    return c->br >= 1 && c->bc >= 8 && c->threads >= 1 && c->chunk >= 1 && c->window >= 1 &&
+    return c->br >= 1 && c->bc >= 8 && c->threads >= 1 && c->chunk >= 1 && c->merges_in_flight >= 1 &&
            mp <= 4096 && ws <= m->l2_bytes;
 }
 
@@ -237,7 +238,7 @@ static int gpu_plan(const cm_machine *m, const cm_job *j, const cm_choice *c, kv
     pl->kv_rows = ceil_div(j->nk, j->nranks);
     pl->h = j->h; pl->hkv = j->hkv; pl->d = j->d; pl->elem = j->elem;
     pl->chunk_rows = c->chunk;
-    pl->slots = c->window;
+    pl->slots = c->merges_in_flight;
     pl->budget = j->budget;
     pl->device_free = m->device_free;
     pl->block_rows = c->block_rows;
@@ -250,7 +251,7 @@ static int gpu_plan(const cm_machine *m, const cm_job *j, const cm_choice *c, kv
 }
 
 static int gpu_valid(const cm_machine *m, const cm_job *j, const cm_choice *c) {
-    if (c->variant < 0 || c->variant > 4 || c->chunk < 1 || c->window < 1) return 0;
+    if (c->variant < 0 || c->variant > 4 || c->chunk < 1 || c->merges_in_flight < 1) return 0;
     if (c->ring != 0 && c->ring < 2) return 0;
     if (!(variant_rate(m, j, c->variant) > 0)) return 0;
     if (variant_smem(c->variant ? c->variant : 4, j->d) > m->smem_per_block) return 0;
@@ -328,14 +329,14 @@ static int by_time(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* The window: 3 (the old default) unless the merge needs more to hide (up to 8). */
-static int pick_window(const cm_machine *m, const cm_job *j, cm_choice *c) {
-    c->window = 3;
+/* Merges in flight: 3 (the old default) unless the merge needs more to hide (up to 8). */
+static int pick_merges_in_flight(const cm_machine *m, const cm_job *j, cm_choice *c) {
+    c->merges_in_flight = 3;
     if (!cm_predict(m, j, c)) return 0;
-    while (c->window < 8 && c->t_merge > 1.5 * (m->net_latency_s + 1e-9) && j->nranks > 1) {
-        /* (with merge_exposed's bound a deeper window never predicts faster: 3 stays) */
+    while (c->merges_in_flight < 8 && c->t_merge > 1.5 * (m->net_latency_s + 1e-9) && j->nranks > 1) {
+        /* (with merge_exposed's bound more merges in flight never predict faster: 3 stays) */
         cm_choice w = *c;
-        w.window++;
+        w.merges_in_flight++;
         if (!cm_predict(m, j, &w) || w.t_total >= c->t_total) break;
         *c = w;
     }
@@ -365,7 +366,7 @@ int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max)
                                    .chunk = chunks_cpu[k] < j->nq ? chunks_cpu[k] : j->nq,
                                    .source = "model"};
                     if (c.br > c.chunk) continue;
-                    if (n < max && pick_window(m, j, &c)) out[n++] = c;
+                    if (n < max && pick_merges_in_flight(m, j, &c)) out[n++] = c;
                 }
     } else {
         static const int64_t blocks[] = {0, 8192, 16384, 65536};
@@ -379,7 +380,7 @@ int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max)
                 if ((chunks_gpu[k] > rup(j->nq, 2048) && k > 0) || too_few_chunks(j, chunks_gpu[k], k)) continue;
                 cm_choice c = {.variant = v, .chunk = chunks_gpu[k] < j->nq ? chunks_gpu[k] : j->nq,
                                .source = "model"};
-                if (!pick_window(m, j, &c)) continue;
+                if (!pick_merges_in_flight(m, j, &c)) continue;
                 kv_plan pl;
                 gpu_plan(m, j, &c, &pl);
                 if (pl.paged_rows == 0) { if (n < max) out[n++] = c; continue; }
@@ -400,7 +401,7 @@ int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max)
 void cm_fixed_defaults(const cm_job *j, int threads, cm_choice *c) {
     memset(c, 0, sizeof *c);
     c->threads = threads;
-    c->window = 3;
+    c->merges_in_flight = 3;
     c->chunk = j->gpu ? 8192 : 1024;
     if (c->chunk > j->nq) c->chunk = j->nq;
     /* pick_tiling (kernels/cpu/attn_cpu.c): br = 64/G, halved while a chunk has fewer than

@@ -75,7 +75,7 @@ typedef struct {
     int ring;                 /* paged block buffers (0 = kv_plan default) */
     /* both */
     int64_t chunk;            /* query rows per pipeline chunk */
-    int window;               /* merges in flight */
+    int merges_in_flight;     /* chunks whose merge may be in flight */
     /* predictions, seconds */
     double t_compute, t_memory, t_page, t_merge, t_total;   /* t_merge: exposed merge time */
     double t_merge_all;       /* all merges' time (hidden or not) */
@@ -96,7 +96,7 @@ int cm_predict(const cm_machine *m, const cm_job *j, cm_choice *c);
 /* All valid candidates of the model's search space, best predicted first; returns the count
  * (at most max). */
 int cm_candidates(const cm_machine *m, const cm_job *j, cm_choice *out, int max);
-/* The fixed choice fa_long made before the model (pick_tiling, 1K/8K chunks, window 3); on a GPU
+/* The fixed choice fa_long made before the model (pick_tiling, 1K/8K chunks, 3 merges in flight); on a GPU
  * under a device budget, the chunk halved (to 2048 at least) until the key plan fits. */
 void cm_fixed_defaults(const cm_job *j, int threads, cm_choice *c);
 

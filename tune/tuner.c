@@ -92,7 +92,7 @@ void cm_print_result(const char *kind, const cm_choice *c) {
     snprintf(f[1], 32, "%d", c->bc);
     snprintf(f[2], 32, "%d", c->threads);
     snprintf(f[3], 32, "%lld", (long long)c->chunk);
-    snprintf(f[4], 32, "%d", c->window);
+    snprintf(f[4], 32, "%d", c->merges_in_flight);
     snprintf(f[5], 32, "%d", c->variant);
     snprintf(f[6], 32, "%lld", (long long)c->block_rows);
     snprintf(f[7], 32, "%d", c->ring);
@@ -125,12 +125,12 @@ double cm_time_gpu(const cm_job *j, const cm_machine *m, const cm_choice *c, int
         static int npm = 0;
         double t = -2;
         for (int i = 0; memo_ok && i < npm; i++)
-            if (pm[i].v == c->variant && pm[i].n == n && pm[i].w == c->window && pm[i].b == c->block_rows &&
+            if (pm[i].v == c->variant && pm[i].n == n && pm[i].w == c->merges_in_flight && pm[i].b == c->block_rows &&
                 pm[i].r == c->ring) t = pm[i].t;
         if (t == -2) {
-            t = cm_gpu_time_paged(c->variant, n, c->window, j->nq, kv_rows, j->nk, j->h, j->hkv, j->d,
+            t = cm_gpu_time_paged(c->variant, n, c->merges_in_flight, j->nq, kv_rows, j->nk, j->h, j->hkv, j->d,
                                   j->causal, j->dtype, j->budget, c->block_rows, c->ring, reps);
-            if (npm < 256) pm[npm++] = (typeof(pm[0])){c->variant, c->window, c->ring, n, c->block_rows, t};
+            if (npm < 256) pm[npm++] = (typeof(pm[0])){c->variant, c->merges_in_flight, c->ring, n, c->block_rows, t};
         }
         return t < 0 ? -1 : t * chunks + p.t_merge;
     }
