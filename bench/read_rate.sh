@@ -3,9 +3,10 @@
 # item 6: at least 70% of a plain multi-threaded memcpy). A decode-shaped bfloat16 file (16
 # queries, NK keys, H 32, Hkv 8, D 128) is made, read once into the page cache, then in the same
 # run: build/bench/page_cache_read (memcpy from a mapping of the file, and pread in 4 MiB runs,
-# best of 3, before and after the rest: the better kept) and build/bench/read_rate (k and v read by h5in as the pipeline reads keys, the
-# finite check on, kept as bfloat16 and widened to float32, fused and with FA_FUSED_READ's
-# separate passes, validated equal first, best of REPS). A '#'-headed table; rows appended to
+# best of 3; run before and after the rest, the better kept) and build/bench/read_rate (k and v
+# read by h5in as the pipeline reads keys, the finite check on, kept as bfloat16 and widened to
+# float32, fused and with FA_FUSED_READ's separate passes, validated equal first, best of REPS;
+# zlib crc32's rate on one thread). A '#'-headed table; rows appended to
 # bench/results/read_rate_<machine>.csv.
 #
 #   [NK=262144] [REPS=5] [OMP_NUM_THREADS=...] [MACHINE=name] bash bench/read_rate.sh
