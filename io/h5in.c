@@ -47,7 +47,7 @@ struct h5in {
     int fd;                         /* the file, read-only, for pread; -1 */
     int64_t offset[3];              /* the dataset's first byte in the file, or -1 */
     int direct;                     /* direct reads allowed (h5in_direct_reads; default 1) */
-    int fused;                      /* direct bnhd reads hashed and scanned run by run (default 1) */
+    int fused;                      /* direct bnhd reads hashed and scanned by runs (default 1) */
     /* where this rank's reads spent their time (--verbose prints rank 0's at close); t_fused:
      * the wall time of fused reads, shared out among the first four by their threads' time */
     double t_io, t_hash, t_scan, t_conv, t_fused;
@@ -451,8 +451,9 @@ void h5in_close(h5in *f) {
     if (f->bytes_in > 0) {
         char fused[160] = "";
         if (f->t_fused > 0)
-            snprintf(fused, sizeof fused, " (%.3f s of it in fused passes, each run read, hashed, "
-                     "scanned and widened as it lands: shared out by its threads' time)", f->t_fused);
+            snprintf(fused, sizeof fused, " (%.3f s of it in fused passes, each run read, "
+                     "hashed, scanned and widened as it lands: shared out by its threads' time)",
+                     f->t_fused);
         fa_log(2, "fa_long: rank %d read %.3f GB of '%s': file to memory %.3f s, digests %.3f s, "
                   "finite scan %.3f s, byte order, layout and widening %.3f s%s", fa_rank,
                f->bytes_in * 1e-9, f->path, f->t_io, f->t_hash, f->t_scan, f->t_conv, fused);
@@ -651,7 +652,8 @@ static void scan_source(fa_dtype t, const void *buf, const piece *p, int np, int
         if (first < len) {
             const int64_t g = (b * N + p[j].start) * row_el + first;
             if (*best < 0 || g < *best) {
-                const uint32_t v = wide ? ((const uint32_t *)x)[first] : ((const uint16_t *)x)[first];
+                const uint32_t v = wide ? ((const uint32_t *)x)[first]
+                                        : ((const uint16_t *)x)[first];
                 *best = g;
                 *what = KINDS[nonfinite_kind(wide, inf, v)];
             }
@@ -789,7 +791,7 @@ static int read_direct(const h5in *f, int idx, int64_t b, const piece *p, int np
  * H5IN_FUSED_RUN_BYTES (h5io.h) stays in L2. */
 typedef struct {
     uint64_t sum;            /* the rows' hashes (0 unless asked) */
-    int64_t bad;             /* the first non-finite element: global index * 4 + kind (KINDS); INT64_MAX: none */
+    int64_t bad;             /* the first non-finite: global index * 4 + kind (KINDS); INT64_MAX none */
     uint32_t m;              /* the largest finite magnitude, in the file's bits */
     double s_io, s_hash, s_scan, s_conv;   /* the threads' seconds in each step */
 } fused_out;
@@ -802,7 +804,7 @@ static int read_fused(const h5in *f, int idx, int64_t b, const piece *p, int np,
     const fa_dtype t = f->dtype[idx];
     const int64_t *d = f->dims[idx];           /* bnhd: [B, N, heads, D] */
     const int64_t es = fa_dtype_size(t), N = d[1], row_el = d[2] * d[3], row_bytes = row_el * es;
-    const int64_t run_rows = H5IN_FUSED_RUN_BYTES / row_bytes > 0 ? H5IN_FUSED_RUN_BYTES / row_bytes : 1;
+    const int64_t run_rows = row_bytes < H5IN_FUSED_RUN_BYTES ? H5IN_FUSED_RUN_BYTES / row_bytes : 1;
     int64_t nruns = 0;
     for (int j = 0; j < np; j++) nruns += (p[j].n + run_rows - 1) / run_rows;
     typedef struct { int64_t row, n, at; } row_run;   /* file row, rows, first row in buf */
@@ -822,7 +824,7 @@ static int read_fused(const h5in *f, int idx, int64_t b, const piece *p, int np,
 #pragma omp parallel reduction(+ : sum, s_io, s_hash, s_scan, s_conv) reduction(min : bad) \
     reduction(max : m, err) if (nruns > 1)
     {
-        unsigned char *own = wide ? fa_malloc((size_t)(run_rows * row_bytes), "fused read run") : NULL;
+        unsigned char *own = wide ? fa_malloc((size_t)(run_rows * row_bytes), "fused run") : NULL;
 #pragma omp for schedule(dynamic)
         for (int64_t i = 0; i < nruns; i++) {
             const int64_t n_el = r[i].n * row_el;
@@ -843,7 +845,8 @@ static int read_fused(const h5in *f, int idx, int64_t b, const piece *p, int np,
             if (first < n_el) {
                 const uint32_t v = w32 ? ((const uint32_t *)x)[first] : ((const uint16_t *)x)[first];
                 const int64_t g = (b * N + r[i].row) * row_el + first;
-                if (g * 4 + nonfinite_kind(w32, inf, v) < bad) bad = g * 4 + nonfinite_kind(w32, inf, v);
+                const int64_t code = g * 4 + nonfinite_kind(w32, inf, v);
+                if (code < bad) bad = code;
             }
             const double t3 = fa_now();
             if (own) fa_to_f32(t, own, wide + r[i].at * row_el, n_el);
@@ -856,7 +859,8 @@ static int read_fused(const h5in *f, int idx, int64_t b, const piece *p, int np,
     return err;
 }
 
-static __attribute__((noreturn)) void read_failed(const h5in *f, int idx, int64_t b, const piece *p, int np, int err) {
+static __attribute__((noreturn)) void read_failed(const h5in *f, int idx, int64_t b, const piece *p,
+                                                  int np, int err) {
     fa_fail("input '%s': reading dataset '%s', rows [%lld, %lld) of batch %lld, failed: %s",
             f->path, f->name[idx], (long long)p[0].start,
             (long long)(p[np - 1].start + p[np - 1].n), (long long)b, strerror(err));
@@ -947,8 +951,8 @@ int h5in_read_rows_as(h5in *f, const char *name, int64_t b, const row_range *ran
         double tc = fa_now();
         if (fuse) {                          /* the same on every rank: no collective call */
             fused_out o;
-            int err = np ? read_fused(f, idx, b, p, np, buf, raw || esize == 4 ? NULL : (float *)out,
-                                      idx > 0, scan_src, &o) : 0;
+            float *widen = raw || esize == 4 ? NULL : (float *)out;   /* 16-bit to float32 */
+            int err = np ? read_fused(f, idx, b, p, np, buf, widen, idx > 0, scan_src, &o) : 0;
             if (err) read_failed(f, idx, b, p, np, err);
             h5io_ntransfers++;
             H5Sclose(mem);
