@@ -595,6 +595,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     /* the I/O thread: its collectives on a communicator of their own */
     p.in = in;
     h5in_direct_reads(in, plan->direct_read);
+    h5in_fused_reads(in, plan->fused_read);
     MPI_Comm_dup(comm, &p.io_comm);
     p.io = io_worker_start(plan->io_thread, plan->io_omp_threads);
 

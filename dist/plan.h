@@ -72,6 +72,7 @@ typedef struct {
                                     MPI_THREAD_MULTIPLE); else in series, on the rank's thread */
     int io_omp_threads;          /* OpenMP threads of the I/O thread's conversion loops */
     int direct_read;             /* contiguous datasets read with pread, not H5Dread (h5io.h) */
+    int fused_read;              /* direct reads hashed and scanned run by run (h5io.h) */
     /* what crosses between the file and the engine: q, k, v in in_type[] (float32, or the
      * file's float16/bfloat16 as it is, for an engine that converts on the device: the exact CUDA
      * engine), o in o_xfer (float32, or o_type itself) */

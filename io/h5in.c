@@ -47,8 +47,10 @@ struct h5in {
     int fd;                         /* the file, read-only, for pread; -1 */
     int64_t offset[3];              /* the dataset's first byte in the file, or -1 */
     int direct;                     /* direct reads allowed (h5in_direct_reads; default 1) */
-    /* where this rank's reads spent their time (--verbose prints rank 0's at close) */
-    double t_io, t_hash, t_scan, t_conv;
+    int fused;                      /* direct bnhd reads hashed and scanned by runs (default 1) */
+    /* where this rank's reads spent their time (--verbose prints rank 0's at close); t_fused:
+     * the wall time of fused reads, shared out among the first four by their threads' time */
+    double t_io, t_hash, t_scan, t_conv, t_fused;
     int64_t bytes_in;
 };
 
@@ -396,6 +398,7 @@ int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout lay
     f->sfile = f->sdset[0] = f->sdset[1] = f->sdset[2] = -1;
     f->fd = -1;
     f->direct = 1;
+    f->fused = 1;
     f->cap_bytes = v.cap, f->size = v.size, f->mtime_ns = v.mtime_ns;
     for (int i = 0; i < 3; i++) f->layout[i] = v.l[i];
     f->stated = v.stated;
@@ -422,6 +425,8 @@ int h5in_open_layout(const char *path, const char *const dsets[3], fa_layout lay
 
 void h5in_direct_reads(h5in *f, int on) { f->direct = on; }
 
+void h5in_fused_reads(h5in *f, int on) { f->fused = on; }
+
 float h5in_last_absmax(const h5in *f, const char *name) {
     for (int i = 0; i < 3; i++)
         if (!strcmp(name, NAMES[i])) return f->absmax[i];
@@ -443,10 +448,16 @@ void h5in_take_digests(h5in *f, uint64_t d[3]) {
 
 void h5in_close(h5in *f) {
     if (!f) return;
-    if (f->bytes_in > 0)
+    if (f->bytes_in > 0) {
+        char fused[160] = "";
+        if (f->t_fused > 0)
+            snprintf(fused, sizeof fused, " (%.3f s of it in fused passes, each run read, "
+                     "hashed, scanned and widened as it lands: shared out by its threads' time)",
+                     f->t_fused);
         fa_log(2, "fa_long: rank %d read %.3f GB of '%s': file to memory %.3f s, digests %.3f s, "
-                  "finite scan %.3f s, byte order, layout and widening %.3f s", fa_rank,
-               f->bytes_in * 1e-9, f->path, f->t_io, f->t_hash, f->t_scan, f->t_conv);
+                  "finite scan %.3f s, byte order, layout and widening %.3f s%s", fa_rank,
+               f->bytes_in * 1e-9, f->path, f->t_io, f->t_hash, f->t_scan, f->t_conv, fused);
+    }
     close_handles(f);
     MPI_Comm_free(&f->comm);
     free(f);
@@ -567,56 +578,88 @@ static int64_t first_nonfinite(const h5in *f, int idx, int64_t b, const row_rang
     return best;
 }
 
+/* The finite scan of n elements x in the file's bits (wide: float32, else a 16-bit type; inf:
+ * the type's +Inf bits): the index of the first non-finite element (n: none), and the largest
+ * finite magnitude raised into *m. Two branch-free max loops the compiler vectorizes (16-bit
+ * magnitudes as int16, which SSE2's pmaxsw takes); the index is looked for only when the block
+ * holds a non-finite value. */
+static int64_t scan_block(int wide, uint32_t inf, const void *x, int64_t n, uint32_t *m) {
+    uint32_t all, fin;                       /* largest magnitude of all, of the finite */
+    if (wide) {
+        const int32_t *v = x, lim = (int32_t)inf;
+        int32_t ma = 0, mf = 0;
+#pragma omp simd reduction(max : ma, mf)
+        for (int64_t e = 0; e < n; e++) {
+            const int32_t a = v[e] & 0x7fffffff, fa = a < lim ? a : 0;
+            ma = a > ma ? a : ma;
+            mf = fa > mf ? fa : mf;
+        }
+        all = (uint32_t)ma, fin = (uint32_t)mf;
+    } else {
+        const int16_t *v = x, lim = (int16_t)inf;
+        int16_t ma = 0, mf = 0;
+#pragma omp simd reduction(max : ma, mf)
+        for (int64_t e = 0; e < n; e++) {
+            const int16_t a = (int16_t)(v[e] & 0x7fff), fa = a < lim ? a : 0;
+            ma = a > ma ? a : ma;
+            mf = fa > mf ? fa : mf;
+        }
+        all = (uint32_t)ma, fin = (uint32_t)mf;
+    }
+    if (fin > *m) *m = fin;
+    if (all < inf) return n;
+    const uint32_t mag = wide ? 0x7fffffffu : 0x7fffu;
+    for (int64_t e = 0; e < n; e++)
+        if (((wide ? ((const uint32_t *)x)[e] : ((const uint16_t *)x)[e]) & mag) >= inf) return e;
+    return n;
+}
+
+/* The scan's constants for type t, and what a non-finite value v of it is. */
+static uint32_t inf_bits(fa_dtype t) {
+    return t == FA_F32 ? 0x7f800000u : t == FA_F16 ? 0x7c00u : 0x7f80u;
+}
+static const char *const KINDS[3] = {"NaN", "+Inf", "-Inf"};
+static int nonfinite_kind(int wide, uint32_t inf, uint32_t v) {
+    return (v & (wide ? 0x7fffffffu : 0x7fffu)) > inf ? 0 : (v >> (wide ? 31 : 15)) ? 2 : 1;
+}
+
+/* A largest finite magnitude in type t's bits as fp32 bits (widening is exact and keeps the
+ * order of |x|). */
+static uint32_t magnitude_f32_bits(fa_dtype t, uint32_t m) {
+    return t == FA_F32 ? m : t == FA_BF16 ? m << 16 : fa_f32_bits(fa_f16_to_f32_ref((uint16_t)m));
+}
+
 /* The finite scan of one transfer's source, in the file's bits before any conversion, while the
  * hash's pass has them in cache (float32, float16 and bfloat16 in native byte order and bnhd;
  * the rest is scanned after conversion, by first_nonfinite): the same first non-finite element
  * (global linear index into *best, kind into *what) and the same largest finite |x| (as fp32
- * bits, into *amax) as the fp32 scan, since widening is exact and keeps the order of |x|. */
+ * bits, into *amax) as the fp32 scan. */
 static void scan_source(fa_dtype t, const void *buf, const piece *p, int np, int64_t row_el,
                         int64_t N, int64_t b, int64_t *best, const char **what, uint32_t *amax) {
-    const int wide = t == FA_F32;
-    const uint32_t inf = t == FA_F32 ? 0x7f800000u : t == FA_F16 ? 0x7c00u : 0x7f80u;
-    const uint32_t mag = wide ? 0x7fffffffu : 0x7fffu;
+    const int wide = t == FA_F32, es = wide ? 4 : 2;
+    const uint32_t inf = inf_bits(t);
     uint32_t m = 0;                          /* largest finite magnitude, in the file's bits */
     for (int j = 0; j < np; j++) {
         const int64_t at = (p[j].dst_row - p[0].dst_row) * row_el, len = p[j].n * row_el;
-        const uint32_t *x32 = (const uint32_t *)buf + at;
-        const uint16_t *x16 = (const uint16_t *)buf + at;
+        const char *x = (const char *)buf + at * es;
         int64_t first = len;
 #pragma omp parallel for reduction(min : first) reduction(max : m) schedule(static) if (len > 65536)
         for (int64_t e0 = 0; e0 < len; e0 += 16384) {
-            const int64_t e1 = e0 + 16384 < len ? e0 + 16384 : len;
-            uint32_t mm = 0, bad = 0;
-            if (wide)
-                for (int64_t e = e0; e < e1; e++) {
-                    const uint32_t a = x32[e] & mag;
-                    bad |= a >= inf;
-                    mm = a > mm && a < inf ? a : mm;
-                }
-            else
-                for (int64_t e = e0; e < e1; e++) {
-                    const uint32_t a = x16[e] & mag;
-                    bad |= a >= inf;
-                    mm = a > mm && a < inf ? a : mm;
-                }
-            if (mm > m) m = mm;
-            for (int64_t e = e0; bad && e < e1; e++)
-                if (((wide ? x32[e] : x16[e]) & mag) >= inf) {
-                    if (e < first) first = e;
-                    break;
-                }
+            const int64_t n = e0 + 16384 < len ? 16384 : len - e0;
+            const int64_t e = scan_block(wide, inf, x + e0 * es, n, &m);
+            if (e < n && e0 + e < first) first = e0 + e;
         }
         if (first < len) {
             const int64_t g = (b * N + p[j].start) * row_el + first;
             if (*best < 0 || g < *best) {
-                const uint32_t v = wide ? x32[first] : x16[first];
+                const uint32_t v = wide ? ((const uint32_t *)x)[first]
+                                        : ((const uint16_t *)x)[first];
                 *best = g;
-                *what = (v & mag) > inf ? "NaN" : (v >> (wide ? 31 : 15)) ? "-Inf" : "+Inf";
+                *what = KINDS[nonfinite_kind(wide, inf, v)];
             }
         }
     }
-    const uint32_t mf = t == FA_F32 ? m : t == FA_BF16 ? m << 16
-                                      : fa_f32_bits(fa_f16_to_f32_ref((uint16_t)m));
+    const uint32_t mf = magnitude_f32_bits(t, m);
     if (mf > *amax) *amax = mf;
 }
 
@@ -655,6 +698,13 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
  * hashed: --resume checks the keys and values of the batch element it resumes in, while the
  * queries of the chunks done are not read again (a q digest would cost as much as k's and v's,
  * re-read every chunk, and nothing could compare it). */
+static uint64_t row_hash(int idx, int64_t b, int64_t row, const Bytef *x, int64_t row_bytes) {
+    const int64_t pos[3] = {idx, b, row};
+    const uLong seed = crc32(0L, (const Bytef *)pos, (uInt)sizeof pos);
+    const uLong c = crc32(seed, x, (uInt)row_bytes);
+    return ((uint64_t)c << 32) | (uint64_t)seed;
+}
+
 static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const void *buf,
                       int64_t rows, int64_t heads, int64_t blk, int bhnd) {
     const int64_t row_bytes = heads * blk;      /* blk: one head's D elements */
@@ -670,13 +720,10 @@ static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const
         Bytef *row = bhnd ? fa_malloc((size_t)row_bytes, "row hash") : NULL;
         for (int64_t r = r0; r < r1; r++) {
             while (j < np && r - base >= p[j].n) base += p[j++].n;
-            const int64_t pos[3] = {idx, b, p[j].start + (r - base)};
-            const uLong seed = crc32(0L, (const Bytef *)pos, (uInt)sizeof pos);
             const Bytef *x = (const Bytef *)buf + r * row_bytes;
             for (int64_t h = 0; bhnd && h < heads; h++)
                 memcpy(row + h * blk, (const Bytef *)buf + (h * rows + r) * blk, (size_t)blk);
-            const uLong c = crc32(seed, bhnd ? row : x, (uInt)row_bytes);
-            sum += ((uint64_t)c << 32) | (uint64_t)seed;
+            sum += row_hash(idx, b, p[j].start + (r - base), bhnd ? row : x, row_bytes);
         }
         free(row);
     }
@@ -689,6 +736,18 @@ static void hash_rows(h5in *f, int idx, int64_t b, const piece *p, int np, const
  * (a short read past the file's end: EIO). */
 typedef struct { int64_t off, len; unsigned char *dst; } byte_run;
 #define DIRECT_RUN (4 << 20)
+
+/* len bytes at off of fd into dst: 0, or the errno (a short read past the file's end: EIO). */
+static int pread_full(int fd, unsigned char *dst, int64_t len, int64_t off) {
+    int64_t done = 0;
+    while (done < len) {
+        ssize_t got = pread(fd, dst + done, (size_t)(len - done), (off_t)(off + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return got < 0 ? errno : EIO;
+        done += got;
+    }
+    return 0;
+}
 
 static int read_direct(const h5in *f, int idx, int64_t b, const piece *p, int np, void *buf,
                        int64_t rows, int bhnd) {
@@ -715,16 +774,96 @@ static int read_direct(const h5in *f, int idx, int64_t b, const piece *p, int np
     int err = 0;
 #pragma omp parallel for schedule(dynamic) reduction(max : err) if (nruns > 1)
     for (int64_t i = 0; i < nruns; i++) {
-        int64_t done = 0;
-        while (done < r[i].len) {
-            ssize_t got = pread(f->fd, r[i].dst + done, (size_t)(r[i].len - done), (off_t)(r[i].off + done));
-            if (got < 0 && errno == EINTR) continue;
-            if (got <= 0) { err = got < 0 ? errno : EIO; break; }
-            done += got;
-        }
+        const int e = pread_full(f->fd, r[i].dst, r[i].len, r[i].off);
+        if (e > err) err = e;
     }
     free(r);
     return err;
+}
+
+/* ---- the fused direct read ----------------------------------------------------------------------
+ * A bnhd transfer in native byte order read as read_direct does, but each thread, right after
+ * the pread of a run of whole rows, hashes those rows (row_hash, as hash_rows), scans them
+ * (scan_block, as scan_source) and, where the caller wants float32 of a 16-bit type, widens
+ * them into place, while the run is still in the core's cache: one pass over memory instead of
+ * three or four. The hashes are summed and the scan's results are a minimum and a maximum, so
+ * the digest, the verdict and the largest |x| are those of the separate passes. A run of
+ * H5IN_FUSED_RUN_BYTES (h5io.h) stays in L2. */
+typedef struct {
+    uint64_t sum;            /* the rows' hashes (0 unless asked) */
+    int64_t bad;             /* the first non-finite: global index * 4 + kind (KINDS); INT64_MAX none */
+    uint32_t m;              /* the largest finite magnitude, in the file's bits */
+    double s_io, s_hash, s_scan, s_conv;   /* the threads' seconds in each step */
+} fused_out;
+
+/* buf: where the rows land (bnhd, the transfer's first row first), unless wide is set: then
+ * they are read into each thread's own buffer and widened into wide ([rows, heads, D] float32).
+ * 0, or the errno of a failed read. */
+static int read_fused(const h5in *f, int idx, int64_t b, const piece *p, int np, void *buf,
+                      float *wide, int hash, int scan, fused_out *o) {
+    const fa_dtype t = f->dtype[idx];
+    const int64_t *d = f->dims[idx];           /* bnhd: [B, N, heads, D] */
+    const int64_t es = fa_dtype_size(t), N = d[1], row_el = d[2] * d[3], row_bytes = row_el * es;
+    const int64_t run_rows = row_bytes < H5IN_FUSED_RUN_BYTES ? H5IN_FUSED_RUN_BYTES / row_bytes : 1;
+    int64_t nruns = 0;
+    for (int j = 0; j < np; j++) nruns += (p[j].n + run_rows - 1) / run_rows;
+    typedef struct { int64_t row, n, at; } row_run;   /* file row, rows, first row in buf */
+    row_run *r = fa_malloc((size_t)(nruns ? nruns : 1) * sizeof *r, "fused reads");
+    int64_t k = 0;
+    for (int j = 0; j < np; j++)
+        for (int64_t s = 0; s < p[j].n; s += run_rows)
+            r[k++] = (row_run){p[j].start + s, p[j].n - s < run_rows ? p[j].n - s : run_rows,
+                               p[j].dst_row - p[0].dst_row + s};
+    const int w32 = t == FA_F32;
+    const uint32_t inf = inf_bits(t);
+    uint64_t sum = 0;
+    int64_t bad = INT64_MAX;
+    uint32_t m = 0;
+    int err = 0;
+    double s_io = 0, s_hash = 0, s_scan = 0, s_conv = 0;
+#pragma omp parallel reduction(+ : sum, s_io, s_hash, s_scan, s_conv) reduction(min : bad) \
+    reduction(max : m, err) if (nruns > 1)
+    {
+        unsigned char *own = wide ? fa_malloc((size_t)(run_rows * row_bytes), "fused run") : NULL;
+#pragma omp for schedule(dynamic)
+        for (int64_t i = 0; i < nruns; i++) {
+            const int64_t n_el = r[i].n * row_el;
+            unsigned char *x = own ? own : (unsigned char *)buf + r[i].at * row_bytes;
+            const double t0 = fa_now();
+            const int e = pread_full(f->fd, x, r[i].n * row_bytes,
+                                     f->offset[idx] + (b * N + r[i].row) * row_bytes);
+            const double t1 = fa_now();
+            s_io += t1 - t0;
+            if (e) {
+                if (e > err) err = e;
+                continue;
+            }
+            for (int64_t q = 0; hash && q < r[i].n; q++)
+                sum += row_hash(idx, b, r[i].row + q, x + q * row_bytes, row_bytes);
+            const double t2 = fa_now();
+            const int64_t first = scan ? scan_block(w32, inf, x, n_el, &m) : n_el;
+            if (first < n_el) {
+                const uint32_t v = w32 ? ((const uint32_t *)x)[first] : ((const uint16_t *)x)[first];
+                const int64_t g = (b * N + r[i].row) * row_el + first;
+                const int64_t code = g * 4 + nonfinite_kind(w32, inf, v);
+                if (code < bad) bad = code;
+            }
+            const double t3 = fa_now();
+            if (own) fa_to_f32(t, own, wide + r[i].at * row_el, n_el);
+            s_hash += t2 - t1, s_scan += t3 - t2, s_conv += fa_now() - t3;
+        }
+        free(own);
+    }
+    free(r);
+    *o = (fused_out){sum, bad, m, s_io, s_hash, s_scan, s_conv};
+    return err;
+}
+
+static __attribute__((noreturn)) void read_failed(const h5in *f, int idx, int64_t b, const piece *p,
+                                                  int np, int err) {
+    fa_fail("input '%s': reading dataset '%s', rows [%lld, %lld) of batch %lld, failed: %s",
+            f->path, f->name[idx], (long long)p[0].start,
+            (long long)(p[np - 1].start + p[np - 1].n), (long long)b, strerror(err));
 }
 
 static int name_index(const char *name) {
@@ -787,6 +926,8 @@ int h5in_read_rows_as(h5in *f, const char *name, int64_t b, const row_range *ran
     /* the finite scan on the file's bits of each transfer (scan_source), or after conversion;
      * raw rows are scanned where they land (native order, bnhd) */
     const int scan_src = check_finite && (raw || (!bhnd && !f->swap[idx] && f->dtype[idx] != FA_F64));
+    /* direct bnhd reads in native order: read, hashed, scanned and widened run by run */
+    const int fuse = direct && f->fused && !bhnd && !f->swap[idx] && esize <= 4;
     int64_t bad_at = -1;
     const char *bad_what = "";
     uint32_t amax_bits = 0;
@@ -808,12 +949,30 @@ int h5in_read_rows_as(h5in *f, const char *name, int64_t b, const row_range *ran
             continue;
         }
         double tc = fa_now();
+        if (fuse) {                          /* the same on every rank: no collective call */
+            fused_out o;
+            float *widen = raw || esize == 4 ? NULL : (float *)out;   /* 16-bit to float32 */
+            int err = np ? read_fused(f, idx, b, p, np, buf, widen, idx > 0, scan_src, &o) : 0;
+            if (err) read_failed(f, idx, b, p, np, err);
+            h5io_ntransfers++;
+            H5Sclose(mem);
+            if (!np) continue;
+            const double wall = fa_now() - tc, busy = o.s_io + o.s_hash + o.s_scan + o.s_conv;
+            const double share = busy > 0 ? wall / busy : 0;
+            f->t_fused += wall;
+            f->t_io += o.s_io * share, f->t_hash += o.s_hash * share;
+            f->t_scan += o.s_scan * share, f->t_conv += o.s_conv * share;
+            f->bytes_in += n_el * esize;
+            f->digest[idx] += o.sum;
+            if (o.bad != INT64_MAX && (bad_at < 0 || o.bad / 4 < bad_at))
+                bad_at = o.bad / 4, bad_what = KINDS[o.bad % 4];
+            if (magnitude_f32_bits(f->dtype[idx], o.m) > amax_bits)
+                amax_bits = magnitude_f32_bits(f->dtype[idx], o.m);
+            continue;
+        }
         if (direct) {                        /* the same on every rank: no collective call */
             int err = np ? read_direct(f, idx, b, p, np, buf, rows, bhnd) : 0;
-            if (err)
-                fa_fail("input '%s': reading dataset '%s', rows [%lld, %lld) of batch %lld, "
-                        "failed: %s", f->path, f->name[idx], (long long)p[0].start,
-                        (long long)(p[np - 1].start + p[np - 1].n), (long long)b, strerror(err));
+            if (err) read_failed(f, idx, b, p, np, err);
         } else if (H5Dread(virt ? f->sdset[idx] : f->dset[idx], f->type[idx], mem, fspace,
                     virt ? H5P_DEFAULT : dxpl, buf) < 0) {
             if (np)

@@ -123,6 +123,18 @@ void h5in_close(h5in *f);   /* COLLECTIVE */
  * it decides whether reads make collective calls. */
 void h5in_direct_reads(h5in *f, int on);
 
+/* Whether a direct read of a bnhd dataset in native byte order (float32, float16, bfloat16)
+ * hashes and scans each run of rows right after its pread, while the bytes are in cache,
+ * instead of in passes of their own over the transfer (default 1; FA_FUSED_READ=0 turns it off
+ * for tests and benchmarks). The same digests, verdicts and largest |x| either way. */
+void h5in_fused_reads(h5in *f, int on);
+
+/* A fused run's bytes, rounded down to whole rows (at least one): small enough that a run
+ * stays in the core's L2 between its pread and its scan (bench/read_rate.sh). */
+#ifndef H5IN_FUSED_RUN_BYTES
+#define H5IN_FUSED_RUN_BYTES (512 << 10)
+#endif
+
 /* The largest |x| this rank read in its last h5in_read_rows of dataset `name` with check_finite
  * set (its finite values; 0 before any). */
 float h5in_last_absmax(const h5in *f, const char *name);

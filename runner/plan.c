@@ -106,7 +106,11 @@ int plan_env_read(plan_env *e) {
         e->direct_read = dr[0] == '1';
         e->direct_read_set = 1;
     }
-    if (env_flag("FA_TYPED_TRANSFERS", "q, k, v and o cross between the file and the GPU in "
+    e->fused_read = 1;
+    if (env_flag("FA_FUSED_READ", "each run of a direct read hashed and scanned as it lands, the "
+                 "default", "the digests and the finite scan in passes of their own, as before",
+                 &e->fused_read, &e->fused_read_set) ||
+        env_flag("FA_TYPED_TRANSFERS", "q, k, v and o cross between the file and the GPU in "
                  "the file's 16-bit types, the default", "float32 on the host, as before",
                  &e->typed, &e->typed_set) ||
         env_flag("FA_STREAM_KEYS", "keys handed to the engine in blocks as they are read, the "
@@ -594,6 +598,7 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->io_omp_threads = p->tiling.threads > 0 ? p->tiling.threads : fa_threads.threads;
     p->direct_read = env->direct_read;
     p->src[PS_DIRECT] = env->direct_read_set ? SRC_ENV : SRC_DEFAULT;
+    p->fused_read = env->fused_read;
 
     /* typed transfers: the exact CUDA engine takes float16/bfloat16 rows as the file holds them
      * and converts on the device, and gives o in its file type (host to device bytes = the
@@ -649,9 +654,11 @@ void plan_print(const run_plan *p) {
            (long long)p->io_cap_bytes, SRC(PS_IO_CAP),
            p->io_thread ? "on an I/O thread beside compute" : "in series with compute",
            SRC(PS_IO_THREAD), p->critical[0] ? "; predicted critical resource: " : "", p->critical);
-    fa_log(2, "fa_long: plan: contiguous datasets read %s (%s)",
+    fa_log(2, "fa_long: plan: contiguous datasets read %s (%s)%s",
            p->direct_read ? "straight from the file (pread, in parallel)" : "through HDF5",
-           SRC(PS_DIRECT));
+           SRC(PS_DIRECT), !p->direct_read ? ""
+           : p->fused_read ? ", each run hashed and scanned as it lands"
+                           : ", hashed and scanned in passes of their own (FA_FUSED_READ=0)");
     fa_log(2, "fa_long: plan: q, k, v handed to the engine as %s, %s, %s and o taken as %s (%s); "
               "keys %s, blocks of %lld rows (%s)", fa_dtype_name(p->in_type[0]),
            fa_dtype_name(p->in_type[1]), fa_dtype_name(p->in_type[2]), fa_dtype_name(p->o_xfer),

@@ -19,6 +19,7 @@ typedef struct {
     int64_t io_cap_bytes;          int io_cap_set;          /* FA_IO_CAP_BYTES */
     int io_thread;                 int io_thread_set;       /* FA_IO_THREAD=0|1 */
     int direct_read;               int direct_read_set;     /* FA_DIRECT_READ=0|1 */
+    int fused_read;                int fused_read_set;      /* FA_FUSED_READ=0|1 */
     int typed;                     int typed_set;           /* FA_TYPED_TRANSFERS=0|1 */
     int stream_keys;               int stream_keys_set;     /* FA_STREAM_KEYS=0|1 */
     int64_t key_read_rows;         /* FA_KEY_READ_ROWS (0: not set) */

@@ -825,6 +825,117 @@ static void test_scan_source(const char *dir) {
     free(got);
 }
 
+/* The fused direct read (h5in.c: read_fused) against its separate passes (h5in_fused_reads 0),
+ * for float32, float16 and bfloat16 in bnhd: k with no non-finite value, or one at its first
+ * element, at the last element of a fused run and at the first of the next, in the middle, at
+ * its last element, or two in different runs (the later run's first); read whole and in two
+ * pieces that start mid-run, as float32 and in the file's type. Either way: the same values,
+ * the same digest, the verdict brute force gives (the first non-finite element and its kind)
+ * and the same largest |x|. */
+static void test_fused_read(const char *dir) {
+    static const fa_dtype types[3] = {FA_F32, FA_F16, FA_BF16};
+    static const char *const kind[3] = {"NaN", "+Inf", "-Inf"};
+    const int64_t B = 2, Hh = 4, D = 64, row_el = Hh * D;
+    char path[512];
+    snprintf(path, sizeof path, "%s/fused.h5", dir);
+    for (int ti = 0; ti < 3; ti++) {
+        const fa_dtype t = types[ti];
+        const int es = fa_dtype_size(t);
+        const int64_t run = H5IN_FUSED_RUN_BYTES / (row_el * es);      /* rows per fused run */
+        const int64_t N = 3 * run + 37, per_b = N * row_el, n = B * per_b;
+        check(run >= 2, "fused %s: runs of %lld rows", fa_dtype_name(t), (long long)run);
+        /* where k's non-finite values are (element indices in batch 1; -1: none) */
+        const int64_t place[][2] = {{-1, -1}, {0, -1}, {run * row_el - 1, -1}, {run * row_el, -1},
+                                    {per_b / 2 + 5, -1}, {per_b - 1, -1},
+                                    {2 * run * row_el + 3, run * row_el + 7 * D + 1}};
+        const row_range whole[1] = {{0, N}}, parts[2] = {{3, run + 5}, {run + 20, N - run - 22}};
+        float *x = fa_malloc((size_t)n * 4, "values"), *got[2], *ref = fa_malloc((size_t)n * 4, "ref");
+        unsigned char *raw = fa_malloc((size_t)n * es, "file bytes"), *kept[2];
+        for (int u = 0; u < 2; u++)
+            got[u] = fa_malloc((size_t)n * 4, "read"), kept[u] = fa_malloc((size_t)n * es, "kept");
+        for (size_t c = 0; c < sizeof place / sizeof place[0]; c++) {
+            for (int64_t i = 0; i < n; i++)
+                x[i] = (float)((int64_t)((uint64_t)(i + c) * 2654435761u % 2001) - 1000) / 250.0f;
+            x[per_b + (int64_t)(c * 9973) % per_b] = 777.0f;     /* the largest, somewhere */
+            x[5] = NAN;                                         /* batch 0's: never read */
+            for (int j = 0; j < 2; j++)
+                if (place[c][j] >= 0) x[per_b + place[c][j]] = j ? NAN : c % 2 ? INFINITY : -INFINITY;
+            fa_from_f32(t, x, raw, n);
+            fa_to_f32(t, raw, ref, n);                          /* the values as stored */
+            hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+            hid_t ft = h5io_file_type(t);
+            const char *names[3] = {"q", "k", "v"};
+            for (int ds = 0; ds < 3; ds++) {
+                hsize_t dk[4] = {B, ds ? N : 5, Hh, D};
+                hid_t sp = H5Screate_simple(4, dk, NULL);
+                hid_t d = H5Dcreate2(file, names[ds], ft, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                H5Dwrite(d, ft, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw);
+                H5Dclose(d), H5Sclose(sp);
+            }
+            H5Tclose(ft), H5Fclose(file);
+            h5in *in;
+            fa_shape sh;
+            fa_clearerr();
+            if (!check(h5in_open(path, NULL, MPI_COMM_SELF, test_cap, &in, &sh) == 0,
+                       "fused: open %s (%s)", path, fa_errmsg()))
+                continue;
+            for (int pr = 0; pr < 2; pr++)
+                for (int native = 0; native < 2; native++) {
+                    const row_range *r = pr ? parts : whole;
+                    const int nr = pr ? 2 : 1;
+                    /* brute force over the rows read: the first non-finite, the largest |x| */
+                    int64_t first = -1, m = 0;
+                    float amax = 0;
+                    for (int i = 0; i < nr; i++)
+                        for (int64_t e = r[i].start * row_el; e < (r[i].start + r[i].n) * row_el; e++, m++) {
+                            const float v = ref[per_b + e];
+                            if (!isfinite(v)) { if (first < 0) first = e; }
+                            else if (fabsf(v) > amax) amax = fabsf(v);
+                        }
+                    int st[2];
+                    float am[2];
+                    uint64_t dg[2][3];
+                    char msg[2][1024];
+                    for (int fused = 1; fused >= 0; fused--) {
+                        h5in_fused_reads(in, fused);
+                        h5in_take_digests(in, dg[fused]);
+                        st[fused] = native ? h5in_read_rows_as(in, "k", 1, r, nr, kept[fused], t, 1)
+                                           : h5in_read_rows(in, "k", 1, r, nr, got[fused], 1);
+                        snprintf(msg[fused], sizeof msg[fused], "%s", st[fused] ? fa_errmsg() : "");
+                        fa_clearerr();
+                        am[fused] = h5in_last_absmax(in, "k");
+                        h5in_take_digests(in, dg[fused]);
+                    }
+                    char what[160];
+                    snprintf(what, sizeof what, "fused %s, k's non-finite at %lld and %lld, %s, as %s",
+                             fa_dtype_name(t), (long long)place[c][0], (long long)place[c][1],
+                             pr ? "two pieces" : "whole", native ? fa_dtype_name(t) : "float32");
+                    const size_t bytes = (size_t)m * (native ? es : 4);
+                    check(st[1] == st[0] && !strcmp(msg[1], msg[0]) && dg[1][1] == dg[0][1] &&
+                          dg[1][1] != 0 && (st[1] || am[1] == am[0]) &&
+                          !memcmp(native ? (void *)kept[1] : got[1], native ? (void *)kept[0] : got[0], bytes),
+                          "%s: the same values, digest, verdict and largest |x| as the separate "
+                          "passes (\"%s\", %g)", what, msg[1], am[1]);
+                    if (first < 0) {
+                        check(st[1] == 0 && am[1] == amax, "%s: finite, largest |x| %g (got %g)",
+                              what, amax, am[1]);
+                        continue;
+                    }
+                    const float v = ref[per_b + first];
+                    char where[128];
+                    snprintf(where, sizeof where, "%s at [1, %lld, %lld, %lld]",
+                             kind[v != v ? 0 : v > 0 ? 1 : 2], (long long)(first / row_el),
+                             (long long)(first / D % Hh), (long long)(first % D));
+                    check(st[1] == -1 && strstr(msg[1], where) != NULL, "%s: \"%s\" in \"%s\"",
+                          what, where, msg[1]);
+                }
+            h5in_close(in);
+        }
+        free(x), free(ref), free(raw);
+        for (int u = 0; u < 2; u++) free(got[u]), free(kept[u]);
+    }
+}
+
 /* ============================ output ===================================================== */
 static void fill_rows(float *o, float *lse, int64_t b, int64_t r0, int64_t n, int64_t H,
                       int64_t D) {
@@ -1400,6 +1511,7 @@ int main(int argc, char **argv) {
             test_input_errors(dir);
             test_read_errors(dir);
             test_scan_source(dir);
+            test_fused_read(dir);
             test_output_types(dir);
             test_output_errors(dir);
             test_resume(dir);

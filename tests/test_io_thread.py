@@ -58,7 +58,8 @@ def test_thread_gives_the_same_bits(tmp_path, nranks, q_read, extra):
     assert r1["phases_s"]["io_exposed"] >= 0 and r0["phases_s"]["io_exposed"] > 0
 
 
-@pytest.mark.parametrize("var,value", [("FA_IO_THREAD", "yes"), ("FA_DIRECT_READ", "on")])
+@pytest.mark.parametrize("var,value", [("FA_IO_THREAD", "yes"), ("FA_DIRECT_READ", "on"),
+                                       ("FA_FUSED_READ", "2")])
 def test_bad_io_setting_refused(tmp_path, var, value):
     """The I/O settings take 0 or 1: anything else is one line naming the variable, exit 2 on
     every rank, nothing written."""
