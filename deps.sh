@@ -8,7 +8,7 @@
 set -e
 MODE=${1:-test}
 PKGS="make gcc pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev libhdf5-dev hdf5-tools \
-libopenblas-dev zlib1g-dev python3-h5py python3-numpy python3-pytest slurmctld slurmd slurm-client munge \
+libopenblas-dev zlib1g-dev libdeflate0 python3-h5py python3-numpy python3-pytest slurmctld slurmd slurm-client munge \
 gnuplot-nox"
 
 have_hdf5() {

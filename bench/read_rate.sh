@@ -6,7 +6,7 @@
 # best of 3; run before and after the rest, the better kept) and build/bench/read_rate (k and v
 # read by h5in as the pipeline reads keys, the finite check on, kept as bfloat16 and widened to
 # float32, fused and with FA_FUSED_READ's separate passes, validated equal first, best of REPS;
-# zlib crc32's rate on one thread). A '#'-headed table; rows appended to
+# zlib crc32's rate on one thread, and fa_crc32's: libdeflate's where the machine has it). A '#'-headed table; rows appended to
 # bench/results/read_rate_<machine>.csv.
 #
 #   [NK=262144] [REPS=5] [OMP_NUM_THREADS=...] [MACHINE=name] bash bench/read_rate.sh
@@ -33,18 +33,21 @@ mpirun $R -np 1 --bind-to none -x OMP_NUM_THREADS ./build/bench/read_rate "$TMP/
 read -r MEMCPY PREAD < <(awk '!/^#/ {if ($3 > m) m = $3; if ($4 > p) p = $4} END {print m, p}' "$TMP/pc.txt")
 GB=$(awk '!/^#/ {print $3; exit}' "$TMP/rr.txt")
 CRC=$(sed -n 's/^# zlib crc32 .*: \([0-9.]*\) GB\/s$/\1/p' "$TMP/rr.txt")
+FCRC=$(sed -n 's/^# fa_crc32 .*: \([0-9.]*\) GB\/s$/\1/p' "$TMP/rr.txt")
+FIMPL=$(sed -n 's/^# fa_crc32 (\([a-z]*\)).*/\1/p' "$TMP/rr.txt")
 rate() { awk -v a="$1" -v p="$2" '!/^#/ && $1 == a && $2 == p {print $5}' "$TMP/rr.txt"; }
-[ -f "$CSV" ] || echo "machine,date,rev,threads,nk,kv_gb,as,fused_gbps,separate_gbps,memcpy_gbps,pread_gbps,fused_over_memcpy,separate_over_memcpy,crc32_gbps_one_thread" > "$CSV"
+[ -f "$CSV" ] || echo "machine,date,rev,threads,nk,kv_gb,as,fused_gbps,separate_gbps,memcpy_gbps,pread_gbps,fused_over_memcpy,separate_over_memcpy,crc32_gbps_one_thread,crc32_impl,fa_crc32_gbps_one_thread" > "$CSV"
+head -1 "$CSV" | grep -q crc32_impl || sed -i '1s/$/,crc32_impl,fa_crc32_gbps_one_thread/' "$CSV"   # rows before: zlib
 echo "# fa_long key reads from the page cache  $DATE  $MACHINE  rev $REV  $THREADS threads"
 echo "# bfloat16 k and v of 16 queries x $NK keys (H 32, Hkv 8, D 128): $GB GB; memcpy and pread of the whole file in the same run"
-grep '^#' "$TMP/rr.txt" | head -2
+grep '^#' "$TMP/rr.txt" | head -3
 printf '#%-9s %12s %14s %12s %11s %13s %15s\n' as fused_GB/s separate_GB/s memcpy_GB/s pread_GB/s fused/memcpy separate/memcpy
 for as in bfloat16 float32; do
   F=$(rate $as fused); S=$(rate $as separate)
   RF=$(awk -v a="$F" -v b="$MEMCPY" 'BEGIN {printf "%.3f", a / b}')
   RS=$(awk -v a="$S" -v b="$MEMCPY" 'BEGIN {printf "%.3f", a / b}')
   printf ' %-9s %12s %14s %12s %11s %13s %15s\n' $as "$F" "$S" "$MEMCPY" "$PREAD" "$RF" "$RS"
-  echo "$MACHINE,$DATE,$REV,$THREADS,$NK,$GB,$as,$F,$S,$MEMCPY,$PREAD,$RF,$RS,$CRC" >> "$CSV"
+  echo "$MACHINE,$DATE,$REV,$THREADS,$NK,$GB,$as,$F,$S,$MEMCPY,$PREAD,$RF,$RS,$CRC,$FIMPL,$FCRC" >> "$CSV"
 done
 echo "# float32: widened on the host (the CPU engine's reads; twice the bytes written); bfloat16: kept as stored (the GPU's)"
 echo "# wrote $CSV"

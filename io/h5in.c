@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "io/h5priv.h"
 #include "io/convert.h"
+#include "base/crc32.h"
 #include <string.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -454,9 +455,10 @@ void h5in_close(h5in *f) {
             snprintf(fused, sizeof fused, " (%.3f s of it in fused passes, each run read, "
                      "hashed, scanned and widened as it lands: shared out by its threads' time)",
                      f->t_fused);
-        fa_log(2, "fa_long: rank %d read %.3f GB of '%s': file to memory %.3f s, digests %.3f s, "
-                  "finite scan %.3f s, byte order, layout and widening %.3f s%s", fa_rank,
-               f->bytes_in * 1e-9, f->path, f->t_io, f->t_hash, f->t_scan, f->t_conv, fused);
+        fa_log(2, "fa_long: rank %d read %.3f GB of '%s': file to memory %.3f s, digests %.3f s "
+                  "(crc32: %s), finite scan %.3f s, byte order, layout and widening %.3f s%s",
+               fa_rank, f->bytes_in * 1e-9, f->path, f->t_io, f->t_hash, fa_crc32_impl(),
+               f->t_scan, f->t_conv, fused);
     }
     close_handles(f);
     MPI_Comm_free(&f->comm);
@@ -690,7 +692,8 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
 }
 
 /* Adds the hashes of the rows of one transfer (buf: the pieces' rows as the file holds them,
- * before any byte swap or conversion) to f->digest[idx]. A row's hash is zlib's crc32 of its
+ * before any byte swap or conversion) to f->digest[idx]. A row's hash is the crc32 of its
+ * (zlib's CRC-32; base/crc32.c runs libdeflate's where the system has it: the same values)
  * bytes seeded with the crc32 of its position (dataset, batch, row), in the high half, and that
  * seed in the low half; the digest is their sum mod 2^64, so it does not depend on how rows are
  * split across transfers, reads or ranks, and a change within 32 bits of any one row always
@@ -700,8 +703,8 @@ static int check_finite_all(h5in *f, int idx, int64_t b, const row_range *r, int
  * re-read every chunk, and nothing could compare it). */
 static uint64_t row_hash(int idx, int64_t b, int64_t row, const Bytef *x, int64_t row_bytes) {
     const int64_t pos[3] = {idx, b, row};
-    const uLong seed = crc32(0L, (const Bytef *)pos, (uInt)sizeof pos);
-    const uLong c = crc32(seed, x, (uInt)row_bytes);
+    const uint32_t seed = fa_crc32(0, pos, sizeof pos);
+    const uint32_t c = fa_crc32(seed, x, (size_t)row_bytes);
     return ((uint64_t)c << 32) | (uint64_t)seed;
 }
 

@@ -24,7 +24,7 @@ from reference import attention_f64, rel_err
 SERIAL_INC = pathlib.Path("/usr/include/hdf5/serial")
 SERIAL_LIB = pathlib.Path("/usr/lib/x86_64-linux-gnu/hdf5/serial")
 IO_SRCS = ["io/convert.c", "io/h5io.c", "io/h5in.c", "io/h5out.c", "base/common.c", "base/agree.c",
-           "base/affinity.c"]
+           "base/affinity.c", "base/crc32.c"]
 
 
 def bf16_type(big_endian=False):

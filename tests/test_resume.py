@@ -319,9 +319,13 @@ def test_resume_with_another_rank_count_default_chunk(tmp_path):
 
 
 # ---- issue 22 item 6: the fused read hashes the keys as the separate pass did -------------------
-@pytest.mark.parametrize("stop,resume", [("0", "1"), ("1", "0")], ids=["unfused-to-fused", "fused-to-unfused"])
+@pytest.mark.parametrize("stop,resume", [({"FA_FUSED_READ": "0"}, {"FA_FUSED_READ": "1"}),
+                                         ({"FA_FUSED_READ": "1"}, {"FA_FUSED_READ": "0"}),
+                                         ({"FA_CRC32": "zlib"}, {}), ({}, {"FA_CRC32": "zlib"})],
+                         ids=["unfused-to-fused", "fused-to-unfused", "zlib-to-default", "default-to-zlib"])
 def test_resume_across_fused_and_unfused_reads(tmp_path, stop, resume):
-    """Stopped with the keys' digests summed by one read path (FA_FUSED_READ), resumed with the
+    """Stopped with the keys' digests summed by one read path (FA_FUSED_READ) or one crc32
+    (FA_CRC32=zlib against the default, libdeflate's where the machine has it), resumed with the
     other: the same digests (each batch element's k and v span several fused runs), so the resume
     goes on, and the output is the uninterrupted run's bit for bit."""
     inp, out, plain = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "plain.h5"
@@ -330,9 +334,9 @@ def test_resume_across_fused_and_unfused_reads(tmp_path, stop, resume):
     write_inputs(inp, q, k, v, dtype="bfloat16")
     args = ["-i", inp, "-o", out, "--chunk", "50", "--resume"]
     assert run_fa(["-i", inp, "-o", plain, "--chunk", "50", "-q"], env=STOP_ENV).returncode == 0
-    partial, done = stop_with_usr1(args, 1, {"FA_FUSED_READ": stop})
+    partial, done = stop_with_usr1(args, 1, stop)
     assert done < 16
-    p = run_fa(args, env={**STOP_ENV, "FA_FUSED_READ": resume})
+    p = run_fa(args, env={**STOP_ENV, **resume})
     assert p.returncode == 0 and f"resuming {out} from chunk {done}" in p.stderr, p.stderr
     assert not partial.exists()
     with h5py.File(out, "r") as a, h5py.File(plain, "r") as b:
