@@ -79,16 +79,8 @@ def test_shared_library_needs_no_cuda():
     assert not re.search(r"/(libcudart|libnccl|libcuda)\.so", r.stdout), r.stdout
 
 
-class Desc(ctypes.Structure):
-    _fields_ = [("batch", ctypes.c_int64), ("nq", ctypes.c_int64), ("nk", ctypes.c_int64),
-                ("heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64),
-                ("layout", ctypes.c_int), ("dtype", ctypes.c_int), ("scale", ctypes.c_double),
-                ("causal", ctypes.c_int), ("window_left", ctypes.c_int64), ("window_right", ctypes.c_int64),
-                ("softcap", ctypes.c_double), ("alibi_slopes", ctypes.c_void_p), ("ndocs", ctypes.c_int64),
-                ("doc_rows", ctypes.c_int64), ("cu_seqlens_q", ctypes.c_void_p),
-                ("cu_seqlens_k", ctypes.c_void_p), ("threads", ctypes.c_int),
-                ("mode", ctypes.c_int), ("o_dtype", ctypes.c_int), ("chunk", ctypes.c_int64),
-                ("tile_rows", ctypes.c_int), ("tile_keys", ctypes.c_int)]
+sys.path.insert(0, str(ROOT / "python"))
+from fa_long._inproc import Desc  # noqa: E402  (fa_attn_desc, laid out once for Python)
 
 
 @pytest.fixture(scope="module")
