@@ -7,10 +7,12 @@
  * while the next chunk computes, through the engine's slot calls (pipeline.h), the same for every
  * engine; the CPU engines drive the merges' progress between their work items.
  *
- * The file's side runs on the rank's I/O thread (dist/io_worker.h), in tasks every rank submits
+ * Rows come from a source and go to a sink (dist/pipe_io.h: an HDF5 file, or memory). Their
+ * side runs on the rank's I/O thread (dist/io_worker.h), in tasks every rank submits
  * in the same order: chunk i+1's queries are read while chunk i computes (two query buffers),
  * a group's rows are written while the next groups compute (two output buffers), and the keys
- * of batch element b+1 are read once b's last chunk has computed. Only the tasks call HDF5. */
+ * of batch element b+1 are read once b's last chunk has computed. Only the tasks call the source
+ * and the sink. */
 #include "dist/pipeline.h"
 #include "dist/merge.h"
 #include "dist/shard.h"
@@ -43,7 +45,8 @@ typedef struct {             /* COLLECTIVE I/O task: output set `set`'s rows to 
 
 struct pipe_state {
     MPI_Comm comm;
-    int rank, nranks, serial_io;
+    int rank, nranks;
+    int writer;                /* the sink's: the rank that writes every chunk, or -1 (owner) */
     const fa_shape *s;
     int64_t chunk, nchunks_per_b, nchunks;
     int merges_in_flight;      /* chunk i's slot: i % merges_in_flight */
@@ -55,8 +58,8 @@ struct pipe_state {
     int64_t pend_b[2], pend_r0[2], pend_n[2];
     int64_t write_ticket[2];   /* the I/O task writing the set, or -1 */
     write_task wtask[2];
-    h5out *out;
-    h5in *in;
+    pipe_sink *snk;
+    pipe_source *src;
     io_worker *io;
     MPI_Comm io_comm;          /* the I/O tasks' own collectives (never the master's comm) */
     pipeline_stats io_st;      /* what the I/O tasks measured (only they write it until the
@@ -96,10 +99,10 @@ static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, 
 }
 
 static int owner(const pipe_state *p, int64_t i) {
-    return p->serial_io ? 0 : (int)(i % p->nranks);
+    return p->writer >= 0 ? p->writer : (int)(i % p->nranks);
 }
 
-static int64_t group_size(const pipe_state *p) { return p->serial_io ? 1 : p->nranks; }
+static int64_t group_size(const pipe_state *p) { return p->writer >= 0 ? 1 : p->nranks; }
 
 /* The owner of chunk i, rows [r0, r0+n) of batch b finalized into o_out/lse_out: notes the first
  * (row, head) that sees a key and still has a non-finite lse (its scores overflowed float32) or,
@@ -200,12 +203,12 @@ static int run_write(void *arg) {
     const int k = w->set;
     const double t0 = fa_now(), s0 = fa_sync_s;
     const int64_t rows = p->pend_n[k];
-    int rc = h5out_write_rows_as(p->out, rows ? p->pend_b[k] : 0, rows ? p->pend_r0[k] : 0, rows,
-                                 p->o_set[k], p->plan->o_xfer, p->lse_set[k]);
+    int rc = p->snk->write_rows(p->snk->ctx, rows ? p->pend_b[k] : 0, rows ? p->pend_r0[k] : 0,
+                                rows, p->o_set[k], p->plan->o_xfer, p->lse_set[k]);
     const int64_t wb = rows * p->s->H *     /* o in its element type, lse in float32 */
                        (p->s->D * (int64_t)fa_dtype_size(p->plan->o_type) + (p->plan->lse ? 4 : 0));
     io_account(p, t0, s0, rc ? 0 : wb, 1);
-    if (rc == 0) h5out_flush_behind(p->out);   /* on to the disk while later chunks compute */
+    if (rc == 0) p->snk->flush_behind(p->snk->ctx);   /* on to the disk while later chunks compute */
     return rc;
 }
 
@@ -218,7 +221,7 @@ static int run_checkpoint(void *arg) {
     checkpoint_task *c = arg;
     pipe_state *p = c->p;
     const double t0 = fa_now(), s0 = fa_sync_s;
-    int rc = h5out_checkpoint(p->out, c->done);
+    int rc = p->snk->checkpoint(p->snk->ctx, c->done);
     io_account(p, t0, s0, 0, 1);
     free(c);                 /* nobody waits for it by its ticket: a failure stops the tasks
                                 after it, and the next wait sees it */
@@ -328,7 +331,7 @@ typedef struct {
     char *buf, *node_buf;    /* the rank's buffer of this chunk's parity; the node's, or NULL
                                 (rows in the plan's in_type[0]) */
     const void *q;           /* out: where the chunk is */
-    float absmax;            /* out: its largest |q| (h5in_last_absmax) */
+    float absmax;            /* out: its largest |q| (the source's last_absmax) */
     int64_t ticket;          /* -1: none in flight */
 } query_task;
 
@@ -352,9 +355,9 @@ static int run_read_queries(void *arg) {
         MPI_Barrier(p->node);
         fa_sync_s += MPI_Wtime() - tb;
         row_range qr = {r0, n};
-        rc = h5in_read_rows_as(p->in, "q", b, &qr, p->node_rank == 0 ? 1 : 0, t->node_buf, qtype,
-                               check_finite);
-        if (rc == 0) {            /* the same status on every rank (h5in_read_rows agrees) */
+        rc = p->src->read_rows(p->src->ctx, PIPE_Q, b, &qr, p->node_rank == 0 ? 1 : 0, t->node_buf,
+                               qtype, check_finite);
+        if (rc == 0) {            /* the same status on every rank (the source agrees) */
             MPI_Win_sync(p->qwin);
             tb = MPI_Wtime();
             MPI_Barrier(p->node);
@@ -364,7 +367,7 @@ static int run_read_queries(void *arg) {
         }
     } else if (P == 1 || n * row * qes > INT32_MAX || p->plan->q_read != Q_READ_SHARED) {
         row_range qr = {r0, n};
-        rc = h5in_read_rows_as(p->in, "q", b, &qr, 1, q, qtype, check_finite);
+        rc = p->src->read_rows(p->src->ctx, PIPE_Q, b, &qr, 1, q, qtype, check_finite);
     } else {
         int *counts = fa_malloc(sizeof(int) * 2 * (size_t)P, "query slices"), *displs = counts + P;
         for (int r = 0; r < P; r++) {
@@ -374,14 +377,14 @@ static int run_read_queries(void *arg) {
         }
         int64_t a = n * p->rank / P, e = n * (p->rank + 1) / P;
         row_range mine = {r0 + a, e - a};
-        rc = h5in_read_rows_as(p->in, "q", b, &mine, e > a ? 1 : 0, q + a * row * qes, qtype,
-                               check_finite);
-        if (rc == 0)   /* same status on every rank (h5in_read_rows agrees): all or none gather */
+        rc = p->src->read_rows(p->src->ctx, PIPE_Q, b, &mine, e > a ? 1 : 0, q + a * row * qes,
+                               qtype, check_finite);
+        if (rc == 0)   /* same status on every rank (the source agrees): all or none gather */
             MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, q, counts, displs, MPI_BYTE,
                            p->io_comm);
         free(counts);
     }
-    t->absmax = h5in_last_absmax(p->in, "q");
+    t->absmax = p->src->last_absmax(p->src->ctx, PIPE_Q);
     io_account(p, t0, s0, rc ? 0 : n * row * (int64_t)fa_dtype_size(p->s->q_type), 0);
     return rc;
 }
@@ -405,7 +408,7 @@ typedef struct {
     int64_t b;
     int blk;
     char *kbuf, *vbuf;
-    uint64_t d[3];           /* out, last block: the digests of the rows read (h5in_take_digests) */
+    uint64_t d[3];           /* out, last block: the digests of the rows read (the source's take_digests) */
     float kmax, vmax;        /* out: largest |k|, |v| of the block */
     double t_done;           /* out: when its read ended (fa_now) */
     int64_t ticket;
@@ -440,13 +443,14 @@ static int run_load_kv(void *arg) {
     if (e > sh->total) e = sh->total;
     row_range *r = fa_malloc(sizeof *r * (size_t)(sh->n + 1), "key block ranges");
     const int nr = shard_rows(sh, a, e, r);
-    int rc = h5in_read_rows_as(p->in, "k", t->b, r, nr, t->kbuf + a * row * fa_dtype_size(kt), kt, fin);
+    const pipe_source *src = p->src;
+    int rc = src->read_rows(src->ctx, PIPE_K, t->b, r, nr, t->kbuf + a * row * fa_dtype_size(kt), kt, fin);
     if (rc == 0)
-        rc = h5in_read_rows_as(p->in, "v", t->b, r, nr, t->vbuf + a * row * fa_dtype_size(vt), vt, fin);
+        rc = src->read_rows(src->ctx, PIPE_V, t->b, r, nr, t->vbuf + a * row * fa_dtype_size(vt), vt, fin);
     free(r);
-    if (t->blk == p->kv_blocks - 1) h5in_take_digests(p->in, t->d);
-    t->kmax = h5in_last_absmax(p->in, "k");
-    t->vmax = h5in_last_absmax(p->in, "v");
+    if (t->blk == p->kv_blocks - 1) src->take_digests(src->ctx, t->d);
+    t->kmax = src->last_absmax(src->ctx, PIPE_K);
+    t->vmax = src->last_absmax(src->ctx, PIPE_V);
     const int64_t kvb = (e - a) * row * (int64_t)(fa_dtype_size(s->k_type) + fa_dtype_size(s->v_type));
     const double tk = fa_now() - t0 - (fa_sync_s - s0);
     io_account(p, t0, s0, rc ? 0 : kvb, 0);
@@ -483,7 +487,7 @@ static int run_note_digest(void *arg) {
     digest_task *t = arg;
     pipe_state *p = t->p;
     uint64_t rk, rv;
-    if (h5out_recorded_kv(p->out, t->b, &rk, &rv) && (rk != t->k || rv != t->v)) {
+    if (p->snk->recorded_kv(p->snk->ctx, t->b, &rk, &rv) && (rk != t->k || rv != t->v)) {
         char partial[4096];
         h5out_partial_path(p->plan->output, partial, sizeof partial);
         const char *which = rk != t->k && rv != t->v ? "'k' and 'v'" : rk != t->k ? "'k'" : "'v'";
@@ -494,7 +498,7 @@ static int run_note_digest(void *arg) {
                          (long long)t->b, (unsigned long long)(rk != t->k ? t->k : t->v),
                          (unsigned long long)(rk != t->k ? rk : rv));
     }
-    h5out_note_kv(p->out, t->b, t->k, t->v);
+    p->snk->note_kv(p->snk->ctx, t->b, t->k, t->v);
     return 0;
 }
 
@@ -508,7 +512,7 @@ static int note_kv_digest(pipe_state *p, const kv_task *t) {
     return wait_io(p, submit(p, run_note_digest, &dt));
 }
 
-int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
+int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
                  const gpu_comm *gcp, int64_t first_chunk, progress *pg,
                  pipeline_stats *st) {
     pipe_state p = {0};
@@ -521,9 +525,9 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     p.comm = comm;
     MPI_Comm_rank(comm, &p.rank);
     MPI_Comm_size(comm, &p.nranks);
-    p.serial_io = !h5io_parallel();
+    p.writer = snk->writer;
     p.s = s;
-    p.out = out;
+    p.snk = snk;
     p.st = st;
     int gpu = plan->backend == BACKEND_CUDA;
     p.chunk = plan->chunk;
@@ -536,7 +540,11 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     /* the sharding plan */
     kv_shard sh;
     st->layout = plan->layout;
-    shard_plan(s->Nk, p.nranks, p.rank, plan->layout, plan->stripe, &sh);
+    if (plan->own_keys) {            /* the caller's run of keys (the library's) */
+        sh = (kv_shard){.r = fa_calloc(1, sizeof(row_range), "shard plan"), .total = plan->own_k_rows};
+        if (plan->own_k_rows > 0) sh.r[sh.n++] = (row_range){plan->own_k_start, plan->own_k_rows};
+    } else
+        shard_plan(s->Nk, p.nranks, p.rank, plan->layout, plan->stripe, &sh);
 
     /* buffers: this rank's K/V of one batch element, two Q chunks, `merges_in_flight` record sets, two
      * chunks of finalized output; q, k, v in the types the engine takes them in, o in the one
@@ -593,9 +601,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     p.kmax_b = fa_calloc((size_t)s->B, sizeof(float), "key magnitudes");
     p.ovf_chunk = -1;
     /* the I/O thread: its collectives on a communicator of their own */
-    p.in = in;
-    h5in_direct_reads(in, plan->direct_read);
-    h5in_fused_reads(in, plan->fused_read);
+    p.src = src;
     MPI_Comm_dup(comm, &p.io_comm);
     p.io = io_worker_start(plan->io_thread, plan->io_omp_threads);
 
@@ -606,9 +612,9 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out,
     {   /* what a checkpoint records of the input, for --resume */
         int64_t isz, imt;
         uint64_t d[3];
-        h5in_identity(in, &isz, &imt);
-        h5out_note_input(out, isz, imt);
-        h5in_take_digests(in, d);
+        src->identity(src->ctx, &isz, &imt);
+        snk->note_input(snk->ctx, isz, imt);
+        src->take_digests(src->ctx, d);
     }
     p.written = first;
     query_task qt[2] = {{.ticket = -1}, {.ticket = -1}};

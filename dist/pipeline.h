@@ -9,6 +9,7 @@
 #include "kernels/attn.h"
 #include "dist/gpu_comm.h"
 #include "dist/plan.h"
+#include "dist/pipe_io.h"
 #include "dist/shard.h"
 #include "base/progress.h"
 
@@ -118,13 +119,14 @@ typedef struct pipeline_stats {
     double first_compute_lead_s;
 } pipeline_stats;
 
-/* COLLECTIVE. Runs the planned job from `in` to `out` (both open), from chunk first_chunk on
- * (chunks before it are in the output already: --resume). Chunk i covers rows [r0, r0+chunk) of
+/* COLLECTIVE. Runs the planned job from the source `src` to the sink `snk` (an open HDF5 input
+ * and output, or buffers: dist/pipe_io.h), from chunk first_chunk on (chunks before it are in
+ * the output already: --resume). Chunk i covers rows [r0, r0+chunk) of
  * batch element i / ceil(Nq/chunk). gc: the ranks' GPUs and NCCL communicator (GPU plans), or
  * NULL. Returns 0, or -1 with fa_seterr (the same on every rank) on a user-facing error found
  * while reading (non-finite input) or computing (float32 overflow). */
-int pipeline_run(const run_plan *plan, MPI_Comm comm, h5in *in, h5out *out, const gpu_comm *gc,
-                 int64_t first_chunk, progress *pg, pipeline_stats *st);
+int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
+                 const gpu_comm *gc, int64_t first_chunk, progress *pg, pipeline_stats *st);
 
 /* Set by the runner's SIGUSR1/SIGTERM handler. The pipeline checks it at every group write: once
  * any rank has it, all ranks finish the chunks in flight, write them, and return with

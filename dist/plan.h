@@ -64,6 +64,10 @@ typedef struct {
                                     slots: chunk i in slot i % merges_in_flight) */
     shard_layout layout;
     int64_t stripe;              /* keys per stripe (striped layout; 0 automatic) */
+    /* this rank: where the caller holds its keys already (the library's fa_attention_mpi), its
+     * shard is the one run [own_k_start, own_k_start + own_k_rows) instead of the layout's */
+    int own_keys;
+    int64_t own_k_start, own_k_rows;
     q_read_mode q_read;
     double checkpoint_s;         /* seconds between checkpoints of the partial output (<= 0 never) */
     double progress_interval_s;  /* seconds between progress lines in a batch log */

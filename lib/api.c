@@ -1,20 +1,22 @@
-/* api.c — the C library (lib/fa_long.h) over the command's own parts: the mask object
- * (kernels/mask.h), the CPU engine (kernels/cpu/attn_cpu.c), the record merge across ranks
- * (dist/merge.c) and the element conversions (io/convert.c). Query rows go in chunks of at most
- * CHUNK rows, so the working memory is a chunk's states, not Nq's. */
+/* api.c — the C library (lib/fa_long.h): the descriptor's checks, a run plan made from it
+ * (lib_plan: what runner/plan.c decides for the command), and the command's pipeline
+ * (dist/pipeline.c) from the caller's buffers to its o and lse (dist/pipe_mem.c). Query rows go
+ * in chunks, so the working memory is a few chunks' states beside this rank's keys in float32. */
 #include "lib/fa_long.h"
 #include "base/agree.h"
 #include "base/common.h"
-#include "dist/merge.h"
+#include "base/progress.h"
+#include "dist/pipe_io.h"
+#include "dist/pipeline.h"
+#include "dist/plan.h"
 #include "io/h5io.h"
 #include "kernels/attn.h"
 #include "kernels/mask.h"
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHUNK 4096
 
 _Static_assert((int)FA_ELEM_F32 == (int)FA_F32 && (int)FA_ELEM_F16 == (int)FA_F16 &&
                (int)FA_ELEM_BF16 == (int)FA_BF16 && (int)FA_ELEM_F64 == (int)FA_F64,
@@ -26,6 +28,8 @@ void fa_attn_desc_init(fa_attn_desc *d) {
     d->dtype = FA_ELEM_F32;
     d->window_left = d->window_right = -1;
     d->doc_rows = 1;
+    d->mode = FA_MODE_EXACT;
+    d->o_dtype = FA_ELEM_F32;
 }
 
 size_t fa_attn_desc_sizeof(void) { return sizeof(fa_attn_desc); }
@@ -64,6 +68,16 @@ static int validate(const fa_attn_desc *d, attn_mask *m) {
     if (d->softcap < 0 || !isfinite(d->softcap) || d->scale < 0 || !isfinite(d->scale))
         return EINVAL("fa_long: fa_attn_desc: softcap %g and scale %g must be finite and >= 0 "
                       "(0: none / 1/sqrt(head_dim))", d->softcap, d->scale);
+    if ((int)d->mode < 0 || d->mode > FA_MODE_TAYLOR)
+        return EINVAL("fa_long: fa_attn_desc: mode %d is not FA_MODE_EXACT or FA_MODE_TAYLOR",
+                      (int)d->mode);
+    if (d->o_dtype != FA_ELEM_F32 && d->o_dtype != FA_ELEM_F16 && d->o_dtype != FA_ELEM_BF16)
+        return EINVAL("fa_long: fa_attn_desc: o_dtype %d is not FA_ELEM_F32, FA_ELEM_F16 or "
+                      "FA_ELEM_BF16", (int)d->o_dtype);
+    if (d->chunk < 0 || d->tile_rows < 0 || d->tile_keys < 0 || d->threads < 0)
+        return EINVAL("fa_long: fa_attn_desc: chunk %lld, tile %dx%d and threads %d must be >= 0 "
+                      "(0: the library's own)", (long long)d->chunk, d->tile_rows, d->tile_keys,
+                      d->threads);
     *m = mask_plain(d->nq, d->nk, d->causal);          /* causal: right side 0 */
     m->left = d->window_left;
     if (!d->causal) m->right = d->window_right;
@@ -81,104 +95,141 @@ static int validate(const fa_attn_desc *d, attn_mask *m) {
         m->cu_q = d->cu_seqlens_q;
         m->cu_k = d->cu_seqlens_k;
     }
+    if (d->mode == FA_MODE_TAYLOR && !mask_is_plain(m))
+        return EINVAL("fa_long: fa_attn_desc: FA_MODE_TAYLOR computes full or causal attention "
+                      "only; this descriptor has a window, documents, softcap or ALiBi slopes");
     return FA_OK;
 }
 
-/* Rows [r0, r0+n) of batch element b of a [B, N, heads, D] (bnhd) or [B, heads, N, D] (bhnd)
- * tensor of element type t, as fp32 [n, heads, D]. */
-static void gather(const void *src, fa_dtype t, fa_long_layout lay, int64_t N, int64_t heads, int64_t D,
-                   int64_t b, int64_t r0, int64_t n, float *dst, float *tmp) {
-    const int es = fa_dtype_size(t);
-    const char *base = src;
-    if (lay == FA_LAYOUT_BNHD) {
-        fa_to_f32(t, base + (size_t)(((b * N + r0) * heads) * D) * es, dst, n * heads * D);
-        return;
-    }
-    for (int64_t h = 0; h < heads; h++) {
-        fa_to_f32(t, base + (size_t)(((b * heads + h) * N + r0) * D) * es, tmp, n * D);
-        for (int64_t i = 0; i < n; i++) memcpy(dst + (i * heads + h) * D, tmp + i * D, sizeof(float) * (size_t)D);
-    }
-}
+/* ---- the library's plan and run ------------------------------------------------------------ */
+#define LIB_CHUNK 4096               /* query rows per chunk when the descriptor gives none */
+#define LIB_MERGES_IN_FLIGHT 2       /* merges in flight beside the next chunk's compute */
 
-/* Finalizes n*H records of rows [r0, r0+n) of batch b into o (layout) and lse [B,H,Nq]. */
-static void finish(const fa_attn_desc *d, const float *rec, int64_t b, int64_t r0, int64_t n,
-                   float *o, float *lse) {
-    const int64_t H = d->heads, D = d->head_dim, R = D + 2;
-#pragma omp parallel for schedule(static)
-    for (int64_t x = 0; x < n * H; x++) {
-        int64_t i = x / H, h = x % H;
-        float *dst = d->layout == FA_LAYOUT_BNHD ? o + ((b * d->nq + r0 + i) * H + h) * D
-                                                 : o + ((b * H + h) * d->nq + r0 + i) * D;
-        float l = attn_rec_finalize(rec + x * R, (int)D, dst);
-        if (lse) lse[(b * H + h) * d->nq + r0 + i] = l;
-    }
-}
-
-/* The job: every chunk of every batch element against keys [k0, k0+kn), merged over comm when
- * comm != MPI_COMM_NULL (to root, or to every rank when root < 0). */
-static int run(MPI_Comm comm, const fa_attn_desc *d, const attn_mask *m, const void *q, const void *k,
-               const void *v, int64_t k0, int64_t kn, float *o, float *lse, int root, int me) {
-    const int64_t H = d->heads, Hkv = d->kv_heads, D = d->head_dim, R = D + 2;
-    const int64_t chunk = d->nq < CHUNK ? d->nq : CHUNK;
+/* The run plan of a library call: the fields plan_make fills for the command's CPU jobs, from
+ * the descriptor alone (no environment, tune cache or cost model: the chunk and tile are the
+ * descriptor's or the defaults). The caller's keys are each rank's shard (run sets own_keys). */
+static void lib_plan(const fa_attn_desc *d, const attn_mask *m, int nranks, run_plan *p) {
+    memset(p, 0, sizeof *p);
     const fa_dtype t = (fa_dtype)d->dtype;
-    float *qf = fa_malloc(sizeof(float) * (size_t)(chunk * H * D), "library queries");
-    float *kf = fa_malloc(sizeof(float) * (size_t)((kn > 0 ? kn : 1) * Hkv * D), "library keys");
-    float *vf = fa_malloc(sizeof(float) * (size_t)((kn > 0 ? kn : 1) * Hkv * D), "library values");
-    int64_t tn = chunk > kn ? chunk : kn;
-    float *tmp = fa_malloc(sizeof(float) * (size_t)((tn > 0 ? tn : 1) * D), "library staging");
-    float *rec = fa_malloc(sizeof(float) * (size_t)(chunk * H * R), "library states");
-    rec_merge mg;
-    if (comm != MPI_COMM_NULL) rec_merge_init(&mg, (int)D);
-    cpu_tiling tiling = {0, 0, d->threads > 0 ? d->threads : 0, 0};
-    int rc = FA_OK;
-    for (int64_t b = 0; b < d->batch && rc == FA_OK; b++) {
-        if (kn > 0) {
-            gather(k, t, d->layout, kn, Hkv, D, b, 0, kn, kf, tmp);
-            gather(v, t, d->layout, kn, Hkv, D, b, 0, kn, vf, tmp);
-        }
-        attn_kv_segment seg = {.k = kf, .v = vf, .n = kn, .pos0 = k0};
-        for (int64_t r0 = 0; r0 < d->nq; r0 += chunk) {
-            int64_t n = d->nq - r0 < chunk ? d->nq - r0 : chunk;
-            gather(q, t, d->layout, d->nq, H, D, b, r0, n, qf, tmp);
-            attn_queries aq = {.q = qf, .nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv,
-                               .d = (int)D,
-                               .scale = (float)(d->scale > 0 ? d->scale : 1.0 / sqrt((double)D)),
-                               .causal = mask_is_causal(m), .diag = d->nk - d->nq, .mask = m,
-                               .b = b};
-            attn_state_init(rec, n, (int)H, (int)D);
-            if (kn > 0) cpu_attn_partial(&aq, &seg, 1, rec, &tiling, NULL, NULL);
-            if (comm != MPI_COMM_NULL) {
-                int e = root < 0 ? MPI_Allreduce(MPI_IN_PLACE, rec, (int)(n * H), mg.rec, mg.op, comm)
-                                 : MPI_Reduce(me == root ? MPI_IN_PLACE : rec, rec, (int)(n * H), mg.rec,
-                                              mg.op, root, comm);
-                if (e != MPI_SUCCESS) {
-                    fa_seterr("fa_long: fa_attention_mpi: the merge across ranks failed (MPI error %d)", e);
-                    rc = FA_EMPI;
-                    break;
-                }
-            }
-            if (comm == MPI_COMM_NULL || root < 0 || me == root) finish(d, rec, b, r0, n, o, lse);
-        }
+    p->s = (fa_shape){d->batch, d->nq, d->nk, d->heads, d->kv_heads, d->head_dim, t, t, t};
+    p->input = "q, k, v";            /* for the pipeline's messages */
+    p->output = "o";
+    p->mode = d->mode == FA_MODE_TAYLOR ? MODE_TAYLOR : MODE_EXACT;
+    p->backend = BACKEND_CPU;
+    p->compute_name = "float32";
+    p->mask = *m;
+    p->causal = mask_is_causal(m);
+    p->lse = 1;
+    p->scale = d->scale > 0 ? d->scale : 1.0 / sqrt((double)d->head_dim);
+    p->o_type = (fa_dtype)d->o_dtype;
+    p->nranks = nranks;
+    const int64_t c = d->chunk > 0 ? d->chunk : LIB_CHUNK;
+    p->chunk = c < d->nq ? c : d->nq;
+    p->merges_in_flight = LIB_MERGES_IN_FLIGHT;
+    p->layout = SHARD_CONTIGUOUS;    /* one run of keys a rank: the caller's */
+    p->q_read = Q_READ_RANK;         /* every rank holds q: each copies its own chunks */
+    p->io_thread = 0;                /* reads and writes are copies: in series */
+    p->io_omp_threads = d->threads > 0 ? d->threads : omp_get_max_threads();
+    p->tiling = (cpu_tiling){.br = d->tile_rows, .bc = d->tile_keys, .threads = d->threads};
+    for (int i = 0; i < 3; i++) p->in_type[i] = FA_F32;
+    p->o_xfer = FA_F32;
+    p->key_read_rows = 256;          /* unused: keys are not streamed */
+}
+
+/* o's bytes and lse from rank 0 to every rank of comm, in pieces MPI's int counts can take. */
+static void bcast_bytes(void *x, int64_t bytes, MPI_Comm comm) {
+    for (int64_t at = 0; at < bytes; at += 1 << 30) {
+        const int64_t n = bytes - at < (1 << 30) ? bytes - at : (1 << 30);
+        MPI_Bcast((char *)x + at, (int)n, MPI_BYTE, 0, comm);
     }
-    if (comm != MPI_COMM_NULL) rec_merge_free(&mg);
-    free(qf); free(kf); free(vf); free(tmp); free(rec);
+}
+
+/* COLLECTIVE over comm. The pipeline from the buffers (this rank's keys [k0, k0+kn)) to o and
+ * lse on rank `root`, or on every rank when root < 0 (merged on rank 0, then broadcast). */
+static int run(MPI_Comm comm, const char *who, const fa_attn_desc *d, const attn_mask *m,
+               const void *q, const void *k, const void *v, int64_t k0, int64_t kn, void *o,
+               float *lse, int root) {
+    MPI_Comm pc;
+    MPI_Comm_dup(comm, &pc);
+    int me, np;
+    MPI_Comm_rank(pc, &me);
+    MPI_Comm_size(pc, &np);
+    run_plan plan;
+    lib_plan(d, m, np, &plan);
+    plan.own_keys = 1;
+    plan.own_k_start = k0;
+    plan.own_k_rows = kn;
+    const fa_dtype t = (fa_dtype)d->dtype;
+    const int bhnd = d->layout == FA_LAYOUT_BHND;
+    const pipe_mem_tensor in[3] = {
+        {q, t, bhnd, d->batch, d->nq, d->heads, d->head_dim, 0, d->nq},
+        {k, t, bhnd, d->batch, kn, d->kv_heads, d->head_dim, k0, d->nk},
+        {v, t, bhnd, d->batch, kn, d->kv_heads, d->head_dim, k0, d->nk}};
+    pipe_mem_source ms;
+    pipe_source src;
+    pipe_source_mem(&src, &ms, in, pc, who);
+    pipe_mem_sink mo = {o, (fa_dtype)d->o_dtype, bhnd, d->batch, d->nq, d->heads, d->head_dim, lse};
+    pipe_sink snk;
+    pipe_sink_mem(&snk, &mo, root >= 0 ? root : 0);
+    progress pg;
+    progress_init(&pg, 0, 1, 1.0, 0);
+    pipeline_stats st;
+    int rc = pipeline_run(&plan, pc, &src, &snk, NULL, 0, &pg, &st) ? FA_EINVAL : FA_OK;
+    if (rc == FA_OK && root < 0 && np > 1) {
+        const int64_t rows = d->batch * d->nq * d->heads;
+        bcast_bytes(o, rows * d->head_dim * fa_dtype_size(mo.o_type), pc);
+        int with_lse = lse != NULL;
+        MPI_Allreduce(MPI_IN_PLACE, &with_lse, 1, MPI_INT, MPI_MIN, pc);
+        if (with_lse) bcast_bytes(lse, rows * (int64_t)sizeof(float), pc);
+    }
+    pipe_source_mem_free(&ms);
+    MPI_Comm_free(&pc);
     return rc;
 }
 
-int fa_attention(const fa_attn_desc *d, const void *q, const void *k, const void *v, float *o,
+static void finalize_at_exit(void) {
+    int down = 0;
+    MPI_Finalized(&down);
+    if (!down) MPI_Finalize();
+}
+
+/* MPI up for the pipeline's communicators: the caller's, or started here (and finalized at
+ * exit) when the caller has none; FA_EMPI after the caller finalized it. */
+static int mpi_ready(const char *who) {
+    int up = 0, down = 0;
+    MPI_Initialized(&up);
+    MPI_Finalized(&down);
+    if (down) {
+        fa_seterr("fa_long: %s: MPI was finalized already; call it before MPI_Finalize", who);
+        return FA_EMPI;
+    }
+    if (up) return FA_OK;
+    int provided;
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fa_seterr("fa_long: %s: MPI could not be initialized (MPI_Init_thread)", who);
+        return FA_EMPI;
+    }
+    atexit(finalize_at_exit);
+    return FA_OK;
+}
+
+int fa_attention(const fa_attn_desc *d, const void *q, const void *k, const void *v, void *o,
                  float *lse) {
     attn_mask m;
     int rc = validate(d, &m);
     if (rc) return rc;
     if (!q || !k || !v || !o)
         return EINVAL("fa_long: fa_attention: %s is NULL", !q ? "q" : !k ? "k" : !v ? "v" : "o");
-    return run(MPI_COMM_NULL, d, &m, q, k, v, 0, d->nk, o, lse, -1, 0);
+    if ((rc = mpi_ready("fa_attention"))) return rc;
+    return run(MPI_COMM_SELF, "fa_attention", d, &m, q, k, v, 0, d->nk, o, lse, -1);
 }
 
 /* A fingerprint of what every rank must agree on (the descriptor's values, not its pointers). */
 static uint64_t desc_print(const fa_attn_desc *d) {
-    int64_t v[14] = {d->batch, d->nq, d->nk, d->heads, d->kv_heads, d->head_dim, d->layout, d->dtype,
-                     d->causal, d->window_left, d->window_right, d->ndocs, d->doc_rows, d->alibi_slopes != NULL};
+    int64_t v[19] = {d->batch, d->nq, d->nk, d->heads, d->kv_heads, d->head_dim, d->layout, d->dtype,
+                     d->causal, d->window_left, d->window_right, d->ndocs, d->doc_rows,
+                     d->alibi_slopes != NULL, d->mode, d->o_dtype, d->chunk, d->tile_rows,
+                     d->tile_keys};
     double f[2] = {d->scale, d->softcap};
     return fa_fnv1a(fa_fnv1a(FA_FNV_START, v, sizeof v), f, sizeof f);
 }
@@ -189,7 +240,7 @@ static int cmp_run(const void *a, const void *b) {
 }
 
 int fa_attention_mpi(MPI_Comm comm, const fa_attn_desc *d, const void *q, const void *k,
-                     const void *v, int64_t k_start, int64_t k_rows, float *o, float *lse,
+                     const void *v, int64_t k_start, int64_t k_rows, void *o, float *lse,
                      int root) {
     int init = 0, me = 0, np = 1;
     MPI_Initialized(&init);
@@ -233,5 +284,5 @@ int fa_attention_mpi(MPI_Comm comm, const fa_attn_desc *d, const void *q, const 
         rc = EINVAL("fa_long: fa_attention_mpi: the ranks' shards cover keys [0, %lld) of nk %lld",
                     (long long)at, (long long)d->nk);
     if (fa_agree(comm, rc, -1)) return rc ? rc : FA_EINVAL;
-    return run(comm, d, &m, q, k, v, k_start, k_rows, o, lse, root, me);
+    return run(comm, "fa_attention_mpi", d, &m, q, k, v, k_start, k_rows, o, lse, root);
 }

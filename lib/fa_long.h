@@ -1,22 +1,39 @@
 /* fa_long.h — fa_long as a C library (libfa_long.so / libfa_long.a; pkg-config fa_long).
  *
- * Exact attention o = softmax(scale q kᵀ + mask) v, the same computation as the fa_long command
- * (whose runs are built on this library's objects), on buffers in memory:
+ * Exact attention o = softmax(scale q kᵀ + mask) v (or its first-order Taylor approximation,
+ * mode FA_MODE_TAYLOR) on buffers in memory, computed by the fa_long command's own pipeline
+ * (dist/pipeline.c: query chunks, the engine, the merges across ranks) with the buffers as its
+ * source and sink instead of HDF5 files: on the same inputs, chunk, tile and threads, o and lse
+ * are bit for bit the command's (CPU engine; the CUDA engine is not in the library yet).
  *   fa_attention       one process, the CPU engine (OpenMP threads);
  *   fa_attention_mpi   across an MPI communicator: every rank passes all the queries and its own
- *                      shard of the keys (a contiguous run of key positions, as the command's
- *                      contiguous layout), and gets o and lse merged exactly over every rank's
- *                      keys (the partial softmax states merged in fp32 by one MPI reduction).
+ *                      shard of the keys (a contiguous run of key positions), and gets o and lse
+ *                      merged exactly over every rank's keys (the command's merges: each chunk's
+ *                      partial softmax states reduced in fp32 while the next chunk computes).
  * Shapes (the command's letters): q [B, Nq, H, D], k and v [B, Nk, Hkv, D], H a multiple of Hkv
  * (GQA, MQA), D <= 256; layout FA_LAYOUT_BHND is torch's [B, H, N, D] for q, k, v and o alike.
- * Inputs float32, float16, bfloat16 (uint16 bit patterns) or float64; o float32 in the layout
- * given, lse [B, H, Nq] float32 (natural log; -inf for a row that sees no key, whose o is 0).
+ * Inputs float32, float16, bfloat16 (uint16 bit patterns) or float64, finite (a NaN or Inf is
+ * an FA_EINVAL naming its index, as the command refuses it); o in the layout given and in
+ * o_dtype (float32 by default, or float16/bfloat16, rounded to nearest even as the command
+ * writes them), lse [B, H, Nq] float32 (natural log; -inf for a row that sees no key, whose o
+ * is 0).
  * Masks as the command's (README "Masks"): bottom-right causal, windows (flash-attn's
  * window_size), packed documents (cu_seqlens offsets), softcap, ALiBi slopes.
  *
  * Errors: a non-zero FA_E* return, and fa_long_error() says what in one line (the argument, what
- * was expected; one buffer for the process, the last error). Compile with mpicc (the MPI
- * function's communicator), link with `pkg-config --libs fa_long`. */
+ * was expected; one buffer for the process, the last error). A bad argument never aborts the
+ * caller; an internal failure of the pipeline (out of memory, an MPI or engine error) still
+ * ends the process with one line, as the command's does. Compile with mpicc (the MPI
+ * function's communicator), link with `pkg-config --libs fa_long`.
+ *
+ * MPI: the pipeline runs on a duplicate of the communicator (fa_attention: of MPI_COMM_SELF).
+ * fa_attention initializes MPI itself when the caller has not (MPI_Init_thread, FUNNELED) and
+ * finalizes it at exit; a process that finalized MPI already gets FA_EMPI. Call the library
+ * from the thread that initialized MPI (or with MPI_THREAD_SERIALIZED or better).
+ *
+ * API versions: 2 appended mode, o_dtype, chunk, tile_rows and tile_keys to fa_attn_desc and
+ * made o a void pointer (its type is o_dtype); a program built against version 1 must be
+ * compiled again (fa_attn_desc_init fills the larger struct). */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -26,11 +43,15 @@
 extern "C" {
 #endif
 
-#define FA_LONG_API_VERSION 1
+#define FA_LONG_API_VERSION 2
 
 typedef enum { FA_LAYOUT_BNHD = 0, FA_LAYOUT_BHND = 1 } fa_long_layout;
 /* element types: the values of the command's own (float32, float16, bfloat16, float64) */
 typedef enum { FA_ELEM_F32 = 0, FA_ELEM_F16 = 1, FA_ELEM_BF16 = 2, FA_ELEM_F64 = 3 } fa_elem;
+
+/* exact attention, or the first-order Taylor approximation (the command's --mode taylor: full
+ * or causal attention only, Nq == Nk under causal not required) */
+typedef enum { FA_MODE_EXACT = 0, FA_MODE_TAYLOR = 1 } fa_long_mode;
 
 enum { FA_OK = 0, FA_EINVAL = 2, FA_EMPI = 3 };
 
@@ -48,16 +69,22 @@ typedef struct {
     const int64_t *cu_seqlens_q; /* [doc_rows][ndocs+1], 0 .. nq, never decreasing */
     const int64_t *cu_seqlens_k; /* [doc_rows][ndocs+1], 0 .. nk */
     int threads;                 /* OpenMP threads (0: the process's setting) */
+    /* since API version 2 */
+    fa_long_mode mode;           /* FA_MODE_EXACT (the default) or FA_MODE_TAYLOR */
+    fa_elem o_dtype;             /* o's element type: FA_ELEM_F32 (the default), F16 or BF16 */
+    int64_t chunk;               /* query rows per chunk (0: min(nq, 4096)): the command's --chunk */
+    int tile_rows, tile_keys;    /* the CPU engine's tile (0: its own): the command's --tile */
 } fa_attn_desc;
 
-/* Fills the defaults: full attention, bnhd, float32, scale 1/sqrt(D), no window, no documents. */
+/* Fills the defaults: full attention, exact, bnhd, float32 in and out, scale 1/sqrt(D), no
+ * window, no documents, chunk and tile the library's own. */
 void fa_attn_desc_init(fa_attn_desc *d);
 /* sizeof(fa_attn_desc) as the library was built (for bindings that lay the struct out again). */
 size_t fa_attn_desc_sizeof(void);
 
-/* One process, CPU engine. q [B,Nq,H,D], k, v [B,Nk,Hkv,D] in d->layout and d->dtype; o float32
- * of q's shape in d->layout; lse [B,H,Nq] or NULL. */
-int fa_attention(const fa_attn_desc *d, const void *q, const void *k, const void *v, float *o,
+/* One process, CPU engine. q [B,Nq,H,D], k, v [B,Nk,Hkv,D] in d->layout and d->dtype; o of q's
+ * shape in d->layout and d->o_dtype; lse [B,H,Nq] or NULL. */
+int fa_attention(const fa_attn_desc *d, const void *q, const void *k, const void *v, void *o,
                  float *lse);
 
 /* COLLECTIVE over comm (every rank the same desc). Rank r passes all of q and the keys
@@ -65,7 +92,7 @@ int fa_attention(const fa_attn_desc *d, const void *q, const void *k, const void
  * [B, Hkv, k_rows, D] for bhnd); the runs of all ranks cover [0, Nk) without overlap (checked).
  * o and lse (may be NULL) are written on rank `root`, or on every rank when root < 0. */
 int fa_attention_mpi(MPI_Comm comm, const fa_attn_desc *d, const void *q, const void *k,
-                     const void *v, int64_t k_start, int64_t k_rows, float *o, float *lse,
+                     const void *v, int64_t k_start, int64_t k_rows, void *o, float *lse,
                      int root);
 
 const char *fa_long_error(void);     /* the last error's one line ("" after success) */

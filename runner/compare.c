@@ -114,7 +114,11 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
     progress pg;
     progress_init(&pg, 0, 1, 1.0, pl.progress_interval_s);
     pipeline_stats st;
-    int rc = pipeline_run(&pl, MPI_COMM_WORLD, in, out, gc, 0, &pg, &st);
+    pipe_source src;
+    pipe_sink snk;
+    pipe_source_h5(&src, in, pl.direct_read, pl.fused_read);
+    pipe_sink_h5(&snk, out);
+    int rc = pipeline_run(&pl, MPI_COMM_WORLD, &src, &snk, gc, 0, &pg, &st);
     if (agree_rc(rc)) {
         h5out_abort(out);
         h5in_close(in);

@@ -647,7 +647,11 @@ int cmd_run(int argc, char **argv) {
     progress_skip(&pg, first, done_flops(&pl.mask, &s, chunk, first));
     pipeline_stats st;
     clk.t[TL_CREATE] += lap(&mark);
-    rc = pipeline_run(&pl, MPI_COMM_WORLD, r.in, r.out, gcp, first, &pg, &st);
+    pipe_source src;               /* the pipeline reads the input and writes the output */
+    pipe_sink snk;
+    pipe_source_h5(&src, r.in, pl.direct_read, pl.fused_read);
+    pipe_sink_h5(&snk, r.out);
+    rc = pipeline_run(&pl, MPI_COMM_WORLD, &src, &snk, gcp, first, &pg, &st);
     progress_end(&pg);
     lap(&mark);                    /* its phases come from st (job_clock_close) */
     if (rc == 0 && st.stopped) {

@@ -6,7 +6,8 @@ layouts, lse and groups; options as flags and the mpirun line; FaLongError with 
 and exit status; torch-like tensors (a duck-typed stand-in, and torch itself where it is
 installed); attention(); mask tables; a wheel built offline; issue 27: a layout attribute only
 when given, torch tensors' layout given or refused, fa_long's warnings as Python warnings, no
-unclosed pipes."""
+unclosed pipes; issue 26: attention() in process through the C library (no command started), o in
+q's type and bit for bit the command's, flash-attn's mask names, bf16 bits, the library's errors."""
 import importlib.util
 import os
 import subprocess
@@ -598,3 +599,97 @@ def test_masks_through_the_module(tmp_path):
     assert rel_err(o, ro) <= max(1e-5, 8 * 2.0 ** -24 * kappa)
     with h5py.File(tmp_path / "o.h5") as f:
         assert f.attrs["mask"] == "window 12,0, 3 documents, softcap 9, alibi"
+
+
+# ---- issue 26 item 3: attention() in process, through the C library --------------------------------------
+@pytest.fixture
+def no_command(monkeypatch):
+    """attention() must not start fa_long: run and write_inputs fail if called."""
+    def refuse(*a, **k):
+        raise AssertionError("attention() went through the command")
+    monkeypatch.setattr(fa_long, "run", refuse)
+    monkeypatch.setattr(fa_long, "write_inputs", refuse)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_attention_in_process_is_the_commands(tmp_path, no_command, dtype):
+    """In process, o comes back in q's type and layout (bhnd here, strided views given), lse
+    too; bit for bit what the command writes for the same arrays, chunk, tile and threads; and
+    close to fp64."""
+    B, Nq, Nk, H, Hkv, D = 2, 75, 101, 6, 2, 24
+    q, k, v = random_inputs(np.random.default_rng(26), B, Nq, Nk, H, Hkv, D)
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    views = [np.swapaxes(x, 1, 2) for x in (q, k, v)]          # bhnd, not contiguous
+    opts = dict(causal=True, chunk=16, tile="8x64", threads=2, backend="cpu")
+    o, lse = fa_long.attention(*views, layout="bhnd", lse=True, **opts)
+    assert o.dtype == np.dtype(dtype) and o.shape == (B, H, Nq, D) and lse.shape == (B, H, Nq)
+    assert rel_err(bhnd(o), attention_f64(q, k, v, causal=True)[0]) <= (2e-3 if dtype == "float16" else 2e-6)
+    from fa_long import _format, _launch
+    inp = _format.write_inputs(tmp_path / "in.h5", *views, layout="bhnd", dtype=None)
+    _launch.run(inp, tmp_path / "out.h5", lse=True, **opts)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        fo, flse = f["o"][()], f["lse"][()]
+    assert fo.dtype == (np.float32 if dtype == "float64" else np.dtype(dtype))
+    assert np.array_equal(o.astype(fo.dtype).view(np.uint8), fo.view(np.uint8))
+    assert np.array_equal(lse.view(np.uint32), flse.view(np.uint32))
+
+
+def test_attention_in_process_masks_and_tensors(no_command):
+    """flash-attn's names: window_size, softcap, alibi_slopes, cu_seqlens; duck-typed tensors
+    (detached, brought to the CPU); against the masks' fp64 reference."""
+    from mask_reference import masked_f64, std_slopes
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 1, 150, 170, 4, 2, 32)
+    cu_q, cu_k = np.array([0, 60, 61, 150]), np.array([0, 70, 90, 170])
+    slopes = np.asarray(std_slopes(4), dtype=np.float32)
+    tq, tk, tv = (FakeTensor(x) for x in (q, k, v))
+    o = fa_long.attention(tq, tk, tv, layout="bnhd", window_size=(12, 3), softcap=9.0,
+                          alibi_slopes=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    assert tq.calls[:2] == ["detach", "cpu"] and isinstance(o, np.ndarray)
+    ro, _, kappa = masked_f64(q, k, v, 12, 3, cu_q, cu_k, softcap=9.0, slopes=slopes.astype(np.float64))
+    assert rel_err(o, ro) <= max(1e-5, 8 * 2.0 ** -24 * kappa)
+    o2 = fa_long.attention(q, k, v, layout="bnhd", causal=True, alibi=True)   # standard slopes
+    ro2, _, kappa = masked_f64(q, k, v, -1, 0, slopes=std_slopes(4))
+    assert rel_err(o2, ro2) <= max(1e-5, 8 * 2.0 ** -24 * kappa)
+
+
+def test_attention_in_process_bf16_bits(fake_torch, no_command):
+    """bfloat16 tensors go in as their bits; o comes back as a bfloat16 tensor built from the
+    library's bits (torch.from_numpy of int16, viewed as bfloat16), on q's device."""
+    class Made(FakeTensor):                 # what the module makes of o
+        device = "cpu"
+
+        def view(self, dtype):
+            assert dtype is fake_torch.bfloat16
+            self.viewed = True
+            return self
+
+        def to(self, device):
+            return self
+
+    given, (q, k, v), _ = inputs("mqa", "bhnd", seed=7)
+    bits = [bf16_nearest_even(x) for x in given]
+    made = []
+    fake_torch.from_numpy = lambda a: made.append(Made(a)) or made[-1]
+    o = fa_long.attention(*(FakeTensor(b, dtype="bfloat16") for b in bits), layout="bhnd",
+                          torch=True)
+    assert o is made[0] and o.viewed and o.a.dtype == np.int16      # o's bits, not values
+    ref = attention_f64(*(bhnd(fa_long.bf16_values(b)) for b in bits))[0]
+    assert rel_err(bhnd(fa_long.bf16_values(o.a.view(np.uint16))), ref) <= 2 ** -8
+
+
+def test_attention_in_process_errors(no_command):
+    """The library's line as FaLongError (exit status 2), the process going on."""
+    (q, k, v), _, _ = inputs("mqa", "bnhd")
+    k = k.copy()
+    k[0, 3, 0, 5] = np.nan
+    with pytest.raises(fa_long.FaLongError) as e:
+        fa_long.attention(q, k, v, layout="bnhd")
+    assert e.value.returncode == 2 and e.value.message == (
+        "fa_long: fa_attention: k has NaN at [0, 3, 0, 5] (its [B, N, heads, D] index); "
+        "expected finite values")
+    k[0, 3, 0, 5] = 0
+    with pytest.raises(fa_long.FaLongError, match="FA_MODE_TAYLOR computes full or causal"):
+        fa_long.attention(q, k, v, layout="bnhd", mode="taylor", window_size=(4, 0))
+    o = fa_long.attention(q, k, v, layout="bnhd", mode="taylor", causal=True)
+    assert o.shape == q.shape and np.isfinite(o).all()
