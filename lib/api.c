@@ -2,6 +2,7 @@
  * (lib_plan: what runner/plan.c decides for the command), and the command's pipeline
  * (dist/pipeline.c) from the caller's buffers to its o and lse (dist/pipe_mem.c). Query rows go
  * in chunks, so the working memory is a few chunks' states beside this rank's keys in float32. */
+#define _GNU_SOURCE
 #include "lib/fa_long.h"
 #include "base/agree.h"
 #include "base/common.h"
@@ -193,6 +194,52 @@ static void finalize_at_exit(void) {
     if (!down) MPI_Finalize();
 }
 
+/* The process's environment, copied (NULL-terminated "NAME=value" strings), and put back:
+ * variables added since are removed, changed or removed ones set again as they were. */
+extern char **environ;
+static char *env_dup(const char *x) {
+    const size_t n = strlen(x) + 1;
+    return memcpy(fa_malloc(n, "environment copy"), x, n);
+}
+
+static char **env_save(void) {
+    int n = 0;
+    while (environ && environ[n]) n++;
+    char **c = fa_calloc((size_t)n + 1, sizeof *c, "environment copy");
+    for (int i = 0; i < n; i++) c[i] = env_dup(environ[i]);
+    return c;
+}
+
+static int env_has(char **list, const char *entry) {
+    for (int i = 0; list[i]; i++)
+        if (!strcmp(list[i], entry)) return 1;
+    return 0;
+}
+
+static void env_restore(char **before) {
+    int n = 0;
+    while (environ && environ[n]) n++;
+    char **now = fa_calloc((size_t)n + 1, sizeof *now, "environment copy");
+    for (int i = 0; i < n; i++) now[i] = env_dup(environ[i]);
+    for (int i = 0; now[i]; i++)               /* added or changed: away */
+        if (!env_has(before, now[i])) {
+            char *eq = strchr(now[i], '=');
+            if (eq) *eq = 0;
+            unsetenv(now[i]);
+        }
+    for (int i = 0; before[i]; i++) {          /* removed or changed: back */
+        char *eq = strchr(before[i], '=');
+        if (!eq || env_has(now, before[i])) continue;
+        *eq = 0;
+        setenv(before[i], eq + 1, 1);
+        *eq = '=';
+    }
+    for (int i = 0; now[i]; i++) free(now[i]);
+    for (int i = 0; before[i]; i++) free(before[i]);
+    free(now);
+    free(before);
+}
+
 /* MPI up for the pipeline's communicators: the caller's, or started here (and finalized at
  * exit) when the caller has none; FA_EMPI after the caller finalized it. */
 static int mpi_ready(const char *who) {
@@ -204,8 +251,17 @@ static int mpi_ready(const char *who) {
         return FA_EMPI;
     }
     if (up) return FA_OK;
+    /* started here: a process of its own (no singleton daemon, shared-memory transports), and
+     * the caller's environment given back as it was. Open MPI's MPI_Init puts its own variables
+     * into it (OMPI_MCA_ess=singleton, PMIx's, ...); a later mpirun started from this process
+     * (Python's os.system, subprocess without env) would take them and exit 1 without a word. */
+    char **before = env_save();
+    setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);
+    setenv("OMPI_MCA_pml", "ob1", 0);
     int provided;
-    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+    const int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+    env_restore(before);
+    if (rc != MPI_SUCCESS) {
         fa_seterr("fa_long: %s: MPI could not be initialized (MPI_Init_thread)", who);
         return FA_EMPI;
     }

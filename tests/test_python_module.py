@@ -693,3 +693,35 @@ def test_attention_in_process_errors(no_command):
         fa_long.attention(q, k, v, layout="bnhd", mode="taylor", window_size=(4, 0))
     o = fa_long.attention(q, k, v, layout="bnhd", mode="taylor", causal=True)
     assert o.shape == q.shape and np.isfinite(o).all()
+
+
+def test_attention_in_process_leaves_the_environment(tmp_path):
+    """A process whose first attention() started MPI keeps its environment: Open MPI's MPI_Init
+    puts its variables into the C environment (OMPI_MCA_ess=singleton, PMIx's server address,
+    ...), which every later child without an explicit env inherits; an mpirun started so then
+    exits 1 without a word. In a fresh interpreter: the children's environment before and after
+    attention() is the same, and a plain `mpirun -np 2 true` started after it succeeds."""
+    script = tmp_path / "env_after.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "import numpy as np\n"
+        "import fa_long\n"
+        "env = lambda: set(subprocess.run(['env'], capture_output=True, text=True).stdout.splitlines())\n"
+        "before = env()\n"
+        "q = np.random.default_rng().random((1, 9, 2, 16), dtype=np.float32)\n"
+        "o = fa_long.attention(q, q, q, layout='bnhd', backend='cpu')\n"
+        "assert o.shape == q.shape\n"
+        "added = sorted(v.split('=')[0] for v in env() - before)\n"
+        "cmd = ['mpirun', '-np', '2', '--oversubscribe', '--bind-to', 'none'] + (['--allow-run-as-root'] if __import__('os').geteuid() == 0 else []) + ['true']\n"
+        "p = subprocess.run(cmd, capture_output=True, text=True)\n"
+        "print('added', ' '.join(added))\n"
+        "print('mpirun', p.returncode, p.stderr.strip()[-200:])\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    for var in [v for v in env if v.startswith(("OMPI_", "PMIX_"))]:
+        env.pop(var)
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = dict(line.split(" ", 1) for line in p.stdout.splitlines() if " " in line)
+    assert lines.get("added", "").strip() == "", p.stdout
+    assert lines.get("mpirun", "").startswith("0"), p.stdout
