@@ -27,8 +27,11 @@
  * function's communicator), link with `pkg-config --libs fa_long`.
  *
  * MPI: the pipeline runs on a duplicate of the communicator (fa_attention: of MPI_COMM_SELF).
- * fa_attention initializes MPI itself when the caller has not (MPI_Init_thread, FUNNELED) and
- * finalizes it at exit; a process that finalized MPI already gets FA_EMPI. Call the library
+ * fa_attention initializes MPI itself when the caller has not (MPI_Init_thread, FUNNELED; Open
+ * MPI as a process of its own, without a singleton daemon) and finalizes it at exit; the
+ * process's environment is given back as it was before MPI_Init (Open MPI adds its variables,
+ * which would break an mpirun started later from the same process); a process that finalized
+ * MPI already gets FA_EMPI. Call the library
  * from the thread that initialized MPI (or with MPI_THREAD_SERIALIZED or better).
  *
  * API versions: 2 appended mode, o_dtype, chunk, tile_rows and tile_keys to fa_attn_desc and
