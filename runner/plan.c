@@ -123,6 +123,24 @@ int plan_env_read(plan_env *e) {
         if (env_size("FA_KEY_READ_ROWS", 1, &x, &set)) return -1;
         if (set) e->key_read_rows = x;
     }
+    {   /* read before MPI_Init where they act (runner/main.c, plan_mpi_env, base/crc32.c):
+         * checked here, so a bad value is an error as any other */
+        int v, set;
+        if (env_flag("FA_MPI_ENV", "Open MPI's transport and hwloc set up for one node, the "
+                     "default", "nothing set before MPI_Init", &v, &set))
+            return -1;
+        static const struct { const char *name, *a, *b, *what; } words[] = {
+            {"FA_GPU_WARMUP", "early", "late", "the CUDA context made from the process's start "
+             "(early, the default) or after MPI_Init (late)"},
+            {"FA_CRC32", "auto", "zlib", "the digests' CRC-32 through libdeflate where the machine "
+             "has it (auto, the default) or zlib's always (zlib)"}};
+        for (int i = 0; i < 2; i++) {
+            const char *w = getenv(words[i].name);
+            if (w && *w && strcmp(w, words[i].a) && strcmp(w, words[i].b))
+                return fa_seterr("%s=%s: expected %s or %s: %s", words[i].name, w, words[i].a,
+                                 words[i].b, words[i].what);
+        }
+    }
     const char *it = getenv("FA_IO_THREAD");
     e->io_thread = 1;
     if (it && *it) {

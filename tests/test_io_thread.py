@@ -59,17 +59,19 @@ def test_thread_gives_the_same_bits(tmp_path, nranks, q_read, extra):
 
 
 @pytest.mark.parametrize("var,value", [("FA_IO_THREAD", "yes"), ("FA_DIRECT_READ", "on"),
-                                       ("FA_FUSED_READ", "2")])
+                                       ("FA_FUSED_READ", "2"), ("FA_MPI_ENV", "2"),
+                                       ("FA_GPU_WARMUP", "soon"), ("FA_CRC32", "fast")])
 def test_bad_io_setting_refused(tmp_path, var, value):
-    """The I/O settings take 0 or 1: anything else is one line naming the variable, exit 2 on
-    every rank, nothing written."""
+    """The I/O and start-up settings take 0 or 1 (early or late, auto or zlib): anything else is
+    one line naming the variable and what it takes, exit 2 on every rank, nothing written."""
     rng = np.random.default_rng()
     inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
     write_inputs(inp, *random_inputs(rng, 1, 20, 20, 2, 1, 8))
     p = run_fa(["-i", inp, "-o", out], nranks=2, env={var: value})
     assert p.returncode == 2, p.stderr
     lines = fa_lines(p.stderr)
-    assert len(lines) == 1 and f"{var}={value}" in lines[0] and "expected 1" in lines[0], p.stderr
+    want = {"FA_GPU_WARMUP": "expected early or late", "FA_CRC32": "expected auto or zlib"}
+    assert len(lines) == 1 and f"{var}={value}" in lines[0] and want.get(var, "expected 1") in lines[0], p.stderr
     assert leftovers(tmp_path, out) == []
 
 
