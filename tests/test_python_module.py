@@ -725,3 +725,24 @@ def test_attention_in_process_leaves_the_environment(tmp_path):
     lines = dict(line.split(" ", 1) for line in p.stdout.splitlines() if " " in line)
     assert lines.get("added", "").strip() == "", p.stdout
     assert lines.get("mpirun", "").startswith("0"), p.stdout
+
+
+def test_attention_in_process_only_where_the_command_would_not_take_a_gpu(monkeypatch):
+    """The library runs the CPU engine: with backend auto (the default) attention() stays in
+    process only where the command would not take a GPU either (no NVIDIA device, or
+    CUDA_VISIBLE_DEVICES hiding them; a tensor on a CUDA device always goes to the command);
+    backend="cpu" is always served in process."""
+    from fa_long import _inproc
+    q = np.zeros((1, 4, 2, 8), np.float32)
+    cuda_t = types.SimpleNamespace(dtype="torch.float32", device="cuda:0")
+    monkeypatch.setattr(_inproc.os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert not _inproc.serves(None, None, {}, q, q, q)
+    assert _inproc.serves(None, None, {"backend": "cpu"}, q, q, q) == (_inproc.library() is not None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _inproc.serves(None, None, {}, q, q, q) == (_inproc.library() is not None)
+    assert not _inproc.serves(None, None, {}, cuda_t, cuda_t, cuda_t)
+    monkeypatch.setattr(_inproc.os.path, "exists", lambda p: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _inproc.serves(None, None, {"backend": "auto"}, q, q, q) == (_inproc.library() is not None)
+    assert not _inproc.serves(None, None, {"backend": "cuda"}, q, q, q)

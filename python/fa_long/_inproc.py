@@ -72,13 +72,27 @@ def library():
     return found
 
 
+def gpu_here(*arrays):
+    """Whether the command's backend auto would take a GPU here (the library runs the CPU engine
+    only): a tensor on a CUDA device, or an NVIDIA driver with devices not hidden by
+    CUDA_VISIBLE_DEVICES."""
+    if any("cuda" in str(getattr(x, "device", "")) for x in arrays):
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl")
+
+
 def serves(ranks, workdir, options, q, k, v):
     """Whether attention can run in process: one process, no folder asked for, options the
-    library takes, the CPU engine, arrays of floating values (or bfloat16 bits), the library
-    found."""
+    library takes, the CPU engine (backend="cpu", or auto where no GPU would be taken), arrays of
+    floating values (or bfloat16 bits), the library found."""
     if ranks not in (1, None) or workdir is not None or not set(options) <= OPTIONS:
         return False
-    if options.get("backend") not in (None, "cpu", "auto"):
+    backend = options.get("backend")
+    if backend not in (None, "cpu", "auto"):
+        return False
+    if backend != "cpu" and gpu_here(q, k, v):   # the command's auto takes the GPU: so do we
         return False
     for x in (q, k, v):
         dt = str(getattr(x, "dtype", ""))
