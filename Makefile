@@ -81,6 +81,13 @@ CC_FOR_NVCC ?= g++
 ALL_CFLAGS = $(CFLAGS) $(HDF5_CFLAGS) $(BLAS_CFLAGS) $(CUDA_CFLAGS)
 ALL_LIBS   = $(HDF5_LIBS) $(BLAS_LIBS) $(CUDA_LIBS) $(LDLIBS)
 
+# ---- the build's configuration: every object depends on $(BUILD)/.config, rewritten only when the
+# flags change (USE_CUDA=0 after a CUDA build, DEBUG=1, another BLAS), so that a build never links
+# objects compiled for another configuration ----------------------------------------------------
+BUILD_CONFIG := $(strip $(ALL_CFLAGS) | $(NVCCFLAGS) $(CUDA_CFLAGS) | USE_CUDA=$(USE_CUDA))
+CONFIG_STAMP := $(BUILD)/.config
+$(shell mkdir -p $(BUILD) && { [ "$$(cat $(CONFIG_STAMP) 2>/dev/null)" = '$(BUILD_CONFIG)' ] || printf '%s\n' '$(BUILD_CONFIG)' > $(CONFIG_STAMP); })
+
 # ---- sources: every .c of the program's folders; CUDA sources only with nvcc -------------------
 C_SRCS  := $(wildcard base/*.c runner/*.c dist/*.c tune/*.c io/*.c kernels/*.c kernels/cpu/*.c lib/*.c)
 CU_SRCS := $(if $(filter 1,$(USE_CUDA)),$(wildcard kernels/cuda/*.cu dist/*.cu))
@@ -142,17 +149,17 @@ install: $(BIN) $(LIBA) $(LIBSO)
 		"$(abspath $(PREFIX))" "$(FA_VERSION_STR)" "$(ALL_LIBS)" > $(PREFIX)/lib/pkgconfig/fa_long.pc
 	@echo "installed fa_long, libfa_long.{so,a}, fa_long.h and fa_long.pc under $(PREFIX)"
 
-$(BUILD)/%.o: %.c
+$(BUILD)/%.o: %.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "Compiling $< > $@"
 	@$(MPICC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BUILD)/lib-cpu/%.o: %.c
+$(BUILD)/lib-cpu/%.o: %.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "Compiling $< > $@ (without CUDA, for $(LIBSO))"
 	@$(MPICC) $(CFLAGS) $(HDF5_CFLAGS) $(BLAS_CFLAGS) -c -o $@ $<
 
-$(BUILD)/%.cu.o: %.cu
+$(BUILD)/%.cu.o: %.cu $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "Compiling $< > $@"
 	@$(NVCC) $(NVCCFLAGS) $(CUDA_CFLAGS) $(HDF5_CFLAGS) -MMD -MP -MF $(BUILD)/$*.cu.d -c -o $@ $< 2> $(BUILD)/$*.cu.ptxas.txt || (cat $(BUILD)/$*.cu.ptxas.txt; exit 1)
