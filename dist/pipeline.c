@@ -2,8 +2,9 @@
  *
  * Chunk i covers query rows [r0, r0+n) of batch element b; chunks run b-major. Its merged result
  * lands on the rank the plan says writes it (plan_chunk_writer: i mod P with parallel HDF5, each
- * rank writing its own rows; rank 0 with serial HDF5, writing everything). Writes are collective per group of G = P chunks (1 when serial),
- * so every rank makes the same sequence of collective calls. Up to `merges_in_flight` merges are in flight
+ * rank writing its own rows; rank 0 with serial HDF5, writing everything). Writes are collective
+ * per group of G = P chunks (1 when serial), so every rank makes the same sequence of collective
+ * calls. Up to `merges_in_flight` merges are in flight
  * while the next chunk computes, through the engine's slot calls (pipeline.h), the same for every
  * engine; the CPU engines drive the merges' progress between their work items.
  *
