@@ -187,12 +187,16 @@ static void job_stats(void *ctx, pipeline_stats *st) {
     st->bytes_paged = g.bytes_paged;
 }
 
+/* The merge as the plan says (pl->merge): NCCL on the device (nccl: its communicator), none
+ * (one rank: finalized on the device), or the records to the host and MPI. */
 static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void *nccl,
                              pipe_engine *e) {
     const fa_shape *s = &pl->s;
+    const int by_nccl = pl->merge == MERGE_NCCL;
+    if (by_nccl && !nccl) return fa_seterr("the plan merges through NCCL, which is not up");
     gpu_job_cfg cfg = {.device = device, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
                        .ct = pl->compute, .slots = pl->merges_in_flight, .max_rows = pl->chunk,
-                       .nccl_comm = nccl, .nccl_size = nccl ? pl->nranks : 1,
+                       .nccl_comm = by_nccl ? nccl : NULL, .nccl_size = by_nccl ? pl->nranks : 1,
                        .plan = pl->kv,        /* the planner's key plan for this rank */
                        .variant = pl->variant,
                        .mask = &pl->mask,     /* windows, documents, softcap, ALiBi */
@@ -210,7 +214,7 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
     e->kv_begin = job_kv_begin;
     e->kv_ready = job_kv_ready;
     e->compute_chunk = job_compute;
-    if (nccl != NULL || pl->nranks == 1) {    /* merged on the device (alone: nothing to merge) */
+    if (pl->merge != MERGE_MPI) {              /* merged on the device (alone: nothing to merge) */
         e->merge_start = job_merge_start;
         e->merge_wait = job_merge_wait;
         e->fetch = job_fetch;
@@ -229,6 +233,10 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
 
 int engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t kv_rows, void *nccl_comm,
                   pipe_engine *e) {
+    const int exact_cuda = pl->mode == MODE_EXACT && pl->backend == BACKEND_CUDA;
+    if (!exact_cuda && pl->merge != MERGE_MPI)   /* the CPU and Taylor engines merge on the host */
+        return fa_seterr("the %s engine on %s merges through MPI, not as the plan says (%s)",
+                         fa_mode_name(pl->mode), fa_backend_name(pl->backend), merge_path_name(pl->merge));
     if (pl->mode == MODE_TAYLOR)   /* first-order Taylor linear attention: dist/taylor_engine.c */
         return taylor_engine_create(pl, comm, device, kv_rows, e);
     if (pl->backend == BACKEND_CUDA) return engine_exact_cuda(pl, comm, device, nccl_comm, e);

@@ -45,12 +45,9 @@ int gpu_comm_init(MPI_Comm comm, int want_nccl, gpu_comm *g) {
 #else
     int nccl_ok = 0;
 #endif
-    if (g->size > 1 && !nccl_ok) {
-        const char *why = shared ? "some GPU serves several ranks (NCCL refuses two ranks on one GPU)"
-                        : !want_nccl ? "NCCL not wanted"
-                        : "this build has no NCCL";
-        fa_log(1, "fa_long: merging through MPI from host memory: %s", why);
-    }
+    g->why = nccl_ok ? "" : !want_nccl ? "not asked for" : g->size < 2 ? "one rank"
+           : shared ? "some GPU serves several ranks (NCCL refuses two ranks on one GPU)"
+           : "this build has no NCCL";
     if (!nccl_ok) return 0;
 #ifdef FA_HAVE_NCCL
     setenv("NCCL_NVLS_ENABLE", "0", 1);    /* never NVLink multicast (see README) */

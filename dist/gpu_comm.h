@@ -4,7 +4,8 @@
  * one rank and the build has NCCL, the ranks bootstrap NCCL over MPI (rank 0's unique id,
  * broadcast) and merge on the device. When some GPU serves several ranks (NCCL refuses two ranks
  * on one GPU: "Duplicate GPU detected"), detected by comparing device UUIDs across each node, or
- * without NCCL, the job says so in one line and merges through MPI from host memory. */
+ * without NCCL, the communicator stays down and `why` says so. Which merge the job runs is the
+ * planner's decision (runner/plan.h: plan_merge), which takes this outcome as an input. */
 #pragma once
 #include <mpi.h>
 
@@ -13,11 +14,13 @@ typedef struct {
     int local_rank, local_size;
     int shared;          /* some GPU of the job serves several ranks */
     int nccl;            /* NCCL communicator up */
+    const char *why;     /* why it is not up ("" when it is): not asked for, one rank, some GPU
+                            serves several ranks, no NCCL in this build */
     void *comm;          /* ncclComm_t */
     int rank, size;
 } gpu_comm;
 
-/* COLLECTIVE. want_nccl 0 forces the MPI merge. Returns 0, or -1 with fa_seterr (same on all)
+/* COLLECTIVE. want_nccl 0: NCCL is not started. Returns 0, or -1 with fa_seterr (same on all)
  * when the NCCL bootstrap fails (ncclGetUniqueId on rank 0, ncclCommInitRank on any rank): the
  * lowest failing rank's line. A rank that NCCL leaves blocked inside ncclCommInitRank cannot
  * report; a rank that cannot select its CUDA device fa_fail()s. */

@@ -31,8 +31,10 @@ static int h5_recorded_kv(void *ctx, int64_t b, uint64_t *k, uint64_t *v) {
     return h5out_recorded_kv(ctx, b, k, v);
 }
 
+int pipe_h5_writer(void) { return h5io_parallel() ? -1 : 0; }
+
 void pipe_sink_h5(pipe_sink *snk, h5out *out) {
-    *snk = (pipe_sink){.ctx = out, .writer = h5io_parallel() ? -1 : 0, .write_rows = h5_write,
+    *snk = (pipe_sink){.ctx = out, .writer = pipe_h5_writer(), .write_rows = h5_write,
                        .flush_behind = h5_flush, .checkpoint = h5_checkpoint,
                        .note_input = h5_note_input, .note_kv = h5_note_kv,
                        .recorded_kv = h5_recorded_kv};

@@ -58,8 +58,11 @@ typedef struct pipe_sink {
 /* ---- the HDF5 file (the command's): today's h5in/h5out calls ------------------------------- */
 /* direct_read, fused_read: the plan's (h5in_direct_reads, h5in_fused_reads). */
 void pipe_source_h5(pipe_source *src, h5in *in, int direct_read, int fused_read);
-/* writer: 0 where this build's HDF5 is serial, else -1 */
+/* writer: pipe_h5_writer() */
 void pipe_sink_h5(pipe_sink *snk, h5out *out);
+/* The rank that writes an HDF5 output's rows: 0 where this build's HDF5 is serial, else -1
+ * (each chunk's owner). The planner's writer for the command (dist/plan.h). */
+int pipe_h5_writer(void);
 
 /* ---- memory (the library's) ------------------------------------------------------------------
  * One tensor in host memory: [B, N, heads, D] (bnhd) or [B, heads, N, D] (bhnd) of `type`, whose

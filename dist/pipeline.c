@@ -1,9 +1,10 @@
 /* pipeline.c — the chunked merge pipeline (see pipeline.h).
  *
  * Chunk i covers query rows [r0, r0+n) of batch element b; chunks run b-major. Its merged result
- * lands on owner(i) = i mod P (parallel HDF5: each rank writes its own rows) or on rank 0 (serial
- * HDF5: rank 0 writes everything). Writes are collective per group of G = P chunks (1 when serial),
- * so every rank makes the same sequence of collective calls. Up to `merges_in_flight` merges are in flight
+ * lands on the rank the plan says writes it (plan_chunk_writer: i mod P with parallel HDF5, each
+ * rank writing its own rows; rank 0 with serial HDF5, writing everything). Writes are collective
+ * per group of G = P chunks (1 when serial), so every rank makes the same sequence of collective
+ * calls. Up to `merges_in_flight` merges are in flight
  * while the next chunk computes, through the engine's slot calls (pipeline.h), the same for every
  * engine; the CPU engines drive the merges' progress between their work items.
  *
@@ -46,7 +47,7 @@ typedef struct {             /* COLLECTIVE I/O task: output set `set`'s rows to 
 struct pipe_state {
     MPI_Comm comm;
     int rank, nranks;
-    int writer;                /* the sink's: the rank that writes every chunk, or -1 (owner) */
+    int writer;                /* the plan's: the rank that writes every chunk, or -1 (owner) */
     const fa_shape *s;
     int64_t chunk, nchunks_per_b, nchunks;
     int merges_in_flight;      /* chunk i's slot: i % merges_in_flight */
@@ -98,9 +99,7 @@ static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, 
     *n = p->s->Nq - *r0 < p->chunk ? p->s->Nq - *r0 : p->chunk;
 }
 
-static int owner(const pipe_state *p, int64_t i) {
-    return p->writer >= 0 ? p->writer : (int)(i % p->nranks);
-}
+static int owner(const pipe_state *p, int64_t i) { return plan_chunk_writer(p->plan, i); }
 
 static int64_t group_size(const pipe_state *p) { return p->writer >= 0 ? 1 : p->nranks; }
 
@@ -512,20 +511,32 @@ static int note_kv_digest(pipe_state *p, const kv_task *t) {
     return wait_io(p, submit(p, run_note_digest, &dt));
 }
 
-int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
+int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
                  const gpu_comm *gcp, int64_t first_chunk, progress *pg,
                  pipeline_stats *st) {
     pipe_state p = {0};
     int rc_engine;
-    p.pg = pg;
-    p.plan = plan;
-    const fa_shape *s = &plan->s;
     memset(st, 0, sizeof *st);
     double t_start = fa_now();
     p.comm = comm;
     MPI_Comm_rank(comm, &p.rank);
     MPI_Comm_size(comm, &p.nranks);
-    p.writer = snk->writer;
+    /* who writes each chunk and this rank's keys: the plan's. A plan made without the planner
+     * (the library's lib_plan) has them made here, by the same call (dist/shard.c) */
+    run_plan rows_plan;
+    const run_plan *plan = planned;
+    if (!planned->rows_planned) {
+        rows_plan = *planned;
+        plan_rows_make(&rows_plan, p.rank, snk->writer);
+        plan = &rows_plan;
+    }
+    if (plan->writer != snk->writer || plan->nranks != p.nranks)
+        fa_fail("the plan's writer (%d of %d ranks) is not the sink's (%d of %d)", plan->writer,
+                plan->nranks, snk->writer, p.nranks);
+    p.pg = pg;
+    p.plan = plan;
+    const fa_shape *s = &plan->s;
+    p.writer = plan->writer;
     p.s = s;
     p.snk = snk;
     p.st = st;
@@ -537,32 +548,27 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
     st->merges_in_flight = p.merges_in_flight;
     int64_t H = s->H, D = s->D, Hkv = s->Hkv;
 
-    /* the sharding plan */
-    kv_shard sh;
+    /* this rank's keys: the plan's */
+    const kv_shard *sh = &plan->shard;
     st->layout = plan->layout;
-    if (plan->own_keys) {            /* the caller's run of keys (the library's) */
-        sh = (kv_shard){.r = fa_calloc(1, sizeof(row_range), "shard plan"), .total = plan->own_k_rows};
-        if (plan->own_k_rows > 0) sh.r[sh.n++] = (row_range){plan->own_k_start, plan->own_k_rows};
-    } else
-        shard_plan(s->Nk, p.nranks, p.rank, plan->layout, plan->stripe, &sh);
 
     /* buffers: this rank's K/V of one batch element, two Q chunks, `merges_in_flight` record sets, two
      * chunks of finalized output; q, k, v in the types the engine takes them in, o in the one
      * it gives (the plan's in_type, o_xfer) */
     const int64_t qes = fa_dtype_size(plan->in_type[0]), kes = fa_dtype_size(plan->in_type[1]),
                   ves = fa_dtype_size(plan->in_type[2]), oes = fa_dtype_size(plan->o_xfer);
-    char *kbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D * kes), "key shard");
-    char *vbuf = fa_aligned_alloc((size_t)(sh.total * Hkv * D * ves), "value shard");
-    attn_kv_segment *segs = fa_calloc((size_t)sh.n + 1, sizeof *segs, "key segments");
-    for (int64_t i = 0, off = 0; i < sh.n; off += sh.r[i].n, i++)
+    char *kbuf = fa_aligned_alloc((size_t)(sh->total * Hkv * D * kes), "key shard");
+    char *vbuf = fa_aligned_alloc((size_t)(sh->total * Hkv * D * ves), "value shard");
+    attn_kv_segment *segs = fa_calloc((size_t)sh->n + 1, sizeof *segs, "key segments");
+    for (int64_t i = 0, off = 0; i < sh->n; off += sh->r[i].n, i++)
         segs[i] = (attn_kv_segment){.k = kbuf + off * Hkv * D * kes, .v = vbuf + off * Hkv * D * ves,
-                                    .n = sh.r[i].n, .pos0 = sh.r[i].start,
+                                    .n = sh->r[i].n, .pos0 = sh->r[i].start,
                                     .k_type = plan->in_type[1], .v_type = plan->in_type[2]};
     /* key reads per batch element: streamed, blocks of key_read_rows rows (every rank as many
      * as the rank with the most keys); else one */
     p.kv_blocks = 1;
     if (plan->stream_keys) {
-        p.kv_blocks = (sh.total + plan->key_read_rows - 1) / plan->key_read_rows;
+        p.kv_blocks = (sh->total + plan->key_read_rows - 1) / plan->key_read_rows;
         MPI_Allreduce(MPI_IN_PLACE, &p.kv_blocks, 1, MPI_INT64_T, MPI_MAX, comm);
         if (p.kv_blocks < 1) p.kv_blocks = 1;
     }
@@ -620,7 +626,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
     query_task qt[2] = {{.ticket = -1}, {.ticket = -1}};
     kv_task *kt = fa_calloc((size_t)p.kv_blocks, sizeof *kt, "key reads");
     for (int j = 0; j < p.kv_blocks; j++)
-        kt[j] = (kv_task){.p = &p, .sh = &sh, .b = -1, .blk = j, .kbuf = kbuf, .vbuf = vbuf, .ticket = -1};
+        kt[j] = (kv_task){.p = &p, .sh = sh, .b = -1, .blk = j, .kbuf = kbuf, .vbuf = vbuf, .ticket = -1};
     /* setup: buffers and the engine's start; in series the first reads run inside their
      * submission and count as reads, not setup */
     const double io_pre = p.t_io_exposed;
@@ -628,17 +634,17 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
                                         while the engine starts (device context, memory) */
         submit_keys(&p, kt, first / p.nchunks_per_b, qt, qbuf, first);
 
-    /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging through
-     * NCCL when it can */
+    /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging as the
+     * plan says (through NCCL on gc's communicator, through MPI, or not at all) */
     const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
     pipe_engine eng;
-    rc_engine = engine_create(plan, comm, gc->device, sh.total, gc->nccl ? gc->comm : NULL, &eng);
+    rc_engine = engine_create(plan, comm, gc->device, sh->total, gc->comm, &eng);
     if (fa_agree(comm, rc_engine, -1)) {
         if (rc_engine == 0) engine_free(&eng);
         memset(&eng, 0, sizeof eng);
         rc = -1;                     /* no chunk runs; the reads queued above are drained */
     }
-    st->nccl = gc->nccl;
+    st->nccl = plan->merge == MERGE_NCCL;
     snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
     p.eng = &eng;
     p.check_overflow = eng.overflow_is_error && !plan->allow_nonfinite;   /* the engine's policy */
@@ -668,9 +674,9 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
             float kmax = 0, vmax = 0;
             double t_first = 0;              /* when the chunk's first compute call went out */
             t1 = fa_now();
-            if (stream && eng.kv_begin(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
+            if (stream && eng.kv_begin(eng.ctx, segs, sh->n)) fa_fail("%s", fa_errmsg());
             st->t_load_kv += fa_now() - t1;
-            const int64_t KR = block_rows(&p, &sh);
+            const int64_t KR = block_rows(&p, sh);
             for (int j = 0; j < p.kv_blocks && rc == 0; j++) {
                 rc = wait_io(&p, kt[j].ticket);
                 kt[j].ticket = -1;
@@ -679,7 +685,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
                 vmax = kt[j].vmax > vmax ? kt[j].vmax : vmax;
                 if (!stream) continue;
                 int64_t ready = (j + 1) * KR;
-                if (ready > sh.total || j == p.kv_blocks - 1) ready = sh.total;
+                if (ready > sh->total || j == p.kv_blocks - 1) ready = sh->total;
                 t1 = fa_now();
                 if (eng.kv_ready(eng.ctx, ready)) fa_fail("%s", fa_errmsg());
                 st->t_load_kv += fa_now() - t1;
@@ -707,7 +713,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
             }
             rc = note_kv_digest(&p, &kt[p.kv_blocks - 1]);
             if (rc) break;
-            if (!stream && eng.load_kv(eng.ctx, segs, sh.n)) fa_fail("%s", fa_errmsg());
+            if (!stream && eng.load_kv(eng.ctx, segs, sh->n)) fa_fail("%s", fa_errmsg());
             cur_b = b;
             if (p.check_overflow) {             /* same point on every rank: collective */
                 p.kmax_b[b] = kmax;
@@ -730,7 +736,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
         if (next_same_b) submit_queries(&p, qt, qbuf, i + 1);
         t1 = fa_now();
         int root = owner(&p, i);
-        st->work_pairs += shard_work(&sh, &plan->mask, b, r0, r0 + n) * (double)H;
+        st->work_pairs += shard_work(sh, &plan->mask, b, r0, r0 + n) * (double)H;
         /* one path for every engine: the chunk into its slot, then its merge onto the owner */
         if (!computed && eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
         if (eng.merge_start(eng.ctx, slot, n, root)) fa_fail("%s", fa_errmsg());
@@ -801,7 +807,7 @@ int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sin
     free(kt);
     free(kbuf);
     free(vbuf);
-    shard_free(&sh);
+    if (plan == &rows_plan) plan_rows_free(&rows_plan);
     st->t_total = fa_now() - t_start;
     st->t_teardown = fa_now() - t_down;
     return rc;

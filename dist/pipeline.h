@@ -59,7 +59,8 @@ typedef struct pipe_engine {
 /* Builds the engine of the plan's mode and backend (dist/engines.c). Returns -1 with fa_seterr
  * when it cannot start. comm: the ranks the merges run over (the pipeline's); device: the CUDA
  * device of this rank; kv_rows: keys this rank holds; nccl_comm: the NCCL communicator of all
- * ranks, or NULL. */
+ * ranks, or NULL (taken where the plan's merge is nccl; the engines follow plan->merge and -1
+ * where they cannot). */
 int engine_create(const run_plan *plan, MPI_Comm comm, int device, int64_t kv_rows,
                   void *nccl_comm, pipe_engine *e);
 void engine_free(pipe_engine *e);
@@ -102,7 +103,7 @@ typedef struct pipeline_stats {
     int used_gpu;
     int layout;              /* shard_layout used */
     int merges_in_flight;    /* chunks whose merge was allowed in flight */
-    int nccl;                /* merged on the device through NCCL */
+    int nccl;                /* merged on the device through NCCL (the plan's merge) */
     int stopped;             /* stopped early on a signal; chunks [0, chunks_done) are written */
     int64_t chunks_done;
     /* the Taylor engine's (row, head) records this rank finalized, by kind (kernels/taylor.h):

@@ -30,6 +30,12 @@ const char *fa_backend_name(fa_backend b);
 const char *fa_mode_name(fa_mode m);
 const char *q_read_name(q_read_mode m);
 
+/* How the ranks' chunk states are merged: through MPI from host memory (the CPU and Taylor
+ * engines; the exact CUDA engine where NCCL is not up), through NCCL on the GPUs, or not at all
+ * (one GPU rank: its states are finalized on its device). */
+typedef enum { MERGE_MPI = 0, MERGE_NCCL = 1, MERGE_NONE = 2 } merge_path;
+const char *merge_path_name(merge_path m);   /* "mpi", "nccl", "none" */
+
 /* Where a value came from, for --verbose and the report. */
 typedef enum {
     SRC_DEFAULT = 0, SRC_OPTION, SRC_ENV, SRC_CACHE, SRC_MODEL, SRC_TUNED, SRC_PARTIAL, SRC_INPUT,
@@ -40,7 +46,7 @@ const char *plan_source_name(plan_source s);
 /* The fields whose source is kept (plan.src[...]). */
 enum {
     PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_MERGES_IN_FLIGHT, PS_LAYOUT, PS_TILE, PS_THREADS,
-    PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_NCCL, PS_Q_READ, PS_CHECKPOINT,
+    PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_MERGE, PS_Q_READ, PS_CHECKPOINT,
     PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_DIRECT, PS_TYPED, PS_STREAM, PS_COUNT
 };
 
@@ -68,6 +74,12 @@ typedef struct {
      * shard is the one run [own_k_start, own_k_start + own_k_rows) instead of the layout's */
     int own_keys;
     int64_t own_k_start, own_k_rows;
+    /* who writes each chunk and which keys this rank holds, decided once (plan_rows_make) */
+    int rows_planned;            /* writer and shard are filled */
+    int writer;                  /* the rank that writes every chunk's rows (serial HDF5: 0; the
+                                    library: the rank that receives o), or -1: chunk i's rows on
+                                    rank i mod nranks (parallel HDF5: each rank its own) */
+    kv_shard shard;              /* this rank: its keys (the layout's, or the caller's run) */
     q_read_mode q_read;
     double checkpoint_s;         /* seconds between checkpoints of the partial output (<= 0 never) */
     double progress_interval_s;  /* seconds between progress lines in a batch log */
@@ -93,7 +105,10 @@ typedef struct {
     cpu_tiling tiling;           /* br x bc, threads, tile products */
     /* the GPU engine */
     int variant;                 /* flash kernel variant (0: auto) */
-    int use_nccl;                /* merge on the device through NCCL where every GPU has one rank */
+    /* the merge, decided once the GPUs are up (runner/plan.h: plan_merge); the engines and the
+     * pipeline read it, --verbose, the plan attribute and the report say it with its reason */
+    merge_path merge;
+    char merge_why[128];         /* "default", "--no-nccl", "cpu backend", "NCCL could not start: ..." */
     int64_t device_mem;          /* --device-mem budget per rank (0: what the device has free) */
     kv_plan kv;                  /* this rank: its keys resident and paged (GPU, exact mode) */
     double link_gbps, kernel_tflops;   /* the paging model's figures (chunk sizing) */
@@ -102,6 +117,17 @@ typedef struct {
     char critical[16];           /* the model's critical resource, or "" */
     plan_source src[PS_COUNT];
 } run_plan;
+
+/* The plan's rows (dist/shard.c): the writer (the sink's: pipe_io.h's pipe_sink.writer) and
+ * this rank's keys (rank in the pipeline's communicator), from the plan's layout, stripe and
+ * own keys; plan_rows_free releases the shard. */
+void plan_rows_make(run_plan *p, int rank, int writer);
+void plan_rows_free(run_plan *p);
+
+/* The rank that writes chunk i's rows (and that the chunk's merge lands on). */
+static inline int plan_chunk_writer(const run_plan *p, int64_t i) {
+    return p->writer >= 0 ? p->writer : (int)(i % p->nranks);
+}
 
 #ifdef __cplusplus
 }

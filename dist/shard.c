@@ -1,5 +1,6 @@
-/* shard.c — the sharding plan (see shard.h). */
+/* shard.c — the sharding plan (see shard.h), and the run plan's rows (dist/plan.h). */
 #include "dist/shard.h"
+#include "dist/plan.h"
 #include "base/common.h"
 #include <string.h>
 #include <strings.h>
@@ -77,6 +78,21 @@ void shard_plan(int64_t nk, int nranks, int rank, shard_layout layout, int64_t s
 void shard_free(kv_shard *s) {
     free(s->r);
     memset(s, 0, sizeof *s);
+}
+
+void plan_rows_make(run_plan *p, int rank, int writer) {
+    p->writer = writer;
+    if (p->own_keys) {            /* the caller's run of keys (the library's) */
+        p->shard = (kv_shard){.r = fa_calloc(1, sizeof(row_range), "shard plan"), .total = p->own_k_rows};
+        if (p->own_k_rows > 0) p->shard.r[p->shard.n++] = (row_range){p->own_k_start, p->own_k_rows};
+    } else
+        shard_plan(p->s.Nk, p->nranks, rank, p->layout, p->stripe, &p->shard);
+    p->rows_planned = 1;
+}
+
+void plan_rows_free(run_plan *p) {
+    shard_free(&p->shard);
+    p->rows_planned = 0;
 }
 
 double shard_work(const kv_shard *s, const attn_mask *m, int64_t b, int64_t q0, int64_t q1) {

@@ -103,11 +103,13 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
                                           * takes no other, plan_backend_job) */
     attn_mask plain = mask_plain(s.Nq, s.Nk, job->causal);
     if (plan_make(&other, env, &s, be, gc, 0, &plain, &pl)) {
+        plan_free(&pl);
         h5in_close(in);
         return -1;
     }
     h5out *out = NULL;
     if (agree_rc(h5out_create(tmp, NULL, 1, MPI_COMM_WORLD, &s, FA_F32, 0, pl.io_cap_bytes, &out))) {
+        plan_free(&pl);
         h5in_close(in);
         return -1;
     }
@@ -119,6 +121,7 @@ int compare_run(const fa_job *job, const plan_env *env, fa_backend be, const gpu
     pipe_source_h5(&src, in, pl.direct_read, pl.fused_read);
     pipe_sink_h5(&snk, out);
     int rc = pipeline_run(&pl, MPI_COMM_WORLD, &src, &snk, gc, 0, &pg, &st);
+    plan_free(&pl);
     if (agree_rc(rc)) {
         h5out_abort(out);
         h5in_close(in);

@@ -3,6 +3,7 @@
  * the test-and-tuning variables) the environment, then the tune cache or a tuning run, then the
  * cost model, then the documented default. */
 #include "runner/plan.h"
+#include "dist/pipe_io.h"
 #include "base/agree.h"
 #include "base/common.h"
 #include "kernels/gpu_job.h"
@@ -31,6 +32,9 @@ const char *fa_backend_name(fa_backend b) {
 const char *fa_mode_name(fa_mode m) { return m == MODE_TAYLOR ? "taylor" : "exact"; }
 const char *q_read_name(q_read_mode m) {
     return m == Q_READ_RANK ? "rank" : m == Q_READ_SHARED ? "shared" : "node";
+}
+const char *merge_path_name(merge_path m) {
+    return m == MERGE_NCCL ? "nccl" : m == MERGE_NONE ? "none" : "mpi";
 }
 const char *plan_source_name(plan_source s) {
     static const char *const n[] = {"default", "option", "environment", "tune cache", "model",
@@ -472,6 +476,32 @@ static int64_t paged_chunk(const fa_job *job, const fa_shape *s, const gpu_comm 
     return v[0];
 }
 
+/* ---- the merge ---------------------------------------------------------------------------------- */
+int plan_nccl_wanted(const fa_job *job) { return !job->no_nccl; }
+
+void plan_merge(fa_backend backend, fa_mode mode, int nranks, int no_nccl, const gpu_comm *gc,
+                run_plan *p) {
+    merge_path m = MERGE_MPI;
+    plan_source src = SRC_DEFAULT;
+    const char *why = "default", *more = "";
+    if (backend != BACKEND_CUDA) why = "cpu backend";
+    else if (mode != MODE_EXACT) why = "taylor mode";       /* the Taylor engine merges on the host */
+    else if (nranks < 2) m = MERGE_NONE, why = "one rank";
+    else if (no_nccl) src = SRC_OPTION, why = "--no-nccl";
+    else if (gc && gc->nccl) m = MERGE_NCCL;
+    else src = SRC_MEASURED, why = "NCCL could not start: ", more = gc && gc->why ? gc->why : "no GPUs bound";
+    p->merge = m;
+    p->src[PS_MERGE] = src;
+    snprintf(p->merge_why, sizeof p->merge_why, "%s%s", why, more);
+}
+
+const char *plan_merge_describe(const run_plan *p, char *buf, int len) {
+    snprintf(buf, (size_t)len, "%s (%s)", merge_path_name(p->merge), p->merge_why);
+    return buf;
+}
+
+void plan_free(run_plan *p) { plan_rows_free(p); }
+
 int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend,
               const gpu_comm *gc, int64_t resume_chunk, const attn_mask *mask, run_plan *p) {
     memset(p, 0, sizeof *p);
@@ -504,6 +534,8 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
               : gpu ? SHARD_ZIGZAG : SHARD_STRIPED;
     p->src[PS_LAYOUT] = job->shard_set ? SRC_OPTION : SRC_DEFAULT;
     p->stripe = job->stripe;
+    /* who writes each chunk (the HDF5 output's writer) and this rank's keys, once */
+    plan_rows_make(p, fa_rank, pipe_h5_writer());
 
     /* the tune cache's or the model's choice (or a tuning run's, with --tune): only where the
      * exact engine needs a value the command line did not give */
@@ -558,24 +590,23 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     p->tiling.blas = 0;
 #endif
 
-    /* the GPU engine: kernel variant, key blocks, merge path, this rank's key plan */
-    p->use_nccl = !job->no_nccl;
-    p->src[PS_NCCL] = job->no_nccl ? SRC_OPTION : SRC_DEFAULT;
+    /* the merge path, from the GPUs' outcome; said once where the exact engine falls back */
+    plan_merge(backend, job->mode, fa_nranks, job->no_nccl, gc, p);
+    if (gpu && exact && p->merge == MERGE_MPI)
+        fa_log(1, "fa_long: merging through MPI from host memory: %s", p->merge_why);
+    /* the GPU engine: kernel variant, key blocks, this rank's key plan */
     p->device_mem = job->device_mem;
     p->src[PS_BUDGET] = job->device_mem > 0 ? SRC_OPTION : SRC_DEFAULT;
     int st = 0;
     if (gpu && exact) {
         p->variant = choice.variant;
         p->src[PS_VARIANT] = csrc;
-        kv_shard sh;
-        shard_plan(s->Nk, fa_nranks, fa_rank, p->layout, p->stripe, &sh);
-        p->kv = (kv_plan){.kv_rows = sh.total, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
+        p->kv = (kv_plan){.kv_rows = p->shard.total, .h = (int)s->H, .hkv = (int)s->Hkv, .d = (int)s->D,
                           .elem = 2, .chunk_rows = p->chunk, .slots = p->merges_in_flight,
                           .budget = job->device_mem,
                           .device_free = gpu_free_bytes(gc ? gc->device : 0),
                           .block_rows = choice.block_rows, .ring = choice.ring,
                           .max_resident = env->page_max_resident};
-        shard_free(&sh);
         p->src[PS_BLOCKS] = csrc;
         if (env->page_block_rows > 0) p->kv.block_rows = env->page_block_rows, p->src[PS_BLOCKS] = SRC_ENV;
         if (env->page_ring > 0) p->kv.ring = env->page_ring, p->src[PS_BLOCKS] = SRC_ENV;
@@ -649,10 +680,11 @@ void plan_print(const run_plan *p) {
            SRC(PS_COMPUTE), p->scale, SRC(PS_SCALE));
     char mdesc[256];
     fa_log(2, "fa_long: plan: mask %s (options and input)", mask_describe(&p->mask, mdesc, sizeof mdesc));
-    fa_log(2, "fa_long: plan: chunk %lld rows (%s), %d merges in flight (%s), shard %s (%s), "
-              "queries read per %s (%s)", (long long)p->chunk, SRC(PS_CHUNK), p->merges_in_flight,
-           SRC(PS_MERGES_IN_FLIGHT), shard_layout_name(p->layout), SRC(PS_LAYOUT), q_read_name(p->q_read),
-           SRC(PS_Q_READ));
+    char merge[192];
+    fa_log(2, "fa_long: plan: chunk %lld rows (%s), %d merges in flight (%s), merge %s, shard %s "
+              "(%s), queries read per %s (%s)", (long long)p->chunk, SRC(PS_CHUNK),
+           p->merges_in_flight, SRC(PS_MERGES_IN_FLIGHT), plan_merge_describe(p, merge, sizeof merge),
+           shard_layout_name(p->layout), SRC(PS_LAYOUT), q_read_name(p->q_read), SRC(PS_Q_READ));
     if (p->backend == BACKEND_CPU)
         fa_log(2, "fa_long: plan: CPU tile %dx%d (%s; 0 = the engine's own), %d threads a rank "
                   "(%s), %s tile products (%s)", p->tiling.br, p->tiling.bc, SRC(PS_TILE),
@@ -661,11 +693,10 @@ void plan_print(const run_plan *p) {
                p->tiling.blas ? "OpenBLAS" : "built-in", SRC(PS_PRODUCTS));
     else
         fa_log(2, "fa_long: plan: flash variant %d (%s; 0 = auto), key blocks of %lld rows x %d "
-                  "(%s), device budget %.2f GiB (%s), merge %s (%s)", p->variant, SRC(PS_VARIANT),
+                  "(%s), device budget %.2f GiB (%s)", p->variant, SRC(PS_VARIANT),
                (long long)p->kv.block_rows, p->kv.ring, SRC(PS_BLOCKS),
                (p->device_mem > 0 ? p->device_mem : p->kv.device_free) / 1073741824.0,
-               SRC(PS_BUDGET), p->use_nccl ? "through NCCL where it can" : "through MPI",
-               SRC(PS_NCCL));
+               SRC(PS_BUDGET));
     fa_log(2, "fa_long: plan: checkpoint every %g s (%s), progress every %g s (%s), HDF5 transfers "
               "of at most %lld bytes (%s), reads and writes %s (%s)%s%s", p->checkpoint_s,
            SRC(PS_CHECKPOINT), p->progress_interval_s, SRC(PS_PROGRESS),
@@ -704,6 +735,8 @@ void plan_json(const run_plan *p, char *buf, int len) {
     NUM("scale", "%.17g", p->scale, PS_SCALE);
     NUM("chunk", "%lld", (long long)p->chunk, PS_CHUNK);
     NUM("merges_in_flight", "%d", p->merges_in_flight, PS_MERGES_IN_FLIGHT);
+    PUT(", \"merge\": {\"value\": \"%s\", \"from\": \"%s\", \"why\": \"%s\"}",
+        merge_path_name(p->merge), plan_source_name(p->src[PS_MERGE]), p->merge_why);
     STR("shard", shard_layout_name(p->layout), PS_LAYOUT);
     STR("q_read", q_read_name(p->q_read), PS_Q_READ);
     if (p->backend == BACKEND_CPU) {
@@ -717,7 +750,6 @@ void plan_json(const run_plan *p, char *buf, int len) {
         NUM("keys_resident_rank0", "%lld", (long long)p->kv.resident_rows, PS_BUDGET);
         NUM("keys_paged_rank0", "%lld", (long long)p->kv.paged_rows, PS_BUDGET);
         NUM("device_mem", "%lld", (long long)p->device_mem, PS_BUDGET);
-        STR("merge", p->use_nccl ? "nccl" : "mpi", PS_NCCL);
     }
     NUM("checkpoint_s", "%g", p->checkpoint_s, PS_CHECKPOINT);
     NUM("progress_interval_s", "%g", p->progress_interval_s, PS_PROGRESS);

@@ -86,10 +86,28 @@ int plan_tune(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
 
 /* COLLECTIVE over MPI_COMM_WORLD, after the input is open and, on GPUs, the ranks are bound to
  * their devices (gc; NULL for the CPU). resume_chunk > 0: the chunk of the partial output being
- * resumed (when --chunk is not given). Fills *p; -1 with fa_seterr (the same on every rank) when
- * the job cannot be planned (keys that do not fit the device budget, say). */
+ * resumed (when --chunk is not given). Fills *p, its rows (the HDF5 output's writer, this rank's
+ * keys: plan_free releases them) and its merge (plan_merge); -1 with fa_seterr (the same on
+ * every rank) when the job cannot be planned (keys that do not fit the device budget, say);
+ * plan_free then too. */
 int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_backend backend,
               const gpu_comm *gc, int64_t resume_chunk, const attn_mask *mask, run_plan *p);
+void plan_free(run_plan *p);
+
+/* Whether the GPUs bring NCCL up (gpu_comm_init's want_nccl): not under --no-nccl. */
+int plan_nccl_wanted(const fa_job *job);
+
+/* The merge path (p->merge, its reason p->merge_why and source p->src[PS_MERGE]), decided
+ * once the GPUs are up: gc's outcome (NCCL up, or why not; NULL without GPUs) is an input.
+ * The CPU backend and Taylor mode merge through MPI; one GPU rank merges nothing; --no-nccl
+ * takes MPI; else NCCL where it came up, MPI with gc's reason where it did not. Local, the
+ * same on every rank (gpu_comm_init agrees its outcome). plan_make calls it; the engines and
+ * the pipeline read its result. */
+void plan_merge(fa_backend backend, fa_mode mode, int nranks, int no_nccl, const gpu_comm *gc,
+                run_plan *p);
+/* "nccl (default)", "mpi (--no-nccl)", ...: the merge as --verbose, the plan attribute and the
+ * report say it (name and reason). */
+const char *plan_merge_describe(const run_plan *p, char *buf, int len);
 
 /* Rank 0, to stderr with --verbose: the plan, a line per group of settings, each value with its
  * source. */

@@ -263,7 +263,9 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put_num(&b, mx[S_COPY]);
     put(&b, ", \"link_gbps\": ");
     put_num(&b, mx[S_COPY] > 0 ? sum[S_PAGED] / fa_nranks / mx[S_COPY] * 1e-9 : 0);
-    put(&b, "},\n  \"merge\": {\"nccl\": %s, \"comm_s\": ", st->nccl ? "true" : "false");
+    /* the plan's merge, as its plan_json entry says it */
+    put(&b, "},\n  \"merge\": {\"path\": \"%s\", \"why\": \"%s\", \"nccl\": %s, \"comm_s\": ",
+        merge_path_name(plan->merge), plan->merge_why, plan->merge == MERGE_NCCL ? "true" : "false");
     put_num(&b, mx[S_COMM]);
     /* exposed: the host blocked on a merge whose chunk's compute was done (the slowest rank);
      * hidden: the rest of the merge time. The fastest chunk's merge gives the bus bandwidth the

@@ -533,6 +533,7 @@ typedef struct {
     h5in *in;
     plan_mask pm;                   /* the mask: options and the input's tables */
     gpu_comm gc;                    /* each rank's GPU and the NCCL communicator (GPU runs) */
+    run_plan pl;                    /* the plan (its rows: this rank's keys) */
     h5out *out;                     /* NULL once committed or suspended (both free it) */
     report rep;
     double *compare_rel;            /* --compare: the relative error per head */
@@ -546,6 +547,7 @@ static void run_close(run_ctx *r) {
     report_free(&r->rep);
     if (r->out) h5out_abort(r->out);
     gpu_comm_free(&r->gc);
+    plan_free(&r->pl);
     plan_mask_free(&r->pm);
     h5in_close(r->in);
     memset(r, 0, sizeof *r);
@@ -605,16 +607,15 @@ int cmd_run(int argc, char **argv) {
      * sizes the keys against what the device has left) */
     const gpu_comm *gcp = be == BACKEND_CUDA ? &r.gc : NULL;
     clk.t[TL_OPEN] += lap(&mark);
-    if (gcp && gpu_comm_init(MPI_COMM_WORLD, !job.no_nccl, &r.gc)) goto failed;
+    if (gcp && gpu_comm_init(MPI_COMM_WORLD, plan_nccl_wanted(&job), &r.gc)) goto failed;
     clk.t[TL_GPU_INIT] += lap(&mark);
     if (job.tune) plan_tune(&job, &env, &s, be);   /* --tune: tune and cache first, explicitly */
-    run_plan pl;
     int64_t resumed_chunk = resume_chunk(&job);   /* --resume, no --chunk: the earlier run's */
-    if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &r.pm.mask, &pl)) goto failed;
-    plan_print(&pl);
-    const int64_t chunk = pl.chunk;
-    const double scale = pl.scale;
-    const fa_dtype ot = pl.o_type;
+    if (plan_make(&job, &env, &s, be, gcp, resumed_chunk, &r.pm.mask, &r.pl)) goto failed;
+    plan_print(&r.pl);
+    const int64_t chunk = r.pl.chunk;
+    const double scale = r.pl.scale;
+    const fa_dtype ot = r.pl.o_type;
     char key[8192];
     job_key(&job, &s, &r.pm.mask, ot, chunk, scale, key, sizeof key);
     key_layouts(r.in, o_layout, key, sizeof key);
@@ -628,9 +629,9 @@ int cmd_run(int argc, char **argv) {
     }
     clk.t[TL_PLAN] += lap(&mark);
     rc = plan == RESUME_PARTIAL ? h5out_reopen_layout(job.output, job.out_group, MPI_COMM_WORLD, &s, ot,
-                                                      o_layout, job.lse, pl.io_cap_bytes, &r.out)
+                                                      o_layout, job.lse, r.pl.io_cap_bytes, &r.out)
                                 : h5out_create_layout(job.output, job.out_group, job.force, MPI_COMM_WORLD,
-                                                      &s, ot, o_layout, job.lse, pl.io_cap_bytes, &r.out);
+                                                      &s, ot, o_layout, job.lse, r.pl.io_cap_bytes, &r.out);
     if (agree(rc) || (plan == RESUME_FRESH && agree(h5out_attr_str(r.out, "resume_key", key))))
         goto failed;
     if (plan == RESUME_PARTIAL)
@@ -638,20 +639,20 @@ int cmd_run(int argc, char **argv) {
     install_stop_handlers();
     char mdesc[256];
     fa_log(2, "fa_long: %s backend, %s mask, keys across %d ranks", fa_backend_name(be),
-           mask_describe(&pl.mask, mdesc, sizeof mdesc), fa_nranks);
+           mask_describe(&r.pl.mask, mdesc, sizeof mdesc), fa_nranks);
 
     int64_t nchunks = s.B * ((s.Nq + chunk - 1) / chunk);
     progress pg;
-    progress_init(&pg, !job.quiet, nchunks, pipeline_flops(&s, &pl.mask, -1, 0, s.Nq),
-                  pl.progress_interval_s);
-    progress_skip(&pg, first, done_flops(&pl.mask, &s, chunk, first));
+    progress_init(&pg, !job.quiet, nchunks, pipeline_flops(&s, &r.pl.mask, -1, 0, s.Nq),
+                  r.pl.progress_interval_s);
+    progress_skip(&pg, first, done_flops(&r.pl.mask, &s, chunk, first));
     pipeline_stats st;
     clk.t[TL_CREATE] += lap(&mark);
     pipe_source src;               /* the pipeline reads the input and writes the output */
     pipe_sink snk;
-    pipe_source_h5(&src, r.in, pl.direct_read, pl.fused_read);
+    pipe_source_h5(&src, r.in, r.pl.direct_read, r.pl.fused_read);
     pipe_sink_h5(&snk, r.out);
-    rc = pipeline_run(&pl, MPI_COMM_WORLD, &src, &snk, gcp, first, &pg, &st);
+    rc = pipeline_run(&r.pl, MPI_COMM_WORLD, &src, &snk, gcp, first, &pg, &st);
     progress_end(&pg);
     lap(&mark);                    /* its phases come from st (job_clock_close) */
     if (rc == 0 && st.stopped) {
@@ -677,13 +678,13 @@ int cmd_run(int argc, char **argv) {
     h5out_get_flush_stats(r.out, &clk.flush);
     clk.t[TL_ATTRS] += lap(&mark);
     job_clock_close(&clk, &st);
-    report_build(&r.rep, &job, &pl, &st, compute, &clk, NULL, NULL);
+    report_build(&r.rep, &job, &r.pl, &st, compute, &clk, NULL, NULL);
     /* attributes are collective with the same value everywhere: rank 0's report travels */
     int64_t len = r.rep.json ? (int64_t)strlen(r.rep.json) + 1 : 0;
     MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
     if (fa_rank != 0) r.rep.json = fa_calloc((size_t)len, 1, "report");
     MPI_Bcast(r.rep.json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
-    if (agree(write_attrs(r.out, &job, &pl, elapsed, &st)) ||
+    if (agree(write_attrs(r.out, &job, &r.pl, elapsed, &st)) ||
         agree(mode_attrs(r.out, &job, &st)) ||
         agree(layout_attrs(r.out, r.in, o_layout)) ||
         agree(h5out_attr_int(r.out, "chunks_done", nchunks)) ||
@@ -699,12 +700,12 @@ int cmd_run(int argc, char **argv) {
     h5in_close(r.in);               /* before --compare opens the input again */
     r.in = NULL;
     report_free(&r.rep);
-    summarize(&job, &pl, &st, be, &clk);
+    summarize(&job, &r.pl, &st, be, &clk);
     chunk_warning(&job, &s, &st);
     rc = job.compare ? compare_run(&job, &env, be, gcp, &r.compare_rel) : 0;
     gpu_comm_free(&r.gc);
     if (rc) goto failed;
-    rc = finish(&job, &pl, &st, compute, &clk, r.compare_rel);
+    rc = finish(&job, &r.pl, &st, compute, &clk, r.compare_rel);
     goto out;
 failed:
     rc = RUN_FAILED;

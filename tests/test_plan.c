@@ -1,9 +1,15 @@
-/* test_plan.c — the planner's backend decisions that need no device (runner/plan.c,
- * plan_backend_job): a job the CUDA engine cannot serve (a head dim other than 64 or 128) runs
- * on the CPU under --backend auto and is refused under --backend cuda, whatever the machine;
- * Taylor mode keeps any head dim on CUDA; masks beyond causal are refused for taylor and
- * --compare and kept for both engines. The GPU is played by *be = cuda on entry. */
+/* test_plan.c — the planner's decisions that need no device (runner/plan.c):
+ * - plan_backend_job: a job the CUDA engine cannot serve (a head dim other than 64 or 128) runs
+ *   on the CPU under --backend auto and is refused under --backend cuda, whatever the machine;
+ *   Taylor mode keeps any head dim on CUDA; masks beyond causal are refused for taylor and
+ *   --compare and kept for both engines. The GPU is played by *be = cuda on entry.
+ * - plan_merge: the merge path from the backend, the mode, the ranks, --no-nccl and the GPUs'
+ *   outcome (a gpu_comm played by hand: NCCL up, or down with its reason), said the same way
+ *   by plan_merge_describe and plan_json; the engines refuse a plan whose merge they cannot run
+ *   instead of choosing another.
+ * - plan_rows_make: the writer of each chunk and this rank's keys, made once in the plan. */
 #include "runner/plan.h"
+#include "dist/pipeline.h"
 #include "base/common.h"
 #include "tests/testing.h"
 #include <string.h>
@@ -19,6 +25,99 @@ static int decide(fa_backend asked, fa_mode mode, int64_t d, const attn_mask *m,
     *be = BACKEND_CUDA;
     fa_clearerr();
     return plan_backend_job(&job, &s, m, be);
+}
+
+/* The merge the planner takes for a job, and how it says it. */
+static const char *merge_of(fa_backend be, fa_mode mode, int nranks, int no_nccl,
+                            const gpu_comm *gc, run_plan *p, char *buf) {
+    memset(p, 0, sizeof *p);
+    plan_merge(be, mode, nranks, no_nccl, gc, p);
+    return plan_merge_describe(p, buf, 256);
+}
+
+static void merge_cases(void) {
+    gpu_comm up = {.nccl = 1, .why = "", .size = 2}, shared = {.shared = 1, .why = "some GPU serves several ranks", .size = 2};
+    run_plan p;
+    char d[256];
+    merge_of(BACKEND_CPU, MODE_EXACT, 3, 0, NULL, &p, d);
+    check(p.merge == MERGE_MPI && !strcmp(d, "mpi (cpu backend)") && p.src[PS_MERGE] == SRC_DEFAULT,
+          "cpu backend, 3 ranks: %s", d);
+    merge_of(BACKEND_CPU, MODE_EXACT, 2, 1, NULL, &p, d);
+    check(p.merge == MERGE_MPI && !strcmp(d, "mpi (cpu backend)"), "cpu backend, --no-nccl: %s", d);
+    merge_of(BACKEND_CUDA, MODE_EXACT, 2, 0, &up, &p, d);
+    check(p.merge == MERGE_NCCL && !strcmp(d, "nccl (default)") && p.src[PS_MERGE] == SRC_DEFAULT,
+          "cuda, 2 ranks, NCCL up: %s", d);
+    merge_of(BACKEND_CUDA, MODE_EXACT, 2, 1, &up, &p, d);
+    check(p.merge == MERGE_MPI && !strcmp(d, "mpi (--no-nccl)") && p.src[PS_MERGE] == SRC_OPTION,
+          "cuda, 2 ranks, --no-nccl: %s", d);
+    merge_of(BACKEND_CUDA, MODE_EXACT, 2, 0, &shared, &p, d);
+    check(p.merge == MERGE_MPI && !strcmp(d, "mpi (NCCL could not start: some GPU serves several ranks)") &&
+          p.src[PS_MERGE] == SRC_MEASURED, "cuda, 2 ranks, NCCL down: %s", d);
+    merge_of(BACKEND_CUDA, MODE_TAYLOR, 2, 0, &up, &p, d);
+    check(p.merge == MERGE_MPI && !strcmp(d, "mpi (taylor mode)"), "cuda, taylor, NCCL up: %s", d);
+    merge_of(BACKEND_CUDA, MODE_EXACT, 1, 0, &shared, &p, d);
+    check(p.merge == MERGE_NONE && !strcmp(d, "none (one rank)"), "cuda, one rank: %s", d);
+
+    /* the plan attribute says the same: value, source and reason */
+    merge_of(BACKEND_CUDA, MODE_EXACT, 2, 1, &up, &p, d);
+    p.compute_name = "bfloat16";
+    p.backend = BACKEND_CUDA;
+    char js[4096];
+    plan_json(&p, js, sizeof js);
+    check(strstr(js, "\"merge\": {\"value\": \"mpi\", \"from\": \"option\", \"why\": \"--no-nccl\"}") != NULL,
+          "plan_json: the merge with its source and reason");
+
+    /* the engines run the plan's merge or refuse it: they do not pick another */
+    pipe_engine e;
+    merge_of(BACKEND_CPU, MODE_EXACT, 2, 0, NULL, &p, d);
+    p.backend = BACKEND_CPU;
+    p.merge = MERGE_NCCL;
+    fa_clearerr();
+    check(engine_create(&p, MPI_COMM_NULL, 0, 0, NULL, &e) != 0 && strstr(fa_errmsg(), "merges through MPI"),
+          "the CPU engine refuses a merge through NCCL: %s", fa_errmsg());
+    p.backend = BACKEND_CUDA;
+    p.mode = MODE_TAYLOR;
+    fa_clearerr();
+    check(engine_create(&p, MPI_COMM_NULL, 0, 0, NULL, &e) != 0 && strstr(fa_errmsg(), "merges through MPI"),
+          "the Taylor engine refuses a merge through NCCL: %s", fa_errmsg());
+    p.mode = MODE_EXACT;
+    fa_clearerr();
+    check(engine_create(&p, MPI_COMM_NULL, 0, 0, NULL, &e) != 0 && strstr(fa_errmsg(), "not up"),
+          "the CUDA engine refuses a merge through NCCL without a communicator: %s", fa_errmsg());
+}
+
+/* The writer of each chunk and the rank's keys: the plan's, made once. */
+static void rows_cases(void) {
+    run_plan p;
+    memset(&p, 0, sizeof p);
+    p.s = (fa_shape){1, 100, 1000, 4, 2, 32, FA_F32, FA_F32, FA_F32};
+    p.nranks = 3;
+    p.layout = SHARD_STRIPED;
+    p.stripe = 64;
+    plan_rows_make(&p, 1, -1);
+    kv_shard want;
+    shard_plan(1000, 3, 1, SHARD_STRIPED, 64, &want);
+    int same = p.rows_planned && p.shard.n == want.n && p.shard.total == want.total;
+    for (int i = 0; same && i < want.n; i++)
+        same = p.shard.r[i].start == want.r[i].start && p.shard.r[i].n == want.r[i].n;
+    check(same && want.n > 1, "rank 1's keys: the layout's shard (%d ranges, %lld keys)", p.shard.n,
+          (long long)p.shard.total);
+    int owners = 1;
+    for (int64_t i = 0; i < 10; i++) owners &= plan_chunk_writer(&p, i) == (int)(i % 3);
+    check(owners, "writer -1 (parallel HDF5): chunk i written by rank i mod 3");
+    plan_rows_free(&p);
+    shard_free(&want);
+    check(!p.rows_planned && p.shard.r == NULL, "plan_rows_free releases the shard");
+    p.own_keys = 1;
+    p.own_k_start = 300;
+    p.own_k_rows = 250;
+    plan_rows_make(&p, 2, 2);
+    check(p.shard.n == 1 && p.shard.r[0].start == 300 && p.shard.r[0].n == 250 && p.shard.total == 250,
+          "own keys (the library's): the caller's one run");
+    owners = 1;
+    for (int64_t i = 0; i < 10; i++) owners &= plan_chunk_writer(&p, i) == 2;
+    check(owners, "writer 2 (a memory sink's root): every chunk written by rank 2");
+    plan_rows_free(&p);
 }
 
 int main(void) {
@@ -41,5 +140,7 @@ int main(void) {
     check(rc != 0 && strstr(fa_errmsg(), "--mode taylor computes full or causal"), "taylor with a window: refused");
     rc = decide(BACKEND_AUTO, MODE_EXACT, 64, &win, 1, &be);
     check(rc != 0 && strstr(fa_errmsg(), "drop --compare"), "--compare with a window: refused");
+    merge_cases();
+    rows_cases();
     return tests_done();
 }

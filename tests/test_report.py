@@ -77,6 +77,27 @@ def test_report_and_check(tmp_path):
     assert rel_err(o, attention_f64(q, k, v, True)[0]) <= 1e-5
 
 
+@pytest.mark.parametrize("nranks,extra", [(1, []), (2, ["--no-nccl"]), (2, ["--mode", "taylor"])])
+def test_merge_said_once(tmp_path, nranks, extra):
+    """The merge path is decided once, in the plan: --verbose's plan line, the output's plan
+    attribute, the report's plan and the report's merge section say the same path and reason
+    (a CPU job merges through MPI because of its backend, --no-nccl or not)."""
+    inp, _ = make_input(tmp_path)
+    out, rep = tmp_path / "out.h5", tmp_path / "r.json"
+    p = run_fa(["-i", inp, "-o", out, "--backend", "cpu", "--verbose", "--report", rep] + extra,
+               nranks=nranks)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(rep.read_text())
+    with h5py.File(out, "r") as f:
+        attr = json.loads(f.attrs["plan"])
+    assert attr["merge"] == r["plan"]["merge"]
+    m = attr["merge"]
+    assert (m["value"], m["from"], m["why"]) == ("mpi", "default", "cpu backend")
+    assert (r["merge"]["path"], r["merge"]["why"], r["merge"]["nccl"]) == ("mpi", "cpu backend", False)
+    lines = [l for l in p.stderr.splitlines() if l.startswith("fa_long: plan: chunk")]
+    assert len(lines) == 1 and ", merge mpi (cpu backend), " in lines[0], p.stderr
+
+
 def test_progress_lines(tmp_path):
     inp, _ = make_input(tmp_path, N=400)
     out = tmp_path / "out.h5"
