@@ -90,7 +90,7 @@ $(shell mkdir -p $(BUILD) && { [ "$$(cat $(CONFIG_STAMP) 2>/dev/null)" = '$(BUIL
 
 # ---- sources: every .c of the program's folders; CUDA sources only with nvcc -------------------
 C_SRCS  := $(wildcard base/*.c runner/*.c dist/*.c tune/*.c io/*.c kernels/*.c kernels/cpu/*.c lib/*.c)
-CU_SRCS := $(if $(filter 1,$(USE_CUDA)),$(wildcard kernels/cuda/*.cu dist/*.cu))
+CU_SRCS := $(if $(filter 1,$(USE_CUDA)),$(wildcard kernels/cuda/*.cu kernels/cuda/inst/*.cu dist/*.cu))
 OBJS    := $(C_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.cu.o)
 LIB_OBJS := $(filter-out $(BUILD)/runner/main.o,$(OBJS))
 # the library (lib/fa_long.h): every object but main's; the command is main.o over it

@@ -17,10 +17,11 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1
 card=${card:-unknown}
 
 echo "== building $OBJ/libflash.so and the checks"
+FLASH_SRCS="kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu $(ls kernels/cuda/inst/flash_*.cu)"   # dispatch + instances
 "$NVCC" -O3 -lineinfo -std=c++17 $NVCC_GENCODE --expt-relaxed-constexpr -I. -DFA_HAVE_CUDA -Xcompiler -fPIC -shared \
-    kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu -o "$OBJ/libflash.so" || { echo "FAIL: build"; exit 1; }
+    $FLASH_SRCS -o "$OBJ/libflash.so" || { echo "FAIL: build"; exit 1; }
 "$NVCC" -O2 -std=c++17 $NVCC_GENCODE -I. -DFA_HAVE_CUDA -Xcompiler -fopenmp tests/gpu/test_flash.cu \
-    kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu kernels/cuda/engine.cu -o "$OBJ/test_flash" || { echo "FAIL: build test"; exit 1; }
+    $FLASH_SRCS kernels/cuda/engine.cu -o "$OBJ/test_flash" || { echo "FAIL: build test"; exit 1; }
 
 echo "== validating every variant before timing (fp64 reference, fresh random inputs)"
 ok_variants=""

@@ -37,3 +37,21 @@ def test_objects_follow_the_configuration(tmp_path):
     assert os.stat(build / OBJ).st_mtime_ns > m0
     assert make(build, "USE_CUDA=0", q=True).returncode == 0
     assert make(build, "USE_CUDA=0", "DEBUG=1", q=True).returncode == 1
+
+
+def test_kernel_instances_are_generated_and_fresh():
+    """kernels/cuda/inst/ is what kernels/cuda/gen_instances.py writes (the committed instances
+    match its lists), and the dispatch's head-dim list names every instance file's head dim."""
+    import re
+    import sys
+    r = subprocess.run([sys.executable, "kernels/cuda/gen_instances.py", "--check"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    inst = ROOT / "kernels/cuda/inst"
+    dims = {int(m) for m in re.findall(r"X\((\d+)\)", (inst / "flash_instances.h").read_text())}
+    files = {int(re.match(r"flash_sm[89]0_d(\d+)_", p.name).group(1)) for p in inst.glob("flash_sm*.cu")}
+    assert dims and dims == files
+    for d in dims:
+        for arch in ("sm80", "sm90"):
+            for t in ("bf16", "fp16"):
+                assert (inst / f"flash_{arch}_d{d}_{t}.cu").exists()

@@ -1,5 +1,5 @@
-/* flash_common.cuh — device code shared by the flash kernels (kernels/cuda/flash_sm80.cu,
- * flash_sm90.cu): the per-row online-softmax state, the causal/tail tile bounds, and the
+/* flash_common.cuh — device code shared by the flash kernels (kernels/cuda/flash_sm80.cuh,
+ * flash_sm90.cuh): the per-row online-softmax state, the causal/tail tile bounds, and the
  * epilogues that read and write the running state or the final output.
  *
  * Fragment convention (both mma.sync m16n8 and wgmma m64nN accumulators): a warp owns 16 query

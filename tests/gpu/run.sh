@@ -25,7 +25,8 @@ fail=0
 # glue changes most often); then the kernel checks
 echo "== building the kernels and tests/gpu/test_flash ($NVCC), in the background"
 # the flash kernels and the engine (other kernels/cuda files belong to other engines)
-SRCS="kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu kernels/cuda/engine.cu"
+# (the dispatch, one file per (head dim, type) instance from kernels/cuda/gen_instances.py, the engine)
+SRCS="kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu $(ls kernels/cuda/inst/flash_*.cu) kernels/cuda/engine.cu"
 for f in $SRCS; do
     b=$(basename "$f" .cu)
     "$NVCC" -O3 -lineinfo -std=c++17 $NVCC_GENCODE -Xptxas=-v --expt-relaxed-constexpr -I. -DFA_HAVE_CUDA \
@@ -55,13 +56,15 @@ else
 fi
 
 wait                                # the kernels' compiles
+FLASH_OBJS=""                       # the dispatch and the instances: every source but the engine
+for f in $SRCS; do case $f in */engine.cu) ;; *) FLASH_OBJS="$FLASH_OBJS $OBJ/$(basename "$f" .cu).o" ;; esac; done
 for f in $SRCS; do
     b=$(basename "$f" .cu)
     [ -s "$OBJ/$b.o" ] || { cat "$OBJ/$b.ptxas.txt"; echo "FAIL: compiling $f"; exit 1; }
 done
 "$NVCC" -O2 -std=c++17 $NVCC_GENCODE -I. -DFA_HAVE_CUDA -Xcompiler -fopenmp tests/gpu/test_flash.cu \
-    "$OBJ"/flash_sm80.o "$OBJ"/flash_sm90.o "$OBJ"/engine.o -o "$OBJ/test_flash" || { echo "FAIL: compiling the test"; exit 1; }
-"$NVCC" -shared $NVCC_GENCODE "$OBJ"/flash_sm80.o "$OBJ"/flash_sm90.o -o "$OBJ/libflash.so" || { echo "FAIL: linking libflash.so"; exit 1; }
+    $FLASH_OBJS "$OBJ"/engine.o -o "$OBJ/test_flash" || { echo "FAIL: compiling the test"; exit 1; }
+"$NVCC" -shared $NVCC_GENCODE $FLASH_OBJS -o "$OBJ/libflash.so" || { echo "FAIL: linking libflash.so"; exit 1; }
 echo "== resource usage (ptxas, sm_90a) per kernel"
 grep -h -A2 "Compiling entry function '_Z.*flash_fwd.*sm_90a" "$OBJ"/flash_sm*.ptxas.txt | grep -E "entry|Used|spill" | sed 's/ptxas info *: //' || true
 
