@@ -89,15 +89,66 @@ extern "C" int gpu_count(void) {
     return n;
 }
 
-extern "C" void gpu_describe(int dev, char *buf, int len) {
-    cudaDeviceProp pr;
-    if (cudaGetDeviceProperties(&pr, dev) != cudaSuccess) {
+/* The device's name, UUID and memory through the driver's own calls (found through the runtime,
+ * so the binary needs no libcuda at link time and starts where there is no driver), the rest
+ * through cudaDeviceGetAttribute: cudaGetDeviceProperties fills every field, some of them slow to
+ * query, and took a visible part of a job's start (bench/NOTES_WHOLEJOB.md). Runtime and driver
+ * number the devices alike (both after CUDA_VISIBLE_DEVICES). */
+typedef int (*drv_get_fn)(int *, int);
+typedef int (*drv_name_fn)(char *, int, int);
+typedef int (*drv_mem_fn)(size_t *, int);
+typedef int (*drv_uuid_fn)(unsigned char *, int);
+
+static void *drv_entry(const char *sym) {
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion(sym, &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        fn = NULL;
+    cudaGetLastError();
+    return fn;
+}
+
+/* the driver's device handle for a runtime ordinal; -1 where the driver cannot give it */
+static int drv_device(int dev, int *cu) {
+    drv_get_fn get = (drv_get_fn)drv_entry("cuDeviceGet");
+    return get && get(cu, dev) == 0 ? 0 : -1;
+}
+
+extern "C" int gpu_uuid(int device, unsigned char uuid[16]) {
+    int cu;
+    drv_uuid_fn f = (drv_uuid_fn)drv_entry("cuDeviceGetUuid");
+    if (f && drv_device(device, &cu) == 0 && f(uuid, cu) == 0) return 0;
+    cudaDeviceProp pr;                 /* a driver without the entry point: the slow way */
+    if (cudaGetDeviceProperties(&pr, device) != cudaSuccess) {
         cudaGetLastError();
-        snprintf(buf, (size_t)len, "device %d: unavailable", dev);
-        return;
+        return -1;
     }
-    snprintf(buf, (size_t)len, "%s, sm_%d%d, %d SMs, %.0f GiB", pr.name, pr.major, pr.minor, pr.multiProcessorCount,
-             pr.totalGlobalMem / 1073741824.0);
+    memcpy(uuid, pr.uuid.bytes, 16);
+    return 0;
+}
+
+extern "C" void gpu_describe(int dev, char *buf, int len) {
+    int major = 0, minor = 0, sms = 0, cu;
+    char name[256] = "";
+    size_t mem = 0;
+    drv_name_fn fname = (drv_name_fn)drv_entry("cuDeviceGetName");
+    drv_mem_fn fmem = (drv_mem_fn)drv_entry("cuDeviceTotalMem");
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        !fname || !fmem || drv_device(dev, &cu) || fname(name, (int)sizeof name, cu) || fmem(&mem, cu)) {
+        cudaGetLastError();
+        cudaDeviceProp pr;             /* no driver entry points: the slow way */
+        if (cudaGetDeviceProperties(&pr, dev) != cudaSuccess) {
+            cudaGetLastError();
+            snprintf(buf, (size_t)len, "device %d: unavailable", dev);
+            return;
+        }
+        snprintf(name, sizeof name, "%s", pr.name);
+        major = pr.major, minor = pr.minor, sms = pr.multiProcessorCount, mem = pr.totalGlobalMem;
+    }
+    snprintf(buf, (size_t)len, "%s, sm_%d%d, %d SMs, %.0f GiB", name, major, minor, sms, mem / 1073741824.0);
 }
 
 static int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }

@@ -205,15 +205,7 @@ extern "C" int64_t gpu_free_bytes(int device) {
     return (int64_t)fr;
 }
 
-extern "C" int gpu_uuid(int device, unsigned char uuid[16]) {
-    cudaDeviceProp pr;
-    if (cudaGetDeviceProperties(&pr, device) != cudaSuccess) {
-        cudaGetLastError();
-        return -1;
-    }
-    memcpy(uuid, pr.uuid.bytes, 16);
-    return 0;
-}
+/* gpu_uuid: kernels/cuda/engine.cu, beside gpu_describe (the driver's calls) */
 
 static int elem_size(int t) { return t == ATTN_F32 ? 4 : 2; }
 
