@@ -6,8 +6,9 @@ Prints one JSON line; the process must live through every call.
 
   oom_child.py ctypes LIB   fa_attention through ctypes, under limits rising in steps (of half a
                             query chunk from half the key shard; then a Taylor job, whose
-                            engine needs most): each call returns FA_ENOMEM (its line, its
-                            VmSize growth) until one fits and runs
+                            engine needs most) to just below what the job needs: each call
+                            returns FA_ENOMEM (its line, its VmSize growth); then the job
+                            without a limit runs
   oom_child.py module       fa_long.attention with the keys' copy out of reach
 
 Both end with the limit lifted and a small random call, its largest error against the fp64
@@ -89,7 +90,8 @@ def with_ctypes(path):
         return rc, lib.fa_long_error().decode(), o, lse
 
     def sweep(inputs, start, step, stop, **kw):
-        """Calls under limits start, start + step, ... until one runs (or stop)."""
+        """Calls under limits start, start + step, ... below stop (each below the job's need;
+        a call that runs anyway ends the sweep), then once without a limit ("ran")."""
         calls, ran = [], None
         o = np.full(inputs[0].shape, np.nan, np.float32)
         lse = np.full((inputs[0].shape[0], inputs[0].shape[2], inputs[0].shape[1]), np.nan, np.float32)
@@ -101,18 +103,23 @@ def with_ctypes(path):
             limit(None)
             calls.append({"margin": margin, "rc": rc, "line": line, "grew": grew})
             if rc != 4:
-                ran = {"rc": rc, "zero": bool((o == 0).all() and (lse == 0).all())}
                 break
-        return calls, ran
+        rc, line, o, lse = call(*inputs, o, lse, **kw)
+        return calls, {"rc": rc, "line": line, "zero": bool((o == 0).all() and (lse == 0).all())}
 
     q, k, v = small()
     first = call(q, k, v)[0]
-    exact = sweep(big(), S // 2, X // 2, 2 * S + 8 * X, window_left=0, window_right=0, chunk=NQ)
-    # Taylor's engine holds 32 tiles' states of [Hkv, D, D] floats twice (16 MiB each here),
-    # the pipeline's buffers well under 1 MiB: the limits meet the engine's allocations
+    # Every limit stays below what the job needs: OpenBLAS, taking its buffers (128 MiB) when a
+    # thread first multiplies, retries a failed malloc forever, so nothing computes under one.
+    # The exact job needs 2 S (keys, values), 4 X (two query and two output chunks), 2.06 X
+    # (the engine's two chunks of merge records: X (D + 2) / D each) and little else
+    exact = sweep(big(), S // 2, X // 2, 2 * S + 6 * X, window_left=0, window_right=0, chunk=NQ)
+    # Taylor's engine holds 32 tiles' states of [Hkv, D, D] floats twice (16 MiB each here) and
+    # a thread's scratch (1.6 MiB), about 37.7 MiB in all; the pipeline's buffers are well
+    # under 1 MiB: the limits meet the engine's allocations
     tq = np.zeros((1, 64, 8, 128), np.float32)
-    warm = call(tq, tq, tq, mode=1)[0]   # once without a limit: OpenBLAS takes its buffers
-    taylor = sweep((tq, tq, tq), 4 * MiB, 4 * MiB, 64 * MiB, mode=1)
+    warm = call(tq, tq, tq, mode=1)[0]
+    taylor = sweep((tq, tq, tq), 4 * MiB, 4 * MiB, 33 * MiB, mode=1)
     rc, line, o, _ = call(q, k, v)
     return {"first": first, "exact": exact, "warm": warm, "taylor": taylor, "last": rc, "last_line": line,
             "err": err_against_reference(o, q, k, v)}
