@@ -14,8 +14,10 @@ int fa_agree(MPI_Comm comm, int st, int64_t key) {
     MPI_Allreduce(&in, &out, 1, MPI_LONG_INT, MPI_MINLOC, comm);
     fa_sync_s += MPI_Wtime() - t0;
     if (out.v == LONG_MAX) return 0;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", fa_errmsg());
-    MPI_Bcast(msg, sizeof msg, MPI_CHAR, out.r, comm);
-    return fa_seterr("%s", msg);
+    struct { int kind; char msg[1024]; } e;   /* the line and its kind (FA_ERR_*) */
+    e.kind = fa_errkind();
+    snprintf(e.msg, sizeof e.msg, "%s", fa_errmsg());
+    MPI_Bcast(&e, sizeof e, MPI_BYTE, out.r, comm);
+    fa_seterr("%s", e.msg);
+    return fa_set_errkind(e.kind);
 }

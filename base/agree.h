@@ -6,7 +6,8 @@
 #include <mpi.h>
 
 /* COLLECTIVE over comm. Returns 0 when st == 0 on every rank; otherwise -1 on every rank, with
- * the message (fa_seterr) of the failing rank of smallest key copied to every rank. key < 0
+ * the message (fa_seterr) of the failing rank of smallest key, and its kind (fa_errkind), copied
+ * to every rank. key < 0
  * means the rank's own number: the lowest failing rank's message wins. */
 int fa_agree(MPI_Comm comm, int st, int64_t key);
 

@@ -19,6 +19,8 @@ fa_threads_info fa_threads = {1, 1, 1, "node share", 1, 1, 1, "online CPUs", 0, 
 int fa_verbosity = 1;
 
 static _Thread_local char errbuf[1024];   /* each thread its own: the I/O thread's tasks */
+static _Thread_local int errkind;          /* FA_ERR_* of errbuf's line */
+int fa_library_call = 0;
 static char cleanup_path[4096];
 
 int fa_seterr(const char *fmt, ...) {
@@ -26,10 +28,13 @@ int fa_seterr(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(errbuf, sizeof errbuf, fmt, ap);
     va_end(ap);
+    errkind = FA_ERR_INPUT;
     return -1;
 }
 const char *fa_errmsg(void) { return errbuf; }
-void fa_clearerr(void) { errbuf[0] = 0; }
+void fa_clearerr(void) { errbuf[0] = 0; errkind = FA_ERR_INPUT; }
+int fa_set_errkind(int kind) { errkind = kind; return -1; }
+int fa_errkind(void) { return errkind; }
 
 static void (*fail_hooks[8])(void);
 static int nfail_hooks;
@@ -85,31 +90,57 @@ void fa_log(int level, const char *fmt, ...) {
     fputc('\n', stderr);
 }
 
-void *fa_malloc(size_t bytes, const char *what) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) fa_fail("out of memory allocating %zu bytes for %s", bytes, what);
-    return p;
+/* A failed allocation: the command ends (fa_fail); a library call's fa_try_* gets NULL and the
+ * line, its kind FA_ERR_NOMEM (soft: the caller passes it up). The first such line stays until
+ * the error is cleared (a set-up that tries its buffers one after another names the first). */
+static void *out_of_memory(int soft, const char *line) {
+    if (!soft || !fa_library_call) fa_fail("%s", line);
+    if (fa_errkind() != FA_ERR_NOMEM) {
+        fa_seterr("fa_long: %s", line);
+        fa_set_errkind(FA_ERR_NOMEM);
+    }
+    return NULL;
 }
-void *fa_calloc(size_t n, size_t size, const char *what) {
+
+static void *alloc_plain(size_t bytes, const char *what, int soft) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (p) return p;
+    char line[256];
+    snprintf(line, sizeof line, "out of memory allocating %zu bytes for %s", bytes, what);
+    return out_of_memory(soft, line);
+}
+static void *alloc_zeroed(size_t n, size_t size, const char *what, int soft) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) fa_fail("out of memory allocating %zu x %zu bytes for %s", n, size, what);
-    return p;
+    if (p) return p;
+    char line[256];
+    snprintf(line, sizeof line, "out of memory allocating %zu x %zu bytes for %s", n, size, what);
+    return out_of_memory(soft, line);
 }
 
 /* Buffers of 64 MiB and more (keys, query chunks, output sets) start on a 2 MiB boundary and ask
  * for transparent huge pages: their first touch (a read landing in a fresh key buffer) then
  * faults 512 times less often. Where the kernel has none, the advice is ignored. */
-void *fa_aligned_alloc(size_t bytes, const char *what) {
+static void *alloc_aligned(size_t bytes, const char *what, int soft) {
     void *p = NULL;
     const size_t huge = (size_t)2 << 20;
     const int big = bytes >= ((size_t)64 << 20);
-    if (posix_memalign(&p, big ? huge : 64, bytes ? bytes : 64) != 0)
-        fa_fail("out of memory allocating %zu bytes for %s", bytes, what);
+    if (posix_memalign(&p, big ? huge : 64, bytes ? bytes : 64) != 0) {
+        char line[256];
+        snprintf(line, sizeof line, "out of memory allocating %zu bytes for %s", bytes, what);
+        return out_of_memory(soft, line);
+    }
 #ifdef MADV_HUGEPAGE
     if (big) (void)madvise(p, (bytes + 4095) / 4096 * 4096, MADV_HUGEPAGE);
 #endif
     return p;
 }
+
+void *fa_malloc(size_t bytes, const char *what) { return alloc_plain(bytes, what, 0); }
+void *fa_calloc(size_t n, size_t size, const char *what) { return alloc_zeroed(n, size, what, 0); }
+void *fa_aligned_alloc(size_t bytes, const char *what) { return alloc_aligned(bytes, what, 0); }
+void *fa_try_malloc(size_t bytes, const char *what) { return alloc_plain(bytes, what, 1); }
+void *fa_try_calloc(size_t n, size_t size, const char *what) { return alloc_zeroed(n, size, what, 1); }
+void *fa_try_aligned_alloc(size_t bytes, const char *what) { return alloc_aligned(bytes, what, 1); }
 
 void fa_copy_floats(float *dst, const float *src, int64_t n, int add) {
     const int64_t step = (int64_t)1 << 18;

@@ -26,10 +26,20 @@ extern int fa_mpi_thread_multiple;
  *    ranks, rank 0 prints the line, every rank exits non-zero. No MPI_Abort, no partial output.
  * 2. Failures one rank meets alone (I/O error mid-run, out of memory, CUDA error): fa_fail()
  *    prints "fa_long: rank R: message", removes the temporary output file if one is registered,
- *    and brings every rank down with MPI_Abort, so no rank hangs in a collective. */
+ *    and brings every rank down with MPI_Abort, so no rank hangs in a collective.
+ * 3. In a library call (lib/api.c sets fa_library_call for its duration) the caller's process
+ *    must not end: the fa_try_* allocations below and the pipeline's engine calls return -1 with
+ *    their line instead of calling fa_fail(), and the line's kind (fa_errkind) says which FA_E*
+ *    code the call returns. Outside a library call (the command) they fa_fail() as before. */
 int fa_seterr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *fa_errmsg(void);           /* last message set by fa_seterr ("" if none) */
 void fa_clearerr(void);
+/* What the last message is: fa_seterr and fa_clearerr make it FA_ERR_INPUT; fa_set_errkind,
+ * called after fa_seterr, changes it (returns -1). fa_agree carries it to every rank. */
+enum { FA_ERR_INPUT = 0, FA_ERR_NOMEM = 1, FA_ERR_MPI = 2 };
+int fa_set_errkind(int kind);
+int fa_errkind(void);
+extern int fa_library_call;            /* 1 while lib/api.c runs a call (3. above) */
 void fa_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /* Rank 0 prints the message set by fa_seterr as "fa_long: <message>"; returns exit status 2. */
 int fa_report_error(void);
@@ -47,6 +57,12 @@ void fa_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 void *fa_malloc(size_t bytes, const char *what);  /* fa_fail()s when out of memory */
 void *fa_calloc(size_t n, size_t size, const char *what);
 void *fa_aligned_alloc(size_t bytes, const char *what); /* 64-byte aligned; free() it */
+/* The same, for the allocations a library call makes (the pipeline's buffers, the engines'
+ * states): in a library call, NULL with the line "out of memory allocating ..." (FA_ERR_NOMEM)
+ * for the caller to pass up; otherwise they fa_fail() as the ones above. */
+void *fa_try_malloc(size_t bytes, const char *what);
+void *fa_try_calloc(size_t n, size_t size, const char *what);
+void *fa_try_aligned_alloc(size_t bytes, const char *what);
 /* dst[i] = src[i] (add = 0) or dst[i] += src[i] (add = 1) for n floats, in 1 MiB pieces over the
  * OpenMP threads: host copies of whole chunks (staging, pinned buffers) at memory speed */
 void fa_copy_floats(float *dst, const float *src, int64_t n, int add);

@@ -42,15 +42,15 @@ static int cpu_kv_begin(void *ctx, const attn_kv_segment *segs, int nsegs) {
     c->kv_total = c->kv_ready = 0;
     for (int i = 0; i < nsegs; i++) c->kv_total += segs[i].n;
     free(c->sub);
-    c->sub = fa_calloc((size_t)nsegs + 1, sizeof *c->sub, "key parts");
-    return 0;
+    c->sub = fa_try_calloc((size_t)nsegs + 1, sizeof *c->sub, "key parts");
+    return c->sub ? 0 : -1;
 }
 static int cpu_kv_ready(void *ctx, int64_t rows) {
     ((exact_ctx *)ctx)->kv_ready = rows;
     return 0;
 }
 static int cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
-    cpu_kv_begin(ctx, segs, nsegs);
+    if (cpu_kv_begin(ctx, segs, nsegs)) return -1;
     return cpu_kv_ready(ctx, ((exact_ctx *)ctx)->kv_total);
 }
 
@@ -98,33 +98,46 @@ static void exact_destroy(void *ctx) {
     free(c);
 }
 
-static void exact_common(const run_plan *pl, exact_ctx *c, pipe_engine *e) {
+/* 0, or -1 with the line (a library call out of memory, or MPI's type): exact_destroy frees
+ * what was made */
+static int exact_common(const run_plan *pl, exact_ctx *c, pipe_engine *e) {
     const fa_shape *s = &pl->s;
     c->h = (int)s->H;
     c->d = (int)s->D;
-    c->kv_done = fa_calloc((size_t)pl->merges_in_flight, sizeof *c->kv_done, "key parts");
-    rec_merge_init(&c->merge, c->d);
     memset(e, 0, sizeof *e);
+    if (rec_merge_init(&c->merge, c->d)) return -1;
+    c->kv_done = fa_try_calloc((size_t)pl->merges_in_flight, sizeof *c->kv_done, "key parts");
+    if (!c->kv_done) return -1;
     e->rec_len = c->d + 2;
     e->overflow_is_error = 1;     /* exact attention: a visible row is finite, or overflowed */
     e->ctx = c;
     e->destroy = exact_destroy;
+    return 0;
 }
 
 /* The records of `slots` chunks on the host, merged over comm with the record operator. */
-static void exact_host_merge(const run_plan *pl, MPI_Comm comm, exact_ctx *c, pipe_engine *e) {
-    host_merge_init(&c->hm, comm, pl->merges_in_flight, pl->chunk, c->h, c->d, c->d + 2, c->merge.rec,
-                    c->merge.op, exact_finalize, c);
+static int exact_host_merge(const run_plan *pl, MPI_Comm comm, exact_ctx *c, pipe_engine *e) {
+    if (host_merge_init(&c->hm, comm, pl->merges_in_flight, pl->chunk, c->h, c->d, c->d + 2,
+                        c->merge.rec, c->merge.op, exact_finalize, c))
+        return -1;
     e->merge_start = host_merge_slot_start;
     e->merge_wait = host_merge_slot_wait;
     e->fetch = host_merge_slot_fetch;
+    return 0;
+}
+
+/* An engine that could not start (a library call: out of memory, MPI): freed, e cleared. */
+static int exact_failed(exact_ctx *c, pipe_engine *e) {
+    exact_destroy(c);
+    memset(e, 0, sizeof *e);
+    return -1;
 }
 
 static int engine_exact_cpu(const run_plan *pl, MPI_Comm comm, pipe_engine *e) {
-    exact_ctx *c = fa_calloc(1, sizeof *c, "engine");
+    exact_ctx *c = fa_try_calloc(1, sizeof *c, "engine");
+    if (!c) return -1;
     c->tiling = pl->tiling;                 /* the planner's tile, threads and tile products */
-    exact_common(pl, c, e);
-    exact_host_merge(pl, comm, c, e);
+    if (exact_common(pl, c, e) || exact_host_merge(pl, comm, c, e)) return exact_failed(c, e);
     e->compute = "float32";
     e->load_kv = cpu_load_kv;
     e->kv_begin = cpu_kv_begin;
@@ -208,7 +221,7 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
         free(c);
         return -1;
     }
-    exact_common(pl, c, e);
+    if (exact_common(pl, c, e)) return exact_failed(c, e);
     e->compute = pl->compute == FA_COMPUTE_FP16 ? "float16" : "bfloat16";
     e->load_kv = job_load_kv;
     e->kv_begin = job_kv_begin;
@@ -219,7 +232,7 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
         e->merge_wait = job_merge_wait;
         e->fetch = job_fetch;
     } else {                                  /* states to the host, MPI merge */
-        exact_host_merge(pl, comm, c, e);
+        if (exact_host_merge(pl, comm, c, e)) return exact_failed(c, e);
         e->merge_start = job_host_merge_start;
         c->o_xfer = pl->o_xfer;
         if (c->o_xfer != FA_F32) {

@@ -16,31 +16,46 @@ static void rec_merge_fn(void *in, void *inout, int *len, MPI_Datatype *dt) {
         attn_rec_merge(b + (int64_t)i * (d + 2), a + (int64_t)i * (d + 2), d);
 }
 
-void rec_merge_init(rec_merge *m, int d) {
+int rec_merge_init(rec_merge *m, int d) {
     m->d = d;
+    m->rec = MPI_DATATYPE_NULL;
+    m->op = MPI_OP_NULL;
     if (MPI_Type_contiguous(d + 2, MPI_FLOAT, &m->rec) != MPI_SUCCESS ||
         MPI_Type_commit(&m->rec) != MPI_SUCCESS ||
-        MPI_Op_create(rec_merge_fn, 1, &m->op) != MPI_SUCCESS)
-        fa_fail("cannot create the MPI record type and merge operator");
+        MPI_Op_create(rec_merge_fn, 1, &m->op) != MPI_SUCCESS) {
+        if (!fa_library_call) fa_fail("cannot create the MPI record type and merge operator");
+        fa_seterr("fa_long: cannot create the MPI record type and merge operator");
+        return fa_set_errkind(FA_ERR_MPI);
+    }
+    return 0;
 }
 
 void rec_merge_free(rec_merge *m) {
-    MPI_Op_free(&m->op);
-    MPI_Type_free(&m->rec);
+    if (m->op != MPI_OP_NULL) MPI_Op_free(&m->op);
+    if (m->rec != MPI_DATATYPE_NULL) MPI_Type_free(&m->rec);
 }
 
-void host_merge_init(host_merge *m, MPI_Comm comm, int slots, int64_t max_rows, int heads, int d,
-                     int rec_len, MPI_Datatype type, MPI_Op op,
-                     float (*finalize)(void *ctx, const float *rec, float *o), void *ctx) {
+int host_merge_init(host_merge *m, MPI_Comm comm, int slots, int64_t max_rows, int heads, int d,
+                    int rec_len, MPI_Datatype type, MPI_Op op,
+                    float (*finalize)(void *ctx, const float *rec, float *o), void *ctx) {
     *m = (host_merge){.comm = comm, .slots = slots, .heads = heads, .d = d, .rec_len = rec_len,
                       .type = type, .op = op, .finalize = finalize, .ctx = ctx};
     MPI_Comm_rank(comm, &m->rank);
-    m->rec = fa_calloc((size_t)slots, sizeof(float *), "record slots");
-    m->req = fa_calloc((size_t)slots, sizeof(MPI_Request), "merge requests");
-    for (int w = 0; w < slots; w++) {
-        m->rec[w] = fa_aligned_alloc((size_t)(max_rows * heads * rec_len) * sizeof(float), "partials");
-        m->req[w] = MPI_REQUEST_NULL;
-    }
+    m->rec = fa_try_calloc((size_t)slots, sizeof(float *), "record slots");
+    m->req = fa_try_calloc((size_t)slots, sizeof(MPI_Request), "merge requests");
+    int ok = m->rec && m->req;
+    for (int w = 0; ok && w < slots; w++) m->req[w] = MPI_REQUEST_NULL;
+    for (int w = 0; ok && w < slots; w++)
+        ok = (m->rec[w] = fa_try_aligned_alloc((size_t)(max_rows * heads * rec_len) * sizeof(float),
+                                               "partials")) != NULL;
+    if (ok) return 0;
+    for (int w = 0; m->rec && w < slots; w++) free(m->rec[w]);   /* a library call out of
+                                                                    memory: nothing stays */
+    free(m->rec);
+    free(m->req);
+    m->rec = NULL;
+    m->req = NULL;
+    return -1;
 }
 
 void host_merge_free(host_merge *m) {

@@ -14,7 +14,8 @@ typedef struct {
     int d;
 } rec_merge;
 
-void rec_merge_init(rec_merge *m, int d);
+/* 0, or -1 with the line where MPI cannot make them (a library call; the command fa_fail()s) */
+int rec_merge_init(rec_merge *m, int d);
 void rec_merge_free(rec_merge *m);
 
 /* The MPI side of a chunk's merge for every engine whose chunk states reach the host (the CPU
@@ -32,9 +33,11 @@ typedef struct {
     void *ctx;
 } host_merge;
 
-void host_merge_init(host_merge *m, MPI_Comm comm, int slots, int64_t max_rows, int heads, int d,
-                     int rec_len, MPI_Datatype type, MPI_Op op,
-                     float (*finalize)(void *ctx, const float *rec, float *o), void *ctx);
+/* 0, or -1 out of memory in a library call (fa_try_*: nothing left allocated; host_merge_free
+ * may still be called) */
+int host_merge_init(host_merge *m, MPI_Comm comm, int slots, int64_t max_rows, int heads, int d,
+                    int rec_len, MPI_Datatype type, MPI_Op op,
+                    float (*finalize)(void *ctx, const float *rec, float *o), void *ctx);
 void host_merge_free(host_merge *m);
 /* COLLECTIVE (every rank, the same slots in the same order): merges the slot's nrows*heads
  * records across ranks into root's buffer (in place there). */

@@ -81,6 +81,8 @@ struct pipe_state {
     char *qnode[2];            /* the node's two query buffers (chunk i in qnode[i % 2]), in
                                   the plan's in_type[0] */
     int64_t kv_blocks;         /* key reads per batch element (every rank the same count) */
+    row_range *kv_ranges;      /* [shard ranges + 1] a key read's file ranges (run_load_kv: the
+                                  I/O tasks run one at a time), allocated with the buffers */
     double checkpoint_s, last_checkpoint;
     /* the engine's overflow policy (pipe_engine.overflow_is_error), finite inputs: a row that
      * sees a key must come out finite, else its scores (or its sum of weighted values)
@@ -280,6 +282,17 @@ static int stop_agreed(pipe_state *p) {
     return all;
 }
 
+/* An engine call failed on this rank alone, mid-run. The command ends with its line (fa_fail:
+ * the other ranks wait for this one in the merges), and so does a library call across ranks (a
+ * rank leaving alone would leave the others hung); a library call on one rank (fa_attention)
+ * gets -1 with the engine's line, and the pipeline tears down as after any error. */
+static int engine_failed(const pipe_state *p) {
+    const char *m = fa_errmsg();
+    if (!fa_library_call || p->nranks > 1)
+        fa_fail("%s", strncmp(m, "fa_long: ", 9) ? m : m + 9);
+    return -1;
+}
+
 /* Waits for chunk i's merge; the owner finalizes it into its group's output set; at the end of a
  * group every rank hands its rows to the I/O thread. */
 static int finish_chunk(pipe_state *p, int64_t i) {
@@ -301,10 +314,10 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     float *lse_out = p->lse_set[k];
     double t0 = fa_now();
     const int mine = owner(p, i) == p->rank;
-    if (p->eng->merge_wait(p->eng->ctx, slot)) fa_fail("%s", fa_errmsg());
+    if (p->eng->merge_wait(p->eng->ctx, slot)) return engine_failed(p);
     p->st->t_wait += fa_now() - t0;
     t0 = fa_now();
-    if (mine && p->eng->fetch(p->eng->ctx, slot, n, o_out, lse_out)) fa_fail("%s", fa_errmsg());
+    if (mine && p->eng->fetch(p->eng->ctx, slot, n, o_out, lse_out)) return engine_failed(p);
     if (mine) {
         p->pend_b[k] = b;
         p->pend_r0[k] = r0;
@@ -440,13 +453,12 @@ static int run_load_kv(void *arg) {
     int64_t a = t->blk * R, e = a + R;
     if (a > sh->total) a = sh->total;
     if (e > sh->total) e = sh->total;
-    row_range *r = fa_malloc(sizeof *r * (size_t)(sh->n + 1), "key block ranges");
+    row_range *r = p->kv_ranges;
     const int nr = shard_rows(sh, a, e, r);
     const pipe_source *src = p->src;
     int rc = src->read_rows(src->ctx, PIPE_K, t->b, r, nr, t->kbuf + a * row * fa_dtype_size(kt), kt, fin);
     if (rc == 0)
         rc = src->read_rows(src->ctx, PIPE_V, t->b, r, nr, t->vbuf + a * row * fa_dtype_size(vt), vt, fin);
-    free(r);
     if (t->blk == p->kv_blocks - 1) src->take_digests(src->ctx, t->d);
     t->kmax = src->last_absmax(src->ctx, PIPE_K);
     t->vmax = src->last_absmax(src->ctx, PIPE_V);
@@ -554,13 +566,15 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
 
     /* buffers: this rank's K/V of one batch element, two Q chunks, `merges_in_flight` record sets, two
      * chunks of finalized output; q, k, v in the types the engine takes them in, o in the one
-     * it gives (the plan's in_type, o_xfer) */
+     * it gives (the plan's in_type, o_xfer). fa_try_*: in a library call, NULL when out of
+     * memory (agreed on below); in the command, fa_fail as ever */
     const int64_t qes = fa_dtype_size(plan->in_type[0]), kes = fa_dtype_size(plan->in_type[1]),
                   ves = fa_dtype_size(plan->in_type[2]), oes = fa_dtype_size(plan->o_xfer);
-    char *kbuf = fa_aligned_alloc((size_t)(sh->total * Hkv * D * kes), "key shard");
-    char *vbuf = fa_aligned_alloc((size_t)(sh->total * Hkv * D * ves), "value shard");
-    attn_kv_segment *segs = fa_calloc((size_t)sh->n + 1, sizeof *segs, "key segments");
-    for (int64_t i = 0, off = 0; i < sh->n; off += sh->r[i].n, i++)
+    char *kbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * kes), "key shard");
+    char *vbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * ves), "value shard");
+    attn_kv_segment *segs = fa_try_calloc((size_t)sh->n + 1, sizeof *segs, "key segments");
+    p.kv_ranges = fa_try_calloc((size_t)sh->n + 1, sizeof *p.kv_ranges, "key block ranges");
+    for (int64_t i = 0, off = 0; segs && i < sh->n; off += sh->r[i].n, i++)
         segs[i] = (attn_kv_segment){.k = kbuf + off * Hkv * D * kes, .v = vbuf + off * Hkv * D * ves,
                                     .n = sh->r[i].n, .pos0 = sh->r[i].start,
                                     .k_type = plan->in_type[1], .v_type = plan->in_type[2]};
@@ -574,7 +588,7 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
     }
     char *qbuf[2];
     for (int k = 0; k < 2; k++)
-        qbuf[k] = fa_aligned_alloc((size_t)(p.chunk * H * D * qes), "query chunk");
+        qbuf[k] = fa_try_aligned_alloc((size_t)(p.chunk * H * D * qes), "query chunk");
     p.node = MPI_COMM_NULL;
     if (p.nranks > 1 && plan->q_read == Q_READ_NODE) {
         MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p.rank, MPI_INFO_NULL, &p.node);
@@ -597,14 +611,14 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
                p.node_size, p.rank - p.node_rank);
     }
     for (int k = 0; k < 2; k++) {
-        p.o_set[k] = fa_aligned_alloc((size_t)(p.chunk * H * D * oes), "output chunk");
-        p.lse_set[k] = fa_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
+        p.o_set[k] = fa_try_aligned_alloc((size_t)(p.chunk * H * D * oes), "output chunk");
+        p.lse_set[k] = fa_try_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
         p.write_ticket[k] = -1;
     }
     int rc = 0;
     float scale = (float)plan->scale;
-    p.qmax_chunk = fa_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
-    p.kmax_b = fa_calloc((size_t)s->B, sizeof(float), "key magnitudes");
+    p.qmax_chunk = fa_try_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
+    p.kmax_b = fa_try_calloc((size_t)s->B, sizeof(float), "key magnitudes");
     p.ovf_chunk = -1;
     /* the I/O thread: its collectives on a communicator of their own */
     p.src = src;
@@ -624,13 +638,20 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
     }
     p.written = first;
     query_task qt[2] = {{.ticket = -1}, {.ticket = -1}};
-    kv_task *kt = fa_calloc((size_t)p.kv_blocks, sizeof *kt, "key reads");
-    for (int j = 0; j < p.kv_blocks; j++)
+    kv_task *kt = fa_try_calloc((size_t)p.kv_blocks, sizeof *kt, "key reads");
+    for (int j = 0; kt && j < p.kv_blocks; j++)
         kt[j] = (kv_task){.p = &p, .sh = sh, .b = -1, .blk = j, .kbuf = kbuf, .vbuf = vbuf, .ticket = -1};
+    if (fa_library_call) {   /* out of memory on some rank: every rank returns it, no read or
+                                chunk runs, and the teardown below frees what was allocated */
+        const int nomem = !sh->r || !kbuf || !vbuf || !segs || !p.kv_ranges || !qbuf[0] ||
+                          !qbuf[1] || !p.o_set[0] || !p.o_set[1] || !p.lse_set[0] ||
+                          !p.lse_set[1] || !p.qmax_chunk || !p.kmax_b || !kt;
+        if (fa_agree(comm, nomem ? -1 : 0, -1)) rc = -1;
+    }
     /* setup: buffers and the engine's start; in series the first reads run inside their
      * submission and count as reads, not setup */
     const double io_pre = p.t_io_exposed;
-    if (first < p.nchunks)           /* the first batch element's keys and first queries: read
+    if (rc == 0 && first < p.nchunks)   /* the first batch element's keys and first queries: read
                                         while the engine starts (device context, memory) */
         submit_keys(&p, kt, first / p.nchunks_per_b, qt, qbuf, first);
 
@@ -638,7 +659,7 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
      * plan says (through NCCL on gc's communicator, through MPI, or not at all) */
     const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
     pipe_engine eng;
-    rc_engine = engine_create(plan, comm, gc->device, sh->total, gc->comm, &eng);
+    rc_engine = rc ? -1 : engine_create(plan, comm, gc->device, sh->total, gc->comm, &eng);
     if (fa_agree(comm, rc_engine, -1)) {
         if (rc_engine == 0) engine_free(&eng);
         memset(&eng, 0, sizeof eng);
@@ -674,7 +695,10 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
             float kmax = 0, vmax = 0;
             double t_first = 0;              /* when the chunk's first compute call went out */
             t1 = fa_now();
-            if (stream && eng.kv_begin(eng.ctx, segs, sh->n)) fa_fail("%s", fa_errmsg());
+            if (stream && eng.kv_begin(eng.ctx, segs, sh->n)) {
+                rc = engine_failed(&p);
+                break;
+            }
             st->t_load_kv += fa_now() - t1;
             const int64_t KR = block_rows(&p, sh);
             for (int j = 0; j < p.kv_blocks && rc == 0; j++) {
@@ -687,7 +711,10 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
                 int64_t ready = (j + 1) * KR;
                 if (ready > sh->total || j == p.kv_blocks - 1) ready = sh->total;
                 t1 = fa_now();
-                if (eng.kv_ready(eng.ctx, ready)) fa_fail("%s", fa_errmsg());
+                if (eng.kv_ready(eng.ctx, ready)) {
+                    rc = engine_failed(&p);
+                    break;
+                }
                 st->t_load_kv += fa_now() - t1;
                 if (j == 0) {                /* the chunk's queries, queued right after block 0 */
                     rc = wait_io(&p, t->ticket);
@@ -700,7 +727,10 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
                        : j == p.kv_blocks - 1 ? ATTN_KEYS_LAST : ATTN_KEYS_MORE;
                 t1 = fa_now();
                 if (j == 0) t_first = t1;
-                if (eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
+                if (eng.compute_chunk(eng.ctx, slot, &q)) {
+                    rc = engine_failed(&p);
+                    break;
+                }
                 st->t_compute += fa_now() - t1;
                 computed = 1;
             }
@@ -713,7 +743,10 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
             }
             rc = note_kv_digest(&p, &kt[p.kv_blocks - 1]);
             if (rc) break;
-            if (!stream && eng.load_kv(eng.ctx, segs, sh->n)) fa_fail("%s", fa_errmsg());
+            if (!stream && eng.load_kv(eng.ctx, segs, sh->n)) {
+                rc = engine_failed(&p);
+                break;
+            }
             cur_b = b;
             if (p.check_overflow) {             /* same point on every rank: collective */
                 p.kmax_b[b] = kmax;
@@ -738,8 +771,11 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
         int root = owner(&p, i);
         st->work_pairs += shard_work(sh, &plan->mask, b, r0, r0 + n) * (double)H;
         /* one path for every engine: the chunk into its slot, then its merge onto the owner */
-        if (!computed && eng.compute_chunk(eng.ctx, slot, &q)) fa_fail("%s", fa_errmsg());
-        if (eng.merge_start(eng.ctx, slot, n, root)) fa_fail("%s", fa_errmsg());
+        if ((!computed && eng.compute_chunk(eng.ctx, slot, &q)) ||
+            eng.merge_start(eng.ctx, slot, n, root)) {
+            rc = engine_failed(&p);
+            break;
+        }
         st->t_compute += fa_now() - t1;
         if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
         st->chunks++;
@@ -762,10 +798,14 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
     {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", fa_errmsg());   /* the first error stays the run's */
+        const int kind = fa_errkind();
         const double w0 = p.t_io_exposed;
         int io_rc = io_drain(p.io, &p.t_io_exposed);   /* the last writes, mostly */
         p.t_write_exposed += p.t_io_exposed - w0;
-        if (rc) fa_seterr("%s", msg);
+        if (rc) {
+            fa_seterr("%s", msg);
+            fa_set_errkind(kind);
+        }
         else rc = io_rc;
     }
     const double t_down = fa_now();
@@ -804,6 +844,7 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
     }
     if (p.node != MPI_COMM_NULL) MPI_Comm_free(&p.node);
     free(segs);
+    free(p.kv_ranges);
     free(kt);
     free(kbuf);
     free(vbuf);

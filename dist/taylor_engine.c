@@ -180,19 +180,29 @@ static void t_destroy(void *ctx) {
     host_merge_free(&c->hm);
     taylor_cpu_destroy(c->cpu);
     if (c->gpu) taylor_gpu_destroy(c->gpu);
-    MPI_Op_free(&c->op);
-    MPI_Type_free(&c->rec);
+    if (c->op != MPI_OP_NULL) MPI_Op_free(&c->op);
+    if (c->rec != MPI_DATATYPE_NULL) MPI_Type_free(&c->rec);
     free(c->sums);
     free(c->mu);
     free(c->state);
     free(c);
 }
 
+/* An engine that could not start (a library call: out of memory, MPI): freed, e cleared. */
+static int t_failed(taylor_ctx *c, pipe_engine *e) {
+    t_destroy(c);
+    memset(e, 0, sizeof *e);
+    return -1;
+}
+
 int taylor_engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t kv_rows,
                          pipe_engine *e) {
     const fa_shape *s = &pl->s;
     const int64_t max_rows = pl->chunk;
-    taylor_ctx *c = fa_calloc(1, sizeof *c, "taylor engine");
+    taylor_ctx *c = fa_try_calloc(1, sizeof *c, "taylor engine");
+    if (!c) return -1;
+    c->op = MPI_OP_NULL;
+    c->rec = MPI_DATATYPE_NULL;
     c->h = (int)s->H;
     c->hkv = (int)s->Hkv;
     c->d = (int)s->D;
@@ -211,20 +221,29 @@ int taylor_engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t 
         e->compute_chunk = t_gpu_compute;
     } else {
         c->cpu = taylor_cpu_create(c->h, c->hkv, c->d, pl->tiling.threads, pl->tiling.br);
+        if (!c->cpu) return t_failed(c, e);
         e->load_kv = t_cpu_load_kv;
         e->compute_chunk = t_cpu_compute;
     }
-    c->sums = fa_calloc((size_t)(c->hkv * c->d + 1), sizeof(double), "taylor key sums");
-    c->mu = fa_calloc((size_t)(c->hkv * c->d), sizeof(double), "taylor key mean");
-    c->state = fa_calloc((size_t)(c->hkv * ((int64_t)c->d * c->d + 2 * c->d)), sizeof(double),
-                         "taylor state");
+    c->sums = fa_try_calloc((size_t)(c->hkv * c->d + 1), sizeof(double), "taylor key sums");
+    c->mu = fa_try_calloc((size_t)(c->hkv * c->d), sizeof(double), "taylor key mean");
+    c->state = fa_try_calloc((size_t)(c->hkv * ((int64_t)c->d * c->d + 2 * c->d)), sizeof(double),
+                             "taylor state");
+    if (!c->sums || !c->mu || !c->state) return t_failed(c, e);
     int R = (int)taylor_rec_len(c->d);
     if (MPI_Type_contiguous(R, MPI_FLOAT, &c->rec) != MPI_SUCCESS ||
         MPI_Type_commit(&c->rec) != MPI_SUCCESS ||
-        MPI_Op_create(rec_sum_fn, 1, &c->op) != MPI_SUCCESS)
-        fa_fail("cannot create the MPI record type and sum operator of the Taylor mode");
+        MPI_Op_create(rec_sum_fn, 1, &c->op) != MPI_SUCCESS) {
+        const char *line = "cannot create the MPI record type and sum operator of the Taylor mode";
+        if (!fa_library_call) fa_fail("%s", line);
+        fa_seterr("fa_long: %s", line);
+        fa_set_errkind(FA_ERR_MPI);
+        return t_failed(c, e);
+    }
     e->compute = "float32";
-    host_merge_init(&c->hm, comm, pl->merges_in_flight, max_rows, c->h, c->d, R, c->rec, c->op, t_finalize, c);
+    if (host_merge_init(&c->hm, comm, pl->merges_in_flight, max_rows, c->h, c->d, R, c->rec, c->op,
+                        t_finalize, c))
+        return t_failed(c, e);
     e->rec_len = R;
     e->ctx = c;
     e->merge_start = host_merge_slot_start;

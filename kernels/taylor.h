@@ -85,7 +85,8 @@ void taylor_row_counts(const attn_queries *q, const attn_kv_segment *segs, int n
 
 /* ---- CPU engine (kernels/cpu/taylor_cpu.c) ---------------------------------------------------- */
 typedef struct taylor_cpu taylor_cpu;
-/* threads: OpenMP threads (0 = all); tile: query rows per tile (0 = default 64). */
+/* threads: OpenMP threads (0 = all); tile: query rows per tile (0 = default 64). NULL out of
+ * memory in a library call (base/common.h's fa_try_*), nothing left allocated. */
 taylor_cpu *taylor_cpu_create(int h, int hkv, int d, int threads, int tile);
 /* New batch element: the rank's keys (segments stay valid until the next call) and the global
  * key mean mu [hkv*d] (double). Resets the running state. */

@@ -145,11 +145,37 @@ static void bcast_bytes(void *x, int64_t bytes, MPI_Comm comm) {
     }
 }
 
+/* The FA_E* code of the pipeline's failure, from its line's kind (base/common.h); a line that
+ * is not about the input gets the call's name. */
+static int failure_code(const char *who) {
+    const int kind = fa_errkind();
+    if (kind == FA_ERR_INPUT) return FA_EINVAL;
+    char line[900];
+    const char *m = fa_errmsg();
+    snprintf(line, sizeof line, "%s", strncmp(m, "fa_long: ", 9) ? m : m + 9);
+    fa_seterr("fa_long: %s: %s", who, line);
+    fa_set_errkind(kind);
+    return kind == FA_ERR_NOMEM ? FA_ENOMEM : FA_EMPI;
+}
+
 /* COLLECTIVE over comm. The pipeline from the buffers (this rank's keys [k0, k0+kn)) to o and
- * lse on rank `root`, or on every rank when root < 0 (merged on rank 0, then broadcast). */
+ * lse on rank `root`, or on every rank when root < 0 (merged on rank 0, then broadcast).
+ *
+ * Failures come back as returns, never as an exit of the caller's process: fa_library_call makes
+ * the allocations of the pipeline and its engines (fa_try_*) and the engines' failures return -1
+ * with their line, the pipeline agrees on them across ranks and frees what it holds, as after
+ * bad input (dist/pipeline.c). Not a jump from fa_fail back to here (setjmp/longjmp): the
+ * failure may meet an OpenMP worker or the pipeline's I/O thread, which cannot jump to this
+ * thread; a jump would skip the frees of the key shard (the largest allocation, and the likely
+ * one to fail), the duplicated communicators and the merges in flight; and a rank jumping out
+ * alone would leave the others waiting in a collective. What is still not returned (base/common.h,
+ * README "The C library"): a failure one rank meets alone mid-run when the call spans several
+ * ranks, and the CPU engine's per-thread tile scratch, allocated inside its parallel region. */
 static int run(MPI_Comm comm, const char *who, const fa_attn_desc *d, const attn_mask *m,
                const void *q, const void *k, const void *v, int64_t k0, int64_t kn, void *o,
                float *lse, int root) {
+    const int outer = fa_library_call;
+    fa_library_call = 1;
     MPI_Comm pc;
     MPI_Comm_dup(comm, &pc);
     int me, np;
@@ -175,7 +201,7 @@ static int run(MPI_Comm comm, const char *who, const fa_attn_desc *d, const attn
     progress pg;
     progress_init(&pg, 0, 1, 1.0, 0);
     pipeline_stats st;
-    int rc = pipeline_run(&plan, pc, &src, &snk, NULL, 0, &pg, &st) ? FA_EINVAL : FA_OK;
+    int rc = pipeline_run(&plan, pc, &src, &snk, NULL, 0, &pg, &st) ? failure_code(who) : FA_OK;
     if (rc == FA_OK && root < 0 && np > 1) {
         const int64_t rows = d->batch * d->nq * d->heads;
         bcast_bytes(o, rows * d->head_dim * fa_dtype_size(mo.o_type), pc);
@@ -185,6 +211,7 @@ static int run(MPI_Comm comm, const char *who, const fa_attn_desc *d, const attn
     }
     pipe_source_mem_free(&ms);
     MPI_Comm_free(&pc);
+    fa_library_call = outer;
     return rc;
 }
 

@@ -21,9 +21,12 @@
  * window_size), packed documents (cu_seqlens offsets), softcap, ALiBi slopes.
  *
  * Errors: a non-zero FA_E* return, and fa_long_error() says what in one line (the argument, what
- * was expected; one buffer for the process, the last error). A bad argument never aborts the
- * caller; an internal failure of the pipeline (out of memory, an MPI or engine error) still
- * ends the process with one line, as the command's does. Compile with mpicc (the MPI
+ * was expected; one buffer for the process, the last error). A bad argument or input, and memory
+ * the call cannot get (FA_ENOMEM: its buffers, the engine's states), never end the caller's
+ * process: the call frees what it took and returns, on every rank of fa_attention_mpi alike.
+ * Left ending the process with one line, as the command does: across several ranks, a failure
+ * one rank meets alone in the middle of the run (the other ranks would wait for it), and the CPU
+ * engine's per-thread tile scratch (a few hundred KiB a thread). Compile with mpicc (the MPI
  * function's communicator), link with `pkg-config --libs fa_long`.
  *
  * MPI: the pipeline runs on a duplicate of the communicator (fa_attention: of MPI_COMM_SELF).
@@ -36,7 +39,8 @@
  *
  * API versions: 2 appended mode, o_dtype, chunk, tile_rows and tile_keys to fa_attn_desc and
  * made o a void pointer (its type is o_dtype); a program built against version 1 must be
- * compiled again (fa_attn_desc_init fills the larger struct). */
+ * compiled again (fa_attn_desc_init fills the larger struct). 3 added the return code FA_ENOMEM
+ * (nothing else changed: a program built against version 2 runs as it is). */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -46,7 +50,7 @@
 extern "C" {
 #endif
 
-#define FA_LONG_API_VERSION 2
+#define FA_LONG_API_VERSION 3
 
 typedef enum { FA_LAYOUT_BNHD = 0, FA_LAYOUT_BHND = 1 } fa_long_layout;
 /* element types: the values of the command's own (float32, float16, bfloat16, float64) */
@@ -56,7 +60,10 @@ typedef enum { FA_ELEM_F32 = 0, FA_ELEM_F16 = 1, FA_ELEM_BF16 = 2, FA_ELEM_F64 =
  * or causal attention only, Nq == Nk under causal not required) */
 typedef enum { FA_MODE_EXACT = 0, FA_MODE_TAYLOR = 1 } fa_long_mode;
 
-enum { FA_OK = 0, FA_EINVAL = 2, FA_EMPI = 3 };
+/* FA_EINVAL: a bad argument or input; FA_EMPI: MPI not usable (finalized already, or a call of
+ * its failed); FA_ENOMEM (since API version 3): out of memory, nothing of the call left
+ * allocated; a later call may succeed */
+enum { FA_OK = 0, FA_EINVAL = 2, FA_EMPI = 3, FA_ENOMEM = 4 };
 
 typedef struct {
     int64_t batch, nq, nk, heads, kv_heads, head_dim;

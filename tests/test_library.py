@@ -8,6 +8,7 @@ from a build with CUDA (issue 27). Issue 26: the library runs the command's pipe
 (tests/lib/lib_run.c drives it on 1 and 3 ranks): bit for bit the command's o and lse on the same
 arrays, chunk, tile and threads; fp64 checks of fresh inputs; errors that return, never abort."""
 import ctypes
+import json
 import os
 import re
 import subprocess
@@ -399,3 +400,64 @@ def test_library_errors_return(tmp_path, lib, lib_run):
     for l in lines:
         assert l.endswith("rc 2: fa_long: fa_attention_mpi: rank 2's k has +Inf at [0, 7, 1, 2] "
                           "(its [B, N, heads, D] index; key position 40); expected finite values"), l
+
+
+# ---- out of memory: a return code, never the end of the caller (issue 26, item 1) ------------------
+# tests/lib/oom_child.py calls the library in a process of its own under an address-space limit
+# (RLIMIT_AS, set after a first call), raised in steps until the job fits; glibc is told to map
+# every buffer on its own, so the process's VmSize says what a failed call still holds.
+OOM_LINE = re.compile(r"fa_long: fa_attention: out of memory allocating \d+( x \d+)? bytes for (.+)")
+
+
+def oom_child(*args):
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "lib" / "oom_child.py"), *args],
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stdout + r.stderr          # the process lived through every call
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_library_out_of_memory_returns():
+    """Every call that cannot get its memory returns FA_ENOMEM (4) with the line naming the
+    buffer, wherever the limit meets it: the pipeline's key and value shards, query and output
+    chunks, the exact engine's merge records, the Taylor engine's states; the call keeps nothing
+    (VmSize within 4 MiB of before: every one of those buffers is 16 MiB or more); the same job
+    without a limit runs in the same process; and a later call's o is right against the fp64
+    reference."""
+    r = oom_child("ctypes", str(BUILD / "libfa_long.so"))
+    assert r["first"] == 0 and r["warm"] == 0, r
+    sites = {"exact": {"key shard", "value shard", "query chunk", "output chunk", "partials"},
+             "taylor": {"taylor tile states", "taylor tile deltas"}}
+    for job, want in sites.items():
+        calls, ran = r[job]
+        assert ran["rc"] == 0, (job, calls[-3:], ran)
+        seen = set()
+        for c in calls:
+            m = OOM_LINE.fullmatch(c["line"])
+            assert c["rc"] == 4 and m, (job, c)
+            assert abs(c["grew"]) < 4 << 20, (job, c)
+            seen.add(m.group(2))
+        assert want <= seen, (job, seen)
+    assert r["exact"][1]["zero"]       # zeros, each query seeing one key: o 0, lse 0
+    assert r["last"] == 0 and r["err"] < 1e-5, r
+
+
+def test_library_out_of_memory_on_one_rank(tmp_path, lib_run):
+    """fa_attention_mpi on 3 ranks, rank 1's address space limited to 2 MiB past what it maps
+    (tests/lib/lib_run.c oom_rank, oom_margin) while a query chunk takes 4 MiB: every rank
+    returns FA_ENOMEM with rank 1's line; no rank is left waiting; the same ranks' next call,
+    the limit lifted, is right against fp64 on every rank."""
+    B, Nq, Nk, H, Hkv, D = 1, 2048, 96, 8, 2, 64        # a query chunk: Nq * H * D * 4 = 4 MiB
+    q, k, v = random_inputs(np.random.default_rng(), B, Nq, Nk, H, Hkv, D)
+    rc, err, out = library(lib_run, tmp_path / "lib", q, k, v, 3, api="mpi", oom_rank=1,
+                           oom_margin=2 << 20)
+    assert rc == 0, err
+    first = sorted(l for l in err.splitlines() if " first call " in l)
+    assert [l.split(":")[0] for l in first] == ["rank 0", "rank 1", "rank 2"], err
+    for l in first:
+        assert re.fullmatch(r"rank \d: first call rc 4: fa_long: fa_attention_mpi: out of memory "
+                            rf"allocating {Nq * H * D * 4} bytes for query chunk", l), l
+    assert sorted(out) == [0, 1, 2]
+    ref = masked_f64(q, k, v, -1, -1, None, None)
+    for rank, (o, lse) in out.items():
+        assert_fp64(o, lse, ref, 0.0, f"rank {rank}")

@@ -9,7 +9,9 @@ when given, torch tensors' layout given or refused, fa_long's warnings as Python
 unclosed pipes; issue 26: attention() in process through the C library (no command started), o in
 q's type and bit for bit the command's, flash-attn's mask names, bf16 bits, the library's errors."""
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -746,3 +748,21 @@ def test_attention_in_process_only_where_the_command_would_not_take_a_gpu(monkey
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert _inproc.serves(None, None, {"backend": "auto"}, q, q, q) == (_inproc.library() is not None)
     assert not _inproc.serves(None, None, {"backend": "cuda"}, q, q, q)
+
+
+def test_attention_in_process_out_of_memory():
+    """The library out of memory (an address-space limit in a process of its own,
+    tests/lib/oom_child.py): attention() raises FaLongMemoryError, a FaLongError that is also a
+    MemoryError, with the library's line and FA_ENOMEM (4); the interpreter goes on, and the next
+    call's o is right against the fp64 reference."""
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "lib" / "oom_child.py"), "module"],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    raised = out["raised"]
+    assert raised and (raised["type"], raised["falongerror"], raised["returncode"]) == \
+        ("FaLongMemoryError", True, 4), out
+    assert re.fullmatch(r"fa_long: fa_attention: out of memory allocating \d+ bytes for value shard",
+                        raised["message"]), out
+    assert out["err"] < 1e-5, out

@@ -138,36 +138,42 @@ static int64_t scratch_floats(int T, int d) {
 }
 
 taylor_cpu *taylor_cpu_create(int h, int hkv, int d, int threads, int tile) {
-    taylor_cpu *e = fa_calloc(1, sizeof *e, "taylor engine");
+    taylor_cpu *e = fa_try_calloc(1, sizeof *e, "taylor engine");
+    if (!e) return NULL;
     e->h = h;
     e->hkv = hkv;
     e->d = d;
     e->threads = threads > 0 ? threads : omp_get_max_threads();
     e->tile = tile > 0 ? tile : TILE_DEFAULT;
     int64_t dd = (int64_t)d * d, nst = (int64_t)BLOCK_TILES * hkv;
-    e->mu = fa_calloc((size_t)(hkv * d), sizeof(double), "taylor mean");
-    e->S = fa_calloc((size_t)(hkv * dd), sizeof(double), "taylor state");
-    e->z = fa_calloc((size_t)(hkv * d), sizeof(double), "taylor state");
-    e->sv = fa_calloc((size_t)(hkv * d), sizeof(double), "taylor state");
-    e->St = fa_aligned_alloc(sizeof(float) * (size_t)(nst * dd), "taylor tile states");
-    e->dS = fa_aligned_alloc(sizeof(float) * (size_t)(nst * dd), "taylor tile deltas");
-    e->zt = fa_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile states");
-    e->svt = fa_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile states");
-    e->dz = fa_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile deltas");
-    e->dsv = fa_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile deltas");
-    e->scratch = fa_calloc((size_t)e->threads, sizeof(float *), "taylor scratch");
-    e->acc = fa_calloc((size_t)e->threads, sizeof(double *), "taylor scratch");
-    for (int t = 0; t < e->threads; t++) {
-        e->scratch[t] = fa_aligned_alloc(sizeof(float) * (size_t)scratch_floats(e->tile, d),
-                                         "taylor scratch");
-        e->acc[t] = fa_malloc(sizeof(double) * (size_t)(hkv * (dd + 2 * d)), "taylor scratch");
+    e->mu = fa_try_calloc((size_t)(hkv * d), sizeof(double), "taylor mean");
+    e->S = fa_try_calloc((size_t)(hkv * dd), sizeof(double), "taylor state");
+    e->z = fa_try_calloc((size_t)(hkv * d), sizeof(double), "taylor state");
+    e->sv = fa_try_calloc((size_t)(hkv * d), sizeof(double), "taylor state");
+    e->St = fa_try_aligned_alloc(sizeof(float) * (size_t)(nst * dd), "taylor tile states");
+    e->dS = fa_try_aligned_alloc(sizeof(float) * (size_t)(nst * dd), "taylor tile deltas");
+    e->zt = fa_try_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile states");
+    e->svt = fa_try_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile states");
+    e->dz = fa_try_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile deltas");
+    e->dsv = fa_try_aligned_alloc(sizeof(float) * (size_t)(nst * d), "taylor tile deltas");
+    e->scratch = fa_try_calloc((size_t)e->threads, sizeof(float *), "taylor scratch");
+    e->acc = fa_try_calloc((size_t)e->threads, sizeof(double *), "taylor scratch");
+    int ok = e->mu && e->S && e->z && e->sv && e->St && e->dS && e->zt && e->svt && e->dz &&
+             e->dsv && e->scratch && e->acc;
+    for (int t = 0; ok && t < e->threads; t++) {
+        e->scratch[t] = fa_try_aligned_alloc(sizeof(float) * (size_t)scratch_floats(e->tile, d),
+                                             "taylor scratch");
+        e->acc[t] = fa_try_malloc(sizeof(double) * (size_t)(hkv * (dd + 2 * d)), "taylor scratch");
+        ok = e->scratch[t] && e->acc[t];
     }
-    return e;
+    if (ok) return e;
+    taylor_cpu_destroy(e);   /* a library call out of memory (fa_try_*): nothing stays */
+    return NULL;
 }
 
 void taylor_cpu_destroy(taylor_cpu *e) {
     if (!e) return;
-    for (int t = 0; t < e->threads; t++) {
+    for (int t = 0; e->scratch && e->acc && t < e->threads; t++) {
         free(e->scratch[t]);
         free(e->acc[t]);
     }

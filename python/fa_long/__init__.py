@@ -92,7 +92,8 @@ def attention(q, k, v, ranks=1, workdir=None, *, layout=None, dtype=None, lse=Fa
 
     In process (no file, no subprocess): one process (ranks=1), no workdir, only the options
     above, backend "cpu" (or not given), and build/libfa_long.so (or $FA_LONG_LIB) found; the
-    library's errors raise FaLongError with its line (exit status: its FA_E* code). Otherwise,
+    library's errors raise FaLongError with its line (exit status: its FA_E* code); out of memory
+    (FA_ENOMEM), one that is also a MemoryError. Otherwise,
     through fa_long: ranks and every other option go to run (backend="cuda", env=, ...); workdir
     is the folder for in.h5 and out.h5 (kept, replaced on the next call), default a temporary
     folder, removed afterwards. Raises FaLongError when fa_long fails.

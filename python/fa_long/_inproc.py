@@ -19,10 +19,16 @@ from ._launch import FaLongError, FaLongWarning
 from ._tensors import as_numpy, is_tensor
 
 API_VERSION = 2
+FA_ENOMEM = 4    # lib/fa_long.h: the library could not get the memory (nothing of the call kept)
 ELEM = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}
 # the options the library takes (the rest, e.g. env=, report=, backend="cuda", go to the command)
 OPTIONS = {"causal", "window_size", "softcap", "scale", "softmax_scale", "alibi", "chunk",
            "threads", "tile", "mode", "out_dtype", "backend", "force"}
+
+
+class FaLongMemoryError(FaLongError, MemoryError):
+    """The library ran out of memory (FA_ENOMEM): a FaLongError with its line and code that is
+    also a MemoryError; the interpreter goes on, and a smaller call may succeed."""
 
 
 class Desc(ctypes.Structure):
@@ -213,5 +219,5 @@ def attention(q, k, v, *, layout, dtype, lse, cu_seqlens, cu_seqlens_q, cu_seqle
     rc = lib.fa_attention(ctypes.byref(d), qb.ctypes.data, kb.ctypes.data, vb.ctypes.data,
                           o.ctypes.data, ls.ctypes.data if lse else None)
     if rc:
-        raise FaLongError(lib.fa_long_error().decode(), rc)
+        raise (FaLongMemoryError if rc == FA_ENOMEM else FaLongError)(lib.fa_long_error().decode(), rc)
     return o, out_t, ls

@@ -11,11 +11,26 @@
  * (fa_attention_mpi over MPI_COMM_WORLD, or fa_attention on each rank alone). Rank r holds the
  * keys [r*nk/P, (r+1)*nk/P) (the command's contiguous shard). Every rank that receives o writes
  * DIR/o<r>.bin and DIR/lse<r>.bin. A failed call prints "rank r: rc N: <the library's line>" on
- * stderr and exits with N. */
+ * stderr and exits with N.
+ * oom_rank=R oom_margin=BYTES: a first call with rank R's address space limited (RLIMIT_AS) to
+ * what it maps plus BYTES, which prints "rank r: first call rc N: <line>" on every rank; then,
+ * the limit lifted, the call as above. */
 #include "fa_long.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+
+/* the process's address space (VmSize), bytes */
+static long long vm_size(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %lld", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024;
+}
 
 static void *slurp(const char *dir, const char *name, size_t *len) {
     char path[4096];
@@ -47,7 +62,8 @@ int main(int argc, char **argv) {
     const char *dir = argv[1];
     fa_attn_desc d;
     fa_attn_desc_init(&d);
-    int root = -1, alibi = 0, one = 0;
+    int root = -1, alibi = 0, one = 0, oom_rank = -1;
+    long long oom_margin = 0;
     for (int i = 2; i < argc; i++) {
         char key[64];
         double x;
@@ -63,6 +79,8 @@ int main(int argc, char **argv) {
         SET(doc_rows) SET(threads) SET(mode) SET(o_dtype) SET(chunk) SET(tile_rows) SET(tile_keys)
         if (!strcmp(key, "root")) { root = (int)x; continue; }
         if (!strcmp(key, "alibi")) { alibi = (int)x; continue; }
+        if (!strcmp(key, "oom_rank")) { oom_rank = (int)x; continue; }
+        if (!strcmp(key, "oom_margin")) { oom_margin = (long long)x; continue; }
         fprintf(stderr, "lib_run: unknown key %s\n", key);
         return 1;
     }
@@ -92,6 +110,18 @@ int main(int argc, char **argv) {
     const size_t no = (size_t)(B * d.nq * d.heads * D), nl = (size_t)(B * d.heads * d.nq);
     void *o = malloc(no * os);
     float *lse = malloc(nl * sizeof(float));
+    struct rlimit was;
+    getrlimit(RLIMIT_AS, &was);
+    if (oom_rank >= 0) {
+        if (me == oom_rank) {
+            struct rlimit low = {(rlim_t)(vm_size() + oom_margin), was.rlim_max};
+            if (setrlimit(RLIMIT_AS, &low)) { perror("setrlimit"); return 1; }
+        }
+        int rc = one ? fa_attention(&d, q, k, v, o, lse)
+                     : fa_attention_mpi(MPI_COMM_WORLD, &d, q, ks, vs, lo, n, o, lse, root);
+        fprintf(stderr, "rank %d: first call rc %d: %s\n", me, rc, fa_long_error());
+        if (me == oom_rank) setrlimit(RLIMIT_AS, &was);
+    }
     int rc = one ? fa_attention(&d, q, k, v, o, lse)
                  : fa_attention_mpi(MPI_COMM_WORLD, &d, q, ks, vs, lo, n, o, lse, root);
     if (rc) {
