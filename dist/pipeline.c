@@ -19,6 +19,7 @@
 #include "dist/shard.h"
 #include "dist/gpu_comm.h"
 #include "dist/io_worker.h"
+#include "dist/schedule.h"
 #include "kernels/gpu_job.h"
 #include "kernels/attn.h"
 #include "kernels/gpu.h"
@@ -49,8 +50,7 @@ struct pipe_state {
     int rank, nranks;
     int writer;                /* the plan's: the rank that writes every chunk, or -1 (owner) */
     const fa_shape *s;
-    int64_t chunk, nchunks_per_b, nchunks;
-    int merges_in_flight;      /* chunk i's slot: i % merges_in_flight */
+    chunk_schedule cs;         /* each chunk's rows, slot, writer, write group, output set */
     pipe_engine *eng;
     /* finalized rows of the chunk this rank owns in a group, two sets: group g's in set g % 2,
      * written by the I/O thread while groups g+1 and g+2 compute; o in the plan's o_xfer */
@@ -88,22 +88,12 @@ struct pipe_state {
      * sees a key must come out finite, else its scores (or its sum of weighted values)
      * overflowed float32 (note_overflow) */
     int check_overflow;
-    float *qmax_chunk;         /* [nchunks] largest |q| this rank read for each chunk */
+    float *qmax_chunk;         /* [cs.count] largest |q| this rank read for each chunk */
     float *kmax_b;             /* [B] largest |k| of this rank's keys of each batch element */
     double vmax_all;           /* largest |v| of the current batch element, over every rank */
     int64_t ovf_chunk, ovf_b, ovf_row, ovf_head;   /* the first such row this rank owns (-1) */
     float ovf_lse;
 };
-
-static void chunk_rows(const pipe_state *p, int64_t i, int64_t *b, int64_t *r0, int64_t *n) {
-    *b = i / p->nchunks_per_b;
-    *r0 = (i % p->nchunks_per_b) * p->chunk;
-    *n = p->s->Nq - *r0 < p->chunk ? p->s->Nq - *r0 : p->chunk;
-}
-
-static int owner(const pipe_state *p, int64_t i) { return plan_chunk_writer(p->plan, i); }
-
-static int64_t group_size(const pipe_state *p) { return p->writer >= 0 ? 1 : p->nranks; }
 
 /* The owner of chunk i, rows [r0, r0+n) of batch b finalized into o_out/lse_out: notes the first
  * (row, head) that sees a key and still has a non-finite lse (its scores overflowed float32) or,
@@ -143,7 +133,7 @@ static void note_overflow(pipe_state *p, int64_t i, int64_t b, int64_t r0, int64
 static int overflow_error(pipe_state *p) {
     int64_t mine = p->ovf_chunk >= 0 ? p->ovf_chunk : INT64_MAX, first;
     MPI_Allreduce(&mine, &first, 1, MPI_INT64_T, MPI_MIN, p->comm);
-    float m[3] = {p->qmax_chunk[first], p->kmax_b[first / p->nchunks_per_b], (float)p->vmax_all}, g[3];
+    float m[3] = {p->qmax_chunk[first], p->kmax_b[first / p->cs.per_b], (float)p->vmax_all}, g[3];
     MPI_Allreduce(m, g, 3, MPI_FLOAT, MPI_MAX, p->comm);
     const int here = mine == first;
     if (here) {
@@ -242,7 +232,7 @@ static void submit_checkpoint(pipe_state *p, int64_t done) {
  * 0's clock), and queue the checkpoint after the write. A failed write or checkpoint is seen
  * at the next wait for the I/O thread (the same one on every rank). */
 static int write_group(pipe_state *p, int64_t done) {
-    const int k = (int)(((done - 1) / group_size(p)) % 2);   /* the group's output set */
+    const int k = schedule_set_before(&p->cs, done);   /* the group's output set */
     p->wtask[k] = (write_task){p, k};
     p->write_ticket[k] = submit(p, run_write, &p->wtask[k]);
     p->written = done;
@@ -259,8 +249,8 @@ static int write_group(pipe_state *p, int64_t done) {
     if (all & 4) return overflow_error(p);
     if ((all & 1) && !p->stopping) {  /* durable at once: the chunks in flight may take long */
         p->stopping = 1;
-        if (done < p->nchunks) submit_checkpoint(p, done);
-    } else if ((all & 2) && done < p->nchunks && !p->stopping) {
+        if (done < p->cs.count) submit_checkpoint(p, done);
+    } else if ((all & 2) && done < p->cs.count && !p->stopping) {
         submit_checkpoint(p, done);
         p->last_checkpoint = fa_now();
     }
@@ -296,12 +286,10 @@ static int engine_failed(const pipe_state *p) {
 /* Waits for chunk i's merge; the owner finalizes it into its group's output set; at the end of a
  * group every rank hands its rows to the I/O thread. */
 static int finish_chunk(pipe_state *p, int64_t i) {
-    int slot = (int)(i % p->merges_in_flight);
-    int64_t b, r0, n;
-    chunk_rows(p, i, &b, &r0, &n);
-    const int64_t G = group_size(p);
-    const int k = (int)((i / G) % 2);
-    if (i % G == 0 || i == p->written) {   /* a group's first chunk (every rank): its set's last
+    const chunk_place c = schedule_chunk(&p->cs, i);
+    const int slot = c.slot, k = c.set;
+    const int64_t b = c.b, r0 = c.r0, n = c.n;
+    if (i % p->cs.group == 0 || i == p->written) {   /* a group's first chunk (every rank): its set's last
                                               write, two groups back, must be done */
         const double w0 = p->t_io_exposed;
         const int wrc = wait_io(p, p->write_ticket[k]);
@@ -313,7 +301,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     void *o_out = p->o_set[k];
     float *lse_out = p->lse_set[k];
     double t0 = fa_now();
-    const int mine = owner(p, i) == p->rank;
+    const int mine = c.writer == p->rank;
     if (p->eng->merge_wait(p->eng->ctx, slot)) return engine_failed(p);
     p->st->t_wait += fa_now() - t0;
     t0 = fa_now();
@@ -326,7 +314,7 @@ static int finish_chunk(pipe_state *p, int64_t i) {
     }
     p->st->t_final += fa_now() - t0;
     progress_chunk(p->pg, pipeline_flops(p->s, &p->plan->mask, b, r0, n));
-    if (i % G == G - 1 || i == p->nchunks - 1) return write_group(p, i + 1);
+    if (c.ends_group) return write_group(p, i + 1);
     return 0;
 }
 
@@ -405,7 +393,8 @@ static int run_read_queries(void *arg) {
 static void submit_queries(pipe_state *p, query_task *qt, char *const qbuf[2], int64_t i) {
     query_task *t = &qt[i % 2];
     *t = (query_task){.p = p, .i = i, .buf = qbuf[i % 2], .node_buf = p->qnode[i % 2]};
-    chunk_rows(p, i, &t->b, &t->r0, &t->n);
+    const chunk_place c = schedule_chunk(&p->cs, i);
+    t->b = c.b, t->r0 = c.r0, t->n = c.n;
     t->ticket = submit(p, run_read_queries, t);
 }
 
@@ -523,112 +512,122 @@ static int note_kv_digest(pipe_state *p, const kv_task *t) {
     return wait_io(p, submit(p, run_note_digest, &dt));
 }
 
-int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
-                 const gpu_comm *gcp, int64_t first_chunk, progress *pg,
-                 pipeline_stats *st) {
-    pipe_state p = {0};
-    int rc_engine;
+/* What pipeline_run holds from its set-up to its teardown besides pipe_state: the plan with its
+ * rows (the caller's, or made here for a plan built outside the planner), the buffers, the reads'
+ * tasks and the engine. */
+typedef struct {
+    run_plan rows_plan;          /* the rows made here (plan == &rows_plan), else unused */
+    const run_plan *plan;
+    const kv_shard *sh;          /* this rank's keys: the plan's */
+    char *kbuf, *vbuf;           /* this rank's keys and values of one batch element */
+    attn_kv_segment *segs;       /* [sh->n + 1] the shard's runs in kbuf/vbuf */
+    char *qbuf[2];               /* two chunks of queries */
+    query_task qt[2];
+    kv_task *kt;                 /* [kv_blocks] the key reads */
+    pipe_engine eng;
+    int64_t first;               /* the first chunk this run computes (--resume: later than 0) */
+    double t_start;
+} pipe_run;
+
+/* Set-up: the plan's rows, the buffers (fa_try_*: in a library call NULL when out of memory,
+ * agreed on here; in the command fa_fail as ever), the node's shared query buffers, the I/O
+ * thread, the first reads and the engine. Returns -1 (agreed by every rank) where no chunk may
+ * run; what was made is released by pipe_teardown either way, after pipe_drain. */
+static int pipe_setup(pipe_state *p, pipe_run *r, const run_plan *planned, MPI_Comm comm,
+                      pipe_source *src, pipe_sink *snk, const gpu_comm *gcp, int64_t first_chunk,
+                      progress *pg, pipeline_stats *st) {
     memset(st, 0, sizeof *st);
-    double t_start = fa_now();
-    p.comm = comm;
-    MPI_Comm_rank(comm, &p.rank);
-    MPI_Comm_size(comm, &p.nranks);
+    r->t_start = fa_now();
+    p->comm = comm;
+    MPI_Comm_rank(comm, &p->rank);
+    MPI_Comm_size(comm, &p->nranks);
     /* who writes each chunk and this rank's keys: the plan's. A plan made without the planner
      * (the library's lib_plan) has them made here, by the same call (dist/shard.c) */
-    run_plan rows_plan;
-    const run_plan *plan = planned;
+    r->plan = planned;
     if (!planned->rows_planned) {
-        rows_plan = *planned;
-        plan_rows_make(&rows_plan, p.rank, snk->writer);
-        plan = &rows_plan;
+        r->rows_plan = *planned;
+        plan_rows_make(&r->rows_plan, p->rank, snk->writer);
+        r->plan = &r->rows_plan;
     }
-    if (plan->writer != snk->writer || plan->nranks != p.nranks)
+    const run_plan *plan = r->plan;
+    if (plan->writer != snk->writer || plan->nranks != p->nranks)
         fa_fail("the plan's writer (%d of %d ranks) is not the sink's (%d of %d)", plan->writer,
-                plan->nranks, snk->writer, p.nranks);
-    p.pg = pg;
-    p.plan = plan;
+                plan->nranks, snk->writer, p->nranks);
+    p->pg = pg;
+    p->plan = plan;
     const fa_shape *s = &plan->s;
-    p.writer = plan->writer;
-    p.s = s;
-    p.snk = snk;
-    p.st = st;
-    int gpu = plan->backend == BACKEND_CUDA;
-    p.chunk = plan->chunk;
-    p.nchunks_per_b = (s->Nq + p.chunk - 1) / p.chunk;
-    p.nchunks = p.nchunks_per_b * s->B;
-    p.merges_in_flight = plan->merges_in_flight;
-    st->merges_in_flight = p.merges_in_flight;
-    int64_t H = s->H, D = s->D, Hkv = s->Hkv;
-
-    /* this rank's keys: the plan's */
-    const kv_shard *sh = &plan->shard;
+    p->writer = plan->writer;
+    p->s = s;
+    p->snk = snk;
+    p->st = st;
+    schedule_make(&p->cs, plan, p->nranks);
+    st->merges_in_flight = p->cs.merges_in_flight;
+    const int64_t H = s->H, D = s->D, Hkv = s->Hkv, chunk = p->cs.chunk;
+    const kv_shard *sh = r->sh = &plan->shard;
     st->layout = plan->layout;
 
-    /* buffers: this rank's K/V of one batch element, two Q chunks, `merges_in_flight` record sets, two
-     * chunks of finalized output; q, k, v in the types the engine takes them in, o in the one
-     * it gives (the plan's in_type, o_xfer). fa_try_*: in a library call, NULL when out of
-     * memory (agreed on below); in the command, fa_fail as ever */
+    /* buffers: this rank's K/V of one batch element, two Q chunks, `merges_in_flight` record
+     * sets, two chunks of finalized output; q, k, v in the types the engine takes them in, o in
+     * the one it gives (the plan's in_type, o_xfer) */
     const int64_t qes = fa_dtype_size(plan->in_type[0]), kes = fa_dtype_size(plan->in_type[1]),
                   ves = fa_dtype_size(plan->in_type[2]), oes = fa_dtype_size(plan->o_xfer);
-    char *kbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * kes), "key shard");
-    char *vbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * ves), "value shard");
-    attn_kv_segment *segs = fa_try_calloc((size_t)sh->n + 1, sizeof *segs, "key segments");
-    p.kv_ranges = fa_try_calloc((size_t)sh->n + 1, sizeof *p.kv_ranges, "key block ranges");
-    for (int64_t i = 0, off = 0; segs && i < sh->n; off += sh->r[i].n, i++)
-        segs[i] = (attn_kv_segment){.k = kbuf + off * Hkv * D * kes, .v = vbuf + off * Hkv * D * ves,
-                                    .n = sh->r[i].n, .pos0 = sh->r[i].start,
-                                    .k_type = plan->in_type[1], .v_type = plan->in_type[2]};
+    r->kbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * kes), "key shard");
+    r->vbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * ves), "value shard");
+    r->segs = fa_try_calloc((size_t)sh->n + 1, sizeof *r->segs, "key segments");
+    p->kv_ranges = fa_try_calloc((size_t)sh->n + 1, sizeof *p->kv_ranges, "key block ranges");
+    for (int64_t i = 0, off = 0; r->segs && i < sh->n; off += sh->r[i].n, i++)
+        r->segs[i] = (attn_kv_segment){.k = r->kbuf + off * Hkv * D * kes, .v = r->vbuf + off * Hkv * D * ves,
+                                       .n = sh->r[i].n, .pos0 = sh->r[i].start,
+                                       .k_type = plan->in_type[1], .v_type = plan->in_type[2]};
     /* key reads per batch element: streamed, blocks of key_read_rows rows (every rank as many
      * as the rank with the most keys); else one */
-    p.kv_blocks = 1;
+    p->kv_blocks = 1;
     if (plan->stream_keys) {
-        p.kv_blocks = (sh->total + plan->key_read_rows - 1) / plan->key_read_rows;
-        MPI_Allreduce(MPI_IN_PLACE, &p.kv_blocks, 1, MPI_INT64_T, MPI_MAX, comm);
-        if (p.kv_blocks < 1) p.kv_blocks = 1;
+        p->kv_blocks = (sh->total + plan->key_read_rows - 1) / plan->key_read_rows;
+        MPI_Allreduce(MPI_IN_PLACE, &p->kv_blocks, 1, MPI_INT64_T, MPI_MAX, comm);
+        if (p->kv_blocks < 1) p->kv_blocks = 1;
     }
-    char *qbuf[2];
     for (int k = 0; k < 2; k++)
-        qbuf[k] = fa_try_aligned_alloc((size_t)(p.chunk * H * D * qes), "query chunk");
-    p.node = MPI_COMM_NULL;
-    if (p.nranks > 1 && plan->q_read == Q_READ_NODE) {
-        MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p.rank, MPI_INFO_NULL, &p.node);
-        MPI_Comm_rank(p.node, &p.node_rank);
-        MPI_Comm_size(p.node, &p.node_size);
-        if (p.node_size == 1) MPI_Comm_free(&p.node);   /* alone on its node: it reads itself */
+        r->qbuf[k] = fa_try_aligned_alloc((size_t)(chunk * H * D * qes), "query chunk");
+    p->node = MPI_COMM_NULL;
+    if (p->nranks > 1 && plan->q_read == Q_READ_NODE) {
+        MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, p->rank, MPI_INFO_NULL, &p->node);
+        MPI_Comm_rank(p->node, &p->node_rank);
+        MPI_Comm_size(p->node, &p->node_size);
+        if (p->node_size == 1) MPI_Comm_free(&p->node);   /* alone on its node: it reads itself */
     }
-    if (p.node != MPI_COMM_NULL) {
+    if (p->node != MPI_COMM_NULL) {
         char *mine = NULL;
-        const MPI_Aint one = (MPI_Aint)(p.chunk * H * D * qes);
-        MPI_Aint bytes = p.node_rank == 0 ? 2 * one : 0;
-        if (MPI_Win_allocate_shared(bytes, 1, MPI_INFO_NULL, p.node, &mine, &p.qwin) != MPI_SUCCESS)
+        const MPI_Aint one = (MPI_Aint)(chunk * H * D * qes);
+        MPI_Aint bytes = p->node_rank == 0 ? 2 * one : 0;
+        if (MPI_Win_allocate_shared(bytes, 1, MPI_INFO_NULL, p->node, &mine, &p->qwin) != MPI_SUCCESS)
             fa_fail("cannot allocate the node's shared query buffers (%lld bytes)", (long long)bytes);
         MPI_Aint size;
         int disp;
-        MPI_Win_shared_query(p.qwin, 0, &size, &disp, &p.qnode[0]);
-        p.qnode[1] = p.qnode[0] + one;
-        MPI_Win_lock_all(MPI_MODE_NOCHECK, p.qwin);
+        MPI_Win_shared_query(p->qwin, 0, &size, &disp, &p->qnode[0]);
+        p->qnode[1] = p->qnode[0] + one;
+        MPI_Win_lock_all(MPI_MODE_NOCHECK, p->qwin);
         fa_log(2, "fa_long: queries read once per node: %d ranks share rank %d's reads (FA_Q_READ=rank: each its own)",
-               p.node_size, p.rank - p.node_rank);
+               p->node_size, p->rank - p->node_rank);
     }
     for (int k = 0; k < 2; k++) {
-        p.o_set[k] = fa_try_aligned_alloc((size_t)(p.chunk * H * D * oes), "output chunk");
-        p.lse_set[k] = fa_try_aligned_alloc((size_t)(p.chunk * H) * sizeof(float), "lse chunk");
-        p.write_ticket[k] = -1;
+        p->o_set[k] = fa_try_aligned_alloc((size_t)(chunk * H * D * oes), "output chunk");
+        p->lse_set[k] = fa_try_aligned_alloc((size_t)(chunk * H) * sizeof(float), "lse chunk");
+        p->write_ticket[k] = -1;
     }
     int rc = 0;
-    float scale = (float)plan->scale;
-    p.qmax_chunk = fa_try_calloc((size_t)p.nchunks, sizeof(float), "query magnitudes");
-    p.kmax_b = fa_try_calloc((size_t)s->B, sizeof(float), "key magnitudes");
-    p.ovf_chunk = -1;
+    p->qmax_chunk = fa_try_calloc((size_t)p->cs.count, sizeof(float), "query magnitudes");
+    p->kmax_b = fa_try_calloc((size_t)s->B, sizeof(float), "key magnitudes");
+    p->ovf_chunk = -1;
     /* the I/O thread: its collectives on a communicator of their own */
-    p.src = src;
-    MPI_Comm_dup(comm, &p.io_comm);
-    p.io = io_worker_start(plan->io_thread, plan->io_omp_threads);
+    p->src = src;
+    MPI_Comm_dup(comm, &p->io_comm);
+    p->io = io_worker_start(plan->io_thread, plan->io_omp_threads);
 
-    p.checkpoint_s = plan->checkpoint_s;
-    p.last_checkpoint = fa_now() - p.checkpoint_s;   /* the first group's write: a checkpoint,
-                                                       so a killed job leaves a usable partial */
-    int64_t first = first_chunk > 0 ? first_chunk : 0;
+    p->checkpoint_s = plan->checkpoint_s;
+    p->last_checkpoint = fa_now() - p->checkpoint_s;   /* the first group's write: a checkpoint,
+                                                          so a killed job leaves a usable partial */
+    const int64_t first = r->first = first_chunk > 0 ? first_chunk : 0;
     {   /* what a checkpoint records of the input, for --resume */
         int64_t isz, imt;
         uint64_t d[3];
@@ -636,220 +635,252 @@ int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_
         snk->note_input(snk->ctx, isz, imt);
         src->take_digests(src->ctx, d);
     }
-    p.written = first;
-    query_task qt[2] = {{.ticket = -1}, {.ticket = -1}};
-    kv_task *kt = fa_try_calloc((size_t)p.kv_blocks, sizeof *kt, "key reads");
-    for (int j = 0; kt && j < p.kv_blocks; j++)
-        kt[j] = (kv_task){.p = &p, .sh = sh, .b = -1, .blk = j, .kbuf = kbuf, .vbuf = vbuf, .ticket = -1};
+    p->written = first;
+    r->qt[0] = r->qt[1] = (query_task){.ticket = -1};
+    r->kt = fa_try_calloc((size_t)p->kv_blocks, sizeof *r->kt, "key reads");
+    for (int j = 0; r->kt && j < p->kv_blocks; j++)
+        r->kt[j] = (kv_task){.p = p, .sh = sh, .b = -1, .blk = j, .kbuf = r->kbuf, .vbuf = r->vbuf, .ticket = -1};
     if (fa_library_call) {   /* out of memory on some rank: every rank returns it, no read or
-                                chunk runs, and the teardown below frees what was allocated */
-        const int nomem = !sh->r || !kbuf || !vbuf || !segs || !p.kv_ranges || !qbuf[0] ||
-                          !qbuf[1] || !p.o_set[0] || !p.o_set[1] || !p.lse_set[0] ||
-                          !p.lse_set[1] || !p.qmax_chunk || !p.kmax_b || !kt;
+                                chunk runs, and the teardown frees what was allocated */
+        const int nomem = !sh->r || !r->kbuf || !r->vbuf || !r->segs || !p->kv_ranges || !r->qbuf[0] ||
+                          !r->qbuf[1] || !p->o_set[0] || !p->o_set[1] || !p->lse_set[0] ||
+                          !p->lse_set[1] || !p->qmax_chunk || !p->kmax_b || !r->kt;
         if (fa_agree(comm, nomem ? -1 : 0, -1)) rc = -1;
     }
     /* setup: buffers and the engine's start; in series the first reads run inside their
      * submission and count as reads, not setup */
-    const double io_pre = p.t_io_exposed;
-    if (rc == 0 && first < p.nchunks)   /* the first batch element's keys and first queries: read
-                                        while the engine starts (device context, memory) */
-        submit_keys(&p, kt, first / p.nchunks_per_b, qt, qbuf, first);
+    const double io_pre = p->t_io_exposed;
+    if (rc == 0 && first < p->cs.count)   /* the first batch element's keys and first queries:
+                                             read while the engine starts (device context, memory) */
+        submit_keys(p, r->kt, first / p->cs.per_b, r->qt, r->qbuf, first);
 
     /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging as the
      * plan says (through NCCL on gc's communicator, through MPI, or not at all) */
     const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
-    pipe_engine eng;
-    rc_engine = rc ? -1 : engine_create(plan, comm, gc->device, sh->total, gc->comm, &eng);
+    const int rc_engine = rc ? -1 : engine_create(plan, comm, gc->device, sh->total, gc->comm, &r->eng);
     if (fa_agree(comm, rc_engine, -1)) {
-        if (rc_engine == 0) engine_free(&eng);
-        memset(&eng, 0, sizeof eng);
+        if (rc_engine == 0) engine_free(&r->eng);
+        memset(&r->eng, 0, sizeof r->eng);
         rc = -1;                     /* no chunk runs; the reads queued above are drained */
     }
     st->nccl = plan->merge == MERGE_NCCL;
-    snprintf(st->compute, sizeof st->compute, "%s", eng.compute ? eng.compute : "float32");
-    p.eng = &eng;
-    p.check_overflow = eng.overflow_is_error && !plan->allow_nonfinite;   /* the engine's policy */
-    st->used_gpu = gpu;
-    const int64_t R = eng.rec_len;
-    st->t_setup = fa_now() - t_start - (p.t_io_exposed - io_pre);
-    int64_t cur_b = -1, next_finish = first;  /* the oldest chunk whose merge is not finished */
-    const int stream = plan->stream_keys && eng.kv_begin && eng.kv_ready;
-    for (int64_t i = first; i < p.nchunks && rc == 0 && !p.stopping; i++) {
-        int wrote = 0;                       /* a group's write (and its stop check) just ran */
-        if (i - first >= p.merges_in_flight) {
-            rc = finish_chunk(&p, next_finish++);
-            if (rc || p.stopping) break;     /* chunk i is not posted */
-            wrote = next_finish % group_size(&p) == 0;
-        }
-        if (group_size(&p) > 1 && i > first && !wrote && stop_agreed(&p)) break;
-        int64_t b, r0, n;
-        chunk_rows(&p, i, &b, &r0, &n);
-        query_task *t = &qt[i % 2];
-        int slot = (int)(i % p.merges_in_flight);
-        attn_queries q = {.nq = n, .q_pos0 = r0, .h = (int)H, .hkv = (int)Hkv, .d = (int)D,
-                          .scale = scale, .causal = plan->causal, .diag = s->Nk - s->Nq,
-                          .mask = &plan->mask, .b = b, .q_type = plan->in_type[0]};
-        int computed = 0;                    /* the chunk computed beside its keys' reads */
-        double t1;
-        if (b != cur_b) {                    /* its keys: read by the tasks queued before */
-            float kmax = 0, vmax = 0;
-            double t_first = 0;              /* when the chunk's first compute call went out */
-            t1 = fa_now();
-            if (stream && eng.kv_begin(eng.ctx, segs, sh->n)) {
-                rc = engine_failed(&p);
-                break;
-            }
-            st->t_load_kv += fa_now() - t1;
-            const int64_t KR = block_rows(&p, sh);
-            for (int j = 0; j < p.kv_blocks && rc == 0; j++) {
-                rc = wait_io(&p, kt[j].ticket);
-                kt[j].ticket = -1;
-                if (rc) break;
-                kmax = kt[j].kmax > kmax ? kt[j].kmax : kmax;
-                vmax = kt[j].vmax > vmax ? kt[j].vmax : vmax;
-                if (!stream) continue;
-                int64_t ready = (j + 1) * KR;
-                if (ready > sh->total || j == p.kv_blocks - 1) ready = sh->total;
-                t1 = fa_now();
-                if (eng.kv_ready(eng.ctx, ready)) {
-                    rc = engine_failed(&p);
-                    break;
-                }
-                st->t_load_kv += fa_now() - t1;
-                if (j == 0) {                /* the chunk's queries, queued right after block 0 */
-                    rc = wait_io(&p, t->ticket);
-                    t->ticket = -1;
-                    if (rc) break;
-                    p.qmax_chunk[i] = t->absmax;
-                    q.q = t->q;
-                }
-                q.keys = p.kv_blocks == 1 ? ATTN_KEYS_ALL : j == 0 ? ATTN_KEYS_FIRST
-                       : j == p.kv_blocks - 1 ? ATTN_KEYS_LAST : ATTN_KEYS_MORE;
-                t1 = fa_now();
-                if (j == 0) t_first = t1;
-                if (eng.compute_chunk(eng.ctx, slot, &q)) {
-                    rc = engine_failed(&p);
-                    break;
-                }
-                st->t_compute += fa_now() - t1;
-                computed = 1;
-            }
-            if (rc) break;
-            const double tk = fa_now(), ek = p.t_io_exposed;
-            if (computed && !st->keys_streamed) {    /* the first batch element loaded */
-                st->keys_streamed = 1;
-                st->key_blocks = p.kv_blocks;
-                st->first_compute_lead_s = kt[p.kv_blocks - 1].t_done - t_first;
-            }
-            rc = note_kv_digest(&p, &kt[p.kv_blocks - 1]);
-            if (rc) break;
-            if (!stream && eng.load_kv(eng.ctx, segs, sh->n)) {
-                rc = engine_failed(&p);
-                break;
-            }
-            cur_b = b;
-            if (p.check_overflow) {             /* same point on every rank: collective */
-                p.kmax_b[b] = kmax;
-                double vm = vmax;
-                MPI_Allreduce(&vm, &p.vmax_all, 1, MPI_DOUBLE, MPI_MAX, comm);
-            }
-            st->t_load_kv += fa_now() - tk - (p.t_io_exposed - ek);
-        }
-        if (!computed) {
-            rc = wait_io(&p, t->ticket);
+    snprintf(st->compute, sizeof st->compute, "%s", r->eng.compute ? r->eng.compute : "float32");
+    p->eng = &r->eng;
+    p->check_overflow = r->eng.overflow_is_error && !plan->allow_nonfinite;   /* the engine's policy */
+    st->used_gpu = plan->backend == BACKEND_CUDA;
+    st->t_setup = fa_now() - r->t_start - (p->t_io_exposed - io_pre);
+    return rc;
+}
+
+/* Batch element b's keys, read by the tasks queued before, handed to the engine: block after
+ * block as they arrive where keys stream (chunk i, its first chunk, then computes on each block
+ * in turn: *computed), else all at once after the last block. */
+static int load_batch_keys(pipe_state *p, pipe_run *r, int64_t i, int64_t b, int slot, attn_queries *q,
+                           query_task *t, int *computed) {
+    pipeline_stats *st = p->st;
+    pipe_engine *eng = &r->eng;
+    const kv_shard *sh = r->sh;
+    kv_task *kt = r->kt;
+    const int stream = r->plan->stream_keys && eng->kv_begin && eng->kv_ready;
+    float kmax = 0, vmax = 0;
+    double t_first = 0;              /* when the chunk's first compute call went out */
+    double t1 = fa_now();
+    if (stream && eng->kv_begin(eng->ctx, r->segs, sh->n)) return engine_failed(p);
+    st->t_load_kv += fa_now() - t1;
+    const int64_t KR = block_rows(p, sh);
+    int rc = 0;
+    for (int j = 0; j < p->kv_blocks && rc == 0; j++) {
+        rc = wait_io(p, kt[j].ticket);
+        kt[j].ticket = -1;
+        if (rc) break;
+        kmax = kt[j].kmax > kmax ? kt[j].kmax : kmax;
+        vmax = kt[j].vmax > vmax ? kt[j].vmax : vmax;
+        if (!stream) continue;
+        int64_t ready = (j + 1) * KR;
+        if (ready > sh->total || j == p->kv_blocks - 1) ready = sh->total;
+        t1 = fa_now();
+        if (eng->kv_ready(eng->ctx, ready)) return engine_failed(p);
+        st->t_load_kv += fa_now() - t1;
+        if (j == 0) {                /* the chunk's queries, queued right after block 0 */
+            rc = wait_io(p, t->ticket);
             t->ticket = -1;
             if (rc) break;
-            p.qmax_chunk[i] = t->absmax;
+            p->qmax_chunk[i] = t->absmax;
+            q->q = t->q;
+        }
+        q->keys = p->kv_blocks == 1 ? ATTN_KEYS_ALL : j == 0 ? ATTN_KEYS_FIRST
+                : j == p->kv_blocks - 1 ? ATTN_KEYS_LAST : ATTN_KEYS_MORE;
+        t1 = fa_now();
+        if (j == 0) t_first = t1;
+        if (eng->compute_chunk(eng->ctx, slot, q)) return engine_failed(p);
+        st->t_compute += fa_now() - t1;
+        *computed = 1;
+    }
+    if (rc) return rc;
+    const double tk = fa_now(), ek = p->t_io_exposed;
+    if (*computed && !st->keys_streamed) {    /* the first batch element loaded */
+        st->keys_streamed = 1;
+        st->key_blocks = p->kv_blocks;
+        st->first_compute_lead_s = kt[p->kv_blocks - 1].t_done - t_first;
+    }
+    rc = note_kv_digest(p, &kt[p->kv_blocks - 1]);
+    if (rc) return rc;
+    if (!stream && eng->load_kv(eng->ctx, r->segs, sh->n)) return engine_failed(p);
+    if (p->check_overflow) {             /* same point on every rank: collective */
+        p->kmax_b[b] = kmax;
+        double vm = vmax;
+        MPI_Allreduce(&vm, &p->vmax_all, 1, MPI_DOUBLE, MPI_MAX, p->comm);
+    }
+    st->t_load_kv += fa_now() - tk - (p->t_io_exposed - ek);
+    return 0;
+}
+
+/* The chunks, from the first: each posted into its slot (its keys first when it starts a batch
+ * element), the oldest merge finished once merges_in_flight are in flight. *next_finish: the
+ * oldest chunk whose merge is not finished. */
+static int pipe_loop(pipe_state *p, pipe_run *r, int64_t *next_finish) {
+    const run_plan *plan = r->plan;
+    const fa_shape *s = p->s;
+    pipeline_stats *st = p->st;
+    pipe_engine *eng = &r->eng;
+    const int64_t first = r->first, H = s->H, R = eng->rec_len;
+    int64_t cur_b = -1;
+    int rc = 0;
+    for (int64_t i = first; i < p->cs.count && rc == 0 && !p->stopping; i++) {
+        int wrote = 0;                       /* a group's write (and its stop check) just ran */
+        if (i - first >= p->cs.merges_in_flight) {
+            rc = finish_chunk(p, (*next_finish)++);
+            if (rc || p->stopping) break;    /* chunk i is not posted */
+            wrote = *next_finish % p->cs.group == 0;
+        }
+        if (p->cs.group > 1 && i > first && !wrote && stop_agreed(p)) break;
+        const chunk_place c = schedule_chunk(&p->cs, i);
+        query_task *t = &r->qt[i % 2];
+        attn_queries q = {.nq = c.n, .q_pos0 = c.r0, .h = (int)H, .hkv = (int)s->Hkv, .d = (int)s->D,
+                          .scale = (float)plan->scale, .causal = plan->causal, .diag = s->Nk - s->Nq,
+                          .mask = &plan->mask, .b = c.b, .q_type = plan->in_type[0]};
+        int computed = 0;                    /* the chunk computed beside its keys' reads */
+        if (c.b != cur_b) {                  /* its keys: read by the tasks queued before */
+            rc = load_batch_keys(p, r, i, c.b, c.slot, &q, t, &computed);
+            if (rc) break;
+            cur_b = c.b;
+        }
+        if (!computed) {
+            rc = wait_io(p, t->ticket);
+            t->ticket = -1;
+            if (rc) break;
+            p->qmax_chunk[i] = t->absmax;
             q.q = t->q;
         }
         /* the next chunk's queries are read while this one computes (the other buffer, free:
          * its chunk computed before this one); at a batch element's end, once its last chunk
          * has computed, the next element's keys first */
-        const int next_same_b = i + 1 < p.nchunks && (i + 1) / p.nchunks_per_b == b;
-        if (next_same_b) submit_queries(&p, qt, qbuf, i + 1);
-        t1 = fa_now();
-        int root = owner(&p, i);
-        st->work_pairs += shard_work(sh, &plan->mask, b, r0, r0 + n) * (double)H;
-        /* one path for every engine: the chunk into its slot, then its merge onto the owner */
-        if ((!computed && eng.compute_chunk(eng.ctx, slot, &q)) ||
-            eng.merge_start(eng.ctx, slot, n, root)) {
-            rc = engine_failed(&p);
+        if (c.next_same_b) submit_queries(p, r->qt, r->qbuf, i + 1);
+        const double t1 = fa_now();
+        st->work_pairs += shard_work(r->sh, &plan->mask, c.b, c.r0, c.r0 + c.n) * (double)H;
+        /* one path for every engine: the chunk into its slot, then its merge onto the writer */
+        if ((!computed && eng->compute_chunk(eng->ctx, c.slot, &q)) ||
+            eng->merge_start(eng->ctx, c.slot, c.n, c.writer)) {
+            rc = engine_failed(p);
             break;
         }
         st->t_compute += fa_now() - t1;
-        if (root != p.rank) st->bytes_reduced += n * H * R * (int64_t)sizeof(float);
+        if (c.writer != p->rank) st->bytes_reduced += c.n * H * R * (int64_t)sizeof(float);
         st->chunks++;
-        if (i + 1 < p.nchunks && !next_same_b)    /* this element's keys are no longer read */
-            submit_keys(&p, kt, b + 1, qt, qbuf, i + 1);
+        if (i + 1 < p->cs.count && !c.next_same_b)    /* this element's keys are no longer read */
+            submit_keys(p, r->kt, c.b + 1, r->qt, r->qbuf, i + 1);
     }
-    /* Drain: chunks [first, posted) were posted; finish them in order. When stopping, the last
-     * group is cut short: every rank writes what it holds once more so all finished rows are in
-     * the file. After an error only complete the merges in flight (every rank posted the same
-     * ones, so the waits return). Then every queued I/O task runs (the same ones on every rank:
-     * reads queued ahead are read and dropped), and a failed one fails the run. */
-    int64_t posted = first + st->chunks;
-    while (rc == 0 && next_finish < posted) rc = finish_chunk(&p, next_finish++);
-    if (rc == 0 && posted < p.nchunks) {
-        int64_t G = group_size(&p);
-        if (posted % G != 0) rc = write_group(&p, posted);
-    }
+    return rc;
+}
+
+/* Drain: chunks [first, posted) were posted; finish them in order. When stopping, the last group
+ * is cut short: every rank writes what it holds once more so all finished rows are in the file.
+ * After an error only complete the merges in flight (every rank posted the same ones, so the
+ * waits return). Then every queued I/O task runs (the same ones on every rank: reads queued
+ * ahead are read and dropped), and a failed one fails the run. */
+static int pipe_drain(pipe_state *p, pipe_run *r, int rc, int64_t next_finish) {
+    pipeline_stats *st = p->st;
+    const int64_t posted = r->first + st->chunks;
+    while (rc == 0 && next_finish < posted) rc = finish_chunk(p, next_finish++);
+    if (rc == 0 && posted < p->cs.count && posted % p->cs.group != 0) rc = write_group(p, posted);
     if (rc)   /* every rank started the same merges: finish them before the buffers go */
-        for (int64_t j = next_finish; j < posted; j++) eng.merge_wait(eng.ctx, (int)(j % p.merges_in_flight));
+        for (int64_t j = next_finish; j < posted; j++)
+            r->eng.merge_wait(r->eng.ctx, schedule_chunk(&p->cs, j).slot);
     {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", fa_errmsg());   /* the first error stays the run's */
         const int kind = fa_errkind();
-        const double w0 = p.t_io_exposed;
-        int io_rc = io_drain(p.io, &p.t_io_exposed);   /* the last writes, mostly */
-        p.t_write_exposed += p.t_io_exposed - w0;
+        const double w0 = p->t_io_exposed;
+        int io_rc = io_drain(p->io, &p->t_io_exposed);   /* the last writes, mostly */
+        p->t_write_exposed += p->t_io_exposed - w0;
         if (rc) {
             fa_seterr("%s", msg);
             fa_set_errkind(kind);
         }
         else rc = io_rc;
     }
-    const double t_down = fa_now();
-    st->io_thread = io_worker_threaded(p.io) ? 1 : 0;
-    io_worker_stop(p.io);
-    MPI_Comm_free(&p.io_comm);
-    st->chunks_done = rc == 0 ? posted : first;
-    st->stopped = rc == 0 && posted < p.nchunks;
-    /* the I/O thread's measurements (its tasks are done) */
-    st->t_read = p.io_st.t_read;
-    st->t_kv = p.io_st.t_kv;
-    st->t_write = p.io_st.t_write;
-    st->bytes_read = p.io_st.bytes_read;
-    st->bytes_kv_read = p.io_st.bytes_kv_read;
-    st->bytes_written = p.io_st.bytes_written;
-    st->read_best_bps = p.io_st.read_best_bps;
-    st->write_best_bps = p.io_st.write_best_bps;
-    st->t_sync += p.io_st.t_sync;
-    st->t_io_exposed = p.t_io_exposed;
-    st->t_write_exposed = p.t_write_exposed;
-    st->t_read_exposed = p.t_io_exposed - p.t_write_exposed;
-    st->t_compute_host = st->t_compute;
+    return rc;
+}
 
-    if (eng.stats) eng.stats(eng.ctx, st);
-    engine_free(&eng);
+/* Teardown, after the drain (rc: the run's status): the I/O thread stops and its measurements
+ * join the run's, then the engine (its stats first), every buffer, the node's window and the
+ * rows made here go. */
+static void pipe_teardown(pipe_state *p, pipe_run *r, int rc) {
+    pipeline_stats *st = p->st;
+    st->io_thread = io_worker_threaded(p->io) ? 1 : 0;
+    io_worker_stop(p->io);
+    MPI_Comm_free(&p->io_comm);
+    st->chunks_done = rc == 0 ? r->first + st->chunks : r->first;
+    st->stopped = rc == 0 && r->first + st->chunks < p->cs.count;
+    /* the I/O thread's measurements (its tasks are done) */
+    st->t_read = p->io_st.t_read;
+    st->t_kv = p->io_st.t_kv;
+    st->t_write = p->io_st.t_write;
+    st->bytes_read = p->io_st.bytes_read;
+    st->bytes_kv_read = p->io_st.bytes_kv_read;
+    st->bytes_written = p->io_st.bytes_written;
+    st->read_best_bps = p->io_st.read_best_bps;
+    st->write_best_bps = p->io_st.write_best_bps;
+    st->t_sync += p->io_st.t_sync;
+    st->t_io_exposed = p->t_io_exposed;
+    st->t_write_exposed = p->t_write_exposed;
+    st->t_read_exposed = p->t_io_exposed - p->t_write_exposed;
+    st->t_compute_host = st->t_compute;
+    if (r->eng.stats) r->eng.stats(r->eng.ctx, p->st);
+    engine_free(&r->eng);
     for (int k = 0; k < 2; k++) {
-        free(p.o_set[k]);
-        free(p.lse_set[k]);
-        free(qbuf[k]);
+        free(p->o_set[k]);
+        free(p->lse_set[k]);
+        free(r->qbuf[k]);
     }
-    free(p.qmax_chunk);
-    free(p.kmax_b);
-    if (p.qnode[0]) {
-        MPI_Win_unlock_all(p.qwin);
-        MPI_Win_free(&p.qwin);
+    free(p->qmax_chunk);
+    free(p->kmax_b);
+    if (p->qnode[0]) {
+        MPI_Win_unlock_all(p->qwin);
+        MPI_Win_free(&p->qwin);
     }
-    if (p.node != MPI_COMM_NULL) MPI_Comm_free(&p.node);
-    free(segs);
-    free(p.kv_ranges);
-    free(kt);
-    free(kbuf);
-    free(vbuf);
-    if (plan == &rows_plan) plan_rows_free(&rows_plan);
-    st->t_total = fa_now() - t_start;
+    if (p->node != MPI_COMM_NULL) MPI_Comm_free(&p->node);
+    free(r->segs);
+    free(p->kv_ranges);
+    free(r->kt);
+    free(r->kbuf);
+    free(r->vbuf);
+    if (r->plan == &r->rows_plan) plan_rows_free(&r->rows_plan);
+}
+
+int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
+                 const gpu_comm *gcp, int64_t first_chunk, progress *pg,
+                 pipeline_stats *st) {
+    pipe_state p = {0};
+    pipe_run r;
+    memset(&r, 0, sizeof r);
+    int rc = pipe_setup(&p, &r, planned, comm, src, snk, gcp, first_chunk, pg, st);
+    int64_t next_finish = r.first;
+    if (rc == 0) rc = pipe_loop(&p, &r, &next_finish);
+    rc = pipe_drain(&p, &r, rc, next_finish);
+    const double t_down = fa_now();
+    pipe_teardown(&p, &r, rc);
+    st->t_total = fa_now() - r.t_start;
     st->t_teardown = fa_now() - t_down;
     return rc;
 }
