@@ -326,6 +326,29 @@ def test_error_message_takes_fa_longs_line():
     assert fa_long._launch.error_message("", "", 134) == "fa_long exited with status 134"
 
 
+def test_run_gives_its_report(tmp_path):
+    """run() reads the run's --report JSON (issue 26 item 2) instead of parsing stderr: the plan,
+    the configuration and each rank's figures as a dict; the file it used beside the output is
+    gone afterwards. report="..." keeps the file where asked, with the same content; a resumed
+    output that is already complete writes none (report None)."""
+    given, _, causal = inputs("gqa_causal", "bnhd")
+    inp = fa_long.write_inputs(tmp_path / "in.h5", *given, layout="bnhd", dtype="float32")
+    out = tmp_path / "out.h5"
+    res = fa_long.run(inp, out, ranks=2, causal=causal, lse=True, **FAST)
+    rep = res.report
+    assert rep["output"] == str(out) and rep["input"] == str(inp)
+    assert rep["config"]["ranks"] == 2 and len(rep["per_rank"]) == 2
+    assert rep["config"]["causal"] is causal and rep["plan"]["chunk"] == {"value": 16, "from": "option"}
+    assert rep["config"]["Nq"] == given[0].shape[1] and rep["elapsed_s"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5", "out.h5"]   # nothing left
+    kept = tmp_path / "run.json"
+    res = fa_long.run(inp, out, ranks=2, causal=causal, force=True, report=kept, **FAST)
+    assert json.loads(kept.read_text()) == res.report and res.report["config"]["ranks"] == 2
+    res = fa_long.run(inp, out, ranks=2, causal=causal, resume=True, **FAST)
+    assert res.report is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5", "out.h5", "run.json"]
+
+
 def test_check_passes_then_fails(tmp_path):
     given, _, causal = inputs("gqa_causal", "bhnd")
     inp = fa_long.write_inputs(tmp_path / "in.h5", *given, layout="bhnd", dtype="float32")

@@ -2,8 +2,10 @@
 import os
 import pathlib
 import shutil
+import json
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import warnings
@@ -35,13 +37,15 @@ class FaLongWarning(UserWarning):
 
 class Result:
     """What a successful run or check gives back. output: the output path (a Result can be passed
-    where a path is, e.g. to read_output); summary: fa_long's summary line (None with quiet);
+    where a path is, e.g. to read_output); report: run()'s --report JSON as a dict (the plan,
+    each phase's time, the whole job's time line, bytes, TFLOP/s, each rank's figures; None for
+    check, or where the run wrote none); summary: fa_long's summary line (None with quiet);
     warnings: its 'fa_long: warning: ...' lines (each also given to warnings.warn as a
     FaLongWarning); stdout, stderr, returncode, command."""
 
-    def __init__(self, output, command, returncode, stdout, stderr):
+    def __init__(self, output, command, returncode, stdout, stderr, report=None):
         self.output, self.command, self.returncode = output, command, returncode
-        self.stdout, self.stderr = stdout, stderr
+        self.stdout, self.stderr, self.report = stdout, stderr, report
         lines = fa_lines(stderr)
         self.summary = next((l for l in lines if l.startswith("fa_long: B=")), None)
         self.warnings = warning_lines(stderr)
@@ -202,12 +206,23 @@ def _close_pipes(p, pumps):
             stream.close()
 
 
-def _result(cmd, output, env, timeout, echo):
+def _result(cmd, output, env, timeout, echo, report=None):
     rc, out, err = launch(cmd, env, timeout, echo)
     _warn(warning_lines(err))
     if rc != 0:
         raise FaLongError(error_message(err, out, rc), rc, err, out, cmd)
-    return Result(output, cmd, rc, out, err)
+    return Result(output, cmd, rc, out, err, _read_report(report) if report else None)
+
+
+def _read_report(path):
+    """The run's --report JSON; None where the run wrote none (an output already complete, which
+    --resume leaves as it is)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    return json.loads(text) if text.strip() else None
 
 
 def run(input, output, ranks=1, *, env=None, timeout=None, echo=False, mpirun="mpirun",
@@ -225,11 +240,25 @@ def run(input, output, ranks=1, *, env=None, timeout=None, echo=False, mpirun="m
     env: variables added to the environment (e.g. {"OMP_NUM_THREADS": 4}); timeout: seconds;
     echo: pass fa_long's output through while it runs.
 
+    The Result's report is the run's --report JSON: report="run.json" keeps it there; without it
+    the run writes one beside the output (rank 0 writes it, on whichever node it runs: the
+    output's folder is the place every rank sees) and it is read and removed.
+
     Raises FaLongError (message: fa_long's own line, returncode: its exit status) on failure.
     """
-    cmd = command_line(input, output, ranks, mpirun=mpirun, mpirun_args=mpirun_args,
-                       binary=binary, **options)
-    return _result(cmd, output, env, timeout, echo)
+    tmp = None
+    if options.get("report") in (None, False):
+        fd, tmp = tempfile.mkstemp(prefix=".fa_long_report_", suffix=".json",
+                                   dir=os.path.dirname(os.path.abspath(os.fspath(output))))
+        os.close(fd)                    # empty until fa_long writes it (empty: it wrote none)
+        options = dict(options, report=tmp)
+    try:
+        cmd = command_line(input, output, ranks, mpirun=mpirun, mpirun_args=mpirun_args,
+                           binary=binary, **options)
+        return _result(cmd, output, env, timeout, echo, report=options["report"])
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def check(output, input=None, *, env=None, timeout=None, echo=False, binary=None, **options):
