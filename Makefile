@@ -86,7 +86,11 @@ ALL_LIBS   = $(HDF5_LIBS) $(BLAS_LIBS) $(CUDA_LIBS) $(LDLIBS)
 # objects compiled for another configuration ----------------------------------------------------
 BUILD_CONFIG := $(strip $(ALL_CFLAGS) | $(NVCCFLAGS) $(CUDA_CFLAGS) | USE_CUDA=$(USE_CUDA))
 CONFIG_STAMP := $(BUILD)/.config
-$(shell mkdir -p $(BUILD) && { [ "$$(cat $(CONFIG_STAMP) 2>/dev/null)" = '$(BUILD_CONFIG)' ] || printf '%s\n' '$(BUILD_CONFIG)' > $(CONFIG_STAMP); })
+# (make's own file function: flags with quotes in them need no shell quoting)
+$(shell mkdir -p $(BUILD))
+ifneq ($(strip $(file < $(CONFIG_STAMP))),$(BUILD_CONFIG))
+  $(file > $(CONFIG_STAMP),$(BUILD_CONFIG))
+endif
 
 # ---- sources: every .c of the program's folders; CUDA sources only with nvcc -------------------
 C_SRCS  := $(wildcard base/*.c runner/*.c dist/*.c tune/*.c io/*.c kernels/*.c kernels/cpu/*.c lib/*.c)
