@@ -7,6 +7,7 @@
 #include "base/agree.h"
 #include "base/common.h"
 #include "kernels/gpu_job.h"
+#include "kernels/cuda/flash.h"
 #include "kernels/paging.h"
 #include "tune/cache.h"
 #include "tune/choose.h"
@@ -336,13 +337,16 @@ int plan_backend_job(const fa_job *job, const fa_shape *s, const attn_mask *m, f
             return fa_seterr("--compare runs --mode taylor beside the job, which computes full or "
                              "causal attention only; this job has %s: drop --compare", what);
     }
-    /* the exact CUDA engine's head dims (kernels/cuda: 64 and 128); the Taylor one takes any */
-    if (*be != BACKEND_CUDA || job->mode != MODE_EXACT || s->D == 64 || s->D == 128) return 0;
+    /* the exact CUDA engine's head dims (kernels/cuda/flash.h: multiples of 8 up to 256); the
+     * Taylor one takes any */
+    if (*be != BACKEND_CUDA || job->mode != MODE_EXACT || (s->D <= INT_MAX && flash_head_dim_supported((int)s->D)))
+        return 0;
     if (job->backend == BACKEND_CUDA)
-        return fa_seterr("--backend cuda: the CUDA engine computes head dims 64 and 128, not %lld; "
-                         "run it with --backend cpu (or the default --backend auto)", (long long)s->D);
-    fa_log(1, "fa_long: the CUDA engine computes head dims 64 and 128, not %lld: running this job "
-              "on the CPU engine", (long long)s->D);
+        return fa_seterr("--backend cuda: the CUDA engine computes head dims that are multiples of 8 up to %d, "
+                         "not %lld; run it with --backend cpu (or the default --backend auto)",
+                         FLASH_HEAD_DIM_MAX, (long long)s->D);
+    fa_log(1, "fa_long: the CUDA engine computes head dims that are multiples of 8 up to %d, not %lld: "
+              "running this job on the CPU engine", FLASH_HEAD_DIM_MAX, (long long)s->D);
     *be = BACKEND_CPU;
     return 0;
 }

@@ -74,7 +74,8 @@ int plan_mask_make(const fa_job *job, const fa_shape *s, plan_mask *pm);
 void plan_mask_free(plan_mask *pm);
 /* What the engines can serve of the job: --mode taylor and --compare take full and causal
  * attention only (-1 with a line saying what to drop); the CPU and CUDA engines take every
- * mask; the exact CUDA engine takes head dims 64 and 128: any other under --backend auto runs
+ * mask; the exact CUDA engine takes head dims that are multiples of 8 up to 256 (flash.h): any
+ * other under --backend auto runs
  * on the CPU with one line saying so (*be becomes cpu), under --backend cuda is refused (-1).
  * Local, the same result on every rank (same job, same shape, same tables). */
 int plan_backend_job(const fa_job *job, const fa_shape *s, const attn_mask *m, fa_backend *be);

@@ -1,6 +1,7 @@
 /* test_plan.c — the planner's decisions that need no device (runner/plan.c):
- * - plan_backend_job: a job the CUDA engine cannot serve (a head dim other than 64 or 128) runs
- *   on the CPU under --backend auto and is refused under --backend cuda, whatever the machine;
+ * - plan_backend_job: a job the CUDA engine cannot serve (a head dim that is not a multiple of 8 up
+ *   to 256) runs on the CPU under --backend auto and is refused under --backend cuda, whatever the
+ *   machine; every other head dim stays on CUDA;
  *   Taylor mode keeps any head dim on CUDA; masks beyond causal are refused for taylor and
  *   --compare and kept for both engines. The GPU is played by *be = cuda on entry.
  * - plan_merge: the merge path from the backend, the mode, the ranks, --no-nccl and the GPUs'
@@ -130,12 +131,26 @@ int main(void) {
     check(rc == 0 && be == BACKEND_CUDA, "auto, D 128: CUDA");
     rc = decide(BACKEND_AUTO, MODE_EXACT, 64, &win, 0, &be);
     check(rc == 0 && be == BACKEND_CUDA, "auto, D 64, window: CUDA");
-    rc = decide(BACKEND_AUTO, MODE_EXACT, 80, &plain, 0, &be);
-    check(rc == 0 && be == BACKEND_CPU, "auto, D 80: the CPU engine runs it");
-    rc = decide(BACKEND_CUDA, MODE_EXACT, 96, &plain, 0, &be);
-    check(rc != 0 && strstr(fa_errmsg(), "head dims 64 and 128, not 96"), "cuda, D 96: refused: %s", fa_errmsg());
-    rc = decide(BACKEND_CUDA, MODE_TAYLOR, 96, &plain, 0, &be);
-    check(rc == 0 && be == BACKEND_CUDA, "cuda, taylor, D 96: CUDA (the Taylor engine takes any D)");
+    /* every multiple of 8 up to 256 on CUDA (instances 64, 80, 96, 128, 192, 256 and the dims between
+     * them padded); others to the CPU under auto, refused under --backend cuda */
+    static const int64_t cuda_dims[] = {8, 40, 72, 80, 96, 104, 136, 192, 200, 256};
+    for (size_t i = 0; i < sizeof cuda_dims / sizeof *cuda_dims; i++) {
+        rc = decide(BACKEND_AUTO, MODE_EXACT, cuda_dims[i], &plain, 0, &be);
+        check(rc == 0 && be == BACKEND_CUDA, "auto, D %lld: CUDA", (long long)cuda_dims[i]);
+        rc = decide(BACKEND_CUDA, MODE_EXACT, cuda_dims[i], &win, 0, &be);
+        check(rc == 0 && be == BACKEND_CUDA, "cuda, D %lld, window: CUDA", (long long)cuda_dims[i]);
+    }
+    static const int64_t cpu_dims[] = {4, 36, 100, 264, 512};
+    for (size_t i = 0; i < sizeof cpu_dims / sizeof *cpu_dims; i++) {
+        rc = decide(BACKEND_AUTO, MODE_EXACT, cpu_dims[i], &plain, 0, &be);
+        check(rc == 0 && be == BACKEND_CPU, "auto, D %lld: the CPU engine runs it", (long long)cpu_dims[i]);
+        rc = decide(BACKEND_CUDA, MODE_EXACT, cpu_dims[i], &plain, 0, &be);
+        char want[64];
+        snprintf(want, sizeof want, "multiples of 8 up to 256, not %lld", (long long)cpu_dims[i]);
+        check(rc != 0 && strstr(fa_errmsg(), want), "cuda, D %lld: refused: %s", (long long)cpu_dims[i], fa_errmsg());
+    }
+    rc = decide(BACKEND_CUDA, MODE_TAYLOR, 100, &plain, 0, &be);
+    check(rc == 0 && be == BACKEND_CUDA, "cuda, taylor, D 100: CUDA (the Taylor engine takes any D)");
     rc = decide(BACKEND_AUTO, MODE_TAYLOR, 64, &win, 0, &be);
     check(rc != 0 && strstr(fa_errmsg(), "--mode taylor computes full or causal"), "taylor with a window: refused");
     rc = decide(BACKEND_AUTO, MODE_EXACT, 64, &win, 1, &be);

@@ -175,7 +175,8 @@ static int alloc_kv(gpu_engine *e, int64_t cap) {
 extern "C" int gpu_engine_create(int device, int64_t kv_rows, int64_t max_rows, int h, int hkv, int d,
                                  fa_compute ct, int64_t sub_rows, gpu_engine **out) {
     *out = NULL;
-    if (d != 64 && d != 128) return fa_seterr("the CUDA engine supports head dims 64 and 128, not %d", d);
+    if (!flash_head_dim_supported(d))
+        return fa_seterr("the CUDA engine computes head dims that are multiples of 8 up to %d, not %d", FLASH_HEAD_DIM_MAX, d);
     if (h <= 0 || hkv <= 0 || h % hkv) return fa_seterr("CUDA engine: H=%d is not a multiple of Hkv=%d", h, hkv);
     if (ct != FA_COMPUTE_BF16 && ct != FA_COMPUTE_FP16) return fa_seterr("CUDA engine: unknown compute type");
     int n = gpu_count();

@@ -31,6 +31,11 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include "kernels/cuda/inst/flash_instances.h" /* FLASH_HEAD_DIMS, FLASH_HEAD_DIM_MAX (generated) */
+
+/* Whether the kernels compute head dim d: a multiple of 8 from 8 to FLASH_HEAD_DIM_MAX (256). Each
+ * runs in the smallest instance of at least d (instances: FLASH_HEAD_DIMS_TEXT). */
+static inline int flash_head_dim_supported(int d) { return d > 0 && d % 8 == 0 && d <= FLASH_HEAD_DIM_MAX; }
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,7 +51,7 @@ typedef struct {
     int64_t k_head_stride, k_row_stride;
     int64_t vt_head_stride, vt_row_stride;
     int64_t nq, nk;
-    int h, hkv, d;                 /* d in {64, 128} */
+    int h, hkv, d;                 /* d a multiple of 8 from 8 to 256 (flash_check) */
     flash_dtype dtype;
     float scale;                   /* softmax scale on q.k */
     int causal;

@@ -100,7 +100,9 @@ struct flash_row_state {
 };
 
 /* Load a running state (records) into the accumulators, or start fresh. `row` is the local
- * index of row g (row g+8 is row+8); rows >= nq start fresh (never written back). */
+ * index of row g (row g+8 is row+8); rows >= nq start fresh (never written back).
+ * D is the instance's head dim, p.d the job's (a multiple of 8, at most D): records hold p.d
+ * columns, and the accumulator's columns past p.d stay zero (the kernels' loads fill them so). */
 template <int D>
 static __device__ __forceinline__ void flash_state_load(const flash_params &p, int64_t row, int h,
                                                         int lane, float *acc, flash_row_state &st) {
@@ -111,13 +113,14 @@ static __device__ __forceinline__ void flash_state_load(const flash_params &p, i
         st.l[i] = 0.f;
         int64_t r = row + 8 * i;
         if (p.rec_in && r < p.nq) {
-            const float *rec = p.rec_in + (r * p.h + h) * (int64_t)(D + 2);
+            const float *rec = p.rec_in + (r * p.h + h) * (int64_t)(p.d + 2);
             float m = rec[0];
             st.m2[i] = p.rec_log2 ? m : m * FLASH_LOG2E;
             st.l[i] = t == 0 ? rec[1] : 0.f;
 #pragma unroll
             for (int j = 0; j < D / 8; j++) {
-                float2 v = *reinterpret_cast<const float2 *>(rec + 2 + 8 * j + 2 * t);
+                float2 v = make_float2(0.f, 0.f);
+                if (8 * j < p.d) v = *reinterpret_cast<const float2 *>(rec + 2 + 8 * j + 2 * t);
                 acc[4 * j + 2 * i] = v.x;
                 acc[4 * j + 2 * i + 1] = v.y;
             }
@@ -247,7 +250,7 @@ static __device__ __forceinline__ void flash_store_final(const flash_params &p, 
         TO *dst = reinterpret_cast<TO *>(p.o) + h * p.o_head_stride + r * p.o_row_stride + 2 * t;
 #pragma unroll
         for (int j = 0; j < D / 8; j++)
-            flash_store2<TO>(dst + 8 * j, acc[4 * j + 2 * i] * inv[i], acc[4 * j + 2 * i + 1] * inv[i]);
+            if (8 * j < p.d) flash_store2<TO>(dst + 8 * j, acc[4 * j + 2 * i] * inv[i], acc[4 * j + 2 * i + 1] * inv[i]);
     }
 }
 
@@ -269,15 +272,16 @@ static __device__ __forceinline__ void flash_epilogue(const flash_params &p, int
         for (int i = 0; i < 2; i++) {
             int64_t r = row + 8 * i;
             if (r >= p.nq) continue;
-            float *rec = p.rec_out + (r * p.h + h) * (int64_t)(D + 2);
+            float *rec = p.rec_out + (r * p.h + h) * (int64_t)(p.d + 2);
             if (t == 0) {
                 rec[0] = st.m2[i] == -INFINITY ? -INFINITY : p.rec_log2 ? st.m2[i] : st.m2[i] * FLASH_LN2;
                 rec[1] = l[i];
             }
 #pragma unroll
             for (int j = 0; j < D / 8; j++)
-                *reinterpret_cast<float2 *>(rec + 2 + 8 * j + 2 * t) =
-                    make_float2(acc[4 * j + 2 * i], acc[4 * j + 2 * i + 1]);
+                if (8 * j < p.d)
+                    *reinterpret_cast<float2 *>(rec + 2 + 8 * j + 2 * t) =
+                        make_float2(acc[4 * j + 2 * i], acc[4 * j + 2 * i + 1]);
         }
         return;
     }

@@ -17,10 +17,13 @@ template <int D, typename T> cudaError_t flash_sm80_run(const flash_params *p, c
 template <int D, typename T> int flash_sm90_run(const flash_params *p, int variant, cudaStream_t s, char *buf, int len);
 template <int D, typename T> int flash_sm90_ready(void);
 
-/* whether head dim d has an instance */
-static inline int flash_head_dim_ok(int d) {
-#define FA_HEAD_DIM_OK(D) if (d == D) return 1;
-    FLASH_HEAD_DIMS(FA_HEAD_DIM_OK)
-#undef FA_HEAD_DIM_OK
+/* The instance that computes head dim d: the smallest of at least d (its columns past d are zero:
+ * the kernels fill them so and write none of them), or 0 where none can (d not a positive multiple
+ * of 8, or over the largest). */
+static inline int flash_head_dim_instance(int d) {
+    if (d <= 0 || d % 8) return 0;
+#define FA_HEAD_DIM_FIT(D) if (d <= D) return D;
+    FLASH_HEAD_DIMS(FA_HEAD_DIM_FIT)
+#undef FA_HEAD_DIM_FIT
     return 0;
 }

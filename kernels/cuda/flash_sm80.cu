@@ -6,6 +6,9 @@
 #include "kernels/cuda/flash_inst.h"
 #include <stdio.h>
 
+#define FA_STR_(x) #x
+#define FA_STR(x) FA_STR_(x)
+
 /* ---- variant dispatch (flash.h) ------------------------------------------------------------ */
 
 extern "C" int flash_sm90_launch(const flash_params *p, int variant, void *stream, char *buf, int len);
@@ -15,7 +18,7 @@ extern "C" size_t flash_params_sizeof(void) { return sizeof(flash_params); }
 
 extern "C" int flash_check(const flash_params *p, char *buf, int len) {
     const char *why = NULL;
-    if (!flash_head_dim_ok(p->d)) why = "head dim must be " FLASH_HEAD_DIMS_TEXT;
+    if (!flash_head_dim_instance(p->d)) why = "head dim must be a multiple of 8 from 8 to " FA_STR(FLASH_HEAD_DIM_MAX);
     else if (p->dtype != FLASH_BF16 && p->dtype != FLASH_FP16) why = "compute dtype must be bf16 or fp16";
     else if (p->h <= 0 || p->hkv <= 0 || p->h % p->hkv) why = "H must be a positive multiple of Hkv";
     else if (p->nq < 0 || p->nk < 0) why = "negative length";
@@ -78,10 +81,10 @@ extern "C" int flash_forward(const flash_params *p, int variant, void *stream, c
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t e;
     const int bf = p->dtype == FLASH_BF16;
-    e = cudaErrorInvalidValue;           /* flash_check let only instantiated head dims through */
+    e = cudaErrorInvalidValue;           /* flash_check let only head dims with an instance through */
 #define FA_SM80_CASE(D) \
     case D: e = bf ? flash_sm80_run<D, __nv_bfloat16>(p, s) : flash_sm80_run<D, __half>(p, s); break;
-    switch (p->d) {
+    switch (flash_head_dim_instance(p->d)) {
         FLASH_HEAD_DIMS(FA_SM80_CASE)
     }
 #undef FA_SM80_CASE

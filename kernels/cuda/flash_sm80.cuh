@@ -7,8 +7,11 @@
  *   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80
  *        -I. -c kernels/cuda/flash_sm80.cu
  *
- * Block: 8 warps, 128 query rows (16 a warp) of one head; key tiles of 64, K and V^T double
- * buffered in shared memory by cp.async (zero-filled past the key tail). Each warp: S = Q K^T
+ * Block: 8 warps, 128 query rows (16 a warp) of one head (4 warps and 64 rows for head dims over
+ * 192, so that shared memory fits an A100's 163 KB); key tiles of 64, K and V^T double buffered
+ * in shared memory by cp.async (zero-filled past the key tail, and past the job's head dim p.d,
+ * which may be less than the instance's D: flash_head_dim_instance). Rows of Q and K tiles are
+ * laid out 64 elements wide or a multiple (the swizzle's period), the columns past D unused. Each warp: S = Q K^T
  * (ldmatrix from a 16-byte-chunk XOR-swizzled smem, conflict-free), online softmax in registers
  * (base 2), P converted to bf16/fp16 in registers as the A operand of O += P V. Blocks are
  * launched heaviest-first (causal). Same math as the fp64 reference in tests/gpu/.
@@ -20,7 +23,17 @@
 
 namespace sm80 {
 
-constexpr int BM = 128, BN = 64, NWARPS = 8, NTHREADS = NWARPS * 32;
+constexpr int BN = 64;
+
+/* The block shape of head dim D: query rows, warps, the smem row length of Q and K tiles, blocks
+ * an SM should hold (2 where the accumulators leave registers for it). */
+template <int D> struct shape {
+    static_assert(D % 16 == 0 && D <= 256, "instances are multiples of 16 up to 256");
+    static constexpr int BM = D > 192 ? 64 : 128, NWARPS = BM / 16, NTHREADS = NWARPS * 32;
+    static constexpr int RL = (D + 63) / 64 * 64;
+    static constexpr int MIN_BLOCKS = D > 128 ? 1 : 2;
+    static constexpr int SMEM = BM * RL * 2 + 2 * BN * RL * 2 + 2 * D * BN * 2;
+};
 
 static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -64,9 +77,11 @@ template <int RL> static __device__ __forceinline__ uint32_t swz(int row, int ch
 }
 
 template <int D, typename T, bool MASK>
-__global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params p) {
+__global__ void __launch_bounds__(shape<D>::NTHREADS, shape<D>::MIN_BLOCKS) flash_fwd_sm80(const flash_params p) {
     extern __shared__ __align__(128) unsigned char smem[];
-    constexpr int QB = BM * D * 2, KB = BN * D * 2, VB = D * BN * 2;
+    constexpr int BM = shape<D>::BM, NTHREADS = shape<D>::NTHREADS, RL = shape<D>::RL;
+    constexpr int QB = BM * RL * 2, KB = BN * RL * 2, VB = D * BN * 2;
+    const int dch = p.d / 8; /* the job's 16-byte chunks of a row; those past it are zero-filled */
     unsigned char *sQ = smem, *sK = smem + QB, *sV = smem + QB + 2 * KB; /* K, V: 2 stages each */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -83,24 +98,24 @@ __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params
     /* Q: BM rows x D/8 chunks; rows past nq zero-filled */
     for (int i = tid; i < BM * D / 8; i += NTHREADS) {
         int row = i / (D / 8), ch = i % (D / 8);
-        bool ok = row < rows;
+        bool ok = row < rows && ch < dch;
         const T *src = q + (ok ? (r0 + row) * p.q_row_stride + ch * 8 : 0);
-        cp_async16(smem_u32(sQ) + swz<D>(row, ch), src, ok ? 16 : 0);
+        cp_async16(smem_u32(sQ) + swz<RL>(row, ch), src, ok ? 16 : 0);
     }
     auto load_kv = [&](int64_t n, int stage) {
         const int64_t c0 = n * BN;
         const uint32_t dk = smem_u32(sK + stage * KB), dv = smem_u32(sV + stage * VB);
         for (int i = tid; i < BN * D / 8; i += NTHREADS) { /* K: BN rows of D */
             int row = i / (D / 8), ch = i % (D / 8);
-            bool ok = c0 + row < p.nk;
+            bool ok = c0 + row < p.nk && ch < dch;
             const T *src = k + (ok ? (c0 + row) * p.k_row_stride + ch * 8 : 0);
-            cp_async16(dk + swz<D>(row, ch), src, ok ? 16 : 0);
+            cp_async16(dk + swz<RL>(row, ch), src, ok ? 16 : 0);
         }
         for (int i = tid; i < D * BN / 8; i += NTHREADS) { /* V^T: D rows of BN keys */
             int row = i / (BN / 8), ch = i % (BN / 8);
             int64_t c = c0 + ch * 8;
             int64_t left = p.nk - c;
-            int bytes = left >= 8 ? 16 : left > 0 ? (int)left * 2 : 0;
+            int bytes = row >= p.d ? 0 : left >= 8 ? 16 : left > 0 ? (int)left * 2 : 0;
             const T *src = vt + (bytes ? row * p.vt_row_stride + c : 0);
             cp_async16(dv + swz<BN>(row, ch), src, bytes);
         }
@@ -129,11 +144,11 @@ __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
             uint32_t a[4];
-            ldmatrix_x4(q_base + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), a[0], a[1], a[2], a[3]);
+            ldmatrix_x4(q_base + swz<RL>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), a[0], a[1], a[2], a[3]);
 #pragma unroll
             for (int jb = 0; jb < BN / 16; jb++) {
                 uint32_t b0, b1, b2, b3;
-                ldmatrix_x4(k_base + swz<D>(jb * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1)),
+                ldmatrix_x4(k_base + swz<RL>(jb * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1)),
                             b0, b1, b2, b3);
                 mma<T>::run(&s[8 * jb], a, b0, b1);
                 mma<T>::run(&s[8 * jb + 4], a, b2, b3);
@@ -163,12 +178,12 @@ __global__ void __launch_bounds__(NTHREADS, 2) flash_fwd_sm80(const flash_params
 }
 
 template <int D, typename T, bool MASK> static cudaError_t launch_mask(const flash_params &p, cudaStream_t stream) {
-    constexpr int smem = BM * D * 2 + 2 * BN * D * 2 + 2 * D * BN * 2;
+    using S = shape<D>;
     auto kern = flash_fwd_sm80<D, T, MASK>;
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM);
     if (e != cudaSuccess) return e;
-    dim3 grid((unsigned)((p.nq + BM - 1) / BM), (unsigned)p.h);
-    kern<<<grid, NTHREADS, smem, stream>>>(p);
+    dim3 grid((unsigned)((p.nq + S::BM - 1) / S::BM), (unsigned)p.h);
+    kern<<<grid, S::NTHREADS, S::SMEM, stream>>>(p);
     return cudaGetLastError();
 }
 template <int D, typename T> static cudaError_t launch(const flash_params &p, cudaStream_t stream) {

@@ -15,7 +15,7 @@ extern "C" int flash_sm90_launch(const flash_params *p, int variant, void *strea
     const int bf = p->dtype == FLASH_BF16;
 #define FA_SM90_CASE(D) \
     case D: return bf ? flash_sm90_run<D, __nv_bfloat16>(p, variant, s, buf, len) : flash_sm90_run<D, __half>(p, variant, s, buf, len);
-    switch (p->d) {
+    switch (flash_head_dim_instance(p->d)) {   /* d runs in the smallest instance of at least d */
         FLASH_HEAD_DIMS(FA_SM90_CASE)
     }
 #undef FA_SM90_CASE

@@ -11,12 +11,18 @@
  * pass compiles an empty body and flash_variant_available() reports the variant missing there):
  *   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -c kernels/cuda/flash_sm90.cu
  *
- * Block: 384 threads = 3 warpgroups, 128 query rows of one head, key tiles of 128.
+ * Block: 384 threads = 3 warpgroups, 128 query rows of one head, key tiles of BN (128; 64 for head
+ * dims over 128, whose accumulators and tiles leave room for no more). Q and K tiles are kept as
+ * 64-column panels (128 bytes a row, the swizzle's width): D/64 of them, rounded up; columns past the
+ * job's head dim are zero (the tensor maps end at d, and TMA fills what lies outside with zeros), so
+ * one instance serves every d of its size class (flash_head_dim_instance) and S = Q K^T runs over
+ * D/16 k-steps whatever d is.
  *   warpgroup 0, producer (setmaxnreg 24): one thread issues TMA copies: the Q tile once, then
- *     for each key tile K [128 x D] and V^T [D x 128] into a 2-stage ring; full barriers carry the
- *     byte count (expect_tx), empty barriers are released by the consumers.
+ *     for each key tile K [BN x D] and V^T [D x BN] into a ring of STAGES; full barriers carry the
+ *     byte count (expect_tx: whole boxes, zero fill included), empty barriers are released by the
+ *     consumers.
  *   warpgroups 1, 2, consumers (setmaxnreg 240): 64 query rows each. S = Q K^T by wgmma
- *     m64n128k16 from shared memory (both operands K-major, 128-byte swizzle as TMA wrote them),
+ *     m64nBNk16 from shared memory (both operands K-major, 128-byte swizzle as TMA wrote them),
  *     online softmax in registers (flash_common.cuh, the same code as variant 1), P converted in
  *     registers into the A operand of O += P V by wgmma m64nDk16 (A from registers, B = V^T tile).
  *   The two consumer warpgroups run out of step, so one's softmax overlaps the other's wgmma.
@@ -35,15 +41,24 @@
 
 namespace sm90 {
 
-constexpr int BM = 128, BN = 128, NTHREADS = 384;
+constexpr int BM = 128, NTHREADS = 384, SMEM_MAX = 227 * 1024;
 
+/* The tile shape of head dim D: key tile width and the 64-column panels of Q and K. */
+template <int D> struct shape {
+    static_assert(D % 16 == 0 && D <= 256, "instances are multiples of 16 up to 256");
+    static constexpr int BN = D > 128 ? 64 : 128;
+    static constexpr int PANELS = (D + 63) / 64;
+};
 template <int D, int STAGES> struct layout {
-    static constexpr int Q = BM * D * 2; /* [D/64][BM][64] */
-    static constexpr int K = BN * D * 2; /* per stage [D/64][BN][64] */
-    static constexpr int V = D * BN * 2; /* per stage [BN/64][D][64] */
+    static constexpr int BN = shape<D>::BN, PANELS = shape<D>::PANELS;
+    static constexpr int Q = BM * PANELS * 128;  /* [PANELS][BM][64] */
+    static constexpr int K = BN * PANELS * 128;  /* per stage [PANELS][BN][64] */
+    static constexpr int V = D * BN * 2;         /* per stage [BN/64][D][64] */
     static constexpr int off_k = Q, off_v = Q + STAGES * K, off_bar = Q + STAGES * (K + V);
     static constexpr int bytes = off_bar + 8 * (1 + 3 * STAGES) + 1024; /* + alignment slack */
 };
+/* The overlapped variants' ring: 3 stages where they fit in shared memory, else 2 (D 256). */
+template <int D> constexpr int pipe_stages() { return layout<D, 3>::bytes <= SMEM_MAX ? 3 : 2; }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
@@ -89,23 +104,6 @@ static __device__ __forceinline__ uint64_t desc(uint32_t addr) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)64 << 32) | ((uint64_t)1 << 62);
 }
 
-template <int D, typename T> struct ops;
-template <> struct ops<64, __nv_bfloat16> {
-    static __device__ __forceinline__ void qk(float *s, uint64_t a, uint64_t b, int sc) { wgmma_ss_m64n128k16_bf16(s, a, b, sc); }
-    static __device__ __forceinline__ void pv(float *o, const uint32_t *a, uint64_t b) { wgmma_rs_m64n64k16_bf16(o, a, b, 1); }
-};
-template <> struct ops<128, __nv_bfloat16> {
-    static __device__ __forceinline__ void qk(float *s, uint64_t a, uint64_t b, int sc) { wgmma_ss_m64n128k16_bf16(s, a, b, sc); }
-    static __device__ __forceinline__ void pv(float *o, const uint32_t *a, uint64_t b) { wgmma_rs_m64n128k16_bf16(o, a, b, 1); }
-};
-template <> struct ops<64, __half> {
-    static __device__ __forceinline__ void qk(float *s, uint64_t a, uint64_t b, int sc) { wgmma_ss_m64n128k16_f16(s, a, b, sc); }
-    static __device__ __forceinline__ void pv(float *o, const uint32_t *a, uint64_t b) { wgmma_rs_m64n64k16_f16(o, a, b, 1); }
-};
-template <> struct ops<128, __half> {
-    static __device__ __forceinline__ void qk(float *s, uint64_t a, uint64_t b, int sc) { wgmma_ss_m64n128k16_f16(s, a, b, sc); }
-    static __device__ __forceinline__ void pv(float *o, const uint32_t *a, uint64_t b) { wgmma_rs_m64n128k16_f16(o, a, b, 1); }
-};
 #endif
 
 template <int D, typename T, int STAGES, bool PIPE, bool PINGPONG, bool MASK>
@@ -114,6 +112,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                    const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using L = layout<D, STAGES>;
+    constexpr int BN = L::BN, PANELS = L::PANELS;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const uint32_t sQ = base, sK = base + L::off_k, sV = base + L::off_v, bars = base + L::off_bar;
@@ -143,18 +142,18 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     if (wg == 0) { /* ---- producer ---- */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
         if (tid == 0) {
-            mbar_expect_tx(fullQ, BM * D * 2);
+            mbar_expect_tx(fullQ, L::Q);
 #pragma unroll
-            for (int i = 0; i < D / 64; i++) tma_load_3d(sQ + i * BM * 128, &tq, fullQ, i * 64, (int)r0, h);
+            for (int i = 0; i < PANELS; i++) tma_load_3d(sQ + i * BM * 128, &tq, fullQ, i * 64, (int)r0, h);
             /* j counts the block's tiles (stages and phases follow it); tile begin + j is loaded */
             for (int64_t j = 0; j < tiles.n_tiles - tiles.begin; j++) {
                 const int s = (int)(j % STAGES);
                 if (j >= STAGES) mbar_wait(EMPTY(s), (int)(((j / STAGES) & 1) ^ 1));
                 const int c0 = (int)((tiles.begin + j) * BN);
-                mbar_expect_tx(FULLK(s), BN * D * 2);
+                mbar_expect_tx(FULLK(s), L::K);
 #pragma unroll
-                for (int i = 0; i < D / 64; i++) tma_load_3d(sK + s * L::K + i * BN * 128, &tk, FULLK(s), i * 64, c0, g);
-                mbar_expect_tx(FULLV(s), BN * D * 2);
+                for (int i = 0; i < PANELS; i++) tma_load_3d(sK + s * L::K + i * BN * 128, &tk, FULLK(s), i * 64, c0, g);
+                mbar_expect_tx(FULLV(s), L::V);
 #pragma unroll
                 for (int i = 0; i < BN / 64; i++) tma_load_3d(sV + s * L::V + i * D * 128, &tv, FULLV(s), c0 + i * 64, 0, g);
             }
@@ -178,7 +177,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
-                ops<D, T>::qk(s, desc(q_w + (kk >> 2) * BM * 128 + (kk & 3) * 32),
+                wgmma_op<BN, T>::ss(s, desc(q_w + (kk >> 2) * BM * 128 + (kk & 3) * 32),
                               desc(sK + stg * L::K + (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
             wgmma_commit();
         };
@@ -189,7 +188,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++)
-                ops<D, T>::pv(acc_o, &pa[4 * kk], desc(sV + stg * L::V + (kk >> 2) * D * 128 + (kk & 3) * 32));
+                wgmma_op<D, T>::rs(acc_o, &pa[4 * kk], desc(sV + stg * L::V + (kk >> 2) * D * 128 + (kk & 3) * 32), 1);
             wgmma_commit();
         };
         auto pack_p = [&]() {
@@ -312,9 +311,12 @@ static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len
     const CUtensorMapDataType dt = p.dtype == FLASH_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     CUtensorMap tq, tk, tv;
     int64_t nk = p.nk > 0 ? p.nk : 1;
-    if (make_map(&tq, p.q, dt, D, (uint64_t)p.nq, (uint64_t)p.h, p.q_row_stride, p.q_head_stride, BM) ||
-        make_map(&tk, p.k, dt, D, (uint64_t)nk, (uint64_t)p.hkv, p.k_row_stride, p.k_head_stride, BN) ||
-        make_map(&tv, p.vt, dt, (uint64_t)nk, D, (uint64_t)p.hkv, p.vt_row_stride, p.vt_head_stride, D)) {
+    /* the maps end at the job's head dim p.d (<= D): the columns of Q and K and the rows of V^T
+     * past it are filled with zeros, so they add nothing to S and make O's extra columns zero */
+    const uint64_t d = (uint64_t)p.d;
+    if (make_map(&tq, p.q, dt, d, (uint64_t)p.nq, (uint64_t)p.h, p.q_row_stride, p.q_head_stride, BM) ||
+        make_map(&tk, p.k, dt, d, (uint64_t)nk, (uint64_t)p.hkv, p.k_row_stride, p.k_head_stride, shape<D>::BN) ||
+        make_map(&tv, p.vt, dt, (uint64_t)nk, d, (uint64_t)p.hkv, p.vt_row_stride, p.vt_head_stride, D)) {
         if (buf) snprintf(buf, (size_t)len, "flash: cuTensorMapEncodeTiled failed (strides or alignment)");
         return -1;
     }
@@ -340,10 +342,12 @@ static int launch(const flash_params &p, cudaStream_t stream, char *buf, int len
  * kernels/cuda/inst/flash_sm90_d<D>_<type>.cu (one object each, compiled in parallel) and declared
  * to the dispatch (kernels/cuda/flash_sm90.cu) by kernels/cuda/flash_inst.h.
  * variant: FLASH_SM90_WGMMA (2 stages, in turn), FLASH_SM90_PIPE (3 stages, overlapped),
- * FLASH_SM90_PINGPONG (overlapped, consumer warpgroups taking turns) */
+ * FLASH_SM90_PINGPONG (overlapped, consumer warpgroups taking turns); the overlapped ones keep 3
+ * stages where shared memory holds them (every D but 256: 2) */
 template <int D, typename T> int flash_sm90_run(const flash_params *p, int variant, cudaStream_t s, char *buf, int len) {
-    if (variant == FLASH_SM90_PIPE) return sm90::launch<D, T, 3, true, false>(*p, s, buf, len);
-    if (variant == FLASH_SM90_PINGPONG) return sm90::launch<D, T, 3, true, true>(*p, s, buf, len);
+    constexpr int stages = sm90::pipe_stages<D>();
+    if (variant == FLASH_SM90_PIPE) return sm90::launch<D, T, stages, true, false>(*p, s, buf, len);
+    if (variant == FLASH_SM90_PINGPONG) return sm90::launch<D, T, stages, true, true>(*p, s, buf, len);
     return sm90::launch<D, T, 2, false, false>(*p, s, buf, len);
 }
 

@@ -241,7 +241,8 @@ static void stage_free(stage *st) {
 /* ---- create / destroy --------------------------------------------------------------------------- */
 extern "C" int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
     *out = NULL;
-    if (cfg->d != 64 && cfg->d != 128) return fa_seterr("the CUDA engine supports head dims 64 and 128, not %d", cfg->d);
+    if (!flash_head_dim_supported(cfg->d))
+        return fa_seterr("the CUDA engine computes head dims that are multiples of 8 up to %d, not %d", FLASH_HEAD_DIM_MAX, cfg->d);
     if (cudaSetDevice(cfg->device) != cudaSuccess) {
         cudaGetLastError();
         return fa_seterr("cannot use CUDA device %d", cfg->device);

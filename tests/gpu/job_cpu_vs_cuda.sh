@@ -1,7 +1,8 @@
 #!/bin/sh
 # tests/gpu/job_cpu_vs_cuda.sh — the CPU engine and the GPU engine agree on the same HDF5 job
 # (called by tests/gpu/run.sh when ./fa_long is built). For causal and full attention, GQA, odd
-# lengths, Nq != Nk: ./fa_long gen writes the job; --backend cpu and --backend cuda (1 rank, and
+# lengths, Nq != Nk, head dims 128, 72 (run in the 80 instance, its extra columns zero) and 256
+# (64-key tiles): ./fa_long gen writes the job; --backend cpu and --backend cuda (1 rank, and
 # 2 ranks with striped key shards) each write o and lse; h5py compares them
 # (max |o_cuda - o_cpu| <= 1e-2 * max |o_cpu|, |lse_cuda - lse_cpu| <= 1e-3 (1 + |lse|)), and
 # `fa_long check` compares the CUDA output with the fp64 reference on sampled rows.
@@ -11,7 +12,9 @@ mkdir -p "$T"
 trap 'rm -rf "$T"' EXIT
 MPIRUN="mpirun --allow-run-as-root --oversubscribe -np 2"
 fail=0
-./fa_long gen -o "$T/in.h5" --nq 1500 --nk 2333 --heads 4 --kv-heads 2 -d 128 --seed $$ -f || exit 1
+for d in 128 72 256; do
+./fa_long gen -o "$T/in.h5" --nq 1500 --nk 2333 --heads 4 --kv-heads 2 -d $d --seed $$ -f || exit 1
+echo "-- head dim $d"
 for causal in "" "--causal"; do
     ./fa_long -i "$T/in.h5" -o "$T/cpu.h5" $causal --lse --backend cpu -f -q || { echo "FAIL: cpu run"; fail=1; continue; }
     ./fa_long -i "$T/in.h5" -o "$T/cuda.h5" $causal --lse --backend cuda -f -q || { echo "FAIL: cuda run"; fail=1; continue; }
@@ -33,5 +36,6 @@ sys.exit(0 if ok else 1)
 PY
     done
     ./fa_long check -i "$T/in.h5" -o "$T/cuda.h5" --rows 64 || { echo "FAIL: fa_long check of the cuda output"; fail=1; }
+done
 done
 exit $fail
