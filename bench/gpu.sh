@@ -2,7 +2,8 @@
 # bench/gpu.sh — build, check and time the GPU kernel against PyTorch SDPA (flash and cuDNN
 # backends) and the card's bf16 GEMM rate, all in one run. Prints a short table last.
 #
-#   sh bench/gpu.sh [--quick]     (on a machine with an NVIDIA GPU, CUDA, python3 with torch)
+#   sh bench/gpu.sh [--quick] [--dims 64,80,96,128,192,256]
+#                                 (on a machine with an NVIDIA GPU, CUDA, python3 with torch)
 #
 # Writes bench/results/kernel_<card>.csv (n,heads,d,causal,ours_tflops,flash_tflops,cudnn_tflops),
 # bench/results/kernel_<card>.json (every timing, both variants, errors vs cuDNN) and
@@ -18,10 +19,22 @@ card=${card:-unknown}
 
 echo "== building $OBJ/libflash.so and the checks"
 FLASH_SRCS="kernels/cuda/flash_sm80.cu kernels/cuda/flash_sm90.cu $(ls kernels/cuda/inst/flash_*.cu)"   # dispatch + instances
-"$NVCC" -O3 -lineinfo -std=c++17 $NVCC_GENCODE --expt-relaxed-constexpr -I. -DFA_HAVE_CUDA -Xcompiler -fPIC -shared \
-    $FLASH_SRCS -o "$OBJ/libflash.so" || { echo "FAIL: build"; exit 1; }
+# one object per source, compiled side by side (24 instances: one nvcc call for all would take minutes)
+OBJS=""
+for f in $FLASH_SRCS kernels/cuda/engine.cu; do
+    b=$(basename "$f" .cu)
+    "$NVCC" -O3 -lineinfo -std=c++17 $NVCC_GENCODE --expt-relaxed-constexpr -I. -DFA_HAVE_CUDA -Xcompiler -fPIC \
+        -c "$f" -o "$OBJ/$b.o" 2> "$OBJ/$b.log" &
+    case $f in */engine.cu) ;; *) OBJS="$OBJS $OBJ/$b.o" ;; esac
+done
+wait
+for f in $FLASH_SRCS kernels/cuda/engine.cu; do
+    b=$(basename "$f" .cu)
+    [ -s "$OBJ/$b.o" ] || { cat "$OBJ/$b.log"; echo "FAIL: build $f"; exit 1; }
+done
+"$NVCC" -shared $NVCC_GENCODE $OBJS -o "$OBJ/libflash.so" || { echo "FAIL: build"; exit 1; }
 "$NVCC" -O2 -std=c++17 $NVCC_GENCODE -I. -DFA_HAVE_CUDA -Xcompiler -fopenmp tests/gpu/test_flash.cu \
-    $FLASH_SRCS kernels/cuda/engine.cu -o "$OBJ/test_flash" || { echo "FAIL: build test"; exit 1; }
+    $OBJS "$OBJ/engine.o" -o "$OBJ/test_flash" || { echo "FAIL: build test"; exit 1; }
 
 echo "== validating every variant before timing (fp64 reference, fresh random inputs)"
 ok_variants=""
