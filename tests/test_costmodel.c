@@ -184,7 +184,7 @@ static void test_cache(void) {
 
 static void test_valid(void) {
     static const int64_t ns[] = {1000, 2048, 4096, 12345, 65536, 262144, 1 << 20};
-    static const int64_t ds[] = {64, 128};
+    static const int64_t ds[] = {64, 72, 96, 128, 192, 256};
     static const int64_t gq[] = {1, 2, 4, 8};
     static const int64_t hs[] = {8, 16, 32};
     static const int64_t ranks[] = {1, 2, 4, 8};
@@ -202,7 +202,7 @@ static void test_valid(void) {
         if (gpu) for (int v = 1; v <= 4; v++) m.gpu_tflops[v] = 100.0 + 100.0 * v;
         int64_t h = pick(hs, 3), g = pick(gq, 4);
         if (g > h) g = h;
-        cm_job j = {.nq = pick(ns, 7), .h = (int)h, .hkv = (int)(h / g), .d = (int)pick(ds, 2),
+        cm_job j = {.nq = pick(ns, 7), .h = (int)h, .hkv = (int)(h / g), .d = (int)pick(ds, 6),
                     .causal = (int)(next() % 2), .elem = gpu ? 2 : 4, .nranks = (int)pick(ranks, 4),
                     .gpu = gpu, .dtype = gpu ? 0 : -1};
         j.nk = next() % 4 == 0 ? j.nq * 2 : j.nq;
@@ -232,10 +232,19 @@ static void test_valid(void) {
                 int64_t avail = j.budget > 0 ? j.budget : m.device_free - ((int64_t)1 << 30);
                 ok &= pl.fixed_bytes + pl.ring_bytes + pl.resident_rows * 2 * j.hkv * j.d * 2 <= avail;
                 ok &= c->variant >= 0 && c->variant <= 4;
-                int v = c->variant ? c->variant : 4, st = v == 2 ? 2 : 3;
-                int64_t smem = v == 1 ? 128 * j.d * 2 + 4 * 64 * j.d * 2
-                                      : 128 * j.d * 2 + st * 2 * 128 * j.d * 2 + 8 * (1 + 3 * st) + 1024;
+                /* the kernels' blocks (flash_sm80.cuh, flash_sm90.cuh): the instance of d (72 runs in
+                 * 80), rows padded to 64 columns, 64-row blocks (sm80) over 192, 64-key tiles (sm90)
+                 * over 128, the overlapped variants' 3 stages cut to 2 where they do not fit */
+                int v = c->variant ? c->variant : 4;
+                int64_t D = j.d == 72 ? 80 : j.d, rl = (D + 63) / 64 * 64, smem;
+                if (v == 1) smem = (D > 192 ? 64 : 128) * rl * 2 + 2 * 64 * rl * 2 + 2 * D * 64 * 2;
+                else {
+                    int64_t bn = D > 128 ? 64 : 128, kv = bn * rl * 2 + D * bn * 2, st = v == 2 ? 2 : 3;
+                    if (st == 3 && 128 * rl * 2 + 3 * kv + 80 + 1024 > 227 * 1024) st = 2;
+                    smem = 128 * rl * 2 + st * kv + 8 * (1 + 3 * st) + 1024;
+                }
                 ok &= smem <= m.smem_per_block;
+                if (j.d == 256 && v >= 3) ok &= smem == 64 * 1024 + 2 * (32 + 32) * 1024 + 8 * 7 + 1024;
                 if (pl.paged_rows > 0 && i == 0) paged++;
             }
             /* several ranks: at least 2 chunks each, unless the smallest chunk size */
@@ -329,9 +338,34 @@ static void test_terms(void) {
     CHECK(d0.chunk == 8192, "no budget: the defaults keep 8192-row chunks (%lld)", (long long)d0.chunk);
 }
 
+/* Every head dim the kernels take has GPU candidates on an H100's 227 KiB of shared memory, D 256
+ * too (its overlapped variants in 2 stages), and none where a block cannot hold its tiles. */
+static void test_head_dims(void) {
+    static const int ds[] = {8, 72, 80, 96, 136, 192, 200, 256};
+    cm_choice *cand = malloc(sizeof(cm_choice) * 2048);
+    for (size_t i = 0; i < sizeof ds / sizeof *ds; i++) {
+        cm_machine m;
+        memset(&m, 0, sizeof m);
+        m.threads = 2;
+        snprintf(m.device, sizeof m.device, "gpu Test");
+        m.smem_per_block = 227 * 1024;
+        cm_machine_defaults(&m, 1);
+        for (int v = 1; v <= 4; v++) m.gpu_tflops[v] = 100.0 + 100.0 * v;
+        cm_job j = {.nq = 65536, .nk = 65536, .h = 16, .hkv = 4, .d = ds[i], .elem = 2, .nranks = 1, .gpu = 1, .dtype = 0};
+        int n = cm_candidates(&m, &j, cand, 2048), v4 = 0;
+        for (int k = 0; k < n; k++) v4 |= cand[k].variant == 4 || cand[k].variant == 0;
+        CHECK(n > 0 && v4, "D %d on 227 KiB: %d candidates, the pingpong variant among them", ds[i], n);
+        m.smem_per_block = 96 * 1024;                      /* no instance over 128 fits */
+        n = cm_candidates(&m, &j, cand, 2048);
+        if (ds[i] > 128) CHECK(n == 0, "D %d on 96 KiB: no candidate (%d)", ds[i], n);
+    }
+    free(cand);
+}
+
 int main(void) {
     test_cache();
     test_valid();
+    test_head_dims();
     test_terms();
     return tests_done();
 }

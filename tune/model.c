@@ -28,6 +28,7 @@
  *   region, state init); exp and softmax bookkeeping 30 flop-equivalents per score.
  *   GPU: 6 us per kernel launch; wave quantization over 132 SMs with 128-row query tiles. */
 #include "tune/model.h"
+#include "kernels/cuda/flash.h" /* FLASH_HEAD_DIMS: the kernels' instances */
 #include "kernels/paging.h"
 #include "kernels/gpu.h"
 #include "base/common.h"
@@ -216,10 +217,25 @@ static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
  * chunk's compute by the ring (ring >= 2): max(compute, copy). Merge as on CPUs with NCCL's
  * reduce at bus bandwidth and the all-reduce at 2(P-1)/P of it. On-chip limit: the variant's
  * shared memory (its tiles and stages) within smem_per_block. */
+/* The shared memory of a variant's block for head dim d, as the kernels lay it out
+ * (kernels/cuda/flash_sm80.cuh and flash_sm90.cuh, shape<D> and layout<D, STAGES>): d runs in the
+ * smallest instance D of at least d; Q and K rows are padded to 64 columns (the swizzle's width). */
 static int64_t variant_smem(int variant, int d) {
-    if (variant == 1) return (int64_t)128 * d * 2 + 2LL * 2 * 64 * d * 2;        /* 128 x 64, 2 stages */
-    int stages = variant == 2 ? 2 : 3;                                          /* 128 x 128 */
-    return (int64_t)128 * d * 2 + (int64_t)stages * 2 * 128 * d * 2 + 8 * (1 + 3 * stages) + 1024;
+    int64_t D = d;
+#define CM_INSTANCE(I) if (D <= I) { D = I; goto found; }
+    FLASH_HEAD_DIMS(CM_INSTANCE)
+#undef CM_INSTANCE
+found:;
+    const int64_t rl = (D + 63) / 64 * 64;
+    if (variant == 1) {                                      /* BM x 64 tiles, 2 stages */
+        const int64_t bm = D > 192 ? 64 : 128;
+        return bm * rl * 2 + 2 * 64 * rl * 2 + 2 * D * 64 * 2;
+    }
+    const int64_t bn = D > 128 ? 64 : 128;                   /* 128 x bn tiles */
+    const int64_t q = 128 * rl * 2, kv = bn * rl * 2 + D * bn * 2;
+    int64_t stages = variant == 2 ? 2 : 3;
+    if (stages == 3 && q + 3 * kv + 8 * 10 + 1024 > 227 * 1024) stages = 2;   /* the kernel's pipe_stages */
+    return q + stages * kv + 8 * (1 + 3 * stages) + 1024;
 }
 
 static double variant_rate(const cm_machine *m, const cm_job *j, int v) {
