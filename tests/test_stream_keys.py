@@ -10,15 +10,12 @@ report saying how the keys came; a bad value in a late block is one line, exit 2
 the rows they are handed: the GPU's) run here through build/tests/test_key_ring's mock engine on
 3 ranks; the CPU engine keeps its shard, and the report and --verbose say where the keys went."""
 import json
-import os
-import re
-import subprocess
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import BUILD, fa_lines, leftovers, mpirun_cmd, run_fa
+from conftest import fa_lines, leftovers, run_c_test, run_fa
 from mask_reference import masked_f64, write_masked
 from reference import assert_reordered, attention_f64, order_bound, random_inputs, rel_err
 from reference import write_inputs
@@ -145,14 +142,8 @@ def test_key_ring_on_three_ranks():
     order, once; no block overwritten while the engine holds it; the ring's slots reused; the
     digests the shard's; a read failing after the ring wrapped ends the run on every rank with
     its line, no hang. (Run alone, it plays each rank in turn: tests/test_unit.py.)"""
-    exe = BUILD / "tests" / "test_key_ring"
-    assert exe.exists(), f"{exe} not built (make)"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(mpirun_cmd(3) + [str(exe)], capture_output=True, text=True, timeout=300, env=env)
-    assert p.returncode == 0 and "FAIL" not in p.stdout, p.stdout[-4000:] + p.stderr[-4000:]
-    tally = re.findall(r"(\d+) passed, (\d+) failed", p.stdout)
-    assert len(tally) == 3 and all(int(a) > 0 and b == "0" for a, b in tally), p.stdout[-4000:]
-    assert "ring 3: " in p.stdout and "injected failure of read 6" in p.stdout
+    out = run_c_test("test_key_ring", 3)
+    assert "ring 3: " in out and "injected failure of read 6" in out
 
 
 @pytest.mark.parametrize("ring", [None, "3"])
