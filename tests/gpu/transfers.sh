@@ -14,6 +14,7 @@
 #     the engine copies out, not a shard of every key: the report says so (blocks read through
 #     it, host memory saved), and the output is bit for bit the one of FA_KEY_RING=0 (a shard),
 #     resident and paged, and with 2 ranks on zigzag shards (pieces that straddle two blocks)
+#   - a NaN in the last key block: one line naming v, exit 2, no output (the ring's reads stop)
 #   - fa_long check passes on every output.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -143,6 +144,22 @@ FA_KEY_READ_ROWS=$ROWS $MPI -np 2 -x FA_KEY_READ_ROWS ./fa_long -i "$IN" -o "$T/
 FA_KEY_READ_ROWS=$ROWS FA_KEY_RING=0 $MPI -np 2 -x FA_KEY_READ_ROWS -x FA_KEY_RING ./fa_long -i "$IN" -o "$T/r2k.h5" --backend $BACKEND --lse --causal -f -q \
     && { same "$T/r2s.h5" "$T/r2k.h5" "2 ranks, zigzag: ring vs shard" || fail=1; } \
     || { echo "FAIL: 2-rank runs into a shard"; fail=1; }
+
+echo "== a NaN in the last key block, read into the ring while the first chunk computes"
+python3 - "$T/in_float16.h5" "$T/nan.h5" <<'PY'
+import shutil, sys, h5py, numpy as np
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "a") as f:
+    f["v"][0, f["v"].shape[1] - 5, 0, 3] = np.nan
+PY
+FA_KEY_READ_ROWS=$ROWS ./fa_long -i "$T/nan.h5" -o "$T/nan_out.h5" --backend $BACKEND -f 2> "$T/nan.txt"
+rc=$?
+lines=$(grep -c '^fa_long:' "$T/nan.txt")
+if [ $rc = 2 ] && [ "$lines" = 1 ] && grep -q "'v'" "$T/nan.txt" && [ ! -e "$T/nan_out.h5" ]; then
+    echo "  NaN in a late block: exit 2, one line: $(grep '^fa_long:' "$T/nan.txt")"
+else
+    cat "$T/nan.txt"; echo "FAIL: NaN in a late key block (rc $rc, $lines lines)"; fail=1
+fi
 
 [ $fail = 0 ] && echo "tests/gpu/transfers.sh: all passed" || echo "tests/gpu/transfers.sh: FAILURES"
 exit $fail
