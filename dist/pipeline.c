@@ -607,9 +607,12 @@ static int pipe_setup(pipe_state *p, pipe_run *r, const run_plan *planned, MPI_C
     }
     /* where they land: a ring of the plan's key_ring blocks (an engine that copies the rows it
      * is handed: pipe_engine.copies_keys, checked once it is made) where there are more blocks
-     * than that, allocated once and reused for every batch element; else a shard of every key */
+     * than that, allocated once and reused for every batch element; else a shard of every key.
+     * A rank whose own blocks fit in the ring needs no more than its keys: their slots are
+     * their own rows (block_at) */
     p->key_ring = plan->stream_keys && plan->key_ring > 0 && p->kv_blocks > plan->key_ring ? plan->key_ring : 0;
-    const int64_t kv_rows = p->key_ring ? p->key_ring * block_rows(p, sh) : sh->total;
+    const int64_t ring_rows = p->key_ring * block_rows(p, sh);
+    const int64_t kv_rows = p->key_ring && ring_rows < sh->total ? ring_rows : sh->total;
     st->key_shard_bytes = sh->total * Hkv * D * (kes + ves);
     if (p->key_ring) {
         st->key_ring = p->key_ring;

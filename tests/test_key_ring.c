@@ -320,7 +320,8 @@ static void case_ring(const char *path, const fa_shape *s, run_cfg c, int nprocs
            (long long)o->m.rows, (long long)o->m.calls, o->m.naddr);
     if (ring) {
         const int64_t full = (total + c.block - 1) / c.block;   /* this rank's non-empty blocks */
-        CHECK(R == c.block && o->st.key_ring_bytes == ring * c.block * s->Hkv * s->D *
+        const int64_t rows = ring * c.block < total ? ring * c.block : total;   /* no more than the keys */
+        CHECK(R == c.block && o->st.key_ring_bytes == rows * s->Hkv * s->D *
               (int64_t)(fa_dtype_size(o->m.kt) + fa_dtype_size(o->m.vt)),
               "%s: the ring holds %d blocks of %lld rows (%lld bytes)", c.name, ring,
               (long long)R, (long long)o->st.key_ring_bytes);
@@ -371,6 +372,10 @@ int main(int argc, char **argv) {
         {.name = "--resume from batch element 2, ring 3 of 40, I/O thread", .typed = 1, .P = 2, .r = 1,
          .layout = SHARD_ZIGZAG, .block = 40, .chunk = 9, .ring = 3, .io_thread = 1, .copies = 1,
          .first_b = 2},
+        /* 3 ranks: 337, 338 and 338 keys in blocks of 337, so 1 or 2 blocks a rank; a ring of
+         * one block where the first rank's keys fit whole */
+        {.name = "zigzag over 3 ranks, a ring of 1 block of 337", .typed = 1, .P = 3,
+         .layout = SHARD_ZIGZAG, .block = 337, .chunk = 45, .ring = 1, .io_thread = 1, .copies = 1},
         {.name = "a ring of 3 over 3 blocks: a shard", .P = 1,
          .layout = SHARD_CONTIGUOUS, .block = 400, .chunk = 45, .ring = 3, .io_thread = 1, .copies = 1},
         {.name = "an engine that does not copy keys: the shard", .typed = 1, .P = 3,
