@@ -45,13 +45,14 @@ static int cpu_kv_begin(void *ctx, const attn_kv_segment *segs, int nsegs) {
     c->sub = fa_try_calloc((size_t)nsegs + 1, sizeof *c->sub, "key parts");
     return c->sub ? 0 : -1;
 }
-static int cpu_kv_ready(void *ctx, int64_t rows) {
-    ((exact_ctx *)ctx)->kv_ready = rows;
+/* the rows are in the segments already (the shard): only their count is taken */
+static int cpu_kv_ready(void *ctx, int64_t row0, int64_t n, const void *k, const void *v) {
+    ((exact_ctx *)ctx)->kv_ready = row0 + n;
     return 0;
 }
 static int cpu_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
     if (cpu_kv_begin(ctx, segs, nsegs)) return -1;
-    return cpu_kv_ready(ctx, ((exact_ctx *)ctx)->kv_total);
+    return cpu_kv_ready(ctx, 0, ((exact_ctx *)ctx)->kv_total, NULL, NULL);
 }
 
 /* The chunk into the slot's records, driving the merges in flight between work items: every
@@ -153,8 +154,8 @@ static int job_load_kv(void *ctx, const attn_kv_segment *segs, int nsegs) {
 static int job_kv_begin(void *ctx, const attn_kv_segment *segs, int nsegs) {
     return gpu_job_kv_begin(((exact_ctx *)ctx)->job, segs, nsegs);
 }
-static int job_kv_ready(void *ctx, int64_t rows) {
-    return gpu_job_kv_ready(((exact_ctx *)ctx)->job, rows);
+static int job_kv_ready(void *ctx, int64_t row0, int64_t n, const void *k, const void *v) {
+    return gpu_job_kv_ready(((exact_ctx *)ctx)->job, row0, n, k, v);
 }
 static int job_compute(void *ctx, int slot, const attn_queries *q) {
     return gpu_job_partial(((exact_ctx *)ctx)->job, slot, q);
@@ -226,6 +227,7 @@ static int engine_exact_cuda(const run_plan *pl, MPI_Comm comm, int device, void
     e->load_kv = job_load_kv;
     e->kv_begin = job_kv_begin;
     e->kv_ready = job_kv_ready;
+    e->copies_keys = engine_copies_keys(pl);   /* kv_ready uploads or lays out what it is handed */
     e->compute_chunk = job_compute;
     if (pl->merge != MERGE_MPI) {              /* merged on the device (alone: nothing to merge) */
         e->merge_start = job_merge_start;
@@ -254,6 +256,13 @@ int engine_create(const run_plan *pl, MPI_Comm comm, int device, int64_t kv_rows
         return taylor_engine_create(pl, comm, device, kv_rows, e);
     if (pl->backend == BACKEND_CUDA) return engine_exact_cuda(pl, comm, device, nccl_comm, e);
     return engine_exact_cpu(pl, comm, e);
+}
+
+/* The exact CUDA engine: gpu_job_kv_ready copies every row it is handed (through pinned staging
+ * to the device, or into its pinned blocks) before it returns. The CPU engines compute on the
+ * segments' rows where they are; the Taylor engines take their keys whole (load_kv). */
+int engine_copies_keys(const run_plan *pl) {
+    return pl->mode == MODE_EXACT && pl->backend == BACKEND_CUDA;
 }
 
 void engine_free(pipe_engine *e) {

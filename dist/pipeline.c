@@ -81,6 +81,8 @@ struct pipe_state {
     char *qnode[2];            /* the node's two query buffers (chunk i in qnode[i % 2]), in
                                   the plan's in_type[0] */
     int64_t kv_blocks;         /* key reads per batch element (every rank the same count) */
+    int key_ring;              /* blocks in the ring the key reads land in (the plan's key_ring,
+                                  where there are more blocks than that), or 0: a shard */
     row_range *kv_ranges;      /* [shard ranges + 1] a key read's file ranges (run_load_kv: the
                                   I/O tasks run one at a time), allocated with the buffers */
     double checkpoint_s, last_checkpoint;
@@ -400,9 +402,10 @@ static void submit_queries(pipe_state *p, query_task *qt, char *const qbuf[2], i
 
 /* COLLECTIVE (an I/O task). Block `blk` of this rank's keys and values of batch element b: its
  * local rows [blk R, (blk+1) R) (R the plan's key_read_rows when keys are streamed; one block of
- * every row otherwise), in the shard's order, into kbuf/vbuf at those rows (in the plan's
- * in_type), with their largest magnitudes; the last block takes the digests of all of them.
- * Every rank reads the same number of blocks (p->kv_blocks), some of them empty. */
+ * every row otherwise), in the shard's order, into kbuf/vbuf (in the plan's in_type): at those
+ * rows of the shard, or at the start of the block's slot of the ring (block_at), with their
+ * largest magnitudes; the last block takes the digests of all of them. Every rank reads the
+ * same number of blocks (p->kv_blocks), some of them empty. */
 typedef struct {
     pipe_state *p;
     const kv_shard *sh;
@@ -430,6 +433,19 @@ static int64_t block_rows(const pipe_state *p, const kv_shard *sh) {
     return p->kv_blocks > 1 ? p->plan->key_read_rows : (sh->total > 0 ? sh->total : 1);
 }
 
+/* Block blk's local rows [*a, *e) (empty past the shard's end). */
+static void block_span(const pipe_state *p, const kv_shard *sh, int64_t blk, int64_t *a, int64_t *e) {
+    const int64_t R = block_rows(p, sh);
+    *a = blk * R < sh->total ? blk * R : sh->total;
+    *e = *a + R < sh->total ? *a + R : sh->total;
+}
+
+/* Where block blk's rows are in kbuf/vbuf, in rows: their own rows a.. of the shard, or the start
+ * of the block's slot of the ring (blocks j and j + key_ring share one). */
+static int64_t block_at(const pipe_state *p, const kv_shard *sh, int64_t blk, int64_t a) {
+    return p->key_ring ? blk % p->key_ring * block_rows(p, sh) : a;
+}
+
 static int run_load_kv(void *arg) {
     kv_task *t = arg;
     pipe_state *p = t->p;
@@ -438,16 +454,16 @@ static int run_load_kv(void *arg) {
     const double t0 = fa_now(), s0 = fa_sync_s;
     const int fin = !p->plan->allow_nonfinite;
     const fa_dtype kt = p->plan->in_type[1], vt = p->plan->in_type[2];
-    const int64_t row = s->Hkv * s->D, R = block_rows(p, sh);
-    int64_t a = t->blk * R, e = a + R;
-    if (a > sh->total) a = sh->total;
-    if (e > sh->total) e = sh->total;
+    const int64_t row = s->Hkv * s->D;
+    int64_t a, e;
+    block_span(p, sh, t->blk, &a, &e);
+    const int64_t at = block_at(p, sh, t->blk, a);
     row_range *r = p->kv_ranges;
     const int nr = shard_rows(sh, a, e, r);
     const pipe_source *src = p->src;
-    int rc = src->read_rows(src->ctx, PIPE_K, t->b, r, nr, t->kbuf + a * row * fa_dtype_size(kt), kt, fin);
+    int rc = src->read_rows(src->ctx, PIPE_K, t->b, r, nr, t->kbuf + at * row * fa_dtype_size(kt), kt, fin);
     if (rc == 0)
-        rc = src->read_rows(src->ctx, PIPE_V, t->b, r, nr, t->vbuf + a * row * fa_dtype_size(vt), vt, fin);
+        rc = src->read_rows(src->ctx, PIPE_V, t->b, r, nr, t->vbuf + at * row * fa_dtype_size(vt), vt, fin);
     if (t->blk == p->kv_blocks - 1) src->take_digests(src->ctx, t->d);
     t->kmax = src->last_absmax(src->ctx, PIPE_K);
     t->vmax = src->last_absmax(src->ctx, PIPE_V);
@@ -462,14 +478,21 @@ static int run_load_kv(void *arg) {
     return rc;
 }
 
+/* Queues the read of block j of batch element b's keys. */
+static void submit_block(pipe_state *p, kv_task *kt, int64_t b, int j) {
+    kt[j].b = b;
+    kt[j].ticket = submit(p, run_load_kv, &kt[j]);
+}
+
 /* Queues the reads of batch element b's keys (its blocks) and of chunk i's queries: the first
  * block, then the queries, then the other blocks, so that the first chunk can start on the
- * first block (streamed keys). */
+ * first block (streamed keys). Through a ring, only the blocks it holds: block j + key_ring is
+ * queued by load_batch_keys once the engine has taken block j, whose slot it reuses. */
 static void submit_keys(pipe_state *p, kv_task *kt, int64_t b, query_task *qt, char *const qbuf[2],
                         int64_t i) {
-    for (int j = 0; j < p->kv_blocks; j++) {
-        kt[j].b = b;
-        kt[j].ticket = submit(p, run_load_kv, &kt[j]);
+    const int64_t n = p->key_ring ? p->key_ring : p->kv_blocks;
+    for (int j = 0; j < n; j++) {
+        submit_block(p, kt, b, j);
         if (j == 0) submit_queries(p, qt, qbuf, i);
     }
 }
@@ -519,12 +542,15 @@ typedef struct {
     run_plan rows_plan;          /* the rows made here (plan == &rows_plan), else unused */
     const run_plan *plan;
     const kv_shard *sh;          /* this rank's keys: the plan's */
-    char *kbuf, *vbuf;           /* this rank's keys and values of one batch element */
-    attn_kv_segment *segs;       /* [sh->n + 1] the shard's runs in kbuf/vbuf */
+    char *kbuf, *vbuf;           /* this rank's keys and values of one batch element (the
+                                    shard), or the ring's blocks of them (p->key_ring) */
+    attn_kv_segment *segs;       /* [sh->n + 1] the shard's runs in kbuf/vbuf (through a ring:
+                                    their positions and types, k and v NULL) */
     char *qbuf[2];               /* two chunks of queries */
     query_task qt[2];
     kv_task *kt;                 /* [kv_blocks] the key reads */
     pipe_engine eng;
+    pipe_engine_maker make;      /* what makes it: engine_create, or a test's */
     int64_t first;               /* the first chunk this run computes (--resume: later than 0) */
     double t_start;
 } pipe_run;
@@ -571,14 +597,6 @@ static int pipe_setup(pipe_state *p, pipe_run *r, const run_plan *planned, MPI_C
      * the one it gives (the plan's in_type, o_xfer) */
     const int64_t qes = fa_dtype_size(plan->in_type[0]), kes = fa_dtype_size(plan->in_type[1]),
                   ves = fa_dtype_size(plan->in_type[2]), oes = fa_dtype_size(plan->o_xfer);
-    r->kbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * kes), "key shard");
-    r->vbuf = fa_try_aligned_alloc((size_t)(sh->total * Hkv * D * ves), "value shard");
-    r->segs = fa_try_calloc((size_t)sh->n + 1, sizeof *r->segs, "key segments");
-    p->kv_ranges = fa_try_calloc((size_t)sh->n + 1, sizeof *p->kv_ranges, "key block ranges");
-    for (int64_t i = 0, off = 0; r->segs && i < sh->n; off += sh->r[i].n, i++)
-        r->segs[i] = (attn_kv_segment){.k = r->kbuf + off * Hkv * D * kes, .v = r->vbuf + off * Hkv * D * ves,
-                                       .n = sh->r[i].n, .pos0 = sh->r[i].start,
-                                       .k_type = plan->in_type[1], .v_type = plan->in_type[2]};
     /* key reads per batch element: streamed, blocks of key_read_rows rows (every rank as many
      * as the rank with the most keys); else one */
     p->kv_blocks = 1;
@@ -587,6 +605,29 @@ static int pipe_setup(pipe_state *p, pipe_run *r, const run_plan *planned, MPI_C
         MPI_Allreduce(MPI_IN_PLACE, &p->kv_blocks, 1, MPI_INT64_T, MPI_MAX, comm);
         if (p->kv_blocks < 1) p->kv_blocks = 1;
     }
+    /* where they land: a ring of the plan's key_ring blocks (an engine that copies the rows it
+     * is handed: pipe_engine.copies_keys, checked once it is made) where there are more blocks
+     * than that, allocated once and reused for every batch element; else a shard of every key.
+     * A rank whose own blocks fit in the ring needs no more than its keys: their slots are
+     * their own rows (block_at) */
+    p->key_ring = plan->stream_keys && plan->key_ring > 0 && p->kv_blocks > plan->key_ring ? plan->key_ring : 0;
+    const int64_t ring_rows = p->key_ring * block_rows(p, sh);
+    const int64_t kv_rows = p->key_ring && ring_rows < sh->total ? ring_rows : sh->total;
+    st->key_shard_bytes = sh->total * Hkv * D * (kes + ves);
+    if (p->key_ring) {
+        st->key_ring = p->key_ring;
+        st->key_ring_rows = block_rows(p, sh);
+        st->key_ring_bytes = kv_rows * Hkv * D * (kes + ves);
+    }
+    r->kbuf = fa_try_aligned_alloc((size_t)(kv_rows * Hkv * D * kes), p->key_ring ? "key ring" : "key shard");
+    r->vbuf = fa_try_aligned_alloc((size_t)(kv_rows * Hkv * D * ves), p->key_ring ? "value ring" : "value shard");
+    r->segs = fa_try_calloc((size_t)sh->n + 1, sizeof *r->segs, "key segments");
+    p->kv_ranges = fa_try_calloc((size_t)sh->n + 1, sizeof *p->kv_ranges, "key block ranges");
+    for (int64_t i = 0, off = 0; r->segs && i < sh->n; off += sh->r[i].n, i++)
+        r->segs[i] = (attn_kv_segment){.k = p->key_ring ? NULL : r->kbuf + off * Hkv * D * kes,
+                                       .v = p->key_ring ? NULL : r->vbuf + off * Hkv * D * ves,
+                                       .n = sh->r[i].n, .pos0 = sh->r[i].start,
+                                       .k_type = plan->in_type[1], .v_type = plan->in_type[2]};
     for (int k = 0; k < 2; k++)
         r->qbuf[k] = fa_try_aligned_alloc((size_t)(chunk * H * D * qes), "query chunk");
     p->node = MPI_COMM_NULL;
@@ -657,11 +698,19 @@ static int pipe_setup(pipe_state *p, pipe_run *r, const run_plan *planned, MPI_C
     /* the engine: on GPUs, bound to this rank's device (the runner's gpu_comm), merging as the
      * plan says (through NCCL on gc's communicator, through MPI, or not at all) */
     const gpu_comm none = {0}, *gc = gcp ? gcp : &none;
-    const int rc_engine = rc ? -1 : engine_create(plan, comm, gc->device, sh->total, gc->comm, &r->eng);
+    const int rc_engine = rc ? -1 : r->make(plan, comm, gc->device, sh->total, gc->comm, &r->eng);
     if (fa_agree(comm, rc_engine, -1)) {
         if (rc_engine == 0) engine_free(&r->eng);
         memset(&r->eng, 0, sizeof r->eng);
         rc = -1;                     /* no chunk runs; the reads queued above are drained */
+    }
+    if (rc == 0 && p->key_ring) {   /* the ring's blocks are reused once kv_ready returns */
+        const pipe_engine *e = &r->eng;
+        const int ok = e->copies_keys && e->kv_begin && e->kv_ready;
+        if (!ok) fa_seterr("the plan reads keys into a ring of %d blocks, and this engine does not "
+                           "copy out the rows it is handed (it reads them from a shard of every key)",
+                           p->key_ring);
+        if (fa_agree(comm, ok ? 0 : -1, -1)) rc = -1;   /* no chunk runs; the reads are drained */
     }
     st->nccl = plan->merge == MERGE_NCCL;
     snprintf(st->compute, sizeof st->compute, "%s", r->eng.compute ? r->eng.compute : "float32");
@@ -682,12 +731,13 @@ static int load_batch_keys(pipe_state *p, pipe_run *r, int64_t i, int64_t b, int
     const kv_shard *sh = r->sh;
     kv_task *kt = r->kt;
     const int stream = r->plan->stream_keys && eng->kv_begin && eng->kv_ready;
+    const int64_t row = p->s->Hkv * p->s->D, kes = fa_dtype_size(r->plan->in_type[1]),
+                  ves = fa_dtype_size(r->plan->in_type[2]);
     float kmax = 0, vmax = 0;
     double t_first = 0;              /* when the chunk's first compute call went out */
     double t1 = fa_now();
     if (stream && eng->kv_begin(eng->ctx, r->segs, sh->n)) return engine_failed(p);
     st->t_load_kv += fa_now() - t1;
-    const int64_t KR = block_rows(p, sh);
     int rc = 0;
     for (int j = 0; j < p->kv_blocks && rc == 0; j++) {
         rc = wait_io(p, kt[j].ticket);
@@ -696,11 +746,18 @@ static int load_batch_keys(pipe_state *p, pipe_run *r, int64_t i, int64_t b, int
         kmax = kt[j].kmax > kmax ? kt[j].kmax : kmax;
         vmax = kt[j].vmax > vmax ? kt[j].vmax : vmax;
         if (!stream) continue;
-        int64_t ready = (j + 1) * KR;
-        if (ready > sh->total || j == p->kv_blocks - 1) ready = sh->total;
+        int64_t a, e;
+        block_span(p, sh, j, &a, &e);
+        const int64_t at = block_at(p, sh, j, a);
         t1 = fa_now();
-        if (eng->kv_ready(eng->ctx, ready)) return engine_failed(p);
+        if (eng->kv_ready(eng->ctx, a, e - a, r->kbuf + at * row * kes, r->vbuf + at * row * ves))
+            return engine_failed(p);
         st->t_load_kv += fa_now() - t1;
+        if (p->key_ring) {           /* the engine took the block: its slot takes block j + ring */
+            st->key_ring_reads++;
+            st->key_ring_bytes_read += (e - a) * row * (kes + ves);
+            if (j + p->key_ring < p->kv_blocks) submit_block(p, kt, b, j + p->key_ring);
+        }
         if (j == 0) {                /* the chunk's queries, queued right after block 0 */
             rc = wait_io(p, t->ticket);
             t->ticket = -1;
@@ -871,9 +928,16 @@ static void pipe_teardown(pipe_state *p, pipe_run *r, int rc) {
 int pipeline_run(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
                  const gpu_comm *gcp, int64_t first_chunk, progress *pg,
                  pipeline_stats *st) {
+    return pipeline_run_engine(planned, comm, src, snk, gcp, first_chunk, pg, st, engine_create);
+}
+
+int pipeline_run_engine(const run_plan *planned, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
+                        const gpu_comm *gcp, int64_t first_chunk, progress *pg,
+                        pipeline_stats *st, pipe_engine_maker make) {
     pipe_state p = {0};
     pipe_run r;
     memset(&r, 0, sizeof r);
+    r.make = make;
     int rc = pipe_setup(&p, &r, planned, comm, src, snk, gcp, first_chunk, pg, st);
     int64_t next_finish = r.first;
     if (rc == 0) rc = pipe_loop(&p, &r, &next_finish);

@@ -32,18 +32,28 @@ typedef struct pipe_engine {
      * engines; the pipeline checks it unless --allow-nonfinite); 0 where the engine finalizes
      * such rows by a policy of its own (Taylor: fallback rows, counted in the stats) */
     int overflow_is_error;
+    /* 1 where kv_ready copies out what it needs of the rows it is handed before it returns, and
+     * never reads the segments' k and v (the GPU job engine: to the device, or into its pinned
+     * blocks). The pipeline then reads streamed keys into a ring of a few blocks, reused, instead
+     * of a shard of every key (the plan's key_ring). 0: the engine reads the keys where the
+     * segments say, until the next batch element's (the CPU engines: the shard) */
+    int copies_keys;
     void *ctx;
     /* the rank's keys for a new batch element (segments stay valid until the next call),
      * every row of them in memory */
     int (*load_kv)(void *ctx, const attn_kv_segment *segs, int nsegs);
     /* Streamed keys (the plan's stream_keys; engines without them take load_kv): kv_begin gives
-     * the segments before any of their rows is read; kv_ready(rows) says that the first `rows`
-     * rows of the segments, taken in their order, are now in memory (it is called with rising
-     * counts, the last one all of them). A chunk computed while they arrive takes several
-     * compute_chunk calls: keys ATTN_KEYS_FIRST, then MORE after each kv_ready, then LAST once
-     * every row is ready (kernels/attn.h); a chunk computed after that takes one call, ALL. */
+     * the segments before any of their rows is read (their k and v NULL where keys come through
+     * a ring); kv_ready says that rows [row0, row0 + n) of the segments, taken in their order,
+     * are now in memory at k and v ([n][Hkv][D] each, in the segments' types; the rows of
+     * several segments follow each other there). It is called with rows in order, each call
+     * starting where the last ended (n may be 0), the last ending at the segments' total. Once
+     * it returns, an engine that copies_keys may find k and v overwritten. A chunk computed
+     * while they arrive takes several compute_chunk calls: keys ATTN_KEYS_FIRST, then MORE after
+     * each kv_ready, then LAST once every row is ready (kernels/attn.h); a chunk computed after
+     * that takes one call, ALL. */
     int (*kv_begin)(void *ctx, const attn_kv_segment *segs, int nsegs);
-    int (*kv_ready)(void *ctx, int64_t rows);
+    int (*kv_ready)(void *ctx, int64_t row0, int64_t n, const void *k, const void *v);
     /* chunk q into slot `slot` (whose last merge has been waited for); the queries may be
      * reused once it returns */
     int (*compute_chunk)(void *ctx, int slot, const attn_queries *q);
@@ -64,6 +74,12 @@ typedef struct pipe_engine {
 int engine_create(const run_plan *plan, MPI_Comm comm, int device, int64_t kv_rows,
                   void *nccl_comm, pipe_engine *e);
 void engine_free(pipe_engine *e);
+/* Whether the engine engine_create builds for this plan copies the key rows it is handed
+ * (pipe_engine.copies_keys): the planner's question, before the engine exists. */
+int engine_copies_keys(const run_plan *plan);
+/* engine_create's signature: pipeline_run_engine takes another maker (the tests' mock engines) */
+typedef int (*pipe_engine_maker)(const run_plan *plan, MPI_Comm comm, int device, int64_t kv_rows,
+                                 void *nccl_comm, pipe_engine *e);
 
 typedef struct pipeline_stats {
     double t_read, t_compute, t_wait, t_write, t_total;   /* t_read, t_write: the I/O
@@ -118,6 +134,11 @@ typedef struct pipeline_stats {
     int keys_streamed;
     int64_t key_blocks;
     double first_compute_lead_s;
+    /* keys through a ring (plan.key_ring): its blocks (0: the keys went to a shard), rows per
+     * block and bytes (k and v), the blocks read into it and their bytes (every batch element),
+     * and the bytes a shard of this rank's every key would have taken */
+    int key_ring;
+    int64_t key_ring_rows, key_ring_bytes, key_ring_reads, key_ring_bytes_read, key_shard_bytes;
 } pipeline_stats;
 
 /* COLLECTIVE. Runs the planned job from the source `src` to the sink `snk` (an open HDF5 input
@@ -128,6 +149,10 @@ typedef struct pipeline_stats {
  * while reading (non-finite input) or computing (float32 overflow). */
 int pipeline_run(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
                  const gpu_comm *gc, int64_t first_chunk, progress *pg, pipeline_stats *st);
+/* The same over the engine `make` builds (pipeline_run: engine_create). */
+int pipeline_run_engine(const run_plan *plan, MPI_Comm comm, pipe_source *src, pipe_sink *snk,
+                        const gpu_comm *gc, int64_t first_chunk, progress *pg, pipeline_stats *st,
+                        pipe_engine_maker make);
 
 /* Set by the runner's SIGUSR1/SIGTERM handler. The pipeline checks it at every group write: once
  * any rank has it, all ranks finish the chunks in flight, write them, and return with

@@ -47,7 +47,7 @@ const char *plan_source_name(plan_source s);
 enum {
     PS_BACKEND, PS_COMPUTE, PS_SCALE, PS_CHUNK, PS_MERGES_IN_FLIGHT, PS_LAYOUT, PS_TILE, PS_THREADS,
     PS_PRODUCTS, PS_VARIANT, PS_BLOCKS, PS_BUDGET, PS_MERGE, PS_Q_READ, PS_CHECKPOINT,
-    PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_DIRECT, PS_TYPED, PS_STREAM, PS_COUNT
+    PS_PROGRESS, PS_IO_CAP, PS_IO_THREAD, PS_DIRECT, PS_TYPED, PS_STREAM, PS_KEY_RING, PS_COUNT
 };
 
 typedef struct {
@@ -101,6 +101,11 @@ typedef struct {
      * each), streamed or not, so both give the same bits */
     int stream_keys;
     int64_t key_read_rows;
+    /* streamed keys for an engine that copies the rows it is handed (pipe_engine.copies_keys:
+     * the exact CUDA engine): each block is read into a ring of key_ring blocks of key_read_rows
+     * rows, allocated once and reused (block j + key_ring is read once the engine has taken
+     * block j), instead of into a shard of the rank's every key; 0: the shard */
+    int key_ring;
     /* the CPU engine */
     cpu_tiling tiling;           /* br x bc, threads, tile products */
     /* the GPU engine */

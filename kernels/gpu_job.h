@@ -52,10 +52,14 @@ int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out);
  * out in the compute type in pinned host blocks. */
 int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs);
 /* The same in steps (streamed keys, dist/pipeline.h): kv_begin takes the segments before their
- * rows are there; kv_ready(rows): the first `rows` rows of the segments, in their order, are
- * there now, and every piece they complete is uploaded (on the copy stream) or laid out. */
+ * rows are there (their n, pos0 and types; k and v are not read, and may be NULL); kv_ready:
+ * rows [row0, row0 + n) of the segments, in their order, are at k and v ([n][hkv][d] each, in
+ * the segments' types), row0 where the last call ended. Before it returns, every row is copied
+ * out (resident rows through pinned staging to the device, on the copy stream; paged rows into
+ * their pinned host block), so k and v may be reused at once; the pieces the rows complete are
+ * ready for compute. */
 int gpu_job_kv_begin(gpu_job *g, const attn_kv_segment *segs, int nsegs);
-int gpu_job_kv_ready(gpu_job *g, int64_t rows);
+int gpu_job_kv_ready(gpu_job *g, int64_t row0, int64_t n, const void *k, const void *v);
 /* Enqueues chunk q's compute into slot `slot` (asynchronous; the queries are copied first):
  * over every key (q->keys ATTN_KEYS_ALL), or, while the keys arrive, over the pieces ready so
  * far (FIRST, MORE) and then the rest (LAST). */

@@ -4,6 +4,7 @@
  * cost model, then the documented default. */
 #include "runner/plan.h"
 #include "dist/pipe_io.h"
+#include "dist/pipeline.h"       /* engine_copies_keys */
 #include "base/agree.h"
 #include "base/common.h"
 #include "kernels/gpu_job.h"
@@ -26,6 +27,8 @@
 #define CHECKPOINT_DEFAULT_S 60.0
 #define PROGRESS_DEFAULT_S 10.0
 #define MERGES_IN_FLIGHT_DEFAULT 3
+#define KEY_RING_DEFAULT 3               /* blocks in the ring of streamed keys (FA_KEY_RING) */
+#define KEY_RING_MAX 64
 
 const char *fa_backend_name(fa_backend b) {
     return b == BACKEND_CPU ? "cpu" : b == BACKEND_CUDA ? "cuda" : "auto";
@@ -127,6 +130,18 @@ int plan_env_read(plan_env *e) {
         int64_t x;
         if (env_size("FA_KEY_READ_ROWS", 1, &x, &set)) return -1;
         if (set) e->key_read_rows = x;
+        const char *kr = getenv("FA_KEY_RING");
+        if (kr && *kr) {
+            char *end;
+            errno = 0;
+            const long n = strtol(kr, &end, 10);
+            if (*end || errno || (n != 0 && (n < 3 || n > KEY_RING_MAX)))
+                return fa_seterr("FA_KEY_RING=%s: expected 0 (a GPU's streamed keys read into a "
+                                 "shard of every key) or the blocks of the ring they are read "
+                                 "into, 3 to %d (default %d)", kr, KEY_RING_MAX, KEY_RING_DEFAULT);
+            e->key_ring = (int)n;
+            e->key_ring_set = 1;
+        }
     }
     {   /* read before MPI_Init where they act (runner/main.c, plan_mpi_env, base/crc32.c):
          * checked here, so a bad value is an error as any other */
@@ -673,6 +688,15 @@ int plan_make(const fa_job *job, const plan_env *env, const fa_shape *s, fa_back
     int64_t kb = env->key_read_rows > 0 ? env->key_read_rows : ((int64_t)256 << 20) / kv_row_bytes / 256 * 256;
     p->key_read_rows = kb < 256 && env->key_read_rows <= 0 ? 256 : kb;
     if (env->key_read_rows > 0) p->src[PS_STREAM] = SRC_ENV;
+    /* keys through a ring: where the engine copies out the rows it is handed (the exact CUDA
+     * engine), streamed keys are read into a ring of 3 blocks, allocated once, rather than a
+     * shard of every key that is only their waypoint to the device: a 1M-key decode job's shard
+     * is 4.3 GB allocated fresh, faulted in by the read at a third of the page cache's rate
+     * (bench/NOTES_WHOLEJOB.md), then copied once more. 3: block j + 3 is read while the engine
+     * takes j + 1 and j + 2 is read ahead. FA_KEY_RING=0 keeps the shard */
+    p->key_ring = p->stream_keys && engine_copies_keys(p)
+                ? (env->key_ring_set ? env->key_ring : KEY_RING_DEFAULT) : 0;
+    p->src[PS_KEY_RING] = env->key_ring_set ? SRC_ENV : SRC_DEFAULT;
     return 0;
 }
 
@@ -718,6 +742,21 @@ void plan_print(const run_plan *p) {
            SRC(PS_TYPED), p->stream_keys ? "streamed to the engine as they are read"
                                          : "read whole before compute",
            (long long)p->key_read_rows, SRC(PS_STREAM));
+    {   /* where the key reads land (rank 0's sizes) */
+        const int64_t row = p->s.Hkv * p->s.D * (int64_t)(fa_dtype_size(p->in_type[1]) +
+                                                          fa_dtype_size(p->in_type[2]));
+        if (p->key_ring > 0)
+            fa_log(2, "fa_long: plan: keys read into a ring of %d blocks (%s; %.1f MB, reused) "
+                      "rather than a shard of every key (rank 0's %lld keys: %.1f MB), the engine "
+                      "copying each block out as it is handed over", p->key_ring, SRC(PS_KEY_RING),
+                   p->key_ring * p->key_read_rows * row / 1e6, (long long)p->shard.total,
+                   p->shard.total * row / 1e6);
+        else
+            fa_log(2, "fa_long: plan: keys read into a shard of every key (rank 0's %lld keys: "
+                      "%.1f MB)%s", (long long)p->shard.total, p->shard.total * row / 1e6,
+                   !engine_copies_keys(p) ? ", where the engine reads them"
+                   : !p->stream_keys ? ", read whole before compute" : " (FA_KEY_RING=0)");
+    }
     /* rank 0's: the report has every rank's */
     fa_log(2, "fa_long: plan: %d threads a rank (%s) on %d CPUs (its share: %d of the %d CPUs "
               "the node allows (%s), over %d rank%s); binding: %s", p->io_omp_threads, fa_threads.why,
@@ -766,6 +805,7 @@ void plan_json(const run_plan *p, char *buf, int len) {
     STR("o_transfer", fa_dtype_name(p->o_xfer), PS_TYPED);
     NUM("stream_keys", "%d", p->stream_keys, PS_STREAM);
     NUM("key_read_rows", "%lld", (long long)p->key_read_rows, PS_STREAM);
+    NUM("key_read_ring", "%d", p->key_ring, PS_KEY_RING);
     PUT(", \"threads\": {\"value\": %d, \"from\": \"%s\", \"cpus\": %d, \"cpu_share\": %d, "
         "\"binding\": \"%s\"}", p->io_omp_threads,
         fa_threads.why, fa_threads.cpus, fa_threads.share, fa_threads.binding);

@@ -23,6 +23,7 @@ typedef struct {
     int typed;                     int typed_set;           /* FA_TYPED_TRANSFERS=0|1 */
     int stream_keys;               int stream_keys_set;     /* FA_STREAM_KEYS=0|1 */
     int64_t key_read_rows;         /* FA_KEY_READ_ROWS (0: not set) */
+    int key_ring;                  int key_ring_set;        /* FA_KEY_RING=0|N (N >= 3) */
     int64_t page_block_rows;       /* FA_PAGE_BLOCK_ROWS (0: not set) */
     int page_ring;                 /* FA_PAGE_RING (0: not set) */
     int64_t page_max_resident;     /* FA_PAGE_MAX_RESIDENT (-1: not set) */

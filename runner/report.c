@@ -231,7 +231,16 @@ void report_build(report *r, const fa_job *job, const run_plan *plan, const pipe
     put(&b, ",\n  \"keys\": {\"streamed\": %s, \"blocks\": %lld, \"first_compute_lead_s\": ",
         st->keys_streamed ? "true" : "false", (long long)st->key_blocks);
     put_num(&b, st->first_compute_lead_s);
-    put(&b, "}");
+    /* where rank 0's key reads landed: a ring of blocks reused (plan.key_ring: its blocks, rows
+     * a block, bytes; the blocks read into it over every batch element, and their bytes), or a
+     * shard of every key; the host memory the ring saved against that shard */
+    put(&b, ", \"into\": \"%s\", \"ring_blocks\": %d, \"ring_block_rows\": %lld, "
+            "\"ring_bytes\": %lld, \"ring_reads\": %lld, \"ring_bytes_read\": %lld, "
+            "\"shard_bytes\": %lld, \"host_bytes_saved\": %lld}", st->key_ring ? "ring" : "shard",
+        st->key_ring, (long long)st->key_ring_rows, (long long)st->key_ring_bytes,
+        (long long)st->key_ring_reads, (long long)st->key_ring_bytes_read,
+        (long long)st->key_shard_bytes,
+        (long long)(st->key_ring ? st->key_shard_bytes - st->key_ring_bytes : 0));
     put(&b, ",\n  \"flops\": ");
     put_num(&b, flops);
     put(&b, ",\n  \"tflops\": ");

@@ -148,6 +148,16 @@ static void summarize(const fa_job *job, const run_plan *pl, const pipeline_stat
             fl.read_gbps, fl.write_s, fl.write_gbps, flush,
             elapsed > 0 ? 100.0 * fl.floor_s / elapsed : 0.0);
     if (!table) return;
+    if (st->key_ring)            /* where rank 0's key reads landed */
+        fprintf(stderr, "fa_long: rank 0 keys: %lld blocks (%.1f MB) read through a ring of %d "
+                        "blocks of %lld rows (%.1f MB) instead of a shard of every key (%.1f MB): "
+                        "%.1f MB less host memory\n", (long long)st->key_ring_reads,
+                st->key_ring_bytes_read / 1e6, st->key_ring, (long long)st->key_ring_rows,
+                st->key_ring_bytes / 1e6, st->key_shard_bytes / 1e6,
+                (st->key_shard_bytes - st->key_ring_bytes) / 1e6);
+    else
+        fprintf(stderr, "fa_long: rank 0 keys: read into a shard of every key (%.1f MB)\n",
+                st->key_shard_bytes / 1e6);
     fprintf(stderr, "# rank   read_s  compute_s  merge_wait_s  write_s\n");
     for (int r = 0; r < fa_nranks; r++)
         fprintf(stderr, "%6d %8.3f %10.3f %13.3f %8.3f\n", r, all[4 * r], all[4 * r + 1],

@@ -1,6 +1,7 @@
 """Shared fixtures for the fa_long test suite (run with /usr/bin/python3 -m pytest tests)."""
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -17,6 +18,19 @@ def mpirun_cmd(nranks):
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     return cmd + ["--mca", "btl", "self,vader,tcp", "--mca", "btl_vader_single_copy_mechanism", "none"]
+
+
+def run_c_test(prog, nranks):
+    """build/tests/PROG under mpirun with nranks ranks (one OpenMP thread each): asserts it exits 0
+    with no FAIL line and every rank's "N passed, 0 failed" tally; returns its stdout."""
+    exe = BUILD / "tests" / prog
+    assert exe.exists(), f"{exe} not built (make)"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(mpirun_cmd(nranks) + [str(exe)], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0 and "FAIL" not in p.stdout, p.stdout[-4000:] + p.stderr[-4000:]
+    tally = re.findall(r"(\d+) passed, (\d+) failed", p.stdout)
+    assert len(tally) == nranks and all(int(a) > 0 and b == "0" for a, b in tally), p.stdout[-4000:]
+    return p.stdout
 
 
 def run_fa(args, nranks=1, timeout=300, check=False, env=None):

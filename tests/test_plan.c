@@ -8,7 +8,10 @@
  *   outcome (a gpu_comm played by hand: NCCL up, or down with its reason), said the same way
  *   by plan_merge_describe and plan_json; the engines refuse a plan whose merge they cannot run
  *   instead of choosing another.
- * - plan_rows_make: the writer of each chunk and this rank's keys, made once in the plan. */
+ * - plan_rows_make: the writer of each chunk and this rank's keys, made once in the plan.
+ * - keys through a ring: only the exact CUDA engine copies the key rows it is handed
+ *   (engine_copies_keys, which the planner asks for plan.key_ring), and FA_KEY_RING takes 0 or
+ *   3 to 64 blocks. */
 #include "runner/plan.h"
 #include "dist/pipeline.h"
 #include "base/common.h"
@@ -121,6 +124,37 @@ static void rows_cases(void) {
     plan_rows_free(&p);
 }
 
+static void key_ring_cases(void) {
+    run_plan p;
+    memset(&p, 0, sizeof p);
+    const struct { fa_mode mode; fa_backend be; int copies; const char *what; } e[] = {
+        {MODE_EXACT, BACKEND_CUDA, 1, "the exact CUDA engine"},
+        {MODE_EXACT, BACKEND_CPU, 0, "the exact CPU engine"},
+        {MODE_TAYLOR, BACKEND_CUDA, 0, "the Taylor CUDA engine"},
+        {MODE_TAYLOR, BACKEND_CPU, 0, "the Taylor CPU engine"}};
+    for (int i = 0; i < 4; i++) {
+        p.mode = e[i].mode;
+        p.backend = e[i].be;
+        check(engine_copies_keys(&p) == e[i].copies, "%s %s the key rows it is handed", e[i].what,
+              e[i].copies ? "copies" : "does not copy");
+    }
+    const struct { const char *v; int ok, ring; } env[] = {
+        {"", 1, -1}, {"0", 1, 0}, {"3", 1, 3}, {"64", 1, 64}, {"2", 0, 0}, {"65", 0, 0}, {"3x", 0, 0}};
+    for (int i = 0; i < 7; i++) {
+        plan_env pe;
+        setenv("FA_KEY_RING", env[i].v, 1);
+        fa_clearerr();
+        const int rc = plan_env_read(&pe);
+        if (env[i].ok)
+            check(rc == 0 && pe.key_ring_set == (env[i].ring >= 0) && (env[i].ring < 0 || pe.key_ring == env[i].ring),
+                  "FA_KEY_RING='%s': %s", env[i].v, env[i].ring < 0 ? "not set" : "taken");
+        else
+            check(rc != 0 && strstr(fa_errmsg(), "FA_KEY_RING=") && strstr(fa_errmsg(), "expected 0"),
+                  "FA_KEY_RING='%s': refused (%s)", env[i].v, fa_errmsg());
+    }
+    unsetenv("FA_KEY_RING");
+}
+
 int main(void) {
     fa_verbosity = 0;
     attn_mask plain = mask_plain(100, 100, 1), win = plain;
@@ -157,5 +191,6 @@ int main(void) {
     check(rc != 0 && strstr(fa_errmsg(), "drop --compare"), "--compare with a window: refused");
     merge_cases();
     rows_cases();
+    key_ring_cases();
     return tests_done();
 }

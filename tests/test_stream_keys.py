@@ -6,12 +6,16 @@ tests use to run the pipeline's streamed path where CI runs (no GPU): the same r
 keys read whole (within the reordering bound: the CPU engine's tiles start anew at a block's
 edge), against fp64, at 1-3 ranks, with and without the I/O thread, under masks, with the
 report saying how the keys came; a bad value in a late block is one line, exit 2; a stop and
---resume of a streamed run."""
+--resume of a streamed run. Keys through a ring of blocks (plan.key_ring, for engines that copy
+the rows they are handed: the GPU's) run here through build/tests/test_key_ring's mock engine on
+3 ranks; the CPU engine keeps its shard, and the report and --verbose say where the keys went."""
+import json
+
 import h5py
 import numpy as np
 import pytest
 
-from conftest import fa_lines, leftovers, run_fa
+from conftest import fa_lines, leftovers, run_c_test, run_fa
 from mask_reference import masked_f64, write_masked
 from reference import assert_reordered, attention_f64, order_bound, random_inputs, rel_err
 from reference import write_inputs
@@ -119,7 +123,8 @@ def test_streamed_stop_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize("var,value", [("FA_STREAM_KEYS", "2"), ("FA_TYPED_TRANSFERS", "yes"),
-                                       ("FA_KEY_READ_ROWS", "0")])
+                                       ("FA_KEY_READ_ROWS", "0"), ("FA_KEY_RING", "2"),
+                                       ("FA_KEY_RING", "three")])
 def test_bad_stream_setting_refused(tmp_path, var, value):
     rng = np.random.default_rng()
     inp, out = tmp_path / "in.h5", tmp_path / "out.h5"
@@ -129,3 +134,37 @@ def test_bad_stream_setting_refused(tmp_path, var, value):
     lines = fa_lines(p.stderr)
     assert len(lines) == 1 and var in lines[0] and value in lines[0] and "expected" in lines[0], p.stderr
     assert leftovers(tmp_path, out) == []
+
+
+def test_key_ring_on_three_ranks():
+    """build/tests/test_key_ring under mpirun -np 3: each rank's real shard (contiguous, zigzag,
+    striped) read through a ring into a mock engine that copies keys: every row the file's, in
+    order, once; no block overwritten while the engine holds it; the ring's slots reused; the
+    digests the shard's; a read failing after the ring wrapped ends the run on every rank with
+    its line, no hang. (Run alone, it plays each rank in turn: tests/test_unit.py.)"""
+    out = run_c_test("test_key_ring", 3)
+    assert "ring 3: " in out and "injected failure of read 6" in out
+
+
+@pytest.mark.parametrize("ring", [None, "3"])
+def test_cpu_engine_keeps_its_shard(tmp_path, ring):
+    """The CPU engine reads its keys where the segments say (pipe_engine.copies_keys 0): streamed
+    keys land in a shard of every key, FA_KEY_RING or not; the plan, the report and --verbose
+    say so, with the shard's bytes (rank 0's 128 of 257 keys, float32 k and v)."""
+    rng = np.random.default_rng()
+    q, k, v = random_inputs(rng, 2, 60, 257, 4, 2, 24)
+    inp, out, rep = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "r.json"
+    write_inputs(inp, q, k, v)
+    env = {"FA_STREAM_KEYS": "1", "FA_KEY_READ_ROWS": "37", **({"FA_KEY_RING": ring} if ring else {})}
+    p = run_fa(["-i", inp, "-o", out, "--lse", "--report", rep, "--verbose"], nranks=2, env=env)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(rep.read_text())
+    assert r["plan"]["key_read_ring"] == {"value": 0, "from": "environment" if ring else "default"}
+    keys = r["keys"]
+    shard = 128 * 2 * 24 * 4 * 2
+    assert keys["streamed"] is True and keys["into"] == "shard", keys
+    assert keys["shard_bytes"] == shard and keys["host_bytes_saved"] == 0, keys
+    assert keys["ring_blocks"] == keys["ring_reads"] == keys["ring_bytes"] == 0, keys
+    assert "fa_long: plan: keys read into a shard of every key (rank 0's 128 keys: 0.0 MB), where " \
+           "the engine reads them" in p.stderr, p.stderr
+    assert "fa_long: rank 0 keys: read into a shard of every key (0.0 MB)" in p.stderr, p.stderr

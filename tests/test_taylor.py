@@ -9,8 +9,6 @@ denominator used) within 1e-5 (1 + |ref|).
 FA_TAYLOR_BACKEND=cuda runs every test on the CUDA engine (tests/gpu/taylor.sh does); the exact
 mode that --compare runs beside it is then bf16, so that test's tolerance widens to 3e-2."""
 import os
-import re
-import subprocess
 
 import h5py
 import json
@@ -18,7 +16,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import BUILD, mpirun_cmd, run_fa
+from conftest import run_c_test, run_fa
 from reference import attention_f64, random_inputs, write_inputs
 
 TOL = 1e-5
@@ -146,13 +144,7 @@ def test_engine_on_its_communicator():
     its own: each comes out as the kernel over its own keys (a collective on MPI_COMM_WORLD would
     mix in the other rank's keys and rows), its row counts come through the engine's stats, and
     the overflow policy is the engine's property."""
-    exe = BUILD / "tests" / "test_engine_comm"
-    assert exe.exists(), f"{exe} not built (make)"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(mpirun_cmd(2) + [str(exe)], capture_output=True, text=True, timeout=300, env=env)
-    assert p.returncode == 0 and "FAIL" not in p.stdout, p.stdout[-4000:] + p.stderr[-4000:]
-    tally = re.findall(r"(\d+) passed, (\d+) failed", p.stdout)
-    assert len(tally) == 2 and all(int(a) > 0 and b == "0" for a, b in tally), p.stdout[-4000:]
+    run_c_test("test_engine_comm", 2)
 
 
 def order_bound(q, k, v, causal, c=8.0):

@@ -26,7 +26,7 @@ int gpu_job_create(const gpu_job_cfg *cfg, gpu_job **out) {
 }
 int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs) { return -1; }
 int gpu_job_kv_begin(gpu_job *g, const attn_kv_segment *segs, int nsegs) { return -1; }
-int gpu_job_kv_ready(gpu_job *g, int64_t rows) { return -1; }
+int gpu_job_kv_ready(gpu_job *g, int64_t row0, int64_t n, const void *k, const void *v) { return -1; }
 int gpu_job_partial(gpu_job *g, int slot, const attn_queries *q) { return -1; }
 int gpu_job_state_to_host(gpu_job *g, int slot, int64_t n, float *rec) { return -1; }
 int gpu_job_merge_start(gpu_job *g, int slot, int64_t n, int root) { return -1; }

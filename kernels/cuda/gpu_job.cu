@@ -14,10 +14,12 @@
  * compute stream, each continuing from the state the last left in the slot's records; a paged
  * piece waits for its block's copy (event ring_ready) and frees the ring buffer when done (event
  * ring_free), so up to `ring` copies run ahead of compute. Pieces past the last query's causal
- * horizon are skipped, and their blocks never copied. Streamed keys (kv_begin, kv_ready): a piece
- * is uploaded (or laid out in its pinned block) once all its rows are there, and a chunk computed
- * meanwhile launches on the pieces ready so far, in order, and on the others as they come: the
- * same launches as when every key is there first, so the same bits.
+ * horizon are skipped, and their blocks never copied. Streamed keys (kv_begin, kv_ready): the
+ * rows handed in are copied out at once (uploaded, or laid out in their pinned block), so the
+ * host may reuse their memory (the pipeline's ring of key blocks); a piece is ready once its
+ * last row is, and a chunk computed meanwhile launches on the pieces ready so far, in order, and
+ * on the others as they come: the same launches as when every key is there first, so the same
+ * bits.
  *
  * The chunk's output leaves the device as the host wants it (cfg.o_type): float32, or the file's
  * 16-bit type, rounded here (to nearest even, as the host's conversion does).
@@ -81,6 +83,7 @@ struct gpu_job {
     const attn_kv_segment *segs;      /* the batch element's (kv_begin) */
     int nsegs;
     int64_t kv_total;
+    int64_t kv_next;                  /* rows [0, kv_next) handed in (kv_ready) */
     int prepared;                     /* pieces [0, prepared) uploaded or laid out */
     int *slot_next, *slot_fresh;      /* per slot: next piece to launch, no launch yet */
     /* per slot: the compute spans of a chunk computed in stages (pairs of timed events) */
@@ -486,26 +489,30 @@ static inline uint16_t elem_bits(int st, const void *src, int64_t i, int bf) {
     return bf ? fa_f32_to_bf16_ref(x) : fa_f32_to_f16_ref(x);
 }
 
-/* One paged block from host rows: K [Hkv][B][D] and V^T [Hkv][D][B] in T, zero past n.
- * K rows convert in place order; V goes through 64-key x 64-dim tiles so both sides stay in cache. */
-static void fill_block(gpu_job *g, unsigned char *blk, const void *k, int kt, const void *v, int vt, int64_t n) {
+/* Rows [at, at + m) of a paged block of n keys from host rows (k, v: row `at`'s), into its
+ * K [Hkv][B][D] and V^T [Hkv][D][B] in T; the block's last rows (at + m = n) also zero the rows
+ * past n. K rows convert in place order; V goes through 64-key x 64-dim tiles so both sides stay
+ * in cache. A block filled in parts holds the bits of one filled at once. */
+static void fill_block(gpu_job *g, unsigned char *blk, const void *k, int kt, const void *v, int vt,
+                       int64_t at, int64_t m, int64_t n) {
     const int64_t B = g->c.plan.block_rows, D = g->D, Hkv = g->c.hkv;
     const int bf = g->c.ct == FA_COMPUTE_BF16;
+    const int64_t end = at + m >= n ? B : at + m, tiles = (end - at + 63) / 64;
     uint16_t *kb = (uint16_t *)blk, *vb = kb + Hkv * B * D;
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < B; r++)
+    for (int64_t r = at; r < end; r++)
         for (int64_t hh = 0; hh < Hkv; hh++) {
             uint16_t *dst = kb + (hh * B + r) * D;
             for (int64_t dd = 0; dd < D; dd++)
-                dst[dd] = r >= n ? 0 : elem_bits(kt, k, (r * Hkv + hh) * D + dd, bf);
+                dst[dd] = r >= n ? 0 : elem_bits(kt, k, ((r - at) * Hkv + hh) * D + dd, bf);
         }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t hh = 0; hh < Hkv; hh++)
-        for (int64_t r0 = 0; r0 < B; r0 += 64)
+        for (int64_t t = 0; t < tiles; t++)
             for (int64_t d0 = 0; d0 < D; d0 += 64)
                 for (int64_t dd = d0; dd < d0 + 64 && dd < D; dd++)
-                    for (int64_t r = r0; r < r0 + 64 && r < B; r++)
-                        vb[(hh * D + dd) * B + r] = r < n ? elem_bits(vt, v, (r * Hkv + hh) * D + dd, bf) : 0;
+                    for (int64_t r = at + t * 64; r < at + t * 64 + 64 && r < end; r++)
+                        vb[(hh * D + dd) * B + r] = r < n ? elem_bits(vt, v, ((r - at) * Hkv + hh) * D + dd, bf) : 0;
 }
 
 /* The segments' pieces: each segment's resident head (while the resident region lasts), split
@@ -532,6 +539,7 @@ extern "C" int gpu_job_kv_begin(gpu_job *g, const attn_kv_segment *segs, int nse
     g->segs = segs;
     g->nsegs = nsegs;
     g->kv_total = total;
+    g->kv_next = 0;
     /* pinned host memory for exactly the blocks these segments page (a segment's last block may
      * be partial); kept for the next batch element when it is large enough */
     int64_t need = 0, res_left = pl->resident_rows, off = 0;
@@ -582,32 +590,51 @@ extern "C" int gpu_job_kv_begin(gpu_job *g, const attn_kv_segment *segs, int nse
     return 0;
 }
 
-/* Pieces whose rows are all there now: resident ones uploaded on the copy stream (their event
- * recorded), paged ones laid out in their pinned block. */
-extern "C" int gpu_job_kv_ready(gpu_job *g, int64_t rows) {
+/* Rows [row0, row0 + n) at k and v: each piece's part of them copied out now, resident rows
+ * uploaded on the copy stream (through the pinned staging: the host's copy is done when upload
+ * returns) and paged rows laid out in their pinned block; a piece whose last row this is becomes
+ * ready (resident: its event recorded after its last upload). Pieces cover the rank's rows in
+ * order, so the pieces not yet ready are the ones these rows reach. */
+extern "C" int gpu_job_kv_ready(gpu_job *g, int64_t row0, int64_t n, const void *k, const void *v) {
     cudaCheck(cudaSetDevice(g->c.device));
-    const int64_t row = (int64_t)g->c.hkv * g->D;
+    const int64_t row = (int64_t)g->c.hkv * g->D, e = row0 + n;
+    if (row0 != g->kv_next || n < 0 || e > g->kv_total)
+        return fa_seterr("GPU %d: key rows [%lld, %lld) handed where rows from %lld of %lld were due",
+                         g->c.device, (long long)row0, (long long)e, (long long)g->kv_next,
+                         (long long)g->kv_total);
     const kv_plan *pl = &g->c.plan;
-    for (; g->prepared < g->npieces; g->prepared++) {
-        piece *pc = &g->pieces[g->prepared];
-        if (pc->lrow + pc->n > rows) break;
+    for (int i = g->prepared; i < g->npieces && g->pieces[i].lrow < e; i++) {
+        piece *pc = &g->pieces[i];
+        const int64_t lo = pc->lrow > row0 ? pc->lrow : row0, hi = pc->lrow + pc->n < e ? pc->lrow + pc->n : e;
+        if (hi <= lo) continue;
         const attn_kv_segment *sg = &g->segs[pc->seg];
-        const int64_t at = pc->pos0 - sg->pos0;          /* its first row within the segment */
-        const void *k = (const unsigned char *)sg->k + (size_t)(at * row * elem_size(sg->k_type));
-        const void *v = (const unsigned char *)sg->v + (size_t)(at * row * elem_size(sg->v_type));
+        const int64_t at = lo - pc->lrow;                /* the piece's rows [at, at + m) */
+        const int64_t m = hi - lo;
+        const void *kr = (const unsigned char *)k + (size_t)((lo - row0) * row * elem_size(sg->k_type));
+        const void *vr = (const unsigned char *)v + (size_t)((lo - row0) * row * elem_size(sg->v_type));
+        const int whole = hi == pc->lrow + pc->n;
         if (!pc->paged) {
-            upload(g, k, sg->k_type, pc->n, g->c.hkv, g->k_res, g->res_cap, pc->off, 0, g->copy, g->kst, 2, &g->kst_next);
-            upload(g, v, sg->v_type, pc->n, g->c.hkv, g->vt_res, g->res_cap, pc->off, 1, g->copy, g->kst, 2, &g->kst_next);
-            cudaCheck(cudaEventRecord(pc->ready, g->copy));
+            upload(g, kr, sg->k_type, m, g->c.hkv, g->k_res, g->res_cap, pc->off + at, 0, g->copy, g->kst, 2, &g->kst_next);
+            upload(g, vr, sg->v_type, m, g->c.hkv, g->vt_res, g->res_cap, pc->off + at, 1, g->copy, g->kst, 2, &g->kst_next);
+            if (whole) cudaCheck(cudaEventRecord(pc->ready, g->copy));
         } else {
-            fill_block(g, g->host_blocks + (size_t)pc->off * pl->block_bytes, k, sg->k_type, v, sg->v_type, pc->n);
+            fill_block(g, g->host_blocks + (size_t)pc->off * pl->block_bytes, kr, sg->k_type, vr, sg->v_type, at, m, pc->n);
         }
+        if (whole) g->prepared = i + 1;
     }
+    g->kv_next = e;
     return 0;
 }
 
+/* Every row at once: each segment's rows where it holds them. */
 extern "C" int gpu_job_load_kv(gpu_job *g, const attn_kv_segment *segs, int nsegs) {
-    if (gpu_job_kv_begin(g, segs, nsegs) || gpu_job_kv_ready(g, g->kv_total)) return -1;
+    if (gpu_job_kv_begin(g, segs, nsegs)) return -1;
+    int64_t lrow = 0;
+    for (int i = 0; i < nsegs; i++) {
+        if (segs[i].n <= 0) continue;
+        if (gpu_job_kv_ready(g, lrow, segs[i].n, segs[i].k, segs[i].v)) return -1;
+        lrow += segs[i].n;
+    }
     return 0;
 }
 

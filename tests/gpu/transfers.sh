@@ -10,6 +10,11 @@
 #     blocks already there: the report says the first chunk started before the last block was
 #     read, and the output is bit for bit the one of FA_STREAM_KEYS=0 (the same kernel pieces),
 #     resident and paged (--device-mem), under a window mask, and with 2 ranks sharing the GPU
+#   - keys through a ring (FA_KEY_RING, default 3): streamed keys read into a ring of 3 blocks
+#     the engine copies out, not a shard of every key: the report says so (blocks read through
+#     it, host memory saved), and the output is bit for bit the one of FA_KEY_RING=0 (a shard),
+#     resident and paged, and with 2 ranks on zigzag shards (pieces that straddle two blocks)
+#   - a NaN in the last key block: one line naming v, exit 2, no output (the ring's reads stop)
 #   - fa_long check passes on every output.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,6 +69,19 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+ring_ok() {   # ring_ok REPORT BLOCKS LABEL: BLOCKS blocks read through a ring of 3
+    python3 - "$1" "$2" "$3" <<'PY'
+import sys, json
+r = json.load(open(sys.argv[1]))
+k = r["keys"]
+ok = k["into"] == "ring" and k["ring_blocks"] == 3 and k["ring_reads"] == int(sys.argv[2]) and \
+     k["ring_bytes_read"] == k["shard_bytes"] and k["host_bytes_saved"] == k["shard_bytes"] - k["ring_bytes"] > 0
+print(f"  {sys.argv[3]}: {k['ring_reads']} blocks through a ring of {k['ring_blocks']} ({k['ring_bytes'] / 1e6:.1f} MB) "
+      f"instead of a {k['shard_bytes'] / 1e6:.1f} MB shard  {'ok' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+}
+
 run() {   # run LABEL ENV... -- ARGS...: ./fa_long with env settings; failure noted
     local label=$1; shift
     local envs=()
@@ -89,10 +107,13 @@ for dt in bfloat16 float16; do
         tag=${causal:-full}
         run "$dt $tag streamed" FA_KEY_READ_ROWS=$ROWS -- -i "$IN" -o "$T/s.h5" --backend $BACKEND --lse $causal --report "$T/s.json" || continue
         run "$dt $tag keys whole" FA_KEY_READ_ROWS=$ROWS FA_STREAM_KEYS=0 -- -i "$IN" -o "$T/w.h5" --backend $BACKEND --lse $causal || continue
+        run "$dt $tag streamed into a shard" FA_KEY_READ_ROWS=$ROWS FA_KEY_RING=0 -- -i "$IN" -o "$T/k.h5" --backend $BACKEND --lse $causal || continue
         run "$dt $tag widened on the host" FA_KEY_READ_ROWS=$ROWS FA_TYPED_TRANSFERS=0 -- -i "$IN" -o "$T/u.h5" --backend $BACKEND --lse $causal || continue
         bytes_ok "$T/s.json" "$IN" "$dt $tag typed transfers" || fail=1
         lead_ok "$T/s.json" $NBLK "$dt $tag" || fail=1
+        ring_ok "$T/s.json" $NBLK "$dt $tag" || fail=1
         same "$T/s.h5" "$T/w.h5" "$dt $tag streamed vs keys whole" || fail=1
+        same "$T/s.h5" "$T/k.h5" "$dt $tag ring vs shard" || fail=1
         same "$T/s.h5" "$T/u.h5" "$dt $tag typed vs widened on the host" || fail=1
         check "$IN" "$T/s.h5" "$dt $tag"
     done
@@ -103,7 +124,10 @@ echo "== paged keys (--device-mem), streamed vs whole"
 run "paged streamed" FA_KEY_READ_ROWS=$ROWS -- -i "$IN" -o "$T/ps.h5" --backend $BACKEND --lse --causal --chunk $((NQ / 24)) --merges-in-flight 3 --device-mem 200M --report "$T/ps.json" \
     && run "paged whole" FA_KEY_READ_ROWS=$ROWS FA_STREAM_KEYS=0 -- -i "$IN" -o "$T/pw.h5" --backend $BACKEND --lse --causal --chunk $((NQ / 24)) --merges-in-flight 3 --device-mem 200M \
     && { python3 -c "import json,sys; r=json.load(open('$T/ps.json')); p=r['plan']['keys_paged_rank0']['value']; print(f'  paged keys on rank 0: {p}'); sys.exit(0 if p > 0 else 1)" || { echo "FAIL: nothing paged under the budget"; fail=1; }; \
-         same "$T/ps.h5" "$T/pw.h5" "paged: streamed vs keys whole" || fail=1; check "$IN" "$T/ps.h5" "paged"; }
+         same "$T/ps.h5" "$T/pw.h5" "paged: streamed vs keys whole" || fail=1; check "$IN" "$T/ps.h5" "paged"; \
+         ring_ok "$T/ps.json" $NBLK "paged" || fail=1; }
+run "paged streamed into a shard" FA_KEY_READ_ROWS=$ROWS FA_KEY_RING=0 -- -i "$IN" -o "$T/pk.h5" --backend $BACKEND --lse --causal --chunk $((NQ / 24)) --merges-in-flight 3 --device-mem 200M \
+    && { same "$T/ps.h5" "$T/pk.h5" "paged: ring vs shard" || fail=1; }
 
 echo "== window mask, streamed vs whole"
 run "window streamed" FA_KEY_READ_ROWS=$ROWS -- -i "$IN" -o "$T/ws.h5" --backend $BACKEND --lse --window-size 3000,0 \
@@ -115,6 +139,27 @@ FA_KEY_READ_ROWS=$ROWS $MPI -np 2 -x FA_KEY_READ_ROWS ./fa_long -i "$IN" -o "$T/
     && FA_KEY_READ_ROWS=$ROWS FA_STREAM_KEYS=0 $MPI -np 2 -x FA_KEY_READ_ROWS -x FA_STREAM_KEYS ./fa_long -i "$IN" -o "$T/r2w.h5" --backend $BACKEND --lse --causal -f -q \
     && { same "$T/r2s.h5" "$T/r2w.h5" "2 ranks: streamed vs keys whole" || fail=1; check "$IN" "$T/r2s.h5" "2 ranks"; } \
     || { echo "FAIL: 2-rank runs"; fail=1; }
+# zigzag shards (2 runs a rank of NK/4 keys): resident pieces of ROWS rows from each run's start
+# straddle the read blocks, which count the rank's rows; a ring of 3 against the shard
+FA_KEY_READ_ROWS=$ROWS FA_KEY_RING=0 $MPI -np 2 -x FA_KEY_READ_ROWS -x FA_KEY_RING ./fa_long -i "$IN" -o "$T/r2k.h5" --backend $BACKEND --lse --causal -f -q \
+    && { same "$T/r2s.h5" "$T/r2k.h5" "2 ranks, zigzag: ring vs shard" || fail=1; } \
+    || { echo "FAIL: 2-rank runs into a shard"; fail=1; }
+
+echo "== a NaN in the last key block, read into the ring while the first chunk computes"
+python3 - "$T/in_float16.h5" "$T/nan.h5" <<'PY'
+import shutil, sys, h5py, numpy as np
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "a") as f:
+    f["v"][0, f["v"].shape[1] - 5, 0, 3] = np.nan
+PY
+FA_KEY_READ_ROWS=$ROWS ./fa_long -i "$T/nan.h5" -o "$T/nan_out.h5" --backend $BACKEND -f 2> "$T/nan.txt"
+rc=$?
+lines=$(grep -c '^fa_long:' "$T/nan.txt")
+if [ $rc = 2 ] && [ "$lines" = 1 ] && grep -q "'v'" "$T/nan.txt" && [ ! -e "$T/nan_out.h5" ]; then
+    echo "  NaN in a late block: exit 2, one line: $(grep '^fa_long:' "$T/nan.txt")"
+else
+    cat "$T/nan.txt"; echo "FAIL: NaN in a late key block (rc $rc, $lines lines)"; fail=1
+fi
 
 [ $fail = 0 ] && echo "tests/gpu/transfers.sh: all passed" || echo "tests/gpu/transfers.sh: FAILURES"
 exit $fail
