@@ -28,7 +28,7 @@
  *   region, state init); exp and softmax bookkeeping 30 flop-equivalents per score.
  *   GPU: 6 us per kernel launch; wave quantization over 132 SMs with 128-row query tiles. */
 #include "tune/model.h"
-#include "kernels/cuda/flash.h" /* FLASH_HEAD_DIMS: the kernels' instances */
+#include "kernels/cuda/flash.h" /* flash_head_dim_instance: the kernels' instances */
 #include "kernels/paging.h"
 #include "kernels/gpu.h"
 #include "base/common.h"
@@ -221,11 +221,7 @@ static void cpu_predict(const cm_machine *m, const cm_job *j, cm_choice *c) {
  * (kernels/cuda/flash_sm80.cuh and flash_sm90.cuh, shape<D> and layout<D, STAGES>): d runs in the
  * smallest instance D of at least d; Q and K rows are padded to 64 columns (the swizzle's width). */
 static int64_t variant_smem(int variant, int d) {
-    int64_t D = d;
-#define CM_INSTANCE(I) if (D <= I) { D = I; goto found; }
-    FLASH_HEAD_DIMS(CM_INSTANCE)
-#undef CM_INSTANCE
-found:;
+    const int64_t D = flash_head_dim_instance(d) ? flash_head_dim_instance(d) : d;
     const int64_t rl = (D + 63) / 64 * 64;
     if (variant == 1) {                                      /* BM x 64 tiles, 2 stages */
         const int64_t bm = D > 192 ? 64 : 128;

@@ -33,9 +33,18 @@
 #include <stdint.h>
 #include "kernels/cuda/inst/flash_instances.h" /* FLASH_HEAD_DIMS, FLASH_HEAD_DIM_MAX (generated) */
 
-/* Whether the kernels compute head dim d: a multiple of 8 from 8 to FLASH_HEAD_DIM_MAX (256). Each
- * runs in the smallest instance of at least d (instances: FLASH_HEAD_DIMS_TEXT). */
-static inline int flash_head_dim_supported(int d) { return d > 0 && d % 8 == 0 && d <= FLASH_HEAD_DIM_MAX; }
+/* The instance that computes head dim d: the smallest of at least d (FLASH_HEAD_DIMS; its columns
+ * past d are zero: the kernels fill them so and write none of them), or 0 where none can (d not a
+ * positive multiple of 8, or over FLASH_HEAD_DIM_MAX). */
+static inline int flash_head_dim_instance(int d) {
+    if (d <= 0 || d % 8) return 0;
+#define FA_HEAD_DIM_FIT(D) if (d <= D) return D;
+    FLASH_HEAD_DIMS(FA_HEAD_DIM_FIT)
+#undef FA_HEAD_DIM_FIT
+    return 0;
+}
+/* Whether the kernels compute head dim d: a multiple of 8 from 8 to FLASH_HEAD_DIM_MAX (256). */
+static inline int flash_head_dim_supported(int d) { return flash_head_dim_instance(d) != 0; }
 
 #ifdef __cplusplus
 extern "C" {

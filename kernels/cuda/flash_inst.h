@@ -9,21 +9,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include "kernels/cuda/flash.h"
-#include "kernels/cuda/inst/flash_instances.h"   /* FLASH_HEAD_DIMS(X), FLASH_HEAD_DIMS_TEXT */
 
 /* variant 1 (mma.sync, sm_80 and later) */
 template <int D, typename T> cudaError_t flash_sm80_run(const flash_params *p, cudaStream_t s);
 /* variants 2, 3, 4 (wgmma + TMA, sm_90a); flash_sm90_ready: its sm_90a code is what this device runs */
 template <int D, typename T> int flash_sm90_run(const flash_params *p, int variant, cudaStream_t s, char *buf, int len);
 template <int D, typename T> int flash_sm90_ready(void);
-
-/* The instance that computes head dim d: the smallest of at least d (its columns past d are zero:
- * the kernels fill them so and write none of them), or 0 where none can (d not a positive multiple
- * of 8, or over the largest). */
-static inline int flash_head_dim_instance(int d) {
-    if (d <= 0 || d % 8) return 0;
-#define FA_HEAD_DIM_FIT(D) if (d <= D) return D;
-    FLASH_HEAD_DIMS(FA_HEAD_DIM_FIT)
-#undef FA_HEAD_DIM_FIT
-    return 0;
-}
